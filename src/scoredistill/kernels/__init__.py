@@ -1,0 +1,70 @@
+"""Fused loss kernels with an eager fallback.
+
+``sid_generator_terms`` and ``fake_score_terms`` have exactly the signatures of their references in
+:mod:`scoredistill.losses.functional`. On CUDA tensors with Triton installed they run fused Triton kernels
+(forward and backward); everywhere else, or when ``SCOREDISTILL_KERNELS=0`` is set or ``use_kernels=False``
+is passed, they run the reference. The choice never changes the maths, only the speed.
+"""
+
+from __future__ import annotations
+
+import os
+
+from torch import Tensor
+
+from ..losses import functional as ref
+
+__all__ = ["available", "fake_score_terms", "sid_generator_terms"]
+
+
+def available() -> bool:
+    """Whether the fused kernels can run here (Triton importable and a CUDA device present)."""
+    try:
+        import torch
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def _use_fused(t: Tensor, use_kernels: bool | None) -> bool:
+    if use_kernels is False or os.environ.get("SCOREDISTILL_KERNELS", "1") == "0":
+        return False
+    return t.is_cuda and available()
+
+
+def sid_generator_terms(
+    x_g: Tensor,
+    d_real: Tensor,
+    d_fake: Tensor,
+    *,
+    alpha: float,
+    logits_fake: Tensor | None = None,
+    use_kernels: bool | None = None,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Dispatching :func:`scoredistill.losses.functional.sid_generator_terms`."""
+    if _use_fused(x_g, use_kernels):
+        from .sid_triton import sid_generator_terms as fused
+
+        return fused(x_g, d_real, d_fake, alpha=alpha, logits_fake=logits_fake)
+    return ref.sid_generator_terms(x_g, d_real, d_fake, alpha=alpha, logits_fake=logits_fake)
+
+
+def fake_score_terms(
+    denoised: Tensor,
+    x0: Tensor,
+    sigma: Tensor,
+    *,
+    sigma_data: float = 0.5,
+    logits_real: Tensor | None = None,
+    logits_fake: Tensor | None = None,
+    use_kernels: bool | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """Dispatching :func:`scoredistill.losses.functional.fake_score_terms`."""
+    if _use_fused(denoised, use_kernels):
+        from .dsm_triton import fake_score_terms as fused
+
+        return fused(denoised, x0, sigma, sigma_data=sigma_data, logits_real=logits_real, logits_fake=logits_fake)
+    return ref.fake_score_terms(
+        denoised, x0, sigma, sigma_data=sigma_data, logits_real=logits_real, logits_fake=logits_fake
+    )

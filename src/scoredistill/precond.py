@@ -1,0 +1,140 @@
+"""EDM preconditioning: the one place where a raw backbone becomes a denoiser ``D(x, sigma, labels)``."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ._types import ScoreOutput, as_sigma, expand_as
+
+__all__ = ["Precond", "edm_scalings"]
+
+
+def edm_scalings(sigma: Tensor, sigma_data: float = 0.5) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """EDM's preconditioning coefficients (E1).
+
+    Args:
+        sigma: Noise levels, any shape.
+        sigma_data: Standard deviation of the data.
+
+    Returns:
+        ``(c_skip, c_out, c_in, c_noise)``, each of ``sigma``'s shape: ``sigma_d^2 / (sigma^2 + sigma_d^2)``,
+        ``sigma sigma_d / sqrt(sigma^2 + sigma_d^2)``, ``1 / sqrt(sigma^2 + sigma_d^2)`` and ``ln(sigma) / 4``.
+
+    References:
+        Karras et al. 2022, Table 1; SID_SPEC E1.
+    """
+    sigma = sigma.float()
+    total = sigma**2 + sigma_data**2
+    c_skip = sigma_data**2 / total
+    c_out = sigma * sigma_data / total.sqrt()
+    c_in = total.rsqrt()
+    c_noise = sigma.log() / 4
+    return c_skip, c_out, c_in, c_noise
+
+
+class Precond(nn.Module):
+    """EDM preconditioning around a backbone: ``D(x; sigma, c) = c_skip x + c_out F(c_in x, c_noise, c)`` (E2).
+
+    The scalings and the skip connection run in float32; the backbone runs in whatever precision the caller
+    asks for (for example under ``torch.autocast``), and its output is cast back to float32. The backbone is
+    stored as ``self.model`` so that state-dict keys match EDM's ``EDMPrecond`` (``model.enc...``).
+
+    Args:
+        model: The backbone ``F(x, noise_labels, class_labels, augment_labels)``.
+        label_dim: Number of classes (0 for unconditional); labels are one-hot ``[B, label_dim]``.
+        augment_dim: Size of the augmentation conditioning vector the backbone takes (EDM: 9, or 0).
+        sigma_data: Standard deviation of the data.
+
+    Example:
+        >>> import torch
+        >>> from scoredistill.networks.toy import MLP
+        >>> D = Precond(MLP(dim=2, hidden=32))
+        >>> D(torch.zeros(4, 2), torch.full((4,), 2.5)).shape
+        torch.Size([4, 2])
+    """
+
+    def __init__(self, model: nn.Module, *, label_dim: int = 0, augment_dim: int = 0, sigma_data: float = 0.5):
+        super().__init__()
+        if label_dim < 0 or augment_dim < 0:
+            raise ValueError(f"label_dim and augment_dim must be >= 0, got {label_dim}, {augment_dim}")
+        if sigma_data <= 0:
+            raise ValueError(f"sigma_data must be positive, got {sigma_data}")
+        self.model = model
+        self.label_dim = label_dim
+        self.augment_dim = augment_dim
+        self.sigma_data = sigma_data
+
+    @property
+    def has_encoder(self) -> bool:
+        """Whether the backbone exposes SiDA's encoder logits."""
+        return hasattr(self.model, "forward_with_logits") and hasattr(self.model, "encoder_logits")
+
+    def extra_repr(self) -> str:
+        return f"label_dim={self.label_dim}, augment_dim={self.augment_dim}, sigma_data={self.sigma_data}"
+
+    def _inputs(
+        self, x: Tensor, sigma: Tensor | float, labels: Tensor | None, augment_labels: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        x = x.float()
+        sigma = as_sigma(sigma, x.shape[0], x.device)
+        return x, sigma, self.check_labels(labels, x.shape[0]), self._check_augment(augment_labels, x)
+
+    def check_labels(self, labels: Tensor | None, batch: int) -> Tensor | None:
+        """Validate class labels: one-hot ``[B, label_dim]`` floats, or integer class indices ``[B]``."""
+        if self.label_dim == 0:
+            if labels is not None and labels.numel() > 0:
+                raise ValueError("this network is unconditional (label_dim=0) but labels were given")
+            return None
+        if labels is None:
+            raise ValueError(f"this network is class-conditional (label_dim={self.label_dim}): pass labels")
+        if labels.ndim == 1 and not labels.is_floating_point():
+            if labels.numel() and (labels.min() < 0 or labels.max() >= self.label_dim):
+                raise ValueError(f"class indices must lie in [0, {self.label_dim}), got {labels.tolist()[:8]}...")
+            labels = torch.nn.functional.one_hot(labels.long(), self.label_dim)
+        if labels.shape != (batch, self.label_dim):
+            raise ValueError(f"labels must be [B, L] = [{batch}, {self.label_dim}], got {tuple(labels.shape)}")
+        return labels.float()
+
+    def _check_augment(self, augment_labels: Tensor | None, x: Tensor) -> Tensor | None:
+        if self.augment_dim == 0:
+            if augment_labels is not None and augment_labels.numel() > 0:
+                raise ValueError("this network takes no augmentation conditioning (augment_dim=0): pass None")
+            return None
+        if augment_labels is None:
+            return torch.zeros(x.shape[0], self.augment_dim, device=x.device)
+        if augment_labels.shape != (x.shape[0], self.augment_dim):
+            raise ValueError(
+                f"augment_labels must be [B, A] = [{x.shape[0]}, {self.augment_dim}], got {tuple(augment_labels.shape)}"
+            )
+        return augment_labels.float()
+
+    def forward(
+        self, x: Tensor, sigma: Tensor | float, labels: Tensor | None = None, augment_labels: Tensor | None = None
+    ) -> Tensor:
+        """Denoise: returns ``D(x; sigma, labels)`` as float32 of ``x``'s shape."""
+        x, sigma, labels, augment_labels = self._inputs(x, sigma, labels, augment_labels)
+        c_skip, c_out, c_in, c_noise = (expand_as(c, x) for c in edm_scalings(sigma, self.sigma_data))
+        F_x = self.model(c_in * x, c_noise.flatten(), labels, augment_labels)
+        return c_skip * x + c_out * F_x.float()
+
+    def score(
+        self, x: Tensor, sigma: Tensor | float, labels: Tensor | None = None, augment_labels: Tensor | None = None
+    ) -> ScoreOutput:
+        """Denoised output and, when the backbone has an encoder, SiDA's logit map, from one forward pass."""
+        if not self.has_encoder:
+            return ScoreOutput(self(x, sigma, labels, augment_labels), None)
+        x, sigma, labels, augment_labels = self._inputs(x, sigma, labels, augment_labels)
+        c_skip, c_out, c_in, c_noise = (expand_as(c, x) for c in edm_scalings(sigma, self.sigma_data))
+        F_x, logits = self.model.forward_with_logits(c_in * x, c_noise.flatten(), labels, augment_labels)
+        return ScoreOutput(c_skip * x + c_out * F_x.float(), logits.float())
+
+    def logits(
+        self, x: Tensor, sigma: Tensor | float, labels: Tensor | None = None, augment_labels: Tensor | None = None
+    ) -> Tensor:
+        """SiDA's discriminator logits alone (``[B, 1, h, w]``, float32); the decoder is skipped."""
+        if not self.has_encoder:
+            raise TypeError(f"{type(self.model).__name__} exposes no encoder: it cannot act as SiDA's discriminator")
+        x, sigma, labels, augment_labels = self._inputs(x, sigma, labels, augment_labels)
+        _, _, c_in, c_noise = (expand_as(c, x) for c in edm_scalings(sigma, self.sigma_data))
+        return self.model.encoder_logits(c_in * x, c_noise.flatten(), labels, augment_labels).float()
