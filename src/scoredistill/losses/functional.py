@@ -160,7 +160,10 @@ def adversarial_discriminator_loss(
     ok = finite_samples(logits_real, logits_fake) & torch.isfinite(sigma)
     logits_real, logits_fake = _masked_float(ok, logits_real, logits_fake)
     l_d = 0.5 * (_masked_batch_mean(F.softplus(-logits_real), ok) + _masked_batch_mean(F.softplus(logits_fake), ok))
-    return torch.where(ok, dsm_weight(sigma, sigma_data) * l_d, 0.0)
+    # Mask lambda before the product: an inf/NaN lambda on a dropped sample would otherwise send 0 * NaN = NaN
+    # back into l_d, i.e. into every sample's logit gradient.
+    lam = torch.where(ok, dsm_weight(sigma, sigma_data), 0.0)
+    return torch.where(ok, lam * l_d, 0.0)
 
 
 def adversarial_generator_loss(logits_fake: Tensor, weight: Tensor, *, numel: int) -> Tensor:
