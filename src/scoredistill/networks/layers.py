@@ -1,0 +1,424 @@
+"""Building blocks shared by the EDM-compatible UNets (:mod:`.song_unet`, :mod:`.dhariwal_unet`).
+
+Clean-room implementations written from the papers: the residual block with additive or scale-shift
+conditioning and optional self-attention (Ho et al. 2020; Song et al. 2021, "Score-based generative modeling
+through SDEs", DDPM++/NCSN++; Dhariwal & Nichol 2021, ADM), FIR up/down-sampling (Song et al. 2021, following
+StyleGAN2), sinusoidal and random Fourier noise embeddings (Vaswani et al. 2017; Tancik et al. 2020), and the
+fan-based weight initialisations (Glorot & Bengio 2010; He et al. 2015) named in Karras et al. 2022 (EDM),
+Appendix F.
+
+Parameter and buffer NAMES (``weight``, ``bias``, ``resample_filter``, ``freqs``, ``norm0``, ``conv0``,
+``affine``, ``norm1``, ``conv1``, ``skip``, ``norm2``, ``qkv``, ``proj``) and their registration order follow
+EDM's published checkpoints, so that EDM state dicts load unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "Conv2d",
+    "FourierEmbedding",
+    "GroupNorm",
+    "InitMode",
+    "Linear",
+    "PositionalEmbedding",
+    "UNetBlock",
+    "channel_mean_logits",
+    "init_weight_",
+]
+
+InitMode = Literal["xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal"]
+"""Fan-based initialisations: Glorot (fan_in + fan_out) or He (fan_in), uniform or normal, gain 1."""
+
+
+def init_weight_(tensor: Tensor, mode: InitMode, fan_in: int, fan_out: int, scale: float = 1.0) -> Tensor:
+    """Fill ``tensor`` in place from a fan-based distribution, then multiply by ``scale``.
+
+    Args:
+        tensor: Parameter to fill.
+        mode: ``xavier_*`` uses variance ``2 / (fan_in + fan_out)``; ``kaiming_*`` uses ``1 / fan_in``.
+        fan_in: Inputs per output unit (``in_channels * k * k``).
+        fan_out: Outputs per input unit (``out_channels * k * k``).
+        scale: Extra multiplier (``init_weight`` in EDM's terms); 0 gives a zero tensor.
+
+    Returns:
+        ``tensor``.
+    """
+    with torch.no_grad():
+        if mode.startswith("xavier"):
+            var = 2.0 / (fan_in + fan_out)
+        elif mode.startswith("kaiming"):
+            var = 1.0 / fan_in
+        else:
+            raise ValueError(f"unknown init mode {mode!r}: pass one of xavier_uniform, xavier_normal, kaiming_*")
+        if mode.endswith("uniform"):
+            bound = math.sqrt(3.0 * var)
+            tensor.uniform_(-bound, bound)
+        else:
+            tensor.normal_(0.0, math.sqrt(var))
+        tensor.mul_(scale)
+    return tensor
+
+
+def _init_bias_(bias: Tensor, mode: InitMode, fan_in: int, fan_out: int, scale: float) -> None:
+    if scale == 0:
+        with torch.no_grad():
+            bias.zero_()
+    else:
+        init_weight_(bias, mode, fan_in, fan_out, scale)
+
+
+class Linear(nn.Module):
+    """Fully connected layer ``y = x W^T + b`` with a fan-based initialisation.
+
+    Args:
+        in_features: Input size.
+        out_features: Output size.
+        bias: Whether to add a bias.
+        init_mode: Initialisation of weight (and bias).
+        init_weight: Multiplier of the initial weight.
+        init_bias: Multiplier of the initial bias (0 = zero bias).
+
+    Shape:
+        ``[B, in_features] -> [B, out_features]``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        bias: bool = True,
+        init_mode: InitMode = "kaiming_normal",
+        init_weight: float = 1.0,
+        init_bias: float = 0.0,
+    ):
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        init_weight_(self.weight, init_mode, in_features, out_features, init_weight)
+        self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+        if self.bias is not None:
+            _init_bias_(self.bias, init_mode, in_features, out_features, init_bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        bias = self.bias.to(x.dtype) if self.bias is not None else None
+        return F.linear(x, self.weight.to(x.dtype), bias)
+
+
+def _fir_filter(taps: Sequence[int | float]) -> Tensor:
+    """Separable 2-D FIR kernel ``outer(k, k) / sum(k)^2`` as a ``[1, 1, K, K]`` tensor."""
+    k = torch.as_tensor(taps, dtype=torch.float32)
+    return (torch.outer(k, k) / k.sum().square())[None, None]
+
+
+class Conv2d(nn.Module):
+    """2-D convolution with optional FIR up- or down-sampling by 2 (Song et al. 2021, App. H).
+
+    Resampling is a depthwise convolution with the separable filter ``outer(k, k) / sum(k)^2`` (scaled by 4
+    when up-sampling, a stride-2 transposed convolution). By default resampling runs before the convolution;
+    with ``fused_resample`` a down-sampling convolution runs first on a wider padding and the filter is
+    applied after it (and an up-sampling filter first with a narrower padding), which is how NCSN++'s
+    residual input branch is defined. ``kernel=0`` gives a pure resampler without parameters.
+
+    Args:
+        in_channels: Input channels.
+        out_channels: Output channels (must equal ``in_channels`` when ``kernel=0``).
+        kernel: Square kernel size; 0 for no convolution.
+        bias: Whether to add a bias (ignored when ``kernel=0``).
+        up: Up-sample by 2.
+        down: Down-sample by 2.
+        resample_filter: FIR taps ``k`` (even length), e.g. ``(1, 1)`` (box) or ``(1, 3, 3, 1)``.
+        fused_resample: Resample after (down) or before with less padding (up), see above.
+        init_mode: Weight initialisation.
+        init_weight: Multiplier of the initial weight.
+        init_bias: Multiplier of the initial bias (0 = zero bias).
+
+    Shape:
+        ``[B, in_channels, H, W] -> [B, out_channels, H', W']`` with ``H' = 2H``, ``H/2`` or ``H``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel: int,
+        *,
+        bias: bool = True,
+        up: bool = False,
+        down: bool = False,
+        resample_filter: Sequence[int | float] = (1, 1),
+        fused_resample: bool = False,
+        init_mode: InitMode = "kaiming_normal",
+        init_weight: float = 1.0,
+        init_bias: float = 0.0,
+    ):
+        super().__init__()
+        if up and down:
+            raise ValueError("a Conv2d resamples up or down, not both")
+        if kernel == 0 and in_channels != out_channels:
+            raise ValueError(f"a resampler (kernel=0) keeps channels: got {in_channels} -> {out_channels}")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.up = up
+        self.down = down
+        self.fused_resample = fused_resample
+        fan_in, fan_out = in_channels * kernel * kernel, out_channels * kernel * kernel
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel, kernel)) if kernel else None
+        if self.weight is not None:
+            init_weight_(self.weight, init_mode, fan_in, fan_out, init_weight)
+        self.bias = nn.Parameter(torch.empty(out_channels)) if kernel and bias else None
+        if self.bias is not None:
+            _init_bias_(self.bias, init_mode, fan_in, fan_out, init_bias)
+        self.register_buffer("resample_filter", _fir_filter(resample_filter) if up or down else None)
+
+    def extra_repr(self) -> str:
+        kernel = self.weight.shape[-1] if self.weight is not None else 0
+        mode = "up" if self.up else "down" if self.down else "none"
+        return f"{self.in_channels}, {self.out_channels}, kernel={kernel}, resample={mode}"
+
+    def _down(self, x: Tensor, f: Tensor, padding: int) -> Tensor:
+        return F.conv2d(x, f.expand(x.shape[1], 1, -1, -1), groups=x.shape[1], stride=2, padding=padding)
+
+    def _up(self, x: Tensor, f: Tensor, padding: int) -> Tensor:
+        w = (f * 4).expand(x.shape[1], 1, -1, -1)
+        return F.conv_transpose2d(x, w, groups=x.shape[1], stride=2, padding=padding)
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.weight.to(x.dtype) if self.weight is not None else None
+        f = self.resample_filter.to(x.dtype) if self.resample_filter is not None else None
+        w_pad = w.shape[-1] // 2 if w is not None else 0
+        f_pad = (f.shape[-1] - 1) // 2 if f is not None else 0
+
+        # Resample and convolve.
+        if f is not None and w is not None and self.fused_resample and self.up:
+            x = self._up(x, f, max(f_pad - w_pad, 0))
+            x = F.conv2d(x, w, padding=max(w_pad - f_pad, 0))
+        elif f is not None and w is not None and self.fused_resample and self.down:
+            x = F.conv2d(x, w, padding=w_pad + f_pad)
+            x = self._down(x, f, 0)
+        else:
+            if f is not None:
+                x = self._up(x, f, f_pad) if self.up else self._down(x, f, f_pad)
+            if w is not None:
+                x = F.conv2d(x, w, padding=w_pad)
+        if self.bias is not None:
+            x = x + self.bias.to(x.dtype).reshape(1, -1, 1, 1)
+        return x
+
+
+class GroupNorm(nn.Module):
+    """Group normalisation with at most 32 groups and at least 4 channels per group.
+
+    Args:
+        num_channels: Channels to normalise.
+        num_groups: Upper bound on the number of groups.
+        min_channels_per_group: Lower bound on the channels per group.
+        eps: Variance floor.
+
+    Shape:
+        ``[B, C, H, W] -> [B, C, H, W]``.
+    """
+
+    def __init__(self, num_channels: int, *, num_groups: int = 32, min_channels_per_group: int = 4, eps: float = 1e-5):
+        super().__init__()
+        self.num_groups = max(1, min(num_groups, num_channels // min_channels_per_group))
+        if num_channels % self.num_groups:
+            raise ValueError(
+                f"GroupNorm over {num_channels} channels uses {self.num_groups} groups, which do not divide it: "
+                "pick model_channels / channel_mult so every width is a multiple of 32 (or below 128 and of 4)"
+            )
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(num_channels))
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, groups={self.num_groups}, eps={self.eps}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.group_norm(x, self.num_groups, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
+
+
+class PositionalEmbedding(nn.Module):
+    """Sinusoidal embedding ``[cos(x w_i), sin(x w_i)]`` with ``w_i = (1 / max_positions)^(i / n)``.
+
+    Args:
+        num_channels: Output size (even); ``num_channels / 2`` frequencies.
+        max_positions: The longest period.
+        endpoint: Whether the frequency exponents reach 1 (``n = num_channels/2 - 1``) or stop short of it
+            (``n = num_channels/2``).
+
+    Shape:
+        ``[B] -> [B, num_channels]``: cosines, then sines.
+    """
+
+    def __init__(self, num_channels: int, *, max_positions: int = 10000, endpoint: bool = False):
+        super().__init__()
+        if num_channels % 2 or num_channels < 2 + 2 * endpoint:
+            raise ValueError(f"num_channels must be even and at least {2 + 2 * endpoint}, got {num_channels}")
+        self.num_channels = num_channels
+        self.max_positions = max_positions
+        self.endpoint = endpoint
+
+    def extra_repr(self) -> str:
+        return f"{self.num_channels}, max_positions={self.max_positions}, endpoint={self.endpoint}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        half = self.num_channels // 2
+        exponents = torch.arange(half, dtype=torch.float32, device=x.device) / (half - int(self.endpoint))
+        freqs = (1.0 / self.max_positions) ** exponents
+        angles = torch.outer(x.float(), freqs)
+        return torch.cat([angles.cos(), angles.sin()], dim=1).to(x.dtype)
+
+
+class FourierEmbedding(nn.Module):
+    """Random Fourier features ``[cos(2 pi x f_i), sin(2 pi x f_i)]``, ``f_i ~ N(0, scale^2)`` (NCSN++).
+
+    Args:
+        num_channels: Output size (even).
+        scale: Standard deviation of the frequencies.
+
+    Shape:
+        ``[B] -> [B, num_channels]``: cosines, then sines.
+    """
+
+    def __init__(self, num_channels: int, *, scale: float = 16.0):
+        super().__init__()
+        if num_channels % 2:
+            raise ValueError(f"num_channels must be even, got {num_channels}")
+        self.register_buffer("freqs", torch.randn(num_channels // 2) * scale)
+
+    def forward(self, x: Tensor) -> Tensor:
+        angles = torch.outer(x.float(), (2 * math.pi) * self.freqs.float())
+        return torch.cat([angles.cos(), angles.sin()], dim=1).to(x.dtype)
+
+
+class UNetBlock(nn.Module):
+    """Pre-activation residual block with noise conditioning and optional self-attention.
+
+    ``h = conv0(silu(norm0(x)))`` (with up/down-sampling), then the embedding enters either additively,
+    ``silu(norm1(h + affine(emb)))`` (DDPM++), or as scale-shift, ``silu(norm1(h) * (1 + s) + t)`` (ADM);
+    ``h = conv1(dropout(h))``; ``x = (h + skip(x)) * skip_scale``. With attention, multi-head self-attention
+    over the pixels follows: ``x = (proj(attn(qkv(norm2(x)))) + x) * skip_scale``.
+
+    Args:
+        in_channels: Input channels.
+        out_channels: Output channels.
+        emb_channels: Size of the conditioning embedding.
+        up: Up-sample by 2 in ``conv0`` and ``skip``.
+        down: Down-sample by 2 in ``conv0`` and ``skip``.
+        attention: Append self-attention.
+        num_heads: Attention heads; ``None`` derives them as ``out_channels // channels_per_head``.
+        channels_per_head: Used when ``num_heads`` is ``None``.
+        dropout: Dropout probability before ``conv1``.
+        skip_scale: Multiplier after each residual sum (DDPM++: sqrt(0.5); ADM: 1).
+        eps: GroupNorm epsilon.
+        resample_filter: FIR taps for up/down-sampling.
+        resample_proj: Give the resampling skip branch a 1x1 convolution even when channels match.
+        adaptive_scale: Scale-shift (ADM) instead of additive (DDPM++) conditioning.
+        init: Initialisation of ``conv0``, ``affine`` and ``skip``.
+        init_zero: Initialisation of the last layer of each branch (``conv1``, ``proj``).
+        init_attn: Initialisation of ``qkv`` (``init`` when ``None``).
+
+    Shape:
+        x: ``[B, in_channels, H, W]``; emb: ``[B, emb_channels]``; returns ``[B, out_channels, H', W']``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        emb_channels: int,
+        *,
+        up: bool = False,
+        down: bool = False,
+        attention: bool = False,
+        num_heads: int | None = None,
+        channels_per_head: int = 64,
+        dropout: float = 0.0,
+        skip_scale: float = 1.0,
+        eps: float = 1e-5,
+        resample_filter: Sequence[int | float] = (1, 1),
+        resample_proj: bool = False,
+        adaptive_scale: bool = True,
+        init: dict | None = None,
+        init_zero: dict | None = None,
+        init_attn: dict | None = None,
+    ):
+        super().__init__()
+        init = init or {}
+        init_zero = init_zero if init_zero is not None else {"init_weight": 0.0}
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        if not attention:
+            self.num_heads = 0
+        else:
+            self.num_heads = num_heads if num_heads is not None else out_channels // channels_per_head
+        if attention and (self.num_heads < 1 or out_channels % self.num_heads):
+            raise ValueError(f"attention over {out_channels} channels cannot use {self.num_heads} heads")
+        self.dropout = dropout
+        self.skip_scale = skip_scale
+        self.adaptive_scale = adaptive_scale
+        resample = {"up": up, "down": down, "resample_filter": resample_filter}
+
+        self.norm0 = GroupNorm(in_channels, eps=eps)
+        self.conv0 = Conv2d(in_channels, out_channels, 3, **resample, **init)
+        self.affine = Linear(emb_channels, out_channels * (2 if adaptive_scale else 1), **init)
+        self.norm1 = GroupNorm(out_channels, eps=eps)
+        self.conv1 = Conv2d(out_channels, out_channels, 3, **init_zero)
+        self.skip = None
+        if out_channels != in_channels or up or down:
+            kernel = 1 if resample_proj or out_channels != in_channels else 0
+            self.skip = Conv2d(in_channels, out_channels, kernel, **resample, **init)
+        if self.num_heads:
+            self.norm2 = GroupNorm(out_channels, eps=eps)
+            self.qkv = Conv2d(out_channels, out_channels * 3, 1, **(init_attn if init_attn is not None else init))
+            self.proj = Conv2d(out_channels, out_channels, 1, **init_zero)
+
+    def extra_repr(self) -> str:
+        return f"heads={self.num_heads}, dropout={self.dropout}, skip_scale={self.skip_scale:g}"
+
+    def _attention(self, x: Tensor) -> Tensor:
+        # The qkv channels are laid out as [head, channel, (q, k, v)], as in EDM's checkpoints.
+        b, c, h, w = x.shape
+        qkv = self.qkv(self.norm2(x)).reshape(b, self.num_heads, c // self.num_heads, 3, h * w)
+        q, k, v = (t.transpose(-1, -2) for t in qkv.unbind(3))
+        a = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(a.transpose(-1, -2).reshape(b, c, h, w))
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        # Residual branch with noise conditioning.
+        h = self.conv0(F.silu(self.norm0(x)))
+        params = self.affine(emb)[:, :, None, None].to(h.dtype)
+        if self.adaptive_scale:
+            scale, shift = params.chunk(2, dim=1)
+            h = F.silu(torch.addcmul(shift, self.norm1(h), scale + 1))
+        else:
+            h = F.silu(self.norm1(h + params))
+        h = self.conv1(F.dropout(h, p=self.dropout, training=self.training))
+        x = (h + (self.skip(x) if self.skip is not None else x)) * self.skip_scale
+
+        # Self-attention over the pixels.
+        if self.num_heads:
+            x = (self._attention(x) + x) * self.skip_scale
+        return x
+
+
+def channel_mean_logits(x: Tensor) -> Tensor:
+    """SiDA's discriminator logit map: the channel mean of an encoder feature map, in float32.
+
+    Shape:
+        ``[B, C, h, w] -> [B, 1, h, w]``.
+    """
+    return x.float().mean(dim=1, keepdim=True)

@@ -1,0 +1,180 @@
+"""Configs of the published EDM teachers, EDM-kwarg parsing, preconditioned builds and strict EDM loading.
+
+The preset settings are the constructor arguments of the EDM checkpoints that SiD/SiDA distil
+(``edm-{cifar10-32x32-uncond,cifar10-32x32-cond,ffhq-64x64-uncond,afhqv2-64x64-uncond}-vp.pkl`` and
+``edm-imagenet-64x64-cond-adm.pkl``); parameter counts and every key are locked by ``tests/test_networks.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from torch import Tensor, nn
+
+from ..precond import Precond
+from .dhariwal_unet import DhariwalUNet, DhariwalUNetConfig
+from .song_unet import SongUNet, SongUNetConfig
+
+__all__ = [
+    "PRESETS",
+    "EDMUNetConfig",
+    "StateDictMismatchError",
+    "build_backbone",
+    "config_from_edm_kwargs",
+    "edm_precond",
+    "load_edm_state_dict",
+]
+
+EDMUNetConfig = SongUNetConfig | DhariwalUNetConfig
+"""Either EDM backbone config."""
+
+_DDPMPP_CIFAR = SongUNetConfig(
+    img_resolution=32,
+    augment_dim=9,
+    model_channels=128,
+    channel_mult=(2, 2, 2),
+    num_blocks=4,
+    attn_resolutions=(16,),
+    dropout=0.13,
+)
+_DDPMPP_64 = dataclasses.replace(_DDPMPP_CIFAR, img_resolution=64, channel_mult=(1, 2, 2, 2), dropout=0.05)
+
+PRESETS: dict[str, EDMUNetConfig] = {
+    # EDM DDPM++ (VP) teachers: 55,733,891 / 55,735,299 / 61,805,571 parameters.
+    "cifar10-32x32-uncond": _DDPMPP_CIFAR,
+    "cifar10-32x32-cond": dataclasses.replace(_DDPMPP_CIFAR, label_dim=10),
+    "ffhq-64x64": _DDPMPP_64,
+    # Dropout 0.05 as in SiD's AFHQv2 runs; EDM trained this teacher with 0.25 (weights are unaffected).
+    "afhqv2-64x64": _DDPMPP_64,
+    # EDM ADM teacher: 295,899,267 parameters.
+    "imagenet-64x64": DhariwalUNetConfig(img_resolution=64, label_dim=1000, dropout=0.10),
+}
+"""The published EDM teachers' backbone configs, keyed by dataset (EDM's names without ``edm-``/``-vp``)."""
+
+_PRECOND_ONLY_KWARGS = ("use_fp16", "sigma_min", "sigma_max", "sigma_data")
+
+
+def config_from_edm_kwargs(kwargs: Mapping[str, Any]) -> EDMUNetConfig:
+    """Parse EDM-style constructor kwargs (``EDMPrecond(..., model_type=..., **model_kwargs)``) into a config.
+
+    ``model_type`` picks the family (``SongUNet`` or ``DhariwalUNet``, optionally with SiDA's
+    ``_EncoderDecoder`` suffix; default ``DhariwalUNet`` as in EDM). Preconditioning-only keys
+    (``use_fp16``, ``sigma_min``, ``sigma_max``, ``sigma_data``) are ignored; any other unknown key raises.
+
+    Args:
+        kwargs: For example a golden file's ``config`` metadata or the init kwargs recorded in an EDM pickle.
+
+    Returns:
+        A :class:`SongUNetConfig` or :class:`DhariwalUNetConfig`.
+    """
+    kwargs = dict(kwargs)
+    model_type = str(kwargs.pop("model_type", "DhariwalUNet")).removesuffix("_EncoderDecoder")
+    for key in _PRECOND_ONLY_KWARGS:
+        kwargs.pop(key, None)
+    families: dict[str, type] = {"SongUNet": SongUNetConfig, "DhariwalUNet": DhariwalUNetConfig}
+    if model_type not in families:
+        raise ValueError(f"unknown model_type {model_type!r}: pass one of {sorted(families)}")
+    return families[model_type].from_dict(kwargs)
+
+
+def build_backbone(config: EDMUNetConfig) -> SongUNet | DhariwalUNet:
+    """The backbone for a config: :class:`SongUNet` or :class:`DhariwalUNet`."""
+    if isinstance(config, SongUNetConfig):
+        return SongUNet(config)
+    if isinstance(config, DhariwalUNetConfig):
+        return DhariwalUNet(config)
+    raise TypeError(f"expected a SongUNetConfig or DhariwalUNetConfig, got {type(config).__name__}")
+
+
+def edm_precond(config: EDMUNetConfig | str, *, sigma_data: float = 0.5, **overrides: Any) -> Precond:
+    """Build an EDM denoiser ``Precond(SongUNet | DhariwalUNet)`` whose state-dict keys are EDM's.
+
+    Args:
+        config: A backbone config or a name from :data:`PRESETS`.
+        sigma_data: Standard deviation of the data (EDM: 0.5).
+        **overrides: Config fields to replace, e.g. ``dropout=0.0`` or ``label_dropout=0.1``.
+
+    Returns:
+        The preconditioned network, randomly initialised, in training mode, on the default device
+        (build under ``with torch.device("meta"):`` to skip allocation).
+
+    Example:
+        >>> import torch
+        >>> D = edm_precond("cifar10-32x32-uncond", model_channels=32, channel_mult=(1, 2), num_blocks=1)
+        >>> D(torch.zeros(2, 3, 32, 32), torch.full((2,), 2.5)).shape
+        torch.Size([2, 3, 32, 32])
+    """
+    if isinstance(config, str):
+        if config not in PRESETS:
+            raise ValueError(f"unknown preset {config!r}: pick one of {sorted(PRESETS)}")
+        config = PRESETS[config]
+    if overrides:
+        valid = {f.name for f in dataclasses.fields(config)}
+        unknown = sorted(set(overrides) - valid)
+        if unknown:
+            raise ValueError(f"unknown {type(config).__name__} fields {unknown}; valid fields: {sorted(valid)}")
+        config = dataclasses.replace(config, **overrides)
+    backbone = build_backbone(config)
+    return Precond(backbone, label_dim=config.label_dim, augment_dim=config.augment_dim, sigma_data=sigma_data)
+
+
+class StateDictMismatchError(RuntimeError):
+    """A state dict that does not fit a module exactly; names every missing, unexpected and mis-shaped key.
+
+    Attributes:
+        missing: Keys the module has but the state dict lacks.
+        unexpected: Keys the state dict has but the module lacks.
+        mismatched: ``(key, expected_shape, got_shape)`` for keys whose shapes differ.
+    """
+
+    def __init__(self, missing: list[str], unexpected: list[str], mismatched: list[tuple[str, tuple, tuple]]):
+        self.missing, self.unexpected, self.mismatched = missing, unexpected, mismatched
+        lines = [f"state dict does not match the module ({len(missing) + len(unexpected) + len(mismatched)} keys):"]
+        lines += [f"  missing: {k}" for k in missing]
+        lines += [f"  unexpected: {k}" for k in unexpected]
+        lines += [f"  shape mismatch: {k}: module {list(a)}, state dict {list(b)}" for k, a, b in mismatched]
+        super().__init__("\n".join(lines))
+
+
+def load_edm_state_dict(module: nn.Module, state_dict: Mapping[str, Tensor]) -> nn.Module:
+    """Load EDM-named weights strictly, reporting every missing, unexpected and mis-shaped key at once.
+
+    Keys must equal ``module.state_dict()``'s keys (parameters and persistent buffers such as
+    ``resample_filter`` and ``freqs``). One normalisation is applied: EDM checkpoints name the backbone
+    ``model.``; if EVERY key of ``state_dict`` starts with ``model.`` and the module's keys do not (a bare
+    :class:`SongUNet`/:class:`DhariwalUNet`), the prefix is stripped, and if NO key has it while the module's
+    keys all do (a :class:`~scoredistill.precond.Precond`), it is added. Values are copied in the module's
+    dtype and device.
+
+    Args:
+        module: The destination, e.g. from :func:`edm_precond` or :func:`build_backbone`.
+        state_dict: EDM-named tensors.
+
+    Returns:
+        ``module``.
+
+    Raises:
+        StateDictMismatchError: Listing all offending keys; nothing is loaded.
+    """
+    expected = module.state_dict()
+    prefix = "model."
+    module_prefixed = bool(expected) and all(k.startswith(prefix) for k in expected)
+    given_prefixed = bool(state_dict) and all(k.startswith(prefix) for k in state_dict)
+    if given_prefixed and not module_prefixed:
+        state_dict = {k.removeprefix(prefix): v for k, v in state_dict.items()}
+    elif module_prefixed and not any(k.startswith(prefix) for k in state_dict):
+        state_dict = {prefix + k: v for k, v in state_dict.items()}
+
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    mismatched = [
+        (k, tuple(expected[k].shape), tuple(v.shape))
+        for k, v in state_dict.items()
+        if k in expected and tuple(expected[k].shape) != tuple(v.shape)
+    ]
+    if missing or unexpected or mismatched:
+        raise StateDictMismatchError(missing, unexpected, mismatched)
+    module.load_state_dict(dict(state_dict), strict=True)
+    return module
