@@ -1,0 +1,285 @@
+"""Parity of the fused Triton loss kernels with the functional reference, forward and backward.
+
+GPU tests are marked ``kernels`` and skip without CUDA + Triton. One CPU test runs a few small cases through
+Triton's interpreter (``TRITON_INTERPRET=1``) in a subprocess, when Triton is importable and its interpreter
+works with the installed numpy. Running this file as a script executes those small interpreter cases.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from scoredistill import kernels
+from scoredistill.losses import functional as ref
+
+SHAPES = [(3, 3, 7, 5), (32, 3, 32, 32), (8, 4, 64, 64), (5, 17)]
+SMALL_SHAPES = [(3, 3, 7, 5), (5, 17), (4, 2, 40, 40)]
+TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
+
+needs_kernels = pytest.mark.skipif(not kernels.available(), reason="needs CUDA and Triton")
+
+
+# ------------------------------------------------------------------------------------------------------ helpers
+
+
+def _close(actual: torch.Tensor | None, expected: torch.Tensor | None, rtol: float, what: str) -> None:
+    """Relative closeness, with the absolute floor scaled by the reference's magnitude (sums cancel)."""
+    assert (actual is None) == (expected is None), what
+    if expected is None:
+        return
+    assert actual.shape == expected.shape, what
+    assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
+    a, e = actual.double().cpu(), expected.double().cpu()
+    assert torch.equal(torch.isfinite(a), torch.isfinite(e)), f"{what}: non-finite pattern differs"
+    fin = torch.isfinite(e)
+    scale = e[fin].abs().max().item() if fin.any() else 1.0
+    torch.testing.assert_close(a[fin], e[fin], rtol=rtol, atol=rtol * max(scale, 1e-12), msg=what)
+
+
+def _poison(ts: list[torch.Tensor], batch: int) -> None:
+    """Sample 1: a NaN in the first tensor; the last sample: an inf in the last tensor (when B allows)."""
+    with torch.no_grad():
+        if batch > 2:
+            ts[0].view(batch, -1)[1, 3] = float("nan")
+            ts[-1].view(batch, -1)[batch - 1, 0] = float("inf")
+
+
+def _make(shape, dtype, device, n, *, poison: bool, channels_last: bool = False, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    out = [torch.randn(shape, generator=g).to(dtype) for _ in range(n)]
+    if poison:
+        _poison(out, shape[0])
+    out = [t.to(device) for t in out]
+    if channels_last and len(shape) == 4:
+        out = [t.contiguous(memory_format=torch.channels_last) for t in out]
+    return [t.requires_grad_() for t in out]
+
+
+def _grads(outputs, inputs, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    total = 0.0
+    for o in outputs:
+        if o is not None:
+            c = torch.rand(o.shape, generator=g).to(o.device) + 0.5
+            total = total + (o * c).sum()
+    return torch.autograd.grad(total, inputs, allow_unused=True)
+
+
+def check_sid(shape, dtype, device, *, alpha: float, with_logits: bool, poison: bool, channels_last: bool = False):
+    """Run the fused and the reference generator terms on the same inputs and compare values and gradients."""
+    from scoredistill.kernels import sid_triton
+
+    rtol = TOL[dtype]
+    x_g, d_real, d_fake = _make(shape, dtype, device, 3, poison=poison, channels_last=channels_last)
+    inputs = [x_g, d_real, d_fake]
+    logits = None
+    if with_logits:
+        g = torch.Generator().manual_seed(7)
+        logits = (3 * torch.randn((shape[0], 1, 4, 4), generator=g)).to(dtype)
+        with torch.no_grad():
+            logits[0, 0, 0, 0] = 20.0  # outside the clamp: zero gradient there
+            if poison and shape[0] > 3:
+                logits[2, 0, 1, 1] = float("nan")
+        logits = logits.to(device).requires_grad_()
+        inputs.append(logits)
+    out_ref = ref.sid_generator_terms(x_g, d_real, d_fake, alpha=alpha, logits_fake=logits)
+    out_ker = sid_triton.sid_generator_terms(x_g, d_real, d_fake, alpha=alpha, logits_fake=logits)
+    assert out_ker[0].grad_fn is not None and "SiDFunction" in type(out_ker[0].grad_fn).__name__
+    assert not out_ker[1].requires_grad
+    for name, a, e in zip(("sid", "weight", "adv"), out_ker, out_ref, strict=True):
+        _close(a, e, rtol, f"{name} {shape} {dtype} alpha={alpha}")
+        if a is not None:
+            assert torch.isfinite(a).all(), name
+    g_ref = _grads([out_ref[0], out_ref[2]], inputs)
+    g_ker = _grads([out_ker[0], out_ker[2]], inputs)
+    for name, a, e in zip(("x_g", "d_real", "d_fake", "logits"), g_ker, g_ref, strict=False):
+        _close(a, e, rtol, f"grad {name} {shape} {dtype} alpha={alpha}")
+        assert torch.isfinite(a).all(), f"grad {name} not finite"
+    if poison and shape[0] > 2:
+        assert out_ker[0][1] == 0 and out_ker[1][1] == 0
+        assert (g_ker[0].reshape(shape[0], -1)[1] == 0).all()
+
+
+def check_dsm(shape, dtype, device, *, with_logits: bool, poison: bool, x0_grad: bool, channels_last: bool = False):
+    """Run the fused and the reference fake-score terms on the same inputs and compare values and gradients."""
+    from scoredistill.kernels import dsm_triton
+
+    rtol = TOL[dtype]
+    denoised, x0 = _make(shape, dtype, device, 2, poison=poison, channels_last=channels_last, seed=3)
+    if not x0_grad:
+        x0 = x0.detach()
+    g = torch.Generator().manual_seed(5)
+    sigma = torch.exp(-1.2 + 1.2 * torch.randn(shape[0], generator=g))
+    if poison and shape[0] > 3:
+        sigma[2] = float("inf")
+    sigma = sigma.to(device)
+    inputs = [denoised] + ([x0] if x0_grad else [])
+    lr = lf = None
+    if with_logits:
+        lr = torch.randn((shape[0], 1, 3, 3), generator=g).to(dtype)
+        lf = torch.randn((shape[0], 1, 3, 3), generator=g).to(dtype)
+        if poison and shape[0] > 3:
+            lf[3, 0, 0, 0] = float("nan")
+        lr, lf = lr.to(device).requires_grad_(), lf.to(device).requires_grad_()
+        inputs += [lr, lf]
+    out_ref = ref.fake_score_terms(denoised, x0, sigma, logits_real=lr, logits_fake=lf)
+    out_ker = dsm_triton.fake_score_terms(denoised, x0, sigma, logits_real=lr, logits_fake=lf)
+    assert "DSMFunction" in type(out_ker[0].grad_fn).__name__
+    for name, a, e in zip(("dsm", "disc"), out_ker, out_ref, strict=True):
+        _close(a, e, rtol, f"{name} {shape} {dtype}")
+    g_ref = _grads(list(out_ref), inputs)
+    g_ker = _grads(list(out_ker), inputs)
+    for i, (a, e) in enumerate(zip(g_ker, g_ref, strict=True)):
+        _close(a, e, rtol, f"dsm grad #{i} {shape} {dtype}")
+        assert torch.isfinite(a).all(), f"dsm grad #{i} not finite"
+
+
+# ---------------------------------------------------------------------------------------------------- GPU tests
+
+
+@pytest.mark.kernels
+@needs_kernels
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("alpha", [1.0, 1.2])
+@pytest.mark.parametrize("with_logits", [False, True])
+@pytest.mark.parametrize("poison", [False, True])
+def test_sid_parity_cuda(shape, dtype, alpha, with_logits, poison):
+    check_sid(shape, dtype, "cuda", alpha=alpha, with_logits=with_logits, poison=poison)
+
+
+@pytest.mark.kernels
+@needs_kernels
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("with_logits", [False, True])
+@pytest.mark.parametrize("poison", [False, True])
+@pytest.mark.parametrize("x0_grad", [False, True])
+def test_dsm_parity_cuda(shape, dtype, with_logits, poison, x0_grad):
+    check_dsm(shape, dtype, "cuda", with_logits=with_logits, poison=poison, x0_grad=x0_grad)
+
+
+@pytest.mark.kernels
+@needs_kernels
+def test_fp16_and_channels_last_cuda():
+    check_sid((4, 3, 16, 16), torch.float16, "cuda", alpha=1.2, with_logits=True, poison=True, channels_last=True)
+    check_dsm((4, 3, 16, 16), torch.float16, "cuda", with_logits=True, poison=True, x0_grad=True, channels_last=True)
+    check_sid((32, 3, 32, 32), torch.float32, "cuda", alpha=1.0, with_logits=False, poison=True, channels_last=True)
+
+
+@pytest.mark.kernels
+@needs_kernels
+def test_all_samples_masked_cuda():
+    from scoredistill.kernels import sid_triton
+
+    x = torch.full((4, 3, 8, 8), float("nan"), device="cuda", requires_grad=True)
+    r, f = torch.zeros_like(x, requires_grad=True), torch.zeros_like(x, requires_grad=True)
+    lg = torch.zeros((4, 1, 2, 2), device="cuda", requires_grad=True)
+    sid, w, adv = sid_triton.sid_generator_terms(x, r, f, alpha=1.0, logits_fake=lg)
+    assert (sid == 0).all() and (w == 0).all() and (adv == 0).all()
+    (sid.sum() + adv.sum()).backward()
+    assert (x.grad == 0).all() and (r.grad == 0).all() and (lg.grad == 0).all()
+
+
+@pytest.mark.kernels
+@needs_kernels
+def test_dispatch_cuda(monkeypatch):
+    x, r, f = (torch.randn(2, 3, 4, 4, device="cuda", requires_grad=True) for _ in range(3))
+    sid, _, _ = kernels.sid_generator_terms(x, r, f, alpha=1.2)
+    assert "SiDFunction" in type(sid.grad_fn).__name__
+    sid, _, _ = kernels.sid_generator_terms(x, r, f, alpha=1.2, use_kernels=False)
+    assert "SiDFunction" not in type(sid.grad_fn).__name__
+    sigma = torch.ones(2, device="cuda")
+    dsm, _ = kernels.fake_score_terms(r, x.detach(), sigma)
+    assert "DSMFunction" in type(dsm.grad_fn).__name__
+    monkeypatch.setenv("SCOREDISTILL_KERNELS", "0")
+    sid, _, _ = kernels.sid_generator_terms(x, r, f, alpha=1.2)
+    assert "SiDFunction" not in type(sid.grad_fn).__name__
+    dsm, _ = kernels.fake_score_terms(r, x.detach(), sigma)
+    assert "DSMFunction" not in type(dsm.grad_fn).__name__
+
+
+@pytest.mark.kernels
+@needs_kernels
+def test_no_host_sync_cuda():
+    from scoredistill.kernels import dsm_triton, sid_triton
+
+    x, r, f = (torch.randn(8, 3, 16, 16, device="cuda", requires_grad=True) for _ in range(3))
+    lg = torch.randn(8, 1, 2, 2, device="cuda", requires_grad=True)
+    sigma = torch.rand(8, device="cuda") + 0.1
+    sid_triton.sid_generator_terms(x, r, f, alpha=1.0, logits_fake=lg)  # compile outside the check
+    dsm_triton.fake_score_terms(r, x.detach(), sigma, logits_real=lg, logits_fake=lg)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        sid, _, adv = sid_triton.sid_generator_terms(x, r, f, alpha=1.0, logits_fake=lg)
+        dsm, disc = dsm_triton.fake_score_terms(r, x.detach(), sigma, logits_real=lg, logits_fake=lg)
+        (sid.sum() + adv.sum() + dsm.sum() + disc.sum()).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+# ---------------------------------------------------------------------------------------------------- CPU tests
+
+
+def test_dispatch_switch_cpu(monkeypatch):
+    """The opt-out switches pick the reference; CPU tensors always get the reference."""
+    monkeypatch.setattr(kernels, "available", lambda: True)
+    fake_cuda = SimpleNamespace(is_cuda=True)
+    monkeypatch.delenv("SCOREDISTILL_KERNELS", raising=False)
+    assert kernels._use_fused(fake_cuda, None)
+    assert not kernels._use_fused(fake_cuda, False)
+    monkeypatch.setenv("SCOREDISTILL_KERNELS", "0")
+    assert not kernels._use_fused(fake_cuda, None)
+    monkeypatch.delenv("SCOREDISTILL_KERNELS")
+    x, r, f = (torch.randn(2, 3, 4, 4, requires_grad=True) for _ in range(3))
+    assert not kernels._use_fused(x, None)
+    got = kernels.sid_generator_terms(x, r, f, alpha=1.2)
+    want = ref.sid_generator_terms(x, r, f, alpha=1.2)
+    torch.testing.assert_close(got[0], want[0])
+    torch.testing.assert_close(got[1], want[1])
+
+
+def _interpreter_skip_reason() -> str | None:
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed"
+    import numpy as np
+
+    if tuple(int(p) for p in np.__version__.split(".")[:2]) >= (2, 4):
+        # numpy 2.4 refuses int() on 1-element arrays, which Triton's interpreter (<= 3.6) does for runtime loop
+        # bounds ("only 0-dimensional arrays can be converted to Python scalars").
+        return f"Triton's interpreter breaks on numpy {np.__version__} (runtime loop bounds); needs numpy < 2.4"
+    return None
+
+
+def run_interpreter_cases() -> None:
+    """Small parity cases on CPU through ``TRITON_INTERPRET=1`` (set before Triton is imported)."""
+    for shape in SMALL_SHAPES:
+        for alpha in (1.0, 1.2):
+            check_sid(shape, torch.float32, "cpu", alpha=alpha, with_logits=alpha == 1.0, poison=True)
+        check_sid(shape, torch.bfloat16, "cpu", alpha=1.2, with_logits=True, poison=False)
+        check_dsm(shape, torch.float32, "cpu", with_logits=True, poison=True, x0_grad=True)
+        check_dsm(shape, torch.bfloat16, "cpu", with_logits=False, poison=False, x0_grad=False)
+    check_sid((4, 3, 8, 8), torch.float32, "cpu", alpha=1.2, with_logits=True, poison=True, channels_last=True)
+
+
+@pytest.mark.timeout(300)
+def test_interpreter_parity_cpu():
+    reason = _interpreter_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=280)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+if __name__ == "__main__":
+    os.environ["TRITON_INTERPRET"] = "1"
+    run_interpreter_cases()
+    print("interpreter parity: ok")
