@@ -1,0 +1,319 @@
+"""EDM-compatible networks: golden outputs, full-size key sets, configs, strict loading, precision, layouts."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from scoredistill._types import EncoderBackbone
+from scoredistill.networks import (
+    PRESETS,
+    DhariwalUNet,
+    DhariwalUNetConfig,
+    SongUNet,
+    SongUNetConfig,
+    StateDictMismatchError,
+    build_backbone,
+    config_from_edm_kwargs,
+    edm_precond,
+    load_edm_state_dict,
+)
+from scoredistill.precond import Precond, edm_scalings
+
+GOLDEN = Path(__file__).parent / "fixtures" / "golden"
+GOLDEN_FILES = ["ddpmpp-tiny-uncond", "ddpmpp-tiny-cond", "ncsnpp-tiny-uncond", "adm-tiny-cond"]
+KEYS_JSON = GOLDEN / "edm_checkpoint_keys.json"
+TEACHERS = {
+    "cifar10-32x32-uncond": ("edm-cifar10-32x32-uncond (DDPM++)", 55_733_891),
+    "cifar10-32x32-cond": ("edm-cifar10-32x32-cond (DDPM++)", 55_735_299),
+    "ffhq-64x64": ("edm-ffhq/afhqv2-64x64-uncond (DDPM++)", 61_805_571),
+    "afhqv2-64x64": ("edm-ffhq/afhqv2-64x64-uncond (DDPM++)", 61_805_571),
+    "imagenet-64x64": ("edm-imagenet-64x64-cond (ADM)", 295_899_267),
+}
+TINY = {"img_resolution": 8, "channel_mult": (1, 2), "num_blocks": 1, "attn_resolutions": (4,)}
+TINY_SONG = {**TINY, "model_channels": 16}
+TINY_ADM = {**TINY, "model_channels": 64, "channel_mult": (1, 1)}
+NCSNPP_SKIP = {
+    "embedding_type": "fourier",
+    "encoder_type": "skip",
+    "decoder_type": "skip",
+    "resample_filter": (1, 3, 3, 1),
+}
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def load_golden(name: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    with safe_open(GOLDEN / f"{name}.safetensors", "pt") as f:
+        return json.loads(f.metadata()["config"]), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+
+
+def golden_denoiser(name: str, **overrides) -> tuple[Precond, dict[str, torch.Tensor]]:
+    """The golden network (EDM weights loaded strictly) in eval mode, and the file's tensors."""
+    config, tensors = load_golden(name)
+    config = dataclasses.replace(config_from_edm_kwargs(config), **overrides)
+    D = edm_precond(config)
+    state = {k.removeprefix("state."): v for k, v in tensors.items() if k.startswith("state.")}
+    return load_edm_state_dict(D, state).eval(), tensors
+
+
+def golden_inputs(tensors: dict[str, torch.Tensor]) -> tuple:
+    labels, augment = tensors["in.labels"], tensors["in.augment_labels"]
+    return (
+        tensors["in.x"],
+        tensors["in.sigma"],
+        labels if labels.numel() else None,
+        augment if augment.numel() else None,
+    )
+
+
+@pytest.fixture(scope="module")
+def goldens() -> dict[str, tuple[Precond, dict[str, torch.Tensor]]]:
+    return {name: golden_denoiser(name) for name in GOLDEN_FILES}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Golden outputs of the reference EDM/SiDA code (fp32, eval mode, dropout 0).
+
+
+@pytest.mark.parametrize("name", GOLDEN_FILES)
+def test_golden_outputs(goldens, name: str) -> None:
+    D, t = goldens[name]
+    x, sigma, labels, augment = golden_inputs(t)
+    with torch.no_grad():
+        out = D.score(x, sigma, labels, augment)
+        denoised = D(x, sigma, labels, augment)
+        logits = D.logits(x, sigma, labels, augment)
+    assert out.denoised.dtype == out.logits.dtype == torch.float32
+    assert out.logits.shape == t["out.logits"].shape
+    assert rel_err(out.denoised, t["out.denoised"]) < 1e-4
+    assert rel_err(out.logits, t["out.logits"]) < 1e-4
+    # The raw backbone output F, without the c_skip x term that dominates D at small sigma.
+    c_skip, c_out, _, _ = (c[:, None, None, None] for c in edm_scalings(sigma))
+    assert rel_err((out.denoised - c_skip * x) / c_out, (t["out.denoised"] - c_skip * x) / c_out) < 1e-4
+    # Encoder-only and decoder-only entry points agree with the single pass.
+    assert torch.equal(logits, out.logits)
+    assert torch.equal(denoised, out.denoised)
+
+
+def test_golden_backbones_speak_the_encoder_contract(goldens) -> None:
+    for D, _ in goldens.values():
+        assert isinstance(D.model, (SongUNet, DhariwalUNet))
+        assert isinstance(D.model, EncoderBackbone)
+        assert D.has_encoder
+
+
+def test_every_parameter_gets_a_gradient(goldens) -> None:
+    D, t = goldens["ncsnpp-tiny-uncond"]
+    x, sigma, labels, augment = golden_inputs(t)
+    out = D.score(x, sigma, labels, augment)
+    (out.denoised.square().mean() + out.logits.mean()).backward()
+    no_grad = [n for n, p in D.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    D.zero_grad(set_to_none=True)
+    assert not no_grad
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Full-size published teachers: exact keys, shapes, order and parameter count (built on the meta device).
+
+
+@pytest.mark.parametrize("preset", sorted(TEACHERS))
+def test_full_size_teacher_keys(preset: str) -> None:
+    entry, num_parameters = TEACHERS[preset]
+    expected = json.loads(KEYS_JSON.read_text())[entry]
+    assert expected["num_parameters"] == num_parameters
+    assert PRESETS[preset] == config_from_edm_kwargs(expected["config"])
+    with torch.device("meta"):
+        D = edm_precond(preset)
+    got = [[k, list(v.shape)] for k, v in D.state_dict().items()]
+    assert got == expected["state_dict"]
+    assert sum(p.numel() for p in D.parameters()) == num_parameters
+    assert D.label_dim == PRESETS[preset].label_dim and D.augment_dim == PRESETS[preset].augment_dim
+    assert D.sigma_data == 0.5
+
+
+def test_unknown_preset_lists_valid_names() -> None:
+    with pytest.raises(ValueError, match=r"cifar10-32x32-uncond.*imagenet-64x64"):
+        edm_precond("cifar10")
+    with pytest.raises(ValueError, match=r"unknown SongUNetConfig fields \['dropuot'\]"):
+        edm_precond("cifar10-32x32-uncond", dropuot=0.0)
+
+
+def test_preset_overrides() -> None:
+    with torch.device("meta"):
+        D = edm_precond("cifar10-32x32-cond", dropout=0.0, label_dropout=0.1)
+    assert D.model.config.dropout == 0.0 and D.model.config.label_dropout == 0.1
+    assert PRESETS["cifar10-32x32-cond"].dropout == 0.13
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Configs: validation, dict round trips, EDM kwargs.
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "match"),
+    [
+        (SongUNetConfig, {"img_resolution": 30, "channel_mult": (1, 2, 2)}, "divisible by 2\\^"),
+        (SongUNetConfig, {"img_resolution": 32, "attn_resolutions": (12,)}, "pick from \\[32, 16, 8, 4\\]"),
+        (SongUNetConfig, {"img_resolution": 32, "embedding_type": "sinusoidal"}, "'positional' \\(DDPM\\+\\+\\)"),
+        (SongUNetConfig, {"img_resolution": 32, "encoder_type": "resnet"}, "'standard', 'skip' or 'residual'"),
+        (SongUNetConfig, {"img_resolution": 32, "decoder_type": "residual"}, "'standard' or 'skip'"),
+        (SongUNetConfig, {"img_resolution": 32, "resample_filter": (1, 2, 1)}, "even number of taps"),
+        (SongUNetConfig, {"img_resolution": 32, "dropout": 1.0}, "dropout must lie in \\[0, 1\\)"),
+        (SongUNetConfig, {"img_resolution": 32, "label_dropout": 0.1}, "set label_dim > 0"),
+        (SongUNetConfig, {"img_resolution": 32, "channel_mult": ()}, "non-empty tuple"),
+        (SongUNetConfig, {"img_resolution": 32, "num_blocks": 0}, "num_blocks must be a positive int"),
+        (SongUNetConfig, {"img_resolution": 32, "label_dim": -1}, "label_dim must be an int >= 0"),
+        (DhariwalUNetConfig, {"img_resolution": 64, "model_channels": 16}, "drop 32 from attn_resolutions"),
+        (DhariwalUNetConfig, {"img_resolution": 64, "attn_resolutions": (64, 3)}, "pick from \\[64, 32, 16, 8\\]"),
+    ],
+)
+def test_config_validation(cls: type, kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        cls(**kwargs)
+
+
+def test_config_is_keyword_only_and_frozen() -> None:
+    with pytest.raises(TypeError):
+        SongUNetConfig(32)  # type: ignore[misc]
+    config = SongUNetConfig(img_resolution=32)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.dropout = 0.0  # type: ignore[misc]
+    with pytest.raises(TypeError, match=r"channel_mult=\(1, 2\)"):
+        SongUNetConfig(img_resolution=32, channel_mult=2)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_config_dict_round_trip(preset: str) -> None:
+    config = PRESETS[preset]
+    data = json.loads(json.dumps(config.to_dict()))
+    assert isinstance(data["channel_mult"], list)
+    restored = type(config).from_dict(data)
+    assert restored == config and isinstance(restored.channel_mult, tuple) and hash(restored) == hash(config)
+    with pytest.raises(ValueError, match=r"unknown .*Config keys \['bogus'\]; valid keys"):
+        type(config).from_dict({**data, "bogus": 1})
+
+
+def test_lists_become_tuples() -> None:
+    config = SongUNetConfig(img_resolution=32, channel_mult=[2, 2], attn_resolutions=[16], resample_filter=[1, 1])
+    assert config == SongUNetConfig(img_resolution=32, channel_mult=(2, 2), attn_resolutions=(16,))
+
+
+def test_config_from_edm_kwargs() -> None:
+    kwargs = {"model_type": "SongUNet", "img_resolution": 16, "use_fp16": True, "sigma_data": 0.5}
+    assert config_from_edm_kwargs(kwargs) == SongUNetConfig(img_resolution=16)
+    assert isinstance(config_from_edm_kwargs({"img_resolution": 64}), DhariwalUNetConfig)
+    with pytest.raises(ValueError, match=r"unknown model_type 'VPPrecond'"):
+        config_from_edm_kwargs({"model_type": "VPPrecond", "img_resolution": 16})
+    with pytest.raises(ValueError, match=r"\['beta_d'\]"):
+        config_from_edm_kwargs({"model_type": "SongUNet", "img_resolution": 16, "beta_d": 19.9})
+
+
+def test_backbone_rejects_foreign_config() -> None:
+    with pytest.raises(TypeError, match=r"SongUNetConfig"):
+        SongUNet(DhariwalUNetConfig(**TINY_ADM))  # type: ignore[arg-type]
+    assert isinstance(build_backbone(DhariwalUNetConfig(**TINY_ADM)), DhariwalUNet)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Strict EDM loading.
+
+
+def test_strict_load_names_every_offending_key() -> None:
+    _, t = load_golden("ddpmpp-tiny-uncond")
+    state = {k.removeprefix("state."): v for k, v in t.items() if k.startswith("state.")}
+    del state["model.enc.8x8_block1.qkv.bias"]
+    state["model.enc.8x8_block9.conv0.weight"] = torch.zeros(1)
+    state["model.map_layer0.weight"] = torch.zeros(3, 3)
+    D = edm_precond(config_from_edm_kwargs(load_golden("ddpmpp-tiny-uncond")[0]))
+    before = D.model.map_layer1.weight.clone()
+    with pytest.raises(StateDictMismatchError) as info:
+        load_edm_state_dict(D, state)
+    message = str(info.value)
+    assert "missing: model.enc.8x8_block1.qkv.bias" in message
+    assert "unexpected: model.enc.8x8_block9.conv0.weight" in message
+    assert "shape mismatch: model.map_layer0.weight: module [64, 16], state dict [3, 3]" in message
+    assert info.value.missing == ["model.enc.8x8_block1.qkv.bias"]
+    assert torch.equal(D.model.map_layer1.weight, before)
+
+
+def test_strict_load_model_prefix_normalisation(goldens) -> None:
+    D, t = goldens["adm-tiny-cond"]
+    backbone = build_backbone(D.model.config)
+    state = {k.removeprefix("state."): v for k, v in t.items() if k.startswith("state.")}
+    load_edm_state_dict(backbone, state)
+    assert torch.equal(backbone.map_label.weight, D.model.map_label.weight)
+    fresh = edm_precond(D.model.config)
+    load_edm_state_dict(fresh, backbone.state_dict())
+    assert torch.equal(fresh.model.out_conv.weight, D.model.out_conv.weight)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Label dropout, precision, memory layout, random initialisation.
+
+
+@pytest.mark.parametrize("name", ["ddpmpp-tiny-cond", "adm-tiny-cond"])
+def test_label_dropout_only_in_training(name: str) -> None:
+    D, t = golden_denoiser(name, label_dropout=1.0)
+    x, sigma, labels, augment = golden_inputs(t)
+    with torch.no_grad():
+        eval_out = D(x, sigma, labels, augment)
+        eval_unlabelled = D(x, sigma, torch.zeros_like(labels), augment)
+        train_out = D.train()(x, sigma, labels, augment)
+    assert rel_err(eval_out, t["out.denoised"]) < 1e-4
+    assert rel_err(eval_out, eval_unlabelled) > 1e-6
+    assert rel_err(train_out, eval_unlabelled) < 1e-6
+
+
+@pytest.mark.parametrize("name", ["ncsnpp-tiny-uncond", "adm-tiny-cond"])
+def test_channels_last_gives_same_output(goldens, name: str) -> None:
+    t = goldens[name][1]
+    x, sigma, labels, augment = golden_inputs(t)
+    D_cl = golden_denoiser(name)[0].to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        out = D_cl.score(x.contiguous(memory_format=torch.channels_last), sigma, labels, augment)
+    assert rel_err(out.denoised, t["out.denoised"]) < 1e-4
+    assert rel_err(out.logits, t["out.logits"]) < 1e-4
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        SongUNetConfig(**TINY_SONG, label_dim=3, augment_dim=9),
+        SongUNetConfig(**TINY_SONG, **NCSNPP_SKIP),
+        SongUNetConfig(**TINY_SONG, encoder_type="residual", channel_mult_noise=2),
+        DhariwalUNetConfig(**TINY_ADM, label_dim=3),
+    ],
+    ids=["ddpmpp", "ncsnpp-skip", "residual", "adm"],
+)
+def test_random_init_bf16_autocast(config) -> None:
+    torch.manual_seed(0)
+    D = edm_precond(config).eval()
+    x = torch.randn(2, 3, 8, 8)
+    labels = torch.tensor([0, 2]) if config.label_dim else None
+    with torch.no_grad():
+        ref = D.score(x, torch.tensor([0.5, 5.0]), labels)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = D.score(x, torch.tensor([0.5, 5.0]), labels)
+            raw = D.model(x, torch.zeros(2), None if labels is None else torch.eye(3)[labels])
+    assert out.denoised.dtype == out.logits.dtype == torch.float32
+    assert out.logits.shape == (2, 1, 4, 4)
+    assert torch.isfinite(out.denoised).all() and torch.isfinite(out.logits).all() and torch.isfinite(raw).all()
+    assert torch.isfinite(ref.denoised).all()
+    assert (out.logits - ref.logits).abs().max() < 0.1 * ref.logits.abs().max() + 1e-3
+    # Near-zero last layers: a fresh denoiser starts close to c_skip x.
+    c_skip = edm_scalings(torch.tensor([0.5, 5.0]))[0][:, None, None, None]
+    assert (ref.denoised - c_skip * x).abs().max() < 1e-2
+
+
+def test_conditional_backbone_needs_labels() -> None:
+    net = SongUNet(SongUNetConfig(**TINY_SONG, label_dim=3))
+    with pytest.raises(ValueError, match=r"class-conditional \(label_dim=3\)"):
+        net(torch.randn(1, 3, 8, 8), torch.zeros(1))
