@@ -1,1 +1,62 @@
+"""scoredistill: one-step generators from pretrained diffusion models (SiD, SiDA, SiD²A).
 
+The public API, re-exported here:
+
+- roles speaking one denoiser contract ``D(x, sigma, labels)``: :class:`Teacher`, :class:`OneStepGenerator`,
+  :class:`FakeScore`, around :class:`Precond` (EDM preconditioning) and a backbone from
+  :mod:`scoredistill.networks`;
+- loss plug-ins: :class:`SiDLoss`, :class:`DSMLoss`, :class:`AdversarialEncoderLoss` (pure maths in
+  :mod:`scoredistill.losses.functional`);
+- the loop: :class:`Distiller` and :class:`DistillConfig`;
+- an analytic teacher: :class:`GaussianMixture`.
+"""
+
+from ._types import Denoiser as Denoiser
+from ._types import Noised as Noised
+from ._types import ScoreOutput as ScoreOutput
+from .analytic import GaussianMixture as GaussianMixture
+from .distill import DistillConfig as DistillConfig
+from .distill import Distiller as Distiller
+from .ema import EMA as EMA
+from .fake_score import FakeScore as FakeScore
+from .generator import OneStepGenerator as OneStepGenerator
+from .losses import AdversarialEncoderLoss as AdversarialEncoderLoss
+from .losses import DistillLoss as DistillLoss
+from .losses import DSMLoss as DSMLoss
+from .losses import Evaluation as Evaluation
+from .losses import LossModule as LossModule
+from .losses import LossOutput as LossOutput
+from .losses import SiDLoss as SiDLoss
+from .precond import Precond as Precond
+from .precond import edm_scalings as edm_scalings
+from .sampling import edm_sample as edm_sample
+from .schedules import KarrasUniform as KarrasUniform
+from .schedules import LogNormal as LogNormal
+from .teacher import Teacher as Teacher
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "EMA",
+    "AdversarialEncoderLoss",
+    "DSMLoss",
+    "Denoiser",
+    "DistillConfig",
+    "DistillLoss",
+    "Distiller",
+    "Evaluation",
+    "FakeScore",
+    "GaussianMixture",
+    "KarrasUniform",
+    "LogNormal",
+    "LossModule",
+    "LossOutput",
+    "Noised",
+    "OneStepGenerator",
+    "Precond",
+    "ScoreOutput",
+    "SiDLoss",
+    "Teacher",
+    "edm_sample",
+    "edm_scalings",
+]

@@ -145,3 +145,19 @@ def as_sigma(sigma: Tensor | float, batch: int, device: torch.device) -> Tensor:
     if sigma.shape != (batch,):
         raise ValueError(f"sigma must be a scalar or have shape [B] = [{batch}], got {tuple(sigma.shape)}")
     return sigma
+
+
+def infer_sample_shape(denoiser: object) -> tuple[int, ...] | None:
+    """The shape of one sample, ``(C, H, W)`` or ``(D,)``, read from a denoiser or its backbone if it says.
+
+    Looks for a ``sample_shape`` attribute, then for an EDM-style ``config`` with ``img_channels`` and
+    ``img_resolution`` on the denoiser's ``model``.
+    """
+    for obj in (denoiser, getattr(denoiser, "denoiser", None), getattr(denoiser, "model", None)):
+        shape = getattr(obj, "sample_shape", None)
+        if shape is not None:
+            return tuple(int(s) for s in shape)
+        config = getattr(obj, "config", None)
+        if config is not None and hasattr(config, "img_channels") and hasattr(config, "img_resolution"):
+            return (int(config.img_channels), int(config.img_resolution), int(config.img_resolution))
+    return None

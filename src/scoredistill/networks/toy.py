@@ -26,6 +26,9 @@ def fourier_features(noise_labels: Tensor, dim: int) -> Tensor:
 class MLP(nn.Module):
     """A residual MLP backbone for vector data ``[B, dim]`` (the analytic demo's generator and fake score).
 
+    Like the EDM UNets it exposes SiDA's encoder: the first ``depth // 2`` blocks are the encoder and the
+    logits are the mean over hidden units of their output, shape ``[B, 1]``.
+
     Args:
         dim: Data dimension.
         hidden: Width of the hidden layers.
@@ -48,15 +51,34 @@ class MLP(nn.Module):
         )
         self.out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, dim))
 
-    def forward(
-        self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None = None, augment_labels: Tensor | None = None
-    ) -> Tensor:
+    def _encode(self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None) -> Tensor:
         h = self.inp(x) + self.emb(fourier_features(noise_labels, self.emb_dim))
         if self.label is not None and class_labels is not None:
             h = h + self.label(class_labels)
-        for block in self.blocks:
+        for block in self.blocks[: len(self.blocks) // 2]:
             h = h + block(h)
-        return self.out(h)
+        return h
+
+    def forward_with_logits(
+        self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None = None, augment_labels: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """One pass returning ``(F(x), logits [B, 1])``."""
+        h = self._encode(x, noise_labels, class_labels)
+        logits = h.float().mean(dim=1, keepdim=True)
+        for block in self.blocks[len(self.blocks) // 2 :]:
+            h = h + block(h)
+        return self.out(h), logits
+
+    def encoder_logits(
+        self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None = None, augment_labels: Tensor | None = None
+    ) -> Tensor:
+        """The logits alone; the rest of the network is skipped."""
+        return self._encode(x, noise_labels, class_labels).float().mean(dim=1, keepdim=True)
+
+    def forward(
+        self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None = None, augment_labels: Tensor | None = None
+    ) -> Tensor:
+        return self.forward_with_logits(x, noise_labels, class_labels, augment_labels)[0]
 
 
 class _Res(nn.Module):

@@ -1,0 +1,370 @@
+"""The distillation loop: fake-score step, generator step, EMA (SID_SPEC §2-3).
+
+One ``Distiller.step()`` is one reference iteration. Everything stochastic in it is drawn from a generator
+seeded by ``(seed, step, rank)``, so a run is repeatable and a resumed run continues the same loss trace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from ._types import Noised
+from .checkpoint import load_training_state, save_training_state
+from .ema import EMA
+from .fake_score import FakeScore
+from .generator import OneStepGenerator
+from .losses.base import DistillLoss, Evaluation
+from .schedules import SigmaSampler
+from .teacher import Teacher
+
+__all__ = ["DistillConfig", "Distiller"]
+
+Batch = tuple[Tensor, Tensor | None]  # (x_real [B, ...] in [-1, 1], one-hot labels [B, L] or None)
+Augment = Callable[[Tensor, torch.Generator], tuple[Tensor, Tensor]]  # (x, rng) -> (x_aug, augment_labels)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DistillConfig:
+    """Hyperparameters of the loop. Defaults are the reference's CIFAR-10 SiD settings (SID_SPEC §4)."""
+
+    batch_size: int = 256  # images per step in this process (reference: batch / world size)
+    micro_batch: int | None = None  # images per forward pass; batch_size / micro_batch accumulation rounds
+    total_nimg: int = 500_000_000  # training length in images (all processes)
+    lr_generator: float = 1e-5  # Adam learning rate of G
+    lr_fake_score: float = 1e-5  # Adam learning rate of f_psi
+    generator_beta1: float = 0.0  # Adam beta1 of G (0.9 for FFHQ SiD)
+    fake_score_beta1: float = 0.0  # Adam beta1 of f_psi
+    beta2: float = 0.999  # Adam beta2 of both
+    adam_eps: float = 1e-8  # 1e-6 for fp16 runs in the reference
+    ema_halflife_nimg: float = 500_000  # EMA half-life in images (2 Mimg for ImageNet-64)
+    ema_rampup_ratio: float | None = 0.05  # EDM's EMA ramp-up; None = off
+    generator_start_nimg: int = 0  # no generator step before this many images (SiDA: 100k)
+    fake_score_grad_clip: float | None = None  # clip f_psi's gradient values to +-this (SiDA: 1.0)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # network compute: fp32, bf16 autocast, fp16 + loss scaling
+    seed: int = 0  # one seed makes a run repeatable
+    use_kernels: bool | None = None  # fused loss kernels: None = on CUDA when available
+
+    def __post_init__(self) -> None:
+        micro = self.micro_batch or self.batch_size
+        if self.batch_size <= 0 or micro <= 0 or self.batch_size % micro:
+            raise ValueError(f"batch_size {self.batch_size} must be a positive multiple of micro_batch {micro}")
+        if min(self.lr_generator, self.lr_fake_score, self.adam_eps, self.ema_halflife_nimg, self.total_nimg) <= 0:
+            raise ValueError("learning rates, adam_eps, ema_halflife_nimg and total_nimg must be positive")
+        if not (0 <= self.generator_beta1 < 1 and 0 <= self.fake_score_beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ValueError("Adam betas must lie in [0, 1)")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be 'fp32', 'bf16' or 'fp16', got {self.precision!r}")
+
+    @classmethod
+    def sida(cls, **overrides: object) -> DistillConfig:
+        """SiDA's loop settings: no generator step for 100k images, f_psi's gradient values clipped to 1."""
+        return cls(**{"generator_start_nimg": 100_000, "fake_score_grad_clip": 1.0, **overrides})  # type: ignore[arg-type]
+
+    @property
+    def rounds(self) -> int:
+        """Gradient accumulation rounds per step."""
+        return self.batch_size // (self.micro_batch or self.batch_size)
+
+
+def _phase_sampler(losses: Sequence[DistillLoss], attr: str) -> SigmaSampler:
+    samplers = {getattr(loss, attr) for loss in losses if getattr(loss, attr, None) is not None}
+    if len(samplers) != 1:
+        raise ValueError(f"the losses must declare exactly one {attr} between them, got {samplers or 'none'}")
+    return samplers.pop()
+
+
+def sanitize_grads(params: Sequence[nn.Parameter], clip_value: float | None = None) -> None:
+    """Replace NaN gradients by 0 and +-Inf by +-1e5 (the reference's rule), then optionally clip values."""
+    grads = [p.grad for p in params if p.grad is not None]
+    for g in grads:
+        torch.nan_to_num_(g, nan=0.0, posinf=1e5, neginf=-1e5)
+    if clip_value is not None and grads:
+        torch._foreach_clamp_min_(grads, -clip_value)
+        torch._foreach_clamp_max_(grads, clip_value)
+
+
+class Distiller:
+    """Distil ``teacher`` into ``generator``: one :meth:`step` is one SiD/SiDA iteration.
+
+    Args:
+        teacher: The frozen teacher ``f_phi``.
+        generator: The one-step generator ``G_theta``.
+        fake_score: The fake score ``f_psi`` (its encoder is SiDA's discriminator).
+        losses: Loss plug-ins, e.g. ``[SiDLoss(), DSMLoss()]`` or ``[SiDLoss(alpha=1.0), DSMLoss(),
+            AdversarialEncoderLoss()]``. Their parameters, if any, train with the fake score.
+        config: Loop hyperparameters.
+        data: Iterator of real batches ``(x_real, labels)`` of ``micro_batch`` images; required by losses
+            with ``needs_real_data`` (SiDA), and the source of class labels when given (SID_SPEC §1.1).
+        augment: Optional ``(x, rng) -> (x_aug, augment_labels)`` applied to f_psi's inputs (EDM AugmentPipe).
+    """
+
+    def __init__(
+        self,
+        teacher: Teacher,
+        generator: OneStepGenerator,
+        fake_score: FakeScore,
+        losses: Sequence[DistillLoss],
+        config: DistillConfig,
+        *,
+        data: Iterator[Batch] | None = None,
+        augment: Augment | None = None,
+    ):
+        for loss in losses:
+            if not isinstance(loss, DistillLoss):
+                raise TypeError(f"{type(loss).__name__} does not implement the DistillLoss protocol")
+        if any(getattr(loss, "needs_real_data", False) for loss in losses) and data is None:
+            raise ValueError("a loss needs real images (SiDA's discriminator): pass data=...")
+        if teacher.sample_shape is not None and teacher.sample_shape != generator.sample_shape:
+            raise ValueError(f"teacher sample shape {teacher.sample_shape} != generator's {generator.sample_shape}")
+        if teacher.label_dim != generator.label_dim:
+            raise ValueError(f"teacher has {teacher.label_dim} classes but the generator {generator.label_dim}")
+        self.teacher, self.generator, self.fake_score, self.config = teacher, generator, fake_score, config
+        self.losses = list(losses)
+        self.data, self.augment = data, augment
+        self.generator_sigma = _phase_sampler(self.losses, "generator_sigma")
+        self.fake_score_sigma = _phase_sampler(self.losses, "fake_score_sigma")
+        self.device = next(generator.parameters()).device
+        self.world, self.rank = (dist.get_world_size(), dist.get_rank()) if dist.is_initialized() else (1, 0)
+        self.ema = EMA(generator, halflife_nimg=config.ema_halflife_nimg, rampup_ratio=config.ema_rampup_ratio)
+        fused = {"fused": True} if self.device.type == "cuda" else {"foreach": True}
+        self.g_params = list(generator.parameters())
+        self.f_params = list(fake_score.parameters()) + [p for loss in self.losses if isinstance(loss, nn.Module)
+                                                         for p in loss.parameters()]
+        self.opt_g = torch.optim.Adam(self.g_params, lr=config.lr_generator, eps=config.adam_eps,
+                                      betas=(config.generator_beta1, config.beta2), **fused)
+        self.opt_f = torch.optim.Adam(self.f_params, lr=config.lr_fake_score, eps=config.adam_eps,
+                                      betas=(config.fake_score_beta1, config.beta2), **fused)
+        use_scaler = config.precision == "fp16"
+        self.scalers = {p: torch.amp.GradScaler(self.device.type, enabled=use_scaler) for p in ("g", "f")}
+        self.rng = torch.Generator(self.device)
+        self.nimg = self.step_index = 0
+
+    # -- helpers -----------------------------------------------------------------------------------------
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.precision)
+        return torch.autocast(self.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
+    def _draw(self, n: int, *, need_real: bool) -> tuple[Tensor | None, Tensor | None]:
+        """Class labels (from the data, else uniform) and, when asked, the real images of one micro-batch."""
+        if self.data is not None and (need_real or self.generator.label_dim > 0):
+            x_real, labels = next(self.data)
+            if x_real.shape[0] != n or tuple(x_real.shape[1:]) != self.generator.sample_shape:
+                raise ValueError(f"data batch {tuple(x_real.shape)} != [micro_batch={n}, *{self.generator.sample_shape}]")
+            x_real = x_real.to(self.device, non_blocking=True) if need_real else None
+            return (None if labels is None else labels.to(self.device, non_blocking=True)), x_real
+        if self.generator.label_dim == 0:
+            return None, None
+        return torch.randint(self.generator.label_dim, (n,), generator=self.rng, device=self.device), None
+
+    def _noised(self, x0: Tensor, labels: Tensor | None, sampler: SigmaSampler, aug: Tensor | None = None) -> Noised:
+        sigma = sampler.sample(x0.shape[0], device=self.device, rng=self.rng)
+        return Noised(x0, torch.randn(x0.shape, generator=self.rng, device=self.device), sigma, labels, aug)
+
+    def _backward(self, loss: Tensor, phase: str) -> None:
+        # Sum over the micro-batch divided by the per-process batch: the reference's `sum / B_gpu`.
+        self.scalers[phase].scale(loss.sum() / self.config.batch_size).backward()
+
+    def _optimizer_step(self, phase: str, opt: torch.optim.Optimizer, params: list, clip: float | None) -> None:
+        if self.world > 1:  # average gradients over processes (plain all-reduce; the phases freeze params in turn)
+            grads = [p.grad for p in params if p.grad is not None]
+            flat = torch.cat([g.flatten() for g in grads])
+            dist.all_reduce(flat)
+            torch._foreach_copy_(grads, [f.view_as(g) for f, g in zip(flat.div_(self.world).split(
+                [g.numel() for g in grads]), grads)])
+        self.scalers[phase].unscale_(opt)
+        sanitize_grads(params, clip)
+        self.scalers[phase].step(opt)
+        self.scalers[phase].update()
+        opt.zero_grad(set_to_none=True)
+
+    @staticmethod
+    def _collect(logs: dict[str, Tensor], name: str, out_logs: dict[str, Tensor], scale: float) -> None:
+        for key, value in out_logs.items():
+            k = f"{name}/{key}"
+            logs[k] = logs.get(k, 0) + value.detach().float() * scale
+
+    # -- one iteration -----------------------------------------------------------------------------------
+
+    def step(self) -> dict[str, Tensor]:
+        """Run one iteration and return its logs as detached device tensors (no host synchronisation)."""
+        cfg, micro = self.config, self.config.batch_size // self.config.rounds
+        seed = (cfg.seed * 1_000_003 + self.step_index) * max(self.world, 1) + self.rank
+        self.rng.manual_seed(seed)
+        torch.manual_seed(seed)  # dropout inside the networks draws from the global generator
+        logs: dict[str, Tensor] = {}
+
+        # Fake-score (+ discriminator) step on detached generator samples (E9-E12).
+        self.generator.eval()
+        self.fake_score.train().requires_grad_(True)
+        for _ in range(cfg.rounds):
+            labels, x_real = self._draw(micro, need_real=any(getattr(l, "needs_real_data", False) for l in self.losses))
+            with torch.no_grad(), self._autocast():
+                x_g = self.generator(torch.randn(micro, *self.generator.sample_shape, generator=self.rng,
+                                                 device=self.device), labels)
+            x_g, aug = self.augment(x_g, self.rng) if self.augment else (x_g, None)
+            fake = self._noised(x_g, labels, self.fake_score_sigma, aug)
+            real = None
+            if x_real is not None:
+                x_real, aug_real = self.augment(x_real, self.rng) if self.augment else (x_real, None)
+                real = fake.with_x0(x_real, aug_real)
+            with self._autocast():
+                ev = Evaluation(fake, fake_score=self.fake_score, real=real, nimg=self.nimg, use_kernels=cfg.use_kernels)
+                total = torch.zeros(micro, device=self.device)
+                for loss in self.losses:
+                    out = loss.fake_score_loss(ev)
+                    if out is not None:
+                        total = total + out.loss
+                        self._collect(logs, loss.name, {"fake_score_loss": out.loss.mean(), **out.logs}, 1 / cfg.rounds)
+            self._backward(total, "f")
+        self._optimizer_step("f", self.opt_f, self.f_params, cfg.fake_score_grad_clip)
+
+        # Generator step: gradients flow through the frozen score networks' inputs (E5-E8, E13-E15).
+        active = [l for l in self.losses if self.nimg >= l.generator_start_nimg]
+        if self.nimg >= cfg.generator_start_nimg:
+            self.generator.train()
+            self.fake_score.eval().requires_grad_(False)
+            for _ in range(cfg.rounds):
+                labels, _ = self._draw(micro, need_real=False)
+                z = torch.randn(micro, *self.generator.sample_shape, generator=self.rng, device=self.device)
+                with self._autocast():
+                    fake = self._noised(self.generator(z, labels), labels, self.generator_sigma)
+                    ev = Evaluation(fake, fake_score=self.fake_score, teacher=self.teacher, nimg=self.nimg,
+                                    use_kernels=cfg.use_kernels)
+                    outs = [(l, l.generator_loss(ev)) for l in active]
+                    outs = [(l, o) for l, o in outs if o is not None]
+                    weight_sum = sum(l.generator_weight for l, _ in outs)
+                    total = torch.zeros(micro, device=self.device)
+                    for loss, out in outs:
+                        total = total + (loss.generator_weight / weight_sum) * out.loss
+                        self._collect(logs, loss.name, {"generator_loss": out.loss.mean(), **out.logs}, 1 / cfg.rounds)
+                self._backward(total, "g")
+            self.fake_score.requires_grad_(True)
+            self._optimizer_step("g", self.opt_g, self.g_params, None)
+
+        # Update the EMA and the image counter (only the generator batch counts, as in the reference).
+        global_batch = cfg.batch_size * self.world
+        self.ema.update(self.generator, nimg=self.nimg, batch=global_batch)
+        self.nimg += global_batch
+        self.step_index += 1
+        return logs
+
+    # -- state ---------------------------------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> Path:
+        """Write a resumable checkpoint atomically (networks as safetensors, the rest ``weights_only``)."""
+        state = {
+            "nimg": self.nimg, "step_index": self.step_index, "config": dataclasses.asdict(self.config),
+            "opt_g": self.opt_g.state_dict(), "opt_f": self.opt_f.state_dict(),
+            "scalers": {k: s.state_dict() for k, s in self.scalers.items()},
+            "data": self.data.state_dict() if hasattr(self.data, "state_dict") else None,
+        }
+        return save_training_state(path, modules=self._modules(), state=state)
+
+    def load(self, path: str | Path) -> None:
+        """Resume from :meth:`save`'s checkpoint; the next :meth:`step` continues the same trace."""
+        state = load_training_state(path, modules=self._modules(), map_location=self.device)
+        if state["config"] != dataclasses.asdict(self.config):
+            raise ValueError(f"checkpoint config {state['config']} differs from this run's {self.config}")
+        self.nimg, self.step_index = int(state["nimg"]), int(state["step_index"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_f.load_state_dict(state["opt_f"])
+        for k, s in self.scalers.items():
+            s.load_state_dict(state["scalers"][k])
+        if state["data"] is not None and hasattr(self.data, "load_state_dict"):
+            self.data.load_state_dict(state["data"])
+
+    def _modules(self) -> dict[str, nn.Module]:
+        modules = {"generator": self.generator, "generator_ema": self.ema.module, "fake_score": self.fake_score}
+        for i, loss in enumerate(self.losses):
+            if isinstance(loss, nn.Module) and any(True for _ in loss.parameters()):
+                modules[f"loss{i}_{loss.name}"] = loss
+        return modules
+
+    # -- the loop ------------------------------------------------------------------------------------------
+
+    def run(
+        self,
+        *,
+        run_dir: str | Path | None = None,
+        log_every_nimg: int = 10_000,
+        checkpoint_every_nimg: int | None = None,
+        progress: bool = True,
+        on_log: Callable[[dict[str, float]], None] | None = None,
+    ) -> dict[str, float]:
+        """Step until ``config.total_nimg``; log, checkpoint, and checkpoint again on interruption.
+
+        Returns:
+            The last logged averages.
+        """
+        ckpt = Path(run_dir) / "training_state" if run_dir is not None else None
+        bar = _progress(self.config.total_nimg, self.nimg, enabled=progress and self.rank == 0)
+        sums: dict[str, Tensor] = {}
+        n, t0, last = 0, time.perf_counter(), {}
+        next_log = self.nimg + log_every_nimg
+        next_ckpt = self.nimg + checkpoint_every_nimg if checkpoint_every_nimg else math.inf
+        try:
+            while self.nimg < self.config.total_nimg:
+                for k, v in self.step().items():
+                    sums[k] = sums.get(k, 0) + v
+                n += 1
+                bar.update(self.config.batch_size * self.world)
+                if self.nimg >= next_log or self.nimg >= self.config.total_nimg:
+                    last = {k: float(v) / n for k, v in sums.items()}  # the only host synchronisation
+                    last["images_per_s"] = n * self.config.batch_size * self.world / (time.perf_counter() - t0)
+                    last["nimg"] = self.nimg
+                    bar.log(last) if self.rank == 0 else None
+                    if on_log:
+                        on_log(last)
+                    sums, n, t0, next_log = {}, 0, time.perf_counter(), self.nimg + log_every_nimg
+                if ckpt is not None and self.nimg >= next_ckpt:
+                    self.save(ckpt) if self.rank == 0 else None
+                    next_ckpt = self.nimg + checkpoint_every_nimg
+        except KeyboardInterrupt:
+            if ckpt is not None and self.rank == 0:
+                self.save(ckpt)
+            raise
+        finally:
+            bar.close()
+        if ckpt is not None and self.rank == 0:
+            self.save(ckpt)
+        return last
+
+
+class _progress:
+    """tqdm when installed (``pip install scoredistill[progress]``), otherwise one printed line per log."""
+
+    def __init__(self, total: int, initial: int, *, enabled: bool):
+        self.enabled, self.bar = enabled, None
+        if enabled:
+            try:
+                from tqdm.auto import tqdm
+
+                self.bar = tqdm(total=total, initial=initial, unit="img", unit_scale=True, dynamic_ncols=True)
+            except ImportError:
+                pass
+
+    def update(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def log(self, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        text = "  ".join(f"{k}={v:.4g}" for k, v in values.items())
+        (self.bar.write if self.bar is not None else print)(text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,88 @@
+"""The one-step generator role."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+
+from ._types import infer_sample_shape
+
+__all__ = ["OneStepGenerator"]
+
+
+class OneStepGenerator(nn.Module):
+    """``x_g = D_theta(sigma_init z; sigma_init, labels)``, ``z ~ N(0, I)``: one network evaluation (E3).
+
+    Args:
+        denoiser: A trainable denoiser ``D(x, sigma, labels)``, usually a copy of the teacher's network.
+        sample_shape: Shape of one sample, ``(C, H, W)`` or ``(D,)``; read from the denoiser if omitted.
+        sigma_init: The fixed input noise level (the reference's ``--init_sigma``).
+        label_dim: Number of classes (0 for unconditional); read from the denoiser if omitted.
+
+    Example:
+        >>> import torch
+        >>> from scoredistill.precond import Precond
+        >>> from scoredistill.networks import MLP
+        >>> G = OneStepGenerator(Precond(MLP(dim=2)), sample_shape=(2,))
+        >>> G.sample(5, rng=torch.Generator().manual_seed(0)).shape
+        torch.Size([5, 2])
+
+    References:
+        Zhou et al. 2024 (SiD), Sec. 3; SID_SPEC §1.1.
+    """
+
+    def __init__(
+        self,
+        denoiser: nn.Module,
+        *,
+        sample_shape: tuple[int, ...] | None = None,
+        sigma_init: float = 2.5,
+        label_dim: int | None = None,
+    ):
+        super().__init__()
+        if sigma_init <= 0:
+            raise ValueError(f"sigma_init must be positive (the paper uses 2.5), got {sigma_init}")
+        shape = sample_shape if sample_shape is not None else infer_sample_shape(denoiser)
+        if shape is None:
+            raise ValueError("pass sample_shape=(C, H, W) or (D,): the denoiser does not say its sample shape")
+        self.denoiser = denoiser
+        self.sample_shape = tuple(int(s) for s in shape)
+        self.sigma_init = float(sigma_init)
+        self.label_dim = int(label_dim if label_dim is not None else getattr(denoiser, "label_dim", 0))
+
+    @classmethod
+    def from_teacher(cls, teacher: nn.Module, *, sigma_init: float = 2.5) -> OneStepGenerator:
+        """A generator initialised as a trainable copy of the teacher's network (SiD, SiDA)."""
+        net = copy.deepcopy(getattr(teacher, "denoiser", teacher))
+        if not isinstance(net, nn.Module):
+            raise TypeError("the teacher's denoiser is not an nn.Module: build the generator from a network instead")
+        net.requires_grad_(True).train()
+        return cls(net, sample_shape=getattr(teacher, "sample_shape", None), sigma_init=sigma_init,
+                   label_dim=getattr(teacher, "label_dim", None))
+
+    def extra_repr(self) -> str:
+        return f"sample_shape={self.sample_shape}, sigma_init={self.sigma_init}, label_dim={self.label_dim}"
+
+    def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Map standard normal ``z`` of shape ``[B, *sample_shape]`` to samples ``x_g`` (float32)."""
+        if tuple(z.shape[1:]) != self.sample_shape:
+            raise ValueError(f"z must be [B, {', '.join(map(str, self.sample_shape))}], got {tuple(z.shape)}")
+        sigma = torch.full((z.shape[0],), self.sigma_init, device=z.device)
+        return self.denoiser(self.sigma_init * z.float(), sigma, labels).float()
+
+    def sample(
+        self,
+        n: int,
+        labels: Tensor | None = None,
+        *,
+        rng: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+    ) -> Tensor:
+        """Draw ``n`` samples; conditional generators draw uniform labels when ``labels`` is ``None``."""
+        device = device or next(self.parameters()).device
+        z = torch.randn(n, *self.sample_shape, generator=rng, device=device)
+        if labels is None and self.label_dim > 0:
+            labels = torch.randint(self.label_dim, (n,), generator=rng, device=device)
+        return self(z, labels)

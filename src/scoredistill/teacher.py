@@ -1,0 +1,56 @@
+"""The frozen teacher role."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import Tensor, nn
+
+from ._types import as_sigma, infer_sample_shape
+
+__all__ = ["Teacher"]
+
+
+class Teacher(nn.Module):
+    """A frozen pretrained denoiser ``f_phi``: eval mode, no parameter gradients, ever.
+
+    Gradients still flow through its *input* (SiD backpropagates through ``x_t`` into the generator).
+
+    Args:
+        denoiser: Any module or callable speaking ``D(x, sigma, labels)``, e.g. a
+            :class:`~scoredistill.precond.Precond`-wrapped EDM network or an analytic
+            :class:`~scoredistill.analytic.GaussianMixture`.
+        label_dim: Number of classes; read from the denoiser when it has ``label_dim``.
+        sample_shape: Shape of one sample, ``(C, H, W)`` or ``(D,)``; read from the denoiser when it says.
+
+    Example:
+        >>> import torch
+        >>> from scoredistill.analytic import GaussianMixture
+        >>> teacher = Teacher(GaussianMixture.ring(n_modes=8))
+        >>> teacher(torch.zeros(3, 2), torch.full((3,), 0.5)).shape
+        torch.Size([3, 2])
+    """
+
+    def __init__(
+        self,
+        denoiser: nn.Module | Callable[..., Tensor],
+        *,
+        label_dim: int | None = None,
+        sample_shape: tuple[int, ...] | None = None,
+    ):
+        super().__init__()
+        if not callable(denoiser):
+            raise TypeError(f"a teacher needs a callable D(x, sigma, labels), got {type(denoiser).__name__}")
+        self.denoiser = denoiser
+        self.label_dim = int(label_dim if label_dim is not None else getattr(denoiser, "label_dim", 0))
+        self.sample_shape = tuple(sample_shape) if sample_shape is not None else infer_sample_shape(denoiser)
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> Teacher:
+        """A teacher stays in eval mode (no dropout) whatever the caller asks."""
+        return super().train(False)
+
+    def forward(self, x: Tensor, sigma: Tensor | float, labels: Tensor | None = None) -> Tensor:
+        """``D_phi(x; sigma, labels)`` as float32."""
+        return self.denoiser(x, as_sigma(sigma, x.shape[0], x.device), labels).float()
