@@ -38,7 +38,7 @@ __all__ = ["sid_generator_terms"]
 BLOCK = 1024  # elements per inner step of the streaming kernels
 NUM_WARPS = 4
 PROGRAMS_PER_SM = 4  # target occupancy of the forward split: about this many programs per SM over the whole batch
-FLT_MAX = 3.4028234663852886e38
+FLT_MAX = tl.constexpr(3.4028234663852886e38)  # constexpr: readable inside @triton.jit functions
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
