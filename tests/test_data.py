@@ -275,6 +275,14 @@ def test_real_batches_workers_match_main_process(tiny: ImageZipDataset) -> None:
     workers.close()
 
 
+def test_real_batches_leave_global_rng_alone(tiny: ImageZipDataset) -> None:
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    next(real_batches(tiny, 8))
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_real_batches_drop_last_false(tiny: ImageZipDataset) -> None:
     batches = real_batches(tiny, 64, seed=0, drop_last=False)
     sizes = [next(batches)[0].shape[0] for _ in range(5)]

@@ -113,8 +113,6 @@ class AugmentPipe(nn.Module):
         (torch.Size([4, 3, 8, 8]), torch.Size([4, 9]))
     """
 
-    sym6: Tensor
-
     def __init__(
         self,
         p: float = 0.12,
@@ -151,7 +149,8 @@ class AugmentPipe(nn.Module):
         self.rotate_frac, self.aniso, self.translate_frac = float(rotate_frac), float(aniso), float(translate_frac)
         self.scale_std, self.rotate_frac_max = float(scale_std), float(rotate_frac_max)
         self.aniso_std, self.translate_frac_std = float(aniso_std), float(translate_frac_std)
-        self.register_buffer("sym6", torch.tensor(SYM6, dtype=torch.float64), persistent=False)
+        # Filters per device, kept out of the buffers so that .half() / .to(dtype) cannot round them.
+        self._filters: dict[torch.device, Tensor] = {}
 
     def extra_repr(self) -> str:
         return (
@@ -267,7 +266,9 @@ class AugmentPipe(nn.Module):
         batch, channels, height, width = x.shape
         dtype = x.dtype
         x = x.float()
-        h = self.sym6.to(device=x.device, dtype=torch.float64)
+        h = self._filters.get(x.device)
+        if h is None:
+            h = self._filters[x.device] = torch.tensor(SYM6, dtype=torch.float64, device=x.device)
         taps = h.numel()
         delay = _SYM6_DELAY
         lead = taps // 2 - 1  # 5 for sym6: the 2x-grid samples left of the output that the decimator reads

@@ -87,8 +87,8 @@ class ImageZipDataset(Dataset):
         image: ``[C, H, W]`` uint8 (or float32 with ``normalize``).
 
     Example:
-        >>> ds = ImageZipDataset("tests/fixtures/cifar10-tiny.zip")  # doctest: +SKIP
-        >>> image, label = ds[0]; image.shape, image.dtype, ds.label_dim  # doctest: +SKIP
+        >>> ds = ImageZipDataset("tests/fixtures/cifar10-tiny.zip")  # the repository's test fixture
+        >>> image, label = ds[0]; image.shape, image.dtype, ds.label_dim
         (torch.Size([3, 32, 32]), torch.uint8, 10)
     """
 
@@ -465,6 +465,8 @@ class RealBatches:
                 num_workers=self.num_workers,
                 pin_memory=self.pin_memory,
                 persistent_workers=self.num_workers > 0,
+                # A private generator: creating a loader iterator would otherwise consume torch's global RNG.
+                generator=torch.Generator().manual_seed(self.seed),
             )
             self._iterator = iter(loader)
         images, labels = next(self._iterator)
@@ -522,10 +524,10 @@ def real_batches(
         x_real: ``[B, C, H, W]`` float32 in [-1, 1]; labels: ``[B, L]`` float32 one-hot, or ``None``.
 
     Example:
-        >>> batches = real_batches(ImageZipDataset("tests/fixtures/cifar10-tiny.zip"), 8, seed=0)  # doctest: +SKIP
-        >>> x_real, labels = next(batches); x_real.shape, labels.shape  # doctest: +SKIP
+        >>> batches = real_batches(ImageZipDataset("tests/fixtures/cifar10-tiny.zip"), 8, seed=0)
+        >>> x_real, labels = next(batches); x_real.shape, labels.shape
         (torch.Size([8, 3, 32, 32]), torch.Size([8, 10]))
-        >>> state = batches.state_dict()  # doctest: +SKIP
+        >>> state = batches.state_dict()
     """
     return RealBatches(
         dataset,
