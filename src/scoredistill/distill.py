@@ -250,8 +250,8 @@ class Distiller:
                         total = total + (loss.generator_weight / weight_sum) * out.loss
                         self._collect(logs, loss.name, {"generator_loss": out.loss.mean(), **out.logs}, 1 / cfg.rounds)
                 self._backward(total, "g")
-            self.fake_score.requires_grad_(True)
             self._optimizer_step("g", self.opt_g, self.g_params, None)
+            self.fake_score.requires_grad_(True)
 
         # Update the EMA and the image counter (only the generator batch counts, as in the reference).
         global_batch = cfg.batch_size * self.world

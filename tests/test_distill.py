@@ -1,0 +1,251 @@
+"""The Distiller: loop invariants, schedules, determinism and exact resume."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from conftest import tiny_image_roles, tiny_vector_roles
+from scoredistill import AdversarialEncoderLoss, DistillConfig, Distiller, DSMLoss, SiDLoss
+from scoredistill.distill import sanitize_grads
+from scoredistill.ema import ema_beta
+
+
+def _real_stream(batch: int, shape=(1, 8, 8), seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        yield torch.rand(batch, *shape, generator=g) * 2 - 1, None
+
+
+def _sida(batch=4, **cfg):
+    teacher, G, fake = tiny_image_roles()
+    losses = [SiDLoss(alpha=1.0), DSMLoss(), AdversarialEncoderLoss(generator_start_nimg=cfg.pop("adv_start", 0))]
+    config = DistillConfig(batch_size=batch, total_nimg=10_000, **cfg)
+    return Distiller(teacher, G, fake, losses, config, data=_real_stream(cfg.get("micro_batch") or batch))
+
+
+def test_teacher_untouched_and_phase_gradients():
+    d = _sida()
+    teacher_before = {k: v.clone() for k, v in d.teacher.state_dict().items()}
+    seen = {}
+
+    # Record which parameters got gradients right before each optimiser step.
+    def spy(name, opt):
+        step = opt.step
+
+        def wrapped(*a, **k):
+            seen[name] = {
+                "g": [p.grad is not None and p.grad.abs().sum() > 0 for p in d.g_params],
+                "f": [p.grad is not None for p in d.f_params],
+                "f_frozen": all(not p.requires_grad for p in d.fake_score.parameters()),
+            }
+            return step(*a, **k)
+
+        opt.step = wrapped
+
+    spy("f", d.opt_f)
+    spy("g", d.opt_g)
+    d.step()
+    assert not any(seen["f"]["g"]), "the generator got gradients in the fake-score phase"
+    assert all(seen["f"]["f"]), "every fake-score parameter gets a gradient in its phase"
+    assert all(seen["g"]["g"]), "every generator parameter gets a gradient in its phase"
+    assert not any(seen["g"]["f"]) and seen["g"]["f_frozen"], "fake score must be frozen in the generator phase"
+    for k, v in d.teacher.state_dict().items():
+        assert torch.equal(v, teacher_before[k])
+    assert all(p.grad is None for p in d.teacher.parameters())
+    assert all(p.requires_grad for p in d.fake_score.parameters())  # unfrozen again after the phase
+
+
+def test_ema_moves_and_follows_edm_rule():
+    d = _sida()
+    assert ema_beta(0, 4, halflife_nimg=500_000) == 0.0
+    assert ema_beta(10**9, 256, halflife_nimg=500_000) == pytest.approx(0.5 ** (256 / 500_000))
+    before = [p.clone() for p in d.ema.module.parameters()]
+    d.step()
+    d.step()
+    assert any(not torch.equal(p, q) for p, q in zip(d.ema.module.parameters(), before))
+    # At nimg = 0 beta = 0: after the first step the EMA equals the generator of that step.
+
+
+def test_generator_warmup_and_sida_schedule():
+    d = _sida(generator_start_nimg=8, adv_start=12)
+    g_before = [p.clone() for p in d.generator.parameters()]
+    logs = d.step()  # nimg 0: no generator step
+    assert "sid/generator_loss" not in logs and "dsm/fake_score_loss" in logs and "adv/fake_score_loss" in logs
+    assert all(torch.equal(p, q) for p, q in zip(d.generator.parameters(), g_before))
+    d.step()  # nimg 4 < 8
+    logs = d.step()  # nimg 8: SiD only
+    assert "sid/generator_loss" in logs and "adv/generator_loss" not in logs
+    logs = d.step()  # nimg 12: 0.5 SiD + 0.5 adversarial
+    assert "adv/generator_loss" in logs and d.nimg == 16
+
+
+def test_generator_objective_is_weighted_average():
+    d = _sida(adv_start=0)
+    captured = {}
+    orig = d._backward
+
+    def capture(loss, phase):
+        captured[phase] = loss.detach().clone()
+        return orig(loss, phase)
+
+    d._backward = capture
+    logs = d.step()
+    expected = 0.5 * logs["sid/generator_loss"] + 0.5 * logs["adv/generator_loss"]
+    torch.testing.assert_close(captured["g"].mean(), expected)
+
+
+def test_same_seed_same_trace_and_different_seed_differs():
+    def trace(seed):
+        d = _sida(seed=seed, adv_start=0)
+        return [float(d.step()["sid/generator_loss"]) for _ in range(3)]
+
+    assert trace(0) == trace(0)
+    assert trace(0) != trace(1)
+
+
+def test_resume_continues_the_same_trace(tmp_path):
+    def fresh():
+        d = _sida(adv_start=0, seed=3)
+        d.data = _ResumableStream(4)
+        return d
+
+    straight = fresh()
+    full = [{k: float(v) for k, v in straight.step().items()} for _ in range(4)]
+    first = fresh()
+    part = [{k: float(v) for k, v in first.step().items()} for _ in range(2)]
+    first.save(tmp_path / "ckpt")
+    second = fresh()
+    second.load(tmp_path / "ckpt")
+    part += [{k: float(v) for k, v in second.step().items()} for _ in range(2)]
+    assert part == full
+    for p, q in zip(straight.ema.module.parameters(), second.ema.module.parameters()):
+        assert torch.equal(p, q)
+
+
+class _ResumableStream:
+    """A real-data stream with state, like scoredistill.data's iterator."""
+
+    def __init__(self, batch):
+        self.batch, self.index = batch, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        g = torch.Generator().manual_seed(self.index)
+        self.index += 1
+        return torch.rand(self.batch, 1, 8, 8, generator=g) * 2 - 1, None
+
+    def state_dict(self):
+        return {"index": self.index}
+
+    def load_state_dict(self, state):
+        self.index = state["index"]
+
+
+def test_resume_rejects_other_config_and_missing_files(tmp_path):
+    d = _sida()
+    d.step()
+    d.save(tmp_path / "ckpt")
+    other = _sida(lr_generator=1e-3)
+    with pytest.raises(ValueError, match="differs"):
+        other.load(tmp_path / "ckpt")
+    with pytest.raises(FileNotFoundError):
+        d.load(tmp_path / "nowhere")
+    (tmp_path / "ckpt" / "fake_score.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="fake_score"):
+        d.load(tmp_path / "ckpt")
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    d = _sida()
+    d.step()
+    d.save(tmp_path / "ckpt")
+    good = (tmp_path / "ckpt" / "state.pt").read_bytes()
+    import scoredistill.checkpoint as ck
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ck.torch, "save", boom)
+    d.step()
+    with pytest.raises(OSError):
+        d.save(tmp_path / "ckpt")
+    assert (tmp_path / "ckpt" / "state.pt").read_bytes() == good  # the previous checkpoint survives intact
+
+
+def test_run_checkpoints_on_interrupt(tmp_path):
+    d = _sida()
+    calls = itertools.count()
+    step = d.step
+
+    def interrupted():
+        if next(calls) == 2:
+            raise KeyboardInterrupt
+        return step()
+
+    d.step = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        d.run(run_dir=tmp_path, progress=False)
+    state = torch.load(tmp_path / "training_state" / "state.pt", weights_only=True)
+    assert state["nimg"] == 8
+
+
+def test_gradient_accumulation_rounds_and_reduction():
+    # Each micro-batch's summed loss is divided by the per-process batch (the reference's sum / B_gpu).
+    teacher, G, fake = tiny_vector_roles()
+    d = Distiller(teacher, G, fake, [SiDLoss(), DSMLoss()], DistillConfig(batch_size=8, micro_batch=4, total_nimg=100))
+    calls = []
+    orig = d._backward
+
+    def spy(loss, phase):
+        calls.append((phase, loss.shape[0]))
+        return orig(loss, phase)
+
+    d._backward = spy
+    d.step()
+    assert calls == [("f", 4), ("f", 4), ("g", 4), ("g", 4)]
+    assert d.nimg == 8
+    assert all(p.grad is None for p in d.g_params)  # zeroed after the step
+
+
+def test_sanitize_and_clip():
+    p = torch.nn.Parameter(torch.zeros(4))
+    p.grad = torch.tensor([float("nan"), float("inf"), -float("inf"), 3.0])
+    sanitize_grads([p])
+    assert p.grad.tolist() == [0.0, 1e5, -1e5, 3.0]
+    sanitize_grads([p], clip_value=1.0)
+    assert p.grad.tolist() == [0.0, 1.0, -1.0, 1.0]
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_steps_are_finite(precision):
+    d = _sida(precision=precision, adv_start=0)
+    for _ in range(2):
+        logs = d.step()
+    assert all(torch.isfinite(v) for v in logs.values())
+
+
+def test_config_validation_and_wiring_errors():
+    with pytest.raises(ValueError, match="multiple"):
+        DistillConfig(batch_size=6, micro_batch=4)
+    with pytest.raises(ValueError, match="precision"):
+        DistillConfig(precision="fp8")  # type: ignore[arg-type]
+    assert DistillConfig.sida().generator_start_nimg == 100_000
+    teacher, G, fake = tiny_image_roles()
+    with pytest.raises(ValueError, match="real images"):
+        Distiller(teacher, G, fake, [SiDLoss(), DSMLoss(), AdversarialEncoderLoss()], DistillConfig())
+    with pytest.raises(ValueError, match="fake_score_sigma"):
+        Distiller(teacher, G, fake, [SiDLoss()], DistillConfig())
+    with pytest.raises(TypeError, match="protocol"):
+        Distiller(teacher, G, fake, [object()], DistillConfig())  # type: ignore[list-item]
+    t2, G2, f2 = tiny_image_roles(label_dim=3)
+    with pytest.raises(ValueError, match="classes"):
+        Distiller(teacher, G2, fake, [SiDLoss(), DSMLoss()], DistillConfig())
+    d = Distiller(teacher, G, fake, [SiDLoss(), DSMLoss(), AdversarialEncoderLoss()],
+                  DistillConfig(batch_size=4), data=_real_stream(4, shape=(1, 16, 16)))
+    with pytest.raises(ValueError, match="data batch"):
+        d.step()
