@@ -41,6 +41,8 @@ class MLP(nn.Module):
         super().__init__()
         if dim <= 0 or hidden <= 0 or depth <= 0:
             raise ValueError(f"dim, hidden and depth must be positive, got {dim}, {hidden}, {depth}")
+        # The constructor arguments, which is what config.json records (scoredistill.hub).
+        self.init_kwargs = {"dim": dim, "hidden": hidden, "depth": depth, "label_dim": label_dim, "emb_dim": emb_dim}
         self.dim, self.emb_dim = dim, emb_dim
         self.inp = nn.Linear(dim, hidden)
         self.emb = nn.Linear(emb_dim, hidden)
@@ -112,6 +114,13 @@ class TinyUNet(nn.Module):
 
     def __init__(self, img_channels: int = 1, channels: int = 16, label_dim: int = 0, augment_dim: int = 0):
         super().__init__()
+        # The constructor arguments, which is what config.json records (scoredistill.hub).
+        self.init_kwargs = {
+            "img_channels": img_channels,
+            "channels": channels,
+            "label_dim": label_dim,
+            "augment_dim": augment_dim,
+        }
         self.emb_dim = 4 * channels
         self.map_noise = nn.Linear(channels, self.emb_dim)
         self.map_label = nn.Linear(label_dim, self.emb_dim, bias=False) if label_dim else None
