@@ -109,9 +109,8 @@ class _DSMFunction(torch.autograd.Function):
         df, xf = _rows(denoised, batch), _rows(x0, batch)
         numel = df.shape[1]
         splits, chunk = _split(batch, numel, denoised.device)
-        part = torch.empty((2, batch, splits), dtype=torch.float32, device=denoised.device)
-        dsm = torch.empty(batch, dtype=torch.float32, device=denoised.device)
-        lam = torch.empty(batch, dtype=torch.float32, device=denoised.device)
+        buf = torch.empty(2 * batch * splits + 2 * batch, dtype=torch.float32, device=denoised.device)
+        part, dsm, lam = buf.split((2 * batch * splits, batch, batch))
         if batch > 0:
             _dsm_fwd_partial_kernel[(batch, splits)](
                 df, xf, part, batch, numel, chunk, splits, BLOCK=BLOCK, num_warps=NUM_WARPS
@@ -184,7 +183,8 @@ def fake_score_terms(
         ``None``); non-finite samples give 0 and zero gradient. Inputs the kernels do not take (float64, CPU
         without ``TRITON_INTERPRET=1``, a ``sigma`` that requires grad) run the reference instead.
     """
-    _check_same_shape(denoised=denoised, x0=x0)
+    if denoised.shape != x0.shape:
+        _check_same_shape(denoised=denoised, x0=x0)
     if sigma.shape != (x0.shape[0],):
         raise ValueError(f"sigma must have shape [B] = [{x0.shape[0]}], got {tuple(sigma.shape)}")
     if (logits_real is None) != (logits_fake is None):

@@ -340,9 +340,14 @@ def _check_same_shape(**tensors: Tensor) -> None:
         raise ValueError(f"inputs must share one shape [B, ...], got {shapes}")
 
 
+LOGIT_TILE = 8192  # elements of one logit tile: a whole [B, h*w] map in one or two tiles (one program)
+LOGIT_WARPS = 8
+
+
 def _logit_block(batch: int, length: int) -> tuple[int, int]:
-    block_l = min(triton.next_power_of_2(max(length, 1)), 256)
-    block_b = max(1, min(triton.next_power_of_2(max(batch, 1)), 4096 // block_l))
+    # One program walks the map tile by tile; big tiles keep its serial latency to a few loads.
+    block_l = min(triton.next_power_of_2(max(length, 1)), 1024)
+    block_b = max(1, min(triton.next_power_of_2(max(batch, 1)), LOGIT_TILE // block_l))
     return block_b, block_l
 
 
@@ -358,9 +363,9 @@ class _SiDFunction(torch.autograd.Function):
         xf, rf, ff = _rows(x_g, batch), _rows(d_real, batch), _rows(d_fake, batch)
         numel = xf.shape[1]
         splits, chunk = _split(batch, numel, x_g.device)
-        part = torch.empty((3, batch, splits), dtype=torch.float32, device=x_g.device)
-        sid = torch.empty(batch, dtype=torch.float32, device=x_g.device)
-        w = torch.empty(batch, dtype=torch.float32, device=x_g.device)
+        # One allocation for the partials and both outputs (fewer host-side calls on the latency-bound sizes).
+        buf = torch.empty(3 * batch * splits + 2 * batch, dtype=torch.float32, device=x_g.device)
+        part, sid, w = buf.split((3 * batch * splits, batch, batch))
         if batch > 0:
             _sid_fwd_partial_kernel[(batch, splits)](
                 xf, rf, ff, part, batch, numel, chunk, splits, float(alpha), BLOCK=BLOCK, num_warps=NUM_WARPS
@@ -439,6 +444,7 @@ class _LogitFunction(torch.autograd.Function):
                 MODE=mode,
                 BLOCK_B=block_b,
                 BLOCK_L=block_l,
+                num_warps=LOGIT_WARPS,
             )
         ctx.save_for_backward(af, bf, coef)
         ctx.meta = (mode, float(numel), float(sigma_data), a.shape, None if b is None else b.shape)
@@ -473,6 +479,7 @@ class _LogitFunction(torch.autograd.Function):
                 GB=need_b,
                 BLOCK_B=block_b,
                 BLOCK_L=block_l,
+                num_warps=LOGIT_WARPS,
             )
         return (
             ga.view(a_shape) if ga is not None else None,
@@ -506,7 +513,8 @@ def sid_generator_terms(
         into ``x_g``, ``d_real``, ``d_fake`` and ``logits_fake`` in their own dtypes. Inputs the kernels do not
         take (float64, CPU without ``TRITON_INTERPRET=1``) run the reference instead.
     """
-    _check_same_shape(x_g=x_g, d_real=d_real, d_fake=d_fake)
+    if not (x_g.shape == d_real.shape == d_fake.shape):
+        _check_same_shape(x_g=x_g, d_real=d_real, d_fake=d_fake)
     tensors = (x_g, d_real, d_fake) + ((logits_fake,) if logits_fake is not None else ())
     if not _supported(*tensors) or x_g.dim() < 1:
         return ref.sid_generator_terms(x_g, d_real, d_fake, alpha=alpha, logits_fake=logits_fake)
