@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import copy
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
 from ._types import ScoreOutput, as_sigma, infer_sample_shape
+
+if TYPE_CHECKING:
+    from huggingface_hub import CommitInfo
 
 __all__ = ["FakeScore"]
 
@@ -67,3 +73,24 @@ class FakeScore(nn.Module):
         if not self.has_encoder:
             raise TypeError("this fake score has no encoder: SiDA needs a backbone with encoder logits")
         return self.denoiser.logits(x, as_sigma(sigma, x.shape[0], x.device), labels, augment_labels).float()
+
+    # Public artefacts (config.json + model.safetensors), delegated to scoredistill.hub.
+
+    def save_pretrained(self, directory: str | os.PathLike, **kwargs: Any) -> Path:
+        """Write this FakeScore as a public artefact; see :func:`scoredistill.hub.save_pretrained`."""
+        from .hub import save_pretrained
+
+        return save_pretrained(self, directory, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, repo_id_or_path: str | os.PathLike, **kwargs: Any) -> FakeScore:
+        """Load strictly from a local directory or a Hub repo; see :func:`scoredistill.hub.from_pretrained`."""
+        from .hub import from_pretrained
+
+        return from_pretrained(repo_id_or_path, expected_class=cls, **kwargs)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> CommitInfo:
+        """Upload this FakeScore to a Hub model repo; see :func:`scoredistill.hub.push_to_hub`."""
+        from .hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import copy
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from ._types import infer_sample_shape
+
+if TYPE_CHECKING:
+    from huggingface_hub import CommitInfo
 
 __all__ = ["OneStepGenerator"]
 
@@ -86,3 +92,24 @@ class OneStepGenerator(nn.Module):
         if labels is None and self.label_dim > 0:
             labels = torch.randint(self.label_dim, (n,), generator=rng, device=device)
         return self(z, labels)
+
+    # Public artefacts (config.json + model.safetensors), delegated to scoredistill.hub.
+
+    def save_pretrained(self, directory: str | os.PathLike, **kwargs: Any) -> Path:
+        """Write this OneStepGenerator as a public artefact; see :func:`scoredistill.hub.save_pretrained`."""
+        from .hub import save_pretrained
+
+        return save_pretrained(self, directory, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, repo_id_or_path: str | os.PathLike, **kwargs: Any) -> OneStepGenerator:
+        """Load strictly from a local directory or a Hub repo; see :func:`scoredistill.hub.from_pretrained`."""
+        from .hub import from_pretrained
+
+        return from_pretrained(repo_id_or_path, expected_class=cls, **kwargs)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> CommitInfo:
+        """Upload this OneStepGenerator to a Hub model repo; see :func:`scoredistill.hub.push_to_hub`."""
+        from .hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
