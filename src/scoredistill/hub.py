@@ -56,6 +56,7 @@ __all__ = [
     "MODEL_CARD_NAME",
     "ROLES",
     "WEIGHTS_NAME",
+    "BackboneCodec",
     "CheckpointError",
     "WeightsMismatchError",
     "from_pretrained",
@@ -114,26 +115,27 @@ class WeightsMismatchError(StateDictMismatchError, CheckpointError):
 
 
 @dataclass(frozen=True)
-class _BackboneCodec:
+class BackboneCodec:
+    """How one backbone family is written to and rebuilt from ``config.json``.
+
+    Attributes:
+        cls: The backbone class (matched exactly, so a subclass is never saved as its parent).
+        encode: Backbone -> JSON-ready config dict.
+        build: Config dict -> a freshly initialised backbone.
+    """
+
     cls: type[nn.Module]
-    encode: Callable[[Any], dict[str, Any]]  # backbone -> JSON-ready config
-    build: Callable[[Mapping[str, Any]], nn.Module]  # config -> fresh backbone
+    encode: Callable[[Any], dict[str, Any]]
+    build: Callable[[Any], nn.Module]
 
 
-def _toy_build(cls: type[nn.Module]) -> Callable[[Mapping[str, Any]], nn.Module]:
-    def build(config: Mapping[str, Any]) -> nn.Module:
-        return cls(**config)
-
-    return build
-
-
-BACKBONES: dict[str, _BackboneCodec] = {
-    "SongUNet": _BackboneCodec(SongUNet, lambda m: m.config.to_dict(), lambda c: SongUNet(SongUNetConfig.from_dict(c))),
-    "DhariwalUNet": _BackboneCodec(
+BACKBONES: dict[str, BackboneCodec] = {
+    "SongUNet": BackboneCodec(SongUNet, lambda m: m.config.to_dict(), lambda c: SongUNet(SongUNetConfig.from_dict(c))),
+    "DhariwalUNet": BackboneCodec(
         DhariwalUNet, lambda m: m.config.to_dict(), lambda c: DhariwalUNet(DhariwalUNetConfig.from_dict(c))
     ),
-    "MLP": _BackboneCodec(MLP, lambda m: dict(m.init_kwargs), _toy_build(MLP)),
-    "TinyUNet": _BackboneCodec(TinyUNet, lambda m: dict(m.init_kwargs), _toy_build(TinyUNet)),
+    "MLP": BackboneCodec(MLP, lambda m: dict(m.init_kwargs), lambda c: MLP(**c)),
+    "TinyUNet": BackboneCodec(TinyUNet, lambda m: dict(m.init_kwargs), lambda c: TinyUNet(**c)),
 }
 """The backbones an artefact may name in ``backbone._class_name``: the one place they are looked up."""
 
