@@ -412,6 +412,16 @@ def test_hub_download_and_load(fake_hub: FakeHub, saved, tmp_path: Path):
     assert load_config("org/sid-tiny", cache_dir=tmp_path / "cache")["_class_name"] == "OneStepGenerator"
 
 
+def test_hf_endpoint_set_after_import_is_honoured(saved, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    role, path = saved["mlp_generator"]
+    with FakeHub() as hub:  # no patched constants: only the environment variable, read at call time
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint + "/")
+        monkeypatch.setenv("HF_TOKEN", "hf_fake_token_for_tests")
+        _publish(hub, "org/env", path)
+        assert_same_outputs(role, from_pretrained("org/env", cache_dir=tmp_path / "cache"))
+        assert ("GET", "/api/models/org/env/revision/main") in hub.requests
+
+
 def test_hub_revision_is_honoured(fake_hub: FakeHub, saved, tmp_path: Path):
     old, old_path = saved["mlp_generator"]
     new = mlp_generator()
