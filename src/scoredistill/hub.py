@@ -467,7 +467,7 @@ def _resolve(
         if revision is not None:
             raise ValueError(f"revision={revision!r} applies to Hub repos, but {str(path)!r} is a local directory")
         return path
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError, RevisionNotFoundError
     from huggingface_hub.utils import validate_repo_id
 
@@ -476,7 +476,7 @@ def _resolve(
         validate_repo_id(repo_id)
     except HFValidationError as err:
         raise FileNotFoundError(f"{repo_id!r} is neither a local directory nor a valid Hub repo id") from err
-    where = f"the Hub ({_hub_endpoint() or 'HF_ENDPOINT default'})"
+    where = f"the Hub at {_hub_endpoint() or constants.ENDPOINT}"
     try:
         snapshot = snapshot_download(
             repo_id,
