@@ -61,6 +61,7 @@ def run_demo(
     data: GaussianMixture | None = None,
     adversarial_scale: float | None = None,
     start_nimg: int = 0,
+    hidden: int = 128,
     progress: bool = False,
 ) -> DemoResult:
     """Distil ``teacher`` (default: an 8-mode ring) with SiD, or SiDA when ``data`` is given.
@@ -75,10 +76,11 @@ def run_demo(
         data: A mixture to draw real samples from: turns on SiDA's adversarial loss.
         adversarial_scale: SiDA's generator scale (the paper's 0.01 when ``None``).
         start_nimg: Images before the adversarial term joins the generator loss (the paper: 200k of its 300M).
+        hidden: Width of the MLPs.
         progress: Show a progress bar.
     """
     mixture = teacher if teacher is not None else GaussianMixture.ring(8)
-    t_net, G, fake = toy_roles(mixture, seed=seed)
+    t_net, G, fake = toy_roles(mixture, hidden=hidden, seed=seed)
     losses: list = [SiDLoss(alpha=alpha), DSMLoss()]
     stream = None
     if data is not None:

@@ -31,7 +31,7 @@ from .teacher import Teacher
 __all__ = ["DistillConfig", "Distiller"]
 
 Batch = tuple[Tensor, Tensor | None]  # (x_real [B, ...] in [-1, 1], one-hot labels [B, L] or None)
-Augment = Callable[[Tensor, torch.Generator], tuple[Tensor, Tensor]]  # (x, rng) -> (x_aug, augment_labels)
+Augment = Callable[..., tuple[Tensor, Tensor]]  # augment(x, rng=generator) -> (x_aug, augment_labels)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,7 +106,7 @@ class Distiller:
         config: Loop hyperparameters.
         data: Iterator of real batches ``(x_real, labels)`` of ``micro_batch`` images; required by losses
             with ``needs_real_data`` (SiDA), and the source of class labels when given (SID_SPEC §1.1).
-        augment: Optional ``(x, rng) -> (x_aug, augment_labels)`` applied to f_psi's inputs (EDM AugmentPipe).
+        augment: Optional ``augment(x, rng=...) -> (x_aug, augment_labels)`` applied to f_psi's inputs (EDM AugmentPipe).
     """
 
     def __init__(
@@ -213,11 +213,11 @@ class Distiller:
             with torch.no_grad(), self._autocast():
                 x_g = self.generator(torch.randn(micro, *self.generator.sample_shape, generator=self.rng,
                                                  device=self.device), labels)
-            x_g, aug = self.augment(x_g, self.rng) if self.augment else (x_g, None)
+            x_g, aug = self.augment(x_g, rng=self.rng) if self.augment else (x_g, None)
             fake = self._noised(x_g, labels, self.fake_score_sigma, aug)
             real = None
             if x_real is not None:
-                x_real, aug_real = self.augment(x_real, self.rng) if self.augment else (x_real, None)
+                x_real, aug_real = self.augment(x_real, rng=self.rng) if self.augment else (x_real, None)
                 real = fake.with_x0(x_real, aug_real)
             with self._autocast():
                 ev = Evaluation(fake, fake_score=self.fake_score, real=real, nimg=self.nimg, use_kernels=cfg.use_kernels)
