@@ -245,7 +245,13 @@ def test_config_validation_and_wiring_errors():
     t2, G2, f2 = tiny_image_roles(label_dim=3)
     with pytest.raises(ValueError, match="classes"):
         Distiller(teacher, G2, fake, [SiDLoss(), DSMLoss()], DistillConfig())
-    d = Distiller(teacher, G, fake, [SiDLoss(), DSMLoss(), AdversarialEncoderLoss()],
-                  DistillConfig(batch_size=4), data=_real_stream(4, shape=(1, 16, 16)))
+    d = Distiller(
+        teacher,
+        G,
+        fake,
+        [SiDLoss(), DSMLoss(), AdversarialEncoderLoss()],
+        DistillConfig(batch_size=4),
+        data=_real_stream(4, shape=(1, 16, 16)),
+    )
     with pytest.raises(ValueError, match="data batch"):
         d.step()

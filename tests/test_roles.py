@@ -64,8 +64,9 @@ def test_generator_maps_noise_at_sigma_init(rng):
     expected = G.denoiser(2.5 * z, torch.full((3,), 2.5))
     torch.testing.assert_close(G(z), expected)
     assert G.sample(5, rng=torch.Generator().manual_seed(0)).shape == (5, 1, 8, 8)
-    torch.testing.assert_close(G.sample(2, rng=torch.Generator().manual_seed(1)),
-                               G.sample(2, rng=torch.Generator().manual_seed(1)))
+    torch.testing.assert_close(
+        G.sample(2, rng=torch.Generator().manual_seed(1)), G.sample(2, rng=torch.Generator().manual_seed(1))
+    )
     with pytest.raises(ValueError, match="z must be"):
         G(torch.randn(2, 1, 4, 4))
     with pytest.raises(ValueError, match="sample_shape"):

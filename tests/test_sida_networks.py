@@ -7,8 +7,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from scoredistill import AdversarialEncoderLoss, DistillConfig, Distiller, DSMLoss, FakeScore, OneStepGenerator
-from scoredistill import SiDLoss, Teacher
+from scoredistill import (
+    AdversarialEncoderLoss,
+    DistillConfig,
+    Distiller,
+    DSMLoss,
+    FakeScore,
+    OneStepGenerator,
+    SiDLoss,
+    Teacher,
+)
 from scoredistill.augment import AugmentPipe
 from scoredistill.data import ImageZipDataset, check_compatible, real_batches
 from scoredistill.networks import DhariwalUNetConfig, SongUNetConfig, edm_precond
@@ -17,8 +25,17 @@ FIXTURE = Path(__file__).parent / "fixtures" / "cifar10-tiny.zip"
 
 
 def _tiny_ddpmpp(label_dim: int) -> SongUNetConfig:
-    return SongUNetConfig(img_resolution=32, img_channels=3, label_dim=label_dim, augment_dim=9, model_channels=16,
-                          channel_mult=(1, 2), num_blocks=1, attn_resolutions=(16,), dropout=0.1)
+    return SongUNetConfig(
+        img_resolution=32,
+        img_channels=3,
+        label_dim=label_dim,
+        augment_dim=9,
+        model_channels=16,
+        channel_mult=(1, 2),
+        num_blocks=1,
+        attn_resolutions=(16,),
+        dropout=0.1,
+    )
 
 
 @pytest.mark.parametrize("label_dim", [0, 10])
@@ -50,8 +67,16 @@ def test_sida_iterations_with_ddpmpp(label_dim, tmp_path):
 
 def test_sid_iteration_with_adm():
     torch.manual_seed(0)
-    cfg = DhariwalUNetConfig(img_resolution=16, img_channels=3, label_dim=10, model_channels=64, channel_mult=(1, 1),
-                             num_blocks=1, attn_resolutions=(8,), dropout=0.0)
+    cfg = DhariwalUNetConfig(
+        img_resolution=16,
+        img_channels=3,
+        label_dim=10,
+        model_channels=64,
+        channel_mult=(1, 1),
+        num_blocks=1,
+        attn_resolutions=(8,),
+        dropout=0.0,
+    )
     teacher = Teacher(edm_precond(cfg))
     G, fake = OneStepGenerator.from_teacher(teacher), FakeScore.from_teacher(teacher)
     d = Distiller(teacher, G, fake, [SiDLoss(), DSMLoss()], DistillConfig(batch_size=2, total_nimg=4))

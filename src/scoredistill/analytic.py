@@ -56,7 +56,12 @@ class GaussianMixture(nn.Module):
 
     @classmethod
     def ring(
-        cls, n_modes: int = 8, *, radius: float = 1.0, std: float = 0.05, weights: Tensor | None = None,
+        cls,
+        n_modes: int = 8,
+        *,
+        radius: float = 1.0,
+        std: float = 0.05,
+        weights: Tensor | None = None,
         conditional: bool = False,
     ) -> GaussianMixture:
         """``n_modes`` 2-D Gaussians evenly spaced on a circle (the classic mode-coverage toy)."""
@@ -118,6 +123,3 @@ def energy_distance(x: Tensor, y: Tensor) -> Tensor:
     """The energy distance ``2 E|x - y| - E|x - x'| - E|y - y'|`` between two samples (0 iff equal laws)."""
     x, y = x.flatten(1).float(), y.flatten(1).float()
     return 2 * torch.cdist(x, y).mean() - torch.cdist(x, x).mean() - torch.cdist(y, y).mean()
-
-
-

@@ -15,24 +15,39 @@ def _demo(args: argparse.Namespace) -> int:
     from .analytic import GaussianMixture
     from .demo import run_demo, write_scatter_png
 
-    print(f"Distilling an 8-Gaussian ring into a one-step MLP generator: {args.steps} steps of {args.batch_size} "
-          f"images, alpha={args.alpha}, seed={args.seed} (CPU)")
-    result = run_demo(steps=args.steps, batch_size=args.batch_size, lr=args.lr, alpha=args.alpha, seed=args.seed,
-                      progress=not args.quiet)
+    print(
+        f"Distilling an 8-Gaussian ring into a one-step MLP generator: {args.steps} steps of {args.batch_size} "
+        f"images, alpha={args.alpha}, seed={args.seed} (CPU)"
+    )
+    result = run_demo(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        alpha=args.alpha,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
     mixture = GaussianMixture.ring(8)
     print(f"\nmass per mode     {'  '.join(f'm{k}' for k in range(8))}")
-    for name, mass in (("true", result.true_mass), ("teacher (ODE)", result.teacher_mass),
-                       ("student (1 step)", result.student_mass)):
+    for name, mass in (
+        ("true", result.true_mass),
+        ("teacher (ODE)", result.teacher_mass),
+        ("student (1 step)", result.student_mass),
+    ):
         print(f"{name:<17} " + " ".join(f"{m:.3f}" for m in mass))
     worst = max(abs(s - t) for s, t in zip(result.student_mass, result.true_mass))
     print(f"\nlargest mode-mass error of the student: {worst:.3f}")
-    print(f"energy distance to true samples: teacher (32-step Heun ODE, 63 NFE) {result.teacher_energy:.4f}, "
-          f"student (1 NFE) {result.student_energy:.4f}")
+    print(
+        f"energy distance to true samples: teacher (32-step Heun ODE, 63 NFE) {result.teacher_energy:.4f}, "
+        f"student (1 NFE) {result.student_energy:.4f}"
+    )
     print(f"distillation took {result.seconds:.1f} s")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     truth = mixture.sample(2000, rng=torch.Generator().manual_seed(0))
-    png = write_scatter_png(out / "demo_samples.png", [(truth, (170, 170, 170)), (result.samples[:2000], (200, 30, 30))])
+    png = write_scatter_png(
+        out / "demo_samples.png", [(truth, (170, 170, 170)), (result.samples[:2000], (200, 30, 30))]
+    )
     print(f"wrote {png} (grey: true samples, red: student samples)")
     return 0
 
@@ -92,8 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     sample.add_argument("--revision", default=None, help="Hub branch, tag or commit")
     sample.add_argument("--n", type=int, default=64, help="number of samples")
     sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--labels", type=int, nargs="+", default=None,
-                        help="class labels, repeated up to --n (default: uniform random for conditional models)")
+    sample.add_argument(
+        "--labels",
+        type=int,
+        nargs="+",
+        default=None,
+        help="class labels, repeated up to --n (default: uniform random for conditional models)",
+    )
     sample.add_argument("--cols", type=int, default=None, help="images per grid row (default: square grid)")
     sample.add_argument("--device", default="cpu")
     sample.add_argument("--out", default="grid.png", help="PNG file to write")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import struct
 import time
 import zlib
@@ -44,8 +43,10 @@ def toy_roles(
     """Teacher, generator and fake score for a 2-D mixture (fresh MLPs: an analytic teacher has no network)."""
     torch.manual_seed(seed)
     dim = mixture.sample_shape[0]
-    G = OneStepGenerator(Precond(MLP(dim, hidden, label_dim=mixture.label_dim), label_dim=mixture.label_dim),
-                         sample_shape=mixture.sample_shape)
+    G = OneStepGenerator(
+        Precond(MLP(dim, hidden, label_dim=mixture.label_dim), label_dim=mixture.label_dim),
+        sample_shape=mixture.sample_shape,
+    )
     fake = FakeScore(Precond(MLP(dim, hidden, label_dim=mixture.label_dim), label_dim=mixture.label_dim))
     return Teacher(mixture), G, fake
 
@@ -87,8 +88,14 @@ def run_demo(
         scale = 0.01 if adversarial_scale is None else adversarial_scale
         losses.append(AdversarialEncoderLoss(generator_scale=scale, generator_start_nimg=start_nimg))
         stream = data.batches(batch_size, rng=torch.Generator().manual_seed(seed + 2))
-    cfg = DistillConfig(batch_size=batch_size, total_nimg=steps * batch_size, lr_generator=lr, lr_fake_score=lr,
-                        ema_halflife_nimg=steps * batch_size / 20, seed=seed)
+    cfg = DistillConfig(
+        batch_size=batch_size,
+        total_nimg=steps * batch_size,
+        lr_generator=lr,
+        lr_fake_score=lr,
+        ema_halflife_nimg=steps * batch_size / 20,
+        seed=seed,
+    )
     distiller = Distiller(t_net, G, fake, losses, cfg, data=stream)
     t0 = time.perf_counter()
     distiller.run(log_every_nimg=cfg.total_nimg // 5, progress=progress)
@@ -110,8 +117,9 @@ def run_demo(
     )
 
 
-def write_scatter_png(path: str | Path, points: list[tuple[torch.Tensor, tuple[int, int, int]]], *, size: int = 512,
-                      extent: float = 1.6) -> Path:
+def write_scatter_png(
+    path: str | Path, points: list[tuple[torch.Tensor, tuple[int, int, int]]], *, size: int = 512, extent: float = 1.6
+) -> Path:
     """Rasterise 2-D point sets (each with an RGB colour) into a PNG, with no imaging dependency."""
     img = np.full((size, size, 3), 255, dtype=np.uint8)
     for pts, colour in points:
@@ -127,8 +135,7 @@ def write_scatter_png(path: str | Path, points: list[tuple[torch.Tensor, tuple[i
 
     header = struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)
     path = Path(path)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 9))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
+    )
     return path
-
-

@@ -19,10 +19,12 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from ._progress import Progress
 from ._types import Noised
 from .checkpoint import load_training_state, save_training_state
 from .ema import EMA
 from .fake_score import FakeScore
+from .fast import CompileScope, speed_up
 from .generator import OneStepGenerator
 from .losses.base import DistillLoss, Evaluation
 from .schedules import SigmaSampler
@@ -54,6 +56,9 @@ class DistillConfig:
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # network compute: fp32, bf16 autocast, fp16 + loss scaling
     seed: int = 0  # one seed makes a run repeatable
     use_kernels: bool | None = None  # fused loss kernels: None = on CUDA when available
+    channels_last: bool = False  # NHWC weights and activations for the image networks
+    compile: CompileScope = "off"  # torch.compile the three networks: "blocks" (regional) or "network"
+    compile_mode: str | None = None  # torch.compile mode, e.g. "max-autotune-no-cudagraphs"
 
     def __post_init__(self) -> None:
         micro = self.micro_batch or self.batch_size
@@ -65,6 +70,8 @@ class DistillConfig:
             raise ValueError("Adam betas must lie in [0, 1)")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be 'fp32', 'bf16' or 'fp16', got {self.precision!r}")
+        if self.compile not in ("off", "blocks", "network"):
+            raise ValueError(f"compile must be 'off', 'blocks' or 'network', got {self.compile!r}")
 
     @classmethod
     def sida(cls, **overrides: object) -> DistillConfig:
@@ -106,7 +113,7 @@ class Distiller:
         config: Loop hyperparameters.
         data: Iterator of real batches ``(x_real, labels)`` of ``micro_batch`` images; required by losses
             with ``needs_real_data`` (SiDA), and the source of class labels when given (SID_SPEC §1.1).
-        augment: Optional ``augment(x, rng=...) -> (x_aug, augment_labels)`` applied to f_psi's inputs (EDM AugmentPipe).
+        augment: Optional ``augment(x, rng=...) -> (x_aug, augment_labels)`` for f_psi's inputs (EDM AugmentPipe).
     """
 
     def __init__(
@@ -132,19 +139,41 @@ class Distiller:
         self.teacher, self.generator, self.fake_score, self.config = teacher, generator, fake_score, config
         self.losses = list(losses)
         self.data, self.augment = data, augment
+        self.needs_real = any(getattr(loss, "needs_real_data", False) for loss in self.losses)
         self.generator_sigma = _phase_sampler(self.losses, "generator_sigma")
         self.fake_score_sigma = _phase_sampler(self.losses, "fake_score_sigma")
         self.device = next(generator.parameters()).device
+        if config.channels_last or config.compile != "off":
+            for role in (teacher, generator, fake_score):
+                if not hasattr(role.denoiser, "model"):
+                    continue  # an analytic or foreign denoiser: nothing to re-lay out or compile
+                speed_up(
+                    role.denoiser,
+                    channels_last=config.channels_last,
+                    compile=config.compile,
+                    compile_mode=config.compile_mode,
+                )
         self.world, self.rank = (dist.get_world_size(), dist.get_rank()) if dist.is_initialized() else (1, 0)
         self.ema = EMA(generator, halflife_nimg=config.ema_halflife_nimg, rampup_ratio=config.ema_rampup_ratio)
         fused = {"fused": True} if self.device.type == "cuda" else {"foreach": True}
         self.g_params = list(generator.parameters())
-        self.f_params = list(fake_score.parameters()) + [p for loss in self.losses if isinstance(loss, nn.Module)
-                                                         for p in loss.parameters()]
-        self.opt_g = torch.optim.Adam(self.g_params, lr=config.lr_generator, eps=config.adam_eps,
-                                      betas=(config.generator_beta1, config.beta2), **fused)
-        self.opt_f = torch.optim.Adam(self.f_params, lr=config.lr_fake_score, eps=config.adam_eps,
-                                      betas=(config.fake_score_beta1, config.beta2), **fused)
+        self.f_params = list(fake_score.parameters()) + [
+            p for loss in self.losses if isinstance(loss, nn.Module) for p in loss.parameters()
+        ]
+        self.opt_g = torch.optim.Adam(
+            self.g_params,
+            lr=config.lr_generator,
+            eps=config.adam_eps,
+            betas=(config.generator_beta1, config.beta2),
+            **fused,
+        )
+        self.opt_f = torch.optim.Adam(
+            self.f_params,
+            lr=config.lr_fake_score,
+            eps=config.adam_eps,
+            betas=(config.fake_score_beta1, config.beta2),
+            **fused,
+        )
         use_scaler = config.precision == "fp16"
         self.scalers = {p: torch.amp.GradScaler(self.device.type, enabled=use_scaler) for p in ("g", "f")}
         self.rng = torch.Generator(self.device)
@@ -161,12 +190,16 @@ class Distiller:
         if self.data is not None and (need_real or self.generator.label_dim > 0):
             x_real, labels = next(self.data)
             if x_real.shape[0] != n or tuple(x_real.shape[1:]) != self.generator.sample_shape:
-                raise ValueError(f"data batch {tuple(x_real.shape)} != [micro_batch={n}, *{self.generator.sample_shape}]")
+                raise ValueError(
+                    f"data batch {tuple(x_real.shape)} != [micro_batch={n}, *{self.generator.sample_shape}]"
+                )
             x_real = x_real.to(self.device, non_blocking=True) if need_real else None
             return (None if labels is None else labels.to(self.device, non_blocking=True)), x_real
         if self.generator.label_dim == 0:
             return None, None
-        return torch.randint(self.generator.label_dim, (n,), generator=self.rng, device=self.device), None
+        # One-hot by scatter: F.one_hot would check the indices on the host (a synchronisation).
+        index = torch.randint(self.generator.label_dim, (n, 1), generator=self.rng, device=self.device)
+        return torch.zeros(n, self.generator.label_dim, device=self.device).scatter_(1, index, 1.0), None
 
     def _noised(self, x0: Tensor, labels: Tensor | None, sampler: SigmaSampler, aug: Tensor | None = None) -> Noised:
         sigma = sampler.sample(x0.shape[0], device=self.device, rng=self.rng)
@@ -181,8 +214,9 @@ class Distiller:
             grads = [p.grad for p in params if p.grad is not None]
             flat = torch.cat([g.flatten() for g in grads])
             dist.all_reduce(flat)
-            torch._foreach_copy_(grads, [f.view_as(g) for f, g in zip(flat.div_(self.world).split(
-                [g.numel() for g in grads]), grads)])
+            torch._foreach_copy_(
+                grads, [f.view_as(g) for f, g in zip(flat.div_(self.world).split([g.numel() for g in grads]), grads)]
+            )
         self.scalers[phase].unscale_(opt)
         sanitize_grads(params, clip)
         self.scalers[phase].step(opt)
@@ -209,10 +243,11 @@ class Distiller:
         self.generator.eval()
         self.fake_score.train().requires_grad_(True)
         for _ in range(cfg.rounds):
-            labels, x_real = self._draw(micro, need_real=any(getattr(l, "needs_real_data", False) for l in self.losses))
+            labels, x_real = self._draw(micro, need_real=self.needs_real)
             with torch.no_grad(), self._autocast():
-                x_g = self.generator(torch.randn(micro, *self.generator.sample_shape, generator=self.rng,
-                                                 device=self.device), labels)
+                x_g = self.generator(
+                    torch.randn(micro, *self.generator.sample_shape, generator=self.rng, device=self.device), labels
+                )
             x_g, aug = self.augment(x_g, rng=self.rng) if self.augment else (x_g, None)
             fake = self._noised(x_g, labels, self.fake_score_sigma, aug)
             real = None
@@ -220,7 +255,9 @@ class Distiller:
                 x_real, aug_real = self.augment(x_real, rng=self.rng) if self.augment else (x_real, None)
                 real = fake.with_x0(x_real, aug_real)
             with self._autocast():
-                ev = Evaluation(fake, fake_score=self.fake_score, real=real, nimg=self.nimg, use_kernels=cfg.use_kernels)
+                ev = Evaluation(
+                    fake, fake_score=self.fake_score, real=real, nimg=self.nimg, use_kernels=cfg.use_kernels
+                )
                 total = torch.zeros(micro, device=self.device)
                 for loss in self.losses:
                     out = loss.fake_score_loss(ev)
@@ -231,7 +268,7 @@ class Distiller:
         self._optimizer_step("f", self.opt_f, self.f_params, cfg.fake_score_grad_clip)
 
         # Generator step: gradients flow through the frozen score networks' inputs (E5-E8, E13-E15).
-        active = [l for l in self.losses if self.nimg >= l.generator_start_nimg]
+        active = [loss for loss in self.losses if self.nimg >= loss.generator_start_nimg]
         if self.nimg >= cfg.generator_start_nimg:
             self.generator.train()
             self.fake_score.eval().requires_grad_(False)
@@ -240,11 +277,16 @@ class Distiller:
                 z = torch.randn(micro, *self.generator.sample_shape, generator=self.rng, device=self.device)
                 with self._autocast():
                     fake = self._noised(self.generator(z, labels), labels, self.generator_sigma)
-                    ev = Evaluation(fake, fake_score=self.fake_score, teacher=self.teacher, nimg=self.nimg,
-                                    use_kernels=cfg.use_kernels)
-                    outs = [(l, l.generator_loss(ev)) for l in active]
-                    outs = [(l, o) for l, o in outs if o is not None]
-                    weight_sum = sum(l.generator_weight for l, _ in outs)
+                    ev = Evaluation(
+                        fake,
+                        fake_score=self.fake_score,
+                        teacher=self.teacher,
+                        nimg=self.nimg,
+                        use_kernels=cfg.use_kernels,
+                    )
+                    outs = [(loss, loss.generator_loss(ev)) for loss in active]
+                    outs = [(loss, out) for loss, out in outs if out is not None]
+                    weight_sum = sum(loss.generator_weight for loss, _ in outs)
                     total = torch.zeros(micro, device=self.device)
                     for loss, out in outs:
                         total = total + (loss.generator_weight / weight_sum) * out.loss
@@ -265,8 +307,11 @@ class Distiller:
     def save(self, path: str | Path) -> Path:
         """Write a resumable checkpoint atomically (networks as safetensors, the rest ``weights_only``)."""
         state = {
-            "nimg": self.nimg, "step_index": self.step_index, "config": dataclasses.asdict(self.config),
-            "opt_g": self.opt_g.state_dict(), "opt_f": self.opt_f.state_dict(),
+            "nimg": self.nimg,
+            "step_index": self.step_index,
+            "config": dataclasses.asdict(self.config),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_f": self.opt_f.state_dict(),
             "scalers": {k: s.state_dict() for k, s in self.scalers.items()},
             "data": self.data.state_dict() if hasattr(self.data, "state_dict") else None,
         }
@@ -309,7 +354,7 @@ class Distiller:
             The last logged averages.
         """
         ckpt = Path(run_dir) / "training_state" if run_dir is not None else None
-        bar = _progress(self.config.total_nimg, self.nimg, enabled=progress and self.rank == 0)
+        bar = Progress(self.config.total_nimg, self.nimg, enabled=progress and self.rank == 0)
         sums: dict[str, Tensor] = {}
         n, t0, last = 0, time.perf_counter(), {}
         next_log = self.nimg + log_every_nimg
@@ -340,31 +385,3 @@ class Distiller:
         if ckpt is not None and self.rank == 0:
             self.save(ckpt)
         return last
-
-
-class _progress:
-    """tqdm when installed (``pip install scoredistill[progress]``), otherwise one printed line per log."""
-
-    def __init__(self, total: int, initial: int, *, enabled: bool):
-        self.enabled, self.bar = enabled, None
-        if enabled:
-            try:
-                from tqdm.auto import tqdm
-
-                self.bar = tqdm(total=total, initial=initial, unit="img", unit_scale=True, dynamic_ncols=True)
-            except ImportError:
-                pass
-
-    def update(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
-
-    def log(self, values: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        text = "  ".join(f"{k}={v:.4g}" for k, v in values.items())
-        (self.bar.write if self.bar is not None else print)(text)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()

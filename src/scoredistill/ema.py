@@ -49,5 +49,5 @@ class EMA(nn.Module):
             b_dst.copy_(b_src)
         return beta
 
-    def forward(self, *args, **kwargs):  # noqa: D102 - the averaged module's own forward
+    def forward(self, *args, **kwargs):
         return self.module(*args, **kwargs)

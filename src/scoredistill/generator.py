@@ -65,8 +65,12 @@ class OneStepGenerator(nn.Module):
         if not isinstance(net, nn.Module):
             raise TypeError("the teacher's denoiser is not an nn.Module: build the generator from a network instead")
         net.requires_grad_(True).train()
-        return cls(net, sample_shape=getattr(teacher, "sample_shape", None), sigma_init=sigma_init,
-                   label_dim=getattr(teacher, "label_dim", None))
+        return cls(
+            net,
+            sample_shape=getattr(teacher, "sample_shape", None),
+            sigma_init=sigma_init,
+            label_dim=getattr(teacher, "label_dim", None),
+        )
 
     def extra_repr(self) -> str:
         return f"sample_shape={self.sample_shape}, sigma_init={self.sigma_init}, label_dim={self.label_dim}"

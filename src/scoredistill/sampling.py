@@ -26,8 +26,12 @@ def edm_sample(
 
     Uses ``2 * steps - 1`` denoiser evaluations.
     """
-    sigmas = torch.cat([karras_sigmas(steps, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho,
-                                      device=noise.device), noise.new_zeros(1)])
+    sigmas = torch.cat(
+        [
+            karras_sigmas(steps, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, device=noise.device),
+            noise.new_zeros(1),
+        ]
+    )
     x = noise.float() * sigmas[0]
     for i in range(steps):
         s, s_next = sigmas[i], sigmas[i + 1]

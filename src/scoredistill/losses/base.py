@@ -103,7 +103,11 @@ class Evaluation:
             alpha = next(iter(self._terms), 1.0)
         if alpha not in self._terms:
             self._terms[alpha] = kernels.sid_generator_terms(
-                self.fake.x0, self.d_real, self.d_fake, alpha=alpha, logits_fake=self.logits_fake,
+                self.fake.x0,
+                self.d_real,
+                self.d_fake,
+                alpha=alpha,
+                logits_fake=self.logits_fake,
                 use_kernels=self._use_kernels,
             )
         return self._terms[alpha]
@@ -116,7 +120,9 @@ class Evaluation:
         """
         with_disc = self.real is not None and self.logits_fake is not None
         return kernels.fake_score_terms(
-            self.d_fake, self.fake.x0, self.fake.sigma,
+            self.d_fake,
+            self.fake.x0,
+            self.fake.sigma,
             sigma_data=getattr(self._fake_score, "sigma_data", 0.5),
             logits_real=self.logits_real if with_disc else None,
             logits_fake=self.logits_fake if with_disc else None,

@@ -24,9 +24,9 @@ __all__ = [
     "adversarial_generator_loss",
     "dsm_loss",
     "dsm_weight",
+    "fake_score_terms",
     "finite_samples",
     "l1_weight",
-    "fake_score_terms",
     "sid_generator_loss",
     "sid_generator_terms",
 ]

@@ -1,0 +1,171 @@
+"""One full SiDA iteration (fake score + discriminator, generator, EMA) with random weights: images/s per GPU.
+
+Builds the published teacher architecture from a preset, copies it into the generator and the fake score,
+feeds random "real" images already on the GPU (no augmentation, as in PERF.md's reference measurement), and
+times ``Distiller.step()`` after warm-up. Each setting gets fresh networks. The first steps (compilation,
+autotuning) are timed separately as warm-up.
+
+    python benchmarks/bench_step.py --preset cifar10-32x32-uncond --batch 32 --settings baseline,bf16,fast
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import write_table
+
+from scoredistill import (
+    AdversarialEncoderLoss,
+    DistillConfig,
+    Distiller,
+    DSMLoss,
+    FakeScore,
+    OneStepGenerator,
+    SiDLoss,
+    Teacher,
+)
+from scoredistill.networks import PRESETS, edm_precond
+
+# name -> (DistillConfig overrides, allow TF32)
+SETTINGS: dict[str, tuple[dict, bool]] = {
+    "baseline": ({"precision": "fp32", "use_kernels": False}, False),  # the reference's published setting
+    "tf32": ({"precision": "fp32", "use_kernels": False}, True),
+    "bf16": ({"precision": "bf16", "use_kernels": True}, True),
+    "bf16-cl": ({"precision": "bf16", "use_kernels": True, "channels_last": True}, True),
+    "fast": ({"precision": "bf16", "use_kernels": True, "channels_last": True, "compile": "blocks"}, True),
+    "fast-net": ({"precision": "bf16", "use_kernels": True, "channels_last": True, "compile": "network"}, True),
+    "fast-net-nocl": ({"precision": "bf16", "use_kernels": True, "compile": "network"}, True),
+    "fast-graphs": (
+        {"precision": "bf16", "use_kernels": True, "compile": "network", "compile_mode": "reduce-overhead"},
+        True,
+    ),
+}
+
+
+def _real_stream(batch: int, shape: tuple[int, ...], label_dim: int, device: torch.device):
+    g = torch.Generator(device).manual_seed(0)
+    x = torch.rand(batch, *shape, generator=g, device=device) * 2 - 1
+    labels = None
+    if label_dim:
+        labels = torch.nn.functional.one_hot(torch.arange(batch, device=device) % label_dim, label_dim).float()
+    while True:
+        yield x, labels
+
+
+def build(preset: str, batch: int, setting: str, device: torch.device) -> Distiller:
+    overrides, tf32 = SETTINGS[setting]
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+    torch.manual_seed(0)
+    teacher = Teacher(edm_precond(preset).to(device))
+    G, fake = OneStepGenerator.from_teacher(teacher), FakeScore.from_teacher(teacher)
+    losses = [SiDLoss(alpha=1.0), DSMLoss(), AdversarialEncoderLoss(generator_start_nimg=0)]
+    config = DistillConfig.sida(batch_size=batch, generator_start_nimg=0, **overrides)
+    data = _real_stream(batch, G.sample_shape, G.label_dim, device)
+    return Distiller(teacher, G, fake, losses, config, data=data)
+
+
+def flops_per_image(preset: str, batch: int, device: torch.device) -> float:
+    d = build(preset, batch, "baseline", device)
+    d.step()
+    with FlopCounterMode(display=False) as counter:
+        d.step()
+    return counter.get_total_flops() / batch
+
+
+def matmul_peak(device: torch.device) -> float:
+    """Dense bf16 matmul rate (FLOP/s) on 8192^3 products, this card, this run."""
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    torch.cuda.synchronize()
+    return 10 * 2 * 8192**3 / (time.perf_counter() - t0)
+
+
+def measure(preset: str, batch: int, setting: str, warmup: int, steps: int, device: torch.device) -> dict:
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    d = build(preset, batch, setting, device)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        d.step()
+    torch.cuda.synchronize()
+    warm_s = time.perf_counter() - t0
+    times = []
+    for _ in range(steps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        logs = d.step()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    finite = all(bool(torch.isfinite(v)) for v in logs.values())
+    ms = statistics.median(times)
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    del d
+    return {"ms": ms, "img_s": batch / ms * 1e3, "peak_gib": peak, "warmup_s": warm_s, "finite": finite}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="cifar10-32x32-uncond", choices=sorted(PRESETS))
+    parser.add_argument("--batch", type=int, default=32, help="per-GPU batch")
+    parser.add_argument("--settings", default="baseline,bf16,bf16-cl,fast", help=f"of {sorted(SETTINGS)}")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--out", default=None, help="markdown file to append to (default benchmarks/RESULTS.md)")
+    args = parser.parse_args()
+    device = torch.device("cuda")
+    settings = args.settings.split(",")
+    unknown = [s for s in settings if s not in SETTINGS]
+    if unknown:
+        parser.error(f"unknown settings {unknown}; choose from {sorted(SETTINGS)}")
+    peak = matmul_peak(device)
+    flops = flops_per_image(args.preset, args.batch, device)
+    rows = []
+    for setting in settings:
+        r = measure(args.preset, args.batch, setting, args.warmup, args.steps, device)
+        mfu = flops * r["img_s"] / peak
+        rows.append(
+            [
+                args.preset,
+                args.batch,
+                setting,
+                r["ms"],
+                r["img_s"],
+                r["peak_gib"],
+                100 * mfu,
+                r["warmup_s"],
+                "yes" if r["finite"] else "NO",
+            ]
+        )
+        print(rows[-1], flush=True)
+    columns = ["preset", "batch", "setting", "ms / iter", "images / s", "peak GiB", "MFU %", "warm-up s", "finite"]
+    notes = [
+        f"One SiDA iteration = {flops / 1e9:,.0f} GFLOP per image (FlopCounterMode, backward included); "
+        f"bf16 matmul peak measured in this run: {peak / 1e12:,.0f} TFLOP/s (8192^3). MFU = achieved / that peak.",
+        "Settings: " + "; ".join(f"{s}: {SETTINGS[s][0]}, tf32={SETTINGS[s][1]}" for s in settings),
+    ]
+    if not args.no_write:
+        kwargs = {"md_path": args.out} if args.out else {}
+        write_table(
+            f"bench_step: one SiDA iteration, {args.preset}, batch {args.batch}", columns, rows, notes=notes, **kwargs
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""A progress bar that needs nothing: tqdm when installed, printed lines otherwise."""
+
+from __future__ import annotations
+
+__all__ = ["Progress"]
+
+
+class Progress:
+    """tqdm when installed (``pip install scoredistill[progress]``), otherwise one printed line per log."""
+
+    def __init__(self, total: int, initial: int, *, enabled: bool):
+        self.enabled, self.bar = enabled, None
+        if enabled:
+            try:
+                from tqdm.auto import tqdm
+
+                self.bar = tqdm(total=total, initial=initial, unit="img", unit_scale=True, dynamic_ncols=True)
+            except ImportError:
+                pass
+
+    def update(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def log(self, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        text = "  ".join(f"{k}={v:.4g}" for k, v in values.items())
+        (self.bar.write if self.bar is not None else print)(text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
