@@ -43,6 +43,13 @@ SETTINGS: dict[str, tuple[dict, bool]] = {
     "fast": ({"precision": "bf16", "use_kernels": True, "channels_last": True, "compile": "blocks"}, True),
     "fast-net": ({"precision": "bf16", "use_kernels": True, "channels_last": True, "compile": "network"}, True),
     "fast-net-nocl": ({"precision": "bf16", "use_kernels": True, "compile": "network"}, True),
+    "graphs-tf32": ({"precision": "fp32", "use_kernels": True, "cuda_graphs": True}, True),
+    "graphs": ({"precision": "bf16", "use_kernels": True, "cuda_graphs": True}, True),
+    "graphs-cl": ({"precision": "bf16", "use_kernels": True, "channels_last": True, "cuda_graphs": True}, True),
+    "graphs-blocks": (
+        {"precision": "bf16", "use_kernels": True, "channels_last": True, "compile": "blocks", "cuda_graphs": True},
+        True,
+    ),
     "fast-graphs": (
         {"precision": "bf16", "use_kernels": True, "compile": "network", "compile_mode": "reduce-overhead"},
         True,
@@ -124,7 +131,7 @@ def main() -> None:
     parser.add_argument("--preset", default="cifar10-32x32-uncond", choices=sorted(PRESETS))
     parser.add_argument("--batch", type=int, default=32, help="per-GPU batch")
     parser.add_argument("--settings", default="baseline,bf16,bf16-cl,fast", help=f"of {sorted(SETTINGS)}")
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=4, help="untimed steps (graph modes capture on the 3rd)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument("--out", default=None, help="markdown file to append to (default benchmarks/RESULTS.md)")

@@ -24,7 +24,7 @@ from ._types import Noised
 from .checkpoint import load_training_state, save_training_state
 from .ema import EMA
 from .fake_score import FakeScore
-from .fast import CompileScope, speed_up
+from .fast import CompileScope, StepGraphs, speed_up
 from .generator import OneStepGenerator
 from .losses.base import DistillLoss, Evaluation
 from .schedules import SigmaSampler
@@ -59,6 +59,7 @@ class DistillConfig:
     channels_last: bool = False  # NHWC weights and activations for the image networks
     compile: CompileScope = "off"  # torch.compile the three networks: "blocks" (regional) or "network"
     compile_mode: str | None = None  # torch.compile mode, e.g. "max-autotune-no-cudagraphs"
+    cuda_graphs: bool = False  # capture each regime's whole iteration in a CUDA graph and replay it (CUDA only)
 
     def __post_init__(self) -> None:
         micro = self.micro_batch or self.batch_size
@@ -70,6 +71,8 @@ class DistillConfig:
             raise ValueError("Adam betas must lie in [0, 1)")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be 'fp32', 'bf16' or 'fp16', got {self.precision!r}")
+        if self.cuda_graphs and self.precision == "fp16":
+            raise ValueError("cuda_graphs needs precision 'bf16' or 'fp32': fp16 loss scaling checks on the host")
         if self.compile not in ("off", "blocks", "network"):
             raise ValueError(f"compile must be 'off', 'blocks' or 'network', got {self.compile!r}")
 
@@ -155,7 +158,9 @@ class Distiller:
                 )
         self.world, self.rank = (dist.get_world_size(), dist.get_rank()) if dist.is_initialized() else (1, 0)
         self.ema = EMA(generator, halflife_nimg=config.ema_halflife_nimg, rampup_ratio=config.ema_rampup_ratio)
-        fused = {"fused": True} if self.device.type == "cuda" else {"foreach": True}
+        if config.cuda_graphs and self.device.type != "cuda":
+            raise ValueError(f"cuda_graphs needs the networks on a CUDA device, not {self.device}")
+        fused = {"fused": True, "capturable": config.cuda_graphs} if self.device.type == "cuda" else {"foreach": True}
         self.g_params = list(generator.parameters())
         self.f_params = list(fake_score.parameters()) + [
             p for loss in self.losses if isinstance(loss, nn.Module) for p in loss.parameters()
@@ -178,6 +183,7 @@ class Distiller:
         self.scalers = {p: torch.amp.GradScaler(self.device.type, enabled=use_scaler) for p in ("g", "f")}
         self.rng = torch.Generator(self.device)
         self.nimg = self.step_index = 0
+        self.graphs = StepGraphs([self.rng]) if config.cuda_graphs else None
 
     # -- helpers -----------------------------------------------------------------------------------------
 
@@ -185,21 +191,36 @@ class Distiller:
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.precision)
         return torch.autocast(self.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
 
-    def _draw(self, n: int, *, need_real: bool) -> tuple[Tensor | None, Tensor | None]:
-        """Class labels (from the data, else uniform) and, when asked, the real images of one micro-batch."""
-        if self.data is not None and (need_real or self.generator.label_dim > 0):
-            x_real, labels = next(self.data)
-            if x_real.shape[0] != n or tuple(x_real.shape[1:]) != self.generator.sample_shape:
-                raise ValueError(
-                    f"data batch {tuple(x_real.shape)} != [micro_batch={n}, *{self.generator.sample_shape}]"
-                )
-            x_real = x_real.to(self.device, non_blocking=True) if need_real else None
-            return (None if labels is None else labels.to(self.device, non_blocking=True)), x_real
+    def _fetch(self, gen_on: bool) -> list[Batch | None]:
+        """The real micro-batches this step consumes, on the device, drawn before any GPU work is queued."""
+        rounds, wants_labels = self.config.rounds, self.data is not None and self.generator.label_dim > 0
+        f_rounds = [
+            self._next_batch() if (self.data is not None and self.needs_real) or wants_labels else None
+            for _ in range(rounds)
+        ]
+        return f_rounds + [self._next_batch() if wants_labels else None for _ in range(rounds if gen_on else 0)]
+
+    def _next_batch(self) -> Batch:
+        micro = self.config.batch_size // self.config.rounds
+        x_real, labels = next(self.data)  # type: ignore[arg-type]
+        if x_real.shape[0] != micro or tuple(x_real.shape[1:]) != self.generator.sample_shape:
+            raise ValueError(
+                f"data batch {tuple(x_real.shape)} != [micro_batch={micro}, *{self.generator.sample_shape}]"
+            )
+        if labels is not None and labels.shape != (micro, self.generator.label_dim):
+            raise ValueError(f"data labels {tuple(labels.shape)} != [{micro}, label_dim={self.generator.label_dim}]")
+        labels = None if labels is None else labels.to(self.device, torch.float32, non_blocking=True)
+        return x_real.to(self.device, non_blocking=True), labels
+
+    def _labels(self, batch: Batch | None, n: int) -> Tensor | None:
+        """Class labels of a micro-batch: the data's when given (SID_SPEC §1.1), else uniform one-hot."""
         if self.generator.label_dim == 0:
-            return None, None
+            return None
+        if batch is not None and batch[1] is not None:
+            return batch[1]
         # One-hot by scatter: F.one_hot would check the indices on the host (a synchronisation).
         index = torch.randint(self.generator.label_dim, (n, 1), generator=self.rng, device=self.device)
-        return torch.zeros(n, self.generator.label_dim, device=self.device).scatter_(1, index, 1.0), None
+        return torch.zeros(n, self.generator.label_dim, device=self.device).scatter_(1, index, 1.0)
 
     def _noised(self, x0: Tensor, labels: Tensor | None, sampler: SigmaSampler, aug: Tensor | None = None) -> Noised:
         sigma = sampler.sample(x0.shape[0], device=self.device, rng=self.rng)
@@ -233,26 +254,46 @@ class Distiller:
 
     def step(self) -> dict[str, Tensor]:
         """Run one iteration and return its logs as detached device tensors (no host synchronisation)."""
-        cfg, micro = self.config, self.config.batch_size // self.config.rounds
+        cfg = self.config
         seed = (cfg.seed * 1_000_003 + self.step_index) * max(self.world, 1) + self.rank
+        self._seed(seed)
+        gen_on = self.nimg >= cfg.generator_start_nimg
+        active = tuple(loss for loss in self.losses if gen_on and self.nimg >= loss.generator_start_nimg)
+        batches = self._fetch(gen_on)
+        if self.graphs is None:
+            logs = self._iteration(batches, gen_on, active)
+        else:  # one CUDA graph per regime of the schedule (warm-up, SiD only, SiD + adversarial)
+            key = (gen_on, tuple(loss.name for loss in active))
+            logs = self.graphs.run(key, lambda b: self._iteration(b, gen_on, active), batches, lambda: self._seed(seed))
+
+        # Update the EMA and the image counter (only the generator batch counts, as in the reference).
+        global_batch = cfg.batch_size * self.world
+        self.ema.update(self.generator, nimg=self.nimg, batch=global_batch)
+        self.nimg += global_batch
+        self.step_index += 1
+        return logs
+
+    def _seed(self, seed: int) -> None:
         self.rng.manual_seed(seed)
         torch.manual_seed(seed)  # dropout inside the networks draws from the global generator
+
+    def _iteration(self, batches: list[Batch | None], gen_on: bool, active: tuple[DistillLoss, ...]) -> dict:
+        cfg, micro = self.config, self.config.batch_size // self.config.rounds
         logs: dict[str, Tensor] = {}
 
         # Fake-score (+ discriminator) step on detached generator samples (E9-E12).
         self.generator.eval()
         self.fake_score.train().requires_grad_(True)
-        for _ in range(cfg.rounds):
-            labels, x_real = self._draw(micro, need_real=self.needs_real)
+        for batch in batches[: cfg.rounds]:
+            labels = self._labels(batch, micro)
+            z = torch.randn(micro, *self.generator.sample_shape, generator=self.rng, device=self.device)
             with torch.no_grad(), self._autocast():
-                x_g = self.generator(
-                    torch.randn(micro, *self.generator.sample_shape, generator=self.rng, device=self.device), labels
-                )
+                x_g = self.generator(z, labels)
             x_g, aug = self.augment(x_g, rng=self.rng) if self.augment else (x_g, None)
             fake = self._noised(x_g, labels, self.fake_score_sigma, aug)
             real = None
-            if x_real is not None:
-                x_real, aug_real = self.augment(x_real, rng=self.rng) if self.augment else (x_real, None)
+            if self.needs_real and batch is not None:
+                x_real, aug_real = self.augment(batch[0], rng=self.rng) if self.augment else (batch[0], None)
                 real = fake.with_x0(x_real, aug_real)
             with self._autocast():
                 ev = Evaluation(
@@ -266,40 +307,29 @@ class Distiller:
                         self._collect(logs, loss.name, {"fake_score_loss": out.loss.mean(), **out.logs}, 1 / cfg.rounds)
             self._backward(total, "f")
         self._optimizer_step("f", self.opt_f, self.f_params, cfg.fake_score_grad_clip)
+        if not gen_on:
+            return logs
 
         # Generator step: gradients flow through the frozen score networks' inputs (E5-E8, E13-E15).
-        active = [loss for loss in self.losses if self.nimg >= loss.generator_start_nimg]
-        if self.nimg >= cfg.generator_start_nimg:
-            self.generator.train()
-            self.fake_score.eval().requires_grad_(False)
-            for _ in range(cfg.rounds):
-                labels, _ = self._draw(micro, need_real=False)
-                z = torch.randn(micro, *self.generator.sample_shape, generator=self.rng, device=self.device)
-                with self._autocast():
-                    fake = self._noised(self.generator(z, labels), labels, self.generator_sigma)
-                    ev = Evaluation(
-                        fake,
-                        fake_score=self.fake_score,
-                        teacher=self.teacher,
-                        nimg=self.nimg,
-                        use_kernels=cfg.use_kernels,
-                    )
-                    outs = [(loss, loss.generator_loss(ev)) for loss in active]
-                    outs = [(loss, out) for loss, out in outs if out is not None]
-                    weight_sum = sum(loss.generator_weight for loss, _ in outs)
-                    total = torch.zeros(micro, device=self.device)
-                    for loss, out in outs:
-                        total = total + (loss.generator_weight / weight_sum) * out.loss
-                        self._collect(logs, loss.name, {"generator_loss": out.loss.mean(), **out.logs}, 1 / cfg.rounds)
-                self._backward(total, "g")
-            self._optimizer_step("g", self.opt_g, self.g_params, None)
-            self.fake_score.requires_grad_(True)
-
-        # Update the EMA and the image counter (only the generator batch counts, as in the reference).
-        global_batch = cfg.batch_size * self.world
-        self.ema.update(self.generator, nimg=self.nimg, batch=global_batch)
-        self.nimg += global_batch
-        self.step_index += 1
+        self.generator.train()
+        self.fake_score.eval().requires_grad_(False)
+        for batch in batches[cfg.rounds :] or [None] * cfg.rounds:
+            labels = self._labels(batch, micro)
+            z = torch.randn(micro, *self.generator.sample_shape, generator=self.rng, device=self.device)
+            with self._autocast():
+                fake = self._noised(self.generator(z, labels), labels, self.generator_sigma)
+                ev = Evaluation(
+                    fake, fake_score=self.fake_score, teacher=self.teacher, nimg=self.nimg, use_kernels=cfg.use_kernels
+                )
+                outs = [(loss, out) for loss in active if (out := loss.generator_loss(ev)) is not None]
+                weight_sum = sum(loss.generator_weight for loss, _ in outs)
+                total = torch.zeros(micro, device=self.device)
+                for loss, out in outs:
+                    total = total + (loss.generator_weight / weight_sum) * out.loss
+                    self._collect(logs, loss.name, {"generator_loss": out.loss.mean(), **out.logs}, 1 / cfg.rounds)
+            self._backward(total, "g")
+        self._optimizer_step("g", self.opt_g, self.g_params, None)
+        self.fake_score.requires_grad_(True)
         return logs
 
     # -- state ---------------------------------------------------------------------------------------------

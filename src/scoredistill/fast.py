@@ -12,7 +12,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-__all__ = ["CompileScope", "speed_up"]
+__all__ = ["CompileScope", "StepGraphs", "speed_up"]
 
 CompileScope = Literal["off", "blocks", "network"]
 
@@ -56,3 +56,61 @@ def speed_up(
             if hasattr(backbone, name):
                 setattr(backbone, name, torch.compile(getattr(backbone, name), mode=compile_mode))
     return denoiser
+
+
+class StepGraphs:
+    """CUDA-graph capture of whole training iterations, one graph per regime.
+
+    Each regime (a key) first runs ``warmup`` iterations eagerly on a side stream (real iterations: they
+    initialise optimiser state, cuDNN and Triton autotuning), then captures the next iteration and replays it;
+    later iterations copy their inputs into the captured buffers and replay. The random generators are
+    registered with every graph, so reseeding them before a replay gives the draws an eager run would make.
+
+    Args:
+        generators: Non-default CUDA generators the iteration draws from (the default one is always handled).
+        warmup: Eager iterations per regime before its capture.
+    """
+
+    def __init__(self, generators: list[torch.Generator], *, warmup: int = 2):
+        self.generators, self.warmup = generators, warmup
+        self.entries: dict[object, tuple[torch.cuda.CUDAGraph, list, dict]] = {}
+        self.warm: dict[object, int] = {}
+        self.pool = None
+
+    def run(self, key: object, fn, inputs: list, reseed) -> dict:
+        """Run ``fn(inputs) -> dict of tensors`` for regime ``key``, eagerly or by graph replay.
+
+        Args:
+            key: The regime; one graph each.
+            fn: The iteration; must not synchronise with the host.
+            inputs: A list of ``None`` or tuples of tensors (or ``None``) that change every iteration.
+            reseed: Restores this iteration's generator states (capture advances them without drawing).
+        """
+        entry = self.entries.get(key)
+        if entry is None and self.warm.get(key, 0) < self.warmup:
+            self.warm[key] = self.warm.get(key, 0) + 1
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                out = fn(inputs)
+            torch.cuda.current_stream().wait_stream(side)
+            return out
+        if entry is None:
+            static = [None if b is None else tuple(None if t is None else t.clone() for t in b) for b in inputs]
+            graph = torch.cuda.CUDAGraph()
+            for generator in self.generators:
+                graph.register_generator_state(generator)
+            if self.pool is None:
+                self.pool = torch.cuda.graph_pool_handle()
+            with torch.cuda.graph(graph, pool=self.pool):
+                out = fn(static)
+            entry = self.entries[key] = (graph, static, out)
+            reseed()
+        graph, static, out = entry
+        for dst, src in zip(static, inputs):
+            if dst is not None:
+                for d, s in zip(dst, src):
+                    if d is not None:
+                        d.copy_(s, non_blocking=True)
+        graph.replay()
+        return {k: v.clone() for k, v in out.items()}
