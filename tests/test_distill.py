@@ -242,7 +242,7 @@ def test_config_validation_and_wiring_errors():
         Distiller(teacher, G, fake, [SiDLoss()], DistillConfig())
     with pytest.raises(TypeError, match="protocol"):
         Distiller(teacher, G, fake, [object()], DistillConfig())  # type: ignore[list-item]
-    t2, G2, f2 = tiny_image_roles(label_dim=3)
+    _, G2, _ = tiny_image_roles(label_dim=3)
     with pytest.raises(ValueError, match="classes"):
         Distiller(teacher, G2, fake, [SiDLoss(), DSMLoss()], DistillConfig())
     d = Distiller(

@@ -40,6 +40,6 @@ def test_docstring_examples(module):
 
 
 def test_readme_starts_with_the_two_commands():
-    lines = [l for l in (ROOT / "README.md").read_text().splitlines() if l.strip()]
+    lines = [line for line in (ROOT / "README.md").read_text().splitlines() if line.strip()]
     block = lines[lines.index("```bash") + 1 : lines.index("```")]
     assert len(block) == 2 and "scoredistill demo" in block[0] and "pytest" in block[1]

@@ -91,7 +91,7 @@ def test_from_teacher_copies_weights_and_unfreezes():
             assert torch.equal(p, q) and p.data_ptr() != q.data_ptr()
     assert G.sample_shape == (1, 8, 8)
     with pytest.raises(TypeError):
-        OneStepGenerator.from_teacher(Teacher(lambda x, s, l=None: x))
+        OneStepGenerator.from_teacher(Teacher(lambda x, s, labels=None: x))
 
 
 def test_fake_score_one_pass_and_encoder_only():
