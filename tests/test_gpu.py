@@ -76,7 +76,9 @@ def test_cuda_graph_replay_matches_eager(precision):
     for step, (a, b) in enumerate(zip(*traces)):
         assert a.keys() == b.keys(), step
         for k in a:
-            assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6), (step, k)
+            # Accuracies count sign flips of single logits: allow one flip in a few hundred.
+            tol = {"abs": 5e-3} if "acc" in k or "frac" in k else {"rel": 1e-3, "abs": 1e-5}
+            assert a[k] == pytest.approx(b[k], **tol), (step, k)
 
 
 def _labelled_stream(batch):

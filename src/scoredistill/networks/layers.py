@@ -247,7 +247,13 @@ class GroupNorm(nn.Module):
         return f"{self.weight.shape[0]}, groups={self.num_groups}, eps={self.eps}"
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.group_norm(x, self.num_groups, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
+        weight, bias = self.weight.to(x.dtype), self.bias.to(x.dtype)
+        if x.dtype in (torch.bfloat16, torch.float16) and torch.is_autocast_enabled(x.device.type):
+            # Autocast would promote group_norm to float32 and store float32 activations; the native half
+            # kernel already accumulates its statistics in float32, so keep the activations in half.
+            with torch.autocast(x.device.type, enabled=False):
+                return F.group_norm(x, self.num_groups, weight, bias, self.eps)
+        return F.group_norm(x, self.num_groups, weight, bias, self.eps)
 
 
 class PositionalEmbedding(nn.Module):
