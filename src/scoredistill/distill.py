@@ -87,6 +87,10 @@ class DistillConfig:
         return self.batch_size // (self.micro_batch or self.batch_size)
 
 
+# Fields a resumed run may change: the length of the run and the speed switches (they leave the maths alone).
+RESUME_MAY_CHANGE = frozenset({"total_nimg", "use_kernels", "channels_last", "compile", "compile_mode", "cuda_graphs"})
+
+
 def _phase_sampler(losses: Sequence[DistillLoss], attr: str) -> SigmaSampler:
     samplers = {getattr(loss, attr) for loss in losses if getattr(loss, attr, None) is not None}
     if len(samplers) != 1:
@@ -350,8 +354,15 @@ class Distiller:
     def load(self, path: str | Path) -> None:
         """Resume from :meth:`save`'s checkpoint; the next :meth:`step` continues the same trace."""
         state = load_training_state(path, modules=self._modules(), map_location=self.device)
-        if state["config"] != dataclasses.asdict(self.config):
-            raise ValueError(f"checkpoint config {state['config']} differs from this run's {self.config}")
+        ours = dataclasses.asdict(self.config)
+        differ = sorted(
+            k
+            for k in ours.keys() | state["config"].keys()
+            if k not in RESUME_MAY_CHANGE and ours.get(k) != state["config"].get(k)
+        )
+        if differ:
+            changes = ", ".join(f"{k}: {state['config'].get(k)!r} -> {ours.get(k)!r}" for k in differ)
+            raise ValueError(f"checkpoint config differs from this run's in {changes}")
         self.nimg, self.step_index = int(state["nimg"]), int(state["step_index"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_f.load_state_dict(state["opt_f"])

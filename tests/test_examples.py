@@ -1,0 +1,95 @@
+"""The example scripts run: a CPU smoke run of SiDA on CIFAR-10 with a random teacher, resumed, then sampled."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from scoredistill import OneStepGenerator
+from scoredistill.cli import main as cli_main
+from scoredistill.recipes import RECIPES, load_teacher, make_distiller
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples"))
+distill_edm = pytest.importorskip("distill_edm")
+FIXTURE = ROOT / "tests" / "fixtures" / "cifar10-tiny.zip"
+
+
+def test_cifar10_sida_smoke_run_resume_and_sample(tmp_path):
+    pytest.importorskip("PIL")
+    common = [
+        "--recipe",
+        "cifar10-uncond",
+        "--method",
+        "sida",
+        "--random-teacher",
+        "--device",
+        "cpu",
+        "--data",
+        str(FIXTURE),
+        "--batch",
+        "2",
+        "--log-kimg",
+        "0.002",
+        "--outdir",
+        str(tmp_path),
+        "--precision",
+        "fp32",
+    ]
+    distill_edm.main([*common, "--total-kimg", "0.002"])
+    state = torch.load(tmp_path / "training_state" / "state.pt", weights_only=True)
+    assert state["nimg"] == 2
+    distill_edm.main([*common, "--total-kimg", "0.004"])  # resumes from training_state
+    state = torch.load(tmp_path / "training_state" / "state.pt", weights_only=True)
+    assert state["nimg"] == 4 and state["step_index"] == 2
+    G = OneStepGenerator.from_pretrained(tmp_path / "generator_ema")
+    assert G.sample_shape == (3, 32, 32)
+    card = json.loads((tmp_path / "generator_ema" / "config.json").read_text())
+    assert card["training"]["method"] == "sida"
+    assert (
+        cli_main(
+            ["sample", "--model", str(tmp_path / "generator_ema"), "--n", "4", "--out", str(tmp_path / "grid.png")]
+        )
+        == 0
+    )
+    assert (tmp_path / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_imagenet64_dry_run_prints_the_paper_settings(capsys):
+    distill_edm.main(["--recipe", "imagenet64", "--method", "sida", "--outdir", "unused", "--dry-run"])
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["config"]["lr_generator"] == 4e-6 and printed["config"]["batch_size"] == 8192
+    assert printed["config"]["ema_halflife_nimg"] == 2_000_000 and printed["config"]["generator_start_nimg"] == 100_000
+
+
+def test_recipes_validate_their_inputs():
+    with pytest.raises(ValueError, match="divisible"):
+        RECIPES["cifar10-uncond"].config("sida", world_size=3)
+    with pytest.raises(ValueError, match="method"):
+        RECIPES["cifar10-uncond"].config("gan")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="random_init"):
+        load_teacher(None, preset="cifar10-32x32-uncond")
+    teacher = load_teacher(None, preset="cifar10-32x32-uncond", random_init=True)
+    with pytest.raises(ValueError, match="real images"):
+        make_distiller(RECIPES["cifar10-uncond"], teacher, "sida")
+    with pytest.raises(ValueError, match="generator_init"):
+        make_distiller(RECIPES["cifar10-uncond"], teacher, "sid2a", data=iter([]))
+    sid = make_distiller(RECIPES["cifar10-uncond"], teacher, "sid", batch_size=2)
+    assert [loss.name for loss in sid.losses] == ["sid", "dsm"] and sid.losses[0].alpha == 1.2
+    assert sid.augment is not None and sid.augment.p == 0.12
+    drop = [m.dropout for m in sid.generator.modules() if type(m).__name__ == "UNetBlock"]
+    assert drop and all(p == 0.13 for p in drop)
+
+
+def test_load_teacher_checks_the_preset(tmp_path):
+    from scoredistill.hub import save_pretrained
+    from scoredistill.networks import edm_precond
+
+    save_pretrained(edm_precond("cifar10-32x32-cond"), tmp_path / "teacher")
+    assert load_teacher(tmp_path / "teacher", preset="cifar10-32x32-cond").label_dim == 10
+    with pytest.raises(ValueError, match="does not match"):
+        load_teacher(tmp_path / "teacher", preset="cifar10-32x32-uncond")
