@@ -7,6 +7,7 @@ the whole network, which keeps compile time short because identical blocks share
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -77,7 +78,7 @@ class StepGraphs:
         self.warm: dict[object, int] = {}
         self.pool = None
 
-    def run(self, key: object, fn, inputs: list, reseed) -> dict:
+    def run(self, key: object, fn: Callable[[list], dict], inputs: list, reseed: Callable[[], None]) -> dict:
         """Run ``fn(inputs) -> dict of tensors`` for regime ``key``, eagerly or by graph replay.
 
         Args:
