@@ -101,7 +101,21 @@ def matmul_peak(device: torch.device) -> float:
     return 10 * 2 * 8192**3 / (time.perf_counter() - t0)
 
 
-def measure(preset: str, batch: int, setting: str, warmup: int, steps: int, device: torch.device) -> dict:
+def profile(d: Distiller, steps: int = 3, top: int = 15) -> str:
+    """The top CUDA kernels of a few steps, by total device time (torch.profiler)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            d.step()
+        torch.cuda.synchronize()
+    return prof.key_averages().table(sort_by="cuda_time_total", row_limit=top, max_name_column_width=60)
+
+
+def measure(
+    preset: str, batch: int, setting: str, warmup: int, steps: int, device: torch.device, *, prof: bool = False
+) -> dict:
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     d = build(preset, batch, setting, device)
@@ -122,8 +136,16 @@ def measure(preset: str, batch: int, setting: str, warmup: int, steps: int, devi
     finite = all(bool(torch.isfinite(v)) for v in logs.values())
     ms = statistics.median(times)
     peak = torch.cuda.max_memory_allocated() / 2**30
+    table = profile(d) if prof else None
     del d
-    return {"ms": ms, "img_s": batch / ms * 1e3, "peak_gib": peak, "warmup_s": warm_s, "finite": finite}
+    return {
+        "ms": ms,
+        "img_s": batch / ms * 1e3,
+        "peak_gib": peak,
+        "warmup_s": warm_s,
+        "finite": finite,
+        "profile": table,
+    }
 
 
 def main() -> None:
@@ -134,6 +156,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=4, help="untimed steps (graph modes capture on the 3rd)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--profile", action="store_true", help="print the top kernels of the last setting")
     parser.add_argument("--out", default=None, help="markdown file to append to (default benchmarks/RESULTS.md)")
     args = parser.parse_args()
     device = torch.device("cuda")
@@ -145,7 +168,17 @@ def main() -> None:
     flops = flops_per_image(args.preset, args.batch, device)
     rows = []
     for setting in settings:
-        r = measure(args.preset, args.batch, setting, args.warmup, args.steps, device)
+        r = measure(
+            args.preset,
+            args.batch,
+            setting,
+            args.warmup,
+            args.steps,
+            device,
+            prof=args.profile and setting == settings[-1],
+        )
+        if r["profile"]:
+            print(f"Top kernels, {setting}:\n{r['profile']}", flush=True)
         mfu = flops * r["img_s"] / peak
         rows.append(
             [
