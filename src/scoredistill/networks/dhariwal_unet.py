@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import Conv2d, GroupNorm, Linear, PositionalEmbedding, UNetBlock, channel_mean_logits
+from .layers import Conv2d, EncoderDecoderUNet, GroupNorm, Linear, PositionalEmbedding, UNetBlock
 from .song_unet import _as_tuples, _check_common, _from_dict
 
 __all__ = ["CHANNELS_PER_HEAD", "DhariwalUNet", "DhariwalUNetConfig"]
@@ -74,7 +74,7 @@ class DhariwalUNetConfig:
         return _from_dict(cls, data)
 
 
-class DhariwalUNet(nn.Module):
+class DhariwalUNet(EncoderDecoderUNet):
     """ADM backbone ``F(x, noise_labels, class_labels, augment_labels)`` with SiDA's encoder logits.
 
     The mapping network embeds the noise label (sinusoidal, no endpoint), adds the augmentation embedding,
@@ -191,26 +191,3 @@ class DhariwalUNet(nn.Module):
                 x = torch.cat([x, skips.pop()], dim=1)
             x = block(x, emb)
         return self.out_conv(F.silu(self.out_norm(x)))
-
-    def forward_with_logits(
-        self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None = None, augment_labels: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """One pass returning ``(F(x), logits)``; logits are float32 ``[B, 1, r, r]``."""
-        emb = self._embed(noise_labels, class_labels, augment_labels)
-        skips = self._encode(x, emb)
-        logits = channel_mean_logits(skips[-1])
-        return self._decode(skips, emb), logits
-
-    def encoder_logits(
-        self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None = None, augment_labels: Tensor | None = None
-    ) -> Tensor:
-        """SiDA's logit map alone (the channel mean of the last encoder block); the decoder is skipped."""
-        emb = self._embed(noise_labels, class_labels, augment_labels)
-        return channel_mean_logits(self._encode(x, emb)[-1])
-
-    def forward(
-        self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None = None, augment_labels: Tensor | None = None
-    ) -> Tensor:
-        """``F(x, noise_labels, class_labels, augment_labels)``, shape of ``x``."""
-        emb = self._embed(noise_labels, class_labels, augment_labels)
-        return self._decode(self._encode(x, emb), emb)

@@ -428,3 +428,34 @@ def channel_mean_logits(x: Tensor) -> Tensor:
         ``[B, C, h, w] -> [B, 1, h, w]``.
     """
     return x.float().mean(dim=1, keepdim=True)
+
+
+class EncoderDecoderUNet(nn.Module):
+    """The entry points shared by the EDM UNets; subclasses define ``_embed``, ``_encode`` and ``_decode``.
+
+    ``_encode`` returns every encoder block's output (the decoder's skips); the last one is the
+    lowest-resolution map whose channel mean is SiDA's discriminator logit map.
+    """
+
+    def forward_with_logits(
+        self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None = None, augment_labels: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """One pass returning ``(F(x), logits)``; logits are float32 ``[B, 1, r, r]``."""
+        emb = self._embed(noise_labels, class_labels, augment_labels)
+        skips = self._encode(x, emb)
+        logits = channel_mean_logits(skips[-1])
+        return self._decode(skips, emb), logits
+
+    def encoder_logits(
+        self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None = None, augment_labels: Tensor | None = None
+    ) -> Tensor:
+        """SiDA's logit map alone (the channel mean of the last encoder block); the decoder is skipped."""
+        emb = self._embed(noise_labels, class_labels, augment_labels)
+        return channel_mean_logits(self._encode(x, emb)[-1])
+
+    def forward(
+        self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None = None, augment_labels: Tensor | None = None
+    ) -> Tensor:
+        """``F(x, noise_labels, class_labels, augment_labels)``, shape of ``x``."""
+        emb = self._embed(noise_labels, class_labels, augment_labels)
+        return self._decode(self._encode(x, emb), emb)

@@ -18,7 +18,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import Conv2d, FourierEmbedding, GroupNorm, Linear, PositionalEmbedding, UNetBlock, channel_mean_logits
+from .layers import (
+    Conv2d,
+    EncoderDecoderUNet,
+    FourierEmbedding,
+    GroupNorm,
+    Linear,
+    PositionalEmbedding,
+    UNetBlock,
+)
 
 __all__ = ["SongUNet", "SongUNetConfig"]
 
@@ -128,7 +136,7 @@ class SongUNetConfig:
         return _from_dict(cls, data)
 
 
-class SongUNet(nn.Module):
+class SongUNet(EncoderDecoderUNet):
     """DDPM++ / NCSN++ backbone ``F(x, noise_labels, class_labels, augment_labels)`` with SiDA's encoder logits.
 
     The mapping network embeds the noise label (sinusoidal or random Fourier features, sin/cos halves swapped
@@ -283,26 +291,3 @@ class SongUNet(nn.Module):
                     x = torch.cat([x, skips.pop()], dim=1)
                 x = block(x, emb)
         return aux
-
-    def forward_with_logits(
-        self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None = None, augment_labels: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """One pass returning ``(F(x), logits)``; logits are float32 ``[B, 1, r, r]``."""
-        emb = self._embed(noise_labels, class_labels, augment_labels)
-        skips = self._encode(x, emb)
-        logits = channel_mean_logits(skips[-1])
-        return self._decode(skips, emb), logits
-
-    def encoder_logits(
-        self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None = None, augment_labels: Tensor | None = None
-    ) -> Tensor:
-        """SiDA's logit map alone (the channel mean of the last encoder block); the decoder is skipped."""
-        emb = self._embed(noise_labels, class_labels, augment_labels)
-        return channel_mean_logits(self._encode(x, emb)[-1])
-
-    def forward(
-        self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None = None, augment_labels: Tensor | None = None
-    ) -> Tensor:
-        """``F(x, noise_labels, class_labels, augment_labels)``, shape of ``x``."""
-        emb = self._embed(noise_labels, class_labels, augment_labels)
-        return self._decode(self._encode(x, emb), emb)
