@@ -87,3 +87,19 @@ def _labelled_stream(batch):
         x = torch.rand(batch, 3, 32, 32, device="cuda", generator=g) * 2 - 1
         labels = torch.nn.functional.one_hot(torch.randint(10, (batch,), device="cuda", generator=g), 10).float()
         yield x, labels
+
+
+@pytest.mark.parametrize("preset", ["imagenet-64x64", "cifar10-32x32-cond"])
+def test_attention_runs_on_fused_kernels(preset):
+    # With only the flash / memory-efficient backends allowed, SDPA raises if the inputs would need the math path.
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    net = edm_precond(preset).cuda()
+    labels = torch.nn.functional.one_hot(torch.arange(2, device="cuda") % 10, net.label_dim).float()
+    shape = (2, 3, net.model.config.img_resolution, net.model.config.img_resolution)
+    with (
+        sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]),
+        torch.autocast("cuda", torch.bfloat16),
+    ):
+        out = net.score(torch.randn(shape, device="cuda"), torch.ones(2, device="cuda"), labels)
+    assert torch.isfinite(out.denoised).all() and out.logits.shape[-1] == 8

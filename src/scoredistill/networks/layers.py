@@ -399,7 +399,9 @@ class UNetBlock(nn.Module):
         # The qkv channels are laid out as [head, channel, (q, k, v)], as in EDM's checkpoints.
         b, c, h, w = x.shape
         qkv = self.qkv(self.norm2(x)).reshape(b, self.num_heads, c // self.num_heads, 3, h * w)
-        q, k, v = (t.transpose(-1, -2) for t in qkv.unbind(3))
+        # [3, B, heads, HW, head_channels], contiguous: the fused (flash / memory-efficient) attention kernels
+        # need unit stride in the last dimension, and otherwise SDPA silently materialises the HW x HW scores.
+        q, k, v = qkv.permute(3, 0, 1, 4, 2).contiguous().unbind(0)
         a = F.scaled_dot_product_attention(q, k, v)
         return self.proj(a.transpose(-1, -2).reshape(b, c, h, w))
 
