@@ -12,7 +12,11 @@ op, size and dtype the script reports:
 * peak extra memory of one forward + backward.
 
 Ops: ``sid`` (SiD generator terms), ``sida`` (the same with the adversarial generator term on ``[B, 1, 8, 8]``
-logits), ``dsm`` (DSM + discriminator terms of the fake-score phase, ``x0`` detached).
+logits), ``dsm`` (DSM + discriminator terms of the fake-score phase, ``x0`` detached). Each fused op is one kernel
+launch forward and one backward, logit terms included.
+
+Switches read by the kernels (for A/B runs): ``SCOREDISTILL_FAST_LAUNCH=0`` launches through Triton's JIT
+dispatch on every call instead of calling the cached compiled kernel.
 
 Usage::
 

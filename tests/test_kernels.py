@@ -29,8 +29,14 @@ needs_kernels = pytest.mark.skipif(not kernels.available(), reason="needs CUDA a
 # ------------------------------------------------------------------------------------------------------ helpers
 
 
-def _close(actual: torch.Tensor | None, expected: torch.Tensor | None, rtol: float, what: str) -> None:
-    """Relative closeness, with the absolute floor scaled by the reference's magnitude (sums cancel)."""
+def _close(actual: torch.Tensor | None, expected: torch.Tensor | None, rtol: float, what: str, like=None) -> None:
+    """Relative closeness, with the absolute floor scaled by the reference's magnitude (sums cancel).
+
+    With ``like`` (a tensor), a missing gradient (``None``) on either side stands for zeros shaped like it.
+    """
+    if like is not None:
+        actual = torch.zeros_like(like) if actual is None else actual
+        expected = torch.zeros_like(like) if expected is None else expected
     assert (actual is None) == (expected is None), what
     if expected is None:
         return
@@ -51,7 +57,9 @@ def _poison(ts: list[torch.Tensor], batch: int) -> None:
             ts[-1].view(batch, -1)[batch - 1, 0] = float("inf")
 
 
-def _make(shape, dtype, device, n, *, poison: bool, channels_last: bool = False, seed: int = 0):
+def _make(shape, dtype, device, n, *, poison: bool, channels_last: bool = False, seed: int = 0, layout: str = ""):
+    """``n`` random ``[B, ...]`` leaves. ``layout``: "" (contiguous; channels_last when ``channels_last``), "mixed"
+    (the first tensor channels_last, the others contiguous) or "strided" (every tensor a non-contiguous view)."""
     g = torch.Generator().manual_seed(seed)
     out = [torch.randn(shape, generator=g).to(dtype) for _ in range(n)]
     if poison:
@@ -59,6 +67,12 @@ def _make(shape, dtype, device, n, *, poison: bool, channels_last: bool = False,
     out = [t.to(device) for t in out]
     if channels_last and len(shape) == 4:
         out = [t.contiguous(memory_format=torch.channels_last) for t in out]
+    if layout == "mixed" and len(shape) == 4:
+        out[0] = out[0].contiguous(memory_format=torch.channels_last)
+    if layout == "strided":  # same values, every second element of a buffer twice as long along the last dim
+        out = [torch.stack([t, torch.full_like(t, float("nan"))], dim=-1)[..., 0] for t in out]
+        assert not out[0].is_contiguous()
+        return [t.detach().requires_grad_() for t in out]
     return [t.requires_grad_() for t in out]
 
 
@@ -72,12 +86,26 @@ def _grads(outputs, inputs, seed: int = 1):
     return torch.autograd.grad(total, inputs, allow_unused=True)
 
 
-def check_sid(shape, dtype, device, *, alpha: float, with_logits: bool, poison: bool, channels_last: bool = False):
-    """Run the fused and the reference generator terms on the same inputs and compare values and gradients."""
+def check_sid(
+    shape,
+    dtype,
+    device,
+    *,
+    alpha: float,
+    with_logits: bool,
+    poison: bool,
+    channels_last: bool = False,
+    layout: str = "",
+    use: tuple[int, ...] = (0, 2),
+):
+    """Run the fused and the reference generator terms on the same inputs and compare values and gradients.
+
+    ``use``: which outputs (0: sid, 2: adv) enter the loss that is differentiated.
+    """
     from scoredistill.kernels import sid_triton
 
     rtol = TOL[dtype]
-    x_g, d_real, d_fake = _make(shape, dtype, device, 3, poison=poison, channels_last=channels_last)
+    x_g, d_real, d_fake = _make(shape, dtype, device, 3, poison=poison, channels_last=channels_last, layout=layout)
     inputs = [x_g, d_real, d_fake]
     logits = None
     if with_logits:
@@ -97,22 +125,39 @@ def check_sid(shape, dtype, device, *, alpha: float, with_logits: bool, poison: 
         _close(a, e, rtol, f"{name} {shape} {dtype} alpha={alpha}")
         if a is not None:
             assert torch.isfinite(a).all(), name
-    g_ref = _grads([out_ref[0], out_ref[2]], inputs)
-    g_ker = _grads([out_ker[0], out_ker[2]], inputs)
-    for name, a, e in zip(("x_g", "d_real", "d_fake", "logits"), g_ker, g_ref, strict=False):
-        _close(a, e, rtol, f"grad {name} {shape} {dtype} alpha={alpha}")
-        assert torch.isfinite(a).all(), f"grad {name} not finite"
-    if poison and shape[0] > 2:
+    if not any(out_ref[i] is not None for i in use):
+        return
+    g_ref = _grads([out_ref[i] for i in use], inputs)
+    g_ker = _grads([out_ker[i] for i in use], inputs)
+    for name, a, e, t in zip(("x_g", "d_real", "d_fake", "logits"), g_ker, g_ref, inputs, strict=False):
+        _close(a, e, rtol, f"grad {name} {shape} {dtype} alpha={alpha}", like=t)
+        if a is not None:
+            assert torch.isfinite(a).all(), f"grad {name} not finite"
+    if poison and shape[0] > 2 and 0 in use:
         assert out_ker[0][1] == 0 and out_ker[1][1] == 0
         assert (g_ker[0].reshape(shape[0], -1)[1] == 0).all()
 
 
-def check_dsm(shape, dtype, device, *, with_logits: bool, poison: bool, x0_grad: bool, channels_last: bool = False):
-    """Run the fused and the reference fake-score terms on the same inputs and compare values and gradients."""
+def check_dsm(
+    shape,
+    dtype,
+    device,
+    *,
+    with_logits: bool,
+    poison: bool,
+    x0_grad: bool,
+    channels_last: bool = False,
+    layout: str = "",
+    use: tuple[int, ...] = (0, 1),
+):
+    """Run the fused and the reference fake-score terms on the same inputs and compare values and gradients.
+
+    ``use``: which outputs (0: dsm, 1: disc) enter the loss that is differentiated.
+    """
     from scoredistill.kernels import dsm_triton
 
     rtol = TOL[dtype]
-    denoised, x0 = _make(shape, dtype, device, 2, poison=poison, channels_last=channels_last, seed=3)
+    denoised, x0 = _make(shape, dtype, device, 2, poison=poison, channels_last=channels_last, seed=3, layout=layout)
     if not x0_grad:
         x0 = x0.detach()
     g = torch.Generator().manual_seed(5)
@@ -134,11 +179,14 @@ def check_dsm(shape, dtype, device, *, with_logits: bool, poison: bool, x0_grad:
     assert "DSMFunction" in type(out_ker[0].grad_fn).__name__
     for name, a, e in zip(("dsm", "disc"), out_ker, out_ref, strict=True):
         _close(a, e, rtol, f"{name} {shape} {dtype}")
-    g_ref = _grads(list(out_ref), inputs)
-    g_ker = _grads(list(out_ker), inputs)
-    for i, (a, e) in enumerate(zip(g_ker, g_ref, strict=True)):
-        _close(a, e, rtol, f"dsm grad #{i} {shape} {dtype}")
-        assert torch.isfinite(a).all(), f"dsm grad #{i} not finite"
+    if not any(out_ref[i] is not None for i in use):
+        return
+    g_ref = _grads([out_ref[i] for i in use], inputs)
+    g_ker = _grads([out_ker[i] for i in use], inputs)
+    for i, (a, e, t) in enumerate(zip(g_ker, g_ref, inputs, strict=True)):
+        _close(a, e, rtol, f"dsm grad #{i} {shape} {dtype}", like=t)
+        if a is not None:
+            assert torch.isfinite(a).all(), f"dsm grad #{i} not finite"
 
 
 # ---------------------------------------------------------------------------------------------------- GPU tests
@@ -172,6 +220,101 @@ def test_fp16_and_channels_last_cuda():
     check_sid((4, 3, 16, 16), torch.float16, "cuda", alpha=1.2, with_logits=True, poison=True, channels_last=True)
     check_dsm((4, 3, 16, 16), torch.float16, "cuda", with_logits=True, poison=True, x0_grad=True, channels_last=True)
     check_sid((32, 3, 32, 32), torch.float32, "cuda", alpha=1.0, with_logits=False, poison=True, channels_last=True)
+
+
+@pytest.mark.kernels
+@needs_kernels
+@pytest.mark.parametrize("layout", ["mixed", "strided"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_layouts_cuda(layout, dtype):
+    """Mixed memory formats and non-contiguous views (copied first) give the reference's values and gradients."""
+    for shape in [(32, 3, 32, 32), (3, 3, 7, 5)]:
+        check_sid(shape, dtype, "cuda", alpha=1.2, with_logits=True, poison=True, layout=layout)
+        check_dsm(shape, dtype, "cuda", with_logits=True, poison=True, x0_grad=True, layout=layout)
+
+
+@pytest.mark.kernels
+@needs_kernels
+@pytest.mark.parametrize("one_launch", [True, False])
+def test_partial_use_and_two_launch_path_cuda(monkeypatch, one_launch):
+    """Only one of the outputs differentiated (the other's gradient is None), on both forward paths."""
+    from scoredistill.kernels import sid_triton
+
+    monkeypatch.setattr(sid_triton, "ONE_LAUNCH", one_launch)
+    for shape in [(32, 3, 32, 32), (5, 17), (8, 4, 64, 64)]:
+        for use in [(0,), (2,), (0, 2)]:
+            check_sid(shape, torch.float32, "cuda", alpha=1.0, with_logits=True, poison=True, use=use)
+        for use in [(0,), (1,), (0, 1)]:
+            check_dsm(shape, torch.float32, "cuda", with_logits=True, poison=True, x0_grad=False, use=use)
+
+
+def _sida_step(x, r, f, lg, sigma):
+    from scoredistill.kernels import dsm_triton, sid_triton
+
+    sid, w, adv = sid_triton.sid_generator_terms(x, r, f, alpha=1.0, logits_fake=lg)
+    dsm, disc = dsm_triton.fake_score_terms(r, x.detach(), sigma, logits_real=lg, logits_fake=lg * 0.5)
+    outs = (sid, w, adv, dsm, disc)
+    grads = torch.autograd.grad(sid.sum() + 0.3 * adv.sum() + dsm.sum() + 0.7 * disc.sum(), (x, r, f, lg))
+    return [t.detach().clone() for t in outs + tuple(grads)]
+
+
+def _sida_inputs(batch: int = 16):
+    g = torch.Generator(device="cuda").manual_seed(11)
+    x, r, f = (torch.randn(batch, 3, 32, 32, device="cuda", generator=g).requires_grad_() for _ in range(3))
+    lg = (3 * torch.randn(batch, 1, 8, 8, device="cuda", generator=g)).requires_grad_()
+    sigma = torch.rand(batch, device="cuda", generator=g) + 0.1
+    with torch.no_grad():
+        x[1, 0, 0, 0] = float("nan")
+    return x, r, f, lg, sigma
+
+
+@pytest.mark.kernels
+@needs_kernels
+def test_deterministic_cuda():
+    """Fixed-order reductions: two calls give bitwise identical values and gradients (no atomics in the sums)."""
+    args = _sida_inputs()
+    first, second = _sida_step(*args), _sida_step(*args)
+    for a, b in zip(first, second, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.kernels
+@needs_kernels
+@pytest.mark.parametrize("fresh_counters", [False, True])
+def test_cuda_graph_replay_cuda(monkeypatch, fresh_counters):
+    """Captured in a CUDA graph and replayed, the kernels give the eager results again, replay after replay.
+
+    ``fresh_counters``: no arrival counter exists yet when the capture starts, so the forward falls back to its
+    two-launch path inside the graph.
+    """
+    from scoredistill.kernels import sid_triton
+
+    args = _sida_inputs()
+    monkeypatch.setattr(sid_triton, "ONE_LAUNCH", False)
+    _sida_step(*args)  # compile the two-launch kernels outside the capture
+    monkeypatch.setattr(sid_triton, "ONE_LAUNCH", True)
+    want = _sida_step(*args)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        _sida_step(*args)
+    torch.cuda.current_stream().wait_stream(side)
+    if fresh_counters:
+        monkeypatch.setattr(sid_triton, "_counters", {})
+        monkeypatch.setattr(sid_triton, "_counter_slots", {})
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        got = _sida_step(*args)
+    for _ in range(3):
+        graph.replay()
+        torch.cuda.synchronize()
+        for a, b in zip(got, want, strict=True):
+            if fresh_counters:  # another kernel (the two-launch path): the same sums, maybe other FMA contractions
+                torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+            else:
+                assert torch.equal(a, b)
+    if not fresh_counters:  # every counter slot is back to zero after the replays
+        assert all(int(t.abs().sum()) == 0 for t in sid_triton._counters.values())
 
 
 @pytest.mark.kernels
@@ -267,6 +410,18 @@ def run_interpreter_cases() -> None:
         check_dsm(shape, torch.float32, "cpu", with_logits=True, poison=True, x0_grad=True)
         check_dsm(shape, torch.bfloat16, "cpu", with_logits=False, poison=False, x0_grad=False)
     check_sid((4, 3, 8, 8), torch.float32, "cpu", alpha=1.2, with_logits=True, poison=True, channels_last=True)
+    for layout in ("mixed", "strided"):
+        check_sid((4, 2, 40, 40), torch.float32, "cpu", alpha=1.2, with_logits=True, poison=True, layout=layout)
+        check_dsm((4, 2, 40, 40), torch.float32, "cpu", with_logits=True, poison=True, x0_grad=True, layout=layout)
+    from scoredistill.kernels import sid_triton
+
+    for one_launch in (True, False):
+        sid_triton.ONE_LAUNCH = one_launch
+        for use in [(0,), (2,)]:
+            check_sid((4, 2, 40, 40), torch.float32, "cpu", alpha=1.0, with_logits=True, poison=True, use=use)
+        for use in [(0,), (1,), (0, 1)]:
+            check_dsm((4, 2, 40, 40), torch.float32, "cpu", with_logits=True, poison=True, x0_grad=False, use=use)
+    sid_triton.ONE_LAUNCH = True
 
 
 @pytest.mark.timeout(300)

@@ -8,6 +8,7 @@ is passed, they run the reference. The choice never changes the maths, only the 
 
 from __future__ import annotations
 
+import functools
 import os
 
 from torch import Tensor
@@ -19,6 +20,12 @@ __all__ = ["available", "fake_score_terms", "sid_generator_terms"]
 
 def available() -> bool:
     """Whether the fused kernels can run here (Triton importable and a CUDA device present)."""
+    return _available()
+
+
+@functools.cache
+def _available() -> bool:
+    # Cached: the dispatch runs on every loss call, and neither answer changes within a process.
     try:
         import torch
         import triton  # noqa: F401

@@ -1,16 +1,19 @@
 """Fused Triton kernels for the fake-score phase: EDM's DSM loss and SiDA's discriminator loss.
 
-:func:`fake_score_terms` has exactly the contract of :func:`scoredistill.losses.functional.fake_score_terms`:
+:func:`fake_score_terms` has exactly the contract of :func:`scoredistill.losses.functional.fake_score_terms`,
+in one kernel launch each way:
 
-* DSM, forward: one pass over ``denoised`` and ``x0`` (each sample split over several programs) writing partial
-  sums of ``(D - x0)^2`` and of non-finite counts; a tiny kernel reduces them in a fixed order and applies
-  ``lambda(sigma) = (sigma^2 + sigma_d^2) / (sigma sigma_d)^2`` and the mask (a sample is dropped when ``D``,
-  ``x0`` or ``sigma`` holds a non-finite value).
-* DSM, backward: one pass writing ``dL/dD = 2 lambda g (D - x0)`` and, when ``x0`` requires a gradient,
-  ``dL/dx0 = -dL/dD``, in the inputs' dtypes, exactly 0 on dropped samples. ``sigma`` gets no gradient here:
-  when it requires one the reference runs instead.
-* The discriminator term on the small logit maps is one single-program kernel each way (shared with
-  :mod:`scoredistill.kernels.sid_triton`).
+* forward: one pass over ``denoised`` and ``x0`` (each sample split over several programs) writing partial sums
+  of ``(D - x0)^2`` and of non-finite counts; the first program of each sample also reduces that sample's rows of
+  the two ``[B, 1, h, w]`` logit maps (the discriminator term). The last program to finish (arrival counter,
+  :func:`scoredistill.kernels.sid_triton._counter`) reduces everything in a fixed order and applies
+  ``lambda(sigma) = (sigma^2 + sigma_d^2) / (sigma sigma_d)^2``, the masks (a sample is dropped when ``D``,
+  ``x0`` or ``sigma`` holds a non-finite value; a logit row when its logits or ``sigma`` do) and the batch mean
+  of the discriminator term.
+* backward: one pass writing ``dL/dD = 2 lambda g (D - x0)`` and, when ``x0`` requires a gradient,
+  ``dL/dx0 = -dL/dD``, in the inputs' dtypes, exactly 0 on dropped samples; the first program of each sample also
+  writes that sample's logit gradients. ``sigma`` gets no gradient here: when it requires one the reference runs
+  instead.
 
 No host synchronisation anywhere.
 """
@@ -23,24 +26,106 @@ import triton.language as tl
 from torch import Tensor
 
 from ..losses import functional as ref
+from . import sid_triton as _sid
 from .sid_triton import (
     BLOCK,
-    NUM_WARPS,
+    _bwd_plan,
     _check_same_shape,
+    _counter,
+    _dense,
     _finite,
-    _LogitFunction,
-    _rows,
-    _split,
+    _fwd_plan,
+    _last_arrival,
+    _launch,
+    _logit_grad_factor,
+    _logit_row_sums,
+    _reduce_parts,
+    _sigmoid,
     _supported,
 )
 
 __all__ = ["fake_score_terms"]
 
 
+# Buffer (float32): dsm [B] | lam [B] | (disc [B] | gfac [B] | okl [B])? | partials [2, B, S] | (logit sums [3, B])?
+# gfac_i = okl_i lambda_i / (2 n L) (n = kept logit rows), okl_i = 1.0 where both logit rows and sigma_i are finite.
+
+
 @triton.jit
-def _dsm_fwd_partial_kernel(d_ptr, x_ptr, part_ptr, B, N, CHUNK, S, BLOCK: tl.constexpr):
+def _lambda(sig, sigma_data):
+    return (sig * sig + sigma_data * sigma_data) / ((sig * sigma_data) * (sig * sigma_data))
+
+
+@triton.jit
+def _dsm_finish(
+    buf_ptr, sigma_ptr, B, S, L, sigma_data, HAS_LOGITS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_S: tl.constexpr
+):
+    part_ptr = buf_ptr + (5 * B if HAS_LOGITS else 2 * B)
+    lsum_ptr = part_ptr + 2 * B * S
+    loss = 0.0
+    n = 1.0
+    if HAS_LOGITS:
+        # Pass 1: l_D = 1/2 [mean softplus(-real) + mean softplus(fake)], means over the kept rows.
+        tot_a = tl.zeros([BLOCK_B], dtype=tl.float32)
+        tot_b = tl.zeros([BLOCK_B], dtype=tl.float32)
+        nok = tl.zeros([BLOCK_B], dtype=tl.float32)
+        for b0 in range(0, B, BLOCK_B):
+            rb = b0 + tl.arange(0, BLOCK_B)
+            mb = rb < B
+            sa = tl.load(lsum_ptr + rb, mask=mb, other=0.0, cache_modifier=".cg")
+            sb = tl.load(lsum_ptr + B + rb, mask=mb, other=0.0, cache_modifier=".cg")
+            lbad = tl.load(lsum_ptr + 2 * B + rb, mask=mb, other=1.0, cache_modifier=".cg")
+            sig = tl.load(sigma_ptr + rb, mask=mb, other=1.0).to(tl.float32)
+            okl = mb & (lbad == 0.0) & _finite(sig)
+            tot_a += tl.where(okl, sa / L, 0.0)
+            tot_b += tl.where(okl, sb / L, 0.0)
+            nok += tl.where(okl, 1.0, 0.0)
+        n = tl.maximum(tl.sum(nok, axis=0), 1.0)
+        loss = 0.5 * (tl.sum(tot_a, axis=0) / n + tl.sum(tot_b, axis=0) / n)
+    # Pass 2: per sample, lambda, the DSM loss and (with logits) the discriminator term.
+    for b0 in range(0, B, BLOCK_B):
+        rb = b0 + tl.arange(0, BLOCK_B)
+        mb = rb < B
+        sq, bad, _unused = _reduce_parts(part_ptr, rb, mb, B, S, 2, BLOCK_B, BLOCK_S)
+        sig = tl.load(sigma_ptr + rb, mask=mb, other=1.0).to(tl.float32)
+        lam_raw = _lambda(sig, sigma_data)
+        ok = (bad == 0.0) & _finite(sig)
+        lam = tl.where(ok, lam_raw, 0.0)
+        tl.store(buf_ptr + B + rb, lam, mask=mb)
+        tl.store(buf_ptr + rb, tl.where(ok, lam * sq, 0.0), mask=mb)
+        if HAS_LOGITS:
+            lbad = tl.load(lsum_ptr + 2 * B + rb, mask=mb, other=1.0, cache_modifier=".cg")
+            okl = (lbad == 0.0) & _finite(sig)
+            lam_l = tl.where(okl, lam_raw, 0.0)
+            tl.store(buf_ptr + 2 * B + rb, tl.where(okl, lam_l * loss, 0.0), mask=mb)
+            tl.store(buf_ptr + 3 * B + rb, tl.where(okl, lam_l * 0.5 / n / L, 0.0), mask=mb)
+            tl.store(buf_ptr + 4 * B + rb, tl.where(okl, 1.0, 0.0), mask=mb)
+
+
+@triton.jit
+def _dsm_fwd_kernel(
+    d_ptr,
+    x_ptr,
+    lr_ptr,
+    lf_ptr,
+    sigma_ptr,
+    buf_ptr,
+    cnt_ptr,
+    B,
+    N,
+    CHUNK,
+    L,
+    sigma_data,
+    HAS_LOGITS: tl.constexpr,
+    FUSED: tl.constexpr,
+    BLOCK: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+):
     b = tl.program_id(0)
     s = tl.program_id(1)
+    S = tl.num_programs(1)
     row = b.to(tl.int64) * N
     start = s * CHUNK
     acc_sq = tl.zeros([BLOCK], dtype=tl.float32)
@@ -53,109 +138,155 @@ def _dsm_fwd_partial_kernel(d_ptr, x_ptr, part_ptr, B, N, CHUNK, S, BLOCK: tl.co
         e = d - x
         acc_sq += e * e
         acc_bad += tl.where(_finite(d) & _finite(x), 0.0, 1.0)
+    part_ptr = buf_ptr + (5 * B if HAS_LOGITS else 2 * B)
     base = b * S + s
     tl.store(part_ptr + base, tl.sum(acc_sq, axis=0))
     tl.store(part_ptr + B * S + base, tl.sum(acc_bad, axis=0))
+    if HAS_LOGITS:  # noqa: SIM102 (constexpr test, then a runtime one)
+        if s == 0:
+            lsum_ptr = part_ptr + 2 * B * S
+            sa, sb, lbad = _logit_row_sums(lr_ptr, lf_ptr, b, L, 0.0, 1, BLOCK_L)
+            tl.store(lsum_ptr + b, sa)
+            tl.store(lsum_ptr + B + b, sb)
+            tl.store(lsum_ptr + 2 * B + b, lbad)
+    if FUSED:  # noqa: SIM102 (constexpr test, then a runtime one)
+        if _last_arrival(cnt_ptr):
+            _dsm_finish(buf_ptr, sigma_ptr, B, S, L, sigma_data, HAS_LOGITS, BLOCK_B, BLOCK_S)
 
 
 @triton.jit
-def _dsm_fwd_final_kernel(
-    part_ptr, sigma_ptr, dsm_ptr, lam_ptr, B, S, sigma_data, BLOCK_B: tl.constexpr, BLOCK_S: tl.constexpr
+def _dsm_finish_kernel(
+    buf_ptr, sigma_ptr, B, S, L, sigma_data, HAS_LOGITS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_S: tl.constexpr
 ):
-    rb = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    mb = rb < B
-    sq = tl.zeros([BLOCK_B], dtype=tl.float32)
-    bad = tl.zeros([BLOCK_B], dtype=tl.float32)
-    for s0 in range(0, S, BLOCK_S):
-        cs = s0 + tl.arange(0, BLOCK_S)
-        m2 = mb[:, None] & (cs < S)[None, :]
-        offs = rb[:, None] * S + cs[None, :]
-        sq += tl.sum(tl.load(part_ptr + offs, mask=m2, other=0.0), axis=1)
-        bad += tl.sum(tl.load(part_ptr + B * S + offs, mask=m2, other=0.0), axis=1)
-    sig = tl.load(sigma_ptr + rb, mask=mb, other=1.0).to(tl.float32)
-    ok = (bad == 0.0) & _finite(sig)
-    lam = (sig * sig + sigma_data * sigma_data) / ((sig * sigma_data) * (sig * sigma_data))
-    lam = tl.where(ok, lam, 0.0)
-    tl.store(lam_ptr + rb, lam, mask=mb)
-    tl.store(dsm_ptr + rb, tl.where(ok, lam * sq, 0.0), mask=mb)
+    _dsm_finish(buf_ptr, sigma_ptr, B, S, L, sigma_data, HAS_LOGITS, BLOCK_B, BLOCK_S)
 
 
 @triton.jit
 def _dsm_bwd_kernel(
-    d_ptr, x_ptr, g_ptr, lam_ptr, gd_ptr, gx_ptr, N, GD: tl.constexpr, GX: tl.constexpr, BLOCK: tl.constexpr
+    d_ptr,
+    x_ptr,
+    lr_ptr,
+    lf_ptr,
+    buf_ptr,
+    g_ptr,
+    gd_stride,
+    gdisc_ptr,
+    gl_stride,
+    gd_ptr,
+    gx_ptr,
+    glr_ptr,
+    glf_ptr,
+    B,
+    N,
+    L,
+    GD: tl.constexpr,
+    GX: tl.constexpr,
+    GLR: tl.constexpr,
+    GLF: tl.constexpr,
+    BLOCK: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_L: tl.constexpr,
 ):
     b = tl.program_id(0)
-    idx = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    m = idx < N
-    row = b.to(tl.int64) * N
-    lam = tl.load(lam_ptr + b)
-    ok = lam > 0.0  # lambda(sigma) >= 1/sigma_d^2 > 0 on kept samples, 0 on dropped ones
-    scale = tl.load(g_ptr + b).to(tl.float32) * lam
-    d = tl.load(d_ptr + row + idx, mask=m, other=0.0).to(tl.float32)
-    x = tl.load(x_ptr + row + idx, mask=m, other=0.0).to(tl.float32)
-    gd = tl.where(ok, scale * (2.0 * (d - x)), 0.0)
-    if GD:
-        tl.store(gd_ptr + row + idx, gd.to(gd_ptr.dtype.element_ty), mask=m)
-    if GX:
-        tl.store(gx_ptr + row + idx, (-gd).to(gx_ptr.dtype.element_ty), mask=m)
+    blk = tl.program_id(1)
+    if GD or GX:
+        idx = blk * BLOCK + tl.arange(0, BLOCK)
+        m = idx < N
+        row = b.to(tl.int64) * N
+        lam = tl.load(buf_ptr + B + b)
+        ok = lam > 0.0  # lambda(sigma) >= 1/sigma_d^2 > 0 on kept samples, 0 on dropped ones
+        scale = tl.load(g_ptr + b.to(tl.int64) * gd_stride).to(tl.float32) * lam
+        d = tl.load(d_ptr + row + idx, mask=m, other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + row + idx, mask=m, other=0.0).to(tl.float32)
+        gd = tl.where(ok, scale * (2.0 * (d - x)), 0.0)
+        if GD:
+            tl.store(gd_ptr + row + idx, gd.to(gd_ptr.dtype.element_ty), mask=m)
+        if GX:
+            tl.store(gx_ptr + row + idx, (-gd).to(gx_ptr.dtype.element_ty), mask=m)
+    if GLR or GLF:  # noqa: SIM102 (constexpr test, then a runtime one)
+        if blk == 0:
+            big_g = _logit_grad_factor(gdisc_ptr, gl_stride, buf_ptr + 3 * B, buf_ptr + 4 * B, B, BLOCK_B)
+            keep = tl.load(buf_ptr + 4 * B + b) > 0.0
+            lbase = b.to(tl.int64) * L
+            for l0 in range(0, L, BLOCK_L):
+                cl = l0 + tl.arange(0, BLOCK_L)
+                ml = cl < L
+                if GLR:
+                    va = tl.load(lr_ptr + lbase + cl, mask=ml, other=0.0).to(tl.float32)
+                    ga = tl.where(keep, big_g * -_sigmoid(-va), 0.0)
+                    tl.store(glr_ptr + lbase + cl, ga.to(glr_ptr.dtype.element_ty), mask=ml)
+                if GLF:
+                    vb = tl.load(lf_ptr + lbase + cl, mask=ml, other=0.0).to(tl.float32)
+                    gb = tl.where(keep, big_g * _sigmoid(vb), 0.0)
+                    tl.store(glf_ptr + lbase + cl, gb.to(glf_ptr.dtype.element_ty), mask=ml)
 
 
 class _DSMFunction(torch.autograd.Function):
-    """``(denoised, x0, sigma) -> dsm [B]``; ``sigma`` gets no gradient."""
+    """``(denoised, x0, sigma, logits_real | None, logits_fake | None) -> dsm [B] (, disc [B])``; no grad to sigma."""
 
     @staticmethod
-    def forward(ctx, denoised: Tensor, x0: Tensor, sigma: Tensor, sigma_data: float) -> Tensor:
-        batch = denoised.shape[0]
-        df, xf = _rows(denoised, batch), _rows(x0, batch)
-        numel = df.shape[1]
-        splits, chunk = _split(batch, numel, denoised.device)
-        buf = torch.empty(2 * batch * splits + 2 * batch, dtype=torch.float32, device=denoised.device)
-        part, dsm, lam = buf.split((2 * batch * splits, batch, batch))
+    def forward(ctx, denoised: Tensor, x0: Tensor, sigma: Tensor, lr: Tensor | None, lf: Tensor | None, sd: float):
+        d, x = _dense(denoised, x0)
+        batch = d.shape[0]
+        numel = d.numel() // batch if batch else 0
+        has_l = lr is not None
+        if has_l:
+            lr, lf = lr.contiguous(), lf.contiguous()
+        length = lr.numel() // batch if has_l and batch else 1
+        sig = sigma.detach()
+        if not sig.is_contiguous():
+            sig = sig.contiguous()
+        dev = d.get_device()
+        splits, chunk, block_b, block_s, block_l = _fwd_plan(batch, numel, length, dev, _sid.PROGRAMS_PER_SM)
+        n_out = 5 * batch if has_l else 2 * batch
+        n_part = 2 * batch * splits + (3 * batch if has_l else 0)
+        buf = torch.empty(n_out + n_part, dtype=torch.float32, device=d.device)
         if batch > 0:
-            _dsm_fwd_partial_kernel[(batch, splits)](
-                df, xf, part, batch, numel, chunk, splits, BLOCK=BLOCK, num_warps=NUM_WARPS
-            )
-            block_b = min(triton.next_power_of_2(batch), 128)
-            block_s = min(triton.next_power_of_2(splits), 64)
-            _dsm_fwd_final_kernel[(triton.cdiv(batch, block_b),)](
-                part,
-                sigma.detach().contiguous(),
-                dsm,
-                lam,
-                batch,
-                splits,
-                float(sigma_data),
-                BLOCK_B=block_b,
-                BLOCK_S=block_s,
-            )
-        ctx.save_for_backward(df, xf, lam)
-        ctx.shapes = (denoised.shape, x0.shape)
+            cnt = _counter(d)
+            _launch(
+                _dsm_fwd_kernel, (batch, splits), dev,
+                d, x, lr if has_l else d, lf if has_l else d, sig, buf, buf if cnt is None else cnt,
+                batch, numel, chunk, length, sd,
+                has_l, cnt is not None, BLOCK, block_b, block_s, block_l,
+            )  # fmt: skip
+            if cnt is None:
+                _launch(_dsm_finish_kernel, (1,), dev, buf, sig, batch, splits, length, sd, has_l, block_b, block_s)
+        ctx.save_for_backward(d, x, lr, lf, buf)
+        ctx.set_materialize_grads(False)
+        if has_l:
+            dsm, _, disc, _ = buf.split((batch, batch, batch, n_part + 2 * batch))
+            return dsm, disc
+        dsm, _ = buf.split((batch, n_part + batch))
         return dsm
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, g: Tensor) -> tuple[Tensor | None, ...]:
-        df, xf, lam = ctx.saved_tensors
-        need_d, need_x = ctx.needs_input_grad[:2]
-        batch, numel = df.shape
-        gd = torch.empty_like(df) if need_d else None
-        gx = torch.empty_like(xf) if need_x else None
-        if batch > 0 and numel > 0 and (need_d or need_x):
-            _dsm_bwd_kernel[(batch, triton.cdiv(numel, BLOCK))](
-                df,
-                xf,
-                g.contiguous(),
-                lam,
-                gd if need_d else df,
-                gx if need_x else xf,
-                numel,
-                GD=need_d,
-                GX=need_x,
-                BLOCK=BLOCK,
-                num_warps=NUM_WARPS,
-            )
-        sd, sx = ctx.shapes
-        return (gd.view(sd) if gd is not None else None, gx.view(sx) if gx is not None else None, None, None)
+    def backward(ctx, g_dsm: Tensor | None, g_disc: Tensor | None = None):
+        d, x, lr, lf, buf = ctx.saved_tensors
+        need_d, need_x, _, need_lr, need_lf = ctx.needs_input_grad[:5]
+        need_d, need_x = need_d and g_dsm is not None, need_x and g_dsm is not None
+        need_lr, need_lf = need_lr and g_disc is not None, need_lf and g_disc is not None
+        gd = torch.empty_like(d) if need_d else None
+        gx = torch.empty_like(x) if need_x else None
+        glr = torch.empty_like(lr) if need_lr else None
+        glf = torch.empty_like(lf) if need_lf else None
+        batch = d.shape[0]
+        if batch > 0 and (need_d or need_x or need_lr or need_lf):
+            numel = d.numel() // batch
+            length = lr.numel() // batch if lr is not None else 1
+            per_sample, block_b, block_l = _bwd_plan(batch, numel, length, need_d or need_x)
+            g_big = g_dsm if need_d or need_x else buf
+            g_l = g_disc if need_lr or need_lf else buf
+            _launch(
+                _dsm_bwd_kernel, (batch, per_sample), d.get_device(),
+                d, x, d if lr is None else lr, d if lf is None else lf, buf,
+                g_big, g_big.stride(0), g_l, g_l.stride(0),
+                d if gd is None else gd, x if gx is None else gx, buf if glr is None else glr,
+                buf if glf is None else glf,
+                batch, numel, length,
+                need_d, need_x, need_lr, need_lf, BLOCK, block_b, block_l,
+            )  # fmt: skip
+        return gd, gx, None, glr, glf, None
 
 
 def fake_score_terms(
@@ -194,11 +325,10 @@ def fake_score_terms(
         return ref.fake_score_terms(
             denoised, x0, sigma, sigma_data=sigma_data, logits_real=logits_real, logits_fake=logits_fake
         )
-    dsm = _DSMFunction.apply(denoised, x0, sigma, float(sigma_data))
-    disc = None
-    if logits_real is not None and logits_fake is not None:
+    if logits_real is None or logits_fake is None:
+        return _DSMFunction.apply(denoised, x0, sigma, None, None, float(sigma_data)), None
+    if logits_real.shape != logits_fake.shape:
         _check_same_shape(logits_real=logits_real, logits_fake=logits_fake)
-        if logits_real.shape[0] != x0.shape[0]:
-            raise ValueError(f"logits must have batch {x0.shape[0]}, got {tuple(logits_real.shape)}")
-        disc = _LogitFunction.apply(logits_real, logits_fake, sigma.detach(), 1, 0.0, float(sigma_data))
-    return dsm, disc
+    if logits_real.shape[0] != x0.shape[0]:
+        raise ValueError(f"logits must have batch {x0.shape[0]}, got {tuple(logits_real.shape)}")
+    return _DSMFunction.apply(denoised, x0, sigma, logits_real, logits_fake, float(sigma_data))
