@@ -50,6 +50,7 @@ SETTINGS: dict[str, tuple[dict, bool]] = {
         {"precision": "bf16", "use_kernels": True, "channels_last": True, "compile": "blocks", "cuda_graphs": True},
         True,
     ),
+    "graphs-blocks-nocl": ({"precision": "bf16", "use_kernels": True, "compile": "blocks", "cuda_graphs": True}, True),
     "fast-graphs": (
         {"precision": "bf16", "use_kernels": True, "compile": "network", "compile_mode": "reduce-overhead"},
         True,
