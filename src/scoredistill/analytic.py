@@ -108,6 +108,12 @@ class GaussianMixture(nn.Module):
         """``[K]`` fraction of samples nearest to each component mean."""
         return torch.bincount(self.assign(x), minlength=self.means.shape[0]).float() / x.shape[0]
 
+    def near_mode(self, x: Tensor, *, n_std: float = 3.0) -> Tensor:
+        """Fraction of samples within ``n_std`` standard deviations of their nearest component mean."""
+        dist = torch.cdist(x.flatten(1).float(), self.means.flatten(1))
+        nearest = dist.argmin(dim=1)
+        return (dist.gather(1, nearest[:, None]).squeeze(1) < n_std * self.stds[nearest]).float().mean()
+
     def batches(self, batch: int, *, rng: torch.Generator | None = None):
         """An endless iterator of real batches ``(x, None)`` (or one-hot labelled) for SiDA's discriminator."""
         while True:

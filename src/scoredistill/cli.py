@@ -41,6 +41,11 @@ def _demo(args: argparse.Namespace) -> int:
         f"energy distance to true samples: teacher (32-step Heun ODE, 63 NFE) {result.teacher_energy:.4f}, "
         f"student (1 NFE) {result.student_energy:.4f}"
     )
+    print(
+        f"samples within 3 std of a mode: truth {mixture.near_mode(mixture.sample(4000)):.3f}, "
+        f"teacher {result.teacher_near:.3f}, student {result.student_near:.3f} "
+        "(a continuous one-step map from 2-D noise must leave some mass between the modes)"
+    )
     print(f"distillation took {result.seconds:.1f} s")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -33,6 +33,8 @@ class DemoResult:
     student_mass: list[float]
     teacher_energy: float  # energy distance of teacher (ODE) samples to true samples
     student_energy: float  # energy distance of one-step student samples to true samples
+    teacher_near: float  # fraction of teacher samples within 3 component stds of a mode
+    student_near: float  # fraction of student samples within 3 component stds of a mode
     seconds: float
     samples: torch.Tensor
 
@@ -112,6 +114,8 @@ def run_demo(
         student_mass=mixture.mode_mass(student).tolist(),
         teacher_energy=float(energy_distance(teacher_x, truth)),
         student_energy=float(energy_distance(student, truth)),
+        teacher_near=float(mixture.near_mode(teacher_x)),
+        student_near=float(mixture.near_mode(student)),
         seconds=seconds,
         samples=student,
     )
