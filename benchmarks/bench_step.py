@@ -51,6 +51,7 @@ SETTINGS: dict[str, tuple[dict, bool]] = {
         True,
     ),
     "graphs-blocks-nocl": ({"precision": "bf16", "use_kernels": True, "compile": "blocks", "cuda_graphs": True}, True),
+    "graphs-net": ({"precision": "bf16", "use_kernels": True, "compile": "network", "cuda_graphs": True}, True),
     "fast-graphs": (
         {"precision": "bf16", "use_kernels": True, "compile": "network", "compile_mode": "reduce-overhead"},
         True,
