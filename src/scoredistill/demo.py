@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import struct
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +13,7 @@ from .analytic import GaussianMixture, energy_distance
 from .distill import DistillConfig, Distiller
 from .fake_score import FakeScore
 from .generator import OneStepGenerator
+from .imageio import write_png
 from .losses import AdversarialEncoderLoss, DSMLoss, SiDLoss
 from .networks.toy import MLP
 from .precond import Precond
@@ -124,7 +123,7 @@ def run_demo(
 def write_scatter_png(
     path: str | Path, points: list[tuple[torch.Tensor, tuple[int, int, int]]], *, size: int = 512, extent: float = 1.6
 ) -> Path:
-    """Rasterise 2-D point sets (each with an RGB colour) into a PNG, with no imaging dependency."""
+    """Rasterise 2-D point sets (each with an RGB colour) into a PNG."""
     img = np.full((size, size, 3), 255, dtype=np.uint8)
     for pts, colour in points:
         ij = ((pts.numpy() / extent + 1) / 2 * (size - 1)).round().astype(int)
@@ -132,14 +131,4 @@ def write_scatter_png(
         for di in (-1, 0, 1):
             for dj in (-1, 0, 1):
                 img[size - 1 - (ij[ok, 1] + dj), ij[ok, 0] + di] = colour
-    raw = b"".join(b"\x00" + img[r].tobytes() for r in range(size))
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-
-    header = struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)
-    path = Path(path)
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
-    )
-    return path
+    return write_png(path, img)

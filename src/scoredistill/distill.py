@@ -137,7 +137,8 @@ class Distiller:
         for loss in losses:
             if not isinstance(loss, DistillLoss):
                 raise TypeError(f"{type(loss).__name__} does not implement the DistillLoss protocol")
-        if any(getattr(loss, "needs_real_data", False) for loss in losses) and data is None:
+        self.needs_real = any(getattr(loss, "needs_real_data", False) for loss in losses)
+        if self.needs_real and data is None:
             raise ValueError("a loss needs real images (SiDA's discriminator): pass data=...")
         if teacher.sample_shape is not None and teacher.sample_shape != generator.sample_shape:
             raise ValueError(f"teacher sample shape {teacher.sample_shape} != generator's {generator.sample_shape}")
@@ -146,7 +147,6 @@ class Distiller:
         self.teacher, self.generator, self.fake_score, self.config = teacher, generator, fake_score, config
         self.losses = list(losses)
         self.data, self.augment = data, augment
-        self.needs_real = any(getattr(loss, "needs_real_data", False) for loss in self.losses)
         self.generator_sigma = _phase_sampler(self.losses, "generator_sigma")
         self.fake_score_sigma = _phase_sampler(self.losses, "fake_score_sigma")
         self.device = next(generator.parameters()).device
