@@ -112,7 +112,18 @@ def profile(d: Distiller, steps: int = 3, top: int = 15) -> str:
         for _ in range(steps):
             d.step()
         torch.cuda.synchronize()
-    return prof.key_averages().table(sort_by="cuda_time_total", row_limit=top, max_name_column_width=60)
+    events = prof.key_averages()
+    kernels = events.table(sort_by="self_cuda_time_total", row_limit=top, max_name_column_width=90)
+    # Operator view (device time of each aten op, children included): empty under CUDA-graph replay, where the
+    # kernels run without their launching operators.
+    ops = [e for e in events if e.key.startswith("aten::") and e.device_time_total > 0]
+    ops.sort(key=lambda e: e.device_time_total, reverse=True)
+    total = sum(e.self_device_time_total for e in events) or 1.0
+    lines = [f"{'aten op':<40} {'device ms/step':>15} {'share':>7} {'calls/step':>11}"]
+    for e in ops[:top]:
+        share = 100 * e.device_time_total / total
+        lines.append(f"{e.key:<40} {e.device_time_total / 1e3 / steps:>15.2f} {share:>6.1f}% {e.count // steps:>11}")
+    return kernels + "\n" + "\n".join(lines)
 
 
 def measure(
@@ -123,9 +134,10 @@ def measure(
     d = build(preset, batch, setting, device)
     torch.cuda.synchronize()
     t0 = time.perf_counter()
-    for _ in range(warmup):
+    for i in range(warmup):
         d.step()
-    torch.cuda.synchronize()
+        torch.cuda.synchronize()
+        print(f"  {setting}: warm-up step {i + 1} done at {time.perf_counter() - t0:.1f} s", flush=True)
     warm_s = time.perf_counter() - t0
     times = []
     for _ in range(steps):

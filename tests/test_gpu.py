@@ -103,3 +103,41 @@ def test_attention_runs_on_fused_kernels(preset):
     ):
         out = net.score(torch.randn(shape, device="cuda"), torch.ones(2, device="cuda"), labels)
     assert torch.isfinite(out.denoised).all() and out.logits.shape[-1] == 8
+
+
+def test_analytic_bf16_run_on_gpu_reaches_the_cpu_fp32_figures():
+    # Issue 4's end-to-end parity: the analytic teacher distilled in bf16 on the GPU (fused kernels) lands on the
+    # same figures as the fp32 CPU run of tests/test_end_to_end.py (same steps, width and learning rate).
+    import numpy as np
+
+    from scoredistill.demo import run_demo
+
+    kwargs = {"steps": 800, "hidden": 64, "lr": 5e-4}
+    cpu = run_demo(**kwargs)
+    gpu = run_demo(**kwargs, device="cuda", precision="bf16")
+    mass_cpu, mass_gpu = np.array(cpu.student_mass), np.array(gpu.student_mass)
+    print(f"\ncpu fp32: mass {mass_cpu.round(3)}, energy {cpu.student_energy:.4f}, {cpu.seconds:.1f} s")
+    print(f"gpu bf16: mass {mass_gpu.round(3)}, energy {gpu.student_energy:.4f}, {gpu.seconds:.1f} s")
+    assert np.abs(mass_gpu - 0.125).max() <= 0.03, mass_gpu  # the CPU test's bounds
+    assert gpu.student_energy < 0.1
+    assert np.abs(mass_gpu - mass_cpu).max() <= 0.03, (mass_gpu, mass_cpu)
+    assert abs(gpu.student_energy - cpu.student_energy) <= 0.03
+
+
+def test_analytic_sida_bf16_run_on_gpu_moves_towards_the_data():
+    # The biased-teacher SiDA case of tests/test_end_to_end.py, in bf16 on the GPU.
+    import numpy as np
+
+    from scoredistill import GaussianMixture
+    from scoredistill.demo import run_demo
+
+    weights = torch.tensor([3.0, 1, 1, 1, 3, 1, 1, 1])
+    teacher, truth = GaussianMixture.ring(8, weights=weights), GaussianMixture.ring(8)
+    sida = run_demo(
+        steps=800, hidden=64, lr=5e-4, teacher=teacher, data=truth, adversarial_scale=1.0, device="cuda",
+        precision="bf16",
+    )  # fmt: skip
+    mass, data_w = np.array(sida.student_mass), truth.weights.numpy()
+    teacher_error = np.abs((weights / weights.sum()).numpy() - data_w).sum()  # 0.5
+    print(f"\ngpu bf16 SiDA: mass {mass.round(3)}, L1 to data {np.abs(mass - data_w).sum():.3f}")
+    assert np.abs(mass - data_w).sum() < 0.6 * teacher_error, mass

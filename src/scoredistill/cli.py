@@ -17,7 +17,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     print(
         f"Distilling an 8-Gaussian ring into a one-step MLP generator: {args.steps} steps of {args.batch_size} "
-        f"images, alpha={args.alpha}, seed={args.seed} (CPU)"
+        f"images, alpha={args.alpha}, seed={args.seed} ({args.device}, {args.precision})"
     )
     result = run_demo(
         steps=args.steps,
@@ -25,6 +25,8 @@ def _demo(args: argparse.Namespace) -> int:
         lr=args.lr,
         alpha=args.alpha,
         seed=args.seed,
+        device=args.device,
+        precision=args.precision,
         progress=not args.quiet,
     )
     mixture = GaussianMixture.ring(8)
@@ -105,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--alpha", type=float, default=1.2, help="SiD's alpha")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--out", default="demo-out", help="directory for the samples PNG")
+    demo.add_argument("--device", default="cpu", help="where the networks train, e.g. cuda")
+    demo.add_argument(
+        "--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="network compute precision"
+    )
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     demo.set_defaults(func=_demo)
     sample = sub.add_parser("sample", help="draw samples from a saved or Hub generator into a PNG grid")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -64,6 +66,8 @@ def run_demo(
     adversarial_scale: float | None = None,
     start_nimg: int = 0,
     hidden: int = 128,
+    device: torch.device | str = "cpu",
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32",
     progress: bool = False,
 ) -> DemoResult:
     """Distil ``teacher`` (default: an 8-mode ring) with SiD, or SiDA when ``data`` is given.
@@ -79,16 +83,19 @@ def run_demo(
         adversarial_scale: SiDA's generator scale (the paper's 0.01 when ``None``).
         start_nimg: Images before the adversarial term joins the generator loss (the paper: 200k of its 300M).
         hidden: Width of the MLPs.
+        device: Where the networks train (the figures are always computed on the CPU, in float32).
+        precision: Network compute precision of the loop (see :class:`DistillConfig`).
         progress: Show a progress bar.
     """
     mixture = teacher if teacher is not None else GaussianMixture.ring(8)
-    t_net, G, fake = toy_roles(mixture, hidden=hidden, seed=seed)
+    t_net, G, fake = (m.to(device) for m in toy_roles(mixture, hidden=hidden, seed=seed))
     losses: list = [SiDLoss(alpha=alpha), DSMLoss()]
     stream = None
     if data is not None:
         scale = 0.01 if adversarial_scale is None else adversarial_scale
         losses.append(AdversarialEncoderLoss(generator_scale=scale, generator_start_nimg=start_nimg))
-        stream = data.batches(batch_size, rng=torch.Generator().manual_seed(seed + 2))
+        # A CPU copy: the teacher may be the same object and move to ``device`` below.
+        stream = copy.deepcopy(data).cpu().batches(batch_size, rng=torch.Generator().manual_seed(seed + 2))
     cfg = DistillConfig(
         batch_size=batch_size,
         total_nimg=steps * batch_size,
@@ -96,6 +103,7 @@ def run_demo(
         lr_fake_score=lr,
         ema_halflife_nimg=steps * batch_size / 20,
         seed=seed,
+        precision=precision,
     )
     distiller = Distiller(t_net, G, fake, losses, cfg, data=stream)
     t0 = time.perf_counter()
@@ -103,9 +111,10 @@ def run_demo(
     seconds = time.perf_counter() - t0
     rng = torch.Generator().manual_seed(seed + 1)
     n = 4000
+    t_net, student_net, mixture = t_net.cpu(), distiller.ema.module.cpu(), mixture.cpu()
     with torch.no_grad():
         truth = mixture.sample(n, rng=rng)
-        student = distiller.ema.module.sample(n, rng=rng)
+        student = student_net.sample(n, rng=rng)
         teacher_x = edm_sample(t_net, torch.randn(n, *mixture.sample_shape, generator=rng), steps=32)
     return DemoResult(
         true_mass=mixture.weights.tolist(),

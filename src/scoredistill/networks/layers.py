@@ -201,21 +201,19 @@ class Conv2d(nn.Module):
         w_pad = w.shape[-1] // 2 if w is not None else 0
         f_pad = (f.shape[-1] - 1) // 2 if f is not None else 0
 
-        # Resample and convolve.
+        b = self.bias.to(x.dtype) if self.bias is not None else None
+
+        # Resample and convolve. When the convolution comes last its bias goes into it (one fused epilogue
+        # instead of a separate broadcast add: the same sum).
         if f is not None and w is not None and self.fused_resample and self.up:
             x = self._up(x, f, max(f_pad - w_pad, 0))
-            x = F.conv2d(x, w, padding=max(w_pad - f_pad, 0))
-        elif f is not None and w is not None and self.fused_resample and self.down:
-            x = F.conv2d(x, w, padding=w_pad + f_pad)
-            x = self._down(x, f, 0)
-        else:
-            if f is not None:
-                x = self._up(x, f, f_pad) if self.up else self._down(x, f, f_pad)
-            if w is not None:
-                x = F.conv2d(x, w, padding=w_pad)
-        if self.bias is not None:
-            x = x + self.bias.to(x.dtype).reshape(1, -1, 1, 1)
-        return x
+            return F.conv2d(x, w, b, padding=max(w_pad - f_pad, 0))
+        if f is not None and w is not None and self.fused_resample and self.down:
+            x = self._down(F.conv2d(x, w, padding=w_pad + f_pad), f, 0)
+            return x if b is None else x + b.reshape(1, -1, 1, 1)
+        if f is not None:
+            x = self._up(x, f, f_pad) if self.up else self._down(x, f, f_pad)
+        return F.conv2d(x, w, b, padding=w_pad) if w is not None else x
 
 
 class GroupNorm(nn.Module):
@@ -415,12 +413,15 @@ class UNetBlock(nn.Module):
         else:
             h = F.silu(self.norm1(h + params))
         h = self.conv1(F.dropout(h, p=self.dropout, training=self.training))
-        x = (h + (self.skip(x) if self.skip is not None else x)) * self.skip_scale
+        x = self._residual(h, self.skip(x) if self.skip is not None else x)
 
         # Self-attention over the pixels.
         if self.num_heads:
-            x = (self._attention(x) + x) * self.skip_scale
+            x = self._residual(self._attention(x), x)
         return x
+
+    def _residual(self, h: Tensor, x: Tensor) -> Tensor:
+        return h + x if self.skip_scale == 1 else (h + x) * self.skip_scale
 
 
 def channel_mean_logits(x: Tensor) -> Tensor:
