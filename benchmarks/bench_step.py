@@ -32,6 +32,7 @@ from scoredistill import (
     SiDLoss,
     Teacher,
 )
+from scoredistill.fast import use_fused_norms
 from scoredistill.networks import PRESETS, edm_precond
 
 # name -> (DistillConfig overrides, allow TF32)
@@ -44,6 +45,10 @@ SETTINGS: dict[str, tuple[dict, bool]] = {
     "fast-net": ({"precision": "bf16", "use_kernels": True, "channels_last": True, "compile": "network"}, True),
     "fast-net-nocl": ({"precision": "bf16", "use_kernels": True, "compile": "network"}, True),
     "graphs-tf32": ({"precision": "fp32", "use_kernels": True, "cuda_graphs": True}, True),
+    "graphs-native-norms": (
+        {"precision": "bf16", "use_kernels": True, "cuda_graphs": True, "fused_norms": False},
+        True,
+    ),
     "graphs": ({"precision": "bf16", "use_kernels": True, "cuda_graphs": True}, True),
     "graphs-cl": ({"precision": "bf16", "use_kernels": True, "channels_last": True, "cuda_graphs": True}, True),
     "graphs-blocks": (
@@ -71,14 +76,21 @@ def _real_stream(batch: int, shape: tuple[int, ...], label_dim: int, device: tor
 
 def build(preset: str, batch: int, setting: str, device: torch.device) -> Distiller:
     overrides, tf32 = SETTINGS[setting]
+    overrides = dict(overrides)
+    fused_norms = overrides.pop("fused_norms", True)  # False: native group norms, fused loss kernels
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cudnn.benchmark = True  # as in the reference implementation
     torch.manual_seed(0)
     teacher = Teacher(edm_precond(preset).to(device))
     G, fake = OneStepGenerator.from_teacher(teacher), FakeScore.from_teacher(teacher)
     losses = [SiDLoss(alpha=1.0), DSMLoss(), AdversarialEncoderLoss(generator_start_nimg=0)]
     config = DistillConfig.sida(batch_size=batch, generator_start_nimg=0, **overrides)
     data = _real_stream(batch, G.sample_shape, G.label_dim, device)
-    return Distiller(teacher, G, fake, losses, config, data=data)
+    d = Distiller(teacher, G, fake, losses, config, data=data)
+    if not fused_norms:
+        for role in (teacher, G, fake):
+            use_fused_norms(role, False)
+    return d
 
 
 def flops_per_image(preset: str, batch: int, device: torch.device) -> float:

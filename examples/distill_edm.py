@@ -48,6 +48,7 @@ def parse(argv: list[str] | None = None, **defaults: str) -> argparse.Namespace:
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="bf16")
     p.add_argument("--cuda-graphs", action="store_true", help="capture whole iterations in CUDA graphs")
     p.add_argument("--compile", choices=["off", "blocks", "network"], default="off")
+    p.add_argument("--channels-last", action="store_true", help="NHWC networks (with the fused norms on CUDA)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-kimg", type=float, default=10.0)
     p.add_argument("--ckpt-kimg", type=float, default=1000.0)
@@ -65,6 +66,9 @@ def main(argv: list[str] | None = None, **defaults: str) -> None:
             device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest convolutions once
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.precision != "fp32"
     recipe = RECIPES[args.recipe]
     if args.batch:
         recipe = dataclasses.replace(recipe, batch_size=args.batch)
@@ -73,6 +77,7 @@ def main(argv: list[str] | None = None, **defaults: str) -> None:
         "seed": args.seed,
         "cuda_graphs": args.cuda_graphs,
         "compile": args.compile,
+        "channels_last": args.channels_last,
     }
     if args.micro_batch:
         overrides["micro_batch"] = args.micro_batch

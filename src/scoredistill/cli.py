@@ -108,9 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--out", default="demo-out", help="directory for the samples PNG")
     demo.add_argument("--device", default="cpu", help="where the networks train, e.g. cuda")
-    demo.add_argument(
-        "--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="network compute precision"
-    )
+    demo.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="network compute precision")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     demo.set_defaults(func=_demo)
     sample = sub.add_parser("sample", help="draw samples from a saved or Hub generator into a PNG grid")

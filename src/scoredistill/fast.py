@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-__all__ = ["CompileScope", "StepGraphs", "speed_up"]
+__all__ = ["CompileScope", "StepGraphs", "speed_up", "use_fused_norms"]
 
 CompileScope = Literal["off", "blocks", "network"]
 
@@ -57,6 +57,24 @@ def speed_up(
             if hasattr(backbone, name):
                 setattr(backbone, name, torch.compile(getattr(backbone, name), mode=compile_mode))
     return denoiser
+
+
+def use_fused_norms(module: nn.Module, enabled: bool | None) -> nn.Module:
+    """Switch the fused group-norm kernels of every :class:`~scoredistill.networks.layers.GroupNorm` in ``module``.
+
+    Args:
+        module: Any module; its GroupNorm layers are switched in place.
+        enabled: ``None`` (default): fused on CUDA when Triton is available; ``False``: the native ops.
+
+    Returns:
+        ``module``.
+    """
+    from .networks.layers import GroupNorm
+
+    for m in module.modules():
+        if isinstance(m, GroupNorm):
+            m.use_kernels = None if enabled else enabled
+    return module
 
 
 class StepGraphs:

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ..losses import functional as ref
 
-__all__ = ["available", "fake_score_terms", "sid_generator_terms"]
+__all__ = ["available", "fake_score_terms", "fused_group_norm_available", "sid_generator_terms"]
 
 
 def available() -> bool:
@@ -38,6 +38,15 @@ def _use_fused(t: Tensor, use_kernels: bool | None) -> bool:
     if use_kernels is False or os.environ.get("SCOREDISTILL_KERNELS", "1") == "0":
         return False
     return t.is_cuda and available()
+
+
+def fused_group_norm_available(x: Tensor, num_groups: int, use_kernels: bool | None = None) -> bool:
+    """Whether :class:`~scoredistill.networks.layers.GroupNorm` runs its fused Triton kernels on ``x``."""
+    if not _use_fused(x, use_kernels):
+        return False
+    from .groupnorm_triton import supported
+
+    return supported(x, num_groups)
 
 
 def sid_generator_terms(

@@ -369,7 +369,7 @@ def _block_l(length: int) -> int:
 _compiled: dict[tuple, object] = {}  # specialisation key -> Triton CompiledKernel
 
 
-def _launch(kernel, grid: tuple[int, ...], device_index: int, *args) -> None:
+def _launch(kernel, grid: tuple[int, ...], device_index: int, *args, num_warps: int = NUM_WARPS) -> None:
     """``kernel[grid](*args)`` (constexprs positional, in declaration order), minus the JIT's per-call dispatch.
 
     The first launch for a specialisation key goes through the JIT (compiling if needed); later ones call the
@@ -379,12 +379,13 @@ def _launch(kernel, grid: tuple[int, ...], device_index: int, *args) -> None:
     interpreter), with ``SCOREDISTILL_FAST_LAUNCH=0``, and while a Triton launch hook (a profiler) is installed.
     """
     if device_index < 0 or not FAST_LAUNCH or _knobs is None or _knobs.runtime.launch_enter_hook is not None:
-        kernel[grid](*args, num_warps=NUM_WARPS)
+        kernel[grid](*args, num_warps=num_warps)
         return
-    key = (kernel, device_index, *[(a.dtype, a.data_ptr() & 15 == 0) if isinstance(a, Tensor) else a for a in args])
+    specs = [(a.dtype, a.data_ptr() & 15 == 0) if isinstance(a, Tensor) else a for a in args]
+    key = (kernel, device_index, num_warps, *specs)
     compiled = _compiled.get(key)
     if compiled is None:
-        compiled = kernel[grid](*args, num_warps=NUM_WARPS)
+        compiled = kernel[grid](*args, num_warps=num_warps)
         if compiled is not None and not hasattr(compiled, "result"):  # not an async-compile future
             if len(_compiled) >= 4096:
                 _compiled.clear()

@@ -190,4 +190,4 @@ class DhariwalUNet(EncoderDecoderUNet):
             if "_block" in name:
                 x = torch.cat([x, skips.pop()], dim=1)
             x = block(x, emb)
-        return self.out_conv(F.silu(self.out_norm(x)))
+        return self.out_conv(self.out_norm(x, silu=True))

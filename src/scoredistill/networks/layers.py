@@ -31,6 +31,7 @@ __all__ = [
     "PositionalEmbedding",
     "UNetBlock",
     "channel_mean_logits",
+    "group_norm_act",
     "init_weight_",
 ]
 
@@ -216,8 +217,52 @@ class Conv2d(nn.Module):
         return F.conv2d(x, w, b, padding=w_pad) if w is not None else x
 
 
+def group_norm_act(
+    x: Tensor,
+    num_groups: int,
+    weight: Tensor,
+    bias: Tensor,
+    eps: float,
+    *,
+    add: Tensor | None = None,
+    scale: Tensor | None = None,
+    shift: Tensor | None = None,
+    silu: bool = False,
+) -> Tensor:
+    """``silu((group_norm(x + add) * weight + bias) * scale + shift)``: a UNet block's norm and conditioning.
+
+    The reference composition of native ops; :mod:`scoredistill.kernels.groupnorm_triton` fuses it on CUDA.
+
+    Args:
+        x: ``[B, C, H, W]``.
+        num_groups: Groups of the normalisation.
+        weight: ``[C]`` affine weight (in ``x``'s dtype).
+        bias: ``[C]`` affine bias (in ``x``'s dtype).
+        eps: Variance floor.
+        add: Optional ``[B, C, 1, 1]`` added to ``x`` before the normalisation (DDPM++'s noise embedding).
+        scale: Optional ``[B, C, 1, 1]`` multiplier after it (ADM: ``1 + s``).
+        shift: Optional ``[B, C, 1, 1]`` added after it (ADM: ``t``).
+        silu: Apply SiLU last.
+
+    Returns:
+        A tensor like ``x``.
+    """
+    if add is not None:
+        x = x + add
+    y = F.group_norm(x, num_groups, weight, bias, eps)
+    if scale is not None:
+        y = y * scale if shift is None else torch.addcmul(shift, y, scale)
+    elif shift is not None:
+        y = y + shift
+    return F.silu(y) if silu else y
+
+
 class GroupNorm(nn.Module):
     """Group normalisation with at most 32 groups and at least 4 channels per group.
+
+    The forward pass optionally folds in the conditioning and activation around the norm (see
+    :func:`group_norm_act`); on CUDA that whole expression runs as fused Triton kernels (set ``use_kernels =
+    False`` on the module, or ``SCOREDISTILL_KERNELS=0``, for the native ops).
 
     Args:
         num_channels: Channels to normalise.
@@ -228,6 +273,9 @@ class GroupNorm(nn.Module):
     Shape:
         ``[B, C, H, W] -> [B, C, H, W]``.
     """
+
+    use_kernels: bool | None = None
+    """``None``: fused kernels on CUDA when available; ``False``: always the native ops."""
 
     def __init__(self, num_channels: int, *, num_groups: int = 32, min_channels_per_group: int = 4, eps: float = 1e-5):
         super().__init__()
@@ -244,14 +292,34 @@ class GroupNorm(nn.Module):
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, groups={self.num_groups}, eps={self.eps}"
 
-    def forward(self, x: Tensor) -> Tensor:
-        weight, bias = self.weight.to(x.dtype), self.bias.to(x.dtype)
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        add: Tensor | None = None,
+        scale: Tensor | None = None,
+        shift: Tensor | None = None,
+        silu: bool = False,
+    ) -> Tensor:
+        """``silu((norm(x + add)) * scale + shift)`` with each part optional; see :func:`group_norm_act`."""
+        kwargs = {"add": add, "scale": scale, "shift": shift, "silu": silu}
         if x.dtype in (torch.bfloat16, torch.float16) and torch.is_autocast_enabled(x.device.type):
-            # Autocast would promote group_norm to float32 and store float32 activations; the native half
-            # kernel already accumulates its statistics in float32, so keep the activations in half.
+            # Autocast would promote group_norm to float32 and store float32 activations; both paths keep them in
+            # x's half dtype (the statistics are float32 either way).
             with torch.autocast(x.device.type, enabled=False):
-                return F.group_norm(x, self.num_groups, weight, bias, self.eps)
-        return F.group_norm(x, self.num_groups, weight, bias, self.eps)
+                return self._forward(x, kwargs)
+        return self._forward(x, kwargs)
+
+    def _forward(self, x: Tensor, kwargs: dict) -> Tensor:
+        if x.is_cuda and self.use_kernels is not False:
+            from .. import kernels
+
+            if kernels.fused_group_norm_available(x, self.num_groups, self.use_kernels):
+                from ..kernels.groupnorm_triton import group_norm_act as fused
+
+                return fused(x, self.num_groups, self.weight, self.bias, self.eps, **kwargs)
+        weight, bias = self.weight.to(x.dtype), self.bias.to(x.dtype)
+        return group_norm_act(x, self.num_groups, weight, bias, self.eps, **kwargs)
 
 
 class PositionalEmbedding(nn.Module):
@@ -394,24 +462,32 @@ class UNetBlock(nn.Module):
         return f"heads={self.num_heads}, dropout={self.dropout}, skip_scale={self.skip_scale:g}"
 
     def _attention(self, x: Tensor) -> Tensor:
-        # The qkv channels are laid out as [head, channel, (q, k, v)], as in EDM's checkpoints.
+        # The qkv channels are laid out as [head, channel, (q, k, v)], as in EDM's checkpoints. q, k and v go to SDPA
+        # as contiguous [B, heads, HW, head_channels] (the fused flash / memory-efficient kernels need unit stride
+        # in the last dimension; otherwise SDPA silently materialises the HW x HW scores): one copy in, one out.
         b, c, h, w = x.shape
-        qkv = self.qkv(self.norm2(x)).reshape(b, self.num_heads, c // self.num_heads, 3, h * w)
-        # [3, B, heads, HW, head_channels], contiguous: the fused (flash / memory-efficient) attention kernels
-        # need unit stride in the last dimension, and otherwise SDPA silently materialises the HW x HW scores.
-        q, k, v = qkv.permute(3, 0, 1, 4, 2).contiguous().unbind(0)
-        a = F.scaled_dot_product_attention(q, k, v)
+        heads = self.num_heads
+        qkv = self.qkv(self.norm2(x))
+        nhwc = c > 1 and qkv.stride(1) == 1  # channels_last: pixels outer, channels inner
+        if nhwc:
+            qkv = qkv.permute(0, 2, 3, 1).reshape(b, h * w, heads, c // heads, 3).permute(4, 0, 2, 1, 3)
+        else:
+            qkv = qkv.reshape(b, heads, c // heads, 3, h * w).permute(3, 0, 1, 4, 2)
+        q, k, v = qkv.contiguous().unbind(0)
+        a = F.scaled_dot_product_attention(q, k, v)  # [B, heads, HW, head_channels]
+        if nhwc:
+            return self.proj(a.transpose(1, 2).reshape(b, h, w, c).permute(0, 3, 1, 2))
         return self.proj(a.transpose(-1, -2).reshape(b, c, h, w))
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
         # Residual branch with noise conditioning.
-        h = self.conv0(F.silu(self.norm0(x)))
+        h = self.conv0(self.norm0(x, silu=True))
         params = self.affine(emb)[:, :, None, None].to(h.dtype)
         if self.adaptive_scale:
             scale, shift = params.chunk(2, dim=1)
-            h = F.silu(torch.addcmul(shift, self.norm1(h), scale + 1))
+            h = self.norm1(h, scale=scale + 1, shift=shift, silu=True)
         else:
-            h = F.silu(self.norm1(h + params))
+            h = self.norm1(h, add=params, silu=True)
         h = self.conv1(F.dropout(h, p=self.dropout, training=self.training))
         x = self._residual(h, self.skip(x) if self.skip is not None else x)
 

@@ -282,9 +282,9 @@ class SongUNet(EncoderDecoderUNet):
             if "aux_up" in name:
                 aux = block(aux)
             elif "aux_norm" in name:
-                head = block(x)
+                head = block(x, silu=True)
             elif "aux_conv" in name:
-                head = block(F.silu(head))
+                head = block(head)
                 aux = head if aux is None else head + aux
             else:
                 if "_block" in name:

@@ -1,0 +1,385 @@
+"""Fused group normalisation with the UNet block's conditioning and SiLU, forward and backward, in Triton.
+
+Computes :func:`scoredistill.networks.layers.group_norm_act` (the reference), for ``x`` of shape ``[B, C, H, W]``
+stored contiguous (NCHW) or channels_last (NHWC)::
+
+    y = silu( (group_norm(x + add) * weight + bias) * scale + shift )
+
+with ``add``, ``scale`` and ``shift`` optional per-sample, per-channel ``[B, C]`` tensors (DDPM++ adds its noise
+embedding before the norm; ADM scales and shifts after it) and the SiLU optional. The eager composition runs
+the native group norm (two passes over ``x``), then one pass for each elementwise op, forward and backward, and
+stores every intermediate for backward; this runs three passes forward (statistics, a tiny combine, apply) and
+three backward (per-channel sums, a tiny combine, input gradient), stores only ``x`` and two ``[B, G]`` vectors,
+and reads channels_last tensors in place, so the convolutions around it can stay NHWC (without the layout
+transposes cuDNN otherwise inserts around every NCHW bf16 convolution).
+
+Statistics are exact two-level Chan combinations (per-tile mean and squared deviations, then per group), in
+float32 whatever the input dtype; outputs are rounded once, to ``x``'s dtype.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from .sid_triton import SUPPORTED_DTYPES
+from .sid_triton import _launch as _launch_any
+
+__all__ = ["group_norm_act"]
+
+TILE = 4096  # elements of one [BLOCK_HW, BLOCK_C] tile
+MAX_TILES_HW = 64  # the combine kernels hold one group's partials of all HW tiles at once
+NUM_WARPS = 8
+MAX_HW = 128 * 128  # larger maps take the reference path (the tiles would outgrow the registers)
+
+
+def _launch(kernel, grid, device_index, *args) -> None:
+    _launch_any(kernel, grid, device_index, *args, num_warps=NUM_WARPS)
+
+
+@triton.jit
+def _tile(x_ptr, add_ptr, b, rows, cols, C, HW, sxb, sxc, sxhw, sab, HAS_ADD: tl.constexpr):
+    """One ``[BLOCK_HW, BLOCK_C]`` tile of ``x (+ add)`` in float32 (0 outside the tensor) and its mask."""
+    cm = cols < C
+    mask = (rows[:, None] < HW) & cm[None, :]
+    base = x_ptr + b.to(tl.int64) * sxb
+    v = tl.load(base + cols[None, :] * sxc + rows[:, None] * sxhw, mask=mask, other=0.0).to(tl.float32)
+    if HAS_ADD:
+        a = tl.load(add_ptr + b * sab + cols, mask=cm, other=0.0).to(tl.float32)
+        v = tl.where(mask, v + a[None, :], 0.0)
+    return v, mask
+
+
+@triton.jit
+def _normalised(v, mask, mean_ptr, rstd_ptr, b, cols, C, G, CG):
+    cm = cols < C
+    g = cols // CG
+    mu = tl.load(mean_ptr + b * G + g, mask=cm, other=0.0)
+    rs = tl.load(rstd_ptr + b * G + g, mask=cm, other=0.0)
+    return tl.where(mask, (v - mu[None, :]) * rs[None, :], 0.0), rs
+
+
+@triton.jit
+def _pre_act(xhat, w_ptr, bias_ptr, scale_ptr, shift_ptr, b, cols, C, ssb, stb, HAS_SCALE: tl.constexpr,
+             HAS_SHIFT: tl.constexpr):  # fmt: skip
+    """``z = (xhat w + bias) scale + shift`` and the per-element multiplier of ``xhat``'s gradient, ``w scale``."""
+    cm = cols < C
+    w = tl.load(w_ptr + cols, mask=cm, other=0.0).to(tl.float32)
+    bias = tl.load(bias_ptr + cols, mask=cm, other=0.0).to(tl.float32)
+    z = xhat * w[None, :] + bias[None, :]
+    wm = w
+    if HAS_SCALE:
+        s = tl.load(scale_ptr + b * ssb + cols, mask=cm, other=0.0).to(tl.float32)
+        z = z * s[None, :]
+        wm = w * s
+    if HAS_SHIFT:
+        t = tl.load(shift_ptr + b * stb + cols, mask=cm, other=0.0).to(tl.float32)
+        z = z + t[None, :]
+    return z, wm
+
+
+@triton.jit
+def _stats_kernel(x_ptr, add_ptr, part_ptr, C, HW, K, sxb, sxc, sxhw, sab,
+                  HAS_ADD: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):  # fmt: skip
+    """Per tile and channel: mean and sum of squared deviations -> ``part[2, B, K, C]``."""
+    b, k, cb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    rows = k * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    cols = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    v, mask = _tile(x_ptr, add_ptr, b, rows, cols, C, HW, sxb, sxc, sxhw, sab, HAS_ADD)
+    n = tl.minimum(HW - k * BLOCK_HW, BLOCK_HW).to(tl.float32)
+    mean = tl.sum(v, axis=0) / n
+    d = tl.where(mask, v - mean[None, :], 0.0)
+    m2 = tl.sum(d * d, axis=0)
+    out = (b * K + k) * C + cols
+    plane = tl.num_programs(0) * K * C
+    tl.store(part_ptr + out, mean, mask=cols < C)
+    tl.store(part_ptr + plane + out, m2, mask=cols < C)
+
+
+@triton.jit
+def _combine_stats_kernel(part_ptr, mean_ptr, rstd_ptr, B, C, HW, K, G, CG, total, eps,
+                          BLOCK_HW: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_CG: tl.constexpr):  # fmt: skip
+    """Per (sample, group): Chan's combination of the tile statistics -> mean and 1 / sqrt(var + eps)."""
+    b, g = tl.program_id(0), tl.program_id(1)
+    ks = tl.arange(0, BLOCK_K)
+    cs = tl.arange(0, BLOCK_CG)
+    m = (ks[:, None] < K) & (cs[None, :] < CG)
+    idx = (b * K + ks[:, None]) * C + g * CG + cs[None, :]
+    pm = tl.load(part_ptr + idx, mask=m, other=0.0)
+    pm2 = tl.load(part_ptr + B * K * C + idx, mask=m, other=0.0)
+    n = tl.where(ks < K, tl.minimum(HW - ks * BLOCK_HW, BLOCK_HW), 0).to(tl.float32)
+    mean = tl.sum(tl.sum(pm * n[:, None], axis=1), axis=0) / total
+    dev = tl.where(m, pm - mean, 0.0)
+    m2 = tl.sum(tl.sum(pm2 + n[:, None] * dev * dev, axis=1), axis=0)
+    tl.store(mean_ptr + b * G + g, mean)
+    tl.store(rstd_ptr + b * G + g, 1.0 / tl.sqrt(m2 / total + eps))
+
+
+@triton.jit
+def _apply_kernel(x_ptr, add_ptr, mean_ptr, rstd_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr,
+                  C, HW, G, CG, sxb, sxc, sxhw, sab, ssb, stb,
+                  HAS_ADD: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, SILU: tl.constexpr,
+                  BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):  # fmt: skip
+    b, k, cb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    rows = k * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    cols = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    v, mask = _tile(x_ptr, add_ptr, b, rows, cols, C, HW, sxb, sxc, sxhw, sab, HAS_ADD)
+    xhat, _ = _normalised(v, mask, mean_ptr, rstd_ptr, b, cols, C, G, CG)
+    z, _ = _pre_act(xhat, w_ptr, bias_ptr, scale_ptr, shift_ptr, b, cols, C, ssb, stb, HAS_SCALE, HAS_SHIFT)
+    if SILU:
+        z = z * tl.sigmoid(z)
+    out = y_ptr + b.to(tl.int64) * sxb + cols[None, :] * sxc + rows[:, None] * sxhw  # y shares x's strides
+    tl.store(out, z.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _grad_z(x_ptr, add_ptr, dy_ptr, mean_ptr, rstd_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, b, rows, cols,
+            C, HW, G, CG, sxb, sxc, sxhw, sab, ssb, stb, sdb, sdc, sdhw,
+            HAS_ADD: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, SILU: tl.constexpr):  # fmt: skip
+    """Recompute ``xhat`` and return it with ``dL/dz`` (the gradient before the SiLU), ``rstd`` and ``w scale``."""
+    v, mask = _tile(x_ptr, add_ptr, b, rows, cols, C, HW, sxb, sxc, sxhw, sab, HAS_ADD)
+    xhat, rs = _normalised(v, mask, mean_ptr, rstd_ptr, b, cols, C, G, CG)
+    z, wm = _pre_act(xhat, w_ptr, bias_ptr, scale_ptr, shift_ptr, b, cols, C, ssb, stb, HAS_SCALE, HAS_SHIFT)
+    dbase = dy_ptr + b.to(tl.int64) * sdb
+    dz = tl.load(dbase + cols[None, :] * sdc + rows[:, None] * sdhw, mask=mask, other=0.0).to(tl.float32)
+    if SILU:
+        sg = tl.sigmoid(z)
+        dz = dz * sg * (1.0 + z * (1.0 - sg))
+    return xhat, tl.where(mask, dz, 0.0), rs, wm, mask
+
+
+@triton.jit
+def _grad_sums_kernel(x_ptr, add_ptr, dy_ptr, mean_ptr, rstd_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, part_ptr,
+                      C, HW, K, G, CG, sxb, sxc, sxhw, sab, ssb, stb, sdb, sdc, sdhw,
+                      HAS_ADD: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, SILU: tl.constexpr,
+                      BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):  # fmt: skip
+    """Per tile and channel: ``sum dz``, ``sum dz xhat`` and (with ``add``) ``sum xhat`` -> ``part[3, B, K, C]``."""
+    b, k, cb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    rows = k * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    cols = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    xhat, dz, _, _, _ = _grad_z(
+        x_ptr, add_ptr, dy_ptr, mean_ptr, rstd_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, b, rows, cols,
+        C, HW, G, CG, sxb, sxc, sxhw, sab, ssb, stb, sdb, sdc, sdhw, HAS_ADD, HAS_SCALE, HAS_SHIFT, SILU,
+    )  # fmt: skip
+    out = (b * K + k) * C + cols
+    plane = tl.num_programs(0) * K * C
+    cm = cols < C
+    tl.store(part_ptr + out, tl.sum(dz, axis=0), mask=cm)
+    tl.store(part_ptr + plane + out, tl.sum(dz * xhat, axis=0), mask=cm)
+    if HAS_ADD:
+        tl.store(part_ptr + 2 * plane + out, tl.sum(xhat, axis=0), mask=cm)
+
+
+@triton.jit
+def _combine_grads_kernel(part_ptr, rstd_ptr, w_ptr, bias_ptr, scale_ptr, coef_ptr, pc_ptr,
+                          B, C, HW, K, G, CG, n, ssb,
+                          HAS_ADD: tl.constexpr, HAS_SCALE: tl.constexpr,
+                          BLOCK_K: tl.constexpr, BLOCK_CG: tl.constexpr):  # fmt: skip
+    """Per (sample, group): the input-gradient coefficients ``mean(dxhat)``, ``mean(dxhat xhat)`` -> ``coef[2, B, G]``
+    and the per-(sample, channel) parameter gradients -> ``pc[5, B, C]``: ``sum dz``, ``w S2 + bias S1`` (the
+    scale's), ``scale S2`` and ``scale S1`` (summed over the batch: the weight's and bias's), ``sum dx`` (add's)."""
+    b, g = tl.program_id(0), tl.program_id(1)
+    ks = tl.arange(0, BLOCK_K)
+    cs = tl.arange(0, BLOCK_CG)
+    cm = cs < CG
+    m = (ks[:, None] < K) & cm[None, :]
+    idx = (b * K + ks[:, None]) * C + g * CG + cs[None, :]
+    plane = B * K * C
+    s1 = tl.sum(tl.load(part_ptr + idx, mask=m, other=0.0), axis=0)  # [BLOCK_CG]
+    s2 = tl.sum(tl.load(part_ptr + plane + idx, mask=m, other=0.0), axis=0)
+    col = g * CG + cs
+    w = tl.load(w_ptr + col, mask=cm, other=0.0).to(tl.float32)
+    bias = tl.load(bias_ptr + col, mask=cm, other=0.0).to(tl.float32)
+    if HAS_SCALE:
+        s = tl.load(scale_ptr + b * ssb + col, mask=cm, other=0.0).to(tl.float32)
+    else:
+        s = tl.full([BLOCK_CG], 1.0, tl.float32)
+    a = tl.sum(w * s * s1, axis=0) / n
+    q = tl.sum(w * s * s2, axis=0) / n
+    tl.store(coef_ptr + b * G + g, a)
+    tl.store(coef_ptr + B * G + b * G + g, q)
+    out = b * C + col
+    bc = B * C
+    tl.store(pc_ptr + out, s1, mask=cm)
+    tl.store(pc_ptr + bc + out, w * s2 + bias * s1, mask=cm)
+    tl.store(pc_ptr + 2 * bc + out, s * s2, mask=cm)
+    tl.store(pc_ptr + 3 * bc + out, s * s1, mask=cm)
+    if HAS_ADD:
+        s3 = tl.sum(tl.load(part_ptr + 2 * plane + idx, mask=m, other=0.0), axis=0)
+        rs = tl.load(rstd_ptr + b * G + g)
+        tl.store(pc_ptr + 4 * bc + out, rs * (w * s * s1 - HW * a - s3 * q), mask=cm)
+
+
+@triton.jit
+def _grad_x_kernel(x_ptr, add_ptr, dy_ptr, mean_ptr, rstd_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, coef_ptr,
+                   dx_ptr, B, C, HW, G, CG, sxb, sxc, sxhw, sab, ssb, stb, sdb, sdc, sdhw,
+                   HAS_ADD: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, SILU: tl.constexpr,
+                   BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):  # fmt: skip
+    """``dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat))`` with ``dxhat = dz w scale``."""
+    b, k, cb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    rows = k * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    cols = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    xhat, dz, rs, wm, mask = _grad_z(
+        x_ptr, add_ptr, dy_ptr, mean_ptr, rstd_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, b, rows, cols,
+        C, HW, G, CG, sxb, sxc, sxhw, sab, ssb, stb, sdb, sdc, sdhw, HAS_ADD, HAS_SCALE, HAS_SHIFT, SILU,
+    )  # fmt: skip
+    cm = cols < C
+    g = cols // CG
+    a = tl.load(coef_ptr + b * G + g, mask=cm, other=0.0)
+    q = tl.load(coef_ptr + B * G + b * G + g, mask=cm, other=0.0)
+    dx = rs[None, :] * (dz * wm[None, :] - a[None, :] - xhat * q[None, :])
+    out = dx_ptr + b.to(tl.int64) * sxb + cols[None, :] * sxc + rows[:, None] * sxhw  # dx shares x's strides
+    tl.store(out, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+# ------------------------------------------------------------------------------------------------ host helpers
+
+
+@functools.lru_cache(maxsize=512)
+def _plan(C: int, HW: int, groups: int, nhwc: bool) -> tuple[int, int, int, int, int]:
+    """``(BLOCK_HW, BLOCK_C, K, BLOCK_K, BLOCK_CG)``: tiles run along the contiguous dimension."""
+    if nhwc:
+        block_hw = max(TILE // 64, triton.next_power_of_2(triton.cdiv(HW, MAX_TILES_HW)))
+        block_c = max(1, min(triton.next_power_of_2(C), 64, TILE // block_hw))
+    else:
+        block_hw = max(min(triton.next_power_of_2(HW), 128), triton.next_power_of_2(triton.cdiv(HW, MAX_TILES_HW)))
+        block_c = max(1, min(triton.next_power_of_2(C), TILE // block_hw))
+    k = triton.cdiv(HW, block_hw)
+    return block_hw, block_c, k, triton.next_power_of_2(k), triton.next_power_of_2(C // groups)
+
+
+def _flat_strides(t: Tensor) -> tuple[int, int, int] | None:
+    """``(stride_b, stride_c, stride_hw)`` when ``H`` and ``W`` merge into one strided dimension, else ``None``."""
+    sb, sc, sh, sw = t.stride()
+    if t.shape[3] == 1 or sh == sw * t.shape[3]:
+        return sb, sc, sw if t.shape[3] > 1 else sh
+    if t.shape[2] == 1:
+        return sb, sc, sw
+    return None
+
+
+def _rows(t: Tensor | None, batch: int, channels: int) -> tuple[Tensor | None, int]:
+    """A ``[B, C]`` (or ``[B, C, 1, 1]``) conditioning tensor as rows with unit column stride, and its row stride."""
+    if t is None:
+        return None, 0
+    t2 = t.reshape(batch, channels) if t.dim() != 2 else t
+    if t2.shape != (batch, channels):
+        raise ValueError(f"per-channel conditioning must be [B, C] = [{batch}, {channels}], got {tuple(t.shape)}")
+    if t2.stride(1) != 1:
+        t2 = t2.contiguous()
+    return t2, t2.stride(0)
+
+
+class _GroupNormAct(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, add, scale, shift, groups: int, eps: float, silu: bool):
+        B, C, H, W = x.shape
+        HW = H * W
+        nhwc = x.stride(1) == 1 and C > 1
+        strides = _flat_strides(x)
+        if strides is None:
+            x = x.contiguous()
+            strides = _flat_strides(x)
+            nhwc = False
+        add2, sab = _rows(add, B, C)
+        scale2, ssb = _rows(scale, B, C)
+        shift2, stb = _rows(shift, B, C)
+        block_hw, block_c, k, block_k, block_cg = _plan(C, HW, groups, nhwc)
+        dev = x.get_device()
+        cg = C // groups
+        part = torch.empty(2, B, k, C, device=x.device, dtype=torch.float32)
+        stats = torch.empty(2, B, groups, device=x.device, dtype=torch.float32)
+        y = torch.empty_like(x)  # same strides as x (preserve_format on a dense tensor)
+        grid = (B, k, triton.cdiv(C, block_c))
+        if B > 0 and HW > 0:
+            _launch(_stats_kernel, grid, dev, x, x if add2 is None else add2, part, C, HW, k, *strides, sab,
+                    add2 is not None, block_hw, block_c)  # fmt: skip
+            _launch(_combine_stats_kernel, (B, groups), dev, part, stats[0], stats[1], B, C, HW, k, groups, cg,
+                    float(HW * cg), eps, block_hw, block_k, block_cg)  # fmt: skip
+            _launch(_apply_kernel, grid, dev, x, x if add2 is None else add2, stats[0], stats[1], weight, bias,
+                    x if scale2 is None else scale2, x if shift2 is None else shift2, y, C, HW, groups, cg,
+                    *strides, sab, ssb, stb, add2 is not None, scale2 is not None, shift2 is not None, silu,
+                    block_hw, block_c)  # fmt: skip
+        ctx.save_for_backward(x, weight, bias, add2, scale2, shift2, stats)
+        ctx.meta = (groups, silu, nhwc, strides, sab, ssb, stb)
+        ctx.shapes = tuple(None if t is None else t.shape for t in (add, scale, shift))
+        ctx.set_materialize_grads(False)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        x, weight, bias, add2, scale2, shift2, stats = ctx.saved_tensors
+        groups, silu, nhwc, strides, sab, ssb, stb = ctx.meta
+        if dy is None:
+            return (None,) * 9
+        B, C, H, W = x.shape
+        HW = H * W
+        dstrides = _flat_strides(dy)
+        if dstrides is None or (dy.stride(1) == 1) != nhwc:
+            dy = dy.contiguous(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
+            dstrides = _flat_strides(dy)
+        block_hw, block_c, k, block_k, block_cg = _plan(C, HW, groups, nhwc)
+        dev = x.get_device()
+        cg = C // groups
+        has = (add2 is not None, scale2 is not None, shift2 is not None, silu)
+        xa = x if add2 is None else add2
+        sa = x if scale2 is None else scale2
+        ta = x if shift2 is None else shift2
+        part = torch.empty(3 if has[0] else 2, B, k, C, device=x.device, dtype=torch.float32)
+        coef = torch.empty(2, B, groups, device=x.device, dtype=torch.float32)
+        pc = torch.empty(5 if has[0] else 4, B, C, device=x.device, dtype=torch.float32)
+        dx = torch.empty_like(x)
+        grid = (B, k, triton.cdiv(C, block_c))
+        if B > 0 and HW > 0:
+            common = (C, HW)
+            _launch(_grad_sums_kernel, grid, dev, x, xa, dy, stats[0], stats[1], weight, bias, sa, ta, part,
+                    *common, k, groups, cg, *strides, sab, ssb, stb, *dstrides, *has, block_hw, block_c)  # fmt: skip
+            _launch(_combine_grads_kernel, (B, groups), dev, part, stats[1], weight, bias, sa, coef, pc,
+                    B, C, HW, k, groups, cg, float(HW * cg), ssb, has[0], has[1], block_k, block_cg)  # fmt: skip
+            _launch(_grad_x_kernel, grid, dev, x, xa, dy, stats[0], stats[1], weight, bias, sa, ta, coef, dx,
+                    B, *common, groups, cg, *strides, sab, ssb, stb, *dstrides, *has, block_hw, block_c)  # fmt: skip
+        else:
+            pc.zero_()
+            dx.zero_()
+        need = ctx.needs_input_grad
+        g_w = pc[2].sum(0).to(weight.dtype) if need[1] else None
+        g_b = pc[3].sum(0).to(bias.dtype) if need[2] else None
+        g_add = pc[4].to(add2.dtype).reshape(ctx.shapes[0]) if has[0] and need[3] else None
+        g_scale = pc[1].to(scale2.dtype).reshape(ctx.shapes[1]) if has[1] and need[4] else None
+        g_shift = pc[0].to(shift2.dtype).reshape(ctx.shapes[2]) if has[2] and need[5] else None
+        return dx if need[0] else None, g_w, g_b, g_add, g_scale, g_shift, None, None, None
+
+
+def supported(x: Tensor, num_groups: int) -> bool:
+    """Whether the fused path takes this input (4-D, a supported dtype, channels divisible by the groups)."""
+    return (
+        x.dim() == 4
+        and x.dtype in SUPPORTED_DTYPES
+        and x.shape[1] % num_groups == 0
+        and x.shape[2] * x.shape[3] <= MAX_HW
+    )
+
+
+def group_norm_act(
+    x: Tensor,
+    num_groups: int,
+    weight: Tensor,
+    bias: Tensor,
+    eps: float,
+    *,
+    add: Tensor | None = None,
+    scale: Tensor | None = None,
+    shift: Tensor | None = None,
+    silu: bool = False,
+) -> Tensor:
+    """Fused :func:`scoredistill.networks.layers.group_norm_act` (same contract): output in ``x``'s dtype and
+    memory format; gradients into every tensor argument in its own dtype."""
+    C = x.shape[1]
+    if weight.shape != (C,) or bias.shape != (C,):
+        raise ValueError(f"weight and bias must be [C] = [{C}], got {tuple(weight.shape)}, {tuple(bias.shape)}")
+    return _GroupNormAct.apply(x, weight, bias, add, scale, shift, int(num_groups), float(eps), bool(silu))
