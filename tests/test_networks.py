@@ -317,3 +317,24 @@ def test_conditional_backbone_needs_labels() -> None:
     net = SongUNet(SongUNetConfig(**TINY_SONG, label_dim=3))
     with pytest.raises(ValueError, match=r"class-conditional \(label_dim=3\)"):
         net(torch.randn(1, 3, 8, 8), torch.zeros(1))
+
+
+@pytest.mark.parametrize("up", [True, False])
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("kernel", [0, 1, 3])
+def test_box_resampling_matches_the_fir_convolution(up, fused, kernel):
+    # Two-tap filters take avg_pool2d / nearest up-sampling; the depthwise FIR convolution is the definition.
+    from scoredistill.networks.layers import Conv2d
+
+    torch.manual_seed(0)
+    conv = Conv2d(8, 8 if kernel == 0 else 16, kernel, up=up, down=not up, resample_filter=(1, 1), fused_resample=fused)
+    assert conv._box
+    outs = []
+    for box in (True, False):
+        conv._box = box
+        x = torch.randn(2, 8, 9, 7, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        y = conv(x)
+        (y * torch.linspace(-1, 1, y.numel()).reshape(y.shape)).sum().backward()
+        outs.append((y, x.grad))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)

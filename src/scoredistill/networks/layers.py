@@ -183,6 +183,9 @@ class Conv2d(nn.Module):
         if self.bias is not None:
             _init_bias_(self.bias, init_mode, fan_in, fan_out, init_bias)
         self.register_buffer("resample_filter", _fir_filter(resample_filter) if up or down else None)
+        # A two-tap box filter is 2x2 average pooling down and nearest-neighbour up-sampling: the same values
+        # through much faster kernels than a depthwise convolution (ADM and DDPM++ use it).
+        self._box = len(resample_filter) == 2 and resample_filter[0] == resample_filter[1]
 
     def extra_repr(self) -> str:
         kernel = self.weight.shape[-1] if self.weight is not None else 0
@@ -190,9 +193,13 @@ class Conv2d(nn.Module):
         return f"{self.in_channels}, {self.out_channels}, kernel={kernel}, resample={mode}"
 
     def _down(self, x: Tensor, f: Tensor, padding: int) -> Tensor:
+        if self._box and padding == 0:
+            return F.avg_pool2d(x, 2)
         return F.conv2d(x, f.expand(x.shape[1], 1, -1, -1), groups=x.shape[1], stride=2, padding=padding)
 
     def _up(self, x: Tensor, f: Tensor, padding: int) -> Tensor:
+        if self._box and padding == 0:
+            return F.interpolate(x, scale_factor=2, mode="nearest")
         w = (f * 4).expand(x.shape[1], 1, -1, -1)
         return F.conv_transpose2d(x, w, groups=x.shape[1], stride=2, padding=padding)
 
