@@ -392,9 +392,10 @@ def _launch(kernel, grid: tuple[int, ...], device_index: int, *args, num_warps: 
             _compiled[key] = compiled
         return
     stream = torch._C._cuda_getCurrentRawStream(device_index)
+    grid_y = grid[1] if len(grid) > 1 else 1
+    grid_z = grid[2] if len(grid) > 2 else 1
     compiled.run(
-        grid[0], grid[1] if len(grid) > 1 else 1, 1, stream, compiled.function, compiled.packed_metadata,
-        None, None, None, *args,
+        grid[0], grid_y, grid_z, stream, compiled.function, compiled.packed_metadata, None, None, None, *args,
     )  # fmt: skip
 
 
