@@ -165,19 +165,10 @@ def test_interpreter_parity_cpu():
 @pytest.mark.kernels
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize(
-    "shape,groups",
-    [
-        ((4, 192, 64, 64), 32),
-        ((4, 1344, 8, 8), 32),
-        ((3, 12, 5, 3), 3),
-        ((2, 256, 32, 32), 32),
-        ((2, 64, 128, 128), 32),
-    ],
-)
+@pytest.mark.parametrize("shape,groups", [((4, 192, 64, 64), 32), ((2, 1344, 8, 8), 32), ((3, 12, 5, 3), 3)])
 def test_cuda_parity(shape, groups, dtype, channels_last):
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    for variant in VARIANTS:
+    for variant in VARIANTS[:4]:  # the networks' four (each new specialisation costs a Triton compile)
         check(shape, groups, dtype, "cuda", variant, channels_last=channels_last)
 
 
