@@ -255,3 +255,20 @@ def test_config_validation_and_wiring_errors():
     )
     with pytest.raises(ValueError, match="data batch"):
         d.step()
+
+
+def test_fused_norms_follow_the_cuda_graph_switch():
+    # Eager loops keep the native group norms (host-bound at small batches); use_fused_norms switches them by hand.
+    from scoredistill import FakeScore, OneStepGenerator, Teacher
+    from scoredistill.fast import use_fused_norms
+    from scoredistill.networks import SongUNetConfig, edm_precond
+    from scoredistill.networks.layers import GroupNorm
+
+    cfg = SongUNetConfig(img_resolution=8, model_channels=16, channel_mult=(1,), num_blocks=1, attn_resolutions=())
+    teacher = Teacher(edm_precond(cfg))
+    G, fake = OneStepGenerator.from_teacher(teacher), FakeScore.from_teacher(teacher)
+    Distiller(teacher, G, fake, [SiDLoss(), DSMLoss()], DistillConfig(batch_size=2))
+    norms = [m for role in (teacher, G, fake) for m in role.modules() if isinstance(m, GroupNorm)]
+    assert norms and all(m.use_kernels is False for m in norms)
+    use_fused_norms(G, True)
+    assert all(m.use_kernels is None for m in G.modules() if isinstance(m, GroupNorm))

@@ -55,7 +55,7 @@ class DistillConfig:
     fake_score_grad_clip: float | None = None  # clip f_psi's gradient values to +-this (SiDA: 1.0)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # network compute: fp32, bf16 autocast, fp16 + loss scaling
     seed: int = 0  # one seed makes a run repeatable
-    use_kernels: bool | None = None  # fused loss and group-norm kernels: None = on CUDA when available
+    use_kernels: bool | None = None  # fused loss kernels (and group norms under cuda_graphs): None = on CUDA
     channels_last: bool = False  # NHWC weights and activations for the image networks
     compile: CompileScope = "off"  # torch.compile the three networks: "blocks" (regional) or "network"
     compile_mode: str | None = None  # torch.compile mode, e.g. "max-autotune-no-cudagraphs"
@@ -150,8 +150,11 @@ class Distiller:
         self.generator_sigma = _phase_sampler(self.losses, "generator_sigma")
         self.fake_score_sigma = _phase_sampler(self.losses, "fake_score_sigma")
         self.device = next(generator.parameters()).device
-        for role in (teacher, generator, fake_score):  # compiled networks: the compiler fuses the norms itself
-            use_fused_norms(role, False if config.compile != "off" else config.use_kernels)
+        # The fused group norms (6 launches per norm, forward + backward) pay off where launches are free, inside
+        # CUDA graphs; small eager steps are host-bound, and under torch.compile the compiler fuses the norms.
+        fuse_norms = config.use_kernels is not False and config.cuda_graphs and config.compile == "off"
+        for role in (teacher, generator, fake_score):
+            use_fused_norms(role, None if fuse_norms else False)
         if config.channels_last or config.compile != "off":
             for role in (teacher, generator, fake_score):
                 if not hasattr(role.denoiser, "model"):
