@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     p.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
     p.add_argument("--ops", nargs="+", default=list(OPS), choices=list(OPS))
-    p.add_argument("--min-run-time", type=float, default=0.5, help="timing seconds per measurement, all rounds")
+    p.add_argument("--min-run-time", type=float, default=0.25, help="timing seconds per measurement, all rounds")
     p.add_argument("--quick", action="store_true", help="cifar10 + large only, shorter timing")
     p.add_argument("--sweep", action="store_true", help="also sweep the forward split factor (printed only)")
     p.add_argument("--out", type=Path, default=RESULTS_MD, help="markdown file appended to")
