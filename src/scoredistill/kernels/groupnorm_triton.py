@@ -279,12 +279,10 @@ class _GroupNormAct(torch.autograd.Function):
     def forward(ctx, x, weight, bias, add, scale, shift, groups: int, eps: float, silu: bool):
         B, C, H, W = x.shape
         HW = H * W
-        nhwc = x.stride(1) == 1 and C > 1
+        if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+            x = x.contiguous()  # y and dx are allocated like x and written with x's strides: x must be dense
+        nhwc = x.stride(1) == 1 and C > 1 and not x.is_contiguous()
         strides = _flat_strides(x)
-        if strides is None:
-            x = x.contiguous()
-            strides = _flat_strides(x)
-            nhwc = False
         add2, sab = _rows(add, B, C)
         scale2, ssb = _rows(scale, B, C)
         shift2, stb = _rows(shift, B, C)
