@@ -7,7 +7,6 @@ inputs. GPU tests skip without CUDA + Triton. A CPU test runs small cases throug
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import os
 import subprocess
@@ -150,17 +149,9 @@ def test_kernels_off_switch(monkeypatch):
         assert not kernels.fused_group_norm_available(x.cuda(), 2)
 
 
-def _interpreter_skip_reason() -> str | None:
-    if importlib.util.find_spec("triton") is None:
-        return "triton is not installed"
-    return None
-
-
 @pytest.mark.timeout(300)
 def test_interpreter_parity_cpu():
-    reason = _interpreter_skip_reason()
-    if reason:
-        pytest.skip(reason)
+    pytest.importorskip("triton")
     env = dict(os.environ, TRITON_INTERPRET="1")
     proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=280)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -111,7 +111,7 @@ def run_demo(
     seconds = time.perf_counter() - t0
     rng = torch.Generator().manual_seed(seed + 1)
     n = 4000
-    t_net, student_net, mixture = t_net.cpu(), distiller.ema.module.cpu(), mixture.cpu()
+    t_net, student_net = t_net.cpu(), distiller.ema.module.cpu()  # t_net holds the mixture: it moves too
     with torch.no_grad():
         truth = mixture.sample(n, rng=rng)
         student = student_net.sample(n, rng=rng)

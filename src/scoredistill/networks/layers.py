@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import kernels
+
 __all__ = [
     "Conv2d",
     "FourierEmbedding",
@@ -211,8 +213,8 @@ class Conv2d(nn.Module):
 
         b = self.bias.to(x.dtype) if self.bias is not None else None
 
-        # Resample and convolve. When the convolution comes last its bias goes into it (one fused epilogue
-        # instead of a separate broadcast add: the same sum).
+        # Resample and convolve. When the convolution comes last its bias is passed to it (the same sum; the
+        # backend decides whether to fuse it: cuDNN's NHWC kernels still add it as a separate broadcast).
         if f is not None and w is not None and self.fused_resample and self.up:
             x = self._up(x, f, max(f_pad - w_pad, 0))
             return F.conv2d(x, w, b, padding=max(w_pad - f_pad, 0))
@@ -318,13 +320,10 @@ class GroupNorm(nn.Module):
         return self._forward(x, kwargs)
 
     def _forward(self, x: Tensor, kwargs: dict) -> Tensor:
-        if x.is_cuda and self.use_kernels is not False:
-            from .. import kernels
+        if kernels.fused_group_norm_available(x, self.num_groups, self.use_kernels):
+            from ..kernels.groupnorm_triton import group_norm_act as fused  # imports Triton: only when used
 
-            if kernels.fused_group_norm_available(x, self.num_groups, self.use_kernels):
-                from ..kernels.groupnorm_triton import group_norm_act as fused
-
-                return fused(x, self.num_groups, self.weight, self.bias, self.eps, **kwargs)
+            return fused(x, self.num_groups, self.weight, self.bias, self.eps, **kwargs)
         weight, bias = self.weight.to(x.dtype), self.bias.to(x.dtype)
         return group_norm_act(x, self.num_groups, weight, bias, self.eps, **kwargs)
 
