@@ -34,6 +34,7 @@ from scoredistill import (
 )
 from scoredistill.fast import use_fused_norms
 from scoredistill.networks import PRESETS, edm_precond
+from scoredistill.networks.layers import UNetBlock
 
 # name -> (DistillConfig overrides, allow TF32)
 SETTINGS: dict[str, tuple[dict, bool]] = {
@@ -51,6 +52,10 @@ SETTINGS: dict[str, tuple[dict, bool]] = {
     ),
     "graphs": ({"precision": "bf16", "use_kernels": True, "cuda_graphs": True}, True),
     "graphs-cl": ({"precision": "bf16", "use_kernels": True, "channels_last": True, "cuda_graphs": True}, True),
+    "graphs-cl-nofold": (
+        {"precision": "bf16", "use_kernels": True, "channels_last": True, "cuda_graphs": True, "fold_biases": False},
+        True,
+    ),
     "graphs-blocks": (
         {"precision": "bf16", "use_kernels": True, "channels_last": True, "compile": "blocks", "cuda_graphs": True},
         True,
@@ -78,6 +83,7 @@ def build(preset: str, batch: int, setting: str, device: torch.device) -> Distil
     overrides, tf32 = SETTINGS[setting]
     overrides = dict(overrides)
     fused_norms = overrides.pop("fused_norms", True)  # False: native group norms, fused loss kernels
+    fold_biases = overrides.pop("fold_biases", True)  # False: convolution biases added by the convolutions
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
     torch.backends.cudnn.benchmark = True  # as in the reference implementation
     torch.manual_seed(0)
@@ -90,6 +96,10 @@ def build(preset: str, batch: int, setting: str, device: torch.device) -> Distil
     if not fused_norms:
         for role in (teacher, G, fake):
             use_fused_norms(role, False)
+    for role in (teacher, G, fake):
+        for m in role.modules():
+            if isinstance(m, UNetBlock):
+                m.fold_biases = fold_biases
     return d
 
 
@@ -138,6 +148,29 @@ def profile(d: Distiller, steps: int = 3, top: int = 15) -> str:
     return kernels + "\n" + "\n".join(lines)
 
 
+def profile_ops(preset: str, batch: int, device: torch.device, top: int = 40) -> str:
+    """Device time of one eager bf16 channels_last step by aten op and input shapes, fused norms forced on.
+
+    Eager, so that every kernel is attributed to the operator that launched it (a graph replay hides them); the
+    fused norms and folded biases are on as under CUDA graphs.
+    """
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    d = build(preset, batch, "bf16-cl", device)
+    for role in (d.teacher, d.generator, d.fake_score):
+        use_fused_norms(role, True)
+    for _ in range(2):
+        d.step()
+    torch.cuda.synchronize()
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
+        d.step()
+        torch.cuda.synchronize()
+    events = prof.key_averages(group_by_input_shape=True)
+    return events.table(sort_by="self_cuda_time_total", row_limit=top, max_name_column_width=40,
+                        max_shapes_column_width=70)  # fmt: skip
+
+
 def measure(
     preset: str, batch: int, setting: str, warmup: int, steps: int, device: torch.device, *, prof: bool = False
 ) -> dict:
@@ -184,8 +217,12 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument("--profile", action="store_true", help="print the top kernels of the last setting")
     parser.add_argument("--out", default=None, help="markdown file to append to (default benchmarks/RESULTS.md)")
+    parser.add_argument("--profile-ops", action="store_true", help="print one eager step's device time by op and shape")
     args = parser.parse_args()
     device = torch.device("cuda")
+    if args.profile_ops:
+        print(profile_ops(args.preset, args.batch, device), flush=True)
+        return
     settings = args.settings.split(",")
     unknown = [s for s in settings if s not in SETTINGS]
     if unknown:

@@ -15,7 +15,13 @@ from torch import Tensor
 
 from ..losses import functional as ref
 
-__all__ = ["available", "fake_score_terms", "fused_group_norm_available", "sid_generator_terms"]
+__all__ = [
+    "available",
+    "fake_score_terms",
+    "fused_group_norm_available",
+    "fused_residual_available",
+    "sid_generator_terms",
+]
 
 
 def available() -> bool:
@@ -47,6 +53,15 @@ def fused_group_norm_available(x: Tensor, num_groups: int, use_kernels: bool | N
     from .groupnorm_triton import supported
 
     return supported(x, num_groups)
+
+
+def fused_residual_available(h: Tensor, x: Tensor | None, bias: Tensor, use_kernels: bool | None = None) -> bool:
+    """Whether :func:`~scoredistill.networks.layers.residual_add` runs its fused Triton kernel on these operands."""
+    if not _use_fused(h, use_kernels):
+        return False
+    from .residual_triton import supported
+
+    return supported(h, x, bias)
 
 
 def sid_generator_terms(

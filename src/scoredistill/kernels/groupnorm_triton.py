@@ -20,6 +20,7 @@ float32 whatever the input dtype; outputs are rounded once, to ``x``'s dtype.
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import torch
 import triton
@@ -32,13 +33,14 @@ from .sid_triton import _launch as _launch_any
 __all__ = ["group_norm_act"]
 
 TILE = 4096  # elements of one [BLOCK_HW, BLOCK_C] tile
-MAX_TILES_HW = 64  # the combine kernels hold one group's partials of all HW tiles at once
-NUM_WARPS = 8
+MAX_TILES_HW = 128  # the combine kernels hold one group's partials of all HW tiles at once
+NUM_WARPS = 8  # per program, all kernels but the combines
+COMBINE_WARPS = 4
 MAX_HW = 128 * 128  # larger maps take the reference path (the tiles would outgrow the registers)
 
 
-def _launch(kernel, grid, device_index, *args) -> None:
-    _launch_any(kernel, grid, device_index, *args, num_warps=NUM_WARPS)
+def _launch(kernel, grid, device_index: int, num_warps: int, *args) -> None:
+    _launch_any(kernel, grid, device_index, *args, num_warps=num_warps)
 
 
 @triton.jit
@@ -239,17 +241,36 @@ def _grad_x_kernel(x_ptr, add_ptr, dy_ptr, mean_ptr, rstd_ptr, w_ptr, bias_ptr, 
 # ------------------------------------------------------------------------------------------------ host helpers
 
 
-@functools.lru_cache(maxsize=512)
-def _plan(C: int, HW: int, groups: int, nhwc: bool) -> tuple[int, int, int, int, int]:
-    """``(BLOCK_HW, BLOCK_C, K, BLOCK_K, BLOCK_CG)``: tiles run along the contiguous dimension."""
+class Plan(NamedTuple):
+    """Tiling of one pass: ``[block_hw, block_c]`` tiles, ``k`` of them along HW, and the launches' warps."""
+
+    block_hw: int
+    block_c: int
+    k: int
+    block_k: int  # k rounded up to a power of 2 (the combine kernels' tile)
+    block_cg: int  # channels per group, rounded up to a power of 2
+    num_warps: int
+
+
+def _tiles(C: int, HW: int, nhwc: bool, backward: bool) -> tuple[int, int, int]:
+    """``(block_hw, block_c, num_warps)``: tiles run along the contiguous dimension."""
     if nhwc:
-        block_hw = max(TILE // 64, triton.next_power_of_2(triton.cdiv(HW, MAX_TILES_HW)))
+        block_hw = max(TILE // 64, triton.next_power_of_2(triton.cdiv(HW, 64)))
         block_c = max(1, min(triton.next_power_of_2(C), 64, TILE // block_hw))
     else:
-        block_hw = max(min(triton.next_power_of_2(HW), 128), triton.next_power_of_2(triton.cdiv(HW, MAX_TILES_HW)))
+        block_hw = max(min(triton.next_power_of_2(HW), 128), triton.next_power_of_2(triton.cdiv(HW, 64)))
         block_c = max(1, min(triton.next_power_of_2(C), TILE // block_hw))
+    return block_hw, block_c, NUM_WARPS
+
+
+@functools.lru_cache(maxsize=1024)
+def _plan(C: int, HW: int, groups: int, nhwc: bool, backward: bool) -> Plan:
+    """The tiling of the forward or backward pass for one shape and layout (see :func:`_tiles`)."""
+    block_hw, block_c, num_warps = _tiles(C, HW, nhwc, backward)
     k = triton.cdiv(HW, block_hw)
-    return block_hw, block_c, k, triton.next_power_of_2(k), triton.next_power_of_2(C // groups)
+    if k > MAX_TILES_HW:
+        raise ValueError(f"{k} tiles along H * W = {HW}: at most {MAX_TILES_HW} (block_hw {block_hw} too small)")
+    return Plan(block_hw, block_c, k, triton.next_power_of_2(k), triton.next_power_of_2(C // groups), num_warps)
 
 
 def _flat_strides(t: Tensor) -> tuple[int, int, int] | None:
@@ -286,7 +307,7 @@ class _GroupNormAct(torch.autograd.Function):
         add2, sab = _rows(add, B, C)
         scale2, ssb = _rows(scale, B, C)
         shift2, stb = _rows(shift, B, C)
-        block_hw, block_c, k, block_k, block_cg = _plan(C, HW, groups, nhwc)
+        block_hw, block_c, k, block_k, block_cg, warps = _plan(C, HW, groups, nhwc, False)
         dev = x.get_device()
         cg = C // groups
         part = torch.empty(2, B, k, C, device=x.device, dtype=torch.float32)
@@ -294,12 +315,12 @@ class _GroupNormAct(torch.autograd.Function):
         y = torch.empty_like(x)  # same strides as x (preserve_format on a dense tensor)
         grid = (B, k, triton.cdiv(C, block_c))
         if B > 0 and HW > 0:
-            _launch(_stats_kernel, grid, dev, x, x if add2 is None else add2, part, C, HW, k, *strides, sab,
+            _launch(_stats_kernel, grid, dev, warps, x, x if add2 is None else add2, part, C, HW, k, *strides, sab,
                     add2 is not None, block_hw, block_c)  # fmt: skip
-            _launch(_combine_stats_kernel, (B, groups), dev, part, stats[0], stats[1], B, C, HW, k, groups, cg,
-                    float(HW * cg), eps, block_hw, block_k, block_cg)  # fmt: skip
-            _launch(_apply_kernel, grid, dev, x, x if add2 is None else add2, stats[0], stats[1], weight, bias,
-                    x if scale2 is None else scale2, x if shift2 is None else shift2, y, C, HW, groups, cg,
+            _launch(_combine_stats_kernel, (B, groups), dev, COMBINE_WARPS, part, stats[0], stats[1], B, C, HW, k,
+                    groups, cg, float(HW * cg), eps, block_hw, block_k, block_cg)  # fmt: skip
+            _launch(_apply_kernel, grid, dev, warps, x, x if add2 is None else add2, stats[0], stats[1], weight,
+                    bias, x if scale2 is None else scale2, x if shift2 is None else shift2, y, C, HW, groups, cg,
                     *strides, sab, ssb, stb, add2 is not None, scale2 is not None, shift2 is not None, silu,
                     block_hw, block_c)  # fmt: skip
         ctx.save_for_backward(x, weight, bias, add2, scale2, shift2, stats)
@@ -321,7 +342,7 @@ class _GroupNormAct(torch.autograd.Function):
         if dstrides is None or (dy.stride(1) == 1) != nhwc:
             dy = dy.contiguous(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
             dstrides = _flat_strides(dy)
-        block_hw, block_c, k, block_k, block_cg = _plan(C, HW, groups, nhwc)
+        block_hw, block_c, k, block_k, block_cg, warps = _plan(C, HW, groups, nhwc, True)
         dev = x.get_device()
         cg = C // groups
         has = (add2 is not None, scale2 is not None, shift2 is not None, silu)
@@ -335,11 +356,11 @@ class _GroupNormAct(torch.autograd.Function):
         grid = (B, k, triton.cdiv(C, block_c))
         if B > 0 and HW > 0:
             common = (C, HW)
-            _launch(_grad_sums_kernel, grid, dev, x, xa, dy, stats[0], stats[1], weight, bias, sa, ta, part,
+            _launch(_grad_sums_kernel, grid, dev, warps, x, xa, dy, stats[0], stats[1], weight, bias, sa, ta, part,
                     *common, k, groups, cg, *strides, sab, ssb, stb, *dstrides, *has, block_hw, block_c)  # fmt: skip
-            _launch(_combine_grads_kernel, (B, groups), dev, part, stats[1], weight, bias, sa, coef, pc,
+            _launch(_combine_grads_kernel, (B, groups), dev, COMBINE_WARPS, part, stats[1], weight, bias, sa, coef, pc,
                     B, C, HW, k, groups, cg, float(HW * cg), ssb, has[0], has[1], block_k, block_cg)  # fmt: skip
-            _launch(_grad_x_kernel, grid, dev, x, xa, dy, stats[0], stats[1], weight, bias, sa, ta, coef, dx,
+            _launch(_grad_x_kernel, grid, dev, warps, x, xa, dy, stats[0], stats[1], weight, bias, sa, ta, coef, dx,
                     B, *common, groups, cg, *strides, sab, ssb, stb, *dstrides, *has, block_hw, block_c)  # fmt: skip
         else:
             pc.zero_()

@@ -35,6 +35,7 @@ __all__ = [
     "channel_mean_logits",
     "group_norm_act",
     "init_weight_",
+    "residual_add",
 ]
 
 InitMode = Literal["xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal"]
@@ -205,13 +206,14 @@ class Conv2d(nn.Module):
         w = (f * 4).expand(x.shape[1], 1, -1, -1)
         return F.conv_transpose2d(x, w, groups=x.shape[1], stride=2, padding=padding)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, *, bias: bool = True) -> Tensor:
+        """The convolution; ``bias=False`` leaves the bias out, for a caller that adds it later (fused)."""
         w = self.weight.to(x.dtype) if self.weight is not None else None
         f = self.resample_filter.to(x.dtype) if self.resample_filter is not None else None
         w_pad = w.shape[-1] // 2 if w is not None else 0
         f_pad = (f.shape[-1] - 1) // 2 if f is not None else 0
 
-        b = self.bias.to(x.dtype) if self.bias is not None else None
+        b = self.bias.to(x.dtype) if self.bias is not None and bias else None
 
         # Resample and convolve. When the convolution comes last its bias is passed to it (the same sum; the
         # backend decides whether to fuse it: cuDNN's NHWC kernels still add it as a separate broadcast).
@@ -264,6 +266,26 @@ def group_norm_act(
     elif shift is not None:
         y = y + shift
     return F.silu(y) if silu else y
+
+
+def residual_add(h: Tensor, x: Tensor | None, bias: Tensor, scale: float = 1.0, *, use_kernels: bool | None = None):
+    """``(h + x + bias) * scale``: a residual sum with the branch's convolution bias folded in.
+
+    ``h`` is a convolution's output computed without its ``[C]`` bias, ``x`` the residual (``None``: no residual).
+    On CUDA this runs as one fused pass (:mod:`scoredistill.kernels.residual_triton`), saving the separate
+    broadcast pass that adds a convolution's bias; elsewhere (or with ``use_kernels=False``) as native ops.
+
+    Returns:
+        A tensor like ``h``.
+    """
+    if kernels.fused_residual_available(h, x, bias, use_kernels):
+        from ..kernels.residual_triton import residual_add as fused
+
+        return fused(h, x, bias, scale)
+    y = h + bias.to(h.dtype).reshape(1, -1, 1, 1)
+    if x is not None:
+        y = y + x
+    return y if scale == 1 else y * scale
 
 
 class GroupNorm(nn.Module):
@@ -467,7 +489,7 @@ class UNetBlock(nn.Module):
     def extra_repr(self) -> str:
         return f"heads={self.num_heads}, dropout={self.dropout}, skip_scale={self.skip_scale:g}"
 
-    def _attention(self, x: Tensor) -> Tensor:
+    def _attention(self, x: Tensor, *, proj_bias: bool = True) -> Tensor:
         # The qkv channels are laid out as [head, channel, (q, k, v)], as in EDM's checkpoints. q, k and v go to SDPA
         # as contiguous [B, heads, HW, head_channels] (the fused flash / memory-efficient kernels need unit stride
         # in the last dimension; otherwise SDPA silently materialises the HW x HW scores): one copy in, one out.
@@ -482,10 +504,12 @@ class UNetBlock(nn.Module):
         q, k, v = qkv.contiguous().unbind(0)
         a = F.scaled_dot_product_attention(q, k, v)  # [B, heads, HW, head_channels]
         if nhwc:
-            return self.proj(a.transpose(1, 2).reshape(b, h, w, c).permute(0, 3, 1, 2))
-        return self.proj(a.transpose(-1, -2).reshape(b, c, h, w))
+            return self.proj(a.transpose(1, 2).reshape(b, h, w, c).permute(0, 3, 1, 2), bias=proj_bias)
+        return self.proj(a.transpose(-1, -2).reshape(b, c, h, w), bias=proj_bias)
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        if self._fold_biases(x):
+            return self._forward_folded(x, emb)
         # Residual branch with noise conditioning.
         h = self.conv0(self.norm0(x, silu=True))
         params = self.affine(emb)[:, :, None, None].to(h.dtype)
@@ -500,6 +524,41 @@ class UNetBlock(nn.Module):
         # Self-attention over the pixels.
         if self.num_heads:
             x = self._residual(self._attention(x), x)
+        return x
+
+    fold_biases: bool = True
+    """Fold the convolution biases into the fused kernels that follow when those run (see ``_forward_folded``)."""
+
+    def _fold_biases(self, x: Tensor) -> bool:
+        convs = (self.conv0, self.conv1, self.proj) if self.num_heads else (self.conv0, self.conv1)
+        return (
+            self.fold_biases
+            and all(conv.bias is not None for conv in convs)
+            and kernels.fused_group_norm_available(x, self.norm0.num_groups, self.norm1.use_kernels)
+        )
+
+    def _forward_folded(self, x: Tensor, emb: Tensor) -> Tensor:
+        # The same block with every convolution bias added by the fused kernel after the convolution instead of a
+        # separate broadcast pass: conv0's enters norm1 with the conditioning (norm1(h + b0)), conv1's and the
+        # skip's the residual sum, proj's the attention's residual sum. Equal to forward() up to rounding.
+        use = self.norm1.use_kernels
+        h = self.conv0(self.norm0(x, silu=True), bias=False)
+        b0 = self.conv0.bias.to(h.dtype).reshape(1, -1, 1, 1)
+        params = self.affine(emb)[:, :, None, None].to(h.dtype)
+        if self.adaptive_scale:
+            scale, shift = params.chunk(2, dim=1)
+            h = self.norm1(h, add=b0.expand(h.shape[0], -1, -1, -1), scale=scale + 1, shift=shift, silu=True)
+        else:
+            h = self.norm1(h, add=params + b0, silu=True)
+        h = self.conv1(F.dropout(h, p=self.dropout, training=self.training), bias=False)
+        bias = self.conv1.bias
+        if self.skip is not None and self.skip.bias is not None:
+            skip, bias = self.skip(x, bias=False), bias + self.skip.bias
+        else:
+            skip = self.skip(x) if self.skip is not None else x
+        x = residual_add(h, skip, bias, self.skip_scale, use_kernels=use)
+        if self.num_heads:
+            x = residual_add(self._attention(x, proj_bias=False), x, self.proj.bias, self.skip_scale, use_kernels=use)
         return x
 
     def _residual(self, h: Tensor, x: Tensor) -> Tensor:

@@ -1,0 +1,88 @@
+"""A residual sum with the branch's convolution bias folded in, ``y = (h + x + bias) * scale``, in Triton.
+
+cuDNN returns a convolution's output without its bias; PyTorch then adds the bias as a separate broadcast pass
+over the whole output (forward) and reduces the output gradient for it (backward). In a residual block the
+branch's last convolution is followed by the residual sum anyway, so the bias is added there: one pass reading
+``h`` and ``x`` and writing ``y`` instead of two. Backward, ``h`` and ``x`` receive the incoming gradient (times
+``scale``) and the bias its per-channel sum, as for the unfused ops.
+
+``h`` and ``x`` must be dense with the same strides (both contiguous or both channels_last) and dtype; the sum
+runs in float32 and is rounded once to their dtype. :func:`supported` says whether a call qualifies; the
+dispatching :func:`scoredistill.networks.layers.residual_add` runs the native ops otherwise.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from .sid_triton import SUPPORTED_DTYPES
+from .sid_triton import _launch as _launch_any
+
+__all__ = ["residual_add", "supported"]
+
+BLOCK = 2048
+NUM_WARPS = 4
+
+
+@triton.jit
+def _residual_kernel(h_ptr, x_ptr, b_ptr, y_ptr, N, C, INNER, scale, HAS_X: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < N
+    v = tl.load(h_ptr + offs, mask=m, other=0.0).to(tl.float32)
+    if HAS_X:
+        v += tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float32)
+    c = (offs // INNER) % C  # INNER: 1 for channels_last, H * W for contiguous
+    v += tl.load(b_ptr + c, mask=m, other=0.0).to(tl.float32)
+    tl.store(y_ptr + offs, (v * scale).to(y_ptr.dtype.element_ty), mask=m)
+
+
+def supported(h: Tensor, x: Tensor | None, bias: Tensor) -> bool:
+    """Whether the kernel takes these operands: 4-D ``h`` (and ``x`` like it), a ``[C]`` bias, one device."""
+    if h.dim() != 4 or h.dtype not in SUPPORTED_DTYPES or h.numel() >= 2**31:
+        return False
+    if not (h.is_contiguous() or h.is_contiguous(memory_format=torch.channels_last)):
+        return False
+    if bias.shape != (h.shape[1],) or bias.device != h.device or bias.dtype not in SUPPORTED_DTYPES:
+        return False
+    return x is None or (
+        x.shape == h.shape and x.dtype == h.dtype and x.stride() == h.stride() and x.device == h.device
+    )
+
+
+class _ResidualAdd(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h, x, bias, scale: float):
+        _, C, H, W = h.shape
+        inner = 1 if (h.stride(1) == 1 and C > 1 and not h.is_contiguous()) else H * W
+        y = torch.empty_like(h)  # dense: the same strides as h
+        n = h.numel()
+        if n:
+            grid = (triton.cdiv(n, BLOCK),)
+            _launch_any(_residual_kernel, grid, h.get_device(), h, h if x is None else x, bias, y, n, C, inner,
+                        float(scale), x is not None, BLOCK, num_warps=NUM_WARPS)  # fmt: skip
+        ctx.scale, ctx.bias_dtype = scale, bias.dtype
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        if dy is None:
+            return None, None, None, None
+        g = dy if ctx.scale == 1 else dy * ctx.scale
+        need = ctx.needs_input_grad
+        g_bias = g.sum(dim=(0, 2, 3), dtype=torch.float32).to(ctx.bias_dtype) if need[2] else None
+        return g if need[0] else None, g if need[1] else None, g_bias, None
+
+
+def residual_add(h: Tensor, x: Tensor | None, bias: Tensor, scale: float = 1.0) -> Tensor:
+    """``(h + x + bias[None, :, None, None]) * scale`` (``x`` optional), fused; see :func:`supported`."""
+    if not supported(h, x, bias):
+        raise ValueError(
+            "residual_add needs 4-D h and x of one dtype, device and dense layout, and a [C] bias on that device; "
+            f"got h {tuple(h.shape)} {h.dtype}, x {None if x is None else (tuple(x.shape), x.dtype)}, "
+            f"bias {tuple(bias.shape)}"
+        )
+    return _ResidualAdd.apply(h, x, bias, float(scale))
