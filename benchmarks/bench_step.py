@@ -148,7 +148,7 @@ def profile(d: Distiller, steps: int = 3, top: int = 15) -> str:
     return kernels + "\n" + "\n".join(lines)
 
 
-def profile_ops(preset: str, batch: int, device: torch.device, top: int = 40) -> str:
+def profile_ops(preset: str, batch: int, device: torch.device, top: int = 60) -> str:
     """Device time of one eager bf16 channels_last step by aten op and input shapes, fused norms forced on.
 
     Eager, so that every kernel is attributed to the operator that launched it (a graph replay hides them); the
@@ -166,9 +166,25 @@ def profile_ops(preset: str, batch: int, device: torch.device, top: int = 40) ->
     with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
         d.step()
         torch.cuda.synchronize()
-    events = prof.key_averages(group_by_input_shape=True)
-    return events.table(sort_by="self_cuda_time_total", row_limit=top, max_name_column_width=40,
-                        max_shapes_column_width=70)  # fmt: skip
+    # Every kernel under the operator that launched it, with the operator's input shapes and its nearest autograd
+    # node (backward) or parent op.
+    rows: dict[tuple[str, str, str, str], list[float]] = {}
+    for e in prof.events():
+        for k in getattr(e, "kernels", []):
+            parent, up = "", e.cpu_parent
+            while up is not None and not parent:
+                if up.name.startswith("autograd::engine") or not up.name.startswith("aten::"):
+                    parent = up.name.replace("autograd::engine::evaluate_function: ", "bwd ")
+                up = up.cpu_parent
+            key = (k.name[:48], e.name, str(e.input_shapes)[:72], parent[:40])
+            acc = rows.setdefault(key, [0.0, 0])
+            acc[0] += k.duration
+            acc[1] += 1
+    total = sum(v[0] for v in rows.values()) or 1.0
+    lines = [f"{'us':>9} {'share':>6} {'calls':>6}  kernel | op | input shapes | parent"]
+    for (kname, op, shapes, parent), (us, n) in sorted(rows.items(), key=lambda kv: -kv[1][0])[:top]:
+        lines.append(f"{us:9.0f} {100 * us / total:5.1f}% {n:6d}  {kname} | {op} | {shapes} | {parent}")
+    return "\n".join(lines)
 
 
 def measure(

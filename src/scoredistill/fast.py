@@ -60,19 +60,21 @@ def speed_up(
 
 
 def use_fused_norms(module: nn.Module, enabled: bool | None) -> nn.Module:
-    """Switch the fused group-norm kernels of every :class:`~scoredistill.networks.layers.GroupNorm` in ``module``.
+    """Switch the networks' fused Triton kernels in ``module``: the group norms (with the convolution biases the
+    residual blocks fold into them and into their residual sums) and the channels_last box resampling.
 
     Args:
-        module: Any module; its GroupNorm layers are switched in place.
+        module: Any module; its :class:`~scoredistill.networks.layers.GroupNorm` and
+            :class:`~scoredistill.networks.layers.Conv2d` layers are switched in place.
         enabled: ``None`` (default): fused on CUDA when Triton is available; ``False``: the native ops.
 
     Returns:
         ``module``.
     """
-    from .networks.layers import GroupNorm
+    from .networks.layers import Conv2d, GroupNorm
 
     for m in module.modules():
-        if isinstance(m, GroupNorm):
+        if isinstance(m, (GroupNorm, Conv2d)):
             m.use_kernels = None if enabled else enabled
     return module
 

@@ -19,6 +19,7 @@ __all__ = [
     "available",
     "fake_score_terms",
     "fused_group_norm_available",
+    "fused_resample_available",
     "fused_residual_available",
     "sid_generator_terms",
 ]
@@ -53,6 +54,18 @@ def fused_group_norm_available(x: Tensor, num_groups: int, use_kernels: bool | N
     from .groupnorm_triton import supported
 
     return supported(x, num_groups)
+
+
+def fused_resample_available(x: Tensor, use_kernels: bool | None = None) -> bool:
+    """Whether box resampling (:class:`~scoredistill.networks.layers.Conv2d`) runs its Triton kernels on ``x``.
+
+    Only channels_last tensors: PyTorch's own kernels are fast on contiguous ones.
+    """
+    if not _use_fused(x, use_kernels) or x.dim() != 4 or x.shape[1] < 2 or x.stride(1) != 1 or x.is_contiguous():
+        return False
+    from .resample_triton import supported
+
+    return supported(x)
 
 
 def fused_residual_available(h: Tensor, x: Tensor | None, bias: Tensor, use_kernels: bool | None = None) -> bool:

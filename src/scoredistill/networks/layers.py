@@ -195,13 +195,24 @@ class Conv2d(nn.Module):
         mode = "up" if self.up else "down" if self.down else "none"
         return f"{self.in_channels}, {self.out_channels}, kernel={kernel}, resample={mode}"
 
+    use_kernels: bool | None = None
+    """``None``: box resampling of channels_last tensors through Triton kernels on CUDA; ``False``: native ops."""
+
     def _down(self, x: Tensor, f: Tensor, padding: int) -> Tensor:
         if self._box and padding == 0:
+            if kernels.fused_resample_available(x, self.use_kernels):
+                from ..kernels.resample_triton import box_down
+
+                return box_down(x)
             return F.avg_pool2d(x, 2)
         return F.conv2d(x, f.expand(x.shape[1], 1, -1, -1), groups=x.shape[1], stride=2, padding=padding)
 
     def _up(self, x: Tensor, f: Tensor, padding: int) -> Tensor:
         if self._box and padding == 0:
+            if kernels.fused_resample_available(x, self.use_kernels):
+                from ..kernels.resample_triton import box_up
+
+                return box_up(x)
             return F.interpolate(x, scale_factor=2, mode="nearest")
         w = (f * 4).expand(x.shape[1], 1, -1, -1)
         return F.conv_transpose2d(x, w, groups=x.shape[1], stride=2, padding=padding)
