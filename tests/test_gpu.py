@@ -89,20 +89,54 @@ def _labelled_stream(batch):
         yield x, labels
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("preset", ["imagenet-64x64", "cifar10-32x32-cond"])
-def test_attention_runs_on_fused_kernels(preset):
-    # With only the flash / memory-efficient backends allowed, SDPA raises if the inputs would need the math path.
+def test_attention_runs_on_fused_kernels(preset, channels_last):
+    # With only the flash / memory-efficient backends allowed, SDPA raises if the inputs would need the math path
+    # (channels_last: q, k and v are strided views of the qkv convolution's output).
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     net = edm_precond(preset).cuda()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    net.to(memory_format=fmt)
     labels = torch.nn.functional.one_hot(torch.arange(2, device="cuda") % 10, net.label_dim).float()
     shape = (2, 3, net.model.config.img_resolution, net.model.config.img_resolution)
+    x = torch.randn(shape, device="cuda").contiguous(memory_format=fmt).requires_grad_()
     with (
         sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]),
         torch.autocast("cuda", torch.bfloat16),
     ):
-        out = net.score(torch.randn(shape, device="cuda"), torch.ones(2, device="cuda"), labels)
-    assert torch.isfinite(out.denoised).all() and out.logits.shape[-1] == 8
+        out = net.score(x, torch.ones(2, device="cuda"), labels)
+        out.denoised.float().square().sum().backward()
+    assert torch.isfinite(out.denoised).all() and out.logits.shape[-1] == 8 and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("preset", ["imagenet-64x64", "cifar10-32x32-uncond"])
+def test_channels_last_network_matches_contiguous(preset):
+    # Random weights everywhere (EDM zero-initialises the branches' last layers), fp32 with TF32 off, eval: the
+    # channels_last network (fused norms, folded biases, Triton resampling, reordered attention) against the
+    # contiguous one, output, logits and input gradient.
+    from test_groupnorm_kernel import randomise
+
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    net = randomise(edm_precond(preset)).cuda().eval()
+    res = net.model.config.img_resolution
+    labels = (
+        torch.nn.functional.one_hot(torch.arange(2, device="cuda") % 10, net.label_dim).float()
+        if net.label_dim
+        else None
+    )
+    x, sigma = torch.randn(2, 3, res, res, device="cuda"), torch.tensor([0.5, 3.0], device="cuda")
+    outs = []
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        net.to(memory_format=fmt)
+        xi = x.contiguous(memory_format=fmt).requires_grad_()
+        out = net.score(xi, sigma, labels)
+        (out.denoised.square().sum() + out.logits.sum()).backward()
+        outs.append((out.denoised, out.logits, xi.grad))
+    for ref, got in zip(*outs):
+        err = (ref - got).abs().max() / ref.abs().max()
+        assert err < 1e-4, err
 
 
 def test_analytic_bf16_run_on_gpu_reaches_the_cpu_fp32_figures():

@@ -338,3 +338,28 @@ def test_box_resampling_matches_the_fir_convolution(up, fused, kernel):
         outs.append((y, x.grad))
     for a, b in zip(*outs):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("heads", [1, 4])
+def test_channels_last_attention_matches_contiguous_with_gradients(heads: int) -> None:
+    # The channels_last attention reorders the qkv convolution's output channels; outputs and every gradient
+    # (the qkv weight and bias in EDM's [head, channel, (q, k, v)] order included) must equal the contiguous path.
+    from scoredistill.networks.layers import UNetBlock
+
+    torch.manual_seed(0)
+    block = UNetBlock(16, 16, 8, attention=True, num_heads=heads)
+    with torch.no_grad():
+        for p in block.parameters():
+            p.copy_(torch.randn_like(p) / (p[0].numel() ** 0.5 if p.dim() > 1 else 4))
+    x, emb = torch.randn(2, 16, 6, 5), torch.randn(2, 8)
+    outs = []
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        block.to(memory_format=fmt)
+        block.zero_grad()
+        xi = x.detach().contiguous(memory_format=fmt).requires_grad_()
+        y = block(xi, emb)
+        (y * torch.linspace(-1, 1, y.numel()).reshape(y.shape)).sum().backward()
+        outs.append([y, xi.grad, *(p.grad.clone() for p in block.parameters())])
+    assert outs[1][0].is_contiguous(memory_format=torch.channels_last)
+    for ref, got in zip(*outs):
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)

@@ -501,21 +501,29 @@ class UNetBlock(nn.Module):
         return f"heads={self.num_heads}, dropout={self.dropout}, skip_scale={self.skip_scale:g}"
 
     def _attention(self, x: Tensor, *, proj_bias: bool = True) -> Tensor:
-        # The qkv channels are laid out as [head, channel, (q, k, v)], as in EDM's checkpoints. q, k and v go to SDPA
-        # as contiguous [B, heads, HW, head_channels] (the fused flash / memory-efficient kernels need unit stride
-        # in the last dimension; otherwise SDPA silently materialises the HW x HW scores): one copy in, one out.
+        # The qkv channels are laid out as [head, channel, (q, k, v)], as in EDM's checkpoints. SDPA's fused kernels
+        # need unit stride in the last dimension of q, k and v (otherwise SDPA silently materialises the HW x HW
+        # scores). Contiguous maps: q, k and v are copied to [B, heads, HW, head_channels], and the output back.
+        # channels_last maps: the qkv convolution runs with its output channels reordered to [(q, k, v), head,
+        # channel] (the same products), so that q, k and v are channel blocks of each pixel that SDPA reads in
+        # place, and its [B, HW, heads, head_channels]-ordered output is the proj convolution's NHWC input: no copy.
         b, c, h, w = x.shape
         heads = self.num_heads
-        qkv = self.qkv(self.norm2(x))
-        nhwc = c > 1 and qkv.stride(1) == 1  # channels_last: pixels outer, channels inner
-        if nhwc:
-            qkv = qkv.permute(0, 2, 3, 1).reshape(b, h * w, heads, c // heads, 3).permute(4, 0, 2, 1, 3)
-        else:
-            qkv = qkv.reshape(b, heads, c // heads, 3, h * w).permute(3, 0, 1, 4, 2)
+        xn = self.norm2(x)
+        if c > 1 and xn.stride(1) == 1 and not xn.is_contiguous():
+
+            def order(t: Tensor) -> Tensor:  # output channels [head, channel, (q, k, v)] -> [(q, k, v), head, channel]
+                return t.reshape(heads, c // heads, 3, *t.shape[1:]).permute(2, 0, 1, *range(3, t.dim() + 2))
+
+            weight = order(self.qkv.weight).reshape(3 * c, c, 1, 1).to(xn.dtype)
+            bias = order(self.qkv.bias).reshape(3 * c).to(xn.dtype) if self.qkv.bias is not None else None
+            qkv = F.conv2d(xn, weight, bias).permute(0, 2, 3, 1).reshape(b, h * w, 3, heads, c // heads)
+            q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # [B, heads, HW, head_channels], strided
+            a = F.scaled_dot_product_attention(q, k, v)
+            return self.proj(a.transpose(1, 2).reshape(b, h, w, c).permute(0, 3, 1, 2), bias=proj_bias)
+        qkv = self.qkv(xn).reshape(b, heads, c // heads, 3, h * w).permute(3, 0, 1, 4, 2)
         q, k, v = qkv.contiguous().unbind(0)
         a = F.scaled_dot_product_attention(q, k, v)  # [B, heads, HW, head_channels]
-        if nhwc:
-            return self.proj(a.transpose(1, 2).reshape(b, h, w, c).permute(0, 3, 1, 2), bias=proj_bias)
         return self.proj(a.transpose(-1, -2).reshape(b, c, h, w), bias=proj_bias)
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
