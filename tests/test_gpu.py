@@ -15,6 +15,7 @@ from scoredistill import (
     SiDLoss,
     Teacher,
 )
+from scoredistill.fast import use_fused_norms
 from scoredistill.networks import edm_precond
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -70,6 +71,9 @@ def test_cuda_graph_replay_matches_eager(precision):
             batch_size=8, micro_batch=4, generator_start_nimg=8, precision=precision, cuda_graphs=graphs
         )
         d = Distiller(teacher, G, fake, losses, cfg, data=_labelled_stream(4))
+        if not graphs:  # the same kernels as the graphed run (which turns the fused network kernels on)
+            for role in (teacher, G, fake):
+                use_fused_norms(role, None)
         traces.append([{k: float(v) for k, v in d.step().items()} for _ in range(8)])
         ema = torch.cat([p.flatten() for p in d.ema.module.parameters()])
         traces[-1].append({"ema_norm": float(ema.norm())})
@@ -130,7 +134,7 @@ def test_channels_last_network_matches_contiguous(preset):
     outs = []
     for fmt in (torch.contiguous_format, torch.channels_last):
         net.to(memory_format=fmt)
-        xi = x.contiguous(memory_format=fmt).requires_grad_()
+        xi = x.detach().contiguous(memory_format=fmt).requires_grad_()
         out = net.score(xi, sigma, labels)
         (out.denoised.square().sum() + out.logits.sum()).backward()
         outs.append((out.denoised, out.logits, xi.grad))

@@ -504,9 +504,10 @@ class UNetBlock(nn.Module):
         # The qkv channels are laid out as [head, channel, (q, k, v)], as in EDM's checkpoints. SDPA's fused kernels
         # need unit stride in the last dimension of q, k and v (otherwise SDPA silently materialises the HW x HW
         # scores). Contiguous maps: q, k and v are copied to [B, heads, HW, head_channels], and the output back.
-        # channels_last maps: the qkv convolution runs with its output channels reordered to [(q, k, v), head,
-        # channel] (the same products), so that q, k and v are channel blocks of each pixel that SDPA reads in
-        # place, and its [B, HW, heads, head_channels]-ordered output is the proj convolution's NHWC input: no copy.
+        # channels_last maps: the pixels are rows of a [B * HW, C] matrix, so the two 1x1 convolutions are GEMMs
+        # (cuBLAS adds qkv's bias in the GEMM's epilogue); qkv's output channels are reordered to [(q, k, v), head,
+        # channel] (the same products), so that q, k and v are column blocks that SDPA reads in place. No copies
+        # in either direction, except the one SDPA's backward makes to stack the three input gradients.
         b, c, h, w = x.shape
         heads = self.num_heads
         xn = self.norm2(x)
@@ -515,12 +516,15 @@ class UNetBlock(nn.Module):
             def order(t: Tensor) -> Tensor:  # output channels [head, channel, (q, k, v)] -> [(q, k, v), head, channel]
                 return t.reshape(heads, c // heads, 3, *t.shape[1:]).permute(2, 0, 1, *range(3, t.dim() + 2))
 
-            weight = order(self.qkv.weight).reshape(3 * c, c, 1, 1).to(xn.dtype)
+            weight = order(self.qkv.weight).reshape(3 * c, c).to(xn.dtype)
             bias = order(self.qkv.bias).reshape(3 * c).to(xn.dtype) if self.qkv.bias is not None else None
-            qkv = F.conv2d(xn, weight, bias).permute(0, 2, 3, 1).reshape(b, h * w, 3, heads, c // heads)
+            rows = xn.permute(0, 2, 3, 1).reshape(b * h * w, c)  # a view: channels_last is [B, H, W, C] in memory
+            qkv = F.linear(rows, weight, bias).reshape(b, h * w, 3, heads, c // heads)
             q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # [B, heads, HW, head_channels], strided
-            a = F.scaled_dot_product_attention(q, k, v)
-            return self.proj(a.transpose(1, 2).reshape(b, h, w, c).permute(0, 3, 1, 2), bias=proj_bias)
+            a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b * h * w, c)
+            proj_b = self.proj.bias.to(a.dtype) if proj_bias and self.proj.bias is not None else None
+            out = F.linear(a, self.proj.weight.reshape(c, c).to(a.dtype), proj_b)
+            return out.reshape(b, h, w, c).permute(0, 3, 1, 2)
         qkv = self.qkv(xn).reshape(b, heads, c // heads, 3, h * w).permute(3, 0, 1, 4, 2)
         q, k, v = qkv.contiguous().unbind(0)
         a = F.scaled_dot_product_attention(q, k, v)  # [B, heads, HW, head_channels]
