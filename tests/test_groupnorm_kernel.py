@@ -128,6 +128,13 @@ def run_interpreter_cases() -> None:
     check((1, 32, 64, 64), 8, torch.float32, "cpu", VARIANTS[1], channels_last=False)  # several HW tiles
     check((2, 16, 6, 5), 4, torch.float32, "cpu", VARIANTS[2], channels_last=False, sliced=True)
     check((2, 16, 6, 5), 4, torch.float32, "cpu", VARIANTS[1], channels_last=True, sliced=True)
+    # The other grid order, and small tiles (several HW tiles and channel blocks per sample).
+    import scoredistill.kernels.groupnorm_triton as gn
+
+    gn._tiles = lambda C, HW, nhwc, backward: (16, 8, 4, True)
+    gn._plan.cache_clear()
+    for variant, cl in itertools.product(VARIANTS[:3], (False, True)):
+        check((3, 24, 7, 5), 3, torch.float32, "cpu", variant, channels_last=cl)
 
 
 def test_reference_matches_the_unfused_composition():
@@ -166,6 +173,22 @@ def test_cuda_parity(shape, groups, dtype, channels_last):
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     for variant in VARIANTS[:4]:  # the networks' four (each new specialisation costs a Triton compile)
         check(shape, groups, dtype, "cuda", variant, channels_last=channels_last)
+
+
+@needs_kernels
+@pytest.mark.kernels
+@pytest.mark.parametrize("cb_first", [False, True])
+def test_cuda_parity_other_tilings(cb_first, monkeypatch):
+    # Tilings other than the default rule's (the sweep in benchmarks/tune_norms.py runs them all): both grid
+    # orders, small tiles (many HW tiles and channel blocks per sample) and the largest.
+    import scoredistill.kernels.groupnorm_triton as gn
+
+    for tiles in ((16, 32, 4), (128, 64, 8)):
+        monkeypatch.setattr(gn, "_tiles", lambda C, HW, nhwc, backward, t=tiles: (*t, cb_first))
+        gn._plan.cache_clear()
+        for cl in (False, True):
+            check((4, 192, 32, 32), 32, torch.bfloat16, "cuda", VARIANTS[2], channels_last=cl)
+    gn._plan.cache_clear()
 
 
 @needs_kernels

@@ -85,10 +85,21 @@ def _pre_act(xhat, w_ptr, bias_ptr, scale_ptr, shift_ptr, b, cols, C, ssb, stb, 
 
 
 @triton.jit
+def _pids(CB_FIRST: tl.constexpr):
+    """``(b, k, cb, B)``: sample, HW tile and channel block of this program, and the batch size. The grid runs
+    ``(B, K, channel blocks)``, or ``(channel blocks, K, B)`` with ``CB_FIRST`` (the programs that share the
+    pixels of a channels_last row are then launched next to each other)."""
+    if CB_FIRST:
+        return tl.program_id(2), tl.program_id(1), tl.program_id(0), tl.num_programs(2)
+    return tl.program_id(0), tl.program_id(1), tl.program_id(2), tl.num_programs(0)
+
+
+@triton.jit
 def _stats_kernel(x_ptr, add_ptr, part_ptr, C, HW, K, sxb, sxc, sxhw, sab,
-                  HAS_ADD: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):  # fmt: skip
+                  HAS_ADD: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
+                  CB_FIRST: tl.constexpr):  # fmt: skip
     """Per tile and channel: mean and sum of squared deviations -> ``part[2, B, K, C]``."""
-    b, k, cb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    b, k, cb, B = _pids(CB_FIRST)
     rows = k * BLOCK_HW + tl.arange(0, BLOCK_HW)
     cols = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     v, mask = _tile(x_ptr, add_ptr, b, rows, cols, C, HW, sxb, sxc, sxhw, sab, HAS_ADD)
@@ -97,7 +108,7 @@ def _stats_kernel(x_ptr, add_ptr, part_ptr, C, HW, K, sxb, sxc, sxhw, sab,
     d = tl.where(mask, v - mean[None, :], 0.0)
     m2 = tl.sum(d * d, axis=0)
     out = (b * K + k) * C + cols
-    plane = tl.num_programs(0) * K * C
+    plane = B * K * C
     tl.store(part_ptr + out, mean, mask=cols < C)
     tl.store(part_ptr + plane + out, m2, mask=cols < C)
 
@@ -125,8 +136,8 @@ def _combine_stats_kernel(part_ptr, mean_ptr, rstd_ptr, B, C, HW, K, G, CG, tota
 def _apply_kernel(x_ptr, add_ptr, mean_ptr, rstd_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr,
                   C, HW, G, CG, sxb, sxc, sxhw, sab, ssb, stb,
                   HAS_ADD: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, SILU: tl.constexpr,
-                  BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):  # fmt: skip
-    b, k, cb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+                  BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr, CB_FIRST: tl.constexpr):  # fmt: skip
+    b, k, cb, _ = _pids(CB_FIRST)
     rows = k * BLOCK_HW + tl.arange(0, BLOCK_HW)
     cols = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     v, mask = _tile(x_ptr, add_ptr, b, rows, cols, C, HW, sxb, sxc, sxhw, sab, HAS_ADD)
@@ -158,9 +169,9 @@ def _grad_z(x_ptr, add_ptr, dy_ptr, mean_ptr, rstd_ptr, w_ptr, bias_ptr, scale_p
 def _grad_sums_kernel(x_ptr, add_ptr, dy_ptr, mean_ptr, rstd_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, part_ptr,
                       C, HW, K, G, CG, sxb, sxc, sxhw, sab, ssb, stb, sdb, sdc, sdhw,
                       HAS_ADD: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, SILU: tl.constexpr,
-                      BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):  # fmt: skip
+                      BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr, CB_FIRST: tl.constexpr):  # fmt: skip
     """Per tile and channel: ``sum dz``, ``sum dz xhat`` and (with ``add``) ``sum xhat`` -> ``part[3, B, K, C]``."""
-    b, k, cb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    b, k, cb, B = _pids(CB_FIRST)
     rows = k * BLOCK_HW + tl.arange(0, BLOCK_HW)
     cols = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     xhat, dz, _, _, _ = _grad_z(
@@ -168,7 +179,7 @@ def _grad_sums_kernel(x_ptr, add_ptr, dy_ptr, mean_ptr, rstd_ptr, w_ptr, bias_pt
         C, HW, G, CG, sxb, sxc, sxhw, sab, ssb, stb, sdb, sdc, sdhw, HAS_ADD, HAS_SCALE, HAS_SHIFT, SILU,
     )  # fmt: skip
     out = (b * K + k) * C + cols
-    plane = tl.num_programs(0) * K * C
+    plane = B * K * C
     cm = cols < C
     tl.store(part_ptr + out, tl.sum(dz, axis=0), mask=cm)
     tl.store(part_ptr + plane + out, tl.sum(dz * xhat, axis=0), mask=cm)
@@ -220,9 +231,9 @@ def _combine_grads_kernel(part_ptr, rstd_ptr, w_ptr, bias_ptr, scale_ptr, coef_p
 def _grad_x_kernel(x_ptr, add_ptr, dy_ptr, mean_ptr, rstd_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, coef_ptr,
                    dx_ptr, B, C, HW, G, CG, sxb, sxc, sxhw, sab, ssb, stb, sdb, sdc, sdhw,
                    HAS_ADD: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, SILU: tl.constexpr,
-                   BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):  # fmt: skip
+                   BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr, CB_FIRST: tl.constexpr):  # fmt: skip
     """``dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat))`` with ``dxhat = dz w scale``."""
-    b, k, cb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    b, k, cb, _ = _pids(CB_FIRST)
     rows = k * BLOCK_HW + tl.arange(0, BLOCK_HW)
     cols = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     xhat, dz, rs, wm, mask = _grad_z(
@@ -250,10 +261,11 @@ class Plan(NamedTuple):
     block_k: int  # k rounded up to a power of 2 (the combine kernels' tile)
     block_cg: int  # channels per group, rounded up to a power of 2
     num_warps: int
+    cb_first: bool  # grid (channel blocks, k, B) instead of (B, k, channel blocks)
 
 
-def _tiles(C: int, HW: int, nhwc: bool, backward: bool) -> tuple[int, int, int]:
-    """``(block_hw, block_c, num_warps)``: tiles run along the contiguous dimension.
+def _tiles(C: int, HW: int, nhwc: bool, backward: bool) -> tuple[int, int, int, bool]:
+    """``(block_hw, block_c, num_warps, cb_first)``: tiles run along the contiguous dimension.
 
     channels_last: 64 channels by 128 pixels forward and 64 backward, 4 warps, the best or within 3% of the best
     tiling at every shape of the CIFAR-10 and ImageNet-64 networks in ``benchmarks/tune_norms.py`` on an H100
@@ -263,21 +275,22 @@ def _tiles(C: int, HW: int, nhwc: bool, backward: bool) -> tuple[int, int, int]:
     if nhwc:
         rows = min(64 if backward else 128, triton.next_power_of_2(HW))
         block_hw = max(rows, triton.next_power_of_2(triton.cdiv(HW, MAX_TILES_HW)))
-        return block_hw, max(1, min(triton.next_power_of_2(C), 64)), 4
+        return block_hw, max(1, min(triton.next_power_of_2(C), 64)), 4, False
     else:
         block_hw = max(min(triton.next_power_of_2(HW), 128), triton.next_power_of_2(triton.cdiv(HW, 64)))
         block_c = max(1, min(triton.next_power_of_2(C), TILE // block_hw))
-    return block_hw, block_c, NUM_WARPS
+    return block_hw, block_c, NUM_WARPS, False
 
 
 @functools.lru_cache(maxsize=1024)
 def _plan(C: int, HW: int, groups: int, nhwc: bool, backward: bool) -> Plan:
     """The tiling of the forward or backward pass for one shape and layout (see :func:`_tiles`)."""
-    block_hw, block_c, num_warps = _tiles(C, HW, nhwc, backward)
+    block_hw, block_c, num_warps, cb_first = _tiles(C, HW, nhwc, backward)
     k = triton.cdiv(HW, block_hw)
     if k > MAX_TILES_HW:
         raise ValueError(f"{k} tiles along H * W = {HW}: at most {MAX_TILES_HW} (block_hw {block_hw} too small)")
-    return Plan(block_hw, block_c, k, triton.next_power_of_2(k), triton.next_power_of_2(C // groups), num_warps)
+    block_k, block_cg = triton.next_power_of_2(k), triton.next_power_of_2(C // groups)
+    return Plan(block_hw, block_c, k, block_k, block_cg, num_warps, cb_first)
 
 
 def _flat_strides(t: Tensor) -> tuple[int, int, int] | None:
@@ -314,22 +327,22 @@ class _GroupNormAct(torch.autograd.Function):
         add2, sab = _rows(add, B, C)
         scale2, ssb = _rows(scale, B, C)
         shift2, stb = _rows(shift, B, C)
-        block_hw, block_c, k, block_k, block_cg, warps = _plan(C, HW, groups, nhwc, False)
+        block_hw, block_c, k, block_k, block_cg, warps, cb_first = _plan(C, HW, groups, nhwc, False)
         dev = x.get_device()
         cg = C // groups
         part = torch.empty(2, B, k, C, device=x.device, dtype=torch.float32)
         stats = torch.empty(2, B, groups, device=x.device, dtype=torch.float32)
         y = torch.empty_like(x)  # same strides as x (preserve_format on a dense tensor)
-        grid = (B, k, triton.cdiv(C, block_c))
+        grid = (triton.cdiv(C, block_c), k, B) if cb_first else (B, k, triton.cdiv(C, block_c))
         if B > 0 and HW > 0:
             _launch(_stats_kernel, grid, dev, warps, x, x if add2 is None else add2, part, C, HW, k, *strides, sab,
-                    add2 is not None, block_hw, block_c)  # fmt: skip
+                    add2 is not None, block_hw, block_c, cb_first)  # fmt: skip
             _launch(_combine_stats_kernel, (B, groups), dev, COMBINE_WARPS, part, stats[0], stats[1], B, C, HW, k,
                     groups, cg, float(HW * cg), eps, block_hw, block_k, block_cg)  # fmt: skip
             _launch(_apply_kernel, grid, dev, warps, x, x if add2 is None else add2, stats[0], stats[1], weight,
                     bias, x if scale2 is None else scale2, x if shift2 is None else shift2, y, C, HW, groups, cg,
                     *strides, sab, ssb, stb, add2 is not None, scale2 is not None, shift2 is not None, silu,
-                    block_hw, block_c)  # fmt: skip
+                    block_hw, block_c, cb_first)  # fmt: skip
         ctx.save_for_backward(x, weight, bias, add2, scale2, shift2, stats)
         ctx.meta = (groups, silu, nhwc, strides, sab, ssb, stb)
         ctx.shapes = tuple(None if t is None else t.shape for t in (add, scale, shift))
@@ -349,7 +362,7 @@ class _GroupNormAct(torch.autograd.Function):
         if dstrides is None or (dy.stride(1) == 1) != nhwc:
             dy = dy.contiguous(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
             dstrides = _flat_strides(dy)
-        block_hw, block_c, k, block_k, block_cg, warps = _plan(C, HW, groups, nhwc, True)
+        block_hw, block_c, k, block_k, block_cg, warps, cb_first = _plan(C, HW, groups, nhwc, True)
         dev = x.get_device()
         cg = C // groups
         has = (add2 is not None, scale2 is not None, shift2 is not None, silu)
@@ -360,15 +373,17 @@ class _GroupNormAct(torch.autograd.Function):
         coef = torch.empty(2, B, groups, device=x.device, dtype=torch.float32)
         pc = torch.empty(5 if has[0] else 4, B, C, device=x.device, dtype=torch.float32)
         dx = torch.empty_like(x)
-        grid = (B, k, triton.cdiv(C, block_c))
+        grid = (triton.cdiv(C, block_c), k, B) if cb_first else (B, k, triton.cdiv(C, block_c))
         if B > 0 and HW > 0:
             common = (C, HW)
             _launch(_grad_sums_kernel, grid, dev, warps, x, xa, dy, stats[0], stats[1], weight, bias, sa, ta, part,
-                    *common, k, groups, cg, *strides, sab, ssb, stb, *dstrides, *has, block_hw, block_c)  # fmt: skip
+                    *common, k, groups, cg, *strides, sab, ssb, stb, *dstrides, *has, block_hw, block_c,
+                    cb_first)  # fmt: skip
             _launch(_combine_grads_kernel, (B, groups), dev, COMBINE_WARPS, part, stats[1], weight, bias, sa, coef, pc,
                     B, C, HW, k, groups, cg, float(HW * cg), ssb, has[0], has[1], block_k, block_cg)  # fmt: skip
             _launch(_grad_x_kernel, grid, dev, warps, x, xa, dy, stats[0], stats[1], weight, bias, sa, ta, coef, dx,
-                    B, *common, groups, cg, *strides, sab, ssb, stb, *dstrides, *has, block_hw, block_c)  # fmt: skip
+                    B, *common, groups, cg, *strides, sab, ssb, stb, *dstrides, *has, block_hw, block_c,
+                    cb_first)  # fmt: skip
         else:
             pc.zero_()
             dx.zero_()
