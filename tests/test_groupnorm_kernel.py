@@ -183,12 +183,15 @@ def test_cuda_parity_other_tilings(cb_first, monkeypatch):
     # orders, small tiles (many HW tiles and channel blocks per sample) and the largest.
     import scoredistill.kernels.groupnorm_triton as gn
 
-    for tiles in ((16, 32, 4), (128, 64, 8)):
-        monkeypatch.setattr(gn, "_tiles", lambda C, HW, nhwc, backward, t=tiles: (*t, cb_first))
+    try:
+        for tiles in ((16, 32, 4), (128, 64, 8)):
+            monkeypatch.setattr(gn, "_tiles", lambda C, HW, nhwc, backward, t=tiles: (*t, cb_first))
+            gn._plan.cache_clear()
+            for cl in (False, True):
+                check((4, 192, 32, 32), 32, torch.bfloat16, "cuda", VARIANTS[2], channels_last=cl)
+    finally:
+        monkeypatch.undo()
         gn._plan.cache_clear()
-        for cl in (False, True):
-            check((4, 192, 32, 32), 32, torch.bfloat16, "cuda", VARIANTS[2], channels_last=cl)
-    gn._plan.cache_clear()
 
 
 @needs_kernels
