@@ -125,6 +125,43 @@ def matmul_peak(device: torch.device) -> float:
     return 10 * 2 * 8192**3 / (time.perf_counter() - t0)
 
 
+# Kernel families of a graphed step, by name (first match wins).
+FAMILIES = [
+    ("attention (cuDNN / flash SDPA)", ("sdpa", "flash", "fmha", "attention", "dot_do_o")),
+    ("convolution / matmul GEMMs", ("xmma", "gemm", "nvjet", "cutlass")),
+    ("fused group norm (Triton)", ("_stats_kernel", "_apply_kernel", "_grad_sums_kernel", "_grad_x_kernel",
+                                   "_combine_stats_kernel", "_combine_grads_kernel")),
+    ("fused residual sum (Triton)", ("_residual_kernel",)),
+    ("box resampling (Triton)", ("_pool", "_spread")),
+    ("fused loss terms (Triton)", ("_sid_", "_dsm_")),
+    ("optimizer and EMA (foreach / fused)", ("multi_tensor_apply",)),
+    ("concatenation", ("CatArray",)),
+    ("casts, copies and layout transposes", ("copy_kernel", "direct_copy", "nchwToNhwc", "nhwcToNchw")),
+    ("reductions (bias gradients, sums)", ("reduce_kernel",)),
+    ("other elementwise", ("elementwise_kernel",)),
+]  # fmt: skip
+
+
+def kernel_families(events, steps: int) -> str:
+    """Device time per kernel family (:data:`FAMILIES`), per step and as a share of the total."""
+    totals: dict[str, list[float]] = {}
+    grand = 0.0
+    for e in events:
+        t = e.self_device_time_total
+        if t <= 0 or e.key.startswith(("aten::", "autograd::", "Optimizer.", "cuda", "Memcpy", "Memset")):
+            continue
+        name = next((fam for fam, keys in FAMILIES if any(k in e.key for k in keys)), "other")
+        acc = totals.setdefault(name, [0.0, 0])
+        acc[0] += t
+        acc[1] += e.count
+        grand += t
+    lines = [f"{'kernel family':<40} {'ms / step':>10} {'share':>7} {'launches / step':>16}"]
+    for name, (t, n) in sorted(totals.items(), key=lambda kv: -kv[1][0]):
+        lines.append(f"{name:<40} {t / 1e3 / steps:>10.2f} {100 * t / grand:>6.1f}% {n // steps:>16}")
+    lines.append(f"{'total':<40} {grand / 1e3 / steps:>10.2f}")
+    return "\n".join(lines)
+
+
 def profile(d: Distiller, steps: int = 3, top: int = 15) -> str:
     """The top CUDA kernels of a few steps, by total device time (torch.profiler)."""
     from torch.profiler import ProfilerActivity
@@ -136,6 +173,7 @@ def profile(d: Distiller, steps: int = 3, top: int = 15) -> str:
         torch.cuda.synchronize()
     events = prof.key_averages()
     kernels = events.table(sort_by="self_cuda_time_total", row_limit=top, max_name_column_width=90)
+    kernels += "\n" + kernel_families(events, steps)
     # Operator view (device time of each aten op, children included): empty under CUDA-graph replay, where the
     # kernels run without their launching operators.
     ops = [e for e in events if e.key.startswith("aten::") and e.device_time_total > 0]
