@@ -125,21 +125,29 @@ def matmul_peak(device: torch.device) -> float:
     return 10 * 2 * 8192**3 / (time.perf_counter() - t0)
 
 
-# Kernel families of a graphed step, by name (first match wins).
+# Kernel families of a graphed step: Triton kernels by exact name, the others by a substring (first match wins).
 FAMILIES = [
+    ("fused group norm (Triton)", {"_stats_kernel", "_apply_kernel", "_grad_sums_kernel", "_grad_x_kernel",
+                                   "_combine_stats_kernel", "_combine_grads_kernel"}),
+    ("fused residual sum (Triton)", {"_residual_kernel"}),
+    ("box resampling (Triton)", {"_pool", "_spread"}),
+    ("fused loss terms (Triton)", {"_sid_fwd_kernel", "_sid_finish_kernel", "_sid_bwd_kernel", "_dsm_fwd_kernel",
+                                   "_dsm_finish_kernel", "_dsm_bwd_kernel"}),
+    ("optimizer and EMA (multi-tensor)", ("multi_tensor_apply",)),
     ("attention (cuDNN / flash SDPA)", ("sdpa", "flash", "fmha", "attention", "dot_do_o")),
     ("convolution / matmul GEMMs", ("xmma", "gemm", "nvjet", "cutlass")),
-    ("fused group norm (Triton)", ("_stats_kernel", "_apply_kernel", "_grad_sums_kernel", "_grad_x_kernel",
-                                   "_combine_stats_kernel", "_combine_grads_kernel")),
-    ("fused residual sum (Triton)", ("_residual_kernel",)),
-    ("box resampling (Triton)", ("_pool", "_spread")),
-    ("fused loss terms (Triton)", ("_sid_", "_dsm_")),
-    ("optimizer and EMA (foreach / fused)", ("multi_tensor_apply",)),
     ("concatenation", ("CatArray",)),
     ("casts, copies and layout transposes", ("copy_kernel", "direct_copy", "nchwToNhwc", "nhwcToNchw")),
     ("reductions (bias gradients, sums)", ("reduce_kernel",)),
     ("other elementwise", ("elementwise_kernel",)),
 ]  # fmt: skip
+
+
+def _family(name: str) -> str:
+    for family, keys in FAMILIES:
+        if name in keys if isinstance(keys, set) else any(k in name for k in keys):
+            return family
+    return "other"
 
 
 def kernel_families(events, steps: int) -> str:
@@ -150,8 +158,7 @@ def kernel_families(events, steps: int) -> str:
         t = e.self_device_time_total
         if t <= 0 or e.key.startswith(("aten::", "autograd::", "Optimizer.", "cuda", "Memcpy", "Memset")):
             continue
-        name = next((fam for fam, keys in FAMILIES if any(k in e.key for k in keys)), "other")
-        acc = totals.setdefault(name, [0.0, 0])
+        acc = totals.setdefault(_family(e.key), [0.0, 0])
         acc[0] += t
         acc[1] += e.count
         grand += t
