@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import itertools
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from scoredistill import kernels
 from scoredistill.networks.layers import GroupNorm, group_norm_act
+from triton_interpreter import run_under_interpreter
 
 needs_kernels = pytest.mark.skipif(not kernels.available(), reason="needs CUDA and Triton")
 
@@ -158,10 +157,7 @@ def test_kernels_off_switch(monkeypatch):
 
 @pytest.mark.timeout(300)
 def test_interpreter_parity_cpu():
-    pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=280)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_under_interpreter(__file__)
 
 
 @needs_kernels

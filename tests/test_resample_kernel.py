@@ -7,9 +7,6 @@ GPU tests skip without CUDA + Triton. A CPU test runs small cases through Triton
 from __future__ import annotations
 
 import itertools
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -17,6 +14,7 @@ import torch.nn.functional as F
 
 from scoredistill import kernels
 from scoredistill.networks.layers import Conv2d
+from triton_interpreter import run_under_interpreter
 
 needs_kernels = pytest.mark.skipif(not kernels.available(), reason="needs CUDA and Triton")
 
@@ -59,10 +57,7 @@ def run_interpreter_cases() -> None:
 
 @pytest.mark.timeout(300)
 def test_interpreter_parity_cpu():
-    pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=280)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_under_interpreter(__file__)
 
 
 def test_dispatch_takes_only_channels_last_cuda_tensors(monkeypatch):

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from scoredistill import kernels
 from scoredistill.networks.layers import UNetBlock, residual_add
+from triton_interpreter import run_under_interpreter
 
 needs_kernels = pytest.mark.skipif(not kernels.available(), reason="needs CUDA and Triton")
 
@@ -62,10 +60,7 @@ def run_interpreter_cases() -> None:
 
 @pytest.mark.timeout(300)
 def test_interpreter_parity_cpu():
-    pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=280)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_under_interpreter(__file__)
 
 
 def test_reference_path_equals_the_unfused_ops():

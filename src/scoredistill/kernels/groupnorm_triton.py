@@ -270,8 +270,8 @@ def _tiles(C: int, HW: int, nhwc: bool, backward: bool) -> tuple[int, int, int, 
     channels_last: tiles of 128 pixels by 32 channels (64 channels on maps of at most 64 pixels), 4 warps, the grid
     ordered channel blocks first, forward and backward: the best or within 4% of the best tiling at every shape of
     the CIFAR-10 and ImageNet-64 networks in ``benchmarks/tune_norms.py`` on an H100 (``bench_norms``: 31% less
-    device time than the earlier 64 x 64 tiles with 8 warps at the 192-channel 64x64 map). Contiguous: 4096-element tiles, 128
-    pixels by up to 32 channels, 8 warps (the sweep found nothing more than 6% faster).
+    device time than the earlier 64 x 64 tiles with 8 warps at the 192-channel 64x64 map). Contiguous: 4096-element
+    tiles, 128 pixels by up to 32 channels, 8 warps (the sweep found nothing more than 6% faster).
     """
     if nhwc:
         block_hw = max(min(128, triton.next_power_of_2(HW)), triton.next_power_of_2(triton.cdiv(HW, MAX_TILES_HW)))

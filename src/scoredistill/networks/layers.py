@@ -279,12 +279,20 @@ def group_norm_act(
     return F.silu(y) if silu else y
 
 
-def residual_add(h: Tensor, x: Tensor | None, bias: Tensor, scale: float = 1.0, *, use_kernels: bool | None = None):
+def residual_add(
+    h: Tensor, x: Tensor | None, bias: Tensor, scale: float = 1.0, *, use_kernels: bool | None = None
+) -> Tensor:
     """``(h + x + bias) * scale``: a residual sum with the branch's convolution bias folded in.
 
-    ``h`` is a convolution's output computed without its ``[C]`` bias, ``x`` the residual (``None``: no residual).
     On CUDA this runs as one fused pass (:mod:`scoredistill.kernels.residual_triton`), saving the separate
     broadcast pass that adds a convolution's bias; elsewhere (or with ``use_kernels=False``) as native ops.
+
+    Args:
+        h: ``[B, C, H, W]``, a convolution's output computed without its bias.
+        x: The residual, like ``h``, or ``None`` for none.
+        bias: ``[C]``, the convolution's bias (and any other per-channel term of the sum).
+        scale: Multiplier of the sum (DDPM++'s ``skip_scale``).
+        use_kernels: ``False``: always the native ops.
 
     Returns:
         A tensor like ``h``.
