@@ -513,7 +513,7 @@ class UNetBlock(nn.Module):
         # need unit stride in the last dimension of q, k and v (otherwise SDPA silently materialises the HW x HW
         # scores). Contiguous maps: q, k and v are copied to [B, heads, HW, head_channels], and the output back.
         # channels_last maps: the pixels are rows of a [B * HW, C] matrix, so the two 1x1 convolutions are GEMMs
-        # (cuBLAS adds qkv's bias in the GEMM's epilogue); qkv's output channels are reordered to [(q, k, v), head,
+        # (cuBLAS can add qkv's bias in the GEMM's epilogue); qkv's output channels are reordered to [(q, k, v), head,
         # channel] (the same products), so that q, k and v are column blocks that SDPA reads in place. No copies
         # in either direction, except the one SDPA's backward makes to stack the three input gradients.
         b, c, h, w = x.shape
