@@ -17,6 +17,7 @@ from ..losses import functional as ref
 
 __all__ = [
     "available",
+    "channels_last",
     "fake_score_terms",
     "fused_group_norm_available",
     "fused_resample_available",
@@ -47,6 +48,15 @@ def _use_fused(t: Tensor, use_kernels: bool | None) -> bool:
     return t.is_cuda and available()
 
 
+def channels_last(t: Tensor) -> bool:
+    """Whether the 4-D ``t`` has channels_last strides (channels innermost) rather than contiguous ones.
+
+    The test the kernels use to pick their indexing and their outputs' layout; ambiguous tensors (one channel, or
+    contiguous in both senses) count as contiguous.
+    """
+    return t.dim() == 4 and t.shape[1] > 1 and t.stride(1) == 1 and not t.is_contiguous()
+
+
 def fused_group_norm_available(x: Tensor, num_groups: int, use_kernels: bool | None = None) -> bool:
     """Whether :class:`~scoredistill.networks.layers.GroupNorm` runs its fused Triton kernels on ``x``."""
     if not _use_fused(x, use_kernels):
@@ -61,7 +71,7 @@ def fused_resample_available(x: Tensor, use_kernels: bool | None = None) -> bool
 
     Only channels_last tensors: PyTorch's own kernels are fast on contiguous ones.
     """
-    if not _use_fused(x, use_kernels) or x.dim() != 4 or x.shape[1] < 2 or x.stride(1) != 1 or x.is_contiguous():
+    if not (_use_fused(x, use_kernels) and channels_last(x)):
         return False
     from .resample_triton import supported
 

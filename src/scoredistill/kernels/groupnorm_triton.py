@@ -27,6 +27,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from . import channels_last
 from .sid_triton import SUPPORTED_DTYPES
 from .sid_triton import _launch as _launch_any
 
@@ -323,7 +324,7 @@ class _GroupNormAct(torch.autograd.Function):
         HW = H * W
         if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
             x = x.contiguous()  # y and dx are allocated like x and written with x's strides: x must be dense
-        nhwc = x.stride(1) == 1 and C > 1 and not x.is_contiguous()
+        nhwc = channels_last(x)
         strides = _flat_strides(x)
         add2, sab = _rows(add, B, C)
         scale2, ssb = _rows(scale, B, C)

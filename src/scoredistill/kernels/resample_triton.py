@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from . import channels_last
 from .sid_triton import SUPPORTED_DTYPES
 from .sid_triton import _launch as _launch_any
 
@@ -71,8 +72,7 @@ def _blocks(C: int) -> tuple[int, int]:
 
 def _like(x: Tensor, shape: tuple[int, int, int, int]) -> Tensor:
     """A new tensor of ``shape`` in ``x``'s memory format (channels_last or contiguous)."""
-    cl = x.stride(1) == 1 and x.shape[1] > 1 and not x.is_contiguous()
-    fmt = torch.channels_last if cl else torch.contiguous_format
+    fmt = torch.channels_last if channels_last(x) else torch.contiguous_format
     return torch.empty(shape, device=x.device, dtype=x.dtype, memory_format=fmt)
 
 

@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from . import channels_last
 from .sid_triton import SUPPORTED_DTYPES
 from .sid_triton import _launch as _launch_any
 
@@ -56,7 +57,7 @@ class _ResidualAdd(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, x, bias, scale: float):
         _, C, H, W = h.shape
-        inner = 1 if (h.stride(1) == 1 and C > 1 and not h.is_contiguous()) else H * W
+        inner = 1 if channels_last(h) else H * W
         y = torch.empty_like(h)  # dense: the same strides as h
         n = h.numel()
         if n:

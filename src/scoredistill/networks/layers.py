@@ -519,7 +519,7 @@ class UNetBlock(nn.Module):
         b, c, h, w = x.shape
         heads = self.num_heads
         xn = self.norm2(x)
-        if c > 1 and xn.stride(1) == 1 and not xn.is_contiguous():
+        if kernels.channels_last(xn):
 
             def order(t: Tensor) -> Tensor:  # output channels [head, channel, (q, k, v)] -> [(q, k, v), head, channel]
                 return t.reshape(heads, c // heads, 3, *t.shape[1:]).permute(2, 0, 1, *range(3, t.dim() + 2))
@@ -539,26 +539,38 @@ class UNetBlock(nn.Module):
         return self.proj(a.transpose(-1, -2).reshape(b, c, h, w), bias=proj_bias)
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
-        if self._fold_biases(x):
-            return self._forward_folded(x, emb)
+        # Where the fused norms run, every convolution bias is added by the fused kernel that follows its convolution
+        # instead of a separate broadcast pass: conv0's enters norm1 with the conditioning (norm1(h + b0)), conv1's
+        # and the skip's the residual sum, proj's the attention's residual sum. The same block up to rounding.
+        fold = self._fold_biases(x)
+
         # Residual branch with noise conditioning.
-        h = self.conv0(self.norm0(x, silu=True))
+        h = self.conv0(self.norm0(x, silu=True), bias=not fold)
+        b0 = self.conv0.bias.to(h.dtype).reshape(1, -1, 1, 1) if fold else None
         params = self.affine(emb)[:, :, None, None].to(h.dtype)
         if self.adaptive_scale:
             scale, shift = params.chunk(2, dim=1)
-            h = self.norm1(h, scale=scale + 1, shift=shift, silu=True)
+            add = None if b0 is None else b0.expand(h.shape[0], -1, -1, -1)
+            h = self.norm1(h, add=add, scale=scale + 1, shift=shift, silu=True)
         else:
-            h = self.norm1(h, add=params, silu=True)
-        h = self.conv1(F.dropout(h, p=self.dropout, training=self.training))
-        x = self._residual(h, self.skip(x) if self.skip is not None else x)
+            h = self.norm1(h, add=params if b0 is None else params + b0, silu=True)
+        h = self.conv1(F.dropout(h, p=self.dropout, training=self.training), bias=not fold)
+        bias = self.conv1.bias if fold else None
+        if self.skip is None:
+            skip = x
+        elif fold and self.skip.bias is not None:
+            skip, bias = self.skip(x, bias=False), bias + self.skip.bias
+        else:
+            skip = self.skip(x)
+        x = self._residual(h, skip, bias)
 
         # Self-attention over the pixels.
         if self.num_heads:
-            x = self._residual(self._attention(x), x)
+            x = self._residual(self._attention(x, proj_bias=not fold), x, self.proj.bias if fold else None)
         return x
 
     fold_biases: bool = True
-    """Fold the convolution biases into the fused kernels that follow when those run (see ``_forward_folded``)."""
+    """Fold the convolution biases into the fused kernels that follow them when those run (see ``forward``)."""
 
     def _fold_biases(self, x: Tensor) -> bool:
         convs = (self.conv0, self.conv1, self.proj) if self.num_heads else (self.conv0, self.conv1)
@@ -568,31 +580,10 @@ class UNetBlock(nn.Module):
             and kernels.fused_group_norm_available(x, self.norm0.num_groups, self.norm1.use_kernels)
         )
 
-    def _forward_folded(self, x: Tensor, emb: Tensor) -> Tensor:
-        # The same block with every convolution bias added by the fused kernel after the convolution instead of a
-        # separate broadcast pass: conv0's enters norm1 with the conditioning (norm1(h + b0)), conv1's and the
-        # skip's the residual sum, proj's the attention's residual sum. Equal to forward() up to rounding.
-        use = self.norm1.use_kernels
-        h = self.conv0(self.norm0(x, silu=True), bias=False)
-        b0 = self.conv0.bias.to(h.dtype).reshape(1, -1, 1, 1)
-        params = self.affine(emb)[:, :, None, None].to(h.dtype)
-        if self.adaptive_scale:
-            scale, shift = params.chunk(2, dim=1)
-            h = self.norm1(h, add=b0.expand(h.shape[0], -1, -1, -1), scale=scale + 1, shift=shift, silu=True)
-        else:
-            h = self.norm1(h, add=params + b0, silu=True)
-        h = self.conv1(F.dropout(h, p=self.dropout, training=self.training), bias=False)
-        bias = self.conv1.bias
-        if self.skip is not None and self.skip.bias is not None:
-            skip, bias = self.skip(x, bias=False), bias + self.skip.bias
-        else:
-            skip = self.skip(x) if self.skip is not None else x
-        x = residual_add(h, skip, bias, self.skip_scale, use_kernels=use)
-        if self.num_heads:
-            x = residual_add(self._attention(x, proj_bias=False), x, self.proj.bias, self.skip_scale, use_kernels=use)
-        return x
-
-    def _residual(self, h: Tensor, x: Tensor) -> Tensor:
+    def _residual(self, h: Tensor, x: Tensor, bias: Tensor | None = None) -> Tensor:
+        """``(h + x) * skip_scale``, or with a folded convolution bias the fused :func:`residual_add`."""
+        if bias is not None:
+            return residual_add(h, x, bias, self.skip_scale, use_kernels=self.norm1.use_kernels)
         return h + x if self.skip_scale == 1 else (h + x) * self.skip_scale
 
 
