@@ -27,6 +27,7 @@ from .fake_score import FakeScore
 from .fast import CompileScope, StepGraphs, speed_up, use_fused_norms
 from .generator import OneStepGenerator
 from .losses.base import DistillLoss, Evaluation
+from .monitor import GeneratorMetric, RunLog
 from .schedules import SigmaSampler
 from .teacher import Teacher
 
@@ -192,6 +193,7 @@ class Distiller:
         self.scalers = {p: torch.amp.GradScaler(self.device.type, enabled=use_scaler) for p in ("g", "f")}
         self.rng = torch.Generator(self.device)
         self.nimg = self.step_index = 0
+        self.best: tuple[int, float] | None = None  # (nimg, value) of the best evaluation so far
         self.graphs = StepGraphs([self.rng]) if config.cuda_graphs else None
 
     # -- helpers -----------------------------------------------------------------------------------------
@@ -353,6 +355,7 @@ class Distiller:
             "opt_f": self.opt_f.state_dict(),
             "scalers": {k: s.state_dict() for k, s in self.scalers.items()},
             "data": self.data.state_dict() if hasattr(self.data, "state_dict") else None,
+            "best": list(self.best) if self.best is not None else None,
         }
         return save_training_state(path, modules=self._modules(), state=state)
 
@@ -375,6 +378,8 @@ class Distiller:
             s.load_state_dict(state["scalers"][k])
         if state["data"] is not None and hasattr(self.data, "load_state_dict"):
             self.data.load_state_dict(state["data"])
+        best = state.get("best")  # absent in checkpoints written before evaluations were kept
+        self.best = (int(best[0]), float(best[1])) if best is not None else None
 
     def _modules(self) -> dict[str, nn.Module]:
         modules = {"generator": self.generator, "generator_ema": self.ema.module, "fake_score": self.fake_score}
@@ -393,32 +398,60 @@ class Distiller:
         checkpoint_every_nimg: int | None = None,
         progress: bool = True,
         on_log: Callable[[dict[str, float]], None] | None = None,
+        metric: GeneratorMetric | None = None,
+        eval_every_nimg: int | None = None,
     ) -> dict[str, float]:
-        """Step until ``config.total_nimg``; log, checkpoint, and checkpoint again on interruption.
+        """Step until ``config.total_nimg``; log, evaluate, checkpoint, and checkpoint again on interruption.
+
+        Args:
+            run_dir: Where ``stats.jsonl`` (every log and evaluation; TensorBoard scalars too when installed),
+                ``training_state/`` and the evaluation artefacts go. ``None`` keeps nothing.
+            log_every_nimg: Images between log records (the only host synchronisations of the loop).
+            checkpoint_every_nimg: Images between checkpoints (``None``: only at the end and on interruption).
+            progress: Show a progress bar on rank 0.
+            on_log: Called with every log record.
+            metric: Evaluates the EMA generator every ``eval_every_nimg`` images and at the end (see
+                :meth:`evaluate`), e.g. :class:`scoredistill.metrics.FIDMetric`.
+            eval_every_nimg: Images between evaluations (required with ``metric``).
 
         Returns:
             The last logged averages.
         """
+        if metric is not None and not (eval_every_nimg and eval_every_nimg > 0):
+            raise ValueError("a metric needs eval_every_nimg > 0 (images between evaluations)")
+        log = RunLog(run_dir) if run_dir is not None and self.rank == 0 else None
         ckpt = Path(run_dir) / "training_state" if run_dir is not None else None
         bar = Progress(self.config.total_nimg, self.nimg, enabled=progress and self.rank == 0)
         sums: dict[str, Tensor] = {}
-        n, t0, last = 0, time.perf_counter(), {}
+        n, t0, last, eval_s = 0, time.perf_counter(), {}, 0.0
         next_log = self.nimg + log_every_nimg
         next_ckpt = self.nimg + checkpoint_every_nimg if checkpoint_every_nimg else math.inf
+        every = eval_every_nimg or math.inf
+        next_eval = (self.nimg // every + 1) * every if metric is not None else math.inf
         try:
             while self.nimg < self.config.total_nimg:
                 for k, v in self.step().items():
                     sums[k] = sums.get(k, 0) + v
                 n += 1
                 bar.update(self.config.batch_size * self.world)
-                if self.nimg >= next_log or self.nimg >= self.config.total_nimg:
+                done = self.nimg >= self.config.total_nimg
+                if metric is not None and (self.nimg >= next_eval or done):
+                    t_eval = time.perf_counter()
+                    results = self.evaluate(metric, run_dir)
+                    eval_s += time.perf_counter() - t_eval
+                    bar.log(results) if self.rank == 0 else None
+                    log.write(self.nimg, {**results, "eval_s": time.perf_counter() - t_eval}) if log else None
+                    next_eval = (self.nimg // every + 1) * every
+                if self.nimg >= next_log or done:
                     last = {k: float(v) / n for k, v in sums.items()}  # the only host synchronisation
-                    last["images_per_s"] = n * self.config.batch_size * self.world / (time.perf_counter() - t0)
+                    train_s = time.perf_counter() - t0 - eval_s  # evaluations do not count as training time
+                    last["images_per_s"] = n * self.config.batch_size * self.world / train_s
                     last["nimg"] = self.nimg
                     bar.log(last) if self.rank == 0 else None
+                    log.write(self.nimg, last) if log else None
                     if on_log:
                         on_log(last)
-                    sums, n, t0, next_log = {}, 0, time.perf_counter(), self.nimg + log_every_nimg
+                    sums, n, t0, eval_s, next_log = {}, 0, time.perf_counter(), 0.0, self.nimg + log_every_nimg
                 if ckpt is not None and self.nimg >= next_ckpt:
                     self.save(ckpt) if self.rank == 0 else None
                     next_ckpt = self.nimg + checkpoint_every_nimg
@@ -428,6 +461,41 @@ class Distiller:
             raise
         finally:
             bar.close()
+            log.close() if log else None
         if ckpt is not None and self.rank == 0:
             self.save(ckpt)
         return last
+
+    @torch.no_grad()
+    def evaluate(self, metric: GeneratorMetric, run_dir: str | Path | None = None, *, grid_seed: int = 0) -> dict:
+        """Score the EMA generator with ``metric``; in ``run_dir`` keep its sample grid and the best and last EMA.
+
+        Every process calls ``metric`` (it may split its work across them). Rank 0 writes
+        ``samples/<kimg>kimg.png`` (a grid of the same 64 seeded samples at every evaluation), ``generator_last/``
+        and, when the value is the lowest so far, ``generator_best/``, as public artefacts. The best value and
+        where it was reached are part of the training state, so a resumed run keeps comparing against it.
+
+        Returns:
+            ``{metric.name: value, metric.name + "_best": lowest value so far}``.
+        """
+        from .hub import save_pretrained
+        from .imageio import image_grid, write_png
+
+        generator = self.ema.module
+        value = float(metric(generator))
+        if math.isfinite(value) and (self.best is None or value < self.best[1]):
+            self.best = (self.nimg, value)
+        if run_dir is not None and self.rank == 0:
+            run_dir = Path(run_dir)
+            rng = torch.Generator(self.device).manual_seed(grid_seed)
+            grid = generator.sample(64, rng=rng, device=self.device)
+            if grid.ndim == 4:
+                (run_dir / "samples").mkdir(parents=True, exist_ok=True)
+                write_png(run_dir / "samples" / f"{self.nimg // 1000:06d}kimg.png", image_grid(grid, cols=8))
+            score = value if math.isfinite(value) else None  # config.json is strict JSON
+            training = {"nimg": self.nimg, metric.name: score, **dataclasses.asdict(self.config)}
+            save_pretrained(generator, run_dir / "generator_last", training=training)
+            if self.best is not None and self.best[0] == self.nimg:
+                save_pretrained(generator, run_dir / "generator_best", training=training)
+        best = self.best[1] if self.best is not None else math.nan
+        return {metric.name: value, f"{metric.name}_best": best}

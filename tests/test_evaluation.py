@@ -1,0 +1,125 @@
+"""In-training evaluation and run logs: stats.jsonl, sample grids, best and last generators, resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_image_roles
+
+from scoredistill import DistillConfig, Distiller, DSMLoss, OneStepGenerator, SiDLoss
+from scoredistill.monitor import GeneratorMetric, RunLog, read_stats
+
+
+class ScriptedMetric:
+    """Returns the next value of a script at each call and records which generator weights it saw."""
+
+    name = "score"
+
+    def __init__(self, values):
+        self.values, self.calls, self.seen = list(values), 0, []
+
+    def __call__(self, generator: OneStepGenerator) -> float:
+        self.seen.append([p.detach().clone() for p in generator.parameters()])
+        value = self.values[self.calls]
+        self.calls += 1
+        return value
+
+
+def _distiller(total_nimg=32, seed=0):
+    teacher, G, fake = tiny_image_roles(seed=0)
+    config = DistillConfig(batch_size=4, total_nimg=total_nimg, seed=seed, lr_generator=1e-3, lr_fake_score=1e-3)
+    return Distiller(teacher, G, fake, [SiDLoss(), DSMLoss()], config)
+
+
+def test_scripted_metric_is_a_generator_metric():
+    assert isinstance(ScriptedMetric([1.0]), GeneratorMetric)
+
+
+def test_run_evaluates_keeps_best_and_last_and_logs(tmp_path):
+    d = _distiller(total_nimg=40)
+    metric = ScriptedMetric([5.0, 3.0, 4.0, 6.0, 9.0])
+    d.run(run_dir=tmp_path, log_every_nimg=8, metric=metric, eval_every_nimg=12, progress=False)
+    # Evaluations at 12, 24, 36 images (the first step past each multiple) and at the end (40).
+    assert metric.calls == 4
+    records = read_stats(tmp_path / "stats.jsonl")
+    evals = [r for r in records if "score" in r]
+    assert [r["nimg"] for r in evals] == [12, 24, 36, 40]
+    assert [r["score"] for r in evals] == [5.0, 3.0, 4.0, 6.0]
+    assert [r["score_best"] for r in evals] == [5.0, 3.0, 3.0, 3.0]
+    assert all(r["eval_s"] >= 0 for r in evals)
+    logs = [r for r in records if "images_per_s" in r]
+    assert [r["nimg"] for r in logs] == [8, 16, 24, 32, 40]
+    assert all("sid/generator_loss" in r and r["images_per_s"] > 0 for r in logs)
+    # The best generator is the EMA as it was at the second evaluation, the last one as it is now.
+    best = OneStepGenerator.from_pretrained(tmp_path / "generator_best")
+    last = OneStepGenerator.from_pretrained(tmp_path / "generator_last")
+    for p, q in zip(best.parameters(), metric.seen[1]):
+        assert torch.equal(p, q)
+    for p, q in zip(last.parameters(), d.ema.module.parameters()):
+        assert torch.equal(p, q)
+    assert json.loads((tmp_path / "generator_best" / "config.json").read_text())["training"]["nimg"] == 24
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == ["000000kimg.png"]  # named by kimg
+
+
+def test_sample_grids_use_fixed_seeds(tmp_path):
+    d = _distiller(total_nimg=2000)
+    d.nimg = 1000
+    d.evaluate(ScriptedMetric([1.0]), tmp_path)
+    first = (tmp_path / "samples" / "000001kimg.png").read_bytes()
+    d.nimg = 2000
+    d.evaluate(ScriptedMetric([2.0]), tmp_path)
+    assert (tmp_path / "samples" / "000002kimg.png").read_bytes() == first  # same EMA, same seeds, same picture
+    assert d.best == (1000, 1.0)
+
+
+def test_best_survives_resume(tmp_path):
+    d = _distiller(total_nimg=24)
+    d.run(run_dir=tmp_path, metric=ScriptedMetric([2.0, 1.0]), eval_every_nimg=12, progress=False)
+    assert d.best == (24, 1.0)
+    resumed = _distiller(total_nimg=48)
+    resumed.load(tmp_path / "training_state")
+    assert resumed.best == (24, 1.0)
+    # A worse value after the resume keeps the best artefact from before it.
+    resumed.run(run_dir=tmp_path, metric=ScriptedMetric([1.5, 1.7]), eval_every_nimg=12, progress=False)
+    assert resumed.best == (24, 1.0)
+    config = json.loads((tmp_path / "generator_best" / "config.json").read_text())
+    assert config["training"]["nimg"] == 24 and config["training"]["score"] == 1.0
+    evals = [r for r in read_stats(tmp_path / "stats.jsonl") if "score" in r]
+    assert [r["nimg"] for r in evals] == [12, 24, 36, 48]
+    times = [r["time_s"] for r in read_stats(tmp_path / "stats.jsonl")]
+    assert times == sorted(times)  # the clock continues across the resume
+
+
+def test_non_finite_metric_is_never_best(tmp_path):
+    d = _distiller()
+    assert d.evaluate(ScriptedMetric([float("nan")]), tmp_path)["score_best"] != 0.0
+    assert d.best is None and not (tmp_path / "generator_best").exists()
+    assert (tmp_path / "generator_last").is_dir()
+
+
+def test_metric_needs_an_interval():
+    with pytest.raises(ValueError, match="eval_every_nimg"):
+        _distiller().run(metric=ScriptedMetric([1.0]), progress=False)
+
+
+def test_run_log_writes_strict_json_and_skips_a_cut_line(tmp_path):
+    log = RunLog(tmp_path, tensorboard=False)
+    log.write(10, {"a": 1.0, "b": float("inf")})
+    log.close()
+    with (tmp_path / "stats.jsonl").open("a") as f:
+        f.write('{"nimg": 20, "a"')  # a kill during a write
+    records = read_stats(tmp_path / "stats.jsonl")
+    assert records == [{"nimg": 10, "time_s": records[0]["time_s"], "a": 1.0, "b": None}]
+    (tmp_path / "bad.jsonl").write_text('{"nimg": 1}\nnot json\n{"nimg": 2}\n')
+    with pytest.raises(ValueError, match="line 2"):
+        read_stats(tmp_path / "bad.jsonl")
+
+
+def test_run_log_writes_tensorboard_when_installed(tmp_path):
+    pytest.importorskip("tensorboard", reason="TensorBoard scalars need the tensorboard package")
+    log = RunLog(tmp_path, tensorboard=True)
+    log.write(5, {"loss": 0.5})
+    log.close()
+    assert any((tmp_path / "tensorboard").iterdir())
