@@ -63,13 +63,14 @@ class RunLog:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
                 if tensorboard:
-                    raise ImportError("tensorboard=True needs the tensorboard package: pip install tensorboard") from None
+                    raise ImportError("tensorboard=True needs: pip install tensorboard") from None
             else:
                 self._writer = SummaryWriter(str(self.dir / "tensorboard"))
 
     def write(self, nimg: int, values: dict[str, float]) -> dict[str, Any]:
         """Append one record at ``nimg`` images and return it."""
-        record: dict[str, Any] = {"nimg": int(nimg), "time_s": round(self._offset_s + time.perf_counter() - self._t0, 3)}
+        elapsed_s = self._offset_s + time.perf_counter() - self._t0
+        record: dict[str, Any] = {"nimg": int(nimg), "time_s": round(elapsed_s, 3)}
         for key, value in values.items():
             if key == "nimg":
                 continue
