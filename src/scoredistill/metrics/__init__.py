@@ -1,0 +1,60 @@
+"""Sample-quality metrics: FID (Heusel et al. 2017) and improved precision/recall (Kynkäänniemi et al. 2019).
+
+The optional extra ``metrics`` (``pip install scoredistill[metrics]``). Statistics and distances come from
+:mod:`scoredistill.metrics.stats`; the Inception network from :mod:`scoredistill.metrics.inception`, imported
+only when one of its names is first used, so importing this package loads no network.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .stats import FeatureExtractor as FeatureExtractor
+from .stats import FeatureStats as FeatureStats
+from .stats import dataset_stats as dataset_stats
+from .stats import frechet_distance as frechet_distance
+from .stats import generator_stats as generator_stats
+from .stats import image_stats as image_stats
+from .stats import precision_recall as precision_recall
+
+if TYPE_CHECKING:
+    from .inception import FEATURE_DIM as FEATURE_DIM
+    from .inception import InceptionV3 as InceptionV3
+    from .inception import export_inception_safetensors as export_inception_safetensors
+    from .inception import find_inception_torchscript as find_inception_torchscript
+    from .inception import load_inception as load_inception
+
+_INCEPTION = (
+    "FEATURE_DIM",
+    "InceptionV3",
+    "export_inception_safetensors",
+    "find_inception_torchscript",
+    "load_inception",
+)
+
+__all__ = [
+    "FEATURE_DIM",
+    "FeatureExtractor",
+    "FeatureStats",
+    "InceptionV3",
+    "dataset_stats",
+    "export_inception_safetensors",
+    "find_inception_torchscript",
+    "frechet_distance",
+    "generator_stats",
+    "image_stats",
+    "load_inception",
+    "precision_recall",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _INCEPTION:
+        from . import inception
+
+        return getattr(inception, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
