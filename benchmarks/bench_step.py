@@ -79,6 +79,19 @@ def _real_stream(batch: int, shape: tuple[int, ...], label_dim: int, device: tor
         yield x, labels
 
 
+def _teacher_net(preset: str) -> torch.nn.Module:
+    """The preset's random network, or a saved teacher when ``--teacher`` names one (see main)."""
+    if TEACHER_DIR is not None:
+        from scoredistill import Precond
+        from scoredistill.hub import from_pretrained
+
+        return from_pretrained(TEACHER_DIR, expected_class=Precond)
+    return edm_precond(preset)
+
+
+TEACHER_DIR: str | None = None
+
+
 def build(preset: str, batch: int, setting: str, device: torch.device) -> Distiller:
     overrides, tf32 = SETTINGS[setting]
     overrides = dict(overrides)
@@ -87,7 +100,7 @@ def build(preset: str, batch: int, setting: str, device: torch.device) -> Distil
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
     torch.backends.cudnn.benchmark = True  # as in the reference implementation
     torch.manual_seed(0)
-    teacher = Teacher(edm_precond(preset).to(device))
+    teacher = Teacher(_teacher_net(preset).to(device))
     G, fake = OneStepGenerator.from_teacher(teacher), FakeScore.from_teacher(teacher)
     losses = [SiDLoss(alpha=1.0), DSMLoss(), AdversarialEncoderLoss(generator_start_nimg=0)]
     config = DistillConfig.sida(batch_size=batch, generator_start_nimg=0, **overrides)
@@ -279,7 +292,11 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="print the top kernels of the last setting")
     parser.add_argument("--out", default=None, help="markdown file to append to (default benchmarks/RESULTS.md)")
     parser.add_argument("--profile-ops", action="store_true", help="print one eager step's device time by op and shape")
+    parser.add_argument("--teacher", default=None, help="a saved teacher (artefact directory) instead of the preset's")
     args = parser.parse_args()
+    global TEACHER_DIR
+    TEACHER_DIR = args.teacher
+    label = args.preset if args.teacher is None else Path(args.teacher).name
     device = torch.device("cuda")
     if args.profile_ops:
         print(profile_ops(args.preset, args.batch, device), flush=True)
@@ -306,7 +323,7 @@ def main() -> None:
         mfu = flops * r["img_s"] / peak
         rows.append(
             [
-                args.preset,
+                label,
                 args.batch,
                 setting,
                 r["ms"],
@@ -327,7 +344,7 @@ def main() -> None:
     if not args.no_write:
         kwargs = {"md_path": args.out} if args.out else {}
         write_table(
-            f"bench_step: one SiDA iteration, {args.preset}, batch {args.batch}", columns, rows, notes=notes, **kwargs
+            f"bench_step: one SiDA iteration, {label}, batch {args.batch}", columns, rows, notes=notes, **kwargs
         )
 
 

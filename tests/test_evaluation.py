@@ -39,23 +39,23 @@ def test_scripted_metric_is_a_generator_metric():
 
 def test_run_evaluates_keeps_best_and_last_and_logs(tmp_path):
     d = _distiller(total_nimg=40)
-    metric = ScriptedMetric([5.0, 3.0, 4.0, 6.0, 9.0])
+    metric = ScriptedMetric([7.0, 5.0, 3.0, 4.0, 6.0, 9.0])
     d.run(run_dir=tmp_path, log_every_nimg=8, metric=metric, eval_every_nimg=12, progress=False)
-    # Evaluations at 12, 24, 36 images (the first step past each multiple) and at the end (40).
-    assert metric.calls == 4
+    # Evaluations at the start, at 12, 24, 36 images (the first step past each multiple) and at the end (40).
+    assert metric.calls == 5
     records = read_stats(tmp_path / "stats.jsonl")
     evals = [r for r in records if "score" in r]
-    assert [r["nimg"] for r in evals] == [12, 24, 36, 40]
-    assert [r["score"] for r in evals] == [5.0, 3.0, 4.0, 6.0]
-    assert [r["score_best"] for r in evals] == [5.0, 3.0, 3.0, 3.0]
-    assert all(r["eval_s"] >= 0 for r in evals)
+    assert [r["nimg"] for r in evals] == [0, 12, 24, 36, 40]
+    assert [r["score"] for r in evals] == [7.0, 5.0, 3.0, 4.0, 6.0]
+    assert [r["score_best"] for r in evals] == [7.0, 5.0, 3.0, 3.0, 3.0]
+    assert all(r["eval_s"] >= 0 for r in evals[1:])
     logs = [r for r in records if "images_per_s" in r]
     assert [r["nimg"] for r in logs] == [8, 16, 24, 32, 40]
     assert all("sid/generator_loss" in r and r["images_per_s"] > 0 for r in logs)
     # The best generator is the EMA as it was at the second evaluation, the last one as it is now.
     best = OneStepGenerator.from_pretrained(tmp_path / "generator_best")
     last = OneStepGenerator.from_pretrained(tmp_path / "generator_last")
-    for p, q in zip(best.parameters(), metric.seen[1]):
+    for p, q in zip(best.parameters(), metric.seen[2]):
         assert torch.equal(p, q)
     for p, q in zip(last.parameters(), d.ema.module.parameters()):
         assert torch.equal(p, q)
@@ -76,7 +76,7 @@ def test_sample_grids_use_fixed_seeds(tmp_path):
 
 def test_best_survives_resume(tmp_path):
     d = _distiller(total_nimg=24)
-    d.run(run_dir=tmp_path, metric=ScriptedMetric([2.0, 1.0]), eval_every_nimg=12, progress=False)
+    d.run(run_dir=tmp_path, metric=ScriptedMetric([3.0, 2.0, 1.0]), eval_every_nimg=12, progress=False)
     assert d.best == (24, 1.0)
     resumed = _distiller(total_nimg=48)
     resumed.load(tmp_path / "training_state")
@@ -87,7 +87,7 @@ def test_best_survives_resume(tmp_path):
     config = json.loads((tmp_path / "generator_best" / "config.json").read_text())
     assert config["training"]["nimg"] == 24 and config["training"]["score"] == 1.0
     evals = [r for r in read_stats(tmp_path / "stats.jsonl") if "score" in r]
-    assert [r["nimg"] for r in evals] == [12, 24, 36, 48]
+    assert [r["nimg"] for r in evals] == [0, 12, 24, 36, 48]  # no second start-of-run evaluation on resume
     times = [r["time_s"] for r in read_stats(tmp_path / "stats.jsonl")]
     assert times == sorted(times)  # the clock continues across the resume
 

@@ -410,7 +410,8 @@ class Distiller:
             checkpoint_every_nimg: Images between checkpoints (``None``: only at the end and on interruption).
             progress: Show a progress bar on rank 0.
             on_log: Called with every log record.
-            metric: Evaluates the EMA generator every ``eval_every_nimg`` images and at the end (see
+            metric: Evaluates the EMA generator at the start of a fresh run, every ``eval_every_nimg`` images and
+                at the end (see
                 :meth:`evaluate`), e.g. :class:`scoredistill.metrics.FIDMetric`.
             eval_every_nimg: Images between evaluations (required with ``metric``).
 
@@ -429,6 +430,11 @@ class Distiller:
         every = eval_every_nimg or math.inf
         next_eval = (self.nimg // every + 1) * every if metric is not None else math.inf
         try:
+            if metric is not None and self.nimg == 0:  # where a fresh run starts (the teacher's copy, or SiD's result)
+                results = self.evaluate(metric, run_dir)
+                bar.log(results) if self.rank == 0 else None
+                log.write(0, {**results, "eval_s": time.perf_counter() - t0}) if log else None
+                t0 = time.perf_counter()
             while self.nimg < self.config.total_nimg:
                 for k, v in self.step().items():
                     sums[k] = sums.get(k, 0) + v
