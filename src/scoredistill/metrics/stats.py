@@ -447,8 +447,8 @@ def precision_recall(
         raise ValueError(f"real and fake features differ in dimension: {real.shape[1]} vs {fake.shape[1]}")
     if min(len(real), len(fake)) <= k:
         raise ValueError(f"each set needs more than k={k} points, got {len(real)} real and {len(fake)} fake")
-    center = real.to(torch.float64).mean(dim=0)
-    real, fake = (real.to(torch.float64) - center).to(dtype), (fake.to(torch.float64) - center).to(dtype)
+    center = real.mean(dim=0, dtype=torch.float64).to(dtype)
+    real, fake = real.to(dtype) - center, fake.to(dtype) - center
     real_sq, fake_sq = (real * real).sum(dim=1), (fake * fake).sum(dim=1)
     real_radii, fake_radii = _knn_radii_sq(real, real_sq, k, batch_size), _knn_radii_sq(fake, fake_sq, k, batch_size)
     precise = torch.zeros(len(fake), dtype=torch.bool, device=real.device)
@@ -709,9 +709,10 @@ def generator_stats(
     Seeding: sample ``i`` (``0 <= i < n``) takes its noise ``z_i`` (float32, ``sample_shape``) and then, for
     conditional generators without fixed ``labels``, its class (uniform over ``label_dim``) from
     ``numpy.random.default_rng([seed, i])``. The images therefore depend only on ``(seed, i)``: not on
-    ``batch_size``, the device or the number of processes. Under ``torch.distributed`` each process generates a
-    contiguous slice of the indices; statistics (and features) are combined on every process, and only rank 0
-    shows a bar.
+    ``batch_size``, the device or the number of processes. (The noise is drawn on the CPU: about a second per
+    100 million values, negligible next to Inception for 32x32 to 64x64 images.) Under ``torch.distributed``
+    each process generates a contiguous slice of the indices; statistics (and features) are combined on every
+    process, and only rank 0 shows a bar.
 
     Args:
         generator: A :class:`scoredistill.OneStepGenerator` (or any module with ``sample_shape``, ``label_dim``
