@@ -23,7 +23,7 @@ import torch
 
 from scoredistill import OneStepGenerator, Precond, Teacher
 from scoredistill.hub import from_pretrained
-from scoredistill.imageio import to_uint8
+from scoredistill.imageio import image_grid, to_uint8, write_png
 from scoredistill.metrics import (
     FeatureStats,
     dataset_stats,
@@ -98,6 +98,8 @@ def cmd_teacher(args: argparse.Namespace) -> None:
         record = {"nfe": nfe, "n": n, "fid": frechet_distance(stats, ref), "seconds": round(seconds, 1)}
         record["device"] = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
         _write_json(Path(args.out) / f"teacher-nfe{nfe}-{n // 1000}k.json", record)
+        grid = next(_teacher_batches(teacher, 64, nfe, 64, args.seed, device))  # the first 64 samples
+        write_png(Path(args.out) / f"teacher-nfe{nfe}.png", image_grid(grid.float() / 127.5 - 1, cols=8))
 
 
 def cmd_final(args: argparse.Namespace) -> None:

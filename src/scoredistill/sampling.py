@@ -24,14 +24,17 @@ def edm_sample(
 ) -> Tensor:
     """EDM's deterministic Heun sampler (Karras et al. 2022, Algorithm 1) from ``noise ~ N(0, I)``.
 
-    Uses ``2 * steps - 1`` denoiser evaluations.
+    Uses ``2 * steps - 1`` denoiser evaluations (the last step, to sigma 0, is a plain Euler step).
     """
-    sigmas = torch.cat(
-        [
-            karras_sigmas(steps, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, device=noise.device),
-            noise.new_zeros(1),
-        ]
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    # One step is a single Euler step from sigma_max to 0, i.e. the denoiser's output at sigma_max (1 NFE).
+    karras = (
+        karras_sigmas(steps, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, device=noise.device)
+        if steps > 1
+        else torch.full((1,), float(sigma_max), device=noise.device)
     )
+    sigmas = torch.cat([karras, noise.new_zeros(1)])
     x = noise.float() * sigmas[0]
     for i in range(steps):
         s, s_next = sigmas[i], sigmas[i + 1]

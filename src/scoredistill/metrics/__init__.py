@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .evaluator import FIDMetric as FIDMetric
 from .stats import FeatureExtractor as FeatureExtractor
 from .stats import FeatureStats as FeatureStats
 from .stats import dataset_stats as dataset_stats
@@ -34,6 +35,7 @@ _INCEPTION = (
 
 __all__ = [
     "FEATURE_DIM",
+    "FIDMetric",
     "FeatureExtractor",
     "FeatureStats",
     "InceptionV3",
