@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from .._io import StateDictMismatchError, load_state_dict_strict
 from ..precond import Precond
 from .dhariwal_unet import DhariwalUNet, DhariwalUNetConfig
 from .song_unet import SongUNet, SongUNetConfig
@@ -120,24 +121,6 @@ def edm_precond(config: EDMUNetConfig | str, *, sigma_data: float = 0.5, **overr
     return Precond(backbone, label_dim=config.label_dim, augment_dim=config.augment_dim, sigma_data=sigma_data)
 
 
-class StateDictMismatchError(RuntimeError):
-    """A state dict that does not fit a module exactly; names every missing, unexpected and mis-shaped key.
-
-    Attributes:
-        missing: Keys the module has but the state dict lacks.
-        unexpected: Keys the state dict has but the module lacks.
-        mismatched: ``(key, expected_shape, got_shape)`` for keys whose shapes differ.
-    """
-
-    def __init__(self, missing: list[str], unexpected: list[str], mismatched: list[tuple[str, tuple, tuple]]):
-        self.missing, self.unexpected, self.mismatched = missing, unexpected, mismatched
-        lines = [f"state dict does not match the module ({len(missing) + len(unexpected) + len(mismatched)} keys):"]
-        lines += [f"  missing: {k}" for k in missing]
-        lines += [f"  unexpected: {k}" for k in unexpected]
-        lines += [f"  shape mismatch: {k}: module {list(a)}, state dict {list(b)}" for k, a, b in mismatched]
-        super().__init__("\n".join(lines))
-
-
 def load_edm_state_dict(module: nn.Module, state_dict: Mapping[str, Tensor]) -> nn.Module:
     """Load EDM-named weights strictly, reporting every missing, unexpected and mis-shaped key at once.
 
@@ -167,14 +150,4 @@ def load_edm_state_dict(module: nn.Module, state_dict: Mapping[str, Tensor]) -> 
     elif module_prefixed and not any(k.startswith(prefix) for k in state_dict):
         state_dict = {prefix + k: v for k, v in state_dict.items()}
 
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    mismatched = [
-        (k, tuple(expected[k].shape), tuple(v.shape))
-        for k, v in state_dict.items()
-        if k in expected and tuple(expected[k].shape) != tuple(v.shape)
-    ]
-    if missing or unexpected or mismatched:
-        raise StateDictMismatchError(missing, unexpected, mismatched)
-    module.load_state_dict(dict(state_dict), strict=True)
-    return module
+    return load_state_dict_strict(module, state_dict)
