@@ -35,8 +35,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .networks.presets import EDMUNetConfig, config_from_edm_kwargs, edm_precond, load_edm_state_dict
-from .precond import Precond
+from .networks.presets import EDMUNetConfig, config_from_edm_kwargs, load_edm_state_dict
+from .precond import Precond, edm_precond
 
 __all__ = [
     "EDMNetworkRecord",
@@ -275,7 +275,7 @@ def load_edm_pickle(
         key: Entry of the pickled dict holding the network.
         config: Backbone config; by default parsed from the recorded init kwargs.
         **overrides: Config fields to replace (e.g. ``dropout=0.0``), as in
-            :func:`~scoredistill.networks.edm_precond`.
+            :func:`~scoredistill.precond.edm_precond`.
 
     Returns:
         The preconditioned network in eval mode on CPU, float32.

@@ -1,4 +1,4 @@
-"""Configs of the published EDM teachers, EDM-kwarg parsing, preconditioned builds and strict EDM loading.
+"""Configs of the published EDM teachers, EDM-kwarg parsing and strict loading of EDM-named weights.
 
 The preset settings are the constructor arguments of the EDM checkpoints that SiD/SiDA distil
 (``edm-{cifar10-32x32-uncond,cifar10-32x32-cond,ffhq-64x64-uncond,afhqv2-64x64-uncond}-vp.pkl`` and
@@ -14,9 +14,9 @@ from typing import Any
 from torch import Tensor, nn
 
 from .._io import StateDictMismatchError, load_state_dict_strict
-from ..precond import Precond
-from .dhariwal_unet import DhariwalUNet, DhariwalUNetConfig
-from .song_unet import SongUNet, SongUNetConfig
+from .dhariwal_unet import DhariwalUNetConfig
+from .registry import build_backbone, config_class
+from .song_unet import SongUNetConfig
 
 __all__ = [
     "PRESETS",
@@ -24,7 +24,6 @@ __all__ = [
     "StateDictMismatchError",
     "build_backbone",
     "config_from_edm_kwargs",
-    "edm_precond",
     "load_edm_state_dict",
 ]
 
@@ -74,51 +73,7 @@ def config_from_edm_kwargs(kwargs: Mapping[str, Any]) -> EDMUNetConfig:
     model_type = str(kwargs.pop("model_type", "DhariwalUNet")).removesuffix("_EncoderDecoder")
     for key in _PRECOND_ONLY_KWARGS:
         kwargs.pop(key, None)
-    families: dict[str, type] = {"SongUNet": SongUNetConfig, "DhariwalUNet": DhariwalUNetConfig}
-    if model_type not in families:
-        raise ValueError(f"unknown model_type {model_type!r}: pass one of {sorted(families)}")
-    return families[model_type].from_dict(kwargs)
-
-
-def build_backbone(config: EDMUNetConfig) -> SongUNet | DhariwalUNet:
-    """The backbone for a config: :class:`SongUNet` or :class:`DhariwalUNet`."""
-    if isinstance(config, SongUNetConfig):
-        return SongUNet(config)
-    if isinstance(config, DhariwalUNetConfig):
-        return DhariwalUNet(config)
-    raise TypeError(f"expected a SongUNetConfig or DhariwalUNetConfig, got {type(config).__name__}")
-
-
-def edm_precond(config: EDMUNetConfig | str, *, sigma_data: float = 0.5, **overrides: Any) -> Precond:
-    """Build an EDM denoiser ``Precond(SongUNet | DhariwalUNet)`` whose state-dict keys are EDM's.
-
-    Args:
-        config: A backbone config or a name from :data:`PRESETS`.
-        sigma_data: Standard deviation of the data (EDM: 0.5).
-        **overrides: Config fields to replace, e.g. ``dropout=0.0`` or ``label_dropout=0.1``.
-
-    Returns:
-        The preconditioned network, randomly initialised, in training mode, on the default device
-        (build under ``with torch.device("meta"):`` to skip allocation).
-
-    Example:
-        >>> import torch
-        >>> D = edm_precond("cifar10-32x32-uncond", model_channels=32, channel_mult=(1, 2), num_blocks=1)
-        >>> D(torch.zeros(2, 3, 32, 32), torch.full((2,), 2.5)).shape
-        torch.Size([2, 3, 32, 32])
-    """
-    if isinstance(config, str):
-        if config not in PRESETS:
-            raise ValueError(f"unknown preset {config!r}: pick one of {sorted(PRESETS)}")
-        config = PRESETS[config]
-    if overrides:
-        valid = {f.name for f in dataclasses.fields(config)}
-        unknown = sorted(set(overrides) - valid)
-        if unknown:
-            raise ValueError(f"unknown {type(config).__name__} fields {unknown}; valid fields: {sorted(valid)}")
-        config = dataclasses.replace(config, **overrides)
-    backbone = build_backbone(config)
-    return Precond(backbone, label_dim=config.label_dim, augment_dim=config.augment_dim, sigma_data=sigma_data)
+    return config_class(model_type).from_dict(kwargs)
 
 
 def load_edm_state_dict(module: nn.Module, state_dict: Mapping[str, Tensor]) -> nn.Module:
@@ -132,7 +87,7 @@ def load_edm_state_dict(module: nn.Module, state_dict: Mapping[str, Tensor]) -> 
     dtype and device.
 
     Args:
-        module: The destination, e.g. from :func:`edm_precond` or :func:`build_backbone`.
+        module: The destination, e.g. from :func:`~scoredistill.precond.edm_precond` or :func:`build_backbone`.
         state_dict: EDM-named tensors.
 
     Returns:
