@@ -2,7 +2,7 @@
 
 EDM-family ``.pkl`` files are plain pickles of ``{'ema': <EDMPrecond>, ...}`` whose modules are
 ``torch_utils.persistence`` classes: each records its class source code and its state, and is rebuilt on load
-by ``torch_utils.persistence._reconstruct_persistent_obj``, which executes that source (SID_SPEC §6). This
+by ``torch_utils.persistence._reconstruct_persistent_obj``, which executes that source. This
 module never does. :class:`RestrictedUnpickler` resolves only an explicit allow-list of globals:
 
 - tensor and storage rebuild functions (``torch._utils._rebuild_tensor_v2``, ``_rebuild_parameter``,
@@ -17,7 +17,7 @@ and refuses anything else with an :class:`UnsafePickleError` that names the glob
 function (:func:`module_state_dict`) then walks the recorded ``_parameters``/``_buffers``/``_modules`` into an
 EDM-keyed state dict, which :func:`load_edm_pickle` loads strictly into our clean-room networks.
 
-Opt-in and never imported by ``scoredistill`` itself; the public artefacts are safetensors (STYLE §2.4).
+Opt-in and never imported by ``scoredistill`` itself; the public artefacts are safetensors (see below).
 """
 
 from __future__ import annotations

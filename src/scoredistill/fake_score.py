@@ -24,7 +24,7 @@ class FakeScore(nn.Module, HubMixin):
             discriminator logits from the same pass and :meth:`logits` runs the encoder alone.
 
     References:
-        Zhou et al. 2025 (SiDA), Sec. 3; SID_SPEC §3.1.
+        Zhou et al. 2025 (SiDA); docs/maths.md, (SiDA-1).
     """
 
     def __init__(self, denoiser: nn.Module):

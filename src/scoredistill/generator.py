@@ -17,7 +17,7 @@ __all__ = ["OneStepGenerator"]
 
 
 class OneStepGenerator(nn.Module, HubMixin):
-    """``x_g = D_theta(sigma_init z; sigma_init, labels)``, ``z ~ N(0, I)``: one network evaluation (E3).
+    """``x_g = D_theta(sigma_init z; sigma_init, labels)``, ``z ~ N(0, I)``: one network evaluation (SiD-1).
 
     Args:
         denoiser: A trainable denoiser ``D(x, sigma, labels)``, usually a copy of the teacher's network.
@@ -34,7 +34,7 @@ class OneStepGenerator(nn.Module, HubMixin):
         torch.Size([5, 2])
 
     References:
-        Zhou et al. 2024 (SiD), Sec. 3; SID_SPEC §1.1.
+        Zhou et al. 2024 (SiD); docs/maths.md, (SiD-1).
     """
 
     def __init__(

@@ -20,7 +20,7 @@ _PRECOND_ARGS = ("label_dim", "augment_dim", "sigma_data")
 
 
 def edm_scalings(sigma: Tensor, sigma_data: float = 0.5) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """EDM's preconditioning coefficients (E1).
+    """EDM's preconditioning coefficients (EDM-1).
 
     Args:
         sigma: Noise levels, any shape.
@@ -31,7 +31,7 @@ def edm_scalings(sigma: Tensor, sigma_data: float = 0.5) -> tuple[Tensor, Tensor
         ``sigma sigma_d / sqrt(sigma^2 + sigma_d^2)``, ``1 / sqrt(sigma^2 + sigma_d^2)`` and ``ln(sigma) / 4``.
 
     References:
-        Karras et al. 2022, Table 1; SID_SPEC E1.
+        Karras et al. 2022, Table 1; docs/maths.md, (EDM-1).
     """
     sigma = sigma.float()
     total = sigma**2 + sigma_data**2
@@ -43,7 +43,7 @@ def edm_scalings(sigma: Tensor, sigma_data: float = 0.5) -> tuple[Tensor, Tensor
 
 
 class Precond(nn.Module, HubMixin):
-    """EDM preconditioning around a backbone: ``D(x; sigma, c) = c_skip x + c_out F(c_in x, c_noise, c)`` (E2).
+    """EDM preconditioning around a backbone: ``D(x; sigma, c) = c_skip x + c_out F(c_in x, c_noise, c)`` (EDM-2).
 
     The scalings and the skip connection run in float32; the backbone runs in whatever precision the caller
     asks for (for example under ``torch.autocast``), and its output is cast back to float32. The backbone is

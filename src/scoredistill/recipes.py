@@ -1,4 +1,4 @@
-"""The paper's recipes: hyperparameters of the published SiD / SiDA / SiD²A runs (SID_SPEC §4) and their wiring.
+"""The paper's recipes: hyperparameters of the published SiD / SiDA / SiD²A runs (docs/maths.md) and their wiring.
 
 ``make_distiller`` turns a recipe, a teacher and (for SiDA) a real-data stream into a ready
 :class:`~scoredistill.distill.Distiller`. The example scripts are thin command lines around it.

@@ -66,7 +66,7 @@ class Evaluation:
 
     @cached_property
     def d_real(self) -> Tensor:
-        """The teacher's denoised estimate ``f_phi(x_t; sigma)`` (augment labels zero: SID_SPEC §10.6)."""
+        """The teacher's denoised estimate ``f_phi(x_t; sigma)`` (augment labels zero: docs/maths.md)."""
         if self._teacher is None:
             raise RuntimeError("this evaluation has no teacher (the fake-score phase does not query it)")
         return self._teacher(self.x_t, self.fake.sigma, self.fake.labels)
