@@ -1,7 +1,7 @@
 """Shared helpers for the benchmarks: environment tags and appending result tables to ``RESULTS.md`` / CSV.
 
 Every table is written with the GPU's name, the torch and Triton versions and the date, so that only numbers
-from the same device and the same run are ever compared (STYLE §2.9).
+from the same device and the same run are ever compared.
 """
 
 from __future__ import annotations

@@ -179,12 +179,12 @@ def bench_one(op: str, shape, dtype, min_run_time: float, rounds: int = 5) -> di
 
 def sweep_split(shape, dtype, min_run_time: float) -> None:
     """Print the fused SiD forward + backward device time for several forward split factors."""
-    from scoredistill.kernels import sid_triton
+    from scoredistill.kernels import triton_utils
 
-    old = sid_triton.PROGRAMS_PER_SM
+    old = triton_utils.PROGRAMS_PER_SM
     try:
         for pps in (1, 2, 4, 8, 16, 32):
-            sid_triton.PROGRAMS_PER_SM = pps
+            triton_utils.PROGRAMS_PER_SM = pps
             forward, inputs, nbytes = make_case("sid", shape, dtype, True)
             t = time_graph(lambda forward=forward, inputs=inputs: torch.autograd.grad(forward(), inputs))
             f = time_graph(forward)
@@ -193,7 +193,7 @@ def sweep_split(shape, dtype, min_run_time: float) -> None:
                 f"({nbytes / t / 1e9:7.0f} GB/s)  fwd {f * 1e6:8.1f} us"
             )
     finally:
-        sid_triton.PROGRAMS_PER_SM = old
+        triton_utils.PROGRAMS_PER_SM = old
 
 
 def main(argv: list[str] | None = None) -> int:

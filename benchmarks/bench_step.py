@@ -33,8 +33,9 @@ from scoredistill import (
     Teacher,
 )
 from scoredistill.fast import use_fused_norms
-from scoredistill.networks import PRESETS, edm_precond
+from scoredistill.networks import PRESETS
 from scoredistill.networks.layers import UNetBlock
+from scoredistill.precond import edm_precond
 
 # name -> (DistillConfig overrides, allow TF32)
 SETTINGS: dict[str, tuple[dict, bool]] = {

@@ -1,4 +1,4 @@
-"""Tests for scoredistill.augment.AugmentPipe (SID_SPEC §12)."""
+"""Tests for scoredistill.augment.AugmentPipe (Karras et al. 2020, StyleGAN2-ADA; Karras et al. 2022, EDM)."""
 
 from __future__ import annotations
 

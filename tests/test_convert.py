@@ -27,8 +27,9 @@ from scoredistill.convert import (
     read_edm_network,
     read_edm_pickle,
 )
-from scoredistill.networks import StateDictMismatchError, config_from_edm_kwargs, edm_precond, load_edm_state_dict
+from scoredistill.networks import StateDictMismatchError, config_from_edm_kwargs, load_edm_state_dict
 from scoredistill.networks.layers import UNetBlock
+from scoredistill.precond import edm_precond
 
 GOLDEN = Path(__file__).parent / "fixtures" / "golden" / "ddpmpp-tiny-cond.safetensors"
 EMBEDDED_SOURCE = "import os\nos.environ['SCOREDISTILL_PWNED'] = '1'\nraise SystemExit('embedded code ran')\n"

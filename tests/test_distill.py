@@ -261,8 +261,9 @@ def test_fused_norms_follow_the_cuda_graph_switch():
     # Eager loops keep the native group norms (host-bound at small batches); use_fused_norms switches them by hand.
     from scoredistill import FakeScore, OneStepGenerator, Teacher
     from scoredistill.fast import use_fused_norms
-    from scoredistill.networks import SongUNetConfig, edm_precond
+    from scoredistill.networks import SongUNetConfig
     from scoredistill.networks.layers import GroupNorm
+    from scoredistill.precond import edm_precond
 
     cfg = SongUNetConfig(img_resolution=8, model_channels=16, channel_mult=(1,), num_blocks=1, attn_resolutions=())
     teacher = Teacher(edm_precond(cfg))

@@ -87,7 +87,7 @@ def test_recipes_validate_their_inputs():
 
 def test_load_teacher_checks_the_preset(tmp_path):
     from scoredistill.hub import save_pretrained
-    from scoredistill.networks import edm_precond
+    from scoredistill.precond import edm_precond
 
     save_pretrained(edm_precond("cifar10-32x32-cond"), tmp_path / "teacher")
     assert load_teacher(tmp_path / "teacher", preset="cifar10-32x32-cond").label_dim == 10

@@ -1,4 +1,4 @@
-"""The pure maths: SID_SPEC §11 hand checks and properties."""
+"""The pure maths: docs/maths.md hand checks and properties."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from scoredistill.schedules import KarrasUniform, LogNormal, karras_sigmas, sid_
 LN2 = math.log(2.0)
 
 
-# -- hand checks (SID_SPEC §11) ---------------------------------------------------------------------------
+# -- hand checks (docs/maths.md) ---------------------------------------------------------------------------
 
 
 def test_sid_sigma_hand_values():

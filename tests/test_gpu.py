@@ -16,7 +16,7 @@ from scoredistill import (
     Teacher,
 )
 from scoredistill.fast import use_fused_norms
-from scoredistill.networks import edm_precond
+from scoredistill.precond import edm_precond
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 

@@ -71,7 +71,7 @@ def check(
             y = group_norm_act(leaves["x"].float(), groups, leaves["weight"], leaves["bias"], 1e-5, **cast, silu=silu)
         else:
             # Twice: the first call of a specialisation launches through Triton's JIT, later ones through the
-            # compiled-kernel handle (scoredistill.kernels.sid_triton._launch); the second call is checked.
+            # compiled-kernel handle (scoredistill.kernels.triton_utils._launch); the second call is checked.
             for _ in range(2):
                 for leaf in leaves.values():
                     leaf.grad = None
@@ -106,8 +106,8 @@ def randomise(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 def test_randomised_networks_depend_on_their_norms():
     # Guards the GPU parity test below against a vacuous comparison.
-    from scoredistill.networks import edm_precond
     from scoredistill.networks.presets import SongUNetConfig
+    from scoredistill.precond import edm_precond
 
     cfg = SongUNetConfig(img_resolution=16, model_channels=32, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(8,))
     net = randomise(edm_precond(cfg)).eval()
@@ -196,7 +196,7 @@ def test_cuda_parity_other_tilings(cb_first, monkeypatch):
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_networks_with_fused_norms_match_native(preset, channels_last):
     # A whole backbone, forward and input gradient, fused norms vs native ones (fp32, TF32 off, eval: no dropout).
-    from scoredistill.networks import edm_precond
+    from scoredistill.precond import edm_precond
 
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     torch.manual_seed(0)

@@ -34,11 +34,11 @@ from scoredistill.hub import (
     from_pretrained,
     load_config,
     push_to_hub,
-    role_config,
     save_pretrained,
 )
 from scoredistill.imageio import image_grid, write_png
-from scoredistill.networks import MLP, DhariwalUNetConfig, SongUNetConfig, StateDictMismatchError, TinyUNet, edm_precond
+from scoredistill.networks import MLP, DhariwalUNetConfig, SongUNetConfig, StateDictMismatchError, TinyUNet
+from scoredistill.precond import edm_precond
 
 pytestmark = pytest.mark.hub
 
@@ -152,7 +152,7 @@ def test_round_trip_outputs_config_and_keys(name: str, saved, tmp_path: Path):
     loaded = from_pretrained(path)
     assert type(loaded) is type(role) and not loaded.training
     assert_same_outputs(role, loaded)
-    assert role_config(loaded) == role_config(role)
+    assert loaded.to_config() == role.to_config()
     assert loaded.state_dict().keys() == role.state_dict().keys()
     assert all(t.dtype == torch.float32 for t in loaded.state_dict().values() if t.is_floating_point())
     # The role's own classmethod, and a re-save that gives the same config.json byte for byte.
@@ -412,16 +412,6 @@ def test_hub_download_and_load(fake_hub: FakeHub, saved, tmp_path: Path):
     assert load_config("org/sid-tiny", cache_dir=tmp_path / "cache")["_class_name"] == "OneStepGenerator"
 
 
-def test_hf_endpoint_set_after_import_is_honoured(saved, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    role, path = saved["mlp_generator"]
-    with FakeHub() as hub:  # no patched constants: only the environment variable, read at call time
-        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint + "/")
-        monkeypatch.setenv("HF_TOKEN", "hf_fake_token_for_tests")
-        _publish(hub, "org/env", path)
-        assert_same_outputs(role, from_pretrained("org/env", cache_dir=tmp_path / "cache"))
-        assert ("GET", "/api/models/org/env/revision/main") in hub.requests
-
-
 def test_hub_revision_is_honoured(fake_hub: FakeHub, saved, tmp_path: Path):
     old, old_path = saved["mlp_generator"]
     new = mlp_generator()
@@ -563,3 +553,44 @@ def test_cli_sample_scatter_for_2d_generators(saved, tmp_path: Path):
     assert image.shape == (512, 512, 3) and (image != 255).any()
     with pytest.raises(SystemExit, match="unconditional"):
         cli_main(["sample", "--model", str(saved["mlp_generator"][1]), "--labels", "1", "--out", str(out)])
+
+
+# Compatibility and file modes -----------------------------------------------------------------------------------
+
+FIXTURES_0_1_0 = Path(__file__).parent / "fixtures" / "artefacts-0.1.0"
+
+
+def test_artefacts_of_0_1_0_still_load():
+    """Artefacts written by scoredistill 0.1.0 (before the Hub layer moved onto ModelHubMixin) load unchanged."""
+    want = load_file(str(FIXTURES_0_1_0 / "expected_outputs.safetensors"))
+    G = OneStepGenerator.from_pretrained(FIXTURES_0_1_0 / "generator-tinyunet")
+    z = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(
+        G(z, torch.tensor([0, 2])), want["generator"], rtol=1e-5, atol=1e-6
+    )  # same weights; kernels may round differently
+    assert load_config(FIXTURES_0_1_0 / "generator-tinyunet")["teacher_id"] == "org/teacher"
+    F = FakeScore.from_pretrained(FIXTURES_0_1_0 / "fake-score-songunet")
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(
+        F(x, torch.tensor([0.5, 2.0])), want["fake_score"], rtol=1e-5, atol=1e-6
+    )  # same weights; kernels may round differently
+    P = Precond.from_pretrained(FIXTURES_0_1_0 / "precond-mlp")
+    x2 = torch.randn(4, 2, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(
+        P(x2, torch.full((4,), 1.5)), want["precond"], rtol=1e-5, atol=1e-6
+    )  # same weights; kernels may round differently
+
+
+def test_saved_artefacts_follow_the_umask(tmp_path: Path):
+    """A generator saved to a shared folder is readable by the group, as any file the user saves."""
+    import os
+
+    G = OneStepGenerator(Precond(MLP(dim=2, hidden=8)), sample_shape=(2,))
+    old = os.umask(0o002)
+    try:
+        path = save_pretrained(G, tmp_path / "shared" / "g")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o775
+    for name in (CONFIG_NAME, WEIGHTS_NAME, MODEL_CARD_NAME):
+        assert (path / name).stat().st_mode & 0o777 == 0o664, name

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from scoredistill import kernels
+from scoredistill.losses import dispatch
 from scoredistill.losses import functional as ref
 
 SHAPES = [(3, 3, 7, 5), (32, 3, 32, 32), (8, 4, 64, 64), (5, 17)]
@@ -238,9 +239,9 @@ def test_layouts_cuda(layout, dtype):
 @pytest.mark.parametrize("one_launch", [True, False])
 def test_partial_use_and_two_launch_path_cuda(monkeypatch, one_launch):
     """Only one of the outputs differentiated (the other's gradient is None), on both forward paths."""
-    from scoredistill.kernels import sid_triton
+    from scoredistill.kernels import triton_utils
 
-    monkeypatch.setattr(sid_triton, "ONE_LAUNCH", one_launch)
+    monkeypatch.setattr(triton_utils, "ONE_LAUNCH", one_launch)
     for shape in [(32, 3, 32, 32), (5, 17), (8, 4, 64, 64)]:
         for use in [(0,), (2,), (0, 2)]:
             check_sid(shape, torch.float32, "cuda", alpha=1.0, with_logits=True, poison=True, use=use)
@@ -287,12 +288,12 @@ def test_cuda_graph_replay_cuda(monkeypatch, fresh_counters):
     ``fresh_counters``: no arrival counter exists yet when the capture starts, so the forward falls back to its
     two-launch path inside the graph.
     """
-    from scoredistill.kernels import sid_triton
+    from scoredistill.kernels import triton_utils
 
     args = _sida_inputs()
-    monkeypatch.setattr(sid_triton, "ONE_LAUNCH", False)
+    monkeypatch.setattr(triton_utils, "ONE_LAUNCH", False)
     _sida_step(*args)  # compile the two-launch kernels outside the capture
-    monkeypatch.setattr(sid_triton, "ONE_LAUNCH", True)
+    monkeypatch.setattr(triton_utils, "ONE_LAUNCH", True)
     want = _sida_step(*args)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -300,8 +301,8 @@ def test_cuda_graph_replay_cuda(monkeypatch, fresh_counters):
         _sida_step(*args)
     torch.cuda.current_stream().wait_stream(side)
     if fresh_counters:
-        monkeypatch.setattr(sid_triton, "_counters", {})
-        monkeypatch.setattr(sid_triton, "_counter_slots", {})
+        monkeypatch.setattr(triton_utils, "_counters", {})
+        monkeypatch.setattr(triton_utils, "_counter_slots", {})
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         got = _sida_step(*args)
@@ -314,7 +315,7 @@ def test_cuda_graph_replay_cuda(monkeypatch, fresh_counters):
             else:
                 assert torch.equal(a, b)
     if not fresh_counters:  # every counter slot is back to zero after the replays
-        assert all(int(t.abs().sum()) == 0 for t in sid_triton._counters.values())
+        assert all(int(t.abs().sum()) == 0 for t in triton_utils._counters.values())
 
 
 @pytest.mark.kernels
@@ -335,17 +336,17 @@ def test_all_samples_masked_cuda():
 @needs_kernels
 def test_dispatch_cuda(monkeypatch):
     x, r, f = (torch.randn(2, 3, 4, 4, device="cuda", requires_grad=True) for _ in range(3))
-    sid, _, _ = kernels.sid_generator_terms(x, r, f, alpha=1.2)
+    sid, _, _ = dispatch.sid_generator_terms(x, r, f, alpha=1.2)
     assert "SiDFunction" in type(sid.grad_fn).__name__
-    sid, _, _ = kernels.sid_generator_terms(x, r, f, alpha=1.2, use_kernels=False)
+    sid, _, _ = dispatch.sid_generator_terms(x, r, f, alpha=1.2, use_kernels=False)
     assert "SiDFunction" not in type(sid.grad_fn).__name__
     sigma = torch.ones(2, device="cuda")
-    dsm, _ = kernels.fake_score_terms(r, x.detach(), sigma)
+    dsm, _ = dispatch.fake_score_terms(r, x.detach(), sigma)
     assert "DSMFunction" in type(dsm.grad_fn).__name__
     monkeypatch.setenv("SCOREDISTILL_KERNELS", "0")
-    sid, _, _ = kernels.sid_generator_terms(x, r, f, alpha=1.2)
+    sid, _, _ = dispatch.sid_generator_terms(x, r, f, alpha=1.2)
     assert "SiDFunction" not in type(sid.grad_fn).__name__
-    dsm, _ = kernels.fake_score_terms(r, x.detach(), sigma)
+    dsm, _ = dispatch.fake_score_terms(r, x.detach(), sigma)
     assert "DSMFunction" not in type(dsm.grad_fn).__name__
 
 
@@ -383,7 +384,7 @@ def test_dispatch_switch_cpu(monkeypatch):
     monkeypatch.delenv("SCOREDISTILL_KERNELS")
     x, r, f = (torch.randn(2, 3, 4, 4, requires_grad=True) for _ in range(3))
     assert not kernels._use_fused(x, None)
-    got = kernels.sid_generator_terms(x, r, f, alpha=1.2)
+    got = dispatch.sid_generator_terms(x, r, f, alpha=1.2)
     want = ref.sid_generator_terms(x, r, f, alpha=1.2)
     torch.testing.assert_close(got[0], want[0])
     torch.testing.assert_close(got[1], want[1])
@@ -413,15 +414,15 @@ def run_interpreter_cases() -> None:
     for layout in ("mixed", "strided"):
         check_sid((4, 2, 40, 40), torch.float32, "cpu", alpha=1.2, with_logits=True, poison=True, layout=layout)
         check_dsm((4, 2, 40, 40), torch.float32, "cpu", with_logits=True, poison=True, x0_grad=True, layout=layout)
-    from scoredistill.kernels import sid_triton
+    from scoredistill.kernels import triton_utils
 
     for one_launch in (True, False):
-        sid_triton.ONE_LAUNCH = one_launch
+        triton_utils.ONE_LAUNCH = one_launch
         for use in [(0,), (2,)]:
             check_sid((4, 2, 40, 40), torch.float32, "cpu", alpha=1.0, with_logits=True, poison=True, use=use)
         for use in [(0,), (1,), (0, 1)]:
             check_dsm((4, 2, 40, 40), torch.float32, "cpu", with_logits=True, poison=True, x0_grad=False, use=use)
-    sid_triton.ONE_LAUNCH = True
+    triton_utils.ONE_LAUNCH = True
 
 
 @pytest.mark.timeout(300)

@@ -20,10 +20,9 @@ from scoredistill.networks import (
     StateDictMismatchError,
     build_backbone,
     config_from_edm_kwargs,
-    edm_precond,
     load_edm_state_dict,
 )
-from scoredistill.precond import Precond, edm_scalings
+from scoredistill.precond import Precond, edm_precond, edm_scalings
 
 GOLDEN = Path(__file__).parent / "fixtures" / "golden"
 GOLDEN_FILES = ["ddpmpp-tiny-uncond", "ddpmpp-tiny-cond", "ncsnpp-tiny-uncond", "adm-tiny-cond"]

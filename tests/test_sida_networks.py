@@ -19,7 +19,8 @@ from scoredistill import (
 )
 from scoredistill.augment import AugmentPipe
 from scoredistill.data import ImageZipDataset, check_compatible, real_batches
-from scoredistill.networks import DhariwalUNetConfig, SongUNetConfig, edm_precond
+from scoredistill.networks import DhariwalUNetConfig, SongUNetConfig
+from scoredistill.precond import edm_precond
 
 FIXTURE = Path(__file__).parent / "fixtures" / "cifar10-tiny.zip"
 

@@ -14,6 +14,7 @@ The public API, re-exported here:
 from ._types import Denoiser as Denoiser
 from ._types import Noised as Noised
 from ._types import ScoreOutput as ScoreOutput
+from ._version import __version__ as __version__
 from .analytic import GaussianMixture as GaussianMixture
 from .distill import DistillConfig as DistillConfig
 from .distill import Distiller as Distiller
@@ -28,13 +29,12 @@ from .losses import LossModule as LossModule
 from .losses import LossOutput as LossOutput
 from .losses import SiDLoss as SiDLoss
 from .precond import Precond as Precond
+from .precond import edm_precond as edm_precond
 from .precond import edm_scalings as edm_scalings
 from .sampling import edm_sample as edm_sample
 from .schedules import KarrasUniform as KarrasUniform
 from .schedules import LogNormal as LogNormal
 from .teacher import Teacher as Teacher
-
-__version__ = "0.1.0"
 
 __all__ = [
     "EMA",
@@ -57,6 +57,7 @@ __all__ = [
     "ScoreOutput",
     "SiDLoss",
     "Teacher",
+    "edm_precond",
     "edm_sample",
     "edm_scalings",
 ]

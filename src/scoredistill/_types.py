@@ -118,7 +118,7 @@ class Noised:
 
     @property
     def x_t(self) -> Tensor:
-        """The noisy input ``x0 + sigma * noise`` (E5); variance-exploding, no signal scaling."""
+        """The noisy input ``x0 + sigma * noise`` (SiD-3); variance-exploding, no signal scaling."""
         return self.x0 + expand_as(self.sigma, self.x0) * self.noise
 
     def with_x0(self, x0: Tensor, augment_labels: Tensor | None = None) -> Noised:

@@ -1,9 +1,9 @@
-"""EDM's non-leaking geometric augmentation with 9-dim augment labels (SID_SPEC §12).
+"""EDM's non-leaking geometric augmentation with 9-dim augment labels (StyleGAN2-ADA; EDM).
 
 EDM teachers for CIFAR-10, FFHQ and AFHQv2 were trained on augmented images and take the pipe's 9-dim label
 vector as conditioning (``augment_dim = 9``). SiD/SiDA augment the fake-score and discriminator inputs with
 the same pipe (CIFAR-10 ``p = 0.12``, FFHQ/AFHQ ``p = 0.15``) and feed its labels; the generator loss always
-passes zeros. This is a clean-room implementation written from SID_SPEC §12 and the description of the
+passes zeros. This is a clean-room implementation written from the description of the
 geometric pipeline in Karras et al. 2020, "Training Generative Adversarial Networks with Limited Data",
 Appendix B.
 
@@ -40,7 +40,7 @@ Label layout (``[B, 9]`` float32, in this order):
 ====  ==================  =======================================================================
 
 References:
-    Karras et al. 2020 (StyleGAN2-ADA), Appendix B; Karras et al. 2022 (EDM), Appendix F.2; SID_SPEC §12.
+    Karras et al. 2020 (StyleGAN2-ADA), Appendix B; Karras et al. 2022 (EDM), Appendix F.2.
 """
 
 from __future__ import annotations

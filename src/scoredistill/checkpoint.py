@@ -7,13 +7,14 @@ never leaves a half checkpoint where a resume would look.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
+
+from ._io import atomic_directory
 
 __all__ = ["load_training_state", "save_training_state"]
 
@@ -32,20 +33,11 @@ def save_training_state(path: str | os.PathLike, *, modules: dict[str, nn.Module
     Returns:
         The checkpoint directory.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    for name, module in modules.items():
-        save_model(module, str(tmp / f"{name}.safetensors"))
-    torch.save(state, tmp / STATE_FILE)
-    old = path.with_name(f".{path.name}.old-{os.getpid()}")
-    if path.exists():
-        path.rename(old)
-    tmp.rename(path)
-    shutil.rmtree(old, ignore_errors=True)
-    return path
+    with atomic_directory(path) as tmp:
+        for name, module in modules.items():
+            save_model(module, str(tmp / f"{name}.safetensors"))
+        torch.save(state, tmp / STATE_FILE)
+    return Path(path)
 
 
 def load_training_state(

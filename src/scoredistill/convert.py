@@ -2,7 +2,7 @@
 
 EDM-family ``.pkl`` files are plain pickles of ``{'ema': <EDMPrecond>, ...}`` whose modules are
 ``torch_utils.persistence`` classes: each records its class source code and its state, and is rebuilt on load
-by ``torch_utils.persistence._reconstruct_persistent_obj``, which executes that source (SID_SPEC §6). This
+by ``torch_utils.persistence._reconstruct_persistent_obj``, which executes that source. This
 module never does. :class:`RestrictedUnpickler` resolves only an explicit allow-list of globals:
 
 - tensor and storage rebuild functions (``torch._utils._rebuild_tensor_v2``, ``_rebuild_parameter``,
@@ -17,7 +17,7 @@ and refuses anything else with an :class:`UnsafePickleError` that names the glob
 function (:func:`module_state_dict`) then walks the recorded ``_parameters``/``_buffers``/``_modules`` into an
 EDM-keyed state dict, which :func:`load_edm_pickle` loads strictly into our clean-room networks.
 
-Opt-in and never imported by ``scoredistill`` itself; the public artefacts are safetensors (STYLE §2.4).
+Opt-in and never imported by ``scoredistill`` itself; the public artefacts are safetensors (see below).
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .networks.presets import EDMUNetConfig, config_from_edm_kwargs, edm_precond, load_edm_state_dict
-from .precond import Precond
+from .networks.presets import EDMUNetConfig, config_from_edm_kwargs, load_edm_state_dict
+from .precond import Precond, edm_precond
 
 __all__ = [
     "EDMNetworkRecord",
@@ -275,7 +275,7 @@ def load_edm_pickle(
         key: Entry of the pickled dict holding the network.
         config: Backbone config; by default parsed from the recorded init kwargs.
         **overrides: Config fields to replace (e.g. ``dropout=0.0``), as in
-            :func:`~scoredistill.networks.edm_precond`.
+            :func:`~scoredistill.precond.edm_precond`.
 
     Returns:
         The preconditioned network in eval mode on CPU, float32.

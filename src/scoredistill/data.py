@@ -5,7 +5,7 @@ in sorted name order) plus an optional ``dataset.json`` holding ``{"labels": [[f
 ``"labels": null`` or no ``dataset.json`` means unconditional. Decoding PNG/JPEG needs Pillow, the optional
 extra ``data`` (``pip install scoredistill[data]``), imported only when a dataset is opened.
 
-Pixel convention (SID_SPEC §0): images are uint8 ``[C, H, W]`` in the dataset and ``x = uint8 / 127.5 - 1`` in
+Pixel convention (docs/maths.md): images are uint8 ``[C, H, W]`` in the dataset and ``x = uint8 / 127.5 - 1`` in
 [-1, 1] everywhere else.
 """
 

@@ -1,4 +1,4 @@
-"""The distillation loop: fake-score step, generator step, EMA (SID_SPEC §2-3).
+"""The distillation loop: fake-score step, generator step, EMA (docs/maths.md).
 
 One ``Distiller.step()`` is one reference iteration. Everything stochastic in it is drawn from a generator
 seeded by ``(seed, step, rank)``, so a run is repeatable and a resumed run continues the same loss trace.
@@ -39,7 +39,7 @@ Augment = Callable[..., tuple[Tensor, Tensor]]  # augment(x, rng=generator) -> (
 
 @dataclass(frozen=True, kw_only=True)
 class DistillConfig:
-    """Hyperparameters of the loop. Defaults are the reference's CIFAR-10 SiD settings (SID_SPEC §4)."""
+    """Hyperparameters of the loop. Defaults are the reference's CIFAR-10 SiD settings (docs/maths.md)."""
 
     batch_size: int = 256  # images per step in this process (reference: batch / world size)
     micro_batch: int | None = None  # images per forward pass; batch_size / micro_batch accumulation rounds
@@ -120,7 +120,7 @@ class Distiller:
             AdversarialEncoderLoss()]``. Their parameters, if any, train with the fake score.
         config: Loop hyperparameters.
         data: Iterator of real batches ``(x_real, labels)`` of ``micro_batch`` images; required by losses
-            with ``needs_real_data`` (SiDA), and the source of class labels when given (SID_SPEC §1.1).
+            with ``needs_real_data`` (SiDA), and the source of class labels when given (docs/maths.md, (SiD-1)).
         augment: Optional ``augment(x, rng=...) -> (x_aug, augment_labels)`` for f_psi's inputs (EDM AugmentPipe).
     """
 
@@ -224,7 +224,7 @@ class Distiller:
         return x_real.to(self.device, non_blocking=True), labels
 
     def _labels(self, batch: Batch | None, n: int) -> Tensor | None:
-        """Class labels of a micro-batch: the data's when given (SID_SPEC §1.1), else uniform one-hot."""
+        """Class labels of a micro-batch: the data's when given (docs/maths.md, (SiD-1)), else uniform one-hot."""
         if self.generator.label_dim == 0:
             return None
         if batch is not None and batch[1] is not None:
@@ -292,7 +292,7 @@ class Distiller:
         cfg, micro = self.config, self.config.batch_size // self.config.rounds
         logs: dict[str, Tensor] = {}
 
-        # Fake-score (+ discriminator) step on detached generator samples (E9-E12).
+        # Fake-score (+ discriminator) step on detached generator samples (DSM-1–SiDA-2).
         self.generator.eval()
         self.fake_score.train().requires_grad_(True)
         for batch in batches[: cfg.rounds]:
@@ -321,7 +321,7 @@ class Distiller:
         if not gen_on:
             return logs
 
-        # Generator step: gradients flow through the frozen score networks' inputs (E5-E8, E13-E15).
+        # Generator step: gradients flow through the frozen score networks' inputs (SiD-3–SiD-6, SiDA-3–SiDA-4).
         self.generator.train()
         self.fake_score.eval().requires_grad_(False)
         for batch in batches[cfg.rounds :] or [None] * cfg.rounds:

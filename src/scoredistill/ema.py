@@ -11,7 +11,7 @@ __all__ = ["EMA", "ema_beta"]
 
 
 def ema_beta(nimg: int, batch: int, *, halflife_nimg: float, rampup_ratio: float | None = 0.05) -> float:
-    """EDM's EMA decay for one step (E16).
+    """EDM's EMA decay for one step (EMA-1).
 
     ``h = min(halflife_nimg, rampup_ratio * nimg)`` and ``beta = 0.5 ** (batch / max(h, 1e-8))``; at
     ``nimg = 0`` with a ramp-up, ``beta = 0`` (the average restarts from the current weights).
@@ -21,7 +21,7 @@ def ema_beta(nimg: int, batch: int, *, halflife_nimg: float, rampup_ratio: float
 
 
 class EMA(nn.Module):
-    """A frozen copy of a module updated as ``theta_ema <- beta theta_ema + (1 - beta) theta`` (E16).
+    """A frozen copy of a module updated as ``theta_ema <- beta theta_ema + (1 - beta) theta`` (EMA-1).
 
     Args:
         module: The module to average (its copy is made here).

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import copy
-import os
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any
 
 from torch import Tensor, nn
 
 from ._types import ScoreOutput, as_sigma, infer_sample_shape
-
-if TYPE_CHECKING:
-    from huggingface_hub import CommitInfo
+from .hub import HubMixin
+from .precond import Precond
 
 __all__ = ["FakeScore"]
 
 
-class FakeScore(nn.Module):
+class FakeScore(nn.Module, HubMixin):
     """``f_psi``: trained by denoising score matching on generator samples; SiDA reads its encoder as ``D``.
 
     Args:
@@ -26,7 +24,7 @@ class FakeScore(nn.Module):
             discriminator logits from the same pass and :meth:`logits` runs the encoder alone.
 
     References:
-        Zhou et al. 2025 (SiDA), Sec. 3; SID_SPEC §3.1.
+        Zhou et al. 2025 (SiDA); docs/maths.md, (SiDA-1).
     """
 
     def __init__(self, denoiser: nn.Module):
@@ -74,23 +72,18 @@ class FakeScore(nn.Module):
             raise TypeError("this fake score has no encoder: SiDA needs a backbone with encoder logits")
         return self.denoiser.logits(x, as_sigma(sigma, x.shape[0], x.device), labels, augment_labels).float()
 
-    # Public artefacts (config.json + model.safetensors), delegated to scoredistill.hub.
+    # config.json (scoredistill.hub): the Precond's config.
 
-    def save_pretrained(self, directory: str | os.PathLike, **kwargs: Any) -> Path:
-        """Write this FakeScore as a public artefact; see :func:`scoredistill.hub.save_pretrained`."""
-        from .hub import save_pretrained
-
-        return save_pretrained(self, directory, **kwargs)
+    def to_config(self) -> dict[str, Any]:
+        """The :class:`Precond`'s config (a fake score adds no arguments of its own)."""
+        if type(self.denoiser) is not Precond:
+            raise TypeError(
+                f"cannot save a FakeScore around a {type(self.denoiser).__name__}: public artefacts hold a "
+                "Precond around a registered backbone (see scoredistill.networks.registry.BACKBONES)"
+            )
+        return self.denoiser.to_config()
 
     @classmethod
-    def from_pretrained(cls, repo_id_or_path: str | os.PathLike, **kwargs: Any) -> FakeScore:
-        """Load strictly from a local directory or a Hub repo; see :func:`scoredistill.hub.from_pretrained`."""
-        from .hub import from_pretrained
-
-        return from_pretrained(repo_id_or_path, expected_class=cls, **kwargs)
-
-    def push_to_hub(self, repo_id: str, **kwargs: Any) -> CommitInfo:
-        """Upload this FakeScore to a Hub model repo; see :func:`scoredistill.hub.push_to_hub`."""
-        from .hub import push_to_hub
-
-        return push_to_hub(self, repo_id, **kwargs)
+    def from_config(cls, config: Mapping[str, Any]) -> FakeScore:
+        """A freshly initialised fake score from :meth:`to_config` output."""
+        return cls(Precond.from_config(config))

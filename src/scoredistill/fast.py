@@ -13,6 +13,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from .networks.layers import Conv2d, GroupNorm, UNetBlock
+
 __all__ = ["CompileScope", "StepGraphs", "speed_up", "use_fused_norms"]
 
 CompileScope = Literal["off", "blocks", "network"]
@@ -45,7 +47,7 @@ def speed_up(
     if channels_last:
         backbone.to(memory_format=torch.channels_last)
     if compile == "blocks":
-        blocks = [m for m in backbone.modules() if type(m).__name__ == "UNetBlock"]
+        blocks = [m for m in backbone.modules() if isinstance(m, UNetBlock)]
         if not blocks:
             raise ValueError(f"{type(backbone).__name__} has no UNetBlock to compile: use compile='network'")
         # Blocks differ in channels, resampling and attention: allow one compiled variant per kind.
@@ -71,7 +73,6 @@ def use_fused_norms(module: nn.Module, enabled: bool | None) -> nn.Module:
     Returns:
         ``module``.
     """
-    from .networks.layers import Conv2d, GroupNorm
 
     for m in module.modules():
         if isinstance(m, (GroupNorm, Conv2d)):

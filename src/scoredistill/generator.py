@@ -3,23 +3,21 @@
 from __future__ import annotations
 
 import copy
-import os
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ._types import infer_sample_shape
-
-if TYPE_CHECKING:
-    from huggingface_hub import CommitInfo
+from .hub import HubMixin
+from .precond import Precond, _check_keys
 
 __all__ = ["OneStepGenerator"]
 
 
-class OneStepGenerator(nn.Module):
-    """``x_g = D_theta(sigma_init z; sigma_init, labels)``, ``z ~ N(0, I)``: one network evaluation (E3).
+class OneStepGenerator(nn.Module, HubMixin):
+    """``x_g = D_theta(sigma_init z; sigma_init, labels)``, ``z ~ N(0, I)``: one network evaluation (SiD-1).
 
     Args:
         denoiser: A trainable denoiser ``D(x, sigma, labels)``, usually a copy of the teacher's network.
@@ -36,7 +34,7 @@ class OneStepGenerator(nn.Module):
         torch.Size([5, 2])
 
     References:
-        Zhou et al. 2024 (SiD), Sec. 3; SID_SPEC §1.1.
+        Zhou et al. 2024 (SiD); docs/maths.md, (SiD-1).
     """
 
     def __init__(
@@ -97,23 +95,23 @@ class OneStepGenerator(nn.Module):
             labels = torch.randint(self.label_dim, (n,), generator=rng, device=device)
         return self(z, labels)
 
-    # Public artefacts (config.json + model.safetensors), delegated to scoredistill.hub.
+    # config.json (scoredistill.hub): the role's init args beside its Precond's config.
 
-    def save_pretrained(self, directory: str | os.PathLike, **kwargs: Any) -> Path:
-        """Write this OneStepGenerator as a public artefact; see :func:`scoredistill.hub.save_pretrained`."""
-        from .hub import save_pretrained
-
-        return save_pretrained(self, directory, **kwargs)
+    def to_config(self) -> dict[str, Any]:
+        """``sigma_init``, ``sample_shape`` and ``label_dim`` beside the :class:`Precond`'s config."""
+        if type(self.denoiser) is not Precond:
+            raise TypeError(
+                f"cannot save a OneStepGenerator around a {type(self.denoiser).__name__}: public artefacts hold a "
+                "Precond around a registered backbone (see scoredistill.networks.registry.BACKBONES)"
+            )
+        role = {"sigma_init": self.sigma_init, "sample_shape": list(self.sample_shape), "label_dim": self.label_dim}
+        return {**role, **self.denoiser.to_config()}
 
     @classmethod
-    def from_pretrained(cls, repo_id_or_path: str | os.PathLike, **kwargs: Any) -> OneStepGenerator:
-        """Load strictly from a local directory or a Hub repo; see :func:`scoredistill.hub.from_pretrained`."""
-        from .hub import from_pretrained
-
-        return from_pretrained(repo_id_or_path, expected_class=cls, **kwargs)
-
-    def push_to_hub(self, repo_id: str, **kwargs: Any) -> CommitInfo:
-        """Upload this OneStepGenerator to a Hub model repo; see :func:`scoredistill.hub.push_to_hub`."""
-        from .hub import push_to_hub
-
-        return push_to_hub(self, repo_id, **kwargs)
+    def from_config(cls, config: Mapping[str, Any]) -> OneStepGenerator:
+        """A freshly initialised generator from :meth:`to_config` output; unknown keys raise ``ValueError``."""
+        own = ("sigma_init", "sample_shape", "label_dim")
+        _check_keys(config, required=(*own, "precond", "backbone"), where="the config")
+        net = Precond.from_config({k: v for k, v in config.items() if k not in own})
+        shape = tuple(config["sample_shape"])
+        return cls(net, sample_shape=shape, sigma_init=config["sigma_init"], label_dim=config["label_dim"])

@@ -1,68 +1,58 @@
 """Public artefacts: ``config.json`` + ``model.safetensors`` (+ a ``README.md`` model card), locally or on the Hub.
 
-One directory holds one role: a :class:`~scoredistill.generator.OneStepGenerator` (the usual case), a
-:class:`~scoredistill.fake_score.FakeScore` or a bare :class:`~scoredistill.precond.Precond`, each around a
-backbone from :mod:`scoredistill.networks`. ``config.json`` records everything needed to rebuild the module
-(STYLE §2.4)::
+:class:`HubMixin` gives a role ``save_pretrained``, ``from_pretrained`` and ``push_to_hub`` on top of
+:class:`huggingface_hub.ModelHubMixin`. The Hub layer knows no role: each role (``OneStepGenerator``,
+``FakeScore``, ``Precond``) writes its architecture with ``to_config()`` and rebuilds it with
+``from_config(config)``. One directory holds one role; ``config.json`` reads::
 
     {
       "_class_name": "OneStepGenerator",        # the role
       "_scoredistill_version": "0.1.0",
       "format_version": 1,
-      "sigma_init": 2.5, "sample_shape": [3, 32, 32], "label_dim": 0,    # the role's init args
-      "precond": {"label_dim": 0, "augment_dim": 9, "sigma_data": 0.5},  # Precond's init args
-      "backbone": {"_class_name": "SongUNet", "config": {...}},           # the backbone and its config
+      "sigma_init": 2.5, "sample_shape": [3, 32, 32], "label_dim": 0,    # the role's to_config() ...
+      "precond": {"label_dim": 0, "augment_dim": 9, "sigma_data": 0.5},  # ... with its Precond's args
+      "backbone": {"_class_name": "SongUNet", "config": {...}},           # ... and backbone
       "torch_dtype": "float32",                 # dtype of the stored weights
       "teacher_id": "org/edm-cifar10", "teacher_revision": "abc123",     # provenance, or null
       "training": {...}                         # how it was made (free-form), or null
     }
 
-Backbones and roles are rebuilt through the explicit registries :data:`BACKBONES` and :data:`ROLES`; nothing is
-constructed from a string any other way, and nothing is ever unpickled. Loading is always strict: every
-missing, unexpected or mis-shaped key is reported by name, as is any malformed file.
+Loading is always strict: the module is built on the meta device and every missing, unexpected or mis-shaped key
+is reported by name, as is any malformed file. Nothing is ever unpickled.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from huggingface_hub import HfApi, ModelCard, ModelCardData, ModelHubMixin, snapshot_download
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from .fake_score import FakeScore
-from .generator import OneStepGenerator
-from .networks.dhariwal_unet import DhariwalUNet, DhariwalUNetConfig
-from .networks.presets import StateDictMismatchError
-from .networks.song_unet import SongUNet, SongUNetConfig
-from .networks.toy import MLP, TinyUNet
-from .precond import Precond
+from ._io import StateDictMismatchError, atomic_directory, load_state_dict_strict
+from ._version import __version__
 
 if TYPE_CHECKING:
     from huggingface_hub import CommitInfo
 
 __all__ = [
-    "BACKBONES",
     "CONFIG_NAME",
     "FORMAT_VERSION",
     "MODEL_CARD_NAME",
     "ROLES",
     "WEIGHTS_NAME",
-    "BackboneCodec",
     "CheckpointError",
+    "HubMixin",
     "WeightsMismatchError",
     "from_pretrained",
     "load_config",
     "push_to_hub",
-    "role_config",
     "save_pretrained",
 ]
 
@@ -72,18 +62,12 @@ MODEL_CARD_NAME = "README.md"
 FORMAT_VERSION = 1
 """Version of the artefact layout; readers refuse a newer one."""
 
-Role = OneStepGenerator | FakeScore | Precond
+ROLES: dict[str, type[HubMixin]] = {}
+"""The classes an artefact may name in ``_class_name``: every subclass of :class:`HubMixin`, by class name."""
 
 _DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-_META_KEYS = (
-    "_class_name",
-    "_scoredistill_version",
-    "format_version",
-    "torch_dtype",
-    "teacher_id",
-    "teacher_revision",
-    "training",
-)
+_META_KEYS = ("_class_name", "_scoredistill_version", "format_version", "torch_dtype", "teacher_id")
+_META_KEYS += ("teacher_revision", "training")
 
 
 class CheckpointError(ValueError):
@@ -111,135 +95,332 @@ class WeightsMismatchError(StateDictMismatchError, CheckpointError):
         self.args = (f"{file} does not match the network described by {CONFIG_NAME}: {self.args[0]}",)
 
 
-# Backbones -------------------------------------------------------------------------------------------------------
+class HubMixin(
+    ModelHubMixin,
+    library_name="scoredistill",
+    repo_url="https://github.com/scoredistill/scoredistill",
+    tags=["scoredistill", "score-distillation", "diffusion", "pytorch"],
+):
+    """``save_pretrained`` / ``from_pretrained`` / ``push_to_hub`` for a role with ``to_config`` / ``from_config``.
 
-
-@dataclass(frozen=True)
-class BackboneCodec:
-    """How one backbone family is written to and rebuilt from ``config.json``.
-
-    Attributes:
-        cls: The backbone class (matched exactly, so a subclass is never saved as its parent).
-        encode: Backbone -> JSON-ready config dict.
-        build: Config dict -> a freshly initialised backbone.
+    Subclasses register themselves in :data:`ROLES` under their class name (what ``_class_name`` records).
     """
 
-    cls: type[nn.Module]
-    encode: Callable[[Any], dict[str, Any]]
-    build: Callable[[Any], nn.Module]
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        ROLES[cls.__name__] = cls
 
+    def to_config(self) -> dict[str, Any]:  # pragma: no cover - every role overrides it
+        """The JSON-ready architecture that :meth:`from_config` rebuilds."""
+        raise NotImplementedError
 
-BACKBONES: dict[str, BackboneCodec] = {
-    "SongUNet": BackboneCodec(SongUNet, lambda m: m.config.to_dict(), lambda c: SongUNet(SongUNetConfig.from_dict(c))),
-    "DhariwalUNet": BackboneCodec(
-        DhariwalUNet, lambda m: m.config.to_dict(), lambda c: DhariwalUNet(DhariwalUNetConfig.from_dict(c))
-    ),
-    "MLP": BackboneCodec(MLP, lambda m: dict(m.init_kwargs), lambda c: MLP(**c)),
-    "TinyUNet": BackboneCodec(TinyUNet, lambda m: dict(m.init_kwargs), lambda c: TinyUNet(**c)),
-}
-"""The backbones an artefact may name in ``backbone._class_name``: the one place they are looked up."""
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> HubMixin:  # pragma: no cover - every role overrides it
+        """A freshly initialised module for :meth:`to_config` output."""
+        raise NotImplementedError
 
-ROLES: dict[str, type[nn.Module]] = {"OneStepGenerator": OneStepGenerator, "FakeScore": FakeScore, "Precond": Precond}
-"""The classes an artefact may name in ``_class_name``."""
+    # Saving ------------------------------------------------------------------------------------------------------
 
+    def artefact_config(
+        self,
+        *,
+        dtype: torch.dtype = torch.float32,
+        teacher_id: str | None = None,
+        teacher_revision: str | None = None,
+        training: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """The full ``config.json``: class, versions, :meth:`to_config`, weights dtype and provenance."""
+        dtype_name = next((k for k, v in _DTYPES.items() if v == dtype), None)
+        if dtype_name is None:
+            raise ValueError(f"dtype must be one of torch.{', torch.'.join(_DTYPES)}, got {dtype}")
+        config = {
+            "_class_name": type(self).__name__,
+            "_scoredistill_version": __version__,
+            "format_version": FORMAT_VERSION,
+            **self.to_config(),
+            "torch_dtype": dtype_name,
+            "teacher_id": teacher_id,
+            "teacher_revision": teacher_revision,
+            "training": dict(training) if training is not None else None,
+        }
+        try:
+            json.dumps(config, allow_nan=False)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"config.json must be plain JSON (check `training`): {err}") from err
+        return config
 
-def _encode_backbone(model: nn.Module) -> dict[str, Any]:
-    for name, codec in BACKBONES.items():
-        if type(model) is codec.cls:
-            return {"_class_name": name, "config": codec.encode(model)}
-    raise TypeError(
-        f"cannot save a {type(model).__name__} backbone: save_pretrained knows {sorted(BACKBONES)} "
-        "(add an entry to scoredistill.hub.BACKBONES for a new backbone family)"
-    )
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        *,
+        teacher_id: str | None = None,
+        teacher_revision: str | None = None,
+        license: str | None = None,
+        training: Mapping[str, Any] | None = None,
+        model_card: bool = True,
+        dtype: torch.dtype = torch.float32,
+        config: dict[str, Any] | None = None,
+        model_card_kwargs: dict[str, Any] | None = None,
+    ) -> Path:
+        """Write this module as a public artefact: ``config.json``, ``model.safetensors`` and a ``README.md`` card.
 
+        The directory is written next to its final place and renamed into it (files get the modes of any file
+        the user saves), so readers never see a half-written artefact. An existing directory is replaced only
+        when it holds nothing but these three files.
 
-def _precond_of(role: nn.Module) -> Precond:
-    net = role if isinstance(role, Precond) else getattr(role, "denoiser", None)
-    if type(net) is not Precond:
-        raise TypeError(
-            f"cannot save a {type(role).__name__} around a {type(net).__name__}: public artefacts hold a Precond "
-            "around a registered backbone (see scoredistill.hub.BACKBONES)"
-        )
-    return net
+        Args:
+            save_directory: The artefact directory, e.g. ``run/generator_ema``.
+            teacher_id: Hub id of the teacher it was distilled from (recorded, and the card's ``base_model``).
+            teacher_revision: The teacher's revision (a commit hash pins it).
+            license: Licence identifier for the card, e.g. ``"cc-by-nc-sa-4.0"`` (check the teacher's licence).
+            training: How it was made, e.g. ``dataclasses.asdict(distill_config)``; JSON-ready values only.
+            model_card: Write ``README.md``.
+            dtype: Dtype of the stored floating-point parameters: float32 (default), or float16/bfloat16 for a
+                smaller variant. Buffers keep their dtype.
+            config: A complete ``config.json`` (from :meth:`artefact_config`) instead of the arguments above.
+            model_card_kwargs: Passed to :meth:`generate_model_card` (``license``, ``repo_id``).
 
+        Returns:
+            The artefact directory.
 
-# Config ----------------------------------------------------------------------------------------------------------
-
-
-def _library_version() -> str:
-    from . import __version__
-
-    return __version__
-
-
-def role_config(role: Role) -> dict[str, Any]:
-    """The architecture part of ``config.json`` for ``role``: class, init args, Precond args and backbone.
-
-    Args:
-        role: A :class:`OneStepGenerator`, :class:`FakeScore` or :class:`Precond` around a registered backbone.
-
-    Returns:
-        A JSON-ready dict; two roles with equal ``role_config`` have identical state-dict keys and shapes.
-    """
-    if type(role) not in ROLES.values():
-        raise TypeError(f"save_pretrained takes one of {sorted(ROLES)}, got {type(role).__name__}")
-    precond = _precond_of(role)
-    config: dict[str, Any] = {"_class_name": type(role).__name__}
-    if isinstance(role, OneStepGenerator):
-        config.update(sigma_init=role.sigma_init, sample_shape=list(role.sample_shape), label_dim=role.label_dim)
-    config["precond"] = {
-        "label_dim": precond.label_dim,
-        "augment_dim": precond.augment_dim,
-        "sigma_data": precond.sigma_data,
-    }
-    config["backbone"] = _encode_backbone(precond.model)
-    return config
-
-
-def _require(mapping: Mapping[str, Any], keys: tuple[str, ...], where: str, file: Path) -> None:
-    missing = [k for k in keys if k not in mapping]
-    if missing:
-        raise CheckpointError(f"{file}: {where} lacks {missing}")
-
-
-def _check_keys(mapping: Mapping[str, Any], allowed: tuple[str, ...], where: str, file: Path) -> None:
-    unknown = sorted(set(mapping) - set(allowed))
-    if unknown:
-        raise CheckpointError(
-            f"{file}: unknown keys {unknown} in {where}; a format_version {FORMAT_VERSION} "
-            f"artefact may hold {sorted(allowed)}"
-        )
-
-
-def _build(config: Mapping[str, Any], file: Path) -> Role:
-    """A freshly initialised role for a validated ``config.json`` (weights not loaded yet)."""
-    name = config["_class_name"]
-    role_args = ("sigma_init", "sample_shape", "label_dim") if name == "OneStepGenerator" else ()
-    _require(config, ("precond", "backbone", *role_args), "the config", file)
-    _check_keys(config, (*_META_KEYS, "precond", "backbone", *role_args), "the config", file)
-    precond_args, backbone = config["precond"], config["backbone"]
-    if not isinstance(precond_args, dict) or not isinstance(backbone, dict):
-        raise CheckpointError(f"{file}: 'precond' and 'backbone' must be JSON objects")
-    _require(backbone, ("_class_name", "config"), "'backbone'", file)
-    _check_keys(backbone, ("_class_name", "config"), "'backbone'", file)
-    codec = BACKBONES.get(backbone["_class_name"])
-    if codec is None:
-        raise CheckpointError(
-            f"{file}: unknown backbone class {backbone['_class_name']!r}; this scoredistill knows {sorted(BACKBONES)}"
-        )
-    _check_keys(precond_args, ("label_dim", "augment_dim", "sigma_data"), "'precond'", file)
-    try:
-        net = Precond(codec.build(backbone["config"]), **precond_args)
-        if name == "OneStepGenerator":
-            return OneStepGenerator(
-                net,
-                sample_shape=tuple(config["sample_shape"]),
-                sigma_init=config["sigma_init"],
-                label_dim=config["label_dim"],
+        Example:
+            >>> import tempfile
+            >>> from scoredistill import OneStepGenerator, Precond
+            >>> from scoredistill.networks import MLP
+            >>> G = OneStepGenerator(Precond(MLP(dim=2, hidden=16)), sample_shape=(2,))
+            >>> path = G.save_pretrained(tempfile.mkdtemp() + "/generator")
+            >>> sorted(p.name for p in path.iterdir())
+            ['README.md', 'config.json', 'model.safetensors']
+        """
+        if config is None:
+            config = self.artefact_config(
+                dtype=dtype, teacher_id=teacher_id, teacher_revision=teacher_revision, training=training
             )
-        return FakeScore(net) if name == "FakeScore" else net
-    except (TypeError, ValueError) as err:
-        raise CheckpointError(f"{file}: cannot build {name} from its config: {err}") from err
+        path = Path(save_directory)
+        if path.exists():
+            if not path.is_dir():
+                raise FileExistsError(f"{path} exists and is not a directory")
+            ours = (CONFIG_NAME, WEIGHTS_NAME, MODEL_CARD_NAME)
+            foreign = sorted(p.name for p in path.iterdir() if p.name not in ours)
+            if foreign:
+                raise FileExistsError(
+                    f"{path} holds other files ({', '.join(foreign[:5])}): save_pretrained replaces "
+                    "its directory as a whole, so pass a new or dedicated directory"
+                )
+        with atomic_directory(path) as tmp:
+            self._hub_mixin_config = config  # what _save_pretrained and generate_model_card read
+            card_kwargs = {"license": license, **(model_card_kwargs or {})}
+            super().save_pretrained(tmp, config=config, model_card_kwargs=card_kwargs)
+            if not model_card:
+                (tmp / MODEL_CARD_NAME).unlink()
+        return path
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        config = self._hub_mixin_config
+        text = json.dumps(config, indent=2, allow_nan=False) + "\n"
+        (save_directory / CONFIG_NAME).write_text(text, encoding="utf-8")
+        dtype = _DTYPES[config["torch_dtype"]]
+        params = {name for name, _ in self.named_parameters()}
+        state: dict[str, Tensor] = {}
+        for key, value in self.state_dict().items():
+            value = value.detach()
+            if key in params and value.is_floating_point():
+                value = value.to(dtype)
+            state[key] = value.cpu().contiguous()
+        metadata = {"format": "pt", "scoredistill_format_version": str(FORMAT_VERSION)}
+        save_file(state, str(save_directory / WEIGHTS_NAME), metadata=metadata)
+
+    def generate_model_card(self, *args: Any, license: str | None = None, repo_id: str | None = None, **kwargs: Any):
+        """The ``README.md`` card: Hub metadata (:class:`huggingface_hub.ModelCardData`) and how to load it."""
+        config = self._hub_mixin_config
+        name, where = config["_class_name"], repo_id or "PATH_OR_REPO_ID"
+        teacher, revision = config.get("teacher_id"), config.get("teacher_revision")
+        shape, label_dim = config.get("sample_shape"), config.get("label_dim", 0)
+        is_generator = shape is not None
+        tags = list(self._hub_mixin_info.model_card_data.tags or []) + (["one-step-generation"] if is_generator else [])
+        pipeline = None
+        if is_generator and len(shape) == 3:
+            pipeline = "unconditional-image-generation" if label_dim == 0 else "image-generation"
+        data = ModelCardData(
+            library_name="scoredistill",
+            license=license,
+            base_model=[teacher] if teacher else None,
+            base_model_relation="finetune" if teacher else None,
+            pipeline_tag=pipeline,
+            tags=tags,
+        )
+        n_params = sum(p.numel() for p in self.parameters())
+        if is_generator:
+            dims = ", ".join(map(str, shape))
+            classes = f"{label_dim} classes" if label_dim else "unconditional"
+            about = (
+                f"A one-step generator ({n_params:,} parameters, samples of shape [{dims}], {classes}): "
+                f"`x = D(sigma_init * z; sigma_init)` with `sigma_init = {config['sigma_init']}`, one network "
+                "evaluation per sample."
+            )
+        elif name == "FakeScore":
+            about = f"The fake score network of a score-distillation run ({n_params:,} parameters)."
+        else:
+            about = f"An EDM-preconditioned denoiser ({n_params:,} parameters)."
+        backbone = config["backbone"]["_class_name"]
+        lines = [f"# {name} ({backbone})", "", about, ""]
+        lines += [
+            f"Made with [scoredistill](https://github.com/scoredistill/scoredistill) "
+            f"{config['_scoredistill_version']}; weights stored as {config['torch_dtype']}.",
+            "",
+        ]
+        if teacher:
+            at = f" at revision `{revision}`" if revision else ""
+            lines += ["## Teacher", "", f"Distilled from [`{teacher}`](https://huggingface.co/{teacher}){at}.", ""]
+        if license:
+            lines += ["## Licence", "", f"`{license}`. Check that it is compatible with the teacher's licence.", ""]
+        lines += ["## How to load", "", "```python", f"from scoredistill import {name}", ""]
+        lines.append(f'model = {name}.from_pretrained("{where}")  # strict: every key and shape is checked')
+        if is_generator:
+            lines.append(f"x = model.sample(16)  # [16, {dims}]" + (" in [-1, 1]" if len(shape) == 3 else ""))
+        lines += ["```", ""]
+        if is_generator:
+            lines += [f"Or from the command line: `scoredistill sample --model {where} --n 64 --out grid.png`.", ""]
+        if config.get("training"):
+            lines += ["## How it was made", "", "| setting | value |", "|---|---|"]
+            lines += [f"| `{k}` | `{json.dumps(v)}` |" for k, v in config["training"].items()]
+            lines.append("")
+        return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        token: str | None = None,
+        private: bool | None = None,
+        revision: str | None = None,
+        commit_message: str | None = None,
+        teacher_id: str | None = None,
+        teacher_revision: str | None = None,
+        license: str | None = None,
+        training: Mapping[str, Any] | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> CommitInfo:
+        """Upload this module to a Hub model repo, creating the repo (and the branch ``revision``) when needed.
+
+        Args:
+            repo_id: ``"namespace/name"``.
+            token: Hub token with write access (``None``: the saved login).
+            private: Create the repo as private (an existing repo keeps its visibility).
+            revision: Branch to commit to; created from the default branch when it does not exist.
+            commit_message: Defaults to ``"Upload <role> with scoredistill"``.
+            teacher_id: See :meth:`save_pretrained`.
+            teacher_revision: See :meth:`save_pretrained`.
+            license: See :meth:`save_pretrained`.
+            training: See :meth:`save_pretrained`.
+            dtype: See :meth:`save_pretrained`.
+
+        Returns:
+            The :class:`huggingface_hub.CommitInfo` of the commit (``.oid`` is its hash).
+        """
+        config = self.artefact_config(
+            dtype=dtype, teacher_id=teacher_id, teacher_revision=teacher_revision, training=training
+        )
+        if revision is not None:
+            api = HfApi(token=token, library_name="scoredistill", library_version=__version__)
+            api.create_repo(repo_id, private=private, exist_ok=True)
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        return super().push_to_hub(
+            repo_id,
+            config=config,
+            commit_message=commit_message or f"Upload {type(self).__name__} with scoredistill",
+            private=private,
+            token=token,
+            branch=revision,
+            model_card_kwargs={"license": license, "repo_id": repo_id},
+        )
+
+    # Loading -----------------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, repo_id_or_path: str | os.PathLike, **kwargs: Any) -> Any:
+        """Load strictly from a local directory or a Hub repo; see :func:`scoredistill.hub.from_pretrained`."""
+        return from_pretrained(repo_id_or_path, expected_class=cls, **kwargs)
+
+    @classmethod
+    def _from_pretrained(
+        cls,
+        *,
+        model_id: str,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        force_download: bool = False,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        **_: Any,
+    ) -> HubMixin:
+        directory = _resolve(model_id, revision, cache_dir, force_download, token, local_files_only)
+        config = _read_config(directory)
+        file = directory / CONFIG_NAME
+        architecture = {k: v for k, v in config.items() if k not in _META_KEYS}
+        # Build on the meta device: no time is spent on a random initialisation that the weights overwrite.
+        try:
+            with torch.device("meta"):
+                module = cls.from_config(architecture)
+        except (TypeError, ValueError, KeyError) as err:
+            raise CheckpointError(f"{file}: cannot build {config['_class_name']} from its config: {err}") from err
+        _load_weights(module, directory / WEIGHTS_NAME, device)
+        module.to(device=device)
+        module.to(dtype=dtype)
+        return module.eval()
+
+
+# Loading ---------------------------------------------------------------------------------------------------------
+
+
+def _resolve(
+    source: str | os.PathLike,
+    revision: str | None,
+    cache_dir: str | os.PathLike | None,
+    force_download: bool,
+    token: str | bool | None,
+    local_files_only: bool,
+) -> Path:
+    """A local directory holding the artefact: the path itself, or a Hub snapshot in the cache."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if revision is not None:
+            raise ValueError(f"revision={revision!r} applies to Hub repos, but {str(path)!r} is a local directory")
+        return path
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.utils import validate_repo_id
+
+    repo_id = str(source)
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise FileNotFoundError(f"{repo_id!r} is neither a local directory nor a valid Hub repo id") from err
+    where = f"the Hub at {constants.ENDPOINT}"
+    try:
+        snapshot = snapshot_download(
+            repo_id,
+            revision=revision,
+            cache_dir=cache_dir,
+            force_download=force_download,
+            token=token,
+            local_files_only=local_files_only,
+            allow_patterns=[CONFIG_NAME, WEIGHTS_NAME],
+            library_name="scoredistill",
+            library_version=__version__,
+        )
+    except RevisionNotFoundError as err:
+        err.append_to_message(f"\nscoredistill: model repo {repo_id!r} on {where} has no revision {revision!r}.")
+        raise
+    except RepositoryNotFoundError as err:
+        err.append_to_message(
+            f"\nscoredistill: {repo_id!r} is not a local directory, and {where} has no model repo "
+            "of that name that this token can read."
+        )
+        raise
+    return Path(snapshot)
 
 
 def _read_config(directory: Path) -> dict[str, Any]:
@@ -252,7 +433,9 @@ def _read_config(directory: Path) -> dict[str, Any]:
         raise CheckpointError(f"{file} is not valid JSON: {err}") from err
     if not isinstance(config, dict):
         raise CheckpointError(f"{file} must hold a JSON object, got {type(config).__name__}")
-    _require(config, ("_class_name", "format_version"), "the config", file)
+    missing = [k for k in ("_class_name", "format_version") if k not in config]
+    if missing:
+        raise CheckpointError(f"{file}: the config lacks {missing}")
     version = config["format_version"]
     if not isinstance(version, int) or version < 1:
         raise CheckpointError(f"{file}: format_version must be a positive integer, got {version!r}")
@@ -269,238 +452,6 @@ def _read_config(directory: Path) -> dict[str, Any]:
     return config
 
 
-# Saving ----------------------------------------------------------------------------------------------------------
-
-
-def _pipeline_tag(role: Role, config: Mapping[str, Any]) -> str | None:
-    shape = config.get("sample_shape")
-    if not isinstance(role, OneStepGenerator) or shape is None or len(shape) != 3:
-        return None
-    return "unconditional-image-generation" if config["label_dim"] == 0 else "image-generation"
-
-
-def _model_card(role: Role, config: Mapping[str, Any], license: str | None, repo_id: str | None = None) -> str:
-    name = config["_class_name"]
-    where = repo_id or "PATH_OR_REPO_ID"
-    backbone = config["backbone"]["_class_name"]
-    teacher, revision = config.get("teacher_id"), config.get("teacher_revision")
-    tags = ["scoredistill", "score-distillation", "diffusion", "pytorch"]
-    if isinstance(role, OneStepGenerator):
-        tags.append("one-step-generation")
-    front = ["---", "library_name: scoredistill"]
-    if license:
-        front.append(f"license: {license}")
-    if teacher:
-        front += ["base_model:", f"- {teacher}", "base_model_relation: finetune"]
-    if tag := _pipeline_tag(role, config):
-        front.append(f"pipeline_tag: {tag}")
-    front += ["tags:", *(f"- {t}" for t in tags), "---"]
-
-    n_params = sum(p.numel() for p in role.parameters())
-    lines = [*front, "", f"# {name} ({backbone})", ""]
-    if isinstance(role, OneStepGenerator):
-        shape = "[" + ", ".join(map(str, config["sample_shape"])) + "]"
-        classes = f"{config['label_dim']} classes" if config["label_dim"] else "unconditional"
-        lines.append(
-            f"A one-step generator ({n_params:,} parameters, samples of shape {shape}, {classes}): "
-            f"`x = D(sigma_init * z; sigma_init)` with `sigma_init = {config['sigma_init']}`, one network "
-            "evaluation per sample."
-        )
-    elif isinstance(role, FakeScore):
-        lines.append(f"The fake score network of a score-distillation run ({n_params:,} parameters).")
-    else:
-        lines.append(f"An EDM-preconditioned denoiser ({n_params:,} parameters).")
-    lines += [
-        "",
-        f"Made with [scoredistill](https://github.com/scoredistill/scoredistill) "
-        f"{config['_scoredistill_version']}; weights stored as {config['torch_dtype']}.",
-        "",
-    ]
-    if teacher:
-        at = f" at revision `{revision}`" if revision else ""
-        lines += ["## Teacher", "", f"Distilled from [`{teacher}`](https://huggingface.co/{teacher}){at}.", ""]
-    if license:
-        lines += ["## Licence", "", f"`{license}`. Check that it is compatible with the teacher's licence.", ""]
-    lines += [
-        "## How to load",
-        "",
-        "```python",
-        f"from scoredistill import {name}",
-        "",
-        f'model = {name}.from_pretrained("{where}")  # strict: every key and shape is checked',
-    ]
-    if isinstance(role, OneStepGenerator):
-        dims = ", ".join(map(str, config["sample_shape"]))
-        lines.append(
-            f"x = model.sample(16)  # [16, {dims}]" + (" in [-1, 1]" if len(config["sample_shape"]) == 3 else "")
-        )
-    lines += ["```", ""]
-    if isinstance(role, OneStepGenerator):
-        lines += [f"Or from the command line: `scoredistill sample --model {where} --n 64 --out grid.png`.", ""]
-    training = config.get("training")
-    if training:
-        lines += ["## How it was made", "", "| setting | value |", "|---|---|"]
-        lines += [f"| `{k}` | `{json.dumps(v)}` |" for k, v in training.items()]
-        lines.append("")
-    return "\n".join(lines)
-
-
-def _state_dict_to_save(role: nn.Module, dtype: torch.dtype) -> dict[str, Tensor]:
-    params = {name for name, _ in role.named_parameters()}
-    out = {}
-    for key, value in role.state_dict().items():
-        value = value.detach()
-        if key in params and value.is_floating_point():
-            value = value.to(dtype)
-        out[key] = value.cpu().contiguous()
-    return out
-
-
-def save_pretrained(
-    role: Role,
-    directory: str | os.PathLike,
-    *,
-    teacher_id: str | None = None,
-    teacher_revision: str | None = None,
-    license: str | None = None,
-    training: Mapping[str, Any] | None = None,
-    model_card: bool = True,
-    dtype: torch.dtype = torch.float32,
-) -> Path:
-    """Write ``role`` as a public artefact: ``config.json``, ``model.safetensors`` and a ``README.md`` card.
-
-    The directory is written next to its final place and renamed into it, so readers never see a half-written
-    artefact. An existing directory is replaced only when it holds nothing but these three files.
-
-    Args:
-        role: A :class:`OneStepGenerator`, :class:`FakeScore` or :class:`Precond` around a registered backbone.
-        directory: The artefact directory, e.g. ``run/generator_ema``.
-        teacher_id: Hub id of the teacher it was distilled from (recorded and shown in the card as ``base_model``).
-        teacher_revision: The teacher's revision (a commit hash pins it).
-        license: Licence identifier for the card, e.g. ``"cc-by-nc-sa-4.0"`` (check the teacher's licence).
-        training: How it was made, e.g. ``dataclasses.asdict(distill_config)``; JSON-ready values only.
-        model_card: Write ``README.md``.
-        dtype: Dtype of the stored floating-point parameters: float32 (default), or float16/bfloat16 for a
-            smaller variant. Buffers keep their dtype.
-
-    Returns:
-        The artefact directory.
-
-    Example:
-        >>> import tempfile
-        >>> from scoredistill import OneStepGenerator, Precond
-        >>> from scoredistill.networks import MLP
-        >>> G = OneStepGenerator(Precond(MLP(dim=2, hidden=16)), sample_shape=(2,))
-        >>> path = save_pretrained(G, tempfile.mkdtemp() + "/generator")
-        >>> sorted(p.name for p in path.iterdir())
-        ['README.md', 'config.json', 'model.safetensors']
-    """
-    dtype_name = next((k for k, v in _DTYPES.items() if v == dtype), None)
-    if dtype_name is None:
-        raise ValueError(f"dtype must be one of torch.{', torch.'.join(_DTYPES)}, got {dtype}")
-    config = role_config(role)
-    config = {
-        "_class_name": config.pop("_class_name"),
-        "_scoredistill_version": _library_version(),
-        "format_version": FORMAT_VERSION,
-        **config,
-        "torch_dtype": dtype_name,
-        "teacher_id": teacher_id,
-        "teacher_revision": teacher_revision,
-        "training": dict(training) if training is not None else None,
-    }
-    try:
-        config_text = json.dumps(config, indent=2, allow_nan=False) + "\n"
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"config.json must be plain JSON (check `training`): {err}") from err
-
-    path = Path(directory)
-    if path.exists():
-        if not path.is_dir():
-            raise FileExistsError(f"{path} exists and is not a directory")
-        foreign = sorted(p.name for p in path.iterdir() if p.name not in (CONFIG_NAME, WEIGHTS_NAME, MODEL_CARD_NAME))
-        if foreign:
-            raise FileExistsError(
-                f"{path} holds other files ({', '.join(foreign[:5])}): save_pretrained replaces "
-                "its directory as a whole, so pass a new or dedicated directory"
-            )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
-        (tmp / CONFIG_NAME).write_text(config_text, encoding="utf-8")
-        metadata = {"format": "pt", "scoredistill_format_version": str(FORMAT_VERSION)}
-        save_file(_state_dict_to_save(role, dtype), str(tmp / WEIGHTS_NAME), metadata=metadata)
-        if model_card:
-            (tmp / MODEL_CARD_NAME).write_text(_model_card(role, config, license), encoding="utf-8")
-        old = None
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-            path.rename(old / path.name)
-        tmp.rename(path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path
-
-
-# Loading ---------------------------------------------------------------------------------------------------------
-
-
-def _hub_endpoint() -> str | None:
-    # Read at call time so that HF_ENDPOINT set after importing huggingface_hub is honoured too.
-    endpoint = os.environ.get("HF_ENDPOINT")
-    return endpoint.rstrip("/") if endpoint else None
-
-
-def _resolve(
-    repo_id_or_path: str | os.PathLike,
-    *,
-    revision: str | None,
-    cache_dir: str | os.PathLike | None,
-    token: str | bool | None,
-    local_files_only: bool,
-) -> Path:
-    """A local directory holding the artefact: the path itself, or a Hub snapshot in the cache."""
-    path = Path(repo_id_or_path).expanduser()
-    if path.is_dir():
-        if revision is not None:
-            raise ValueError(f"revision={revision!r} applies to Hub repos, but {str(path)!r} is a local directory")
-        return path
-    from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError, RevisionNotFoundError
-    from huggingface_hub.utils import validate_repo_id
-
-    repo_id = str(repo_id_or_path)
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError as err:
-        raise FileNotFoundError(f"{repo_id!r} is neither a local directory nor a valid Hub repo id") from err
-    where = f"the Hub at {_hub_endpoint() or constants.ENDPOINT}"
-    try:
-        snapshot = snapshot_download(
-            repo_id,
-            revision=revision,
-            cache_dir=cache_dir,
-            token=token,
-            local_files_only=local_files_only,
-            allow_patterns=[CONFIG_NAME, WEIGHTS_NAME],
-            endpoint=_hub_endpoint(),
-            library_name="scoredistill",
-            library_version=_library_version(),
-        )
-    except RevisionNotFoundError as err:
-        err.append_to_message(f"\nscoredistill: model repo {repo_id!r} on {where} has no revision {revision!r}.")
-        raise
-    except RepositoryNotFoundError as err:
-        err.append_to_message(
-            f"\nscoredistill: {repo_id!r} is not a local directory, and {where} has no model repo "
-            "of that name that this token can read."
-        )
-        raise
-    return Path(snapshot)
-
-
 def _load_weights(module: nn.Module, file: Path, device: torch.device | str) -> None:
     """Strictly load ``file`` into ``module`` (built on the meta device) by assignment."""
     if not file.is_file():
@@ -510,19 +461,16 @@ def _load_weights(module: nn.Module, file: Path, device: torch.device | str) -> 
     except SafetensorError as err:
         raise CheckpointError(f"{file} is not a readable safetensors file (truncated or corrupt?): {err}") from err
     expected = module.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    mismatched = [
-        (k, tuple(expected[k].shape), tuple(v.shape))
-        for k, v in state.items()
-        if k in expected and tuple(expected[k].shape) != tuple(v.shape)
-    ]
-    if missing or unexpected or mismatched:
-        raise WeightsMismatchError(file, missing, unexpected, mismatched)
-    kinds = [k for k, v in state.items() if v.is_floating_point() != expected[k].is_floating_point()]
+    kinds = [k for k, v in state.items() if k in expected and v.is_floating_point() != expected[k].is_floating_point()]
     if kinds:
         raise CheckpointError(f"{file}: tensors {kinds} are not of the expected kind (floating point or integer)")
-    module.load_state_dict(state, strict=True, assign=True)
+    try:
+        load_state_dict_strict(module, state, assign=True)
+    except StateDictMismatchError as err:
+        raise WeightsMismatchError(file, err.missing, err.unexpected, err.mismatched) from None
+    leftovers = [k for k, v in module.state_dict(keep_vars=True).items() if v.is_meta]
+    if leftovers:
+        raise CheckpointError(f"{file}: {leftovers} were not restored")
 
 
 def load_config(
@@ -537,10 +485,7 @@ def load_config(
 
     Arguments are those of :func:`from_pretrained`.
     """
-    directory = _resolve(
-        repo_id_or_path, revision=revision, cache_dir=cache_dir, token=token, local_files_only=local_files_only
-    )
-    return _read_config(directory)
+    return _read_config(_resolve(repo_id_or_path, revision, cache_dir, False, token, local_files_only))
 
 
 def from_pretrained(
@@ -552,9 +497,10 @@ def from_pretrained(
     dtype: torch.dtype = torch.float32,
     token: str | bool | None = None,
     local_files_only: bool = False,
+    force_download: bool = False,
     expected_class: type[nn.Module] | None = None,
-) -> Role:
-    """Load a role written by :func:`save_pretrained`, from a local directory or a Hub model repo.
+) -> Any:
+    """Load a role written by ``save_pretrained``, from a local directory or a Hub model repo.
 
     Loading is always strict: a missing, unexpected or mis-shaped key, an unknown class, a newer
     ``format_version`` or a malformed file raises an error that names it. Nothing is unpickled.
@@ -569,6 +515,7 @@ def from_pretrained(
         dtype: Dtype of the returned module's floating-point tensors, whatever the stored dtype.
         token: Hub token for private repos (``None``: the saved login, if any).
         local_files_only: Use the Hub cache only; never touch the network.
+        force_download: Download the files again even when they are cached.
         expected_class: Refuse an artefact of another role (the roles' ``from_pretrained`` pass their class).
 
     Returns:
@@ -591,90 +538,35 @@ def from_pretrained(
         >>> torch.equal(G.eval()(z), G2(z))
         True
     """
-    directory = _resolve(
-        repo_id_or_path, revision=revision, cache_dir=cache_dir, token=token, local_files_only=local_files_only
-    )
+    directory = _resolve(repo_id_or_path, revision, cache_dir, force_download, token, local_files_only)
     config = _read_config(directory)
-    file = directory / CONFIG_NAME
-    if expected_class is not None and ROLES[config["_class_name"]] is not expected_class:
+    cls = ROLES[config["_class_name"]]
+    if expected_class is not None and cls is not expected_class:
         raise CheckpointError(
-            f"{file} holds a {config['_class_name']}, not a {expected_class.__name__}: load it "
+            f"{directory / CONFIG_NAME} holds a {config['_class_name']}, not a {expected_class.__name__}: load it "
             f"with {config['_class_name']}.from_pretrained or scoredistill.hub.from_pretrained"
         )
-    # Build on the meta device: no time is spent on a random initialisation that the weights overwrite.
-    with torch.device("meta"):
-        role = _build(config, file)
-    _load_weights(role, directory / WEIGHTS_NAME, device)
-    leftovers = [k for k, v in role.state_dict(keep_vars=True).items() if v.is_meta]
-    if leftovers:
-        raise CheckpointError(f"{file}: {leftovers} were not restored")
-    role.to(device=device)
-    role.to(dtype=dtype)
-    return role.eval()
+    return cls._from_pretrained(model_id=str(directory), device=device, dtype=dtype)
 
 
-# Hub upload ------------------------------------------------------------------------------------------------------
+def save_pretrained(module: HubMixin, directory: str | os.PathLike, **kwargs: Any) -> Path:
+    """Write ``module`` (a role) as a public artefact; see :meth:`HubMixin.save_pretrained` for the arguments.
 
-
-def push_to_hub(
-    role: Role,
-    repo_id: str,
-    *,
-    token: str | None = None,
-    private: bool = False,
-    revision: str | None = None,
-    commit_message: str | None = None,
-    teacher_id: str | None = None,
-    teacher_revision: str | None = None,
-    license: str | None = None,
-    training: Mapping[str, Any] | None = None,
-    dtype: torch.dtype = torch.float32,
-) -> CommitInfo:
-    """Upload ``role`` to a Hub model repo, creating the repo (and the branch ``revision``) when needed.
-
-    Writes the artefact with :func:`save_pretrained` into a temporary directory and commits it with
-    :meth:`huggingface_hub.HfApi.upload_folder`. ``HF_ENDPOINT`` is honoured.
-
-    Args:
-        role: The role to upload.
-        repo_id: ``"namespace/name"``.
-        token: Hub token with write access (``None``: the saved login).
-        private: Create the repo as private (an existing repo keeps its visibility).
-        revision: Branch to commit to; created from the default branch when it does not exist.
-        commit_message: Defaults to ``"Upload <role> with scoredistill"``.
-        teacher_id: See :func:`save_pretrained`.
-        teacher_revision: See :func:`save_pretrained`.
-        license: See :func:`save_pretrained`.
-        training: See :func:`save_pretrained`.
-        dtype: See :func:`save_pretrained`.
-
-    Returns:
-        The :class:`huggingface_hub.CommitInfo` of the commit (``.oid`` is its hash).
+    Example:
+        >>> import tempfile
+        >>> from scoredistill import Precond
+        >>> from scoredistill.networks import MLP
+        >>> path = save_pretrained(Precond(MLP(dim=2, hidden=8)), tempfile.mkdtemp() + "/denoiser", model_card=False)
+        >>> sorted(p.name for p in path.iterdir())
+        ['config.json', 'model.safetensors']
     """
-    from huggingface_hub import HfApi
+    if not isinstance(module, HubMixin):
+        raise TypeError(f"save_pretrained takes one of {sorted(ROLES)}, got {type(module).__name__}")
+    return module.save_pretrained(directory, **kwargs)
 
-    api = HfApi(endpoint=_hub_endpoint(), token=token, library_name="scoredistill", library_version=_library_version())
-    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-    if revision is not None:
-        api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
-    with tempfile.TemporaryDirectory(prefix="scoredistill-push-") as tmp:
-        folder = save_pretrained(
-            role,
-            Path(tmp) / "artefact",
-            teacher_id=teacher_id,
-            teacher_revision=teacher_revision,
-            license=license,
-            training=training,
-            dtype=dtype,
-            model_card=False,
-        )
-        # The card names the repo in its loading snippet.
-        config = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
-        (folder / MODEL_CARD_NAME).write_text(_model_card(role, config, license, repo_id), encoding="utf-8")
-        return api.upload_folder(
-            repo_id=repo_id,
-            folder_path=folder,
-            repo_type="model",
-            revision=revision,
-            commit_message=commit_message or f"Upload {type(role).__name__} with scoredistill",
-        )
+
+def push_to_hub(module: HubMixin, repo_id: str, **kwargs: Any) -> CommitInfo:
+    """Upload ``module`` to a Hub model repo; see :meth:`HubMixin.push_to_hub` for the arguments."""
+    if not isinstance(module, HubMixin):
+        raise TypeError(f"push_to_hub takes one of {sorted(ROLES)}, got {type(module).__name__}")
+    return module.push_to_hub(repo_id, **kwargs)

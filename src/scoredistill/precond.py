@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
 from ._types import ScoreOutput, as_sigma, expand_as
+from .hub import HubMixin
+from .networks.presets import PRESETS, EDMUNetConfig
+from .networks.registry import backbone_from_config, backbone_to_config, build_backbone
 
-__all__ = ["Precond", "edm_scalings"]
+__all__ = ["Precond", "edm_precond", "edm_scalings"]
+
+_PRECOND_ARGS = ("label_dim", "augment_dim", "sigma_data")
 
 
 def edm_scalings(sigma: Tensor, sigma_data: float = 0.5) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """EDM's preconditioning coefficients (E1).
+    """EDM's preconditioning coefficients (EDM-1).
 
     Args:
         sigma: Noise levels, any shape.
@@ -22,7 +31,7 @@ def edm_scalings(sigma: Tensor, sigma_data: float = 0.5) -> tuple[Tensor, Tensor
         ``sigma sigma_d / sqrt(sigma^2 + sigma_d^2)``, ``1 / sqrt(sigma^2 + sigma_d^2)`` and ``ln(sigma) / 4``.
 
     References:
-        Karras et al. 2022, Table 1; SID_SPEC E1.
+        Karras et al. 2022, Table 1; docs/maths.md, (EDM-1).
     """
     sigma = sigma.float()
     total = sigma**2 + sigma_data**2
@@ -33,8 +42,8 @@ def edm_scalings(sigma: Tensor, sigma_data: float = 0.5) -> tuple[Tensor, Tensor
     return c_skip, c_out, c_in, c_noise
 
 
-class Precond(nn.Module):
-    """EDM preconditioning around a backbone: ``D(x; sigma, c) = c_skip x + c_out F(c_in x, c_noise, c)`` (E2).
+class Precond(nn.Module, HubMixin):
+    """EDM preconditioning around a backbone: ``D(x; sigma, c) = c_skip x + c_out F(c_in x, c_noise, c)`` (EDM-2).
 
     The scalings and the skip connection run in float32; the backbone runs in whatever precision the caller
     asks for (for example under ``torch.autocast``), and its output is cast back to float32. The backbone is
@@ -64,6 +73,21 @@ class Precond(nn.Module):
         self.label_dim = label_dim
         self.augment_dim = augment_dim
         self.sigma_data = sigma_data
+
+    def to_config(self) -> dict[str, Any]:
+        """``{"precond": <init args>, "backbone": <registered backbone>}``, what ``config.json`` records."""
+        precond = {name: getattr(self, name) for name in _PRECOND_ARGS}
+        return {"precond": precond, "backbone": backbone_to_config(self.model)}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Precond:
+        """A freshly initialised Precond (and backbone) from :meth:`to_config` output; unknown keys raise."""
+        _check_keys(config, required=("precond", "backbone"), where="the config")
+        precond = config["precond"]
+        if not isinstance(precond, Mapping):
+            raise ValueError(f"'precond' must be an object, got {type(precond).__name__}")
+        _check_keys(precond, allowed=_PRECOND_ARGS, where="'precond'")
+        return cls(backbone_from_config(config["backbone"]), **precond)
 
     @property
     def has_encoder(self) -> bool:
@@ -138,3 +162,49 @@ class Precond(nn.Module):
         x, sigma, labels, augment_labels = self._inputs(x, sigma, labels, augment_labels)
         _, _, c_in, c_noise = (expand_as(c, x) for c in edm_scalings(sigma, self.sigma_data))
         return self.model.encoder_logits(c_in * x, c_noise.flatten(), labels, augment_labels).float()
+
+
+def edm_precond(config: EDMUNetConfig | str, *, sigma_data: float = 0.5, **overrides: Any) -> Precond:
+    """Build an EDM denoiser ``Precond(SongUNet | DhariwalUNet)`` whose state-dict keys are EDM's.
+
+    Args:
+        config: A backbone config or a name from :data:`~scoredistill.networks.PRESETS`.
+        sigma_data: Standard deviation of the data (EDM: 0.5).
+        **overrides: Config fields to replace, e.g. ``dropout=0.0`` or ``label_dropout=0.1``.
+
+    Returns:
+        The preconditioned network, randomly initialised, in training mode, on the default device
+        (build under ``with torch.device("meta"):`` to skip allocation).
+
+    Example:
+        >>> import torch
+        >>> D = edm_precond("cifar10-32x32-uncond", model_channels=32, channel_mult=(1, 2), num_blocks=1)
+        >>> D(torch.zeros(2, 3, 32, 32), torch.full((2,), 2.5)).shape
+        torch.Size([2, 3, 32, 32])
+    """
+    if isinstance(config, str):
+        if config not in PRESETS:
+            raise ValueError(f"unknown preset {config!r}: pick one of {sorted(PRESETS)}")
+        config = PRESETS[config]
+    if overrides:
+        valid = {f.name for f in dataclasses.fields(config)}
+        unknown = sorted(set(overrides) - valid)
+        if unknown:
+            raise ValueError(f"unknown {type(config).__name__} fields {unknown}; valid fields: {sorted(valid)}")
+        config = dataclasses.replace(config, **overrides)
+    backbone = build_backbone(config)
+    return Precond(backbone, label_dim=config.label_dim, augment_dim=config.augment_dim, sigma_data=sigma_data)
+
+
+def _check_keys(
+    config: Mapping[str, Any], *, required: tuple[str, ...] = (), allowed: tuple[str, ...] = (), where: str
+) -> None:
+    """Fail fast on a config with missing or unknown keys; shared by the roles' ``from_config``."""
+    if not isinstance(config, Mapping):
+        raise ValueError(f"{where} must be an object, got {type(config).__name__}")
+    missing = [k for k in required if k not in config]
+    if missing:
+        raise ValueError(f"{where} lacks {missing}")
+    unknown = sorted(set(config) - set(required) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown keys {unknown} in {where}; it may hold {sorted({*required, *allowed})}")

@@ -1,4 +1,4 @@
-"""The paper's recipes: hyperparameters of the published SiD / SiDA / SiD²A runs (SID_SPEC §4) and their wiring.
+"""The paper's recipes: hyperparameters of the published SiD / SiDA / SiD²A runs (docs/maths.md) and their wiring.
 
 ``make_distiller`` turns a recipe, a teacher and (for SiDA) a real-data stream into a ready
 :class:`~scoredistill.distill.Distiller`. The example scripts are thin command lines around it.
@@ -19,6 +19,7 @@ from .distill import Batch, DistillConfig, Distiller
 from .fake_score import FakeScore
 from .generator import OneStepGenerator
 from .losses import AdversarialEncoderLoss, DSMLoss, SiDLoss
+from .networks.layers import UNetBlock
 from .precond import Precond
 from .teacher import Teacher
 
@@ -129,7 +130,8 @@ def load_teacher(
         random_init: Build a randomly initialised teacher (smoke tests and benchmarks only).
         **overrides: Config fields to replace, e.g. ``dropout=0.13`` (EDM pickles store the teacher's dropout).
     """
-    from .networks import PRESETS, edm_precond
+    from .networks import PRESETS
+    from .precond import edm_precond
 
     if source is None:
         if not random_init:
@@ -208,5 +210,5 @@ def set_dropout(module: torch.nn.Module, p: float) -> None:
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout must lie in [0, 1), got {p}")
     for m in module.modules():
-        if type(m).__name__ == "UNetBlock":
+        if isinstance(m, UNetBlock):
             m.dropout = p

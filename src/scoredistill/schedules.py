@@ -1,4 +1,4 @@
-"""Noise-level samplers for the two phases of SiD (E4 and E9 of SID_SPEC).
+"""Noise-level samplers for the two phases of SiD (docs/maths.md, (SiD-2) and (DSM-1)).
 
 Samplers are tiny frozen dataclasses; ``sample(n, rng=...)`` draws ``[n]`` float32 noise levels from an
 explicit ``torch.Generator`` so that every draw is reproducible.
@@ -19,7 +19,7 @@ __all__ = ["KarrasUniform", "LogNormal", "SigmaSampler", "karras_sigmas", "sid_s
 def sid_sigma(
     u: Tensor, *, t_max: float = 0.8, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0
 ) -> Tensor:
-    """Map a uniform variate to SiD's noise level (E4).
+    """Map a uniform variate to SiD's noise level (SiD-2).
 
     The EDM Karras discretisation read as a continuous index: ``t = u * t_max`` and
     ``sigma = (sigma_max^(1/rho) + (1 - t) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho``.
@@ -35,7 +35,7 @@ def sid_sigma(
         Float32 noise levels of ``u``'s shape: ``u = 0`` gives 0.002, ``u = 1`` gives 24.408 with the defaults.
 
     References:
-        Zhou et al. 2024 (SiD), Sec. 4; SID_SPEC E4.
+        Zhou et al. 2024 (SiD); docs/maths.md, (SiD-2).
     """
     t = u.float() * t_max
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
@@ -62,7 +62,7 @@ class SigmaSampler(Protocol):
 
 @dataclass(frozen=True, kw_only=True)
 class KarrasUniform:
-    """SiD's generator-phase sampler: ``sigma = sid_sigma(u)``, ``u ~ U[0, 1]`` (E4)."""
+    """SiD's generator-phase sampler: ``sigma = sid_sigma(u)``, ``u ~ U[0, 1]`` (SiD-2)."""
 
     t_max: float = 0.8  # largest index as a fraction in [0, 1] (reference: --tmax 800)
     sigma_min: float = 0.002  # noise level at index 0
@@ -85,7 +85,7 @@ class KarrasUniform:
 
 @dataclass(frozen=True, kw_only=True)
 class LogNormal:
-    """EDM's training noise distribution: ``ln(sigma) ~ N(p_mean, p_std^2)`` (E9)."""
+    """EDM's training noise distribution: ``ln(sigma) ~ N(p_mean, p_std^2)`` (DSM-1)."""
 
     p_mean: float = -1.2  # P_mean in EDM
     p_std: float = 1.2  # P_std in EDM

@@ -1,9 +1,10 @@
-"""Fused loss kernels with an eager fallback.
+"""Fused Triton kernels, and whether they can run here.
 
-``sid_generator_terms`` and ``fake_score_terms`` have exactly the signatures of their references in
-:mod:`scoredistill.losses.functional`. On CUDA tensors with Triton installed they run fused Triton kernels
-(forward and backward); everywhere else, or when ``SCOREDISTILL_KERNELS=0`` is set or ``use_kernels=False``
-is passed, they run the reference. The choice never changes the maths, only the speed.
+The ``fused_*_available`` functions answer, for given operands, whether the fused path runs: on CUDA tensors with
+Triton installed, unless ``SCOREDISTILL_KERNELS=0`` is set or ``use_kernels=False`` is passed. The callers (the
+layers in :mod:`scoredistill.networks.layers`, the loss dispatch in :mod:`scoredistill.losses.dispatch`) import a
+kernel module lazily when the answer is yes and run their reference otherwise. The choice never changes the maths,
+only the speed. This package imports nothing from the rest of scoredistill: it is the bottom layer.
 """
 
 from __future__ import annotations
@@ -13,16 +14,14 @@ import os
 
 from torch import Tensor
 
-from ..losses import functional as ref
-
 __all__ = [
     "available",
     "channels_last",
-    "fake_score_terms",
+    "fused_fake_score_available",
     "fused_group_norm_available",
     "fused_resample_available",
     "fused_residual_available",
-    "sid_generator_terms",
+    "fused_sid_available",
 ]
 
 
@@ -87,38 +86,28 @@ def fused_residual_available(h: Tensor, x: Tensor | None, bias: Tensor, use_kern
     return supported(h, x, bias)
 
 
-def sid_generator_terms(
-    x_g: Tensor,
-    d_real: Tensor,
-    d_fake: Tensor,
-    *,
-    alpha: float,
-    logits_fake: Tensor | None = None,
-    use_kernels: bool | None = None,
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Dispatching :func:`scoredistill.losses.functional.sid_generator_terms`."""
-    if _use_fused(x_g, use_kernels):
-        from .sid_triton import sid_generator_terms as fused
+def fused_sid_available(
+    x_g: Tensor, d_real: Tensor, d_fake: Tensor, logits_fake: Tensor | None, use_kernels: bool | None = None
+) -> bool:
+    """Whether SiD's generator terms run their fused kernel (:mod:`~scoredistill.kernels.sid_triton`) here."""
+    if not _use_fused(x_g, use_kernels):
+        return False
+    from .sid_triton import supported
 
-        return fused(x_g, d_real, d_fake, alpha=alpha, logits_fake=logits_fake)
-    return ref.sid_generator_terms(x_g, d_real, d_fake, alpha=alpha, logits_fake=logits_fake)
+    return supported(x_g, d_real, d_fake, logits_fake)
 
 
-def fake_score_terms(
+def fused_fake_score_available(
     denoised: Tensor,
     x0: Tensor,
     sigma: Tensor,
-    *,
-    sigma_data: float = 0.5,
-    logits_real: Tensor | None = None,
-    logits_fake: Tensor | None = None,
+    logits_real: Tensor | None,
+    logits_fake: Tensor | None,
     use_kernels: bool | None = None,
-) -> tuple[Tensor, Tensor | None]:
-    """Dispatching :func:`scoredistill.losses.functional.fake_score_terms`."""
-    if _use_fused(denoised, use_kernels):
-        from .dsm_triton import fake_score_terms as fused
+) -> bool:
+    """Whether the fake-score terms run their fused kernel (:mod:`~scoredistill.kernels.dsm_triton`) here."""
+    if not _use_fused(denoised, use_kernels):
+        return False
+    from .dsm_triton import supported
 
-        return fused(denoised, x0, sigma, sigma_data=sigma_data, logits_real=logits_real, logits_fake=logits_fake)
-    return ref.fake_score_terms(
-        denoised, x0, sigma, sigma_data=sigma_data, logits_real=logits_real, logits_fake=logits_fake
-    )
+    return supported(denoised, x0, sigma, logits_real=logits_real, logits_fake=logits_fake)

@@ -6,7 +6,7 @@ in one kernel launch each way:
 * forward: one pass over ``denoised`` and ``x0`` (each sample split over several programs) writing partial sums
   of ``(D - x0)^2`` and of non-finite counts; the first program of each sample also reduces that sample's rows of
   the two ``[B, 1, h, w]`` logit maps (the discriminator term). The last program to finish (arrival counter,
-  :func:`scoredistill.kernels.sid_triton._counter`) reduces everything in a fixed order and applies
+  :func:`scoredistill.kernels.triton_utils._counter`) reduces everything in a fixed order and applies
   ``lambda(sigma) = (sigma^2 + sigma_d^2) / (sigma sigma_d)^2``, the masks (a sample is dropped when ``D``,
   ``x0`` or ``sigma`` holds a non-finite value; a logit row when its logits or ``sigma`` do) and the batch mean
   of the discriminator term.
@@ -25,9 +25,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..losses import functional as ref
-from . import sid_triton as _sid
-from .sid_triton import (
+from . import triton_utils as _utils
+from .triton_utils import (
     BLOCK,
     _bwd_plan,
     _check_same_shape,
@@ -44,7 +43,7 @@ from .sid_triton import (
     _supported,
 )
 
-__all__ = ["fake_score_terms"]
+__all__ = ["fake_score_terms", "supported"]
 
 
 # Buffer (float32): dsm [B] | lam [B] | (disc [B] | gfac [B] | okl [B])? | partials [2, B, S] | (logit sums [3, B])?
@@ -237,7 +236,7 @@ class _DSMFunction(torch.autograd.Function):
         if not sig.is_contiguous():
             sig = sig.contiguous()
         dev = d.get_device()
-        splits, chunk, block_b, block_s, block_l = _fwd_plan(batch, numel, length, dev, _sid.PROGRAMS_PER_SM)
+        splits, chunk, block_b, block_s, block_l = _fwd_plan(batch, numel, length, dev, _utils.PROGRAMS_PER_SM)
         n_out = 5 * batch if has_l else 2 * batch
         n_part = 2 * batch * splits + (3 * batch if has_l else 0)
         buf = torch.empty(n_out + n_part, dtype=torch.float32, device=d.device)
@@ -289,6 +288,15 @@ class _DSMFunction(torch.autograd.Function):
         return gd, gx, None, glr, glf, None
 
 
+def supported(
+    denoised: Tensor, x0: Tensor, sigma: Tensor, *, logits_real: Tensor | None = None, logits_fake: Tensor | None = None
+) -> bool:
+    """Whether :func:`fake_score_terms` takes these inputs: float32, bfloat16 or float16 tensors of one CUDA
+    device (or any device under ``TRITON_INTERPRET=1``), at least one-dimensional, ``sigma`` without gradient."""
+    logits = tuple(t for t in (logits_real, logits_fake) if t is not None)
+    return denoised.dim() >= 1 and not sigma.requires_grad and _supported(denoised, x0, sigma, *logits)
+
+
 def fake_score_terms(
     denoised: Tensor,
     x0: Tensor,
@@ -311,8 +319,11 @@ def fake_score_terms(
     Returns:
         ``(dsm, disc)``, each ``[B]`` float32: ``lambda(sigma_i) ||D_i - x0_i||^2`` and, when both logit maps are
         given, ``lambda(sigma_i) * 1/2 [mean softplus(-logits_real) + mean softplus(logits_fake)]`` (else
-        ``None``); non-finite samples give 0 and zero gradient. Inputs the kernels do not take (float64, CPU
-        without ``TRITON_INTERPRET=1``, a ``sigma`` that requires grad) run the reference instead.
+        ``None``); non-finite samples give 0 and zero gradient.
+
+    Raises:
+        ValueError: Inputs that :func:`supported` refuses (the dispatch in :mod:`scoredistill.losses.dispatch`
+            runs the reference for those), or shapes that do not match.
     """
     if denoised.shape != x0.shape:
         _check_same_shape(denoised=denoised, x0=x0)
@@ -320,10 +331,10 @@ def fake_score_terms(
         raise ValueError(f"sigma must have shape [B] = [{x0.shape[0]}], got {tuple(sigma.shape)}")
     if (logits_real is None) != (logits_fake is None):
         raise ValueError("pass both logits_real and logits_fake, or neither")
-    logits = () if logits_real is None else (logits_real, logits_fake)
-    if not _supported(denoised, x0, sigma, *logits) or sigma.requires_grad or denoised.dim() < 1:
-        return ref.fake_score_terms(
-            denoised, x0, sigma, sigma_data=sigma_data, logits_real=logits_real, logits_fake=logits_fake
+    if not supported(denoised, x0, sigma, logits_real=logits_real, logits_fake=logits_fake):
+        raise ValueError(
+            "the fused DSM kernel takes float32/bfloat16/float16 tensors on one CUDA device and a sigma without "
+            "gradient: call scoredistill.losses.functional.fake_score_terms for these inputs"
         )
     if logits_real is None or logits_fake is None:
         return _DSMFunction.apply(denoised, x0, sigma, None, None, float(sigma_data)), None

@@ -22,8 +22,8 @@ import triton.language as tl
 from torch import Tensor
 
 from . import channels_last
-from .sid_triton import SUPPORTED_DTYPES
-from .sid_triton import _launch as _launch_any
+from .triton_utils import SUPPORTED_DTYPES
+from .triton_utils import _launch as _launch_any
 
 __all__ = ["box_down", "box_up", "supported"]
 

@@ -10,7 +10,7 @@ __all__ = ["AdversarialEncoderLoss"]
 
 
 class AdversarialEncoderLoss(LossModule):
-    """Adversarial Score identity Distillation's GAN terms (Zhou et al. 2025; SID_SPEC §3.2-3.3, E11-E15).
+    """Adversarial Score identity Distillation's GAN terms (Zhou et al. 2025; docs/maths.md, (SiDA-1)–(SiDA-4)).
 
     - Fake-score phase: per sample ``discriminator_scale * lambda(sigma_i) * l_D`` with
       ``l_D = 1/2 [BCE(d_real, 1) + BCE(d_fake, 0)]`` averaged over this process's batch and the logit map;
@@ -18,7 +18,7 @@ class AdversarialEncoderLoss(LossModule):
     - Generator phase: per sample ``generator_scale * C*H*W * w_i * l_adv`` with
       ``l_adv = BCE(clamp(d_fake, -10, 10), 1)`` averaged over this process's batch (the paper's per-GPU batch
       normalisation), ``w_i`` SiD's L1 weight. With ``generator_weight = 1`` next to :class:`SiDLoss`, the loop
-      forms ``0.5 L_sid + 0.5 L_adv`` once ``generator_start_nimg`` images have been seen (E15).
+      forms ``0.5 L_sid + 0.5 L_adv`` once ``generator_start_nimg`` images have been seen (SiDA-4).
 
     Args:
         generator_scale: The reference's ``loss_scaling_G_gan`` (0.01).

@@ -9,9 +9,9 @@ from typing import Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
-from .. import kernels
 from .._types import Noised, ScoreOutput
 from ..schedules import SigmaSampler
+from . import dispatch
 
 __all__ = ["DistillLoss", "Evaluation", "LossModule", "LossOutput"]
 
@@ -40,7 +40,7 @@ class Evaluation:
         teacher: The teacher ``f_phi`` (needed by the generator phase only).
         real: The noised real images with the SAME sigma and noise (SiDA's fake-score phase), or ``None``.
         nimg: Images seen so far (losses with a schedule read it).
-        use_kernels: Passed to :mod:`scoredistill.kernels` (``None``: fused on CUDA when available).
+        use_kernels: Passed to :mod:`scoredistill.losses.dispatch` (``None``: fused on CUDA when available).
     """
 
     def __init__(
@@ -66,7 +66,7 @@ class Evaluation:
 
     @cached_property
     def d_real(self) -> Tensor:
-        """The teacher's denoised estimate ``f_phi(x_t; sigma)`` (augment labels zero: SID_SPEC §10.6)."""
+        """The teacher's denoised estimate ``f_phi(x_t; sigma)`` (augment labels zero: docs/maths.md)."""
         if self._teacher is None:
             raise RuntimeError("this evaluation has no teacher (the fake-score phase does not query it)")
         return self._teacher(self.x_t, self.fake.sigma, self.fake.labels)
@@ -102,7 +102,7 @@ class Evaluation:
         if alpha is None:
             alpha = next(iter(self._terms), 1.0)
         if alpha not in self._terms:
-            self._terms[alpha] = kernels.sid_generator_terms(
+            self._terms[alpha] = dispatch.sid_generator_terms(
                 self.fake.x0,
                 self.d_real,
                 self.d_fake,
@@ -119,7 +119,7 @@ class Evaluation:
         The discriminator term is included when real images are present and the fake score has an encoder.
         """
         with_disc = self.real is not None and self.logits_fake is not None
-        return kernels.fake_score_terms(
+        return dispatch.fake_score_terms(
             self.d_fake,
             self.fake.x0,
             self.fake.sigma,

@@ -6,7 +6,7 @@ Inputs may be float32, bfloat16 or float16; the maths runs in float32. A sample 
 non-finite value gets loss 0 and zero gradient, chosen with ``torch.where`` so that no host synchronisation
 happens and the other samples are untouched; ``finite_samples`` tells which samples were kept.
 
-Equation numbers refer to SID_SPEC §11 (Zhou et al. 2024, SiD; Zhou et al. 2025, SiDA).
+Equation labels refer to docs/maths.md (Zhou et al. 2024, SiD; Zhou et al. 2025, SiDA).
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ __all__ = [
     "sid_generator_terms",
 ]
 
-L1_FLOOR = 1e-5  # the reference's lower bound on the mean absolute error inside w (E6)
-LOGIT_CLAMP = 10.0  # generator-side clamp of the discriminator logits (E13)
+L1_FLOOR = 1e-5  # the reference's lower bound on the mean absolute error inside w (SiD-4)
+LOGIT_CLAMP = 10.0  # generator-side clamp of the discriminator logits (SiDA-3)
 
 
 def finite_samples(*tensors: Tensor) -> Tensor:
@@ -55,7 +55,7 @@ def _check_same_shape(**tensors: Tensor) -> None:
 
 
 def l1_weight(x_g: Tensor, d_real: Tensor) -> Tensor:
-    """SiD's per-sample normaliser ``w = 1 / max(mean_p |x_g - d_real|, 1e-5)`` (E6), float32, no gradient.
+    """SiD's per-sample normaliser ``w = 1 / max(mean_p |x_g - d_real|, 1e-5)`` (SiD-4), float32, no gradient.
 
     Shape:
         x_g, d_real: ``[B, ...]``; returns ``[B]``. Non-finite samples get ``w = 0``.
@@ -69,7 +69,7 @@ def l1_weight(x_g: Tensor, d_real: Tensor) -> Tensor:
 
 
 def sid_generator_loss(x_g: Tensor, d_real: Tensor, d_fake: Tensor, *, alpha: float) -> Tensor:
-    """Score-identity generator loss per sample (E6-E7).
+    """Score-identity generator loss per sample (SiD-4–SiD-5).
 
     ``L_i = w_i * sum_p (d_real - d_fake)_p [(d_real - x_g)_p - alpha (d_real - d_fake)_p]`` with ``w_i`` from
     :func:`l1_weight` under stop-gradient. Gradients flow into all three inputs (the reference freezes the score
@@ -88,7 +88,7 @@ def sid_generator_loss(x_g: Tensor, d_real: Tensor, d_fake: Tensor, *, alpha: fl
         x_g, d_real, d_fake: ``[B, ...]``, one shape.
 
     References:
-        Zhou et al. 2024, Eq. (23) and Algorithm 1; SID_SPEC E6-E7.
+        Zhou et al. 2024; docs/maths.md, (SiD-4)–(SiD-5).
     """
     _check_same_shape(x_g=x_g, d_real=d_real, d_fake=d_fake)
     ok = finite_samples(x_g, d_real, d_fake)
@@ -101,13 +101,13 @@ def sid_generator_loss(x_g: Tensor, d_real: Tensor, d_fake: Tensor, *, alpha: fl
 
 
 def dsm_weight(sigma: Tensor, sigma_data: float = 0.5) -> Tensor:
-    """EDM's loss weight ``lambda(sigma) = (sigma^2 + sigma_d^2) / (sigma sigma_d)^2`` (E9), float32."""
+    """EDM's loss weight ``lambda(sigma) = (sigma^2 + sigma_d^2) / (sigma sigma_d)^2`` (DSM-1), float32."""
     sigma = sigma.float()
     return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
 
 
 def dsm_loss(denoised: Tensor, x0: Tensor, sigma: Tensor, *, sigma_data: float = 0.5) -> Tensor:
-    """Denoising score matching per sample: ``lambda(sigma_i) ||D(x0_i + sigma_i n_i) - x0_i||^2`` (E9-E10).
+    """Denoising score matching per sample: ``lambda(sigma_i) ||D(x0_i + sigma_i n_i) - x0_i||^2`` (DSM-1–DSM-2).
 
     Args:
         denoised: The fake score's output at the noisy input.
@@ -119,7 +119,7 @@ def dsm_loss(denoised: Tensor, x0: Tensor, sigma: Tensor, *, sigma_data: float =
         ``[B]`` float32, non-negative.
 
     References:
-        Karras et al. 2022, Eq. (8); SID_SPEC E10.
+        Karras et al. 2022; docs/maths.md, (DSM-1)–(DSM-2).
     """
     _check_same_shape(denoised=denoised, x0=x0)
     if sigma.shape != (x0.shape[0],):
@@ -139,7 +139,7 @@ def _masked_batch_mean(values: Tensor, ok: Tensor) -> Tensor:
 def adversarial_discriminator_loss(
     logits_real: Tensor, logits_fake: Tensor, sigma: Tensor, *, sigma_data: float = 0.5
 ) -> Tensor:
-    """SiDA's discriminator loss per sample (E11-E12).
+    """SiDA's discriminator loss per sample (SiDA-2).
 
     ``l_D = 1/2 [mean softplus(-d_real) + mean softplus(d_fake)]`` is one scalar for the whole per-GPU batch
     (mean over samples and positions); each sample's loss is ``lambda(sigma_i) l_D``.
@@ -154,7 +154,7 @@ def adversarial_discriminator_loss(
         ``[B]`` float32.
 
     References:
-        Zhou et al. 2025, Eq. (10); SID_SPEC E11-E12.
+        Zhou et al. 2025; docs/maths.md, (SiDA-2).
     """
     _check_same_shape(logits_real=logits_real, logits_fake=logits_fake)
     ok = finite_samples(logits_real, logits_fake) & torch.isfinite(sigma)
@@ -167,7 +167,7 @@ def adversarial_discriminator_loss(
 
 
 def adversarial_generator_loss(logits_fake: Tensor, weight: Tensor, *, numel: int) -> Tensor:
-    """SiDA's generator adversarial loss per sample (E13-E14), before the ``0.01 / B`` scaling.
+    """SiDA's generator adversarial loss per sample (SiDA-3), before the ``0.01 / B`` scaling.
 
     ``l_adv = mean softplus(-clamp(d_fake, -10, 10))`` over this process's batch and positions (the
     paper's per-GPU batch normalisation); each sample's loss is ``numel * w_i * l_adv``, on the same
@@ -182,7 +182,7 @@ def adversarial_generator_loss(logits_fake: Tensor, weight: Tensor, *, numel: in
         ``[B]`` float32.
 
     References:
-        Zhou et al. 2025, Eq. (11); SID_SPEC E13-E14.
+        Zhou et al. 2025; docs/maths.md, (SiDA-3).
     """
     if weight.shape != (logits_fake.shape[0],):
         raise ValueError(f"weight must have shape [B] = [{logits_fake.shape[0]}], got {tuple(weight.shape)}")

@@ -11,7 +11,7 @@ __all__ = ["DSMLoss", "SiDLoss"]
 
 
 class SiDLoss(LossModule):
-    """Score identity Distillation's generator loss (Zhou et al. 2024, Eq. 23; SID_SPEC E4-E8).
+    """Score identity Distillation's generator loss (Zhou et al. 2024; docs/maths.md, (SiD-2)–(SiD-6)).
 
     Per sample: ``scale * w_i * sum_p (f_phi - f_psi)_p [(f_phi - x_g)_p - alpha (f_phi - f_psi)_p]`` at
     ``x_t = x_g + sigma n``, ``sigma`` from SiD's Karras-uniform schedule, ``w_i`` the stop-gradient L1
@@ -56,7 +56,7 @@ class SiDLoss(LossModule):
 
 
 class DSMLoss(LossModule):
-    """The fake score's denoising score matching loss on detached generator samples (SID_SPEC E9-E10).
+    """The fake score's denoising score matching loss on detached generator samples (docs/maths.md, (DSM-1)–(DSM-2)).
 
     Per sample: ``scale * lambda(sigma) ||f_psi(x_g + sigma n; sigma) - x_g||^2`` with EDM's log-normal
     ``sigma`` and ``lambda(sigma) = (sigma^2 + sigma_d^2) / (sigma sigma_d)^2``.

@@ -96,6 +96,8 @@ class DhariwalUNet(EncoderDecoderUNet):
         Dhariwal & Nichol 2021, Sec. 3; Karras et al. 2022 (EDM), App. F.2; Zhou et al. 2025 (SiDA), Sec. 3.
     """
 
+    config_class = DhariwalUNetConfig
+
     def __init__(self, config: DhariwalUNetConfig):
         super().__init__()
         if not isinstance(config, DhariwalUNetConfig):

@@ -15,8 +15,8 @@ EDM's published checkpoints, so that EDM state dicts load unchanged.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -601,7 +601,22 @@ class EncoderDecoderUNet(nn.Module):
 
     ``_encode`` returns every encoder block's output (the decoder's skips); the last one is the
     lowest-resolution map whose channel mean is SiDA's discriminator logit map.
+
+    Subclasses take one config dataclass (``config_class``); :meth:`to_config` and :meth:`from_config` are the
+    JSON form that ``config.json`` records.
     """
+
+    config_class: type
+    config: Any
+
+    def to_config(self) -> dict[str, Any]:
+        """The backbone's config as JSON-ready values; :meth:`from_config` inverts it."""
+        return self.config.to_dict()
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> EncoderDecoderUNet:
+        """A freshly initialised backbone for a :meth:`to_config` dict (unknown keys raise ``ValueError``)."""
+        return cls(cls.config_class.from_dict(config))
 
     def forward_with_logits(
         self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None = None, augment_labels: Tensor | None = None

@@ -1,4 +1,4 @@
-"""Configs of the published EDM teachers, EDM-kwarg parsing, preconditioned builds and strict EDM loading.
+"""Configs of the published EDM teachers, EDM-kwarg parsing and strict loading of EDM-named weights.
 
 The preset settings are the constructor arguments of the EDM checkpoints that SiD/SiDA distil
 (``edm-{cifar10-32x32-uncond,cifar10-32x32-cond,ffhq-64x64-uncond,afhqv2-64x64-uncond}-vp.pkl`` and
@@ -13,9 +13,10 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from ..precond import Precond
-from .dhariwal_unet import DhariwalUNet, DhariwalUNetConfig
-from .song_unet import SongUNet, SongUNetConfig
+from .._io import StateDictMismatchError, load_state_dict_strict
+from .dhariwal_unet import DhariwalUNetConfig
+from .registry import build_backbone, config_class
+from .song_unet import SongUNetConfig
 
 __all__ = [
     "PRESETS",
@@ -23,7 +24,6 @@ __all__ = [
     "StateDictMismatchError",
     "build_backbone",
     "config_from_edm_kwargs",
-    "edm_precond",
     "load_edm_state_dict",
 ]
 
@@ -73,69 +73,7 @@ def config_from_edm_kwargs(kwargs: Mapping[str, Any]) -> EDMUNetConfig:
     model_type = str(kwargs.pop("model_type", "DhariwalUNet")).removesuffix("_EncoderDecoder")
     for key in _PRECOND_ONLY_KWARGS:
         kwargs.pop(key, None)
-    families: dict[str, type] = {"SongUNet": SongUNetConfig, "DhariwalUNet": DhariwalUNetConfig}
-    if model_type not in families:
-        raise ValueError(f"unknown model_type {model_type!r}: pass one of {sorted(families)}")
-    return families[model_type].from_dict(kwargs)
-
-
-def build_backbone(config: EDMUNetConfig) -> SongUNet | DhariwalUNet:
-    """The backbone for a config: :class:`SongUNet` or :class:`DhariwalUNet`."""
-    if isinstance(config, SongUNetConfig):
-        return SongUNet(config)
-    if isinstance(config, DhariwalUNetConfig):
-        return DhariwalUNet(config)
-    raise TypeError(f"expected a SongUNetConfig or DhariwalUNetConfig, got {type(config).__name__}")
-
-
-def edm_precond(config: EDMUNetConfig | str, *, sigma_data: float = 0.5, **overrides: Any) -> Precond:
-    """Build an EDM denoiser ``Precond(SongUNet | DhariwalUNet)`` whose state-dict keys are EDM's.
-
-    Args:
-        config: A backbone config or a name from :data:`PRESETS`.
-        sigma_data: Standard deviation of the data (EDM: 0.5).
-        **overrides: Config fields to replace, e.g. ``dropout=0.0`` or ``label_dropout=0.1``.
-
-    Returns:
-        The preconditioned network, randomly initialised, in training mode, on the default device
-        (build under ``with torch.device("meta"):`` to skip allocation).
-
-    Example:
-        >>> import torch
-        >>> D = edm_precond("cifar10-32x32-uncond", model_channels=32, channel_mult=(1, 2), num_blocks=1)
-        >>> D(torch.zeros(2, 3, 32, 32), torch.full((2,), 2.5)).shape
-        torch.Size([2, 3, 32, 32])
-    """
-    if isinstance(config, str):
-        if config not in PRESETS:
-            raise ValueError(f"unknown preset {config!r}: pick one of {sorted(PRESETS)}")
-        config = PRESETS[config]
-    if overrides:
-        valid = {f.name for f in dataclasses.fields(config)}
-        unknown = sorted(set(overrides) - valid)
-        if unknown:
-            raise ValueError(f"unknown {type(config).__name__} fields {unknown}; valid fields: {sorted(valid)}")
-        config = dataclasses.replace(config, **overrides)
-    backbone = build_backbone(config)
-    return Precond(backbone, label_dim=config.label_dim, augment_dim=config.augment_dim, sigma_data=sigma_data)
-
-
-class StateDictMismatchError(RuntimeError):
-    """A state dict that does not fit a module exactly; names every missing, unexpected and mis-shaped key.
-
-    Attributes:
-        missing: Keys the module has but the state dict lacks.
-        unexpected: Keys the state dict has but the module lacks.
-        mismatched: ``(key, expected_shape, got_shape)`` for keys whose shapes differ.
-    """
-
-    def __init__(self, missing: list[str], unexpected: list[str], mismatched: list[tuple[str, tuple, tuple]]):
-        self.missing, self.unexpected, self.mismatched = missing, unexpected, mismatched
-        lines = [f"state dict does not match the module ({len(missing) + len(unexpected) + len(mismatched)} keys):"]
-        lines += [f"  missing: {k}" for k in missing]
-        lines += [f"  unexpected: {k}" for k in unexpected]
-        lines += [f"  shape mismatch: {k}: module {list(a)}, state dict {list(b)}" for k, a, b in mismatched]
-        super().__init__("\n".join(lines))
+    return config_class(model_type).from_dict(kwargs)
 
 
 def load_edm_state_dict(module: nn.Module, state_dict: Mapping[str, Tensor]) -> nn.Module:
@@ -149,7 +87,7 @@ def load_edm_state_dict(module: nn.Module, state_dict: Mapping[str, Tensor]) -> 
     dtype and device.
 
     Args:
-        module: The destination, e.g. from :func:`edm_precond` or :func:`build_backbone`.
+        module: The destination, e.g. from :func:`~scoredistill.precond.edm_precond` or :func:`build_backbone`.
         state_dict: EDM-named tensors.
 
     Returns:
@@ -167,14 +105,4 @@ def load_edm_state_dict(module: nn.Module, state_dict: Mapping[str, Tensor]) -> 
     elif module_prefixed and not any(k.startswith(prefix) for k in state_dict):
         state_dict = {prefix + k: v for k, v in state_dict.items()}
 
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    mismatched = [
-        (k, tuple(expected[k].shape), tuple(v.shape))
-        for k, v in state_dict.items()
-        if k in expected and tuple(expected[k].shape) != tuple(v.shape)
-    ]
-    if missing or unexpected or mismatched:
-        raise StateDictMismatchError(missing, unexpected, mismatched)
-    module.load_state_dict(dict(state_dict), strict=True)
-    return module
+    return load_state_dict_strict(module, state_dict)

@@ -159,6 +159,8 @@ class SongUNet(EncoderDecoderUNet):
         Song et al. 2021 (ICLR), App. H; Karras et al. 2022 (EDM), App. F.2; Zhou et al. 2025 (SiDA), Sec. 3.
     """
 
+    config_class = SongUNetConfig
+
     def __init__(self, config: SongUNetConfig):
         super().__init__()
         if not isinstance(config, SongUNetConfig):

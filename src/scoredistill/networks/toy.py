@@ -8,6 +8,8 @@ logits like the EDM backbones do. Both speak the backbone contract
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -41,7 +43,7 @@ class MLP(nn.Module):
         super().__init__()
         if dim <= 0 or hidden <= 0 or depth <= 0:
             raise ValueError(f"dim, hidden and depth must be positive, got {dim}, {hidden}, {depth}")
-        # The constructor arguments, which is what config.json records (scoredistill.hub).
+        # The constructor arguments: what to_config returns.
         self.init_kwargs = {"dim": dim, "hidden": hidden, "depth": depth, "label_dim": label_dim, "emb_dim": emb_dim}
         self.dim, self.emb_dim = dim, emb_dim
         self.inp = nn.Linear(dim, hidden)
@@ -52,6 +54,15 @@ class MLP(nn.Module):
             for _ in range(depth)
         )
         self.out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, dim))
+
+    def to_config(self) -> dict[str, Any]:
+        """The constructor arguments (what ``config.json`` records); :meth:`from_config` inverts it."""
+        return dict(self.init_kwargs)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> MLP:
+        """A freshly initialised network from :meth:`to_config` output."""
+        return cls(**config)
 
     def _encode(self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None) -> Tensor:
         h = self.inp(x) + self.emb(fourier_features(noise_labels, self.emb_dim))
@@ -114,7 +125,7 @@ class TinyUNet(nn.Module):
 
     def __init__(self, img_channels: int = 1, channels: int = 16, label_dim: int = 0, augment_dim: int = 0):
         super().__init__()
-        # The constructor arguments, which is what config.json records (scoredistill.hub).
+        # The constructor arguments: what to_config returns.
         self.init_kwargs = {
             "img_channels": img_channels,
             "channels": channels,
@@ -134,6 +145,15 @@ class TinyUNet(nn.Module):
         self.up = nn.Upsample(scale_factor=2, mode="nearest")
         self.dec = _Res(3 * channels, channels, self.emb_dim)
         self.conv_out = nn.Conv2d(channels, img_channels, 3, padding=1)
+
+    def to_config(self) -> dict[str, Any]:
+        """The constructor arguments (what ``config.json`` records); :meth:`from_config` inverts it."""
+        return dict(self.init_kwargs)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> TinyUNet:
+        """A freshly initialised network from :meth:`to_config` output."""
+        return cls(**config)
 
     def _embed(self, noise_labels: Tensor, class_labels: Tensor | None, augment_labels: Tensor | None) -> Tensor:
         emb = self.map_noise(fourier_features(noise_labels, self.noise_features))
