@@ -123,3 +123,28 @@ def test_run_log_writes_tensorboard_when_installed(tmp_path):
     log.write(5, {"loss": 0.5})
     log.close()
     assert any((tmp_path / "tensorboard").iterdir())
+
+
+def test_fid_metric_in_training_with_a_stand_in_extractor(tmp_path):
+    """FIDMetric scores the EMA against reference statistics; the best artefact is kept and survives a resume."""
+    from scoredistill.metrics import FeatureStats, FIDMetric
+
+    projection = torch.randn(64, 16, generator=torch.Generator().manual_seed(0))
+
+    def extractor(images: torch.Tensor) -> torch.Tensor:  # uint8 [B, 3, 8, 8] -> [B, 16]
+        return (images[:, :1].float() / 127.5 - 1).flatten(1) @ projection
+
+    reference = FeatureStats()
+    reference.update(extractor((torch.rand(256, 3, 8, 8) * 255).to(torch.uint8)))
+    metric = FIDMetric(reference, n=64, extractor=extractor, batch_size=32)
+    assert metric.name == "fid64" and isinstance(metric, GeneratorMetric)
+    d = _distiller(total_nimg=16)
+    d.run(run_dir=tmp_path, metric=metric, eval_every_nimg=8, progress=False)
+    evals = [r for r in read_stats(tmp_path / "stats.jsonl") if "fid64" in r]
+    assert [r["nimg"] for r in evals] == [0, 8, 16] and all(r["fid64"] > 0 for r in evals)
+    assert metric(d.ema.module) == evals[-1]["fid64"]  # same seeds, same generator: same value
+    assert d.best[1] == min(r["fid64"] for r in evals)
+    resumed = _distiller(total_nimg=24)
+    resumed.load(tmp_path / "training_state")
+    assert resumed.best == d.best
+    assert OneStepGenerator.from_pretrained(tmp_path / "generator_best").sample_shape == (1, 8, 8)
