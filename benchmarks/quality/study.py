@@ -40,6 +40,10 @@ def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
 def _write_json(path: Path, record: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2) + "\n")
@@ -96,7 +100,7 @@ def cmd_teacher(args: argparse.Namespace) -> None:
         stats = image_stats(_teacher_batches(teacher, n, nfe, args.batch, args.seed, device), inception, device=device)
         seconds = time.perf_counter() - t0
         record = {"nfe": nfe, "n": n, "fid": frechet_distance(stats, ref), "seconds": round(seconds, 1)}
-        record["device"] = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+        record["device"] = _device_name(device)
         _write_json(Path(args.out) / f"teacher-nfe{nfe}-{n // 1000}k.json", record)
         grid = next(_teacher_batches(teacher, 64, nfe, 64, args.seed, device))  # the first 64 samples
         write_png(Path(args.out) / f"teacher-nfe{nfe}.png", image_grid(grid.float() / 127.5 - 1, cols=8))
@@ -120,7 +124,7 @@ def cmd_final(args: argparse.Namespace) -> None:
         "precision": precision,
         "recall": recall,
         "seconds": round(time.perf_counter() - t0, 1),
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "device": _device_name(device),
     }
     _write_json(Path(args.out), record)
 

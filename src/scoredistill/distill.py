@@ -429,11 +429,18 @@ class Distiller:
         next_ckpt = self.nimg + checkpoint_every_nimg if checkpoint_every_nimg else math.inf
         every = eval_every_nimg or math.inf
         next_eval = (self.nimg // every + 1) * every if metric is not None else math.inf
+
+        def evaluate_and_log() -> float:  # returns the seconds it took (not training time)
+            t_eval = time.perf_counter()
+            results = self.evaluate(metric, run_dir)
+            seconds = time.perf_counter() - t_eval
+            bar.log(results) if self.rank == 0 else None
+            log.write(self.nimg, {**results, "eval_s": seconds}) if log else None
+            return seconds
+
         try:
             if metric is not None and self.nimg == 0:  # where a fresh run starts (the teacher's copy, or SiD's result)
-                results = self.evaluate(metric, run_dir)
-                bar.log(results) if self.rank == 0 else None
-                log.write(0, {**results, "eval_s": time.perf_counter() - t0}) if log else None
+                evaluate_and_log()
                 t0 = time.perf_counter()
             while self.nimg < self.config.total_nimg:
                 for k, v in self.step().items():
@@ -442,11 +449,7 @@ class Distiller:
                 bar.update(self.config.batch_size * self.world)
                 done = self.nimg >= self.config.total_nimg
                 if metric is not None and (self.nimg >= next_eval or done):
-                    t_eval = time.perf_counter()
-                    results = self.evaluate(metric, run_dir)
-                    eval_s += time.perf_counter() - t_eval
-                    bar.log(results) if self.rank == 0 else None
-                    log.write(self.nimg, {**results, "eval_s": time.perf_counter() - t_eval}) if log else None
+                    eval_s += evaluate_and_log()
                     next_eval = (self.nimg // every + 1) * every
                 if self.nimg >= next_log or done:
                     last = {k: float(v) / n for k, v in sums.items()}  # the only host synchronisation
