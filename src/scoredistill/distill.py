@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from ._progress import Progress
 from ._types import Noised
+from ._validate import check_bool, check_choice, check_int, check_real
 from .checkpoint import load_training_state, save_training_state
 from .ema import EMA
 from .fake_score import FakeScore
@@ -63,19 +64,33 @@ class DistillConfig:
     cuda_graphs: bool = False  # capture each regime's whole iteration in a CUDA graph and replay it (CUDA only)
 
     def __post_init__(self) -> None:
+        check_int("batch_size", self.batch_size, low=1)
+        check_int("micro_batch", self.micro_batch, low=1, optional=True)
         micro = self.micro_batch or self.batch_size
-        if self.batch_size <= 0 or micro <= 0 or self.batch_size % micro:
+        if self.batch_size % micro:
             raise ValueError(f"batch_size {self.batch_size} must be a positive multiple of micro_batch {micro}")
-        if min(self.lr_generator, self.lr_fake_score, self.adam_eps, self.ema_halflife_nimg, self.total_nimg) <= 0:
-            raise ValueError("learning rates, adam_eps, ema_halflife_nimg and total_nimg must be positive")
-        if not (0 <= self.generator_beta1 < 1 and 0 <= self.fake_score_beta1 < 1 and 0 <= self.beta2 < 1):
-            raise ValueError("Adam betas must lie in [0, 1)")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"precision must be 'fp32', 'bf16' or 'fp16', got {self.precision!r}")
+        check_int("total_nimg", self.total_nimg, low=1, hint=" (training length in images)")
+        for name in ("lr_generator", "lr_fake_score", "adam_eps", "ema_halflife_nimg"):
+            check_real(name, getattr(self, name), low=0, low_open=True)
+        for name in ("generator_beta1", "fake_score_beta1", "beta2"):
+            check_real(name, getattr(self, name), low=0, high=1, high_open=True, hint=" (an Adam beta)")
+        # ema_rampup_ratio <= 0 would make the half-life 0, i.e. the EMA a copy of G: None is the way to turn it off.
+        check_real("ema_rampup_ratio", self.ema_rampup_ratio, low=0, low_open=True, optional=True, hint=" (None: off)")
+        check_int("generator_start_nimg", self.generator_start_nimg, low=0)
+        # A clip of 0 freezes f_psi and a negative one turns every gradient into -clip: None is "no clipping".
+        check_real("fake_score_grad_clip", self.fake_score_grad_clip, low=0, low_open=True, optional=True)
+        check_choice("precision", self.precision, ("fp32", "bf16", "fp16"))
+        check_int("seed", self.seed, low=0)
+        if self.seed >= 2**32:
+            raise ValueError(f"seed must be below 2**32, got {self.seed}")
+        check_bool("use_kernels", self.use_kernels, optional=True)
+        check_bool("channels_last", self.channels_last)
+        check_bool("cuda_graphs", self.cuda_graphs)
+        check_choice("compile", self.compile, ("off", "blocks", "network"))
+        if self.compile_mode is not None and not isinstance(self.compile_mode, str):
+            raise TypeError(f"compile_mode must be a torch.compile mode string or None, got {self.compile_mode!r}")
         if self.cuda_graphs and self.precision == "fp16":
             raise ValueError("cuda_graphs needs precision 'bf16' or 'fp32': fp16 loss scaling checks on the host")
-        if self.compile not in ("off", "blocks", "network"):
-            raise ValueError(f"compile must be 'off', 'blocks' or 'network', got {self.compile!r}")
 
     @classmethod
     def sida(cls, **overrides: object) -> DistillConfig:

@@ -7,6 +7,8 @@ import copy
 import torch
 from torch import nn
 
+from ._validate import check_real
+
 __all__ = ["EMA", "ema_beta"]
 
 
@@ -31,8 +33,9 @@ class EMA(nn.Module):
 
     def __init__(self, module: nn.Module, *, halflife_nimg: float = 500_000, rampup_ratio: float | None = 0.05):
         super().__init__()
-        if halflife_nimg <= 0:
-            raise ValueError(f"halflife_nimg must be positive, got {halflife_nimg}")
+        check_real("halflife_nimg", halflife_nimg, low=0, low_open=True)
+        # A ratio <= 0 makes the half-life 0, i.e. the average a plain copy: None is the way to turn ramp-up off.
+        check_real("rampup_ratio", rampup_ratio, low=0, low_open=True, optional=True, hint=" (None: no ramp-up)")
         self.module = copy.deepcopy(module).eval().requires_grad_(False)
         self.halflife_nimg, self.rampup_ratio = float(halflife_nimg), rampup_ratio
 

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import torch
 
+from ._validate import check_int, check_real
 from .augment import AugmentPipe
 from .distill import Batch, DistillConfig, Distiller
 from .fake_score import FakeScore
@@ -41,6 +42,19 @@ class Recipe:
     sid_alpha: float = 1.2  # alpha of plain SiD (SiDA and SiD²A use 1.0)
     sid_generator_beta1: float = 0.0  # Adam beta1 of G in plain SiD
     total_nimg: dict[str, int] | None = None  # images per method: {"sid": ..., "sida": ..., "sid2a": ...}
+
+    def __post_init__(self) -> None:
+        check_real("lr", self.lr, low=0, low_open=True)
+        check_int("batch_size", self.batch_size, low=1)
+        check_real("ema_halflife_nimg", self.ema_halflife_nimg, low=0, low_open=True)
+        check_real("dropout", self.dropout, low=0, high=1, high_open=True)
+        check_real("augment_p", self.augment_p, low=0, high=1)
+        check_real("sid_alpha", self.sid_alpha, low=0, low_open=True)
+        check_real("sid_generator_beta1", self.sid_generator_beta1, low=0, high=1, high_open=True)
+        for method, nimg in (self.total_nimg or {}).items():
+            if method not in ("sid", "sida", "sid2a"):
+                raise ValueError(f"total_nimg keys are 'sid', 'sida' and 'sid2a', got {method!r}")
+            check_int(f"total_nimg[{method!r}]", nimg, low=1)
 
     def config(self, method: Method, *, world_size: int = 1, **overrides: Any) -> DistillConfig:
         """The loop settings for ``method`` on ``world_size`` processes (per-process batch = global / world)."""

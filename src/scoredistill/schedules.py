@@ -6,12 +6,13 @@ explicit ``torch.Generator`` so that every draw is reproducible.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
+
+from ._validate import check_real
 
 __all__ = ["KarrasUniform", "LogNormal", "SigmaSampler", "karras_sigmas", "sid_sigma"]
 
@@ -70,12 +71,12 @@ class KarrasUniform:
     rho: float = 7.0  # schedule curvature
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.t_max <= 1.0:
-            raise ValueError(f"t_max is a fraction in (0, 1] (0.8 reproduces --tmax 800), got {self.t_max}")
-        if not 0.0 < self.sigma_min < self.sigma_max:
+        check_real("t_max", self.t_max, low=0, high=1, low_open=True, hint=" (0.8 reproduces --tmax 800)")
+        check_real("sigma_min", self.sigma_min, low=0, low_open=True)
+        check_real("sigma_max", self.sigma_max, low=0, low_open=True)
+        if not self.sigma_min < self.sigma_max:
             raise ValueError(f"need 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
-        if self.rho <= 0:
-            raise ValueError(f"rho must be positive, got {self.rho}")
+        check_real("rho", self.rho, low=0, low_open=True)
 
     def sample(self, n: int, *, device: torch.device | str = "cpu", rng: torch.Generator | None = None) -> Tensor:
         """Draw ``[n]`` noise levels."""
@@ -91,8 +92,8 @@ class LogNormal:
     p_std: float = 1.2  # P_std in EDM
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.p_mean) and self.p_std > 0):
-            raise ValueError(f"need a finite p_mean and p_std > 0, got {self.p_mean}, {self.p_std}")
+        check_real("p_mean", self.p_mean)
+        check_real("p_std", self.p_std, low=0, low_open=True)
 
     def sample(self, n: int, *, device: torch.device | str = "cpu", rng: torch.Generator | None = None) -> Tensor:
         """Draw ``[n]`` noise levels."""

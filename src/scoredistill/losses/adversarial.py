@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from .._validate import check_int, check_real
 from .base import Evaluation, LossModule, LossOutput
 
 __all__ = ["AdversarialEncoderLoss"]
@@ -39,8 +40,13 @@ class AdversarialEncoderLoss(LossModule):
         generator_weight: float = 1.0,
     ):
         super().__init__()
-        if generator_scale < 0 or discriminator_scale < 0 or generator_weight < 0 or generator_start_nimg < 0:
-            raise ValueError("scales, weight and start must be non-negative")
+        for name, value in (
+            ("generator_scale", generator_scale),
+            ("discriminator_scale", discriminator_scale),
+            ("generator_weight", generator_weight),
+        ):
+            check_real(name, value, low=0)
+        check_int("generator_start_nimg", generator_start_nimg, low=0)
         self.generator_scale, self.discriminator_scale = float(generator_scale), float(discriminator_scale)
         self.generator_start_nimg, self.generator_weight = int(generator_start_nimg), float(generator_weight)
 

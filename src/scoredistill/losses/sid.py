@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from .._validate import check_real
 from ..schedules import KarrasUniform, LogNormal
 from .base import Evaluation, LossModule, LossOutput
 
@@ -32,10 +33,9 @@ class SiDLoss(LossModule):
 
     def __init__(self, *, alpha: float = 1.2, t_max: float = 0.8, scale: float = 100.0):
         super().__init__()
-        if not alpha > 0:
-            raise ValueError(f"alpha must be positive (1.2 for SiD, 1.0 for SiDA), got {alpha}")
-        if scale <= 0:
-            raise ValueError(f"scale must be positive, got {scale}")
+        check_real("alpha", alpha, low=0, low_open=True, hint=" (1.2 for SiD, 1.0 for SiDA)")
+        check_real("t_max", t_max, low=0, high=1, low_open=True, hint=" (0.8 reproduces --tmax 800)")
+        check_real("scale", scale, low=0, low_open=True)
         self.alpha, self.t_max, self.scale = float(alpha), float(t_max), float(scale)
         self.generator_sigma = KarrasUniform(t_max=t_max)
 
@@ -71,8 +71,9 @@ class DSMLoss(LossModule):
 
     def __init__(self, *, p_mean: float = -1.2, p_std: float = 1.2, scale: float = 1.0):
         super().__init__()
-        if scale <= 0:
-            raise ValueError(f"scale must be positive, got {scale}")
+        check_real("p_mean", p_mean)
+        check_real("p_std", p_std, low=0, low_open=True)
+        check_real("scale", scale, low=0, low_open=True)
         self.p_mean, self.p_std, self.scale = float(p_mean), float(p_std), float(scale)
         self.fake_score_sigma = LogNormal(p_mean=p_mean, p_std=p_std)
 
