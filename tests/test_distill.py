@@ -11,6 +11,7 @@ from conftest import tiny_image_roles, tiny_vector_roles
 from scoredistill import AdversarialEncoderLoss, DistillConfig, Distiller, DSMLoss, SiDLoss
 from scoredistill.distill import sanitize_grads
 from scoredistill.ema import ema_beta
+from scoredistill.hub import CheckpointError
 
 
 def _real_stream(batch: int, shape=(1, 8, 8), seed: int = 0):
@@ -156,7 +157,7 @@ def test_resume_rejects_other_config_and_missing_files(tmp_path):
     with pytest.raises(FileNotFoundError):
         d.load(tmp_path / "nowhere")
     (tmp_path / "ckpt" / "fake_score.safetensors").unlink()
-    with pytest.raises(FileNotFoundError, match="fake_score"):
+    with pytest.raises(CheckpointError, match="fake_score"):  # incomplete: refused, not "start afresh"
         d.load(tmp_path / "ckpt")
 
 

@@ -1,14 +1,16 @@
-"""Two helpers shared by the Hub layer, the training checkpoints and the EDM loaders.
+"""Helpers shared by the Hub layer, the training checkpoints and the EDM loaders.
 
-- :func:`atomic_directory`: write a directory next to its final place and rename it into place, so readers never
-  see a half-written one; files and folders get the modes of any file the user saves (``0o666`` / ``0o777``
-  less the umask), not the private modes of a temporary directory.
+- :func:`atomic_directory`: write a directory next to its final place and swap it in, so that a kill at any
+  moment leaves either the old or the new complete directory (see :func:`recover_directory`); files and folders
+  get the modes of any file the user saves (``0o666`` / ``0o777`` less the umask), not the private modes of a
+  temporary directory.
 - :func:`load_state_dict_strict`: load a state dict only when every key and shape fits, naming every bad key.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -17,7 +19,17 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
-__all__ = ["StateDictMismatchError", "atomic_directory", "load_state_dict_strict", "state_dict_mismatch"]
+__all__ = [
+    "StateDictMismatchError",
+    "atomic_directory",
+    "load_state_dict_strict",
+    "recover_directory",
+    "state_dict_mismatch",
+]
+
+# The siblings a write of ``name`` makes: ``.name.tmp-XXXX`` (being written), ``.name.new-XXXX`` (complete and
+# synced, about to go in), ``.name.old-XXXX`` (the previous directory, moved aside). XXXX is mkdtemp's suffix.
+_SIBLING = r"\.{name}\.(tmp|new|old)-[a-z0-9_]{{6,32}}"
 
 
 def _umask() -> int:
@@ -26,12 +38,95 @@ def _umask() -> int:
     return mask
 
 
+def _fsync_dir(path: Path) -> None:
+    if os.name != "posix":  # directories cannot be opened for fsync on Windows; NTFS renames are journalled
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sync_tree(root: Path) -> None:
+    """Give everything under ``root`` the user's usual modes and flush every file and folder to disk."""
+    mask = _umask()
+    for here, dirs, files in os.walk(root, topdown=False):
+        for name in files:
+            file = os.path.join(here, name)
+            os.chmod(file, 0o666 & ~mask)
+            with open(file, "rb") as f:
+                os.fsync(f.fileno())
+        for name in dirs:
+            os.chmod(os.path.join(here, name), 0o777 & ~mask)
+            _fsync_dir(Path(here) / name)
+    os.chmod(root, 0o777 & ~mask)
+    _fsync_dir(root)
+
+
+def _siblings(path: Path, kind: str) -> list[Path]:
+    """``path``'s own sibling directories of one kind (``tmp``, ``new``, ``old``), newest first; never links."""
+    if not path.parent.is_dir():
+        return []
+    pattern = re.compile(_SIBLING.format(name=re.escape(path.name)))
+    found = []
+    for entry in os.scandir(path.parent):
+        match = pattern.fullmatch(entry.name)
+        if match and match.group(1) == kind and entry.is_dir(follow_symlinks=False):
+            found.append((entry.stat(follow_symlinks=False).st_mtime_ns, Path(entry.path)))
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def recover_directory(path: str | os.PathLike) -> bool:
+    """Put back ``path`` after a write of :func:`atomic_directory` was killed between its two renames.
+
+    If ``path`` is missing but a complete sibling is left, the newest complete new version is renamed into
+    place, or else the previous version that had been moved aside. Half-written siblings are never used.
+
+    Returns:
+        Whether ``path`` exists now.
+    """
+    path = Path(path)
+    if path.exists():
+        return True
+    candidates = _siblings(path, "new") + _siblings(path, "old")
+    if not candidates:
+        return False
+    candidates[0].rename(path)
+    _fsync_dir(path.parent)
+    return True
+
+
+def remove_stale_siblings(path: str | os.PathLike) -> None:
+    """Delete what killed writes of ``path`` left beside it: only directories named like this module's own.
+
+    Call it when ``path`` exists (after :func:`recover_directory`): a missing ``path`` would otherwise lose the
+    complete version that a killed write left beside it.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: recover_directory() it before removing its siblings")
+    for kind in ("tmp", "new", "old"):
+        for sibling in _siblings(path, kind):
+            shutil.rmtree(sibling, ignore_errors=True)
+
+
 @contextmanager
 def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temporary directory beside ``path`` that replaces ``path`` once the block succeeds.
 
-    An existing ``path`` is moved aside, the new directory renamed into its place, then the old one removed;
-    if the block raises, ``path`` is left untouched and the temporary directory is deleted.
+    The steps, each a point where a kill leaves a complete directory behind:
+
+    1. the block writes into ``.NAME.tmp-XXXX``; its files and folders are then flushed to disk (fsync);
+    2. it is renamed ``.NAME.new-XXXX`` (complete), and the parent directory flushed;
+    3. an existing ``path`` is renamed ``.NAME.old-XXXX``;
+    4. ``.NAME.new-XXXX`` is renamed ``path``, the parent flushed, and ``.NAME.old-XXXX`` removed.
+
+    A kill between 3 and 4 leaves no ``path`` but two complete siblings: :func:`recover_directory` (called by
+    the readers and by the next write) renames the new one into place. Each write also removes the siblings
+    left by killed writes, matching only the names above. One writer per ``path`` at a time.
+
+    If the block raises, ``path`` is left untouched and the temporary directory is deleted.
 
     Example:
         >>> import tempfile
@@ -44,23 +139,22 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if recover_directory(path):
+        remove_stale_siblings(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    suffix = tmp.name[len(f".{path.name}.tmp-") :]
+    new, old = path.parent / f".{path.name}.new-{suffix}", path.parent / f".{path.name}.old-{suffix}"
     try:
         yield tmp
-        # mkdtemp creates 0700 and some writers (safetensors) 0600: give everything the user's usual modes.
-        mask = _umask()
-        for root, dirs, files in os.walk(tmp):
-            os.chmod(root, 0o777 & ~mask)
-            for name in dirs:
-                os.chmod(os.path.join(root, name), 0o777 & ~mask)
-            for name in files:
-                os.chmod(os.path.join(root, name), 0o666 & ~mask)
-        old = None
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-            path.rename(old / path.name)
-        tmp.rename(path)
-        if old is not None:
+        _sync_tree(tmp)
+        os.rename(tmp, new)
+        _fsync_dir(path.parent)
+        moved = path.exists()
+        if moved:
+            os.rename(path, old)
+        os.rename(new, path)
+        _fsync_dir(path.parent)
+        if moved:
             shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,19 +21,32 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from ._progress import Progress
-from ._types import Noised
+from ._types import Noised, expand_as
 from ._validate import check_bool, check_choice, check_int, check_real
-from .checkpoint import load_training_state, save_training_state
+from .checkpoint import apply_networks, read_training_state, save_training_state
 from .ema import EMA
 from .fake_score import FakeScore
 from .fast import CompileScope, StepGraphs, speed_up, use_fused_norms
 from .generator import OneStepGenerator
+from .hub import CheckpointError
 from .losses.base import DistillLoss, Evaluation
 from .monitor import GeneratorMetric, RunLog
 from .schedules import SigmaSampler
 from .teacher import Teacher
 
-__all__ = ["DistillConfig", "Distiller"]
+__all__ = ["DistillConfig", "Distiller", "NonFiniteTrainingError", "NonFiniteWarning"]
+
+NONFINITE_WARN_FRACTION = 0.1  # warn when more than this fraction of an interval's samples is non-finite
+
+
+class NonFiniteWarning(RuntimeWarning):
+    """More than a tenth of a log interval's samples were non-finite (and dropped from the losses)."""
+
+
+class NonFiniteTrainingError(FloatingPointError):
+    """Every sample of a log interval was non-finite: the run stopped (its state is written beside the last
+    good checkpoint)."""
+
 
 Batch = tuple[Tensor, Tensor | None]  # (x_real [B, ...] in [-1, 1], one-hot labels [B, L] or None)
 Augment = Callable[..., tuple[Tensor, Tensor]]  # augment(x, rng=generator) -> (x_aug, augment_labels)
@@ -122,6 +136,32 @@ def sanitize_grads(params: Sequence[nn.Parameter], clip_value: float | None = No
     if clip_value is not None and grads:
         torch._foreach_clamp_min_(grads, -clip_value)
         torch._foreach_clamp_max_(grads, clip_value)
+
+
+def _drop_nonfinite_samples(grad: Tensor) -> Tensor:
+    """Zero the gradient of G's output for samples where it is not finite, keeping the others.
+
+    The losses give a sample with a non-finite teacher or fake-score output zero loss, but the backward pass
+    through that network still multiplies the zero by the sample's NaN activations; left alone, that NaN would
+    reach every generator weight, where :func:`sanitize_grads` zeroes the whole batch's update.
+    """
+    return torch.where(expand_as(torch.isfinite(grad).flatten(1).all(1), grad), grad, 0.0)
+
+
+def _check_optimizer_state(opt: torch.optim.Optimizer, state: object, where: str) -> None:
+    """Refuse an optimiser state that does not fit ``opt`` (groups, sizes, moment shapes), changing nothing."""
+    scratch = type(opt)([{"params": g["params"]} for g in opt.param_groups], **opt.defaults)
+    try:
+        scratch.load_state_dict(state)  # type: ignore[arg-type]
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:
+        raise CheckpointError(f"{where} does not fit this run's optimiser: {err}") from err
+    for group in scratch.param_groups:
+        for p in group["params"]:
+            for key, value in scratch.state.get(p, {}).items():
+                if key != "step" and isinstance(value, Tensor) and value.shape != p.shape:
+                    raise CheckpointError(
+                        f"{where}: {key} has shape {list(value.shape)} for a parameter of shape {list(p.shape)}"
+                    )
 
 
 class Distiller:
@@ -343,7 +383,10 @@ class Distiller:
             labels = self._labels(batch, micro)
             z = torch.randn(micro, *self.generator.sample_shape, generator=self.rng, device=self.device)
             with self._autocast():
-                fake = self._noised(self.generator(z, labels), labels, self.generator_sigma)
+                x_g = self.generator(z, labels)
+                if cfg.precision != "fp16" and x_g.requires_grad:  # fp16: the loss scaler must see overflows
+                    x_g.register_hook(_drop_nonfinite_samples)
+                fake = self._noised(x_g, labels, self.generator_sigma)
                 ev = Evaluation(
                     fake, fake_score=self.fake_score, teacher=self.teacher, nimg=self.nimg, use_kernels=cfg.use_kernels
                 )
@@ -375,8 +418,29 @@ class Distiller:
         return save_training_state(path, modules=self._modules(), state=state)
 
     def load(self, path: str | Path) -> None:
-        """Resume from :meth:`save`'s checkpoint; the next :meth:`step` continues the same trace."""
-        state = load_training_state(path, modules=self._modules(), map_location=self.device)
+        """Resume from :meth:`save`'s checkpoint; the next :meth:`step` continues the same trace.
+
+        All or nothing: every file's digest, every network's keys and shapes, the config, the counters and the
+        optimiser and loss-scaler states are read and checked before anything here changes, so a refused
+        checkpoint leaves this distiller as it was.
+
+        Raises:
+            FileNotFoundError: There is no checkpoint at ``path``.
+            CheckpointError: The checkpoint is damaged, incomplete, of another run, or its config differs in a
+                field a resumed run may not change (the message names the file or the fields).
+        """
+        modules = self._modules()
+        loaded = read_training_state(path, modules=modules, map_location=self.device)
+        state, file = loaded.state, loaded.path / "state.pt"
+        missing = sorted({"nimg", "step_index", "config", "opt_g", "opt_f", "scalers", "data"} - state.keys())
+        if missing:
+            raise CheckpointError(f"{file} lacks {missing}: not a checkpoint of Distiller.save")
+        for key in ("nimg", "step_index"):
+            value = state[key]
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise CheckpointError(f"{file}: {key} must be a non-negative int, got {value!r}")
+        if not isinstance(state["config"], dict):
+            raise CheckpointError(f"{file}: config must be a dict, got {type(state['config']).__name__}")
         ours = dataclasses.asdict(self.config)
         differ = sorted(
             k
@@ -385,16 +449,46 @@ class Distiller:
         )
         if differ:
             changes = ", ".join(f"{k}: {state['config'].get(k)!r} -> {ours.get(k)!r}" for k in differ)
-            raise ValueError(f"checkpoint config differs from this run's in {changes}")
-        self.nimg, self.step_index = int(state["nimg"]), int(state["step_index"])
+            raise CheckpointError(f"{file}: checkpoint config differs from this run's in {changes}")
+        for key, opt in (("opt_g", self.opt_g), ("opt_f", self.opt_f)):
+            _check_optimizer_state(opt, state[key], f"{file}: {key}")
+        scalers = state["scalers"]
+        if not isinstance(scalers, dict) or scalers.keys() != self.scalers.keys():
+            raise CheckpointError(f"{file}: scalers must be a dict with keys {sorted(self.scalers)}")
+        for k, scaler in self.scalers.items():
+            try:  # a scratch scaler checks the state without touching ours
+                torch.amp.GradScaler(self.device.type, enabled=scaler.is_enabled()).load_state_dict(scalers[k])
+            except (KeyError, TypeError, ValueError, RuntimeError) as err:
+                raise CheckpointError(f"{file}: the {k} loss scaler's state is invalid: {err}") from err
+        best = state.get("best")  # absent in checkpoints written before evaluations were kept
+        if best is not None:
+            if not (
+                isinstance(best, list | tuple) and len(best) == 2 and all(isinstance(v, int | float) for v in best)
+            ):
+                raise CheckpointError(f"{file}: best must be [nimg, value], got {best!r}")
+            best = (int(best[0]), float(best[1]))
+
+        # Apply. The data stream first: it is the one part that checks its own state (dataset size).
+        if state["data"] is not None and hasattr(self.data, "load_state_dict"):
+            try:
+                self.data.load_state_dict(state["data"])
+            except (KeyError, TypeError, ValueError) as err:
+                raise CheckpointError(f"{file}: the data stream refused its saved state: {err}") from err
+        apply_networks(loaded, modules)
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_f.load_state_dict(state["opt_f"])
-        for k, s in self.scalers.items():
-            s.load_state_dict(state["scalers"][k])
-        if state["data"] is not None and hasattr(self.data, "load_state_dict"):
-            self.data.load_state_dict(state["data"])
-        best = state.get("best")  # absent in checkpoints written before evaluations were kept
-        self.best = (int(best[0]), float(best[1])) if best is not None else None
+        for k, scaler in self.scalers.items():
+            scaler.load_state_dict(scalers[k])
+        self.nimg, self.step_index, self.best = state["nimg"], state["step_index"], best
+
+    def _nonfinite_fraction(self, logs: dict[str, float]) -> float:
+        """The largest ``*/nonfinite_frac`` of a log record, the same on every process."""
+        frac = max((v for k, v in logs.items() if k.endswith("nonfinite_frac")), default=0.0)
+        if self.world > 1:
+            t = torch.tensor(frac, device=self.device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            frac = float(t)
+        return frac
 
     def _modules(self) -> dict[str, nn.Module]:
         modules = {"generator": self.generator, "generator_ema": self.ema.module, "fake_score": self.fake_score}
@@ -432,6 +526,12 @@ class Distiller:
 
         Returns:
             The last logged averages.
+
+        Raises:
+            NonFiniteTrainingError: Every sample of a log interval was non-finite (e.g. a learning rate far too
+                high); the state at that point is written to ``training_state_nonfinite/``, leaving the last good
+                ``training_state/`` alone. A [`NonFiniteWarning`][scoredistill.distill.NonFiniteWarning] is
+                issued for an interval with more than 10% non-finite samples.
         """
         if metric is not None and not (eval_every_nimg and eval_every_nimg > 0):
             raise ValueError("a metric needs eval_every_nimg > 0 (images between evaluations)")
@@ -471,11 +571,32 @@ class Distiller:
                     train_s = time.perf_counter() - t0 - eval_s  # evaluations do not count as training time
                     last["images_per_s"] = n * self.config.batch_size * self.world / train_s
                     last["nimg"] = self.nimg
+                    nonfinite = self._nonfinite_fraction(last)
                     bar.log(last) if self.rank == 0 else None
                     log.write(self.nimg, last) if log else None
                     if on_log:
                         on_log(last)
                     sums, n, t0, eval_s, next_log = {}, 0, time.perf_counter(), 0.0, self.nimg + log_every_nimg
+                    if nonfinite >= 1.0:  # every sample of the interval was dropped: nothing trains any more
+                        where = "(no run_dir: nothing written)"
+                        if ckpt is not None:
+                            dump = ckpt.with_name(ckpt.name + "_nonfinite")
+                            self.save(dump) if self.rank == 0 else None
+                            where = f"this state is in {dump}; the last good checkpoint, if any, is {ckpt}"
+                        fracs = ", ".join(f"{k} {v:.0%}" for k, v in last.items() if k.endswith("nonfinite_frac"))
+                        raise NonFiniteTrainingError(
+                            f"a loss dropped every sample of the last log interval (up to {self.nimg} images) as "
+                            f"non-finite ({fracs}), so its network no longer learns; {where}. Lower the learning "
+                            f"rates (lr_generator {self.config.lr_generator:g}, lr_fake_score "
+                            f"{self.config.lr_fake_score:g}) and resume from an earlier checkpoint"
+                        )
+                    if nonfinite > NONFINITE_WARN_FRACTION:
+                        warnings.warn(
+                            f"{nonfinite:.0%} of the samples of the last log interval (up to {self.nimg} images) "
+                            "were non-finite and dropped from the losses; training is diverging (learning rate?)",
+                            NonFiniteWarning,
+                            stacklevel=2,
+                        )
                 if ckpt is not None and self.nimg >= next_ckpt:
                     self.save(ckpt) if self.rank == 0 else None
                     next_ckpt = self.nimg + checkpoint_every_nimg
