@@ -1,6 +1,6 @@
 """Public artefacts: save_pretrained -> from_pretrained round trips, strict failures, Hub I/O and the sample CLI.
 
-The Hub tests run against ``tests/hub_server.py``, a stand-in for the Hub's HTTP API on 127.0.0.1, so they are
+The Hub tests run against ``tests/helpers/hub_server.py``, a stand-in for the Hub's HTTP API on 127.0.0.1, so they are
 offline and run by default.
 """
 
@@ -22,7 +22,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from hub_server import FakeHub
+from helpers import FIXTURES
+from helpers.hub_server import FakeHub
 from scoredistill import FakeScore, OneStepGenerator, Precond
 from scoredistill.cli import main as cli_main
 from scoredistill.hub import (
@@ -557,7 +558,7 @@ def test_cli_sample_scatter_for_2d_generators(saved, tmp_path: Path):
 
 # Compatibility and file modes -----------------------------------------------------------------------------------
 
-FIXTURES_0_1_0 = Path(__file__).parent / "fixtures" / "artefacts-0.1.0"
+FIXTURES_0_1_0 = FIXTURES / "artefacts-0.1.0"
 
 
 def test_artefacts_of_0_1_0_still_load():
