@@ -25,11 +25,9 @@ from torch import nn
 from helpers import FIXTURES
 from helpers.hub_server import FakeHub
 from scoredistill import FakeScore, OneStepGenerator, Precond
+from scoredistill.artefact import CONFIG_NAME, MODEL_CARD_NAME, WEIGHTS_NAME
 from scoredistill.cli import main as cli_main
 from scoredistill.hub import (
-    CONFIG_NAME,
-    MODEL_CARD_NAME,
-    WEIGHTS_NAME,
     CheckpointError,
     WeightsMismatchError,
     from_pretrained,
