@@ -454,7 +454,7 @@ def test_push_to_hub_round_trip(fake_hub: FakeHub, saved, tmp_path: Path):
     info = role.push_to_hub("org/pushed", token="hf_fake", teacher_id="org/edm-imagenet", license="apache-2.0")
     files = fake_hub.files("org/pushed")
     assert {CONFIG_NAME, WEIGHTS_NAME, MODEL_CARD_NAME} <= set(files)
-    assert info.oid == fake_hub.repos["org/pushed"].branches["main"]
+    assert info.oid == fake_hub.head("org/pushed")
     card = files[MODEL_CARD_NAME].decode()
     assert 'OneStepGenerator.from_pretrained("org/pushed")' in card and "- org/edm-imagenet" in card
     assert json.loads(files[CONFIG_NAME])["teacher_id"] == "org/edm-imagenet"
@@ -467,7 +467,7 @@ def test_push_to_hub_round_trip(fake_hub: FakeHub, saved, tmp_path: Path):
     with torch.no_grad():
         next(other.parameters()).add_(1.0)
     push_to_hub(other, "org/pushed", token="hf_fake", revision="dev", commit_message="try")
-    assert fake_hub.repos["org/pushed"].branches["main"] == info.oid
+    assert fake_hub.head("org/pushed") == info.oid
     assert_same_outputs(other, from_pretrained("org/pushed", revision="dev", cache_dir=cache))
     assert_same_outputs(role, from_pretrained("org/pushed", revision="main", cache_dir=cache))
 
