@@ -1,24 +1,9 @@
-"""Public artefacts: ``config.json`` + ``model.safetensors`` (+ a ``README.md`` model card), locally or on the Hub.
+"""Saving, loading and publishing roles, locally or on the Hugging Face Hub.
 
-:class:`HubMixin` gives a role ``save_pretrained``, ``from_pretrained`` and ``push_to_hub`` on top of
-:class:`huggingface_hub.ModelHubMixin`. The Hub layer knows no role: each role (``OneStepGenerator``,
-``FakeScore``, ``Precond``) writes its architecture with ``to_config()`` and rebuilds it with
-``from_config(config)``. One directory holds one role; ``config.json`` reads::
-
-    {
-      "_class_name": "OneStepGenerator",        # the role
-      "_scoredistill_version": "0.1.0",
-      "format_version": 1,
-      "sigma_init": 2.5, "sample_shape": [3, 32, 32], "label_dim": 0,    # the role's to_config() ...
-      "precond": {"label_dim": 0, "augment_dim": 9, "sigma_data": 0.5},  # ... with its Precond's args
-      "backbone": {"_class_name": "SongUNet", "config": {...}},           # ... and backbone
-      "torch_dtype": "float32",                 # dtype of the stored weights
-      "teacher_id": "org/edm-cifar10", "teacher_revision": "abc123",     # provenance, or null
-      "training": {...}                         # how it was made (free-form), or null
-    }
-
-Loading is always strict: the module is built on the meta device and every missing, unexpected or mis-shaped key
-is reported by name, as is any malformed file. Nothing is ever unpickled.
+[`HubMixin`][scoredistill.hub.HubMixin] gives a role ``save_pretrained``, ``from_pretrained`` and ``push_to_hub``
+on top of [`huggingface_hub.ModelHubMixin`][huggingface_hub.ModelHubMixin]. The Hub layer knows no role: each role
+(``OneStepGenerator``, ``FakeScore``, ``Precond``) writes its architecture with ``to_config()`` and rebuilds it with
+``from_config(config)``; the files follow [`scoredistill.artefact`][scoredistill.artefact].
 """
 
 from __future__ import annotations
@@ -30,69 +15,31 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from huggingface_hub import HfApi, ModelCard, ModelCardData, ModelHubMixin, snapshot_download
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
-from torch import Tensor, nn
+from huggingface_hub import HfApi, ModelCard, ModelHubMixin, snapshot_download
 
-from ._io import StateDictMismatchError, atomic_directory, load_state_dict_strict
+from ._card import model_card
+from ._io import atomic_directory
 from ._version import __version__
+from .artefact import (
+    CONFIG_NAME,
+    DTYPES,
+    META_KEYS,
+    MODEL_CARD_NAME,
+    ROLES,
+    WEIGHTS_NAME,
+    CheckpointError,
+    WeightsMismatchError,
+    artefact_config,
+    load_weights,
+    read_config,
+    save_weights,
+)
 
 if TYPE_CHECKING:
     from huggingface_hub import CommitInfo
 
-__all__ = [
-    "CONFIG_NAME",
-    "FORMAT_VERSION",
-    "MODEL_CARD_NAME",
-    "ROLES",
-    "WEIGHTS_NAME",
-    "CheckpointError",
-    "HubMixin",
-    "WeightsMismatchError",
-    "from_pretrained",
-    "load_config",
-    "push_to_hub",
-    "save_pretrained",
-]
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-MODEL_CARD_NAME = "README.md"
-FORMAT_VERSION = 1
-"""Version of the artefact layout; readers refuse a newer one."""
-
-ROLES: dict[str, type[HubMixin]] = {}
-"""The classes an artefact may name in ``_class_name``: every subclass of :class:`HubMixin`, by class name."""
-
-_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-_META_KEYS = ("_class_name", "_scoredistill_version", "format_version", "torch_dtype", "teacher_id")
-_META_KEYS += ("teacher_revision", "training")
-
-
-class CheckpointError(ValueError):
-    """A malformed or incompatible artefact (bad JSON, corrupt weights, unknown class, newer format, ...).
-
-    The message names the offending file.
-    """
-
-
-class WeightsMismatchError(StateDictMismatchError, CheckpointError):
-    """``model.safetensors`` does not fit the module that ``config.json`` describes; every bad key is named.
-
-    Attributes:
-        file: The weights file.
-        missing: Keys the module has but the file lacks.
-        unexpected: Keys the file has but the module lacks.
-        mismatched: ``(key, expected_shape, got_shape)`` for keys whose shapes differ.
-    """
-
-    def __init__(
-        self, file: str | Path, missing: list[str], unexpected: list[str], mismatched: list[tuple[str, tuple, tuple]]
-    ):
-        super().__init__(missing, unexpected, mismatched)
-        self.file = str(file)
-        self.args = (f"{file} does not match the network described by {CONFIG_NAME}: {self.args[0]}",)
+__all__ = ["CheckpointError", "HubMixin", "WeightsMismatchError", "from_pretrained", "load_config", "push_to_hub"]
+__all__ += ["save_pretrained"]
 
 
 class HubMixin(
@@ -103,7 +50,8 @@ class HubMixin(
 ):
     """``save_pretrained`` / ``from_pretrained`` / ``push_to_hub`` for a role with ``to_config`` / ``from_config``.
 
-    Subclasses register themselves in :data:`ROLES` under their class name (what ``_class_name`` records).
+    Subclasses register themselves in [`ROLES`][scoredistill.artefact.ROLES] under their class name (what
+    ``_class_name`` records).
     """
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -111,43 +59,13 @@ class HubMixin(
         ROLES[cls.__name__] = cls
 
     def to_config(self) -> dict[str, Any]:  # pragma: no cover - every role overrides it
-        """The JSON-ready architecture that :meth:`from_config` rebuilds."""
+        """The JSON-ready architecture that ``from_config`` rebuilds."""
         raise NotImplementedError
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> HubMixin:  # pragma: no cover - every role overrides it
-        """A freshly initialised module for :meth:`to_config` output."""
+        """A freshly initialised module for ``to_config`` output."""
         raise NotImplementedError
-
-    # Saving ------------------------------------------------------------------------------------------------------
-
-    def artefact_config(
-        self,
-        *,
-        dtype: torch.dtype = torch.float32,
-        teacher_id: str | None = None,
-        teacher_revision: str | None = None,
-        training: Mapping[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        """The full ``config.json``: class, versions, :meth:`to_config`, weights dtype and provenance."""
-        dtype_name = next((k for k, v in _DTYPES.items() if v == dtype), None)
-        if dtype_name is None:
-            raise ValueError(f"dtype must be one of torch.{', torch.'.join(_DTYPES)}, got {dtype}")
-        config = {
-            "_class_name": type(self).__name__,
-            "_scoredistill_version": __version__,
-            "format_version": FORMAT_VERSION,
-            **self.to_config(),
-            "torch_dtype": dtype_name,
-            "teacher_id": teacher_id,
-            "teacher_revision": teacher_revision,
-            "training": dict(training) if training is not None else None,
-        }
-        try:
-            json.dumps(config, allow_nan=False)
-        except (TypeError, ValueError) as err:
-            raise TypeError(f"config.json must be plain JSON (check `training`): {err}") from err
-        return config
 
     def save_pretrained(
         self,
@@ -177,8 +95,9 @@ class HubMixin(
             model_card: Write ``README.md``.
             dtype: Dtype of the stored floating-point parameters: float32 (default), or float16/bfloat16 for a
                 smaller variant. Buffers keep their dtype.
-            config: A complete ``config.json`` (from :meth:`artefact_config`) instead of the arguments above.
-            model_card_kwargs: Passed to :meth:`generate_model_card` (``license``, ``repo_id``).
+            config: A complete ``config.json`` (from [`artefact_config`][scoredistill.artefact.artefact_config])
+                instead of the arguments above.
+            model_card_kwargs: Passed to ``generate_model_card`` (``license``, ``repo_id``).
 
         Returns:
             The artefact directory.
@@ -193,8 +112,8 @@ class HubMixin(
             ['README.md', 'config.json', 'model.safetensors']
         """
         if config is None:
-            config = self.artefact_config(
-                dtype=dtype, teacher_id=teacher_id, teacher_revision=teacher_revision, training=training
+            config = artefact_config(
+                self, dtype=dtype, teacher_id=teacher_id, teacher_revision=teacher_revision, training=training
             )
         path = Path(save_directory)
         if path.exists():
@@ -219,73 +138,15 @@ class HubMixin(
         config = self._hub_mixin_config
         text = json.dumps(config, indent=2, allow_nan=False) + "\n"
         (save_directory / CONFIG_NAME).write_text(text, encoding="utf-8")
-        dtype = _DTYPES[config["torch_dtype"]]
-        params = {name for name, _ in self.named_parameters()}
-        state: dict[str, Tensor] = {}
-        for key, value in self.state_dict().items():
-            value = value.detach()
-            if key in params and value.is_floating_point():
-                value = value.to(dtype)
-            state[key] = value.cpu().contiguous()
-        metadata = {"format": "pt", "scoredistill_format_version": str(FORMAT_VERSION)}
-        save_file(state, str(save_directory / WEIGHTS_NAME), metadata=metadata)
+        save_weights(self, save_directory / WEIGHTS_NAME, DTYPES[config["torch_dtype"]])
 
-    def generate_model_card(self, *args: Any, license: str | None = None, repo_id: str | None = None, **kwargs: Any):
-        """The ``README.md`` card: Hub metadata (:class:`huggingface_hub.ModelCardData`) and how to load it."""
-        config = self._hub_mixin_config
-        name, where = config["_class_name"], repo_id or "PATH_OR_REPO_ID"
-        teacher, revision = config.get("teacher_id"), config.get("teacher_revision")
-        shape, label_dim = config.get("sample_shape"), config.get("label_dim", 0)
-        is_generator = shape is not None
-        tags = list(self._hub_mixin_info.model_card_data.tags or []) + (["one-step-generation"] if is_generator else [])
-        pipeline = None
-        if is_generator and len(shape) == 3:
-            pipeline = "unconditional-image-generation" if label_dim == 0 else "image-generation"
-        data = ModelCardData(
-            library_name="scoredistill",
-            license=license,
-            base_model=[teacher] if teacher else None,
-            base_model_relation="finetune" if teacher else None,
-            pipeline_tag=pipeline,
-            tags=tags,
-        )
+    def generate_model_card(
+        self, *args: Any, license: str | None = None, repo_id: str | None = None, **kwargs: Any
+    ) -> ModelCard:
+        """The ``README.md`` card: Hub metadata and how to load the artefact."""
         n_params = sum(p.numel() for p in self.parameters())
-        if is_generator:
-            dims = ", ".join(map(str, shape))
-            classes = f"{label_dim} classes" if label_dim else "unconditional"
-            about = (
-                f"A one-step generator ({n_params:,} parameters, samples of shape [{dims}], {classes}): "
-                f"`x = D(sigma_init * z; sigma_init)` with `sigma_init = {config['sigma_init']}`, one network "
-                "evaluation per sample."
-            )
-        elif name == "FakeScore":
-            about = f"The fake score network of a score-distillation run ({n_params:,} parameters)."
-        else:
-            about = f"An EDM-preconditioned denoiser ({n_params:,} parameters)."
-        backbone = config["backbone"]["_class_name"]
-        lines = [f"# {name} ({backbone})", "", about, ""]
-        lines += [
-            f"Made with [scoredistill](https://github.com/scoredistill/scoredistill) "
-            f"{config['_scoredistill_version']}; weights stored as {config['torch_dtype']}.",
-            "",
-        ]
-        if teacher:
-            at = f" at revision `{revision}`" if revision else ""
-            lines += ["## Teacher", "", f"Distilled from [`{teacher}`](https://huggingface.co/{teacher}){at}.", ""]
-        if license:
-            lines += ["## Licence", "", f"`{license}`. Check that it is compatible with the teacher's licence.", ""]
-        lines += ["## How to load", "", "```python", f"from scoredistill import {name}", ""]
-        lines.append(f'model = {name}.from_pretrained("{where}")  # strict: every key and shape is checked')
-        if is_generator:
-            lines.append(f"x = model.sample(16)  # [16, {dims}]" + (" in [-1, 1]" if len(shape) == 3 else ""))
-        lines += ["```", ""]
-        if is_generator:
-            lines += [f"Or from the command line: `scoredistill sample --model {where} --n 64 --out grid.png`.", ""]
-        if config.get("training"):
-            lines += ["## How it was made", "", "| setting | value |", "|---|---|"]
-            lines += [f"| `{k}` | `{json.dumps(v)}` |" for k, v in config["training"].items()]
-            lines.append("")
-        return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
+        tags = self._hub_mixin_info.model_card_data.tags or []
+        return model_card(self._hub_mixin_config, n_params, tags=tags, license=license, repo_id=repo_id)
 
     def push_to_hub(
         self,
@@ -295,11 +156,7 @@ class HubMixin(
         private: bool | None = None,
         revision: str | None = None,
         commit_message: str | None = None,
-        teacher_id: str | None = None,
-        teacher_revision: str | None = None,
-        license: str | None = None,
-        training: Mapping[str, Any] | None = None,
-        dtype: torch.dtype = torch.float32,
+        **save_kwargs: Any,
     ) -> CommitInfo:
         """Upload this module to a Hub model repo, creating the repo (and the branch ``revision``) when needed.
 
@@ -309,18 +166,14 @@ class HubMixin(
             private: Create the repo as private (an existing repo keeps its visibility).
             revision: Branch to commit to; created from the default branch when it does not exist.
             commit_message: Defaults to ``"Upload <role> with scoredistill"``.
-            teacher_id: See :meth:`save_pretrained`.
-            teacher_revision: See :meth:`save_pretrained`.
-            license: See :meth:`save_pretrained`.
-            training: See :meth:`save_pretrained`.
-            dtype: See :meth:`save_pretrained`.
+            **save_kwargs: ``teacher_id``, ``teacher_revision``, ``license``, ``training`` and ``dtype``, as for
+                ``save_pretrained``.
 
         Returns:
-            The :class:`huggingface_hub.CommitInfo` of the commit (``.oid`` is its hash).
+            The [`CommitInfo`][huggingface_hub.CommitInfo] of the commit (``.oid`` is its hash).
         """
-        config = self.artefact_config(
-            dtype=dtype, teacher_id=teacher_id, teacher_revision=teacher_revision, training=training
-        )
+        license = save_kwargs.pop("license", None)
+        config = artefact_config(self, **save_kwargs)
         if revision is not None:
             api = HfApi(token=token, library_name="scoredistill", library_version=__version__)
             api.create_repo(repo_id, private=private, exist_ok=True)
@@ -335,54 +188,28 @@ class HubMixin(
             model_card_kwargs={"license": license, "repo_id": repo_id},
         )
 
-    # Loading -----------------------------------------------------------------------------------------------------
-
     @classmethod
     def from_pretrained(cls, repo_id_or_path: str | os.PathLike, **kwargs: Any) -> Any:
-        """Load strictly from a local directory or a Hub repo; see :func:`scoredistill.hub.from_pretrained`."""
+        """Load strictly from a directory or a Hub repo: [`from_pretrained`][scoredistill.hub.from_pretrained]."""
         return from_pretrained(repo_id_or_path, expected_class=cls, **kwargs)
 
     @classmethod
     def _from_pretrained(
-        cls,
-        *,
-        model_id: str,
-        revision: str | None = None,
-        cache_dir: str | os.PathLike | None = None,
-        force_download: bool = False,
-        local_files_only: bool = False,
-        token: str | bool | None = None,
-        device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
-        **_: Any,
+        cls, *, model_id: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, **_: Any
     ) -> HubMixin:
-        directory = _resolve(model_id, revision, cache_dir, force_download, token, local_files_only)
-        config = _read_config(directory)
-        file = directory / CONFIG_NAME
-        architecture = {k: v for k, v in config.items() if k not in _META_KEYS}
-        # Build on the meta device: no time is spent on a random initialisation that the weights overwrite.
-        try:
+        directory = Path(model_id)
+        config = read_config(directory)
+        architecture = {k: v for k, v in config.items() if k not in META_KEYS}
+        try:  # on the meta device: no time is spent on a random initialisation that the weights overwrite
             with torch.device("meta"):
                 module = cls.from_config(architecture)
         except (TypeError, ValueError, KeyError) as err:
-            raise CheckpointError(f"{file}: cannot build {config['_class_name']} from its config: {err}") from err
-        _load_weights(module, directory / WEIGHTS_NAME, device)
-        module.to(device=device)
-        module.to(dtype=dtype)
-        return module.eval()
+            raise CheckpointError(f"{directory / CONFIG_NAME}: cannot build {cls.__name__} from it: {err}") from err
+        load_weights(module, directory / WEIGHTS_NAME, device)
+        return module.to(device=device).to(dtype=dtype).eval()
 
 
-# Loading ---------------------------------------------------------------------------------------------------------
-
-
-def _resolve(
-    source: str | os.PathLike,
-    revision: str | None,
-    cache_dir: str | os.PathLike | None,
-    force_download: bool,
-    token: str | bool | None,
-    local_files_only: bool,
-) -> Path:
+def _resolve(source: str | os.PathLike, revision: str | None = None, **download: Any) -> Path:
     """A local directory holding the artefact: the path itself, or a Hub snapshot in the cache."""
     path = Path(source).expanduser()
     if path.is_dir():
@@ -393,23 +220,19 @@ def _resolve(
     from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError, RevisionNotFoundError
     from huggingface_hub.utils import validate_repo_id
 
-    repo_id = str(source)
+    repo_id, where = str(source), f"the Hub at {constants.ENDPOINT}"
     try:
         validate_repo_id(repo_id)
     except HFValidationError as err:
         raise FileNotFoundError(f"{repo_id!r} is neither a local directory nor a valid Hub repo id") from err
-    where = f"the Hub at {constants.ENDPOINT}"
     try:
         snapshot = snapshot_download(
             repo_id,
             revision=revision,
-            cache_dir=cache_dir,
-            force_download=force_download,
-            token=token,
-            local_files_only=local_files_only,
             allow_patterns=[CONFIG_NAME, WEIGHTS_NAME],
             library_name="scoredistill",
             library_version=__version__,
+            **download,
         )
     except RevisionNotFoundError as err:
         err.append_to_message(f"\nscoredistill: model repo {repo_id!r} on {where} has no revision {revision!r}.")
@@ -423,56 +246,6 @@ def _resolve(
     return Path(snapshot)
 
 
-def _read_config(directory: Path) -> dict[str, Any]:
-    file = directory / CONFIG_NAME
-    if not file.is_file():
-        raise FileNotFoundError(f"{directory} has no {CONFIG_NAME}: not a scoredistill artefact")
-    try:
-        config = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{file} is not valid JSON: {err}") from err
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{file} must hold a JSON object, got {type(config).__name__}")
-    missing = [k for k in ("_class_name", "format_version") if k not in config]
-    if missing:
-        raise CheckpointError(f"{file}: the config lacks {missing}")
-    version = config["format_version"]
-    if not isinstance(version, int) or version < 1:
-        raise CheckpointError(f"{file}: format_version must be a positive integer, got {version!r}")
-    if version > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{file} has format_version {version}, newer than this scoredistill reads ({FORMAT_VERSION}); it was "
-            f"written by scoredistill {config.get('_scoredistill_version', '?')}: upgrade scoredistill"
-        )
-    if config["_class_name"] not in ROLES:
-        raise CheckpointError(f"{file}: unknown _class_name {config['_class_name']!r}; expected one of {sorted(ROLES)}")
-    dtype = config.get("torch_dtype", "float32")
-    if dtype not in _DTYPES:
-        raise CheckpointError(f"{file}: torch_dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-    return config
-
-
-def _load_weights(module: nn.Module, file: Path, device: torch.device | str) -> None:
-    """Strictly load ``file`` into ``module`` (built on the meta device) by assignment."""
-    if not file.is_file():
-        raise FileNotFoundError(f"{file.parent} has no {WEIGHTS_NAME}")
-    try:
-        state = load_file(str(file), device=str(device))
-    except SafetensorError as err:
-        raise CheckpointError(f"{file} is not a readable safetensors file (truncated or corrupt?): {err}") from err
-    expected = module.state_dict()
-    kinds = [k for k, v in state.items() if k in expected and v.is_floating_point() != expected[k].is_floating_point()]
-    if kinds:
-        raise CheckpointError(f"{file}: tensors {kinds} are not of the expected kind (floating point or integer)")
-    try:
-        load_state_dict_strict(module, state, assign=True)
-    except StateDictMismatchError as err:
-        raise WeightsMismatchError(file, err.missing, err.unexpected, err.mismatched) from None
-    leftovers = [k for k, v in module.state_dict(keep_vars=True).items() if v.is_meta]
-    if leftovers:
-        raise CheckpointError(f"{file}: {leftovers} were not restored")
-
-
 def load_config(
     repo_id_or_path: str | os.PathLike,
     *,
@@ -483,9 +256,10 @@ def load_config(
 ) -> dict[str, Any]:
     """Read and validate an artefact's ``config.json`` (class, format version), e.g. for its ``teacher_id``.
 
-    Arguments are those of :func:`from_pretrained`.
+    Arguments are those of [`from_pretrained`][scoredistill.hub.from_pretrained].
     """
-    return _read_config(_resolve(repo_id_or_path, revision, cache_dir, False, token, local_files_only))
+    download = {"cache_dir": cache_dir, "token": token, "local_files_only": local_files_only}
+    return read_config(_resolve(repo_id_or_path, revision, **download))
 
 
 def from_pretrained(
@@ -498,17 +272,14 @@ def from_pretrained(
     token: str | bool | None = None,
     local_files_only: bool = False,
     force_download: bool = False,
-    expected_class: type[nn.Module] | None = None,
+    expected_class: type[torch.nn.Module] | None = None,
 ) -> Any:
-    """Load a role written by ``save_pretrained``, from a local directory or a Hub model repo.
-
-    Loading is always strict: a missing, unexpected or mis-shaped key, an unknown class, a newer
-    ``format_version`` or a malformed file raises an error that names it. Nothing is unpickled.
+    """Load a role written by ``save_pretrained``, strictly, from a local directory or a Hub model repo.
 
     Args:
         repo_id_or_path: A local artefact directory, or a Hub repo id such as ``"org/sid-cifar10-uncond"``
-            (downloaded with :func:`huggingface_hub.snapshot_download`, which honours ``HF_ENDPOINT`` and
-            ``HF_HUB_OFFLINE``).
+            (downloaded with [`snapshot_download`][huggingface_hub.snapshot_download], which honours
+            ``HF_ENDPOINT`` and ``HF_HUB_OFFLINE``).
         revision: Hub branch, tag or commit hash (Hub repos only).
         cache_dir: Hub cache directory (default: the Hugging Face cache).
         device: Device of the returned module.
@@ -524,7 +295,7 @@ def from_pretrained(
     Raises:
         FileNotFoundError: No such directory or repo, or a file is missing (the message names it).
         CheckpointError: A malformed or incompatible ``config.json`` or ``model.safetensors``;
-            :class:`WeightsMismatchError` lists every bad key.
+            [`WeightsMismatchError`][scoredistill.artefact.WeightsMismatchError] lists every bad key.
         huggingface_hub.errors.RepositoryNotFoundError: The Hub has no such repo (or it is private).
         huggingface_hub.errors.RevisionNotFoundError: The repo has no such revision.
 
@@ -538,8 +309,9 @@ def from_pretrained(
         >>> torch.equal(G.eval()(z), G2(z))
         True
     """
-    directory = _resolve(repo_id_or_path, revision, cache_dir, force_download, token, local_files_only)
-    config = _read_config(directory)
+    download = {"cache_dir": cache_dir, "force_download": force_download, "token": token}
+    directory = _resolve(repo_id_or_path, revision, local_files_only=local_files_only, **download)
+    config = read_config(directory)
     cls = ROLES[config["_class_name"]]
     if expected_class is not None and cls is not expected_class:
         raise CheckpointError(
@@ -550,23 +322,14 @@ def from_pretrained(
 
 
 def save_pretrained(module: HubMixin, directory: str | os.PathLike, **kwargs: Any) -> Path:
-    """Write ``module`` (a role) as a public artefact; see :meth:`HubMixin.save_pretrained` for the arguments.
-
-    Example:
-        >>> import tempfile
-        >>> from scoredistill import Precond
-        >>> from scoredistill.networks import MLP
-        >>> path = save_pretrained(Precond(MLP(dim=2, hidden=8)), tempfile.mkdtemp() + "/denoiser", model_card=False)
-        >>> sorted(p.name for p in path.iterdir())
-        ['config.json', 'model.safetensors']
-    """
+    """Write a role as an artefact: [`HubMixin.save_pretrained`][scoredistill.hub.HubMixin.save_pretrained]."""
     if not isinstance(module, HubMixin):
         raise TypeError(f"save_pretrained takes one of {sorted(ROLES)}, got {type(module).__name__}")
     return module.save_pretrained(directory, **kwargs)
 
 
 def push_to_hub(module: HubMixin, repo_id: str, **kwargs: Any) -> CommitInfo:
-    """Upload ``module`` to a Hub model repo; see :meth:`HubMixin.push_to_hub` for the arguments."""
+    """Upload ``module`` to a Hub model repo: [`HubMixin.push_to_hub`][scoredistill.hub.HubMixin.push_to_hub]."""
     if not isinstance(module, HubMixin):
         raise TypeError(f"push_to_hub takes one of {sorted(ROLES)}, got {type(module).__name__}")
     return module.push_to_hub(repo_id, **kwargs)

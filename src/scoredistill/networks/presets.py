@@ -2,7 +2,7 @@
 
 The preset settings are the constructor arguments of the EDM checkpoints that SiD/SiDA distil
 (``edm-{cifar10-32x32-uncond,cifar10-32x32-cond,ffhq-64x64-uncond,afhqv2-64x64-uncond}-vp.pkl`` and
-``edm-imagenet-64x64-cond-adm.pkl``); parameter counts and every key are locked by ``tests/test_networks.py``.
+``edm-imagenet-64x64-cond-adm.pkl``); parameter counts and every key are locked by ``tests/networks/test_networks.py``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Public artefacts: save_pretrained -> from_pretrained round trips, strict failures, Hub I/O and the sample CLI.
 
-The Hub tests run against ``tests/hub_server.py``, a stand-in for the Hub's HTTP API on 127.0.0.1, so they are
+The Hub tests run against ``tests/helpers/hub_server.py``, a stand-in for the Hub's HTTP API on 127.0.0.1, so they are
 offline and run by default.
 """
 
@@ -22,13 +22,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from hub_server import FakeHub
+from helpers import FIXTURES
+from helpers.hub_server import FakeHub
 from scoredistill import FakeScore, OneStepGenerator, Precond
+from scoredistill.artefact import CONFIG_NAME, MODEL_CARD_NAME, WEIGHTS_NAME
 from scoredistill.cli import main as cli_main
 from scoredistill.hub import (
-    CONFIG_NAME,
-    MODEL_CARD_NAME,
-    WEIGHTS_NAME,
     CheckpointError,
     WeightsMismatchError,
     from_pretrained,
@@ -455,7 +454,7 @@ def test_push_to_hub_round_trip(fake_hub: FakeHub, saved, tmp_path: Path):
     info = role.push_to_hub("org/pushed", token="hf_fake", teacher_id="org/edm-imagenet", license="apache-2.0")
     files = fake_hub.files("org/pushed")
     assert {CONFIG_NAME, WEIGHTS_NAME, MODEL_CARD_NAME} <= set(files)
-    assert info.oid == fake_hub.repos["org/pushed"].branches["main"]
+    assert info.oid == fake_hub.head("org/pushed")
     card = files[MODEL_CARD_NAME].decode()
     assert 'OneStepGenerator.from_pretrained("org/pushed")' in card and "- org/edm-imagenet" in card
     assert json.loads(files[CONFIG_NAME])["teacher_id"] == "org/edm-imagenet"
@@ -468,7 +467,7 @@ def test_push_to_hub_round_trip(fake_hub: FakeHub, saved, tmp_path: Path):
     with torch.no_grad():
         next(other.parameters()).add_(1.0)
     push_to_hub(other, "org/pushed", token="hf_fake", revision="dev", commit_message="try")
-    assert fake_hub.repos["org/pushed"].branches["main"] == info.oid
+    assert fake_hub.head("org/pushed") == info.oid
     assert_same_outputs(other, from_pretrained("org/pushed", revision="dev", cache_dir=cache))
     assert_same_outputs(role, from_pretrained("org/pushed", revision="main", cache_dir=cache))
 
@@ -557,7 +556,7 @@ def test_cli_sample_scatter_for_2d_generators(saved, tmp_path: Path):
 
 # Compatibility and file modes -----------------------------------------------------------------------------------
 
-FIXTURES_0_1_0 = Path(__file__).parent / "fixtures" / "artefacts-0.1.0"
+FIXTURES_0_1_0 = FIXTURES / "artefacts-0.1.0"
 
 
 def test_artefacts_of_0_1_0_still_load():

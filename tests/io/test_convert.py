@@ -20,6 +20,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+from helpers import FIXTURES
 from scoredistill.convert import (
     RecordedObject,
     UnsafePickleError,
@@ -31,7 +32,7 @@ from scoredistill.networks import StateDictMismatchError, config_from_edm_kwargs
 from scoredistill.networks.layers import UNetBlock
 from scoredistill.precond import edm_precond
 
-GOLDEN = Path(__file__).parent / "fixtures" / "golden" / "ddpmpp-tiny-cond.safetensors"
+GOLDEN = FIXTURES / "golden" / "ddpmpp-tiny-cond.safetensors"
 EMBEDDED_SOURCE = "import os\nos.environ['SCOREDISTILL_PWNED'] = '1'\nraise SystemExit('embedded code ran')\n"
 
 

@@ -12,9 +12,9 @@ import math
 import pytest
 import torch
 
+from helpers.triton_interpreter import run_under_interpreter
 from scoredistill import kernels
 from scoredistill.networks.layers import UNetBlock, residual_add
-from triton_interpreter import run_under_interpreter
 
 needs_kernels = pytest.mark.skipif(not kernels.available(), reason="needs CUDA and Triton")
 

@@ -145,7 +145,7 @@ def test_channels_last_network_matches_contiguous(preset):
 
 def test_analytic_bf16_run_on_gpu_reaches_the_cpu_fp32_figures():
     # Issue 4's end-to-end parity: the analytic teacher distilled in bf16 on the GPU (fused kernels) lands on the
-    # same figures as the fp32 CPU run of tests/test_end_to_end.py (same steps, width and learning rate).
+    # same figures as the fp32 CPU run of tests/integration/test_end_to_end.py (same steps, width and learning rate).
     import numpy as np
 
     from scoredistill.demo import run_demo
@@ -163,7 +163,7 @@ def test_analytic_bf16_run_on_gpu_reaches_the_cpu_fp32_figures():
 
 
 def test_analytic_sida_bf16_run_on_gpu_moves_towards_the_data():
-    # The biased-teacher SiDA case of tests/test_end_to_end.py, in bf16 on the GPU.
+    # The biased-teacher SiDA case of tests/integration/test_end_to_end.py, in bf16 on the GPU.
     import numpy as np
 
     from scoredistill import GaussianMixture

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
 
+from helpers import FIXTURES
 from scoredistill._types import EncoderBackbone
 from scoredistill.networks import (
     PRESETS,
@@ -24,7 +24,7 @@ from scoredistill.networks import (
 )
 from scoredistill.precond import Precond, edm_precond, edm_scalings
 
-GOLDEN = Path(__file__).parent / "fixtures" / "golden"
+GOLDEN = FIXTURES / "golden"
 GOLDEN_FILES = ["ddpmpp-tiny-uncond", "ddpmpp-tiny-cond", "ncsnpp-tiny-uncond", "adm-tiny-cond"]
 KEYS_JSON = GOLDEN / "edm_checkpoint_keys.json"
 TEACHERS = {

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+from helpers import REPO_ROOT
 from scoredistill import OneStepGenerator
 from scoredistill.cli import main as cli_main
 from scoredistill.recipes import RECIPES, load_teacher, make_distiller
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 sys.path.insert(0, str(ROOT / "examples"))
 distill_edm = pytest.importorskip("distill_edm")
 FIXTURE = ROOT / "tests" / "fixtures" / "cifar10-tiny.zip"

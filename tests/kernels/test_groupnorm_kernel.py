@@ -13,9 +13,9 @@ import os
 import pytest
 import torch
 
+from helpers.triton_interpreter import run_under_interpreter
 from scoredistill import kernels
 from scoredistill.networks.layers import GroupNorm, group_norm_act
-from triton_interpreter import run_under_interpreter
 
 needs_kernels = pytest.mark.skipif(not kernels.available(), reason="needs CUDA and Triton")
 

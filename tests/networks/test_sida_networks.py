@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
+from helpers import TINY_ZIP
 from scoredistill import (
     AdversarialEncoderLoss,
     DistillConfig,
@@ -22,7 +21,7 @@ from scoredistill.data import ImageZipDataset, check_compatible, real_batches
 from scoredistill.networks import DhariwalUNetConfig, SongUNetConfig
 from scoredistill.precond import edm_precond
 
-FIXTURE = Path(__file__).parent / "fixtures" / "cifar10-tiny.zip"
+FIXTURE = TINY_ZIP
 
 
 def _tiny_ddpmpp(label_dim: int) -> SongUNetConfig:

@@ -12,9 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers.triton_interpreter import run_under_interpreter
 from scoredistill import kernels
 from scoredistill.networks.layers import Conv2d
-from triton_interpreter import run_under_interpreter
 
 needs_kernels = pytest.mark.skipif(not kernels.available(), reason="needs CUDA and Triton")
 

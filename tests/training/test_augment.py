@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
+from helpers import TINY_ZIP
 from scoredistill.augment import AUGMENT_DIM, SYM6, AugmentPipe
 
-FIXTURE = Path(__file__).parent / "fixtures" / "cifar10-tiny.zip"
+FIXTURE = TINY_ZIP
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
 OFF = dict(xflip=0, yflip=0, scale=0, rotate_frac=0, aniso=0, translate_frac=0)
 

@@ -18,10 +18,10 @@ import torch
 pytest.importorskip("PIL", reason="Pillow (the 'data' extra) is needed to decode images")
 from PIL import Image
 
+from helpers import REPO_ROOT, TINY_ZIP
 from scoredistill.data import DatasetError, ImageZipDataset, check_compatible, real_batches
 
-FIXTURE = Path(__file__).parent / "fixtures" / "cifar10-tiny.zip"
-REPO_ROOT = Path(__file__).resolve().parents[1]
+FIXTURE = TINY_ZIP
 DATA_DIR = Path(os.environ.get("SCOREDISTILL_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
 
 

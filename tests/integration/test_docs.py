@@ -5,11 +5,12 @@ from __future__ import annotations
 import doctest
 import importlib
 import re
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import REPO_ROOT
+
+ROOT = REPO_ROOT
 PAGES = ["quickstart.md", "extending.md", "custom_loop.md"]
 DOCTEST_MODULES = [
     "scoredistill.teacher",

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import tiny_image_roles
+from helpers import TINY_ZIP, tiny_image_roles
 from scoredistill.cli import main
 from scoredistill.data import DatasetError, ImageZipDataset
 from scoredistill.metrics import (
@@ -27,7 +27,7 @@ from scoredistill.metrics import (
     precision_recall,
 )
 
-FIXTURE = Path(__file__).parent / "fixtures" / "cifar10-tiny.zip"
+FIXTURE = TINY_ZIP
 BATCHING = 1e-6  # relative tolerance of statistics of the same images batched differently
 
 

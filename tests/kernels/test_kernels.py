@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
 
+from helpers.triton_interpreter import run_under_interpreter
 from scoredistill import kernels
 from scoredistill.losses import dispatch
 from scoredistill.losses import functional as ref
@@ -430,9 +429,7 @@ def test_interpreter_parity_cpu():
     reason = _interpreter_skip_reason()
     if reason:
         pytest.skip(reason)
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=280)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_under_interpreter(__file__)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import tiny_image_roles
+from helpers import tiny_image_roles
 from scoredistill import FakeScore, GaussianMixture, OneStepGenerator, Precond, Teacher
 from scoredistill.networks import MLP, TinyUNet
 

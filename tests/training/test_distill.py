@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from conftest import tiny_image_roles, tiny_vector_roles
+from helpers import tiny_image_roles, tiny_vector_roles
 from scoredistill import AdversarialEncoderLoss, DistillConfig, Distiller, DSMLoss, SiDLoss
 from scoredistill.distill import sanitize_grads
 from scoredistill.ema import ema_beta

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import tiny_image_roles
+from helpers import tiny_image_roles
 from scoredistill import DistillConfig, Distiller, DSMLoss, OneStepGenerator, SiDLoss
 from scoredistill.monitor import GeneratorMetric, RunLog, read_stats
 

@@ -1,0 +1,37 @@
+"""Helpers shared by the test modules: fixture paths and tiny roles on the CPU.
+
+Test modules import them as ``from helpers import ...`` (``tests/`` is on ``pythonpath``, see pyproject.toml);
+fixtures that pytest injects by name live in ``tests/conftest.py``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from scoredistill import FakeScore, GaussianMixture, OneStepGenerator, Precond, Teacher
+from scoredistill.networks import MLP, TinyUNet
+
+__all__ = ["FIXTURES", "REPO_ROOT", "TINY_ZIP", "tiny_image_roles", "tiny_vector_roles"]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = REPO_ROOT / "tests" / "fixtures"
+TINY_ZIP = FIXTURES / "cifar10-tiny.zip"
+"""A few hundred labelled CIFAR-10 images as an EDM-style dataset zip (see ``fixtures/README.md``)."""
+
+
+def tiny_image_roles(label_dim: int = 0, seed: int = 0) -> tuple[Teacher, OneStepGenerator, FakeScore]:
+    """An 8x8 TinyUNet teacher and copies of it as generator and fake score (the SiD initialisation)."""
+    torch.manual_seed(seed)
+    net = Precond(TinyUNet(img_channels=1, channels=8, label_dim=label_dim), label_dim=label_dim)
+    teacher = Teacher(net, sample_shape=(1, 8, 8))
+    return teacher, OneStepGenerator.from_teacher(teacher), FakeScore.from_teacher(teacher)
+
+
+def tiny_vector_roles(dim: int = 2, seed: int = 0) -> tuple[Teacher, OneStepGenerator, FakeScore]:
+    """The analytic 8-mode ring as teacher, and fresh MLPs as generator and fake score."""
+    torch.manual_seed(seed)
+    teacher = Teacher(GaussianMixture.ring(8))
+    G = OneStepGenerator(Precond(MLP(dim, 32, depth=2)), sample_shape=(dim,))
+    return teacher, G, FakeScore(Precond(MLP(dim, 32, depth=2)))
