@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from scoredistill.checkpoint import has_training_state
 from scoredistill.data import ImageZipDataset, check_compatible, real_batches
 from scoredistill.hub import save_pretrained
 from scoredistill.recipes import RECIPES, load_teacher, make_distiller
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None, **defaults: str) -> None:
         (outdir / "config.json").write_text(
             json.dumps({"args": vars(args), "config": dataclasses.asdict(config)}, indent=2)
         )
-    if (outdir / "training_state").is_dir():
+    if has_training_state(outdir / "training_state"):  # also puts back one that a kill mid-save left aside
         distiller.load(outdir / "training_state")
     metric = None
     if args.ref_stats:  # FID of the EMA generator every --eval-kimg, keeping generator_best/ and generator_last/

@@ -1,10 +1,10 @@
 """Helpers shared by the Hub layer, the training checkpoints and the EDM loaders.
 
-- :func:`atomic_directory`: write a directory next to its final place and swap it in, so that a kill at any
-  moment leaves either the old or the new complete directory (see :func:`recover_directory`); files and folders
+- `atomic_directory`: write a directory next to its final place and swap it in, so that a kill at any
+  moment leaves either the old or the new complete directory (see `recover_directory`); files and folders
   get the modes of any file the user saves (``0o666`` / ``0o777`` less the umask), not the private modes of a
   temporary directory.
-- :func:`load_state_dict_strict`: load a state dict only when every key and shape fits, naming every bad key.
+- `load_state_dict_strict`: load a state dict only when every key and shape fits, naming every bad key.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def _siblings(path: Path, kind: str) -> list[Path]:
 
 
 def recover_directory(path: str | os.PathLike) -> bool:
-    """Put back ``path`` after a write of :func:`atomic_directory` was killed between its two renames.
+    """Put back ``path`` after a write of `atomic_directory` was killed between its two renames.
 
     If ``path`` is missing but a complete sibling is left, the newest complete new version is renamed into
     place, or else the previous version that had been moved aside. Half-written siblings are never used.
@@ -89,18 +89,22 @@ def recover_directory(path: str | os.PathLike) -> bool:
     path = Path(path)
     if path.exists():
         return True
-    candidates = _siblings(path, "new") + _siblings(path, "old")
-    if not candidates:
-        return False
-    candidates[0].rename(path)
-    _fsync_dir(path.parent)
-    return True
+    for candidate in _siblings(path, "new") + _siblings(path, "old"):
+        try:
+            os.rename(candidate, path)
+        except OSError:  # another process (another rank) put one back first, or took this one
+            if path.exists():
+                return True
+            continue
+        _fsync_dir(path.parent)
+        return True
+    return False
 
 
 def remove_stale_siblings(path: str | os.PathLike) -> None:
     """Delete what killed writes of ``path`` left beside it: only directories named like this module's own.
 
-    Call it when ``path`` exists (after :func:`recover_directory`): a missing ``path`` would otherwise lose the
+    Call it when ``path`` exists (after `recover_directory`): a missing ``path`` would otherwise lose the
     complete version that a killed write left beside it.
     """
     path = Path(path)
@@ -122,7 +126,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     3. an existing ``path`` is renamed ``.NAME.old-XXXX``;
     4. ``.NAME.new-XXXX`` is renamed ``path``, the parent flushed, and ``.NAME.old-XXXX`` removed.
 
-    A kill between 3 and 4 leaves no ``path`` but two complete siblings: :func:`recover_directory` (called by
+    A kill between 3 and 4 leaves no ``path`` but two complete siblings: `recover_directory` (called by
     the readers and by the next write) renames the new one into place. Each write also removes the siblings
     left by killed writes, matching only the names above. One writer per ``path`` at a time.
 

@@ -2,12 +2,14 @@
 
 A checkpoint directory holds ``<role>.safetensors`` per network, ``state.pt`` (optimiser states, counters,
 config) and ``manifest.json``, which records each file's role, size and SHA-256 digest. It is written beside
-its final place and swapped in (:func:`scoredistill._io.atomic_directory`), so a kill at any moment leaves the
+its final place and swapped in (a crash-safe directory swap), so a kill at any moment leaves the
 previous or the new complete checkpoint; the readers put back one left beside a missing directory.
 
-Reading is all-or-nothing: :func:`read_training_state` checks every digest, role, key and shape and returns
-the tensors without touching any network; :func:`load_training_state` then copies them in. Every fault is a
-[`CheckpointError`][scoredistill.hub.CheckpointError] naming the file.
+Reading is all-or-nothing:
+[`read_training_state`][scoredistill.checkpoint.read_training_state]
+checks every digest, role, key and shape and returns the tensors without touching any network;
+[`load_training_state`][scoredistill.checkpoint.load_training_state] then copies them in.
+Every fault is a [`CheckpointError`][scoredistill.artefact.CheckpointError] naming the file.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from safetensors.torch import save_model
 from torch import Tensor, nn
 
 from ._io import atomic_directory, recover_directory, state_dict_mismatch
-from .hub import CheckpointError
+from .artefact import CheckpointError
 
 __all__ = [
     "LegacyCheckpointWarning",
@@ -173,7 +175,7 @@ def _read_network(file: Path, role: str, module: nn.Module) -> dict[str, Tensor]
 def read_training_state(
     path: str | os.PathLike, *, modules: dict[str, nn.Module], map_location: str | torch.device = "cpu"
 ) -> TrainingState:
-    """Read and check a checkpoint of :func:`save_training_state` in full, changing no module.
+    """Read and check a checkpoint of `save_training_state` in full, changing no module.
 
     Checks every file's digest and role against ``manifest.json``, every network's keys and shapes against
     ``modules``, and that ``state.pt`` loads with ``weights_only=True``. A checkpoint without a manifest (written
@@ -216,7 +218,7 @@ def read_training_state(
 
 @torch.no_grad()
 def apply_networks(loaded: TrainingState, modules: dict[str, nn.Module]) -> None:
-    """Copy the networks of a checkpoint checked by :func:`read_training_state` into ``modules``."""
+    """Copy the networks of a checkpoint checked by `read_training_state` into ``modules``."""
     for name, module in modules.items():
         module.load_state_dict(loaded.tensors[name], strict=True)
 
@@ -224,9 +226,10 @@ def apply_networks(loaded: TrainingState, modules: dict[str, nn.Module]) -> None
 def load_training_state(
     path: str | os.PathLike, *, modules: dict[str, nn.Module], map_location: str | torch.device = "cpu"
 ) -> dict[str, Any]:
-    """Load a checkpoint of :func:`save_training_state` into ``modules`` and return its state.
+    """Load a checkpoint of `save_training_state` into ``modules`` and return its state.
 
-    Everything is read and checked (:func:`read_training_state`) before any module changes.
+    Everything is read and checked first, by
+    [`read_training_state`][scoredistill.checkpoint.read_training_state], so a refused checkpoint changes nothing.
 
     Raises:
         FileNotFoundError: There is no checkpoint at ``path``.

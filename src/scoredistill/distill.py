@@ -23,12 +23,12 @@ from torch import Tensor, nn
 from ._progress import Progress
 from ._types import Noised, expand_as
 from ._validate import check_bool, check_choice, check_int, check_real
+from .artefact import CheckpointError
 from .checkpoint import apply_networks, read_training_state, save_training_state
 from .ema import EMA
 from .fake_score import FakeScore
 from .fast import CompileScope, StepGraphs, speed_up, use_fused_norms
 from .generator import OneStepGenerator
-from .hub import CheckpointError
 from .losses.base import DistillLoss, Evaluation
 from .monitor import GeneratorMetric, RunLog
 from .schedules import SigmaSampler
@@ -143,7 +143,7 @@ def _drop_nonfinite_samples(grad: Tensor) -> Tensor:
 
     The losses give a sample with a non-finite teacher or fake-score output zero loss, but the backward pass
     through that network still multiplies the zero by the sample's NaN activations; left alone, that NaN would
-    reach every generator weight, where :func:`sanitize_grads` zeroes the whole batch's update.
+    reach every generator weight, where `sanitize_grads` zeroes the whole batch's update.
     """
     return torch.where(expand_as(torch.isfinite(grad).flatten(1).all(1), grad), grad, 0.0)
 

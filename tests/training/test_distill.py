@@ -9,9 +9,9 @@ import torch
 
 from helpers import tiny_image_roles, tiny_vector_roles
 from scoredistill import AdversarialEncoderLoss, DistillConfig, Distiller, DSMLoss, SiDLoss
+from scoredistill.artefact import CheckpointError
 from scoredistill.distill import sanitize_grads
 from scoredistill.ema import ema_beta
-from scoredistill.hub import CheckpointError
 
 
 def _real_stream(batch: int, shape=(1, 8, 8), seed: int = 0):
