@@ -462,9 +462,8 @@ class Distiller:
                 raise CheckpointError(f"{file}: the {k} loss scaler's state is invalid: {err}") from err
         best = state.get("best")  # absent in checkpoints written before evaluations were kept
         if best is not None:
-            if not (
-                isinstance(best, list | tuple) and len(best) == 2 and all(isinstance(v, int | float) for v in best)
-            ):
+            numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in best)
+            if not (isinstance(best, list | tuple) and len(best) == 2 and numbers):
                 raise CheckpointError(f"{file}: best must be [nimg, value], got {best!r}")
             best = (int(best[0]), float(best[1]))
 
