@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from torch import Tensor, nn
+from typing_extensions import Self, override
 
 from ._types import ScoreOutput, as_sigma, infer_sample_shape
 from .hub import HubMixin
@@ -74,6 +75,7 @@ class FakeScore(nn.Module, HubMixin):
 
     # config.json (scoredistill.hub): the Precond's config.
 
+    @override
     def to_config(self) -> dict[str, Any]:
         """The :class:`Precond`'s config (a fake score adds no arguments of its own)."""
         if type(self.denoiser) is not Precond:
@@ -84,6 +86,7 @@ class FakeScore(nn.Module, HubMixin):
         return self.denoiser.to_config()
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> FakeScore:
+    @override
+    def from_config(cls, config: Mapping[str, Any]) -> Self:
         """A freshly initialised fake score from :meth:`to_config` output."""
         return cls(Precond.from_config(config))

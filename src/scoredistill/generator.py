@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from typing_extensions import Self, override
 
 from ._types import infer_sample_shape
 from .hub import HubMixin
@@ -97,6 +98,7 @@ class OneStepGenerator(nn.Module, HubMixin):
 
     # config.json (scoredistill.hub): the role's init args beside its Precond's config.
 
+    @override
     def to_config(self) -> dict[str, Any]:
         """``sigma_init``, ``sample_shape`` and ``label_dim`` beside the :class:`Precond`'s config."""
         if type(self.denoiser) is not Precond:
@@ -108,7 +110,8 @@ class OneStepGenerator(nn.Module, HubMixin):
         return {**role, **self.denoiser.to_config()}
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> OneStepGenerator:
+    @override
+    def from_config(cls, config: Mapping[str, Any]) -> Self:
         """A freshly initialised generator from :meth:`to_config` output; unknown keys raise ``ValueError``."""
         own = ("sigma_init", "sample_shape", "label_dim")
         _check_keys(config, required=(*own, "precond", "backbone"), where="the config")

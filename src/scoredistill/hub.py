@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from huggingface_hub import HfApi, ModelCard, ModelHubMixin, snapshot_download
+from typing_extensions import Self, override
 
 from ._card import model_card
 from ._io import atomic_directory
@@ -63,7 +64,7 @@ class HubMixin(
         raise NotImplementedError
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> HubMixin:  # pragma: no cover - every role overrides it
+    def from_config(cls, config: Mapping[str, Any]) -> Self:  # pragma: no cover - every role overrides it
         """A freshly initialised module for ``to_config`` output."""
         raise NotImplementedError
 
@@ -134,12 +135,14 @@ class HubMixin(
                 (tmp / MODEL_CARD_NAME).unlink()
         return path
 
+    @override
     def _save_pretrained(self, save_directory: Path) -> None:
         config = self._hub_mixin_config
         text = json.dumps(config, indent=2, allow_nan=False) + "\n"
         (save_directory / CONFIG_NAME).write_text(text, encoding="utf-8")
         save_weights(self, save_directory / WEIGHTS_NAME, DTYPES[config["torch_dtype"]])
 
+    @override
     def generate_model_card(
         self, *args: Any, license: str | None = None, repo_id: str | None = None, **kwargs: Any
     ) -> ModelCard:
@@ -189,14 +192,15 @@ class HubMixin(
         )
 
     @classmethod
-    def from_pretrained(cls, repo_id_or_path: str | os.PathLike, **kwargs: Any) -> Any:
+    def from_pretrained(cls, repo_id_or_path: str | os.PathLike, **kwargs: Any) -> Self:
         """Load strictly from a directory or a Hub repo: [`from_pretrained`][scoredistill.hub.from_pretrained]."""
         return from_pretrained(repo_id_or_path, expected_class=cls, **kwargs)
 
     @classmethod
+    @override
     def _from_pretrained(
         cls, *, model_id: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, **_: Any
-    ) -> HubMixin:
+    ) -> Self:
         directory = Path(model_id)
         config = read_config(directory)
         architecture = {k: v for k, v in config.items() if k not in META_KEYS}

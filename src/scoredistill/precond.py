@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from typing_extensions import Self, override
 
 from ._types import ScoreOutput, as_sigma, expand_as
 from .hub import HubMixin
@@ -74,13 +75,15 @@ class Precond(nn.Module, HubMixin):
         self.augment_dim = augment_dim
         self.sigma_data = sigma_data
 
+    @override
     def to_config(self) -> dict[str, Any]:
         """``{"precond": <init args>, "backbone": <registered backbone>}``, what ``config.json`` records."""
         precond = {name: getattr(self, name) for name in _PRECOND_ARGS}
         return {"precond": precond, "backbone": backbone_to_config(self.model)}
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> Precond:
+    @override
+    def from_config(cls, config: Mapping[str, Any]) -> Self:
         """A freshly initialised Precond (and backbone) from :meth:`to_config` output; unknown keys raise."""
         _check_keys(config, required=("precond", "backbone"), where="the config")
         precond = config["precond"]

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 
 from .. import kernels
@@ -516,27 +517,28 @@ class UNetBlock(nn.Module):
         # (cuBLAS can add qkv's bias in the GEMM's epilogue); qkv's output channels are reordered to [(q, k, v), head,
         # channel] (the same products), so that q, k and v are column blocks that SDPA reads in place. No copies
         # in either direction, except the one SDPA's backward makes to stack the three input gradients.
-        b, c, h, w = x.shape
+        b, h = x.shape[0], x.shape[2]
         heads = self.num_heads
         xn = self.norm2(x)
         if kernels.channels_last(xn):
-
-            def order(t: Tensor) -> Tensor:  # output channels [head, channel, (q, k, v)] -> [(q, k, v), head, channel]
-                return t.reshape(heads, c // heads, 3, *t.shape[1:]).permute(2, 0, 1, *range(3, t.dim() + 2))
-
-            weight = order(self.qkv.weight).reshape(3 * c, c).to(xn.dtype)
-            bias = order(self.qkv.bias).reshape(3 * c).to(xn.dtype) if self.qkv.bias is not None else None
-            rows = xn.permute(0, 2, 3, 1).reshape(b * h * w, c)  # a view: channels_last is [B, H, W, C] in memory
-            qkv = F.linear(rows, weight, bias).reshape(b, h * w, 3, heads, c // heads)
-            q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # [B, heads, HW, head_channels], strided
-            a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b * h * w, c)
+            # Output channels [head, channel, (q, k, v)] -> [(q, k, v), head, channel]: the same products, reordered.
+            qkv_order = "(heads d three) c 1 1 -> (three heads d) c"
+            weight = rearrange(self.qkv.weight, qkv_order, heads=heads, three=3).to(xn.dtype)
+            bias = self.qkv.bias
+            if bias is not None:
+                bias = rearrange(bias, "(heads d three) -> (three heads d)", heads=heads, three=3).to(xn.dtype)
+            rows = rearrange(xn, "b c h w -> (b h w) c")  # a view: channels_last is [B, H, W, C] in memory
+            qkv = F.linear(rows, weight, bias)
+            # Column blocks of the [B * HW, 3C] product, read in place: [B, heads, HW, head_channels], strided.
+            q, k, v = rearrange(qkv, "(b n) (three heads d) -> three b heads n d", b=b, three=3, heads=heads)
+            a = rearrange(F.scaled_dot_product_attention(q, k, v), "b heads n d -> (b n) (heads d)")
             proj_b = self.proj.bias.to(a.dtype) if proj_bias and self.proj.bias is not None else None
-            out = F.linear(a, self.proj.weight.reshape(c, c).to(a.dtype), proj_b)
-            return out.reshape(b, h, w, c).permute(0, 3, 1, 2)
-        qkv = self.qkv(xn).reshape(b, heads, c // heads, 3, h * w).permute(3, 0, 1, 4, 2)
+            out = F.linear(a, rearrange(self.proj.weight, "o c 1 1 -> o c").to(a.dtype), proj_b)
+            return rearrange(out, "(b h w) c -> b c h w", b=b, h=h)
+        qkv = rearrange(self.qkv(xn), "b (heads d three) h w -> three b heads (h w) d", heads=heads, three=3)
         q, k, v = qkv.contiguous().unbind(0)
         a = F.scaled_dot_product_attention(q, k, v)  # [B, heads, HW, head_channels]
-        return self.proj(a.transpose(-1, -2).reshape(b, c, h, w), bias=proj_bias)
+        return self.proj(rearrange(a, "b heads (h w) d -> b (heads d) h w", h=h), bias=proj_bias)
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
         # Where the fused norms run, every convolution bias is added by the fused kernel that follows its convolution
