@@ -148,3 +148,192 @@ def read_safetensors_header(file: str | os.PathLike[str]) -> SafetensorsHeader:
             raise ValueError(f"entry {truncate(name)!r} does not fit the file: shape and data_offsets disagree")
         out[name] = (dtype, tuple(shape))
     return out
+
+
+# from_pretrained: config.json and model.safetensors, before anything is built -------------------------------------
+
+_ST_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64", "int64": "I64"}
+_ST_DTYPES |= {"int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
+_MLP_KEYS = ("dim", "hidden", "depth", "label_dim", "emb_dim")
+_TINY_UNET_KEYS = ("img_channels", "channels", "label_dim", "augment_dim")
+
+
+def _checkpoint_error(file: str | os.PathLike[str], message: str, sep: str = ": ") -> Exception:
+    from .hub import CheckpointError  # hub imports this module
+
+    return CheckpointError(f"{file}{sep}{message}")
+
+
+def _shown(value: Any) -> str:
+    """A number as itself, anything else by its type (JSON values are untrusted: never repr a whole tree)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return truncate(repr(value))
+    return f"a {safe_type_name(value)}"
+
+
+def _is_int(value: Any, minimum: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _is_positive_finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf
+
+
+def _backbone_facts(backbone: Mapping[str, Any]) -> tuple[str, dict[str, Any], tuple[int, ...] | None]:
+    """``(class name, config, sample shape or None when free)`` of a backbone entry; raises ValueError."""
+    from .networks.registry import BACKBONES
+
+    if not isinstance(backbone, Mapping) or set(backbone) != {"_class_name", "config"}:
+        raise ValueError("'backbone' must be an object with exactly '_class_name' and 'config'")
+    name, config = backbone["_class_name"], backbone["config"]
+    if not isinstance(name, str) or name not in BACKBONES:
+        shown = truncate(name) if isinstance(name, str) else f"a {safe_type_name(name)}"
+        raise ValueError(f"unknown backbone class {shown!r}; this scoredistill knows {sorted(BACKBONES)}")
+    if not isinstance(config, Mapping):
+        raise ValueError(f"backbone.config must be an object, got a {safe_type_name(config)}")
+    config = dict(config)
+    if name in ("MLP", "TinyUNet"):
+        keys = _MLP_KEYS if name == "MLP" else _TINY_UNET_KEYS
+        unknown = sorted(map(truncate, set(config) - set(keys)))
+        if unknown:
+            raise ValueError(f"unknown {name} keys {unknown[:10]}; valid keys: {list(keys)}")
+        for key, value in config.items():
+            if not _is_int(value, 0 if key in ("label_dim", "augment_dim") else 1):
+                raise ValueError(f"backbone.config.{key} must be a positive int, got a {safe_type_name(value)}")
+        if name == "MLP":
+            if "dim" not in config:
+                raise ValueError("backbone.config lacks 'dim'")
+            return name, {"label_dim": 0, "augment_dim": 0, **config}, (config["dim"],)
+        return name, {"img_channels": 1, "label_dim": 0, "augment_dim": 0, **config}, None
+    # The EDM UNets: their config dataclass validates every field (cheaply: it builds no module).
+    dataclass_config = BACKBONES[name].config_class.from_dict(config)  # type: ignore[attr-defined]
+    config = dataclass_config.to_dict()
+    resolution = config["img_resolution"]
+    return name, config, (config["img_channels"], resolution, resolution)
+
+
+def check_artefact_config(config: dict[str, Any], file: str | os.PathLike[str]) -> None:
+    """Check ``config.json`` fully (types, ranges, and agreement with its backbone) before anything is built.
+
+    Args:
+        config: The parsed ``config.json``, whose ``format_version`` has been checked.
+        file: Its path, for messages.
+
+    Raises:
+        CheckpointError: Naming the key and what it should be.
+    """
+    name = config.get("_class_name")
+    if not isinstance(name, str):
+        raise _checkpoint_error(file, f"_class_name must be a string, got a {safe_type_name(name)}")
+    dtype = config.get("torch_dtype", "float32")
+    if not isinstance(dtype, str):
+        raise _checkpoint_error(file, f"torch_dtype must be a string such as 'float32', got a {safe_type_name(dtype)}")
+    for key in ("_scoredistill_version", "teacher_id", "teacher_revision"):
+        if not isinstance(config.get(key), (str, type(None))):
+            raise _checkpoint_error(file, f"{key} must be a string or null, got a {safe_type_name(config[key])}")
+    if not isinstance(config.get("training"), (dict, type(None))):
+        raise _checkpoint_error(file, f"training must be an object or null, got a {safe_type_name(config['training'])}")
+    if name not in ("OneStepGenerator", "FakeScore", "Precond"):
+        return  # hub names the unknown class
+    try:
+        _check_role(name, config)
+    except (ValueError, TypeError) as err:
+        raise _checkpoint_error(file, f"cannot build {name} from its config: {err}") from None
+
+
+def _check_role(name: str, config: Mapping[str, Any]) -> None:
+    precond = config.get("precond")
+    if not isinstance(precond, Mapping):
+        raise ValueError(f"'precond' must be an object, got a {safe_type_name(precond)}")
+    label_dim, augment_dim = precond.get("label_dim", 0), precond.get("augment_dim", 0)
+    if not _is_int(label_dim) or not _is_int(augment_dim):
+        raise ValueError("precond.label_dim and precond.augment_dim must be ints >= 0")
+    sigma_data = precond.get("sigma_data", 0.5)
+    if not _is_positive_finite(sigma_data):
+        raise ValueError(f"precond.sigma_data must be a positive finite number, got {_shown(sigma_data)}")
+    backbone_name, backbone, shape = _backbone_facts(config.get("backbone"))
+    if backbone["label_dim"] != label_dim:
+        raise ValueError(f"precond.label_dim {label_dim} contradicts the {backbone_name}'s {backbone['label_dim']}")
+    if backbone["augment_dim"] != augment_dim:
+        raise ValueError(
+            f"precond.augment_dim {augment_dim} contradicts the {backbone_name}'s {backbone['augment_dim']}"
+        )
+    if name != "OneStepGenerator":
+        return
+    sigma_init, sample_shape = config.get("sigma_init"), config.get("sample_shape")
+    role_labels = config.get("label_dim")
+    if not _is_positive_finite(sigma_init):
+        raise ValueError(f"sigma_init must be a positive finite number (the paper uses 2.5), got {_shown(sigma_init)}")
+    if not (isinstance(sample_shape, list) and 1 <= len(sample_shape) <= 3 and all(map(_is_int, sample_shape))):
+        raise ValueError("sample_shape must be a list of 1 to 3 positive ints, e.g. [3, 32, 32]")
+    if role_labels != label_dim or not _is_int(role_labels):
+        raise ValueError(f"label_dim must equal precond.label_dim {label_dim}, got a {safe_type_name(role_labels)}")
+    if shape is None:  # TinyUNet: any even image size with its channels
+        ok = len(sample_shape) == 3 and sample_shape[0] == backbone["img_channels"]
+        ok = ok and all(s > 0 and s % 2 == 0 for s in sample_shape[1:])
+        expected = f"[{backbone['img_channels']}, H, W] with H and W even"
+    else:
+        ok, expected = tuple(sample_shape) == shape, str(list(shape))
+    if not ok:
+        raise ValueError(f"sample_shape {sample_shape} contradicts the {backbone_name} backbone: it makes {expected}")
+
+
+def check_weights_file(config: Mapping[str, Any], file: str | os.PathLike[str]) -> SafetensorsHeader:
+    """Check that ``model.safetensors`` can hold the network ``config`` declares, from its header alone.
+
+    Compares a lower bound on the network's size (:func:`min_backbone_size`) with the tensors the file holds, so
+    that a config declaring 10,000 blocks is refused before minutes are spent building it. The bound allows twice
+    the file plus a little (the strict load then names each missing or mis-shaped key).
+
+    Raises:
+        FileNotFoundError: No such file.
+        CheckpointError: An unreadable header, or a network larger than the file.
+    """
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"{os.path.dirname(file)} has no {os.path.basename(file)}")
+    try:
+        header = read_safetensors_header(file)
+    except ValueError as err:
+        message = f"is not a readable safetensors file (truncated or corrupt?): {err}"
+        raise _checkpoint_error(file, message, sep=" ") from None
+    backbone = config.get("backbone")
+    if isinstance(backbone, Mapping) and isinstance(backbone.get("config"), Mapping):
+        try:
+            name, facts, _ = _backbone_facts(backbone)
+            tensors, elements = min_backbone_size(name, facts)
+        except (ValueError, TypeError):
+            return header  # the build reports it
+        # With slack: a few missing or mis-shaped keys are better named one by one by the strict load; the bound
+        # only has to keep the build's cost within a small multiple of the file's size.
+        if tensors > 2 * len(header) + 64 or elements > 2 * header.elements + 4096:
+            raise _checkpoint_error(
+                file,
+                f"config.json declares a {name} of at least {elements:,} parameters in {tensors:,} tensors, but the "
+                f"file holds {header.elements:,} in {len(header):,}: the config or the weights are wrong",
+            )
+    return header
+
+
+def check_weight_dtypes(module: Any, header: SafetensorsHeader, torch_dtype: str, file: str | os.PathLike) -> None:
+    """Check that every stored parameter has dtype ``torch_dtype`` and every buffer its module's dtype.
+
+    ``module`` is the network built (on the meta device) from ``config.json``; nothing is read but the header.
+
+    Raises:
+        CheckpointError: Naming the first tensors stored in another dtype.
+    """
+    want = _ST_DTYPES[torch_dtype]
+    params = {name for name, _ in module.named_parameters()}
+    wrong = []
+    for name, value in module.state_dict().items():
+        if name not in header:
+            continue  # the strict load names missing keys
+        expected = want if name in params and value.is_floating_point() else _ST_DTYPES.get(str(value.dtype)[6:])
+        if header[name][0] != expected:
+            wrong.append(f"{truncate(name)} ({header[name][0]}, expected {expected})")
+    if wrong:
+        raise _checkpoint_error(
+            file,
+            f"{len(wrong)} tensors are not stored in the dtype config.json declares (torch_dtype {torch_dtype!r} "
+            f"for parameters): {', '.join(wrong[:5])}",
+        )

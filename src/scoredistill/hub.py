@@ -36,6 +36,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from ._io import StateDictMismatchError, atomic_directory, load_state_dict_strict
+from ._validate import check_artefact_config, check_weight_dtypes, check_weights_file
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -360,12 +361,14 @@ class HubMixin(
         config = _read_config(directory)
         file = directory / CONFIG_NAME
         architecture = {k: v for k, v in config.items() if k not in _META_KEYS}
+        header = check_weights_file(config, directory / WEIGHTS_NAME)  # before building: its size fits the file
         # Build on the meta device: no time is spent on a random initialisation that the weights overwrite.
         try:
             with torch.device("meta"):
                 module = cls.from_config(architecture)
         except (TypeError, ValueError, KeyError) as err:
             raise CheckpointError(f"{file}: cannot build {config['_class_name']} from its config: {err}") from err
+        check_weight_dtypes(module, header, config.get("torch_dtype", "float32"), directory / WEIGHTS_NAME)
         _load_weights(module, directory / WEIGHTS_NAME, device)
         module.to(device=device)
         module.to(dtype=dtype)
@@ -429,8 +432,8 @@ def _read_config(directory: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{directory} has no {CONFIG_NAME}: not a scoredistill artefact")
     try:
         config = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{file} is not valid JSON: {err}") from err
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:  # ValueError: also a 5000-digit int
+        raise CheckpointError(f"{file} is not valid JSON: {str(err)[:200]}") from None
     if not isinstance(config, dict):
         raise CheckpointError(f"{file} must hold a JSON object, got {type(config).__name__}")
     missing = [k for k in ("_class_name", "format_version") if k not in config]
@@ -444,6 +447,7 @@ def _read_config(directory: Path) -> dict[str, Any]:
             f"{file} has format_version {version}, newer than this scoredistill reads ({FORMAT_VERSION}); it was "
             f"written by scoredistill {config.get('_scoredistill_version', '?')}: upgrade scoredistill"
         )
+    check_artefact_config(config, file)  # every key's type and range, and its agreement with the backbone
     if config["_class_name"] not in ROLES:
         raise CheckpointError(f"{file}: unknown _class_name {config['_class_name']!r}; expected one of {sorted(ROLES)}")
     dtype = config.get("torch_dtype", "float32")
