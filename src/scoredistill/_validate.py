@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import struct
 from collections.abc import Mapping
 from typing import Any
@@ -18,6 +19,10 @@ from typing import Any
 __all__ = [
     "MAX_SAFETENSORS_HEADER",
     "SafetensorsHeader",
+    "check_artefact_config",
+    "check_hub_revision",
+    "check_weight_dtypes",
+    "check_weights_file",
     "min_backbone_size",
     "read_safetensors_header",
     "safe_type_name",
@@ -187,8 +192,8 @@ def _backbone_facts(backbone: Mapping[str, Any]) -> tuple[str, dict[str, Any], t
         raise ValueError("'backbone' must be an object with exactly '_class_name' and 'config'")
     name, config = backbone["_class_name"], backbone["config"]
     if not isinstance(name, str) or name not in BACKBONES:
-        shown = truncate(name) if isinstance(name, str) else f"a {safe_type_name(name)}"
-        raise ValueError(f"unknown backbone class {shown!r}; this scoredistill knows {sorted(BACKBONES)}")
+        shown = repr(truncate(name)) if isinstance(name, str) else f"a {safe_type_name(name)}"
+        raise ValueError(f"unknown backbone class {shown}; this scoredistill knows {sorted(BACKBONES)}")
     if not isinstance(config, Mapping):
         raise ValueError(f"backbone.config must be an object, got a {safe_type_name(config)}")
     config = dict(config)
@@ -337,3 +342,47 @@ def check_weight_dtypes(module: Any, header: SafetensorsHeader, torch_dtype: str
             f"{len(wrong)} tensors are not stored in the dtype config.json declares (torch_dtype {torch_dtype!r} "
             f"for parameters): {', '.join(wrong[:5])}",
         )
+
+
+# The Hub: what an endpoint answers becomes cache paths ------------------------------------------------------------
+
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+_ETAG = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # a git blob sha1, or an LFS file's sha256
+
+
+def check_hub_revision(repo_id: str, revision: str | None, token: str | bool | None, filenames: tuple[str, ...]) -> str:
+    """Ask the Hub what ``revision`` of ``repo_id`` and its ``filenames`` resolve to, and refuse unsafe answers.
+
+    ``huggingface_hub`` names cache files after the commit id and ETags the endpoint answers (``snapshots/<commit>``,
+    ``blobs/<etag>``, ``trees/<commit>.json``); an endpoint answering ``../`` in either makes it write outside its
+    cache. A commit id must be 40 hex digits and an ETag 40 or 64; each file must resolve to the repo's commit.
+
+    Args:
+        repo_id: A validated Hub repo id.
+        revision: Branch, tag or commit hash (``None``: the default branch).
+        token: Hub token, as for :func:`huggingface_hub.snapshot_download`.
+        filenames: The files about to be downloaded; those the repo lacks are skipped (the loader names them).
+
+    Returns:
+        The commit id that ``revision`` resolves to.
+
+    Raises:
+        CheckpointError: The endpoint answered a malformed commit id or ETag (the message names the endpoint).
+    """
+    from huggingface_hub import HfApi, constants, get_hf_file_metadata, hf_hub_url
+
+    where = f"the Hub at {truncate(constants.ENDPOINT)}"
+    info = HfApi(token=token).model_info(repo_id, revision=revision)
+    sha = info.sha
+    if not isinstance(sha, str) or not _COMMIT.fullmatch(sha):
+        raise _checkpoint_error(
+            where, f"answered a malformed commit id for {repo_id}@{revision or 'main'}: refusing it"
+        )
+    present = {sibling.rfilename for sibling in info.siblings or ()}
+    for name in filenames:
+        if name not in present:
+            continue
+        meta = get_hf_file_metadata(hf_hub_url(repo_id, name, revision=sha), token=token)
+        if meta.commit_hash != sha or not isinstance(meta.etag, str) or not _ETAG.fullmatch(meta.etag):
+            raise _checkpoint_error(where, f"answered a malformed commit id or ETag for {repo_id}/{name}: refusing it")
+    return sha

@@ -36,7 +36,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from ._io import StateDictMismatchError, atomic_directory, load_state_dict_strict
-from ._validate import check_artefact_config, check_weight_dtypes, check_weights_file
+from ._validate import check_artefact_config, check_hub_revision, check_weight_dtypes, check_weights_file
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -403,6 +403,8 @@ def _resolve(
         raise FileNotFoundError(f"{repo_id!r} is neither a local directory nor a valid Hub repo id") from err
     where = f"the Hub at {constants.ENDPOINT}"
     try:
+        if not local_files_only and not constants.HF_HUB_OFFLINE:  # an endpoint's answers become cache paths
+            check_hub_revision(repo_id, revision, token, (CONFIG_NAME, WEIGHTS_NAME))
         snapshot = snapshot_download(
             repo_id,
             revision=revision,
