@@ -6,11 +6,14 @@ each test fails in seconds rather than hanging or exhausting memory.
 
 from __future__ import annotations
 
+import io
 import pickle
+import struct
 import sys
 import time
 import types
 import warnings
+import zipfile
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -208,3 +211,30 @@ def test_declared_network_size_is_checked_before_building(monkeypatch: pytest.Mo
     with pytest.raises(ValueError, match="declare a network of at least"):
         load_edm_pickle(data)
     assert built == []
+
+
+def test_declared_lengths_are_bounded_by_the_file(tmp_path) -> None:
+    # BINBYTES8 declaring 64 GiB: a buffered file would allocate it before finding 3 bytes.
+    data = b"\x80\x04\x8e" + struct.pack("<Q", 2**36) + b"abc."
+    path = tmp_path / "long.pkl"
+    path.write_bytes(data)
+    for source in (data, path):
+        with pytest.raises(UnsafePickleError, match="malformed or truncated pickle"):
+            read_edm_pickle(source)
+    with open(path, "rb") as f, pytest.raises(UnsafePickleError, match="malformed or truncated pickle"):
+        read_edm_pickle(f)
+
+
+def test_embedded_storage_declaring_more_than_it_holds_is_refused() -> None:
+    buffer = io.BytesIO()
+    torch.save(torch.zeros(4).untyped_storage(), buffer)
+    source, out = zipfile.ZipFile(io.BytesIO(buffer.getvalue())), io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as target:
+        for info in source.infolist():
+            member = source.read(info)
+            if info.filename.endswith("data.pkl"):  # 16 bytes -> 10^9 declared
+                member = member.replace(b"K\x10", b"J" + struct.pack("<i", 10**9))
+            target.writestr(info, member)
+    data = pickle.dumps(_Reduce(torch.storage._load_from_bytes, out.getvalue()), protocol=4)
+    with pytest.raises(UnsafePickleError, match="malformed or truncated pickle"):
+        read_edm_pickle(data)

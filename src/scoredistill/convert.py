@@ -34,6 +34,7 @@ import io
 import math
 import os
 import pickle
+import struct
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -396,14 +397,61 @@ def read_edm_pickle(file: str | os.PathLike[str] | IO[bytes] | bytes) -> Any:
         The root object, typically ``{'ema': RecordedObject('EDMPrecond'), ...}``.
 
     Raises:
-        UnsafePickleError: The pickle names a global outside the allow-list.
+        UnsafePickleError: The pickle names a global outside the allow-list, or is malformed, truncated or hostile.
     """
     if isinstance(file, (bytes, bytearray)):
-        return RestrictedUnpickler(io.BytesIO(file)).load()
+        return _load(io.BytesIO(file), len(file))
     if isinstance(file, (str, os.PathLike)):
         with open(file, "rb") as f:
-            return RestrictedUnpickler(f).load()
-    return RestrictedUnpickler(file).load()
+            return _load(f, os.fstat(f.fileno()).st_size)
+    if file.seekable():
+        start = file.tell()
+        size = file.seek(0, os.SEEK_END) - start
+        file.seek(start)
+        return _load(file, size)
+    data = file.read()
+    return _load(io.BytesIO(data), len(data))
+
+
+class _BoundedReader:
+    """A file that never returns (or asks its file to allocate) more than the ``size`` bytes left in it.
+
+    A pickle opcode can declare a 2^40-byte string; a buffered file allocates what ``read(n)`` asks for.
+    """
+
+    def __init__(self, file: IO[bytes], size: int):
+        self._file, self._left = file, size
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._file.read(self._left if n is None or n < 0 else min(n, self._left))
+        self._left -= len(data)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        count = self._file.readinto(memoryview(buffer).cast("B")[: self._left]) or 0
+        self._left -= count
+        return count
+
+    def readline(self) -> bytes:
+        line = self._file.readline(self._left)
+        self._left -= len(line)
+        return line
+
+
+# What a malformed pickle makes Python's unpickler raise; reported as UnsafePickleError, with pickle's own message
+# only for the types whose message holds no untrusted object (a KeyError's message is the repr of its key).
+_MALFORMED = (EOFError, pickle.UnpicklingError, ValueError, TypeError, KeyError, IndexError, AttributeError)
+_MALFORMED += (RuntimeError, MemoryError, OverflowError, struct.error)
+
+
+def _load(file: IO[bytes], size: int) -> Any:
+    try:
+        return RestrictedUnpickler(_BoundedReader(file, size)).load()  # type: ignore[arg-type]
+    except UnsafePickleError:
+        raise
+    except _MALFORMED as err:
+        detail = f": {truncate(str(err), 200)}" if isinstance(err, (EOFError, pickle.UnpicklingError)) else ""
+        raise UnsafePickleError(f"malformed or truncated pickle ({type(err).__name__}{detail})") from None
 
 
 def module_state_dict(record: RecordedObject, prefix: str = "") -> dict[str, Tensor]:
