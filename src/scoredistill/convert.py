@@ -600,5 +600,13 @@ def load_edm_pickle(
         )
     with torch.device("meta"):
         net = edm_precond(config, sigma_data=float(sigma_data))
-    state = {k: v.to(torch.float32) if v.is_floating_point() else v for k, v in record.state_dict.items()}
-    return load_edm_state_dict(net, state, assign=True).eval()
+    # Own, contiguous copies: the pickle's tensors may be views that share storage.
+    state = {
+        k: v.to(torch.float32 if v.is_floating_point() else v.dtype, memory_format=torch.contiguous_format, copy=True)
+        for k, v in record.state_dict.items()
+    }
+    net = load_edm_state_dict(net, state, assign=True)
+    leftovers = [k for k, v in [*net.named_parameters(), *net.named_buffers()] if v.is_meta]
+    if leftovers:  # pragma: no cover - every tensor of our networks is in its state dict
+        raise ValueError(f"{leftovers[:5]} were not restored from the pickle")
+    return net.eval()
