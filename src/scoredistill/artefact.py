@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from ._io import StateDictMismatchError, load_state_dict_strict
+from ._untrusted import check_artefact_config
 from ._version import __version__
 
 __all__ = [
@@ -138,8 +139,8 @@ def read_config(directory: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{directory} has no {CONFIG_NAME}: not a scoredistill artefact")
     try:
         config = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{file} is not valid JSON: {err}") from err
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:  # ValueError: also a 5000-digit int
+        raise CheckpointError(f"{file} is not valid JSON: {str(err)[:200]}") from None
     if not isinstance(config, dict):
         raise CheckpointError(f"{file} must hold a JSON object, got {type(config).__name__}")
     missing = [k for k in ("_class_name", "format_version") if k not in config]
@@ -153,6 +154,7 @@ def read_config(directory: str | Path) -> dict[str, Any]:
             f"{file} has format_version {version}, newer than this scoredistill reads ({FORMAT_VERSION}); it was "
             f"written by scoredistill {config.get('_scoredistill_version', '?')}: upgrade scoredistill"
         )
+    check_artefact_config(config, file)  # every key's type and range, and its agreement with the backbone
     if config["_class_name"] not in ROLES:
         raise CheckpointError(f"{file}: unknown _class_name {config['_class_name']!r}; expected one of {sorted(ROLES)}")
     dtype = config.get("torch_dtype", "float32")

@@ -7,10 +7,16 @@ extra ``data`` (``pip install scoredistill[data]``), imported only when a datase
 
 Pixel convention (docs/maths.md): images are uint8 ``[C, H, W]`` in the dataset and ``x = uint8 / 127.5 - 1`` in
 [-1, 1] everywhere else.
+
+Archives are untrusted input: sizes are checked from the zip's headers before a member is read (declared size,
+compression ratio, encryption, compression method), image dimensions from the image header before its pixels are
+decoded, and class labels against a bound before any one-hot is allocated. The limits are the module constants
+below; raise them for a genuine dataset that exceeds them.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -30,6 +36,21 @@ __all__ = ["DatasetError", "ImageZipDataset", "RealBatches", "check_compatible",
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 """File name endings read as images (case-insensitive); every other member of the zip is ignored."""
 
+MAX_MEMBER_BYTES = 2**27
+"""Largest uncompressed size (128 MiB) of one member of a dataset zip, read from the zip's headers."""
+
+MAX_COMPRESSION_RATIO = 200
+"""Largest uncompressed / compressed size of a member over 1 MiB (zip bombs compress ~1000:1, images ~1:1)."""
+
+MAX_IMAGE_PIXELS = 2**24
+"""Largest image (width x height, 4096 x 4096), read from the image's header before its pixels are decoded."""
+
+MAX_LABEL_DIM = 2**17
+"""Largest number of classes (131072; ImageNet-21k has 21841): one-hot labels are batch x label_dim floats."""
+
+_ZIP_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate"}
+_ZIP_METHODS |= {zipfile.ZIP_BZIP2: "bzip2", zipfile.ZIP_LZMA: "lzma"}
+
 # Pillow modes -> (mode to convert to, channels). Palette and other colour modes become RGB.
 _MODES = {"1": ("L", 1), "L": ("L", 1), "LA": ("LA", 2), "RGB": ("RGB", 3), "RGBA": ("RGBA", 4)}
 _CONVERT_TO_RGB = ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV")
@@ -47,6 +68,32 @@ def _pil_image() -> Any:
             "Reading image datasets needs Pillow, the optional 'data' extra: pip install scoredistill[data]"
         ) from err
     return Image
+
+
+@functools.cache
+def _image_errors() -> tuple[type[BaseException], ...]:
+    """What reading a hostile or corrupt image can raise (Pillow raises SyntaxError for some malformed files)."""
+    errors: tuple[type[BaseException], ...] = (OSError, ValueError, SyntaxError, EOFError, zipfile.BadZipFile)
+    errors += (RuntimeError, NotImplementedError)  # zipfile: encrypted member, unsupported compression
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - depends on the environment
+        return errors
+    return (*errors, Image.DecompressionBombError)  # PIL.UnidentifiedImageError is an OSError
+
+
+def _shown(value: Any) -> str:
+    """A short description of an untrusted JSON value for a message: the value if it is short, else its type."""
+    text = repr(value) if isinstance(value, (int, float, str)) else f"a {type(value).__name__}"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _check_pixels(where: str, width: int, height: int) -> None:
+    if width * height > MAX_IMAGE_PIXELS:
+        raise DatasetError(
+            f"{where} is {width}x{height}, over scoredistill.data.MAX_IMAGE_PIXELS ({MAX_IMAGE_PIXELS:,} pixels); "
+            "raise that limit if the dataset is genuine"
+        )
 
 
 def _target_mode(mode: str, where: str) -> tuple[str, int]:
@@ -113,7 +160,7 @@ class ImageZipDataset(Dataset):
         self._local = threading.local()
         archive = self._archive()
 
-        # Index the image files (sorted, like EDM's dataset tool writes them).
+        # Index the image files (sorted, like EDM's dataset tool writes them); their headers are checked here.
         names = sorted(
             info.filename
             for info in archive.infolist()
@@ -121,6 +168,8 @@ class ImageZipDataset(Dataset):
             and info.filename.lower().endswith(IMAGE_EXTENSIONS)
             and not info.filename.startswith("__MACOSX/")
         )
+        for name in names:
+            self._check_member(archive.getinfo(name))
         if not names:
             raise DatasetError(f"{self.path} contains no image files (looked for {', '.join(IMAGE_EXTENSIONS)})")
 
@@ -128,6 +177,8 @@ class ImageZipDataset(Dataset):
         all_labels = self._read_labels(archive, names) if use_labels else None
         inferred = int(max(all_labels)) + 1 if all_labels else 0
         if label_dim is not None:
+            if isinstance(label_dim, bool) or not isinstance(label_dim, int) or not 0 <= label_dim <= MAX_LABEL_DIM:
+                raise ValueError(f"label_dim must be an int in [0, {MAX_LABEL_DIM}] (MAX_LABEL_DIM), got {label_dim!r}")
             if all_labels is None and label_dim > 0:
                 raise DatasetError(
                     f"label_dim={label_dim} was given but {self.path} has no labels (or use_labels=False)"
@@ -180,15 +231,37 @@ class ImageZipDataset(Dataset):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _check_member(self, info: zipfile.ZipInfo) -> None:
+        """Refuse a member from its zip header alone: encrypted, unsupported method, too large, or a bomb."""
+        where = f"{self.path}:{info.filename}"
+        if info.flag_bits & 0x1:
+            raise DatasetError(f"{where} is encrypted; dataset zips must be unencrypted")
+        if info.compress_type not in _ZIP_METHODS:
+            raise DatasetError(
+                f"{where} uses zip compression method {info.compress_type}; re-create the archive with one of "
+                f"{sorted(_ZIP_METHODS.values())} (e.g. `zip -r` or Python's zipfile)"
+            )
+        if info.file_size > MAX_MEMBER_BYTES:
+            raise DatasetError(
+                f"{where} declares {info.file_size:,} bytes uncompressed, over scoredistill.data.MAX_MEMBER_BYTES "
+                f"({MAX_MEMBER_BYTES:,}); raise that limit if the archive is genuine"
+            )
+        if info.file_size > 2**20 and info.file_size > MAX_COMPRESSION_RATIO * max(info.compress_size, 1):
+            raise DatasetError(
+                f"{where} expands {info.file_size / max(info.compress_size, 1):.0f}x when decompressed (a zip bomb?), "
+                f"over scoredistill.data.MAX_COMPRESSION_RATIO ({MAX_COMPRESSION_RATIO}); raise it if it is genuine"
+            )
+
     def _read_labels(self, archive: zipfile.ZipFile, names: list[str]) -> list[int] | None:
         if "dataset.json" not in archive.NameToInfo:
             return None
         where = f"{self.path}:dataset.json"
+        self._check_member(archive.getinfo("dataset.json"))
         try:
             meta = json.loads(archive.read("dataset.json"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise DatasetError(f"{where} is not valid JSON ({err})") from err
-        except (zipfile.BadZipFile, OSError) as err:
+        except (ValueError, UnicodeDecodeError, RecursionError) as err:  # ValueError: JSON, or a 5000-digit int
+            raise DatasetError(f"{where} is not valid JSON ({str(err)[:200]})") from None
+        except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError) as err:
             raise DatasetError(f"{where} cannot be read from the archive ({err})") from err
         if not isinstance(meta, dict):
             raise DatasetError(f"{where} must be a JSON object with a 'labels' key")
@@ -200,10 +273,13 @@ class ImageZipDataset(Dataset):
         table: dict[str, int] = {}
         for entry in entries:
             if not (isinstance(entry, list | tuple) and len(entry) == 2 and isinstance(entry[0], str)):
-                raise DatasetError(f"{where}: each label must be a [filename, class_index] pair, got {entry!r}")
+                raise DatasetError(f"{where}: each label must be a [filename, class_index] pair, got {_shown(entry)}")
             fname, label = entry[0].replace("\\", "/"), entry[1]
-            if isinstance(label, bool) or not isinstance(label, int) or label < 0:
-                raise DatasetError(f"{where}: label of {fname!r} must be a non-negative class index, got {label!r}")
+            if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < MAX_LABEL_DIM:
+                raise DatasetError(
+                    f"{where}: label of {fname[:200]!r} must be a non-negative class index below {MAX_LABEL_DIM} "
+                    f"(scoredistill.data.MAX_LABEL_DIM), got {_shown(label)}"
+                )
             if fname in table:
                 raise DatasetError(f"{where}: {fname!r} is labelled twice")
             table[fname] = label
@@ -222,14 +298,18 @@ class ImageZipDataset(Dataset):
         return [table[name] for name in names]
 
     def _probe(self, name: str) -> tuple[str, int, int, int]:
-        """``(target mode, channels, width, height)`` from an image's header, without decoding its pixels."""
+        """``(target mode, channels, width, height)`` from an image's header, without decoding its pixels.
+
+        Reads the member as a stream, so only the first kilobytes of it are decompressed.
+        """
         image_mod = _pil_image()
         where = f"{self.path}:{name}"
         try:
-            with image_mod.open(io.BytesIO(self._archive().read(name))) as image:
+            with self._archive().open(name) as stream, image_mod.open(stream) as image:
                 mode, (width, height) = image.mode, image.size
-        except (OSError, zipfile.BadZipFile) as err:  # PIL.UnidentifiedImageError is an OSError
+        except _image_errors() as err:
             raise DatasetError(f"{where} cannot be read as an image ({err})") from err
+        _check_pixels(where, width, height)
         target, channels = _target_mode(mode, where)
         return target, channels, width, height
 
@@ -262,8 +342,11 @@ class ImageZipDataset(Dataset):
         try:
             with image_mod.open(io.BytesIO(self._archive().read(name))) as image:
                 target, channels = _target_mode(image.mode, where)
+                # The header's size and mode first: a 12000x12000 image must not be decoded to find it is wrong.
+                width, height = image.size
+                self._check_shape(name, (channels, height, width))
                 array = np.array(image if image.mode == target else image.convert(target), dtype=np.uint8)
-        except (OSError, zipfile.BadZipFile) as err:
+        except _image_errors() as err:
             raise DatasetError(f"{where} cannot be decoded ({err})") from err
         if array.ndim == 2:
             array = array[:, :, None]
@@ -417,6 +500,12 @@ class RealBatches:
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.label_dim = getattr(dataset, "label_dim", 0) if label_dim is None else label_dim
+        if isinstance(self.label_dim, bool) or not isinstance(self.label_dim, int):
+            raise ValueError(f"label_dim must be an int, got {type(self.label_dim).__name__}")
+        if not 0 <= self.label_dim <= MAX_LABEL_DIM:
+            raise ValueError(
+                f"label_dim must lie in [0, {MAX_LABEL_DIM}] (scoredistill.data.MAX_LABEL_DIM), got {self.label_dim}"
+            )
         if self.label_dim > 0 and not getattr(dataset, "has_labels", True):
             raise ValueError(f"label_dim={self.label_dim} but the dataset has no labels")
         self.drop_last = drop_last

@@ -20,6 +20,7 @@ from typing_extensions import Self, override
 
 from ._card import model_card
 from ._io import atomic_directory
+from ._untrusted import check_hub_revision, check_weight_dtypes, check_weights_file
 from ._version import __version__
 from .artefact import (
     CONFIG_NAME,
@@ -204,11 +205,13 @@ class HubMixin(
         directory = Path(model_id)
         config = read_config(directory)
         architecture = {k: v for k, v in config.items() if k not in META_KEYS}
+        header = check_weights_file(config, directory / WEIGHTS_NAME)  # before building: its size fits the file
         try:  # on the meta device: no time is spent on a random initialisation that the weights overwrite
             with torch.device("meta"):
                 module = cls.from_config(architecture)
         except (TypeError, ValueError, KeyError) as err:
             raise CheckpointError(f"{directory / CONFIG_NAME}: cannot build {cls.__name__} from it: {err}") from err
+        check_weight_dtypes(module, header, config.get("torch_dtype", "float32"), directory / WEIGHTS_NAME)
         load_weights(module, directory / WEIGHTS_NAME, device)
         return module.to(device=device).to(dtype=dtype).eval()
 
@@ -230,6 +233,8 @@ def _resolve(source: str | os.PathLike, revision: str | None = None, **download:
     except HFValidationError as err:
         raise FileNotFoundError(f"{repo_id!r} is neither a local directory nor a valid Hub repo id") from err
     try:
+        if not download.get("local_files_only") and not constants.HF_HUB_OFFLINE:  # answers become cache paths
+            check_hub_revision(repo_id, revision, download.get("token"), (CONFIG_NAME, WEIGHTS_NAME))
         snapshot = snapshot_download(
             repo_id,
             revision=revision,

@@ -76,7 +76,7 @@ def config_from_edm_kwargs(kwargs: Mapping[str, Any]) -> EDMUNetConfig:
     return config_class(model_type).from_dict(kwargs)
 
 
-def load_edm_state_dict(module: nn.Module, state_dict: Mapping[str, Tensor]) -> nn.Module:
+def load_edm_state_dict(module: nn.Module, state_dict: Mapping[str, Tensor], *, assign: bool = False) -> nn.Module:
     """Load EDM-named weights strictly, reporting every missing, unexpected and mis-shaped key at once.
 
     Keys must equal ``module.state_dict()``'s keys (parameters and persistent buffers such as
@@ -89,6 +89,7 @@ def load_edm_state_dict(module: nn.Module, state_dict: Mapping[str, Tensor]) -> 
     Args:
         module: The destination, e.g. from :func:`~scoredistill.precond.edm_precond` or :func:`build_backbone`.
         state_dict: EDM-named tensors.
+        assign: Assign the tensors instead of copying them (for a module built on the meta device).
 
     Returns:
         ``module``.
@@ -105,4 +106,4 @@ def load_edm_state_dict(module: nn.Module, state_dict: Mapping[str, Tensor]) -> 
     elif module_prefixed and not any(k.startswith(prefix) for k in state_dict):
         state_dict = {prefix + k: v for k, v in state_dict.items()}
 
-    return load_state_dict_strict(module, state_dict)
+    return load_state_dict_strict(module, state_dict, assign=assign)
