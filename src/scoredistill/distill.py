@@ -219,7 +219,15 @@ class Distiller:
                 f"data batch {tuple(x_real.shape)} != [micro_batch={micro}, *{self.generator.sample_shape}]"
             )
         if labels is not None and labels.shape != (micro, self.generator.label_dim):
-            raise ValueError(f"data labels {tuple(labels.shape)} != [{micro}, label_dim={self.generator.label_dim}]")
+            hint = (
+                "the generator is unconditional, so load the data without labels: "
+                "ImageZipDataset(path, use_labels=False) or real_batches(..., label_dim=0)"
+                if self.generator.label_dim == 0
+                else "one-hot labels must have as many classes as the generator (pass label_dim= to the dataset)"
+            )
+            raise ValueError(
+                f"data labels {tuple(labels.shape)} != [{micro}, label_dim={self.generator.label_dim}]: {hint}"
+            )
         labels = None if labels is None else labels.to(self.device, torch.float32, non_blocking=True)
         return x_real.to(self.device, non_blocking=True), labels
 
@@ -408,7 +416,7 @@ class Distiller:
                 ``training_state/`` and the evaluation artefacts go. ``None`` keeps nothing.
             log_every_nimg: Images between log records (the only host synchronisations of the loop).
             checkpoint_every_nimg: Images between checkpoints (``None``: only at the end and on interruption).
-            progress: Show a progress bar on rank 0.
+            progress: Show a progress bar on rank 0 (the log records are printed on rank 0 either way).
             on_log: Called with every log record.
             metric: Evaluates the EMA generator at the start of a fresh run, every ``eval_every_nimg`` images and
                 at the end (see
@@ -422,7 +430,7 @@ class Distiller:
             raise ValueError("a metric needs eval_every_nimg > 0 (images between evaluations)")
         log = RunLog(run_dir) if run_dir is not None and self.rank == 0 else None
         ckpt = Path(run_dir) / "training_state" if run_dir is not None else None
-        bar = Progress(self.config.total_nimg, self.nimg, enabled=progress and self.rank == 0)
+        bar = Progress(self.config.total_nimg, self.nimg, enabled=self.rank == 0, bar=progress)
         sums: dict[str, Tensor] = {}
         n, t0, last, eval_s = 0, time.perf_counter(), {}, 0.0
         next_log = self.nimg + log_every_nimg

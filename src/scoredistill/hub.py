@@ -35,7 +35,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from ._io import StateDictMismatchError, atomic_directory, load_state_dict_strict
+from ._io import StateDictMismatchError, atomic_directory, check_replaceable_artefact, load_state_dict_strict
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -166,7 +166,8 @@ class HubMixin(
 
         The directory is written next to its final place and renamed into it (files get the modes of any file
         the user saves), so readers never see a half-written artefact. An existing directory is replaced only
-        when it holds nothing but these three files.
+        when it is empty or an artefact scoredistill wrote (nothing but these three files, and a ``config.json``
+        with ``_class_name`` and ``_scoredistill_version``).
 
         Args:
             save_directory: The artefact directory, e.g. ``run/generator_ema``.
@@ -197,16 +198,7 @@ class HubMixin(
                 dtype=dtype, teacher_id=teacher_id, teacher_revision=teacher_revision, training=training
             )
         path = Path(save_directory)
-        if path.exists():
-            if not path.is_dir():
-                raise FileExistsError(f"{path} exists and is not a directory")
-            ours = (CONFIG_NAME, WEIGHTS_NAME, MODEL_CARD_NAME)
-            foreign = sorted(p.name for p in path.iterdir() if p.name not in ours)
-            if foreign:
-                raise FileExistsError(
-                    f"{path} holds other files ({', '.join(foreign[:5])}): save_pretrained replaces "
-                    "its directory as a whole, so pass a new or dedicated directory"
-                )
+        check_replaceable_artefact(path, (CONFIG_NAME, WEIGHTS_NAME, MODEL_CARD_NAME))
         with atomic_directory(path) as tmp:
             self._hub_mixin_config = config  # what _save_pretrained and generate_model_card read
             card_kwargs = {"license": license, **(model_card_kwargs or {})}
