@@ -6,6 +6,8 @@ paths that never reach the Hub, outputs in the format asked for, and config fiel
 
 from __future__ import annotations
 
+import dataclasses
+import doctest
 import importlib.util
 import json
 import sys
@@ -21,6 +23,7 @@ from scoredistill.cli import CommandError
 from scoredistill.cli import main as cli
 from scoredistill.convert import load_edm_pickle
 from scoredistill.networks import MLP
+from scoredistill.recipes import RECIPES, Recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "cifar10-tiny.zip"
@@ -270,3 +273,36 @@ def test_example_warns_before_the_warm_up_and_a_refused_resume_keeps_the_run(tmp
     with pytest.raises(ValueError, match=r"checkpoint config differs.*seed"), pytest.warns(UserWarning):
         distill_edm.main([*common, "--method", "sida", "--seed", "1"])
     assert (tmp_path / "config.json").read_text() == recorded
+
+
+# -- the API pages ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def api():
+    griffe = pytest.importorskip("griffe")
+    return griffe.load("scoredistill", search_paths=[str(ROOT / "src")], docstring_parser="google")
+
+
+def _documented(obj, kind: str) -> list[str]:
+    return [
+        item.name for section in obj.docstring.parse("google") if section.kind.value == kind for item in section.value
+    ]
+
+
+@pytest.mark.parametrize(("path", "cls"), [("distill.DistillConfig", DistillConfig), ("recipes.Recipe", Recipe)])
+def test_every_config_field_is_documented(api, path, cls):
+    assert _documented(api[path], "attributes") == [f.name for f in dataclasses.fields(cls)]
+
+
+def test_run_arguments_and_recipe_names_are_documented(api):
+    import inspect
+
+    run = api["distill.Distiller"].members["run"]
+    assert _documented(run, "parameters") == list(inspect.signature(Distiller.run).parameters)[1:]
+    text = api["recipes.RECIPES"].docstring.value
+    assert all(f'``"{name}"``' in text for name in RECIPES)
+    assert "::: scoredistill.recipes.RECIPES" in (ROOT / "docs" / "api" / "recipes.md").read_text()
+    # The example in RECIPES' docstring runs (doctest does not see docstrings of module attributes).
+    test = doctest.DocTestParser().get_doctest(text, {}, "RECIPES", None, 0)
+    assert doctest.DocTestRunner().run(test).failed == 0

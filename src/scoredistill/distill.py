@@ -39,7 +39,38 @@ Augment = Callable[..., tuple[Tensor, Tensor]]  # augment(x, rng=generator) -> (
 
 @dataclass(frozen=True, kw_only=True)
 class DistillConfig:
-    """Hyperparameters of the loop. Defaults are the reference's CIFAR-10 SiD settings (docs/maths.md)."""
+    """Hyperparameters of the loop. Defaults are the reference's CIFAR-10 SiD settings (docs/maths.md).
+
+    Every field is keyword-only and checked when the config is built; ``dataclasses.asdict(config)`` is what run
+    directories and artefacts record.
+
+    Attributes:
+        batch_size: Images per step in this process (the reference's global batch divided by the world size).
+        micro_batch: Images per forward pass; ``batch_size / micro_batch`` gradient-accumulation rounds per step.
+            ``None``: one pass of ``batch_size``.
+        total_nimg: Training length in images, over all processes.
+        lr_generator: Adam learning rate of the generator ``G_theta``.
+        lr_fake_score: Adam learning rate of the fake score ``f_psi``.
+        generator_beta1: Adam beta1 of ``G_theta`` (0.9 for FFHQ SiD).
+        fake_score_beta1: Adam beta1 of ``f_psi``.
+        beta2: Adam beta2 of both optimisers.
+        adam_eps: Adam epsilon of both optimisers (the reference uses 1e-6 for fp16 runs).
+        ema_halflife_nimg: Half-life of the generator's EMA, in images (2 Mimg for ImageNet-64).
+        ema_rampup_ratio: EDM's EMA ramp-up: the half-life is at most this fraction of the images seen so far;
+            ``None`` turns the ramp-up off.
+        generator_start_nimg: No generator step before this many images, only fake-score steps (SiDA: 100k, set
+            by [`sida`][scoredistill.DistillConfig.sida]). A run shorter than this never trains the generator.
+        fake_score_grad_clip: Clip the values of ``f_psi``'s gradients to plus or minus this (SiDA: 1.0);
+            ``None``: no clipping.
+        precision: Network compute: ``"fp32"``, ``"bf16"`` autocast, or ``"fp16"`` autocast with loss scaling.
+        seed: One seed makes a run repeatable: every step's randomness is drawn from ``(seed, step, rank)``.
+        use_kernels: Fused loss kernels (and fused group norms under ``cuda_graphs``); ``None``: on when on CUDA.
+        channels_last: NHWC weights and activations for the image networks.
+        compile: ``torch.compile`` the three networks: ``"off"``, ``"blocks"`` (regional) or ``"network"``.
+        compile_mode: The ``torch.compile`` mode, e.g. ``"max-autotune-no-cudagraphs"``; ``None``: torch's default.
+        cuda_graphs: Capture each regime's whole iteration in a CUDA graph and replay it (CUDA only; not with
+            ``"fp16"``).
+    """
 
     batch_size: int = 256  # images per step in this process (reference: batch / world size)
     micro_batch: int | None = None  # images per forward pass; batch_size / micro_batch accumulation rounds

@@ -30,7 +30,20 @@ Method = Literal["sid", "sida", "sid2a"]
 
 @dataclass(frozen=True, kw_only=True)
 class Recipe:
-    """One dataset's published settings (``run_sid.sh`` / ``run_sida.sh`` / ``run_sid_sida.sh``)."""
+    """One dataset's published settings (``run_sid.sh`` / ``run_sida.sh`` / ``run_sid_sida.sh``).
+
+    Attributes:
+        preset: Network preset of the EDM teacher, a key of `scoredistill.networks.PRESETS`.
+        lr: Adam learning rate of the generator and the fake score.
+        batch_size: Global batch over all processes (each process gets ``batch_size / world_size``).
+        ema_halflife_nimg: Half-life of the generator's EMA, in images.
+        dropout: Dropout of all three networks.
+        augment_p: Probability of EDM's AugmentPipe on the fake score's inputs (0: off).
+        sid_alpha: SiD's alpha in plain SiD (SiDA and SiD²A use 1.0).
+        sid_generator_beta1: Adam beta1 of the generator in plain SiD.
+        total_nimg: Images per method, ``{"sid": ..., "sida": ..., "sid2a": ...}``; ``None`` (or a missing method):
+            100M.
+    """
 
     preset: str  # network preset of the EDM teacher (scoredistill.networks.PRESETS)
     lr: float  # Adam learning rate of the generator and the fake score
@@ -116,6 +129,21 @@ RECIPES: dict[str, Recipe] = {
         total_nimg={"sid": 500 * _M, "sida": 200 * _M, "sid2a": 100 * _M},
     ),
 }
+"""The published recipes by name, as the example scripts' ``--recipe`` takes them.
+
+- ``"cifar10-uncond"``: CIFAR-10 32x32, unconditional (EDM's VP teacher).
+- ``"cifar10-cond"``: CIFAR-10 32x32, class-conditional.
+- ``"imagenet64"``: ImageNet 64x64, class-conditional (EDM's ADM teacher).
+- ``"ffhq64"``: FFHQ 64x64, unconditional.
+- ``"afhqv2-64"``: AFHQv2 64x64, unconditional.
+
+Example:
+    >>> from scoredistill.recipes import RECIPES
+    >>> sorted(RECIPES)
+    ['afhqv2-64', 'cifar10-cond', 'cifar10-uncond', 'ffhq64', 'imagenet64']
+    >>> RECIPES["cifar10-uncond"].config("sida").generator_start_nimg
+    100000
+"""
 
 
 def load_teacher(
