@@ -306,3 +306,18 @@ def test_run_arguments_and_recipe_names_are_documented(api):
     # The example in RECIPES' docstring runs (doctest does not see docstrings of module attributes).
     test = doctest.DocTestParser().get_doctest(text, {}, "RECIPES", None, 0)
     assert doctest.DocTestRunner().run(test).failed == 0
+
+
+def test_no_sphinx_roles_left_in_docstrings_or_pages():
+    """mkdocstrings renders :class:`X` as raw text: cross-references are written [`X`][scoredistill.path.X]."""
+    import re
+
+    role = re.compile(r":(class|func|meth|data|attr|mod|exc|obj):`")
+    files = [*(ROOT / "src").rglob("*.py"), *(ROOT / "docs").rglob("*.md"), ROOT / "README.md"]
+    left = [
+        f"{f.relative_to(ROOT)}:{i}"
+        for f in files
+        for i, line in enumerate(f.read_text().splitlines(), 1)
+        if role.search(line)
+    ]
+    assert not left, f"Sphinx-style references (convert them to mkdocstrings syntax): {left}"

@@ -1,10 +1,10 @@
 """Two helpers shared by the Hub layer, the training checkpoints and the EDM loaders.
 
-- :func:`atomic_directory`: write a directory next to its final place and rename it into place, so readers never
+- `atomic_directory`: write a directory next to its final place and rename it into place, so readers never
   see a half-written one; files and folders get the modes of any file the user saves (``0o666`` / ``0o777``
   less the umask), not the private modes of a temporary directory.
 - `check_replaceable_artefact`: refuse to replace a directory that is not an artefact written by this library.
-- :func:`load_state_dict_strict`: load a state dict only when every key and shape fits, naming every bad key.
+- `load_state_dict_strict`: load a state dict only when every key and shape fits, naming every bad key.
 """
 
 from __future__ import annotations

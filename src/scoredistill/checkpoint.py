@@ -43,7 +43,8 @@ def save_training_state(path: str | os.PathLike, *, modules: dict[str, nn.Module
 def load_training_state(
     path: str | os.PathLike, *, modules: dict[str, nn.Module], map_location: str | torch.device = "cpu"
 ) -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_training_state` into ``modules`` (strictly) and return its state.
+    """Load a checkpoint written by [`save_training_state`][scoredistill.checkpoint.save_training_state] into
+    ``modules`` (strictly) and return its state.
 
     Raises:
         FileNotFoundError: The directory or one of its files is missing (the message names it).

@@ -3,19 +3,20 @@
 EDM-family ``.pkl`` files are plain pickles of ``{'ema': <EDMPrecond>, ...}`` whose modules are
 ``torch_utils.persistence`` classes: each records its class source code and its state, and is rebuilt on load
 by ``torch_utils.persistence._reconstruct_persistent_obj``, which executes that source. This
-module never does. :class:`RestrictedUnpickler` resolves only an explicit allow-list of globals:
+module never does. `RestrictedUnpickler` resolves only an explicit allow-list of globals:
 
 - tensor and storage rebuild functions (``torch._utils._rebuild_tensor_v2``, ``_rebuild_parameter``,
   ``torch.Size``; ``torch.storage._load_from_bytes`` is replaced by ``torch.load(..., weights_only=True)``),
 - ``collections.OrderedDict``, ``builtins.set``/``frozenset``, ``_codecs.encode`` (latin-1 only: protocol-2
   bytes) and numpy's array/scalar/dtype rebuilders,
 - ``torch_utils.persistence._reconstruct_persistent_obj``, replaced by a function that only captures the
-  recorded class name and state into a :class:`RecordedObject` (the source is dropped unread),
+  recorded class name and state into a `RecordedObject` (the source is dropped unread),
 - ``torch.nn`` module classes (``ModuleDict``) and ``dnnlib.util.EasyDict``, replaced by inert records,
 
-and refuses anything else with an :class:`UnsafePickleError` that names the global. A pure key-mapping
-function (:func:`module_state_dict`) then walks the recorded ``_parameters``/``_buffers``/``_modules`` into an
-EDM-keyed state dict, which :func:`load_edm_pickle` loads strictly into our clean-room networks.
+and refuses anything else with an `UnsafePickleError` that names the global. A pure key-mapping
+function (`module_state_dict`) then walks the recorded ``_parameters``/``_buffers``/``_modules`` into an
+EDM-keyed state dict, which [`load_edm_pickle`][scoredistill.convert.load_edm_pickle] loads strictly into our clean-room
+networks.
 
 Opt-in and never imported by ``scoredistill`` itself; the public artefacts are safetensors (see below).
 """
@@ -79,7 +80,7 @@ def _capture_persistent_obj(meta: Any) -> RecordedObject:
 
 
 def _inert_class(name: str) -> type:
-    """A class that pickle can ``__new__`` and ``BUILD`` into a :class:`RecordedObject` without running code."""
+    """A class that pickle can ``__new__`` and ``BUILD`` into a `RecordedObject` without running code."""
 
     def __new__(cls: type, *args: Any, **kwargs: Any) -> RecordedObject:
         return RecordedObject(name)
@@ -140,8 +141,8 @@ _ALLOWED: dict[tuple[str, str], Any] = {
 class RestrictedUnpickler(pickle.Unpickler):
     """An unpickler that resolves only the allow-listed globals above; see the module docstring.
 
-    ``torch.nn.modules.*`` classes become inert :class:`RecordedObject` records. Every other global raises
-    :class:`UnsafePickleError` naming it.
+    ``torch.nn.modules.*`` classes become inert `RecordedObject` records. Every other global raises
+    `UnsafePickleError` naming it.
     """
 
     def find_class(self, module: str, name: str) -> Any:
@@ -164,7 +165,7 @@ class RestrictedUnpickler(pickle.Unpickler):
 
 
 def read_edm_pickle(file: str | os.PathLike[str] | IO[bytes] | bytes) -> Any:
-    """Unpickle an EDM-family ``.pkl`` with :class:`RestrictedUnpickler`; persistent objects become records.
+    """Unpickle an EDM-family ``.pkl`` with `RestrictedUnpickler`; persistent objects become records.
 
     Args:
         file: A path, an open binary file or the bytes themselves.
@@ -231,7 +232,7 @@ class EDMNetworkRecord:
     state_dict: dict[str, Tensor]
 
     def config(self) -> EDMUNetConfig:
-        """The backbone config from the recorded kwargs (see :func:`~scoredistill.networks.config_from_edm_kwargs`)."""
+        """The backbone config from the recorded kwargs (see `config_from_edm_kwargs`)."""
         if not self.init_kwargs:
             raise ValueError(f"{self.class_name} recorded no init kwargs: pass config= to load_edm_pickle")
         return config_from_edm_kwargs(self.init_kwargs)
@@ -275,7 +276,7 @@ def load_edm_pickle(
         key: Entry of the pickled dict holding the network.
         config: Backbone config; by default parsed from the recorded init kwargs.
         **overrides: Config fields to replace (e.g. ``dropout=0.0``), as in
-            :func:`~scoredistill.precond.edm_precond`.
+            [`edm_precond`][scoredistill.precond.edm_precond].
 
     Returns:
         The preconditioned network in eval mode on CPU, float32.

@@ -141,7 +141,7 @@ def sanitize_grads(params: Sequence[nn.Parameter], clip_value: float | None = No
 
 
 class Distiller:
-    """Distil ``teacher`` into ``generator``: one :meth:`step` is one SiD/SiDA iteration.
+    """Distil ``teacher`` into ``generator``: one [`step`][scoredistill.Distiller.step] is one SiD/SiDA iteration.
 
     Args:
         teacher: The frozen teacher ``f_phi``.
@@ -399,7 +399,8 @@ class Distiller:
         return save_training_state(path, modules=self._modules(), state=state)
 
     def load(self, path: str | Path) -> None:
-        """Resume from :meth:`save`'s checkpoint; the next :meth:`step` continues the same trace."""
+        """Resume from [`save`][scoredistill.Distiller.save]'s checkpoint; the next
+        [`step`][scoredistill.Distiller.step] continues the same trace."""
         state = load_training_state(path, modules=self._modules(), map_location=self.device)
         ours = dataclasses.asdict(self.config)
         differ = sorted(
@@ -451,7 +452,8 @@ class Distiller:
             on_log: Called with every log record.
             metric: Evaluates the EMA generator at the start of a fresh run, every ``eval_every_nimg`` images and
                 at the end (see
-                :meth:`evaluate`), e.g. :class:`scoredistill.metrics.FIDMetric`.
+                [`evaluate`][scoredistill.Distiller.evaluate]), e.g.
+                [`scoredistill.metrics.FIDMetric`][scoredistill.metrics.FIDMetric].
             eval_every_nimg: Images between evaluations (required with ``metric``).
 
         Returns:

@@ -20,8 +20,9 @@ class FakeScore(nn.Module, HubMixin):
 
     Args:
         denoiser: A trainable denoiser. When it exposes ``score`` and ``logits`` (a
-            :class:`~scoredistill.precond.Precond` around an encoder backbone), :meth:`score` returns the
-            discriminator logits from the same pass and :meth:`logits` runs the encoder alone.
+            [`Precond`][scoredistill.precond.Precond] around an encoder backbone),
+            [`score`][scoredistill.FakeScore.score] returns the discriminator logits from the same pass and
+            [`logits`][scoredistill.FakeScore.logits] runs the encoder alone.
 
     References:
         Zhou et al. 2025 (SiDA); docs/maths.md, (SiDA-1).
@@ -75,7 +76,7 @@ class FakeScore(nn.Module, HubMixin):
     # config.json (scoredistill.hub): the Precond's config.
 
     def to_config(self) -> dict[str, Any]:
-        """The :class:`Precond`'s config (a fake score adds no arguments of its own)."""
+        """The [`Precond`][scoredistill.Precond]'s config (a fake score adds no arguments of its own)."""
         if type(self.denoiser) is not Precond:
             raise TypeError(
                 f"cannot save a FakeScore around a {type(self.denoiser).__name__}: public artefacts hold a "
@@ -85,5 +86,5 @@ class FakeScore(nn.Module, HubMixin):
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> FakeScore:
-        """A freshly initialised fake score from :meth:`to_config` output."""
+        """A freshly initialised fake score from [`to_config`][scoredistill.FakeScore.to_config] output."""
         return cls(Precond.from_config(config))

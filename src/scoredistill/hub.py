@@ -1,7 +1,7 @@
 """Public artefacts: ``config.json`` + ``model.safetensors`` (+ a ``README.md`` model card), locally or on the Hub.
 
-:class:`HubMixin` gives a role ``save_pretrained``, ``from_pretrained`` and ``push_to_hub`` on top of
-:class:`huggingface_hub.ModelHubMixin`. The Hub layer knows no role: each role (``OneStepGenerator``,
+`HubMixin` gives a role ``save_pretrained``, ``from_pretrained`` and ``push_to_hub`` on top of
+`huggingface_hub.ModelHubMixin`. The Hub layer knows no role: each role (``OneStepGenerator``,
 ``FakeScore``, ``Precond``) writes its architecture with ``to_config()`` and rebuilds it with
 ``from_config(config)``. One directory holds one role; ``config.json`` reads::
 
@@ -63,7 +63,7 @@ FORMAT_VERSION = 1
 """Version of the artefact layout; readers refuse a newer one."""
 
 ROLES: dict[str, type[HubMixin]] = {}
-"""The classes an artefact may name in ``_class_name``: every subclass of :class:`HubMixin`, by class name."""
+"""The classes an artefact may name in ``_class_name``: every subclass of `HubMixin`, by class name."""
 
 _DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _META_KEYS = ("_class_name", "_scoredistill_version", "format_version", "torch_dtype", "teacher_id")
@@ -103,7 +103,7 @@ class HubMixin(
 ):
     """``save_pretrained`` / ``from_pretrained`` / ``push_to_hub`` for a role with ``to_config`` / ``from_config``.
 
-    Subclasses register themselves in :data:`ROLES` under their class name (what ``_class_name`` records).
+    Subclasses register themselves in `ROLES` under their class name (what ``_class_name`` records).
     """
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -111,12 +111,12 @@ class HubMixin(
         ROLES[cls.__name__] = cls
 
     def to_config(self) -> dict[str, Any]:  # pragma: no cover - every role overrides it
-        """The JSON-ready architecture that :meth:`from_config` rebuilds."""
+        """The JSON-ready architecture that `from_config` rebuilds."""
         raise NotImplementedError
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> HubMixin:  # pragma: no cover - every role overrides it
-        """A freshly initialised module for :meth:`to_config` output."""
+        """A freshly initialised module for `to_config` output."""
         raise NotImplementedError
 
     # Saving ------------------------------------------------------------------------------------------------------
@@ -129,7 +129,7 @@ class HubMixin(
         teacher_revision: str | None = None,
         training: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """The full ``config.json``: class, versions, :meth:`to_config`, weights dtype and provenance."""
+        """The full ``config.json``: class, versions, `to_config`, weights dtype and provenance."""
         dtype_name = next((k for k, v in _DTYPES.items() if v == dtype), None)
         if dtype_name is None:
             raise ValueError(f"dtype must be one of torch.{', torch.'.join(_DTYPES)}, got {dtype}")
@@ -178,8 +178,8 @@ class HubMixin(
             model_card: Write ``README.md``.
             dtype: Dtype of the stored floating-point parameters: float32 (default), or float16/bfloat16 for a
                 smaller variant. Buffers keep their dtype.
-            config: A complete ``config.json`` (from :meth:`artefact_config`) instead of the arguments above.
-            model_card_kwargs: Passed to :meth:`generate_model_card` (``license``, ``repo_id``).
+            config: A complete ``config.json`` (from `artefact_config`) instead of the arguments above.
+            model_card_kwargs: Passed to `generate_model_card` (``license``, ``repo_id``).
 
         Returns:
             The artefact directory.
@@ -223,7 +223,7 @@ class HubMixin(
         save_file(state, str(save_directory / WEIGHTS_NAME), metadata=metadata)
 
     def generate_model_card(self, *args: Any, license: str | None = None, repo_id: str | None = None, **kwargs: Any):
-        """The ``README.md`` card: Hub metadata (:class:`huggingface_hub.ModelCardData`) and how to load it."""
+        """The ``README.md`` card: Hub metadata (`huggingface_hub.ModelCardData`) and how to load it."""
         config = self._hub_mixin_config
         name, where = config["_class_name"], repo_id or "PATH_OR_REPO_ID"
         teacher, revision = config.get("teacher_id"), config.get("teacher_revision")
@@ -301,14 +301,14 @@ class HubMixin(
             private: Create the repo as private (an existing repo keeps its visibility).
             revision: Branch to commit to; created from the default branch when it does not exist.
             commit_message: Defaults to ``"Upload <role> with scoredistill"``.
-            teacher_id: See :meth:`save_pretrained`.
-            teacher_revision: See :meth:`save_pretrained`.
-            license: See :meth:`save_pretrained`.
-            training: See :meth:`save_pretrained`.
-            dtype: See :meth:`save_pretrained`.
+            teacher_id: See `save_pretrained`.
+            teacher_revision: See `save_pretrained`.
+            license: See `save_pretrained`.
+            training: See `save_pretrained`.
+            dtype: See `save_pretrained`.
 
         Returns:
-            The :class:`huggingface_hub.CommitInfo` of the commit (``.oid`` is its hash).
+            The `huggingface_hub.CommitInfo` of the commit (``.oid`` is its hash).
         """
         config = self.artefact_config(
             dtype=dtype, teacher_id=teacher_id, teacher_revision=teacher_revision, training=training
@@ -331,7 +331,8 @@ class HubMixin(
 
     @classmethod
     def from_pretrained(cls, repo_id_or_path: str | os.PathLike, **kwargs: Any) -> Any:
-        """Load strictly from a local directory or a Hub repo; see :func:`scoredistill.hub.from_pretrained`."""
+        """Load strictly from a local directory or a Hub repo; see
+        [`scoredistill.hub.from_pretrained`][scoredistill.hub.from_pretrained]."""
         return from_pretrained(repo_id_or_path, expected_class=cls, **kwargs)
 
     @classmethod
@@ -475,7 +476,7 @@ def load_config(
 ) -> dict[str, Any]:
     """Read and validate an artefact's ``config.json`` (class, format version), e.g. for its ``teacher_id``.
 
-    Arguments are those of :func:`from_pretrained`.
+    Arguments are those of [`from_pretrained`][scoredistill.hub.from_pretrained].
     """
     return _read_config(_resolve(repo_id_or_path, revision, cache_dir, False, token, local_files_only))
 
@@ -499,7 +500,7 @@ def from_pretrained(
 
     Args:
         repo_id_or_path: A local artefact directory, or a Hub repo id such as ``"org/sid-cifar10-uncond"``
-            (downloaded with :func:`huggingface_hub.snapshot_download`, which honours ``HF_ENDPOINT`` and
+            (downloaded with `huggingface_hub.snapshot_download`, which honours ``HF_ENDPOINT`` and
             ``HF_HUB_OFFLINE``).
         revision: Hub branch, tag or commit hash (Hub repos only).
         cache_dir: Hub cache directory (default: the Hugging Face cache).
@@ -516,7 +517,7 @@ def from_pretrained(
     Raises:
         FileNotFoundError: No such directory or repo, or a file is missing (the message names it).
         CheckpointError: A malformed or incompatible ``config.json`` or ``model.safetensors``;
-            :class:`WeightsMismatchError` lists every bad key.
+            `WeightsMismatchError` lists every bad key.
         huggingface_hub.errors.RepositoryNotFoundError: The Hub has no such repo (or it is private).
         huggingface_hub.errors.RevisionNotFoundError: The repo has no such revision.
 
@@ -542,7 +543,7 @@ def from_pretrained(
 
 
 def save_pretrained(module: HubMixin, directory: str | os.PathLike, **kwargs: Any) -> Path:
-    """Write ``module`` (a role) as a public artefact; see :meth:`HubMixin.save_pretrained` for the arguments.
+    """Write ``module`` (a role) as a public artefact; see `HubMixin.save_pretrained` for the arguments.
 
     Example:
         >>> import tempfile
@@ -558,7 +559,7 @@ def save_pretrained(module: HubMixin, directory: str | os.PathLike, **kwargs: An
 
 
 def push_to_hub(module: HubMixin, repo_id: str, **kwargs: Any) -> CommitInfo:
-    """Upload ``module`` to a Hub model repo; see :meth:`HubMixin.push_to_hub` for the arguments."""
+    """Upload ``module`` to a Hub model repo; see `HubMixin.push_to_hub` for the arguments."""
     if not isinstance(module, HubMixin):
         raise TypeError(f"push_to_hub takes one of {sorted(ROLES)}, got {type(module).__name__}")
     return module.push_to_hub(repo_id, **kwargs)

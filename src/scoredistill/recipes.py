@@ -1,7 +1,7 @@
 """The paper's recipes: hyperparameters of the published SiD / SiDA / SiD²A runs (docs/maths.md) and their wiring.
 
 ``make_distiller`` turns a recipe, a teacher and (for SiDA) a real-data stream into a ready
-:class:`~scoredistill.distill.Distiller`. The example scripts are thin command lines around it.
+[`Distiller`][scoredistill.distill.Distiller]. The example scripts are thin command lines around it.
 """
 
 from __future__ import annotations
@@ -153,7 +153,8 @@ def load_teacher(
 
     Args:
         source: ``*.pkl`` (EDM/SiD pickle, restricted unpickler), a directory or Hub repo id written by
-            :func:`scoredistill.hub.save_pretrained`, or ``None`` together with ``random_init=True``.
+            [`scoredistill.hub.save_pretrained`][scoredistill.hub.save_pretrained], or ``None`` together with
+            ``random_init=True``.
         preset: Network preset; a random teacher is built from it, and a loaded one must match it.
         random_init: Build a randomly initialised teacher (smoke tests and benchmarks only).
         **overrides: Config fields to replace, e.g. ``dropout=0.13`` (EDM pickles store the teacher's dropout).
@@ -204,14 +205,15 @@ def make_distiller(
     """Wire the roles, losses, augmentation and loop for ``method`` as the paper ran it.
 
     Args:
-        recipe: Dataset settings (see :data:`RECIPES`).
+        recipe: Dataset settings (see [`RECIPES`][scoredistill.recipes.RECIPES]).
         teacher: The teacher network (copied into the generator and the fake score).
         method: ``"sid"`` (data-free), ``"sida"`` or ``"sid2a"`` (both need ``data``).
         data: Real batches ``(x, one-hot labels)`` of the per-process micro-batch, on ``device``.
         generator_init: SiD²A: the SiD generator to fine-tune (a module, or a directory / Hub id).
         world_size: Number of processes (the per-process batch is the global batch divided by it).
         device: Where the networks live.
-        **overrides: :class:`~scoredistill.distill.DistillConfig` fields to replace (precision, micro_batch, ...).
+        **overrides: [`DistillConfig`][scoredistill.distill.DistillConfig] fields to replace (precision, micro_batch,
+            ...).
     """
     if method != "sid" and data is None:
         raise ValueError(f"{method} trains a discriminator on real images: pass data=...")
