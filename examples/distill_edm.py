@@ -76,8 +76,17 @@ def parse(argv: list[str] | None = None, **defaults: str) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dry-run", action="store_true", help="print the resolved configuration and exit")
     args = p.parse_args(argv)
-    if args.outdir is None and not args.dry_run:
-        p.error("the following arguments are required: --outdir (except with --dry-run)")
+    if not args.dry_run:  # what the run needs, said in flags (the library would say it in Python arguments)
+        if args.outdir is None:
+            p.error("the following arguments are required: --outdir (except with --dry-run)")
+        if args.teacher is None and not args.random_teacher:
+            p.error("pass --teacher (an EDM .pkl, or a scoredistill directory / Hub id) or --random-teacher")
+        if args.teacher is not None and args.teacher.endswith(".pkl") and not Path(args.teacher).is_file():
+            p.error(f"--teacher {args.teacher}: no such file")
+        if args.method != "sid" and args.data is None:
+            p.error(f"--method {args.method} trains a discriminator on real images: pass --data (a dataset zip)")
+        if args.method == "sid2a" and args.generator_init is None:
+            p.error("--method sid2a fine-tunes a SiD generator: pass --generator-init (its directory or Hub id)")
     return args
 
 

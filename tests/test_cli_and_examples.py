@@ -245,6 +245,22 @@ def test_example_zero_is_an_error_naming_the_flag(flag, capsys):
     assert info.value.code == 2 and f"argument {flag}: must be positive, got 0" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--method", "sid", "--outdir", "x"], "pass --teacher"),
+        (["--method", "sid", "--outdir", "x", "--teacher", "missing.pkl"], "--teacher missing.pkl: no such file"),
+        (["--method", "sida", "--outdir", "x", "--random-teacher"], "--method sida trains a discriminator"),
+        (["--method", "sid2a", "--outdir", "x", "--random-teacher", "--data", "d.zip"], "pass --generator-init"),
+    ],
+)
+def test_example_says_what_a_run_needs_in_flags(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        distill_edm.parse(["--recipe", "cifar10-uncond", *argv])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and message in err and "=..." not in err
+
+
 def test_example_dry_run_needs_no_outdir_and_honours_small_values(capsys):
     distill_edm.main(
         ["--recipe", "cifar10-uncond", "--method", "sid", "--dry-run", "--batch", "8", "--total-kimg", "1"]
