@@ -150,10 +150,12 @@ def test_sample_counts_are_checked_by_argparse(argv, generator_dir, capsys):
     assert info.value.code == 2 and f"argument {argv[0]}: must be at least 1" in capsys.readouterr().err
 
 
-def test_sample_device_without_cuda_is_a_clear_error(generator_dir, monkeypatch, capsys):
+def test_device_without_cuda_is_a_clear_error(generator_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     err = cli_error(["sample", "--model", str(generator_dir), "--device", "cuda"], capsys)
     assert "--device cuda: CUDA is not available" in err
+    err = cli_error(["fid", "stats", str(FIXTURE), "--out", str(tmp_path / "s.npz"), "--device", "cuda:1"], capsys)
+    assert err.startswith("scoredistill fid stats: error: --device cuda:1: CUDA is not available")
 
 
 def test_local_paths_never_reach_the_hub(tmp_path, monkeypatch, capsys):

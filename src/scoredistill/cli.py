@@ -125,8 +125,8 @@ def _local_artefact(flag: str, text: str) -> Path:
             return path
         found = [name for name in ("generator_ema", "generator_best", "generator_last") if (path / name).is_dir()]
         if found:
-            return_hint = " or ".join(str(path / name) for name in found)
-            raise SystemExit(f"{flag} {text} is a run directory: pass its generator, {return_hint}")
+            hint = " or ".join(str(path / name) for name in found)
+            raise SystemExit(f"{flag} {text} is a run directory: pass its generator, {hint}")
         if (path / "training_state").is_dir():
             raise SystemExit(
                 f"{flag} {text} is a run directory without generator_ema/ (the run has not finished): finish or "
@@ -395,6 +395,8 @@ def _fid_stats(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.is_dir():
         raise SystemExit(f"--out {out} is a directory: name the .npz file to write")
+    if args.device is not None:
+        _check_device("--device", args.device)
     device, rank, own_group = _fid_distributed(args.device)
     try:
         extractor = _fid_extractor(args.inception, device)
