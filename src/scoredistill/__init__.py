@@ -2,13 +2,14 @@
 
 The public API, re-exported here:
 
-- roles speaking one denoiser contract ``D(x, sigma, labels)``: :class:`Teacher`, :class:`OneStepGenerator`,
-  :class:`FakeScore`, around :class:`Precond` (EDM preconditioning) and a backbone from
-  :mod:`scoredistill.networks`;
-- loss plug-ins: :class:`SiDLoss`, :class:`DSMLoss`, :class:`AdversarialEncoderLoss` (pure maths in
-  :mod:`scoredistill.losses.functional`);
-- the loop: :class:`Distiller` and :class:`DistillConfig`;
-- an analytic teacher: :class:`GaussianMixture`.
+- roles speaking one denoiser contract ``D(x, sigma, labels)``: [`Teacher`][scoredistill.Teacher],
+  [`OneStepGenerator`][scoredistill.OneStepGenerator], [`FakeScore`][scoredistill.FakeScore], around
+  [`Precond`][scoredistill.Precond] (EDM preconditioning) and a backbone from `scoredistill.networks`;
+- loss plug-ins: [`SiDLoss`][scoredistill.SiDLoss], [`DSMLoss`][scoredistill.DSMLoss],
+  [`AdversarialEncoderLoss`][scoredistill.AdversarialEncoderLoss] (pure maths in
+  [`scoredistill.losses.functional`][scoredistill.losses.functional]);
+- the loop: [`Distiller`][scoredistill.Distiller] and [`DistillConfig`][scoredistill.DistillConfig];
+- an analytic teacher: [`GaussianMixture`][scoredistill.GaussianMixture].
 """
 
 from ._types import Denoiser as Denoiser

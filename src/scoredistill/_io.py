@@ -4,11 +4,13 @@
   moment leaves either the old or the new complete directory (see `recover_directory`); files and folders
   get the modes of any file the user saves (``0o666`` / ``0o777`` less the umask), not the private modes of a
   temporary directory.
+- `check_replaceable_artefact`: refuse to replace a directory that is not an artefact written by this library.
 - `load_state_dict_strict`: load a state dict only when every key and shape fits, naming every bad key.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -20,12 +22,17 @@ from pathlib import Path
 from torch import Tensor, nn
 
 __all__ = [
+    "ARTEFACT_MARKER",
     "StateDictMismatchError",
     "atomic_directory",
+    "check_replaceable_artefact",
     "load_state_dict_strict",
     "recover_directory",
     "state_dict_mismatch",
 ]
+
+ARTEFACT_MARKER = ("_class_name", "_scoredistill_version")
+"""Keys every ``config.json`` written by ``save_pretrained`` carries: what marks a directory as ours to replace."""
 
 # The siblings a write of ``name`` makes: ``.name.tmp-XXXX`` (being written), ``.name.new-XXXX`` (complete and
 # synced, about to go in), ``.name.old-XXXX`` (the previous directory, moved aside). XXXX is mkdtemp's suffix.
@@ -162,6 +169,45 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_replaceable_artefact(path: str | os.PathLike, files: tuple[str, ...]) -> None:
+    """Refuse to replace ``path`` unless it is missing, empty, or an artefact this library wrote.
+
+    An artefact directory is replaced as a whole, so anything else in it would be lost. A directory qualifies
+    when it holds only ``files`` (e.g. ``config.json``, ``model.safetensors``, ``README.md``) and its
+    ``config.json`` carries the keys of `ARTEFACT_MARKER`; a directory whose only file is someone else's
+    ``config.json`` does not.
+
+    Args:
+        path: The directory about to be replaced.
+        files: The names an artefact consists of; the first is its ``config.json``.
+
+    Raises:
+        FileExistsError: ``path`` is a file, holds other files, or its config was not written by scoredistill.
+    """
+    path = Path(path)
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise FileExistsError(f"{path} exists and is not a directory")
+    names = sorted(p.name for p in path.iterdir())
+    if not names:
+        return
+    advice = "save_pretrained replaces its directory as a whole, so pass a new or dedicated directory"
+    foreign = [name for name in names if name not in files]
+    if foreign:
+        raise FileExistsError(f"{path} holds other files ({', '.join(foreign[:5])}): {advice}")
+    config = path / files[0]
+    try:
+        marked = all(key in json.loads(config.read_text(encoding="utf-8")) for key in ARTEFACT_MARKER)
+    except (OSError, UnicodeDecodeError, ValueError, TypeError):  # missing, unreadable, not JSON, not an object
+        marked = False
+    if not marked:
+        raise FileExistsError(
+            f"{path} is not a scoredistill artefact (its {files[0]} lacks {' and '.join(ARTEFACT_MARKER)}): "
+            f"{advice}, or remove it yourself"
+        )
 
 
 class StateDictMismatchError(RuntimeError):

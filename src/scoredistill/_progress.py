@@ -6,11 +6,18 @@ __all__ = ["Progress"]
 
 
 class Progress:
-    """tqdm when installed (``pip install scoredistill[progress]``), otherwise one printed line per log."""
+    """A tqdm bar when installed (``pip install scoredistill[progress]``) and wanted, and one printed line per log.
 
-    def __init__(self, total: int, initial: int, *, enabled: bool):
+    Args:
+        total: Images of the whole run.
+        initial: Images already done (a resumed run).
+        enabled: Print anything at all (rank 0 only).
+        bar: Show the bar; the log lines are printed either way.
+    """
+
+    def __init__(self, total: int, initial: int, *, enabled: bool, bar: bool = True):
         self.enabled, self.bar = enabled, None
-        if enabled:
+        if enabled and bar:
             try:
                 from tqdm.auto import tqdm
 

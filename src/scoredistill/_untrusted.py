@@ -60,12 +60,12 @@ def _count(value: Any, name: str) -> int:
 def min_backbone_size(class_name: str, config: Mapping[str, Any]) -> tuple[int, int]:
     """A lower bound on ``(number of tensors, number of elements)`` in a backbone's state dict, from its config.
 
-    Pure arithmetic on the config: nothing is built. For :class:`~scoredistill.networks.MLP` the bound is exact;
+    Pure arithmetic on the config: nothing is built. For [`MLP`][scoredistill.networks.MLP] the bound is exact;
     for the UNets it counts only each residual block's tensors and second 3x3 convolution, so the real network is
     always at least this large (``tests/test_hardening_artefacts.py`` checks this against built networks).
 
     Args:
-        class_name: A name of :data:`scoredistill.networks.BACKBONES`.
+        class_name: A name of `scoredistill.networks.BACKBONES`.
         config: The backbone's ``to_config()`` (for the UNets, their config dataclass's ``to_dict()``).
 
     Returns:
@@ -286,7 +286,7 @@ def _check_role(name: str, config: Mapping[str, Any]) -> None:
 def check_weights_file(config: Mapping[str, Any], file: str | os.PathLike[str]) -> SafetensorsHeader:
     """Check that ``model.safetensors`` can hold the network ``config`` declares, from its header alone.
 
-    Compares a lower bound on the network's size (:func:`min_backbone_size`) with the tensors the file holds, so
+    Compares a lower bound on the network's size (`min_backbone_size`) with the tensors the file holds, so
     that a config declaring 10,000 blocks is refused before minutes are spent building it. The bound allows twice
     the file plus a little (the strict load then names each missing or mis-shaped key).
 
@@ -360,7 +360,7 @@ def check_hub_revision(repo_id: str, revision: str | None, token: str | bool | N
     Args:
         repo_id: A validated Hub repo id.
         revision: Branch, tag or commit hash (``None``: the default branch).
-        token: Hub token, as for :func:`huggingface_hub.snapshot_download`.
+        token: Hub token, as for `huggingface_hub.snapshot_download`.
         filenames: The files about to be downloaded; those the repo lacks are skipped (the loader names them).
 
     Returns:

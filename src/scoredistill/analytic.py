@@ -20,7 +20,7 @@ __all__ = ["GaussianMixture", "energy_distance"]
 
 
 class GaussianMixture(nn.Module):
-    """A Gaussian mixture usable as a :class:`~scoredistill.teacher.Teacher` and as a source of real samples.
+    """A Gaussian mixture usable as a [`Teacher`][scoredistill.teacher.Teacher] and as a source of real samples.
 
     Args:
         means: ``[K, *sample_shape]`` component means.

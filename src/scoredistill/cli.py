@@ -1,18 +1,188 @@
-"""The ``scoredistill`` command line."""
+"""The ``scoredistill`` command line.
+
+Errors past argument parsing are printed as one line, ``scoredistill <command>: error: ...``, naming the flag to
+change, and exit with status 2 (as argparse's own errors do); ``--debug`` or ``SCOREDISTILL_DEBUG=1`` shows the
+Python traceback instead.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from ._version import __version__
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-__all__ = ["main"]
+__all__ = ["CommandError", "main"]
+
+# The library's error types: turned into one-line messages at the command-line boundary.
+_LIBRARY_ERRORS = (ValueError, OSError, RuntimeError, KeyError, TypeError, pickle.UnpicklingError)
+
+
+class CommandError(SystemExit):
+    """A one-line command-line error: exit status 2, the message in ``str(err)`` (already printed to stderr)."""
+
+    def __init__(self, message: str):
+        super().__init__(2)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _one_line(err: BaseException) -> str:
+    text = err.args[0] if isinstance(err, KeyError) and len(err.args) == 1 else err  # KeyError's str adds quotes
+    return " ".join(str(text).split())
+
+
+@contextmanager
+def _blame(what: str) -> Iterator[None]:
+    """Report a library error raised in the block as one line that starts with ``what`` (the flag to change)."""
+    try:
+        yield
+    except _LIBRARY_ERRORS as err:
+        if _debug():
+            raise
+        raise SystemExit(f"{what}: {_one_line(err)}") from err
+
+
+_DEBUG = False  # set by main() from --debug
+
+
+def _debug() -> bool:
+    return _DEBUG or os.environ.get("SCOREDISTILL_DEBUG", "") not in ("", "0")
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _check_device(flag: str, name: str) -> str:
+    """``name`` if it is a device this machine has; otherwise a one-line error naming ``flag``."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise SystemExit(f"{flag} {name}: not a device name; use e.g. cpu, cuda or cuda:1") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            built = f"torch {torch.__version__}" + ("" if torch.version.cuda else ", a build without CUDA")
+            raise SystemExit(f"{flag} {name}: CUDA is not available on this machine ({built}); use {flag} cpu")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise SystemExit(f"{flag} {name}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise SystemExit(f"{flag} {name}: MPS is not available on this machine; use {flag} cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise SystemExit(f"{flag} {name}: unsupported device type {device.type!r}; use cpu or cuda")
+    return name
+
+
+_FILE_SUFFIXES = {".pkl", ".pt", ".pth", ".safetensors", ".json", ".zip", ".npz", ".png", ".jpg"}
+
+
+def _looks_local(text: str) -> bool:
+    """Whether ``text`` names a local path rather than a Hub repo id ``org/name``.
+
+    It does when it exists, starts with ``.``, ``/`` or ``~``, is a bare file name (``model.pkl``), has more than
+    one separator, uses the platform's own separator, or its first component is a local directory
+    (``runs/my-run``: a mistyped run directory).
+    """
+    if not text or Path(text).expanduser().exists() or text.startswith((".", "/", "~")):
+        return True
+    if "/" not in text and Path(text).suffix.lower() in _FILE_SUFFIXES:
+        return True
+    if (
+        text.count("/") > 1
+        or (os.sep != "/" and os.sep in text)
+        or (os.altsep and os.altsep != "/" and os.altsep in text)
+    ):
+        return True
+    return "/" in text and Path(text.split("/")[0]).is_dir()
+
+
+def _local_artefact(flag: str, text: str) -> Path:
+    """The artefact directory ``text`` names locally, or a one-line error that says what to pass instead."""
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return path
+        found = [name for name in ("generator_ema", "generator_best", "generator_last") if (path / name).is_dir()]
+        if found:
+            hint = " or ".join(str(path / name) for name in found)
+            raise SystemExit(f"{flag} {text} is a run directory: pass its generator, {hint}")
+        if (path / "training_state").is_dir():
+            raise SystemExit(
+                f"{flag} {text} is a run directory without generator_ema/ (the run has not finished): finish or "
+                "resume the run, or pass a generator directory"
+            )
+        raise SystemExit(f"{flag} {text} has no config.json: not a scoredistill artefact directory")
+    if path.is_file():
+        if path.suffix == ".pkl":
+            raise SystemExit(
+                f"{flag} {text} is a pickle: convert it first with `scoredistill convert {text} OUTDIR --as generator`"
+            )
+        if path.name in ("config.json", "model.safetensors"):
+            raise SystemExit(f"{flag} {text} is a file: pass its directory, {path.parent}")
+        raise SystemExit(f"{flag} {text} is a file: pass an artefact directory (config.json + model.safetensors)")
+    parent = next((p for p in path.parents if p.is_dir()), Path("."))
+    raise SystemExit(
+        f"{flag} {text}: no such directory (nearest existing: {parent}/); a Hub repo id looks like org/name"
+    )
+
+
+# Image suffixes written with Pillow (PNG needs nothing).
+_PILLOW_SUFFIXES = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}
+
+
+def _check_image_path(flag: str, out: Path) -> None:
+    """Refuse, before any work, an output whose format cannot be written or that is a directory."""
+    suffix = out.suffix.lower()
+    if out.is_dir():
+        raise SystemExit(f"{flag} {out} is a directory: name the image file to write, e.g. {out / 'grid.png'}")
+    if suffix == ".png":
+        return
+    if suffix not in _PILLOW_SUFFIXES:
+        raise SystemExit(f"{flag} {out}: write .png (or {', '.join(sorted(_PILLOW_SUFFIXES))} with Pillow)")
+    try:
+        import PIL.Image  # noqa: F401
+    except ImportError:
+        raise SystemExit(
+            f"{flag} {out}: writing {suffix} needs Pillow (pip install 'scoredistill[data]'); or write a .png"
+        ) from None
+
+
+def _write_image(out: Path, write: Callable[[Path], Any]) -> None:
+    """Write with ``write(png_path)`` (a PNG writer); other formats are converted from a temporary PNG by Pillow."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() == ".png":
+        write(out)
+        return
+    import PIL.Image
+
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    try:
+        write(tmp)
+        with PIL.Image.open(tmp) as image:
+            image.convert("RGB").save(out, format=_PILLOW_SUFFIXES[out.suffix.lower()])
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -21,6 +191,10 @@ def _demo(args: argparse.Namespace) -> int:
     from .analytic import GaussianMixture
     from .demo import run_demo, write_scatter_png
 
+    _check_device("--device", args.device)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():  # checked before training, not after it
+        raise SystemExit(f"--out {out} is a file: pass a directory for demo_samples.png")
     print(
         f"Distilling an 8-Gaussian ring into a one-step MLP generator: {args.steps} steps of {args.batch_size} "
         f"images, alpha={args.alpha}, seed={args.seed} ({args.device}, {args.precision})"
@@ -55,7 +229,6 @@ def _demo(args: argparse.Namespace) -> int:
         "(a continuous one-step map from 2-D noise must leave some mass between the modes)"
     )
     print(f"distillation took {result.seconds:.1f} s")
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     truth = mixture.sample(2000, rng=torch.Generator().manual_seed(0))
     png = write_scatter_png(
@@ -65,18 +238,48 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_generator(flag: str, source: str, revision: str | None, device: str) -> Any:
+    """The generator a ``--model`` value names: a local directory (never sent to the Hub) or a Hub repo id."""
+    from .generator import OneStepGenerator
+    from .hub import from_pretrained
+
+    if _looks_local(source):
+        if revision is not None:
+            raise SystemExit(f"--revision applies to Hub repos, but {flag} {source} is a local path: drop --revision")
+        source = str(_local_artefact(flag, source))
+    with _blame(f"{flag} {source}"):
+        try:
+            model = from_pretrained(source, revision=revision, device=device)
+        except Exception as err:  # the Hub's errors are long and multi-line: say what happened in one line
+            hub = type(err).__module__.startswith(("huggingface_hub", "requests", "urllib3", "httpx"))
+            if not hub or _debug():
+                raise
+            kind = type(err).__name__
+            raise OSError(
+                f"could not load it from the Hub ({kind}): check the repo id (org/name), --revision, your network "
+                "and HF_TOKEN; a local directory must exist"
+            ) from err
+    if not isinstance(model, OneStepGenerator):
+        what = {"Precond": "a denoiser (a teacher network)", "FakeScore": "a fake score network"}
+        name = type(model).__name__
+        raise SystemExit(
+            f"{flag} {source} holds {what.get(name, 'a ' + name)}, not a OneStepGenerator: pass a generator "
+            "directory, e.g. RUN/generator_ema"
+        )
+    return model
+
+
 def _sample(args: argparse.Namespace) -> int:
     import torch
 
-    from .generator import OneStepGenerator
-
-    if args.n < 1:
-        raise SystemExit("--n must be at least 1")
-    G = OneStepGenerator.from_pretrained(args.model, revision=args.revision, device=args.device)
+    out = Path(args.out)
+    _check_image_path("--out", out)
+    _check_device("--device", args.device)
+    G = _load_generator("--model", args.model, args.revision, args.device)
     labels = None
     if args.labels:
         if G.label_dim == 0:
-            raise SystemExit(f"{args.model} is unconditional: drop --labels")
+            raise SystemExit(f"--model {args.model} is unconditional: drop --labels")
         bad = [c for c in args.labels if not 0 <= c < G.label_dim]
         if bad:
             raise SystemExit(f"--labels {bad} out of range: this generator has {G.label_dim} classes")
@@ -85,28 +288,58 @@ def _sample(args: argparse.Namespace) -> int:
     rng = torch.Generator(device=args.device).manual_seed(args.seed)
     with torch.no_grad():
         x = G.sample(args.n, labels, rng=rng, device=args.device).cpu()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     if x.ndim == 4:
         from .imageio import image_grid, write_png
 
-        write_png(out, image_grid(x, cols=args.cols))
+        grid = image_grid(x, cols=args.cols)
+        _write_image(out, lambda path: write_png(path, grid))
     elif x.ndim == 2 and x.shape[1] == 2:
         from .demo import write_scatter_png
 
         extent = 1.1 * float(x.abs().max().clamp_min(1e-3))
-        write_scatter_png(out, [(x, (200, 30, 30))], extent=extent)
+        _write_image(out, lambda path: write_scatter_png(path, [(x, (200, 30, 30))], extent=extent))
     else:
         raise SystemExit(f"cannot draw samples of shape {tuple(G.sample_shape)}: only images [C, H, W] and 2-D points")
     print(f"wrote {out}: {args.n} samples of {args.model}, seed {args.seed}")
     return 0
 
 
+def _convert(args: argparse.Namespace) -> int:
+    from .convert import load_edm_pickle
+    from .generator import OneStepGenerator
+    from .hub import save_pretrained
+
+    pkl, outdir = Path(args.pickle).expanduser(), Path(args.outdir).expanduser()
+    if not pkl.is_file():
+        raise SystemExit(f"PICKLE {pkl}: no such file (an EDM, SiD or SiDA network .pkl)")
+    if outdir.exists() and not outdir.is_dir():
+        raise SystemExit(f"OUTDIR {outdir} is a file: name a directory to write the artefact into")
+    if args.sigma_init is not None and args.role != "generator":
+        raise SystemExit("--sigma-init applies to --as generator")
+    with _blame(f"PICKLE {pkl}"):
+        try:
+            net = load_edm_pickle(pkl, key=args.key)
+        except KeyError as err:
+            raise SystemExit(f"--key {args.key}: {_one_line(err)}") from err
+    if args.role == "generator":
+        sigma_init = 2.5 if args.sigma_init is None else args.sigma_init
+        with _blame("--sigma-init"):
+            module: Any = OneStepGenerator(net, sigma_init=sigma_init)
+    else:
+        module = net
+    training = {"converted_from": pkl.name, "pickle_key": args.key}
+    with _blame(f"OUTDIR {outdir}"):
+        save_pretrained(module, outdir, license=args.license, training=training)
+    params = sum(p.numel() for p in module.parameters())
+    how = "scoredistill sample --model" if args.role == "generator" else "--teacher"
+    print(
+        f"wrote {outdir}: {type(module).__name__} ({params / 1e6:.1f}M parameters) from {pkl.name}; "
+        f"use it with {how} {outdir}"
+    )
+    return 0
+
+
 # `scoredistill fid ...`: FID statistics of datasets and generators, and FID between statistics files.
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())
 
 
 def _fid_distributed(device: str | None) -> tuple[str, int, bool]:
@@ -162,6 +395,8 @@ def _fid_stats(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.is_dir():
         raise SystemExit(f"--out {out} is a directory: name the .npz file to write")
+    if args.device is not None:
+        _check_device("--device", args.device)
     device, rank, own_group = _fid_distributed(args.device)
     try:
         extractor = _fid_extractor(args.inception, device)
@@ -273,8 +508,20 @@ def _add_fid_commands(sub: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``scoredistill`` console script."""
+    """Entry point of the ``scoredistill`` console script.
+
+    Raises:
+        CommandError: A one-line error (already printed to stderr) for bad input found after argument parsing;
+            its exit status is 2. With ``--debug`` or ``SCOREDISTILL_DEBUG=1`` the original exception instead.
+    """
+    global _DEBUG
     parser = argparse.ArgumentParser(prog="scoredistill", description="One-step generators by score distillation.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show Python tracebacks instead of one-line errors (or SCOREDISTILL_DEBUG=1)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="distil an analytic 2-D Gaussian mixture on the CPU (about a minute)")
     demo.add_argument("--steps", type=int, default=1500, help="distillation iterations")
@@ -287,10 +534,12 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="network compute precision")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     demo.set_defaults(func=_demo)
-    sample = sub.add_parser("sample", help="draw samples from a saved or Hub generator into a PNG grid")
-    sample.add_argument("--model", required=True, help="artefact directory or Hub repo id (org/name)")
+    sample = sub.add_parser("sample", help="draw samples from a saved or Hub generator into an image grid")
+    sample.add_argument(
+        "--model", required=True, help="generator directory (e.g. RUN/generator_ema) or Hub repo id (org/name)"
+    )
     sample.add_argument("--revision", default=None, help="Hub branch, tag or commit")
-    sample.add_argument("--n", type=int, default=64, help="number of samples")
+    sample.add_argument("--n", type=_positive_int, default=64, help="number of samples")
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument(
         "--labels",
@@ -299,13 +548,47 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="class labels, repeated up to --n (default: uniform random for conditional models)",
     )
-    sample.add_argument("--cols", type=int, default=None, help="images per grid row (default: square grid)")
-    sample.add_argument("--device", default="cpu")
-    sample.add_argument("--out", default="grid.png", help="PNG file to write")
+    sample.add_argument("--cols", type=_positive_int, default=None, help="images per grid row (default: square grid)")
+    sample.add_argument("--device", default="cpu", help="e.g. cpu or cuda")
+    sample.add_argument(
+        "--out", default="grid.png", help="image to write: .png, or .jpg/.jpeg/.webp (these need Pillow)"
+    )
     sample.set_defaults(func=_sample)
+    convert = sub.add_parser(
+        "convert",
+        help="convert an EDM / SiD / SiDA network pickle into an artefact directory (config.json + safetensors)",
+        description="The pickle is read by a restricted unpickler that never runs the code embedded in it. "
+        "--as teacher (default) writes the preconditioned network (what --teacher options take); --as generator "
+        "wraps it as a one-step generator (a SiD/SiDA .pkl), which `scoredistill sample` draws from.",
+    )
+    convert.add_argument("pickle", metavar="PICKLE", help="the .pkl file")
+    convert.add_argument("outdir", metavar="OUTDIR", help="artefact directory to write")
+    convert.add_argument("--key", default="ema", help="entry of the pickled dict that holds the network")
+    convert.add_argument(
+        "--as", dest="role", choices=("teacher", "generator"), default="teacher", help="what the network is"
+    )
+    convert.add_argument("--sigma-init", type=float, default=None, help="generator's input noise level (default 2.5)")
+    convert.add_argument("--license", default=None, help="licence for the model card, e.g. cc-by-nc-sa-4.0")
+    convert.set_defaults(func=_convert)
     _add_fid_commands(sub)
     args = parser.parse_args(argv)
-    return int(args.func(args))
+    _DEBUG = args.debug
+    command = " ".join(part for part in (args.command, getattr(args, "fid_command", None)) if part)
+    try:
+        return int(args.func(args))
+    except CommandError:
+        raise
+    except SystemExit as err:  # the commands' own one-line messages
+        if not isinstance(err.code, str) or _debug():
+            raise
+        message = _one_line(err)
+        cause: BaseException = err
+    except _LIBRARY_ERRORS as err:  # not tied to a flag by the command: still one line, never a traceback
+        if _debug():
+            raise
+        message, cause = f"{_one_line(err)} (run with --debug for the traceback)", err
+    print(f"{parser.prog} {command}: error: {message}", file=sys.stderr)
+    raise CommandError(message) from cause
 
 
 if __name__ == "__main__":

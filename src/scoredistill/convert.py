@@ -3,25 +3,25 @@
 EDM-family ``.pkl`` files are plain pickles of ``{'ema': <EDMPrecond>, ...}`` whose modules are
 ``torch_utils.persistence`` classes: each records its class source code and its state, and is rebuilt on load
 by ``torch_utils.persistence._reconstruct_persistent_obj``, which executes that source. This
-module never does. :class:`RestrictedUnpickler` resolves only an explicit allow-list of globals:
+module never does. `RestrictedUnpickler` resolves only an explicit allow-list of globals:
 
 - tensor and storage rebuild functions (``torch._utils._rebuild_tensor_v2``, ``_rebuild_parameter``,
   ``torch.Size``; ``torch.storage._load_from_bytes`` is replaced by ``torch.load(..., weights_only=True)``),
 - ``collections.OrderedDict``, ``builtins.set``/``frozenset``, ``_codecs.encode`` (latin-1 only: protocol-2
   bytes) and numpy's array/scalar/dtype rebuilders,
 - ``torch_utils.persistence._reconstruct_persistent_obj``, replaced by a function that only captures the
-  recorded class name and state into a :class:`RecordedObject` (the source is dropped unread),
+  recorded class name and state into a `RecordedObject` (the source is dropped unread),
 - ``torch.nn`` module classes (``ModuleDict``) and ``dnnlib.util.EasyDict``, replaced by inert records,
 
-and refuses anything else with an :class:`UnsafePickleError` that names the global. The unpickler also bounds
-what a hostile file can make it do: BUILD (``__setstate__``) applies only to records, arrays and dtypes that it
-created itself, with state of the expected form (never to an allow-listed function or class); dict keys and set
-items must be plain scalars (no hash bombs); every tensor view must fit inside its storage and every array its
-file; and error messages name untrusted objects by their type, never by ``repr``. A pure key-mapping
-function (:func:`module_state_dict`) then walks the recorded ``_parameters``/``_buffers``/``_modules`` (each
+and refuses anything else with an [`UnsafePickleError`][scoredistill.convert.UnsafePickleError] that names the global.
+The unpickler also bounds what a hostile file can make it do: BUILD (``__setstate__``) applies only to records, arrays
+and dtypes that it created itself, with state of the expected form (never to an allow-listed function or class); dict
+keys and set items must be plain scalars (no hash bombs); every tensor view must fit inside its storage and every array
+its file; and error messages name untrusted objects by their type, never by ``repr``. A pure key-mapping
+function (`module_state_dict`) then walks the recorded ``_parameters``/``_buffers``/``_modules`` (each
 module once: a shared or cyclic module graph is refused) into an EDM-keyed state dict, which
-:func:`load_edm_pickle` loads strictly into our clean-room networks, after checking that the recorded kwargs
-do not declare a network larger than the weights the file holds.
+[`load_edm_pickle`][scoredistill.convert.load_edm_pickle] loads strictly into our clean-room networks, after checking
+that the recorded kwargs do not declare a network larger than the weights the file holds.
 
 Opt-in and never imported by ``scoredistill`` itself; the public artefacts are safetensors (see below).
 """
@@ -106,7 +106,7 @@ def _capture_persistent_obj(meta: Any) -> RecordedObject:
 
 
 def _inert_class(name: str) -> type:
-    """A class that pickle can ``__new__`` and ``BUILD`` into a :class:`RecordedObject` without running code."""
+    """A class that pickle can ``__new__`` and ``BUILD`` into a `RecordedObject` without running code."""
 
     def __new__(cls: type, *args: Any, **kwargs: Any) -> RecordedObject:
         return RecordedObject(name)
@@ -259,9 +259,10 @@ def _check_array_state(array: np.ndarray, state: Any) -> None:
 class RestrictedUnpickler(pickle._Unpickler):
     """An unpickler that resolves only the allow-listed globals above; see the module docstring.
 
-    ``torch.nn.modules.*`` classes become inert :class:`RecordedObject` records. Every other global raises
-    :class:`UnsafePickleError` naming it. This is Python's own unpickler with the opcodes that reach objects
-    (BUILD, SETITEM(S), APPEND(S), ADDITEMS, DICT, FROZENSET) checked; see the module docstring.
+    ``torch.nn.modules.*`` classes become inert `RecordedObject` records. Every other global raises
+    [`UnsafePickleError`][scoredistill.convert.UnsafePickleError] naming it. This is Python's own unpickler with the
+    opcodes that reach objects (BUILD, SETITEM(S), APPEND(S), ADDITEMS, DICT, FROZENSET) checked; see the module
+    docstring.
     """
 
     dispatch: ClassVar[dict[int, Any]] = dict(pickle._Unpickler.dispatch)
@@ -388,7 +389,7 @@ class RestrictedUnpickler(pickle._Unpickler):
 
 
 def read_edm_pickle(file: str | os.PathLike[str] | IO[bytes] | bytes) -> Any:
-    """Unpickle an EDM-family ``.pkl`` with :class:`RestrictedUnpickler`; persistent objects become records.
+    """Unpickle an EDM-family ``.pkl`` with `RestrictedUnpickler`; persistent objects become records.
 
     Args:
         file: A path, an open binary file or the bytes themselves.
@@ -518,7 +519,7 @@ class EDMNetworkRecord:
     state_dict: dict[str, Tensor]
 
     def config(self) -> EDMUNetConfig:
-        """The backbone config from the recorded kwargs (see :func:`~scoredistill.networks.config_from_edm_kwargs`)."""
+        """The backbone config from the recorded kwargs (see `config_from_edm_kwargs`)."""
         if not self.init_kwargs:
             raise ValueError(f"{self.class_name} recorded no init kwargs: pass config= to load_edm_pickle")
         return config_from_edm_kwargs(self.init_kwargs)
@@ -567,7 +568,7 @@ def load_edm_pickle(
         key: Entry of the pickled dict holding the network.
         config: Backbone config; by default parsed from the recorded init kwargs.
         **overrides: Config fields to replace (e.g. ``dropout=0.0``), as in
-            :func:`~scoredistill.precond.edm_precond`.
+            [`edm_precond`][scoredistill.precond.edm_precond].
 
     Returns:
         The preconditioned network in eval mode on CPU, float32.

@@ -112,9 +112,9 @@ class ImageZipDataset(Dataset):
     in [-1, 1]. Greyscale images come out as ``[1, H, W]``, palette images as RGB.
 
     The archive's index, ``dataset.json`` and the first image are checked when the dataset is built; every other
-    image is checked against the first image's shape when it is read (or all at once by :meth:`verify`). The zip
-    is opened lazily once per process and thread, so the dataset can be shared by DataLoader workers (fork or
-    spawn) and threads.
+    image is checked against the first image's shape when it is read (or all at once by
+    [`verify`][scoredistill.data.ImageZipDataset.verify]). The zip is opened lazily once per process and thread, so the
+    dataset can be shared by DataLoader workers (fork or spawn) and threads.
 
     Args:
         path: Path of the ``.zip`` archive.
@@ -469,12 +469,14 @@ class _ResumableBatchSampler:
 
 
 class RealBatches:
-    """Infinite, seeded, resumable iterator of real batches ``(x_real, labels)`` (see :func:`real_batches`).
+    """Infinite, seeded, resumable iterator of real batches ``(x_real, labels)`` (see
+    [`real_batches`][scoredistill.data.real_batches]).
 
     The state is ``(seed, epoch, position)``: epoch ``e`` visits the images in the order
     ``numpy.random.default_rng([seed, e]).permutation(N)``, and ``position`` counts the images of that epoch
-    already *returned* (worker prefetching does not advance it). Saving :meth:`state_dict` and loading it into a
-    fresh iterator continues with exactly the next batch.
+    already *returned* (worker prefetching does not advance it). Saving
+    [`state_dict`][scoredistill.data.RealBatches.state_dict] and loading it into a fresh iterator continues with exactly
+    the next batch.
     """
 
     def __init__(
@@ -597,7 +599,8 @@ def real_batches(
 
     Args:
         dataset: Items ``(image, class_index)``; uint8 images are mapped to ``uint8 / 127.5 - 1``, float images
-            are taken to be in [-1, 1] already. :class:`ImageZipDataset` is the usual choice.
+            are taken to be in [-1, 1] already. [`ImageZipDataset`][scoredistill.data.ImageZipDataset] is the usual
+            choice.
         batch_size: Images per batch.
         seed: Shuffle seed (non-negative).
         device: Where batches are returned. On CUDA the host batch is pinned and copied with ``non_blocking``.
@@ -607,7 +610,7 @@ def real_batches(
         pin_memory: Pin host batches; ``None`` pins when ``device`` is CUDA.
 
     Returns:
-        A :class:`RealBatches` iterator yielding ``(x_real, labels)``.
+        A [`RealBatches`][scoredistill.data.RealBatches] iterator yielding ``(x_real, labels)``.
 
     Shape:
         x_real: ``[B, C, H, W]`` float32 in [-1, 1]; labels: ``[B, L]`` float32 one-hot, or ``None``.

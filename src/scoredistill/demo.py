@@ -84,7 +84,7 @@ def run_demo(
         start_nimg: Images before the adversarial term joins the generator loss (the paper: 200k of its 300M).
         hidden: Width of the MLPs.
         device: Where the networks train (the figures are always computed on the CPU, in float32).
-        precision: Network compute precision of the loop (see :class:`DistillConfig`).
+        precision: Network compute precision of the loop (see [`DistillConfig`][scoredistill.DistillConfig]).
         progress: Show a progress bar.
     """
     mixture = teacher if teacher is not None else GaussianMixture.ring(8)

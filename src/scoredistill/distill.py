@@ -54,7 +54,38 @@ Augment = Callable[..., tuple[Tensor, Tensor]]  # augment(x, rng=generator) -> (
 
 @dataclass(frozen=True, kw_only=True)
 class DistillConfig:
-    """Hyperparameters of the loop. Defaults are the reference's CIFAR-10 SiD settings (docs/maths.md)."""
+    """Hyperparameters of the loop. Defaults are the reference's CIFAR-10 SiD settings (docs/maths.md).
+
+    Every field is keyword-only and checked when the config is built; ``dataclasses.asdict(config)`` is what run
+    directories and artefacts record.
+
+    Attributes:
+        batch_size: Images per step in this process (the reference's global batch divided by the world size).
+        micro_batch: Images per forward pass; ``batch_size / micro_batch`` gradient-accumulation rounds per step.
+            ``None``: one pass of ``batch_size``.
+        total_nimg: Training length in images, over all processes.
+        lr_generator: Adam learning rate of the generator ``G_theta``.
+        lr_fake_score: Adam learning rate of the fake score ``f_psi``.
+        generator_beta1: Adam beta1 of ``G_theta`` (0.9 for FFHQ SiD).
+        fake_score_beta1: Adam beta1 of ``f_psi``.
+        beta2: Adam beta2 of both optimisers.
+        adam_eps: Adam epsilon of both optimisers (the reference uses 1e-6 for fp16 runs).
+        ema_halflife_nimg: Half-life of the generator's EMA, in images (2 Mimg for ImageNet-64).
+        ema_rampup_ratio: EDM's EMA ramp-up: the half-life is at most this fraction of the images seen so far;
+            ``None`` turns the ramp-up off.
+        generator_start_nimg: No generator step before this many images, only fake-score steps (SiDA: 100k, set
+            by [`sida`][scoredistill.DistillConfig.sida]). A run shorter than this never trains the generator.
+        fake_score_grad_clip: Clip the values of ``f_psi``'s gradients to plus or minus this (SiDA: 1.0);
+            ``None``: no clipping.
+        precision: Network compute: ``"fp32"``, ``"bf16"`` autocast, or ``"fp16"`` autocast with loss scaling.
+        seed: One seed makes a run repeatable: every step's randomness is drawn from ``(seed, step, rank)``.
+        use_kernels: Fused loss kernels (and fused group norms under ``cuda_graphs``); ``None``: on when on CUDA.
+        channels_last: NHWC weights and activations for the image networks.
+        compile: ``torch.compile`` the three networks: ``"off"``, ``"blocks"`` (regional) or ``"network"``.
+        compile_mode: The ``torch.compile`` mode, e.g. ``"max-autotune-no-cudagraphs"``; ``None``: torch's default.
+        cuda_graphs: Capture each regime's whole iteration in a CUDA graph and replay it (CUDA only; not with
+            ``"fp16"``).
+    """
 
     batch_size: int = 256  # images per step in this process (reference: batch / world size)
     micro_batch: int | None = None  # images per forward pass; batch_size / micro_batch accumulation rounds
@@ -165,7 +196,7 @@ def _check_optimizer_state(opt: torch.optim.Optimizer, state: object, where: str
 
 
 class Distiller:
-    """Distil ``teacher`` into ``generator``: one :meth:`step` is one SiD/SiDA iteration.
+    """Distil ``teacher`` into ``generator``: one [`step`][scoredistill.Distiller.step] is one SiD/SiDA iteration.
 
     Args:
         teacher: The frozen teacher ``f_phi``.
@@ -274,7 +305,15 @@ class Distiller:
                 f"data batch {tuple(x_real.shape)} != [micro_batch={micro}, *{self.generator.sample_shape}]"
             )
         if labels is not None and labels.shape != (micro, self.generator.label_dim):
-            raise ValueError(f"data labels {tuple(labels.shape)} != [{micro}, label_dim={self.generator.label_dim}]")
+            hint = (
+                "the generator is unconditional, so load the data without labels: "
+                "ImageZipDataset(path, use_labels=False) or real_batches(..., label_dim=0)"
+                if self.generator.label_dim == 0
+                else "one-hot labels must have as many classes as the generator (pass label_dim= to the dataset)"
+            )
+            raise ValueError(
+                f"data labels {tuple(labels.shape)} != [{micro}, label_dim={self.generator.label_dim}]: {hint}"
+            )
         labels = None if labels is None else labels.to(self.device, torch.float32, non_blocking=True)
         return x_real.to(self.device, non_blocking=True), labels
 
@@ -418,7 +457,8 @@ class Distiller:
         return save_training_state(path, modules=self._modules(), state=state)
 
     def load(self, path: str | Path) -> None:
-        """Resume from :meth:`save`'s checkpoint; the next :meth:`step` continues the same trace.
+        """Resume from [`save`][scoredistill.Distiller.save]'s checkpoint; the next
+        [`step`][scoredistill.Distiller.step] continues the same trace.
 
         All or nothing: every file's digest, every network's keys and shapes, the config, the counters and the
         optimiser and loss-scaler states are read and checked before anything here changes, so a refused
@@ -516,11 +556,12 @@ class Distiller:
                 ``training_state/`` and the evaluation artefacts go. ``None`` keeps nothing.
             log_every_nimg: Images between log records (the only host synchronisations of the loop).
             checkpoint_every_nimg: Images between checkpoints (``None``: only at the end and on interruption).
-            progress: Show a progress bar on rank 0.
+            progress: Show a progress bar on rank 0 (the log records are printed on rank 0 either way).
             on_log: Called with every log record.
             metric: Evaluates the EMA generator at the start of a fresh run, every ``eval_every_nimg`` images and
                 at the end (see
-                :meth:`evaluate`), e.g. :class:`scoredistill.metrics.FIDMetric`.
+                [`evaluate`][scoredistill.Distiller.evaluate]), e.g.
+                [`scoredistill.metrics.FIDMetric`][scoredistill.metrics.FIDMetric].
             eval_every_nimg: Images between evaluations (required with ``metric``).
 
         Returns:
@@ -536,7 +577,7 @@ class Distiller:
             raise ValueError("a metric needs eval_every_nimg > 0 (images between evaluations)")
         log = RunLog(run_dir) if run_dir is not None and self.rank == 0 else None
         ckpt = Path(run_dir) / "training_state" if run_dir is not None else None
-        bar = Progress(self.config.total_nimg, self.nimg, enabled=progress and self.rank == 0)
+        bar = Progress(self.config.total_nimg, self.nimg, enabled=self.rank == 0, bar=progress)
         sums: dict[str, Tensor] = {}
         n, t0, last, eval_s = 0, time.perf_counter(), {}, 0.0
         next_log = self.nimg + log_every_nimg

@@ -21,8 +21,9 @@ class FakeScore(nn.Module, HubMixin):
 
     Args:
         denoiser: A trainable denoiser. When it exposes ``score`` and ``logits`` (a
-            :class:`~scoredistill.precond.Precond` around an encoder backbone), :meth:`score` returns the
-            discriminator logits from the same pass and :meth:`logits` runs the encoder alone.
+            [`Precond`][scoredistill.precond.Precond] around an encoder backbone),
+            [`score`][scoredistill.FakeScore.score] returns the discriminator logits from the same pass and
+            [`logits`][scoredistill.FakeScore.logits] runs the encoder alone.
 
     References:
         Zhou et al. 2025 (SiDA); docs/maths.md, (SiDA-1).
@@ -77,7 +78,7 @@ class FakeScore(nn.Module, HubMixin):
 
     @override
     def to_config(self) -> dict[str, Any]:
-        """The :class:`Precond`'s config (a fake score adds no arguments of its own)."""
+        """The [`Precond`][scoredistill.Precond]'s config (a fake score adds no arguments of its own)."""
         if type(self.denoiser) is not Precond:
             raise TypeError(
                 f"cannot save a FakeScore around a {type(self.denoiser).__name__}: public artefacts hold a "
@@ -88,5 +89,5 @@ class FakeScore(nn.Module, HubMixin):
     @classmethod
     @override
     def from_config(cls, config: Mapping[str, Any]) -> Self:
-        """A freshly initialised fake score from :meth:`to_config` output."""
+        """A freshly initialised fake score from [`to_config`][scoredistill.FakeScore.to_config] output."""
         return cls(Precond.from_config(config))

@@ -29,7 +29,7 @@ def speed_up(
     compile: CompileScope = "off",
     compile_mode: str | None = None,
 ) -> nn.Module:
-    """Apply speed switches in place to a :class:`~scoredistill.precond.Precond`-wrapped backbone.
+    """Apply speed switches in place to a [`Precond`][scoredistill.precond.Precond]-wrapped backbone.
 
     Args:
         denoiser: A denoiser whose backbone is ``denoiser.model`` (or a backbone itself).
@@ -66,8 +66,8 @@ def use_fused_norms(module: nn.Module, enabled: bool | None) -> nn.Module:
     residual blocks fold into them and into their residual sums) and the channels_last box resampling.
 
     Args:
-        module: Any module; its :class:`~scoredistill.networks.layers.GroupNorm` and
-            :class:`~scoredistill.networks.layers.Conv2d` layers are switched in place.
+        module: Any module; its [`GroupNorm`][scoredistill.networks.layers.GroupNorm] and
+            `Conv2d` layers are switched in place.
         enabled: ``None`` (default): fused on CUDA when Triton is available; ``False``: the native ops.
 
     Returns:

@@ -100,7 +100,7 @@ class OneStepGenerator(nn.Module, HubMixin):
 
     @override
     def to_config(self) -> dict[str, Any]:
-        """``sigma_init``, ``sample_shape`` and ``label_dim`` beside the :class:`Precond`'s config."""
+        """``sigma_init``, ``sample_shape`` and ``label_dim`` beside the [`Precond`][scoredistill.Precond]'s config."""
         if type(self.denoiser) is not Precond:
             raise TypeError(
                 f"cannot save a OneStepGenerator around a {type(self.denoiser).__name__}: public artefacts hold a "
@@ -112,7 +112,8 @@ class OneStepGenerator(nn.Module, HubMixin):
     @classmethod
     @override
     def from_config(cls, config: Mapping[str, Any]) -> Self:
-        """A freshly initialised generator from :meth:`to_config` output; unknown keys raise ``ValueError``."""
+        """A freshly initialised generator from [`to_config`][scoredistill.OneStepGenerator.to_config] output; unknown
+        keys raise ``ValueError``."""
         own = ("sigma_init", "sample_shape", "label_dim")
         _check_keys(config, required=(*own, "precond", "backbone"), where="the config")
         net = Precond.from_config({k: v for k, v in config.items() if k not in own})

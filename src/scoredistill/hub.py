@@ -19,7 +19,7 @@ from huggingface_hub import HfApi, ModelCard, ModelHubMixin, snapshot_download
 from typing_extensions import Self, override
 
 from ._card import model_card
-from ._io import atomic_directory
+from ._io import atomic_directory, check_replaceable_artefact
 from ._untrusted import check_hub_revision, check_weight_dtypes, check_weights_file
 from ._version import __version__
 from .artefact import (
@@ -86,7 +86,8 @@ class HubMixin(
 
         The directory is written next to its final place and renamed into it (files get the modes of any file
         the user saves), so readers never see a half-written artefact. An existing directory is replaced only
-        when it holds nothing but these three files.
+        when it is empty or an artefact scoredistill wrote (nothing but these three files, and a ``config.json``
+        with ``_class_name`` and ``_scoredistill_version``).
 
         Args:
             save_directory: The artefact directory, e.g. ``run/generator_ema``.
@@ -118,16 +119,7 @@ class HubMixin(
                 self, dtype=dtype, teacher_id=teacher_id, teacher_revision=teacher_revision, training=training
             )
         path = Path(save_directory)
-        if path.exists():
-            if not path.is_dir():
-                raise FileExistsError(f"{path} exists and is not a directory")
-            ours = (CONFIG_NAME, WEIGHTS_NAME, MODEL_CARD_NAME)
-            foreign = sorted(p.name for p in path.iterdir() if p.name not in ours)
-            if foreign:
-                raise FileExistsError(
-                    f"{path} holds other files ({', '.join(foreign[:5])}): save_pretrained replaces "
-                    "its directory as a whole, so pass a new or dedicated directory"
-                )
+        check_replaceable_artefact(path, (CONFIG_NAME, WEIGHTS_NAME, MODEL_CARD_NAME))
         with atomic_directory(path) as tmp:
             self._hub_mixin_config = config  # what _save_pretrained and generate_model_card read
             card_kwargs = {"license": license, **(model_card_kwargs or {})}

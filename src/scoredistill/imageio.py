@@ -27,7 +27,7 @@ def write_png(path: str | Path, image: np.ndarray, *, compress_level: int = 6) -
         compress_level: zlib level, 0 (none) to 9 (smallest).
 
     Returns:
-        ``path`` as a :class:`~pathlib.Path`.
+        ``path`` as a `Path`.
 
     Example:
         >>> import numpy as np, tempfile, pathlib
@@ -78,7 +78,7 @@ def image_grid(images: Tensor, *, cols: int | None = None) -> np.ndarray:
         cols: Images per row; ``ceil(sqrt(N))`` by default. Empty cells stay black.
 
     Returns:
-        ``[rows * H, cols * W, C]`` uint8 array, ready for :func:`write_png`.
+        ``[rows * H, cols * W, C]`` uint8 array, ready for `write_png`.
     """
     if images.ndim != 4 or images.shape[1] not in (1, 3, 4) or images.shape[0] < 1:
         raise ValueError(f"images must be [N, C, H, W] with N >= 1 and C in 1, 3, 4, got {tuple(images.shape)}")

@@ -1,9 +1,10 @@
 """What a run leaves behind while it trains: a ``stats.jsonl`` log, TensorBoard scalars, and evaluations.
 
-:class:`RunLog` appends one JSON object per log interval and per evaluation to ``stats.jsonl`` in the run
-directory (and writes the same scalars to TensorBoard when ``tensorboard`` is installed), whether or not a
-progress bar is shown. :class:`GeneratorMetric` is the contract of an in-training evaluation such as
-:class:`scoredistill.metrics.FIDMetric`: a callable that scores a generator, lower is better.
+[`RunLog`][scoredistill.monitor.RunLog] appends one JSON object per log interval and per evaluation to ``stats.jsonl``
+in the run directory (and writes the same scalars to TensorBoard when ``tensorboard`` is installed), whether or not a
+progress bar is shown. [`GeneratorMetric`][scoredistill.monitor.GeneratorMetric] is the contract of an in-training
+evaluation such as [`scoredistill.metrics.FIDMetric`][scoredistill.metrics.FIDMetric]: a callable that scores a
+generator, lower is better.
 """
 
 from __future__ import annotations

@@ -84,7 +84,8 @@ class Precond(nn.Module, HubMixin):
     @classmethod
     @override
     def from_config(cls, config: Mapping[str, Any]) -> Self:
-        """A freshly initialised Precond (and backbone) from :meth:`to_config` output; unknown keys raise."""
+        """A freshly initialised Precond (and backbone) from [`to_config`][scoredistill.Precond.to_config] output;
+        unknown keys raise."""
         _check_keys(config, required=("precond", "backbone"), where="the config")
         precond = config["precond"]
         if not isinstance(precond, Mapping):
@@ -171,7 +172,7 @@ def edm_precond(config: EDMUNetConfig | str, *, sigma_data: float = 0.5, **overr
     """Build an EDM denoiser ``Precond(SongUNet | DhariwalUNet)`` whose state-dict keys are EDM's.
 
     Args:
-        config: A backbone config or a name from :data:`~scoredistill.networks.PRESETS`.
+        config: A backbone config or a name from `PRESETS`.
         sigma_data: Standard deviation of the data (EDM: 0.5).
         **overrides: Config fields to replace, e.g. ``dropout=0.0`` or ``label_dropout=0.1``.
 

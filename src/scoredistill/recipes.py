@@ -1,7 +1,7 @@
 """The paper's recipes: hyperparameters of the published SiD / SiDA / SiD²A runs (docs/maths.md) and their wiring.
 
 ``make_distiller`` turns a recipe, a teacher and (for SiDA) a real-data stream into a ready
-:class:`~scoredistill.distill.Distiller`. The example scripts are thin command lines around it.
+[`Distiller`][scoredistill.distill.Distiller]. The example scripts are thin command lines around it.
 """
 
 from __future__ import annotations
@@ -31,7 +31,20 @@ Method = Literal["sid", "sida", "sid2a"]
 
 @dataclass(frozen=True, kw_only=True)
 class Recipe:
-    """One dataset's published settings (``run_sid.sh`` / ``run_sida.sh`` / ``run_sid_sida.sh``)."""
+    """One dataset's published settings (``run_sid.sh`` / ``run_sida.sh`` / ``run_sid_sida.sh``).
+
+    Attributes:
+        preset: Network preset of the EDM teacher, a key of `scoredistill.networks.PRESETS`.
+        lr: Adam learning rate of the generator and the fake score.
+        batch_size: Global batch over all processes (each process gets ``batch_size / world_size``).
+        ema_halflife_nimg: Half-life of the generator's EMA, in images.
+        dropout: Dropout of all three networks.
+        augment_p: Probability of EDM's AugmentPipe on the fake score's inputs (0: off).
+        sid_alpha: SiD's alpha in plain SiD (SiDA and SiD²A use 1.0).
+        sid_generator_beta1: Adam beta1 of the generator in plain SiD.
+        total_nimg: Images per method, ``{"sid": ..., "sida": ..., "sid2a": ...}``; ``None`` (or a missing method):
+            100M.
+    """
 
     preset: str  # network preset of the EDM teacher (scoredistill.networks.PRESETS)
     lr: float  # Adam learning rate of the generator and the fake score
@@ -130,6 +143,21 @@ RECIPES: dict[str, Recipe] = {
         total_nimg={"sid": 500 * _M, "sida": 200 * _M, "sid2a": 100 * _M},
     ),
 }
+"""The published recipes by name, as the example scripts' ``--recipe`` takes them.
+
+- ``"cifar10-uncond"``: CIFAR-10 32x32, unconditional (EDM's VP teacher).
+- ``"cifar10-cond"``: CIFAR-10 32x32, class-conditional.
+- ``"imagenet64"``: ImageNet 64x64, class-conditional (EDM's ADM teacher).
+- ``"ffhq64"``: FFHQ 64x64, unconditional.
+- ``"afhqv2-64"``: AFHQv2 64x64, unconditional.
+
+Example:
+    >>> from scoredistill.recipes import RECIPES
+    >>> sorted(RECIPES)
+    ['afhqv2-64', 'cifar10-cond', 'cifar10-uncond', 'ffhq64', 'imagenet64']
+    >>> RECIPES["cifar10-uncond"].config("sida").generator_start_nimg
+    100000
+"""
 
 
 def load_teacher(
@@ -139,7 +167,8 @@ def load_teacher(
 
     Args:
         source: ``*.pkl`` (EDM/SiD pickle, restricted unpickler), a directory or Hub repo id written by
-            :func:`scoredistill.hub.save_pretrained`, or ``None`` together with ``random_init=True``.
+            [`scoredistill.hub.save_pretrained`][scoredistill.hub.save_pretrained], or ``None`` together with
+            ``random_init=True``.
         preset: Network preset; a random teacher is built from it, and a loaded one must match it.
         random_init: Build a randomly initialised teacher (smoke tests and benchmarks only).
         **overrides: Config fields to replace, e.g. ``dropout=0.13`` (EDM pickles store the teacher's dropout).
@@ -190,14 +219,15 @@ def make_distiller(
     """Wire the roles, losses, augmentation and loop for ``method`` as the paper ran it.
 
     Args:
-        recipe: Dataset settings (see :data:`RECIPES`).
+        recipe: Dataset settings (see [`RECIPES`][scoredistill.recipes.RECIPES]).
         teacher: The teacher network (copied into the generator and the fake score).
         method: ``"sid"`` (data-free), ``"sida"`` or ``"sid2a"`` (both need ``data``).
         data: Real batches ``(x, one-hot labels)`` of the per-process micro-batch, on ``device``.
         generator_init: SiD²A: the SiD generator to fine-tune (a module, or a directory / Hub id).
         world_size: Number of processes (the per-process batch is the global batch divided by it).
         device: Where the networks live.
-        **overrides: :class:`~scoredistill.distill.DistillConfig` fields to replace (precision, micro_batch, ...).
+        **overrides: [`DistillConfig`][scoredistill.distill.DistillConfig] fields to replace (precision, micro_batch,
+            ...).
     """
     if method != "sid" and data is None:
         raise ValueError(f"{method} trains a discriminator on real images: pass data=...")

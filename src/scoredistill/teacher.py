@@ -18,8 +18,8 @@ class Teacher(nn.Module):
 
     Args:
         denoiser: Any module or callable speaking ``D(x, sigma, labels)``, e.g. a
-            :class:`~scoredistill.precond.Precond`-wrapped EDM network or an analytic
-            :class:`~scoredistill.analytic.GaussianMixture`.
+            [`Precond`][scoredistill.precond.Precond]-wrapped EDM network or an analytic
+            [`GaussianMixture`][scoredistill.analytic.GaussianMixture].
         label_dim: Number of classes; read from the denoiser when it has ``label_dim``.
         sample_shape: Shape of one sample, ``(C, H, W)`` or ``(D,)``; read from the denoiser when it says.
 

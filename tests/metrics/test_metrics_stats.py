@@ -432,7 +432,7 @@ def test_cli_fid_errors_are_one_line(argv, message, stand_in_inception, monkeypa
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as info:
         main(argv)
-    assert message in str(info.value.code) and "\n" not in str(info.value.code)
+    assert info.value.code == 2 and message in str(info.value) and "\n" not in str(info.value)
 
 
 def test_cli_fid_errors_on_bad_files(tmp_path, stand_in_inception):

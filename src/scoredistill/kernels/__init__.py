@@ -2,7 +2,7 @@
 
 The ``fused_*_available`` functions answer, for given operands, whether the fused path runs: on CUDA tensors with
 Triton installed, unless ``SCOREDISTILL_KERNELS=0`` is set or ``use_kernels=False`` is passed. The callers (the
-layers in :mod:`scoredistill.networks.layers`, the loss dispatch in :mod:`scoredistill.losses.dispatch`) import a
+layers in `scoredistill.networks.layers`, the loss dispatch in `scoredistill.losses.dispatch`) import a
 kernel module lazily when the answer is yes and run their reference otherwise. The choice never changes the maths,
 only the speed. This package imports nothing from the rest of scoredistill: it is the bottom layer.
 """
@@ -57,7 +57,7 @@ def channels_last(t: Tensor) -> bool:
 
 
 def fused_group_norm_available(x: Tensor, num_groups: int, use_kernels: bool | None = None) -> bool:
-    """Whether :class:`~scoredistill.networks.layers.GroupNorm` runs its fused Triton kernels on ``x``."""
+    """Whether [`GroupNorm`][scoredistill.networks.layers.GroupNorm] runs its fused Triton kernels on ``x``."""
     if not _use_fused(x, use_kernels):
         return False
     from .groupnorm_triton import supported
@@ -66,7 +66,7 @@ def fused_group_norm_available(x: Tensor, num_groups: int, use_kernels: bool | N
 
 
 def fused_resample_available(x: Tensor, use_kernels: bool | None = None) -> bool:
-    """Whether box resampling (:class:`~scoredistill.networks.layers.Conv2d`) runs its Triton kernels on ``x``.
+    """Whether box resampling (`Conv2d`) runs its Triton kernels on ``x``.
 
     Only channels_last tensors: PyTorch's own kernels are fast on contiguous ones.
     """
@@ -78,7 +78,8 @@ def fused_resample_available(x: Tensor, use_kernels: bool | None = None) -> bool
 
 
 def fused_residual_available(h: Tensor, x: Tensor | None, bias: Tensor, use_kernels: bool | None = None) -> bool:
-    """Whether :func:`~scoredistill.networks.layers.residual_add` runs its fused Triton kernel on these operands."""
+    """Whether [`residual_add`][scoredistill.networks.layers.residual_add] runs its fused Triton kernel on these
+    operands."""
     if not _use_fused(h, use_kernels):
         return False
     from .residual_triton import supported
@@ -89,7 +90,7 @@ def fused_residual_available(h: Tensor, x: Tensor | None, bias: Tensor, use_kern
 def fused_sid_available(
     x_g: Tensor, d_real: Tensor, d_fake: Tensor, logits_fake: Tensor | None, use_kernels: bool | None = None
 ) -> bool:
-    """Whether SiD's generator terms run their fused kernel (:mod:`~scoredistill.kernels.sid_triton`) here."""
+    """Whether SiD's generator terms run their fused kernel (`sid_triton`) here."""
     if not _use_fused(x_g, use_kernels):
         return False
     from .sid_triton import supported
@@ -105,7 +106,7 @@ def fused_fake_score_available(
     logits_fake: Tensor | None,
     use_kernels: bool | None = None,
 ) -> bool:
-    """Whether the fake-score terms run their fused kernel (:mod:`~scoredistill.kernels.dsm_triton`) here."""
+    """Whether the fake-score terms run their fused kernel (`dsm_triton`) here."""
     if not _use_fused(denoised, use_kernels):
         return False
     from .dsm_triton import supported

@@ -1,12 +1,13 @@
 """Fused Triton kernels for the fake-score phase: EDM's DSM loss and SiDA's discriminator loss.
 
-:func:`fake_score_terms` has exactly the contract of :func:`scoredistill.losses.functional.fake_score_terms`,
-in one kernel launch each way:
+`fake_score_terms` has exactly the contract of
+[`scoredistill.losses.functional.fake_score_terms`][scoredistill.losses.functional.fake_score_terms], in one kernel
+launch each way:
 
 * forward: one pass over ``denoised`` and ``x0`` (each sample split over several programs) writing partial sums
   of ``(D - x0)^2`` and of non-finite counts; the first program of each sample also reduces that sample's rows of
   the two ``[B, 1, h, w]`` logit maps (the discriminator term). The last program to finish (arrival counter,
-  :func:`scoredistill.kernels.triton_utils._counter`) reduces everything in a fixed order and applies
+  `scoredistill.kernels.triton_utils._counter`) reduces everything in a fixed order and applies
   ``lambda(sigma) = (sigma^2 + sigma_d^2) / (sigma sigma_d)^2``, the masks (a sample is dropped when ``D``,
   ``x0`` or ``sigma`` holds a non-finite value; a logit row when its logits or ``sigma`` do) and the batch mean
   of the discriminator term.
@@ -291,7 +292,7 @@ class _DSMFunction(torch.autograd.Function):
 def supported(
     denoised: Tensor, x0: Tensor, sigma: Tensor, *, logits_real: Tensor | None = None, logits_fake: Tensor | None = None
 ) -> bool:
-    """Whether :func:`fake_score_terms` takes these inputs: float32, bfloat16 or float16 tensors of one CUDA
+    """Whether `fake_score_terms` takes these inputs: float32, bfloat16 or float16 tensors of one CUDA
     device (or any device under ``TRITON_INTERPRET=1``), at least one-dimensional, ``sigma`` without gradient."""
     logits = tuple(t for t in (logits_real, logits_fake) if t is not None)
     return denoised.dim() >= 1 and not sigma.requires_grad and _supported(denoised, x0, sigma, *logits)
@@ -306,7 +307,8 @@ def fake_score_terms(
     logits_real: Tensor | None = None,
     logits_fake: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
-    """Fused :func:`scoredistill.losses.functional.fake_score_terms` (same contract, same maths).
+    """Fused [`scoredistill.losses.functional.fake_score_terms`][scoredistill.losses.functional.fake_score_terms] (same
+    contract, same maths).
 
     Args:
         denoised: The fake score's output ``[B, ...]`` (float32, bfloat16 or float16; any strides).
@@ -322,7 +324,7 @@ def fake_score_terms(
         ``None``); non-finite samples give 0 and zero gradient.
 
     Raises:
-        ValueError: Inputs that :func:`supported` refuses (the dispatch in :mod:`scoredistill.losses.dispatch`
+        ValueError: Inputs that `supported` refuses (the dispatch in `scoredistill.losses.dispatch`
             runs the reference for those), or shapes that do not match.
     """
     if denoised.shape != x0.shape:

@@ -1,7 +1,7 @@
 """Fused group normalisation with the UNet block's conditioning and SiLU, forward and backward, in Triton.
 
-Computes :func:`scoredistill.networks.layers.group_norm_act` (the reference), for ``x`` of shape ``[B, C, H, W]``
-stored contiguous (NCHW) or channels_last (NHWC)::
+Computes [`scoredistill.networks.layers.group_norm_act`][scoredistill.networks.layers.group_norm_act] (the reference),
+for ``x`` of shape ``[B, C, H, W]`` stored contiguous (NCHW) or channels_last (NHWC)::
 
     y = silu( (group_norm(x + add) * weight + bias) * scale + shift )
 
@@ -286,7 +286,7 @@ def _tiles(C: int, HW: int, nhwc: bool, backward: bool) -> tuple[int, int, int, 
 
 @functools.lru_cache(maxsize=1024)
 def _plan(C: int, HW: int, groups: int, nhwc: bool, backward: bool) -> Plan:
-    """The tiling of the forward or backward pass for one shape and layout (see :func:`_tiles`)."""
+    """The tiling of the forward or backward pass for one shape and layout (see `_tiles`)."""
     block_hw, block_c, num_warps, cb_first = _tiles(C, HW, nhwc, backward)
     k = triton.cdiv(HW, block_hw)
     if k > MAX_TILES_HW:
@@ -420,8 +420,8 @@ def group_norm_act(
     shift: Tensor | None = None,
     silu: bool = False,
 ) -> Tensor:
-    """Fused :func:`scoredistill.networks.layers.group_norm_act` (same contract): output in ``x``'s dtype and
-    memory format; gradients into every tensor argument in its own dtype."""
+    """Fused [`scoredistill.networks.layers.group_norm_act`][scoredistill.networks.layers.group_norm_act] (same
+    contract): output in ``x``'s dtype and memory format; gradients into every tensor argument in its own dtype."""
     C = x.shape[1]
     if weight.shape != (C,) or bias.shape != (C,):
         raise ValueError(f"weight and bias must be [C] = [{C}], got {tuple(weight.shape)}, {tuple(bias.shape)}")

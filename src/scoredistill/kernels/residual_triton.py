@@ -7,8 +7,9 @@ branch's last convolution is followed by the residual sum anyway, so the bias is
 ``scale``) and the bias its per-channel sum, as for the unfused ops.
 
 ``h`` and ``x`` must be dense with the same strides (both contiguous or both channels_last) and dtype; the sum
-runs in float32 and is rounded once to their dtype. :func:`supported` says whether a call qualifies; the
-dispatching :func:`scoredistill.networks.layers.residual_add` runs the native ops otherwise.
+runs in float32 and is rounded once to their dtype. `supported` says whether a call qualifies; the
+dispatching [`scoredistill.networks.layers.residual_add`][scoredistill.networks.layers.residual_add] runs the native ops
+otherwise.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class _ResidualAdd(torch.autograd.Function):
 
 
 def residual_add(h: Tensor, x: Tensor | None, bias: Tensor, scale: float = 1.0) -> Tensor:
-    """``(h + x + bias[None, :, None, None]) * scale`` (``x`` optional), fused; see :func:`supported`."""
+    """``(h + x + bias[None, :, None, None]) * scale`` (``x`` optional), fused; see `supported`."""
     if not supported(h, x, bias):
         raise ValueError(
             "residual_add needs 4-D h and x of one dtype, device and dense layout, and a [C] bias on that device; "

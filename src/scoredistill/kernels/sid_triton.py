@@ -1,8 +1,9 @@
 """Fused Triton kernels for SiD's generator loss and SiDA's generator adversarial term.
 
-The public function :func:`sid_generator_terms` has exactly the contract of
-:func:`scoredistill.losses.functional.sid_generator_terms` (the reference): same inputs, same ``[B]`` float32
-outputs, same gradients, same masking of non-finite samples. What changes is the memory traffic and the number of
+The public function `sid_generator_terms` has exactly the contract of
+[`scoredistill.losses.functional.sid_generator_terms`][scoredistill.losses.functional.sid_generator_terms] (the
+reference): same inputs, same ``[B]`` float32 outputs, same gradients, same masking of non-finite samples. What changes
+is the memory traffic and the number of
 launches: one kernel launch each way, whatever the options.
 
 * forward, one pass over ``x_g``, ``d_real``, ``d_fake``: every sample is split over several programs (so that a
@@ -10,7 +11,7 @@ launches: one kernel launch each way, whatever the options.
   ``sum delta (a - alpha delta)`` with ``delta = d_real - d_fake`` and ``a = d_real - x_g``, and a count of
   non-finite values) into a small buffer. The first program of each sample also reduces that sample's row of the
   ``[B, 1, h, w]`` logit map (the SiDA term), so the logits cost no extra launch and are spread over ``B``
-  programs. The last program to finish (an arrival counter, see :func:`_counter`) reduces all partials in a fixed
+  programs. The last program to finish (an arrival counter, see `_counter`) reduces all partials in a fixed
   order (deterministic: the order never depends on which program came last), applies the L1 normaliser
   ``w = 1 / max(mean |x_g - d_real|, 1e-5)``, the mask and the batch mean of the adversarial term.
 * backward, one pass reading the three inputs and writing the three gradients (in the inputs' dtypes):
@@ -23,8 +24,8 @@ Nothing synchronises with the host: the mask lives in the weights, never in a Py
 contiguous or channels_last (all with one layout) are read in place; the per-sample sums do not depend on the
 order of the elements inside a sample.
 
-The helpers shared with the other kernels live in :mod:`scoredistill.kernels.triton_utils`. This module imports
-nothing from :mod:`scoredistill.losses`: the dispatch there passes the reference's constants in.
+The helpers shared with the other kernels live in `scoredistill.kernels.triton_utils`. This module imports
+nothing from `scoredistill.losses`: the dispatch there passes the reference's constants in.
 """
 
 from __future__ import annotations
@@ -317,7 +318,7 @@ class _SiDFunction(torch.autograd.Function):
 
 
 def supported(x_g: Tensor, d_real: Tensor, d_fake: Tensor, logits_fake: Tensor | None = None) -> bool:
-    """Whether :func:`sid_generator_terms` takes these inputs: float32, bfloat16 or float16 tensors of one CUDA
+    """Whether `sid_generator_terms` takes these inputs: float32, bfloat16 or float16 tensors of one CUDA
     device (or any device under ``TRITON_INTERPRET=1``), at least one-dimensional."""
     tensors = (x_g, d_real, d_fake) if logits_fake is None else (x_g, d_real, d_fake, logits_fake)
     return x_g.dim() >= 1 and _supported(*tensors)
@@ -333,7 +334,8 @@ def sid_generator_terms(
     l1_floor: float = L1_FLOOR,
     logit_clamp: float = LOGIT_CLAMP,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Fused :func:`scoredistill.losses.functional.sid_generator_terms` (same contract, same maths).
+    """Fused [`scoredistill.losses.functional.sid_generator_terms`][scoredistill.losses.functional.sid_generator_terms]
+    (same contract, same maths).
 
     Args:
         x_g: Generator samples ``[B, ...]`` (float32, bfloat16 or float16; any strides).
@@ -351,7 +353,7 @@ def sid_generator_terms(
         into ``x_g``, ``d_real``, ``d_fake`` and ``logits_fake`` in their own dtypes.
 
     Raises:
-        ValueError: Inputs that :func:`supported` refuses (the dispatch in :mod:`scoredistill.losses.dispatch`
+        ValueError: Inputs that `supported` refuses (the dispatch in `scoredistill.losses.dispatch`
             runs the reference for those), or shapes that do not match.
     """
     if not (x_g.shape == d_real.shape == d_fake.shape):

@@ -1,7 +1,7 @@
 """Helpers shared by the Triton kernels: launch plans, the fast launcher, arrival counters and small jit functions.
 
-Used by :mod:`~scoredistill.kernels.sid_triton`, :mod:`~scoredistill.kernels.dsm_triton` (all of it) and the
-network kernels (:data:`SUPPORTED_DTYPES`, :func:`_launch`). Imports Triton: load it only where Triton runs.
+Used by `sid_triton`, `dsm_triton` (all of it) and the
+network kernels (`SUPPORTED_DTYPES`, `_launch`). Imports Triton: load it only where Triton runs.
 """
 
 from __future__ import annotations
@@ -212,7 +212,7 @@ def _counter(t: Tensor) -> Tensor | None:
     Each stream gets its own slot, so kernels running concurrently on different streams never share a counter; a
     slot is zero before and after every launch (the last program resets it), also under CUDA-graph replay. The
     slots are allocated once per device, outside any graph capture: a first call while capturing (or more than
-    :data:`COUNTER_SLOTS` streams) returns ``None`` and the caller finishes with a second launch instead. Graphs
+    `COUNTER_SLOTS` streams) returns ``None`` and the caller finishes with a second launch instead. Graphs
     captured on one stream and replayed concurrently on several share that stream's slot: don't.
     """
     if not ONE_LAUNCH:

@@ -1,4 +1,4 @@
-"""Distillation losses: pure maths in :mod:`~scoredistill.losses.functional`, plug-ins around it."""
+"""Distillation losses: pure maths in [`functional`][scoredistill.losses.functional], plug-ins around it."""
 
 from . import functional as functional
 from .adversarial import AdversarialEncoderLoss as AdversarialEncoderLoss

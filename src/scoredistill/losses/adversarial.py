@@ -18,8 +18,8 @@ class AdversarialEncoderLoss(LossModule):
       real images are noised with the fake branch's sigma and noise.
     - Generator phase: per sample ``generator_scale * C*H*W * w_i * l_adv`` with
       ``l_adv = BCE(clamp(d_fake, -10, 10), 1)`` averaged over this process's batch (the paper's per-GPU batch
-      normalisation), ``w_i`` SiD's L1 weight. With ``generator_weight = 1`` next to :class:`SiDLoss`, the loop
-      forms ``0.5 L_sid + 0.5 L_adv`` once ``generator_start_nimg`` images have been seen (SiDA-4).
+      normalisation), ``w_i`` SiD's L1 weight. With ``generator_weight = 1`` next to [`SiDLoss`][scoredistill.SiDLoss],
+      the loop forms ``0.5 L_sid + 0.5 L_adv`` once ``generator_start_nimg`` images have been seen (SiDA-4).
 
     Args:
         generator_scale: The reference's ``loss_scaling_G_gan`` (0.01).

@@ -40,7 +40,7 @@ class Evaluation:
         teacher: The teacher ``f_phi`` (needed by the generator phase only).
         real: The noised real images with the SAME sigma and noise (SiDA's fake-score phase), or ``None``.
         nimg: Images seen so far (losses with a schedule read it).
-        use_kernels: Passed to :mod:`scoredistill.losses.dispatch` (``None``: fused on CUDA when available).
+        use_kernels: Passed to `scoredistill.losses.dispatch` (``None``: fused on CUDA when available).
     """
 
     def __init__(
@@ -94,7 +94,8 @@ class Evaluation:
         return self._fake_score.logits(self.real.x_t, self.real.sigma, self.real.labels, self.real.augment_labels)
 
     def generator_terms(self, alpha: float | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
-        """``(sid, weight, adv)`` of :func:`~scoredistill.losses.functional.sid_generator_terms`, memoised.
+        """``(sid, weight, adv)`` of [`sid_generator_terms`][scoredistill.losses.functional.sid_generator_terms],
+        memoised.
 
         The adversarial term is included whenever the fake score returns logits. ``weight`` and ``adv`` do not
         depend on alpha: ``alpha=None`` reuses the terms another plug-in already asked for (alpha 1 if none).
@@ -114,7 +115,7 @@ class Evaluation:
 
     @cached_property
     def fake_score_terms(self) -> tuple[Tensor, Tensor | None]:
-        """``(dsm, disc)`` of :func:`~scoredistill.losses.functional.fake_score_terms`.
+        """``(dsm, disc)`` of [`fake_score_terms`][scoredistill.losses.functional.fake_score_terms].
 
         The discriminator term is included when real images are present and the fake score has an encoder.
         """

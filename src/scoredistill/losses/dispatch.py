@@ -1,7 +1,7 @@
-"""The loss terms with their fused kernels: the reference of :mod:`~scoredistill.losses.functional` everywhere,
-the Triton kernels of :mod:`scoredistill.kernels` where they can run (same signatures, same maths).
+"""The loss terms with their fused kernels: the reference of [`functional`][scoredistill.losses.functional] everywhere,
+the Triton kernels of `scoredistill.kernels` where they can run (same signatures, same maths).
 
-The same pattern as the networks' layers: ask :mod:`scoredistill.kernels` whether the fused path is available for
+The same pattern as the networks' layers: ask `scoredistill.kernels` whether the fused path is available for
 these operands, import the kernel lazily if so, and run the reference otherwise.
 """
 
@@ -24,7 +24,8 @@ def sid_generator_terms(
     logits_fake: Tensor | None = None,
     use_kernels: bool | None = None,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Dispatching :func:`scoredistill.losses.functional.sid_generator_terms`.
+    """Dispatching
+    [`scoredistill.losses.functional.sid_generator_terms`][scoredistill.losses.functional.sid_generator_terms].
 
     Example:
         >>> import torch
@@ -52,7 +53,8 @@ def fake_score_terms(
     logits_fake: Tensor | None = None,
     use_kernels: bool | None = None,
 ) -> tuple[Tensor, Tensor | None]:
-    """Dispatching :func:`scoredistill.losses.functional.fake_score_terms`."""
+    """Dispatching
+    [`scoredistill.losses.functional.fake_score_terms`][scoredistill.losses.functional.fake_score_terms]."""
     if kernels.fused_fake_score_available(denoised, x0, sigma, logits_real, logits_fake, use_kernels):
         from ..kernels.dsm_triton import fake_score_terms as fused
 

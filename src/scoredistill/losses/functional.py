@@ -72,8 +72,8 @@ def sid_generator_loss(x_g: Tensor, d_real: Tensor, d_fake: Tensor, *, alpha: fl
     """Score-identity generator loss per sample (SiD-4–SiD-5).
 
     ``L_i = w_i * sum_p (d_real - d_fake)_p [(d_real - x_g)_p - alpha (d_real - d_fake)_p]`` with ``w_i`` from
-    :func:`l1_weight` under stop-gradient. Gradients flow into all three inputs (the reference freezes the score
-    networks' parameters, not their outputs).
+    [`l1_weight`][scoredistill.losses.functional.l1_weight] under stop-gradient. Gradients flow into all three inputs
+    (the reference freezes the score networks' parameters, not their outputs).
 
     Args:
         x_g: Generator samples.
@@ -175,7 +175,7 @@ def adversarial_generator_loss(logits_fake: Tensor, weight: Tensor, *, numel: in
 
     Args:
         logits_fake: ``[B, 1, h, w]`` encoder logits at the generator phase's ``x_t``.
-        weight: ``[B]`` SiD's L1 normaliser ``w`` (:func:`l1_weight`).
+        weight: ``[B]`` SiD's L1 normaliser ``w`` ([`l1_weight`][scoredistill.losses.functional.l1_weight]).
         numel: Elements per sample of the generated image, ``C * H * W``.
 
     Returns:
@@ -207,8 +207,10 @@ def sid_generator_terms(
         logits_fake: ``[B, 1, h, w]`` discriminator logits at ``x_t``, or ``None`` (no adversarial term).
 
     Returns:
-        ``(sid, weight, adv)``: :func:`sid_generator_loss`, :func:`l1_weight` and, when logits are given,
-        :func:`adversarial_generator_loss` with ``numel = C*H*W``; each ``[B]`` float32.
+        ``(sid, weight, adv)``: [`sid_generator_loss`][scoredistill.losses.functional.sid_generator_loss],
+        [`l1_weight`][scoredistill.losses.functional.l1_weight] and, when logits are given,
+        [`adversarial_generator_loss`][scoredistill.losses.functional.adversarial_generator_loss] with ``numel =
+        C*H*W``; each ``[B]`` float32.
     """
     sid = sid_generator_loss(x_g, d_real, d_fake, alpha=alpha)
     weight = l1_weight(x_g, d_real) * finite_samples(d_fake)
@@ -230,8 +232,9 @@ def fake_score_terms(
     """Everything the fake-score phase needs, in one call (the fused kernels' contract).
 
     Returns:
-        ``(dsm, disc)``: :func:`dsm_loss` and, when both logit maps are given,
-        :func:`adversarial_discriminator_loss`; each ``[B]`` float32.
+        ``(dsm, disc)``: [`dsm_loss`][scoredistill.losses.functional.dsm_loss] and, when both logit maps are given,
+        [`adversarial_discriminator_loss`][scoredistill.losses.functional.adversarial_discriminator_loss]; each ``[B]``
+        float32.
     """
     dsm = dsm_loss(denoised, x0, sigma, sigma_data=sigma_data)
     disc = None

@@ -1,7 +1,7 @@
 """Sample-quality metrics: FID (Heusel et al. 2017) and improved precision/recall (Kynkäänniemi et al. 2019).
 
 The optional extra ``metrics`` (``pip install scoredistill[metrics]``). Statistics and distances come from
-:mod:`scoredistill.metrics.stats`; the Inception network from :mod:`scoredistill.metrics.inception`, imported
+`scoredistill.metrics.stats`; the Inception network from `scoredistill.metrics.inception`, imported
 only when one of its names is first used, so importing this package loads no network.
 """
 

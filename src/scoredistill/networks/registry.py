@@ -43,7 +43,7 @@ def backbone_to_config(model: nn.Module) -> dict[str, Any]:
 
 
 def backbone_from_config(data: Mapping[str, Any]) -> nn.Module:
-    """A freshly initialised backbone for :func:`backbone_to_config` output.
+    """A freshly initialised backbone for `backbone_to_config` output.
 
     Raises:
         ValueError: Unknown class, missing or unknown keys, or a config its class refuses.
@@ -60,7 +60,8 @@ def backbone_from_config(data: Mapping[str, Any]) -> nn.Module:
 
 
 def build_backbone(config: Any) -> nn.Module:
-    """The backbone for an EDM UNet config dataclass: :class:`SongUNet` or :class:`DhariwalUNet`."""
+    """The backbone for an EDM UNet config dataclass: [`SongUNet`][scoredistill.networks.SongUNet] or
+    [`DhariwalUNet`][scoredistill.networks.DhariwalUNet]."""
     for cls in BACKBONES.values():
         if type(config) is getattr(cls, "config_class", None):
             return cls(config)

@@ -4,7 +4,7 @@ A clean-room implementation from the papers: Song et al. 2021, "Score-Based Gene
 Stochastic Differential Equations" (App. H: DDPM++ and NCSN++), with the EDM settings of Karras et al. 2022
 (App. F.2: additive embedding, sqrt(0.5) skip scaling, xavier-uniform initialisation, near-zero last layers).
 State-dict keys match EDM's ``SongUNet`` so published teachers load unchanged; see
-:func:`scoredistill.networks.load_edm_state_dict`.
+[`scoredistill.networks.load_edm_state_dict`][scoredistill.networks.load_edm_state_dict].
 """
 
 from __future__ import annotations
@@ -83,9 +83,10 @@ def _from_dict(cls: type, data: Mapping[str, Any]) -> Any:
 
 @dataclass(frozen=True, kw_only=True)
 class SongUNetConfig:
-    """Constructor arguments of :class:`SongUNet`, under EDM's names (``SongUNet``/``EDMPrecond`` kwargs).
+    """Constructor arguments of [`SongUNet`][scoredistill.networks.SongUNet], under EDM's names
+    (``SongUNet``/``EDMPrecond`` kwargs).
 
-    Defaults are EDM's DDPM++ at 64x64 (channel_mult 1,2,2,2); see :mod:`.presets` for the published teachers.
+    Defaults are EDM's DDPM++ at 64x64 (channel_mult 1,2,2,2); see `.presets` for the published teachers.
     """
 
     # fmt: off
@@ -127,12 +128,14 @@ class SongUNetConfig:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (tuples become lists); inverse of :meth:`from_dict`."""
+        """JSON-ready dict (tuples become lists); inverse of
+        [`from_dict`][scoredistill.networks.SongUNetConfig.from_dict]."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SongUNetConfig:
-        """Build from :meth:`to_dict` output (lists become tuples); unknown keys raise ``ValueError``."""
+        """Build from [`to_dict`][scoredistill.networks.SongUNetConfig.to_dict] output (lists become tuples); unknown
+        keys raise ``ValueError``."""
         return _from_dict(cls, data)
 
 
@@ -148,7 +151,7 @@ class SongUNet(EncoderDecoderUNet):
     or on every level for ``decoder_type='skip'``).
 
     Args:
-        config: Architecture; see :class:`SongUNetConfig`.
+        config: Architecture; see [`SongUNetConfig`][scoredistill.networks.SongUNetConfig].
 
     Shape:
         x: ``[B, C, R, R]``; noise_labels: ``[B]``; class_labels: ``[B, label_dim]`` or ``None``;

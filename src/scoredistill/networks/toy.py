@@ -56,12 +56,13 @@ class MLP(nn.Module):
         self.out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, dim))
 
     def to_config(self) -> dict[str, Any]:
-        """The constructor arguments (what ``config.json`` records); :meth:`from_config` inverts it."""
+        """The constructor arguments (what ``config.json`` records);
+        [`from_config`][scoredistill.networks.toy.MLP.from_config] inverts it."""
         return dict(self.init_kwargs)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> MLP:
-        """A freshly initialised network from :meth:`to_config` output."""
+        """A freshly initialised network from [`to_config`][scoredistill.networks.toy.MLP.to_config] output."""
         return cls(**config)
 
     def _encode(self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None) -> Tensor:
@@ -147,12 +148,13 @@ class TinyUNet(nn.Module):
         self.conv_out = nn.Conv2d(channels, img_channels, 3, padding=1)
 
     def to_config(self) -> dict[str, Any]:
-        """The constructor arguments (what ``config.json`` records); :meth:`from_config` inverts it."""
+        """The constructor arguments (what ``config.json`` records);
+        [`from_config`][scoredistill.networks.toy.TinyUNet.from_config] inverts it."""
         return dict(self.init_kwargs)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> TinyUNet:
-        """A freshly initialised network from :meth:`to_config` output."""
+        """A freshly initialised network from [`to_config`][scoredistill.networks.toy.TinyUNet.to_config] output."""
         return cls(**config)
 
     def _embed(self, noise_labels: Tensor, class_labels: Tensor | None, augment_labels: Tensor | None) -> Tensor:
