@@ -56,3 +56,15 @@ def test_sida_corrects_a_biased_teacher_towards_the_data():
     assert sid > 0.5 * teacher_l1, sid
     assert sida < 0.4 * sid and sida < 0.15, (sid, sida)
     assert report.rows[sida_name].near_mode > 0.8
+
+
+def test_demo_command_prints_the_table_writes_panels_and_fails_below_the_bar(tmp_path, capsys):
+    from scoredistill.cli import main
+
+    # 20 steps cannot sharpen the student: the command must say so and exit with status 1.
+    code = main(["demo", "--steps", "20", "--fit-steps", "20", "--sida", "--quiet", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 1 and "FAILED SiD student" in out and "| SiDA student" in out and "MMD²" in out
+    header = (tmp_path / "demo_samples.png").read_bytes()[:24]  # PNG signature, then IHDR: width, height
+    width, height = int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")
+    assert (height, width) == (256, 3 * 256 + 2 * 4)  # teacher, SiD, SiDA side by side
