@@ -161,3 +161,26 @@ def infer_sample_shape(denoiser: object) -> tuple[int, ...] | None:
         if config is not None and hasattr(config, "img_channels") and hasattr(config, "img_resolution"):
             return (int(config.img_channels), int(config.img_resolution), int(config.img_resolution))
     return None
+
+
+def resolve_sample_shape(
+    denoiser: object, sample_shape: tuple[int, ...] | None, *, role: str, required: bool = True
+) -> tuple[int, ...] | None:
+    """The sample shape every role (teacher, generator, fake score) settles on, by one rule.
+
+    ``sample_shape`` when given, else what `infer_sample_shape` reads from the denoiser or its backbone.
+    The generator must know it (it draws the noise); a teacher or fake score around a resolution-agnostic
+    network (a convolutional backbone, a plain function) may leave it ``None`` (``required=False``).
+
+    Raises:
+        ValueError: If ``required`` and neither says, naming the role and what to pass.
+    """
+    shape = tuple(sample_shape) if sample_shape is not None else infer_sample_shape(denoiser)
+    if shape is None and not required:
+        return None
+    if shape is None:
+        raise ValueError(
+            f"{role}: pass sample_shape=(C, H, W) or (D,): the {type(denoiser).__name__} does not say its sample "
+            "shape (no sample_shape attribute, and no backbone config with img_channels and img_resolution)"
+        )
+    return tuple(int(s) for s in shape)

@@ -16,7 +16,9 @@ from torch import Tensor, nn
 
 from ._types import as_sigma
 
-__all__ = ["GaussianMixture", "energy_distance"]
+__all__ = ["MMD_BANDWIDTHS", "GaussianMixture", "energy_distance", "mmd2"]
+
+MMD_BANDWIDTHS = (0.05, 0.2, 1.0)  # RBF bandwidths of mmd2: a ring mode's std, a mode's neighbourhood, the ring
 
 
 class GaussianMixture(nn.Module):
@@ -129,3 +131,24 @@ def energy_distance(x: Tensor, y: Tensor) -> Tensor:
     """The energy distance ``2 E|x - y| - E|x - x'| - E|y - y'|`` between two samples (0 iff equal laws)."""
     x, y = x.flatten(1).float(), y.flatten(1).float()
     return 2 * torch.cdist(x, y).mean() - torch.cdist(x, x).mean() - torch.cdist(y, y).mean()
+
+
+def mmd2(x: Tensor, y: Tensor, *, bandwidths: tuple[float, ...] = MMD_BANDWIDTHS) -> Tensor:
+    """Unbiased squared maximum mean discrepancy between two samples with a mean of RBF kernels.
+
+    ``k(a, b) = mean_h exp(-|a - b|^2 / (2 h^2))`` over ``bandwidths`` (default 0.05, 0.2 and 1.0: the
+    demo ring's mode std, a mode's neighbourhood and the ring's radius). Near 0 (it can dip below) for equal
+    laws; the unbiased estimate's noise at 4000 samples each is about 1e-4.
+    """
+    x, y = x.flatten(1).float(), y.flatten(1).float()
+    n, m = x.shape[0], y.shape[0]
+    if n < 2 or m < 2:
+        raise ValueError(f"mmd2 needs at least 2 samples on each side, got {n} and {m}")
+
+    def k(a: Tensor, b: Tensor) -> Tensor:
+        d2 = torch.cdist(a, b).square()
+        return sum(torch.exp(-d2 / (2 * h * h)) for h in bandwidths) / len(bandwidths)
+
+    kxx = (k(x, x).sum() - n) / (n * (n - 1))  # the diagonal (k = 1) left out: unbiased
+    kyy = (k(y, y).sum() - m) / (m * (m - 1))
+    return kxx + kyy - 2 * k(x, y).mean()

@@ -186,56 +186,60 @@ def _write_image(out: Path, write: Callable[[Path], Any]) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    import torch
-
-    from .analytic import GaussianMixture
-    from .demo import run_demo, write_scatter_png
+    from .demo import run_demo_report, write_panels_png
 
     _check_device("--device", args.device)
     out = Path(args.out)
     if out.exists() and not out.is_dir():  # checked before training, not after it
         raise SystemExit(f"--out {out} is a file: pass a directory for demo_samples.png")
+    sida = args.sida or args.biased_teacher
     print(
-        f"Distilling an 8-Gaussian ring into a one-step MLP generator: {args.steps} steps of {args.batch_size} "
-        f"images, alpha={args.alpha}, seed={args.seed} ({args.device}, {args.precision})"
+        f"Distilling an 8-Gaussian ring{' (teacher biased 3:1 on two modes)' if args.biased_teacher else ''} into "
+        f"one-step MLP generators ({'SiD and SiDA' if sida else 'SiD'}): {args.steps} steps of {args.batch_size} "
+        f"points, lr {args.lr}, alpha {args.alpha}, t_max {args.t_max}, seed {args.seed} ({args.device}, "
+        f"{args.precision})"
     )
-    result = run_demo(
+    report = run_demo_report(
+        sida=args.sida,
+        biased_teacher=args.biased_teacher,
+        seed=args.seed,
+        progress=not args.quiet,
         steps=args.steps,
         batch_size=args.batch_size,
         lr=args.lr,
         alpha=args.alpha,
-        seed=args.seed,
+        t_max=args.t_max,
+        sigma_init=args.sigma_init,
+        fit_steps=args.fit_steps,
+        hidden=args.hidden,
+        adversarial_scale=args.adversarial_scale,
         device=args.device,
         precision=args.precision,
-        progress=not args.quiet,
     )
-    mixture = GaussianMixture.ring(8)
-    print(f"\nmass per mode     {'  '.join(f'm{k}' for k in range(8))}")
-    for name, mass in (
-        ("true", result.true_mass),
-        ("teacher (ODE)", result.teacher_mass),
-        ("student (1 step)", result.student_mass),
-    ):
-        print(f"{name:<17} " + " ".join(f"{m:.3f}" for m in mass))
-    worst = max(abs(s - t) for s, t in zip(result.student_mass, result.true_mass))
-    print(f"\nlargest mode-mass error of the student: {worst:.3f}")
-    print(
-        f"energy distance to true samples: teacher (32-step Heun ODE, 63 NFE) {result.teacher_energy:.4f}, "
-        f"student (1 NFE) {result.student_energy:.4f}"
-    )
-    print(
-        f"samples within 3 std of a mode: truth {mixture.near_mode(mixture.sample(4000)):.3f}, "
-        f"teacher {result.teacher_near:.3f}, student {result.student_near:.3f} "
-        "(a continuous one-step map from 2-D noise must leave some mass between the modes)"
-    )
-    print(f"distillation took {result.seconds:.1f} s")
+    print()
+    print(report.table())
+    print("\nmode masses (8 modes, counter-clockwise from (1, 0)):")
+    for name, f in report.rows.items():
+        print(f"  {' '.join(f'{m:.3f}' for m in f.mode_mass)}  {name}")
+    failures = report.failures()
+    for name, reasons in failures.items():
+        print(f"FAILED {name}: {'; '.join(reasons)}")
+    if not failures:
+        print("every student passes: >= 0.85 of samples within 3 std of a mode and MMD² < 0.01")
+    print(f"took {report.seconds:.1f} s ({report.cpu_seconds:.1f} s of CPU time)")
+    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    truth = mixture.sample(2000, rng=torch.Generator().manual_seed(0))
-    png = write_scatter_png(
-        out / "demo_samples.png", [(truth, (170, 170, 170)), (result.samples[:2000], (200, 30, 30))]
-    )
-    print(f"wrote {png} (grey: true samples, red: student samples)")
-    return 0
+    truth = report.samples["truth"][:2000]
+    panels = [[(truth, (190, 190, 190)), (x[:2000], colour)] for x, colour in _demo_panels(report)]
+    png = write_panels_png(out / "demo_samples.png", panels)
+    names = ", ".join(k for k in report.samples if k != "truth")
+    print(f"wrote {png}: panels left to right {names} (coloured), over true samples (grey)")
+    return 1 if failures and not args.biased_teacher else 0
+
+
+def _demo_panels(report: Any) -> list[tuple[Tensor, tuple[int, int, int]]]:
+    colours = {"teacher": (40, 90, 200), "SiD": (200, 30, 30), "SiDA": (30, 150, 60)}
+    return [(x, colours[k]) for k, x in report.samples.items() if k in colours]
 
 
 def _load_generator(flag: str, source: str, revision: str | None, device: str) -> Any:
@@ -523,11 +527,30 @@ def main(argv: list[str] | None = None) -> int:
         help="show Python tracebacks instead of one-line errors (or SCOREDISTILL_DEBUG=1)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="distil an analytic 2-D Gaussian mixture on the CPU (about a minute)")
-    demo.add_argument("--steps", type=int, default=1500, help="distillation iterations")
-    demo.add_argument("--batch-size", type=int, default=256, help="images per iteration")
-    demo.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate of both networks")
-    demo.add_argument("--alpha", type=float, default=1.2, help="SiD's alpha")
+    demo = sub.add_parser(
+        "demo", help="distil an analytic 2-D Gaussian mixture on the CPU (about a minute; two with --sida)"
+    )
+    demo.add_argument("--steps", type=int, default=3000, help="distillation iterations")
+    demo.add_argument("--batch-size", type=int, default=256, help="points per iteration")
+    demo.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate of both networks")
+    demo.add_argument("--alpha", type=float, default=0.6, help="SiD's alpha (0.6 is sharpest on the ring)")
+    demo.add_argument("--t-max", type=float, default=0.5, help="SiD's largest noise index as a fraction")
+    demo.add_argument("--sigma-init", type=float, default=2.5, help="the generator's input noise level")
+    demo.add_argument("--fit-steps", type=int, default=3000, help="steps fitting the MLP both roles start from")
+    demo.add_argument("--hidden", type=int, default=128, help="width of the MLPs")
+    demo.add_argument("--sida", action="store_true", help="also train a SiDA student on data from the true mixture")
+    demo.add_argument(
+        "--biased-teacher",
+        action="store_true",
+        help="weight two of the teacher's modes 3:1 against the true data: SiD follows the teacher, SiDA the data "
+        "(implies --sida)",
+    )
+    demo.add_argument(
+        "--adversarial-scale",
+        type=float,
+        default=None,
+        help="SiDA's generator scale (default: 0.01, the paper's; 3 with --biased-teacher)",
+    )
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--out", default="demo-out", help="directory for the samples PNG")
     demo.add_argument("--device", default="cpu", help="where the networks train, e.g. cuda")

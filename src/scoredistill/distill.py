@@ -159,6 +159,34 @@ def _phase_sampler(losses: Sequence[DistillLoss], attr: str) -> SigmaSampler:
     return samplers.pop()
 
 
+def warn_unreached_warmups(config: DistillConfig, losses: Sequence[DistillLoss]) -> list[str]:
+    """Warn (``UserWarning``) about each warm-up the run never leaves; returns the messages.
+
+    A run of ``total_nimg`` images whose ``generator_start_nimg`` (100k in
+    [`DistillConfig.sida`][scoredistill.distill.DistillConfig.sida]) is not below it never updates the generator,
+    and a loss whose own ``generator_start_nimg`` (200k in
+    [`AdversarialEncoderLoss`][scoredistill.losses.AdversarialEncoderLoss]) is not below it never joins the
+    generator objective.
+    """
+    messages = []
+    if config.generator_start_nimg >= config.total_nimg:
+        messages.append(
+            f"total_nimg={config.total_nimg} <= generator_start_nimg={config.generator_start_nimg}: the generator "
+            "never trains (its EMA stays the initial copy); lengthen the run or lower generator_start_nimg"
+        )
+    start = max(config.generator_start_nimg, 0)
+    for loss in losses:
+        own = int(getattr(loss, "generator_start_nimg", 0))
+        if own > 0 and max(own, start) >= config.total_nimg and start < config.total_nimg:
+            messages.append(
+                f"total_nimg={config.total_nimg} <= {type(loss).__name__}'s generator_start_nimg={own}: its "
+                "generator loss never starts; lengthen the run or lower that loss's generator_start_nimg"
+            )
+    for message in messages:
+        warnings.warn(message, UserWarning, stacklevel=3)
+    return messages
+
+
 def sanitize_grads(params: Sequence[nn.Parameter], clip_value: float | None = None) -> None:
     """Replace NaN gradients by 0 and +-Inf by +-1e5 (the reference's rule), then optionally clip values."""
     grads = [p.grad for p in params if p.grad is not None]
@@ -227,12 +255,15 @@ class Distiller:
         self.needs_real = any(getattr(loss, "needs_real_data", False) for loss in losses)
         if self.needs_real and data is None:
             raise ValueError("a loss needs real images (SiDA's discriminator): pass data=...")
-        if teacher.sample_shape is not None and teacher.sample_shape != generator.sample_shape:
-            raise ValueError(f"teacher sample shape {teacher.sample_shape} != generator's {generator.sample_shape}")
+        for name, role in (("teacher", teacher), ("fake score", fake_score)):
+            shape = getattr(role, "sample_shape", None)
+            if shape is not None and tuple(shape) != generator.sample_shape:
+                raise ValueError(f"{name} sample shape {tuple(shape)} != generator's {generator.sample_shape}")
         if teacher.label_dim != generator.label_dim:
             raise ValueError(f"teacher has {teacher.label_dim} classes but the generator {generator.label_dim}")
         self.teacher, self.generator, self.fake_score, self.config = teacher, generator, fake_score, config
         self.losses = list(losses)
+        warn_unreached_warmups(config, self.losses)
         self.data, self.augment = data, augment
         self.generator_sigma = _phase_sampler(self.losses, "generator_sigma")
         self.fake_score_sigma = _phase_sampler(self.losses, "fake_score_sigma")

@@ -9,11 +9,27 @@ from typing import Any
 from torch import Tensor, nn
 from typing_extensions import Self, override
 
-from ._types import ScoreOutput, as_sigma, infer_sample_shape
+from ._types import ScoreOutput, as_sigma, resolve_sample_shape
 from .hub import HubMixin
 from .precond import Precond
 
-__all__ = ["FakeScore"]
+__all__ = ["FakeScore", "trainable_copy"]
+
+
+def trainable_copy(teacher: nn.Module, *, role: str) -> nn.Module:
+    """A trainable deep copy of the teacher's network, or a ``TypeError`` saying how to get one.
+
+    SiD starts the generator and the fake score as copies of the teacher. A teacher without parameters (an
+    analytic [`GaussianMixture`][scoredistill.analytic.GaussianMixture], a plain function) has nothing to copy.
+    """
+    source = getattr(teacher, "denoiser", teacher)
+    if not isinstance(source, nn.Module) or not any(True for _ in source.parameters()):
+        raise TypeError(
+            f"{role}.from_teacher: the teacher's {type(source).__name__} has no trainable network to copy. Fit one "
+            "to it first: net = scoredistill.fit.fit_denoiser(teacher, Precond(MLP(dim))), then "
+            f"{role}.from_teacher(Teacher(net)) (or pass a network to {role}(...))"
+        )
+    return copy.deepcopy(source).requires_grad_(True).train()
 
 
 class FakeScore(nn.Module, HubMixin):
@@ -24,24 +40,31 @@ class FakeScore(nn.Module, HubMixin):
             [`Precond`][scoredistill.precond.Precond] around an encoder backbone),
             [`score`][scoredistill.FakeScore.score] returns the discriminator logits from the same pass and
             [`logits`][scoredistill.FakeScore.logits] runs the encoder alone.
+        sample_shape: Shape of one sample, ``(C, H, W)`` or ``(D,)``; read from the denoiser (or its backbone)
+            when omitted, by the same rule as every role. ``None`` when neither says (a resolution-agnostic
+            network); the [`Distiller`][scoredistill.distill.Distiller] checks every known shape against the
+            generator's.
 
     References:
         Zhou et al. 2025 (SiDA); docs/maths.md, (SiDA-1).
     """
 
-    def __init__(self, denoiser: nn.Module):
+    def __init__(self, denoiser: nn.Module, *, sample_shape: tuple[int, ...] | None = None):
         super().__init__()
         self.denoiser = denoiser
         self.label_dim = int(getattr(denoiser, "label_dim", 0))
-        self.sample_shape = infer_sample_shape(denoiser)
+        self.sample_shape = resolve_sample_shape(denoiser, sample_shape, role="FakeScore", required=False)
 
     @classmethod
     def from_teacher(cls, teacher: nn.Module) -> FakeScore:
-        """A fake score initialised as a trainable copy of the teacher's network."""
-        net = copy.deepcopy(getattr(teacher, "denoiser", teacher))
-        if not isinstance(net, nn.Module):
-            raise TypeError("the teacher's denoiser is not an nn.Module: build the fake score from a network instead")
-        return cls(net.requires_grad_(True).train())
+        """A fake score initialised as a trainable copy of the teacher's network.
+
+        Raises:
+            TypeError: If the teacher has no network to copy (an analytic or parameter-free denoiser): fit one
+                with [`fit_denoiser`][scoredistill.fit.fit_denoiser] and start from ``Teacher(net)``.
+        """
+        net = trainable_copy(teacher, role="FakeScore")
+        return cls(net, sample_shape=getattr(teacher, "sample_shape", None))
 
     @property
     def has_encoder(self) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from typing import Any
 
@@ -10,7 +9,8 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import Self, override
 
-from ._types import infer_sample_shape
+from ._types import resolve_sample_shape
+from .fake_score import trainable_copy
 from .hub import HubMixin
 from .precond import Precond, _check_keys
 
@@ -49,21 +49,20 @@ class OneStepGenerator(nn.Module, HubMixin):
         super().__init__()
         if sigma_init <= 0:
             raise ValueError(f"sigma_init must be positive (the paper uses 2.5), got {sigma_init}")
-        shape = sample_shape if sample_shape is not None else infer_sample_shape(denoiser)
-        if shape is None:
-            raise ValueError("pass sample_shape=(C, H, W) or (D,): the denoiser does not say its sample shape")
         self.denoiser = denoiser
-        self.sample_shape = tuple(int(s) for s in shape)
+        self.sample_shape = resolve_sample_shape(denoiser, sample_shape, role="OneStepGenerator")
         self.sigma_init = float(sigma_init)
         self.label_dim = int(label_dim if label_dim is not None else getattr(denoiser, "label_dim", 0))
 
     @classmethod
     def from_teacher(cls, teacher: nn.Module, *, sigma_init: float = 2.5) -> OneStepGenerator:
-        """A generator initialised as a trainable copy of the teacher's network (SiD, SiDA)."""
-        net = copy.deepcopy(getattr(teacher, "denoiser", teacher))
-        if not isinstance(net, nn.Module):
-            raise TypeError("the teacher's denoiser is not an nn.Module: build the generator from a network instead")
-        net.requires_grad_(True).train()
+        """A generator initialised as a trainable copy of the teacher's network (SiD, SiDA).
+
+        Raises:
+            TypeError: If the teacher has no network to copy (an analytic or parameter-free denoiser): fit one
+                with [`fit_denoiser`][scoredistill.fit.fit_denoiser] and start from ``Teacher(net)``.
+        """
+        net = trainable_copy(teacher, role="OneStepGenerator")
         return cls(
             net,
             sample_shape=getattr(teacher, "sample_shape", None),

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
-from ._types import as_sigma, infer_sample_shape
+from ._types import as_sigma, resolve_sample_shape
 
 __all__ = ["Teacher"]
 
@@ -21,7 +21,10 @@ class Teacher(nn.Module):
             [`Precond`][scoredistill.precond.Precond]-wrapped EDM network or an analytic
             [`GaussianMixture`][scoredistill.analytic.GaussianMixture].
         label_dim: Number of classes; read from the denoiser when it has ``label_dim``.
-        sample_shape: Shape of one sample, ``(C, H, W)`` or ``(D,)``; read from the denoiser when it says.
+        sample_shape: Shape of one sample, ``(C, H, W)`` or ``(D,)``; read from the denoiser (or its backbone)
+            when omitted, by the same rule as every role. ``None`` when neither says (a resolution-agnostic
+            network); the [`Distiller`][scoredistill.distill.Distiller] checks every known shape against the
+            generator's.
 
     Example:
         >>> import torch
@@ -43,7 +46,7 @@ class Teacher(nn.Module):
             raise TypeError(f"a teacher needs a callable D(x, sigma, labels), got {type(denoiser).__name__}")
         self.denoiser = denoiser
         self.label_dim = int(label_dim if label_dim is not None else getattr(denoiser, "label_dim", 0))
-        self.sample_shape = tuple(sample_shape) if sample_shape is not None else infer_sample_shape(denoiser)
+        self.sample_shape = resolve_sample_shape(denoiser, sample_shape, role="Teacher", required=False)
         self.requires_grad_(False)
         self.eval()
 

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import doctest
 import importlib
-import re
 
 import pytest
 
 from helpers import REPO_ROOT
 
 ROOT = REPO_ROOT
-PAGES = ["quickstart.md", "extending.md", "custom_loop.md"]
 DOCTEST_MODULES = [
     "scoredistill.teacher",
     "scoredistill.generator",
@@ -21,17 +19,7 @@ DOCTEST_MODULES = [
 ]
 
 
-def _blocks(page: str) -> list[str]:
-    return re.findall(r"```python\n(.*?)```", (ROOT / "docs" / page).read_text(), flags=re.S)
-
-
-@pytest.mark.parametrize("page", PAGES)
-def test_docs_code_blocks_run(page, monkeypatch):
-    blocks = _blocks(page)
-    assert blocks, f"{page} has no python blocks"
-    namespace: dict = {}
-    for block in blocks:  # blocks of one page share a namespace, as a reader running them in order would
-        exec(compile(block, f"docs/{page}", "exec"), namespace)
+# The docs pages' python blocks run (and must train) in tests/test_docs_examples_train.py.
 
 
 @pytest.mark.parametrize("module", DOCTEST_MODULES)

@@ -70,7 +70,7 @@ def test_generator_maps_noise_at_sigma_init(rng):
     with pytest.raises(ValueError, match="z must be"):
         G(torch.randn(2, 1, 4, 4))
     with pytest.raises(ValueError, match="sample_shape"):
-        OneStepGenerator(Precond(MLP(2)))
+        OneStepGenerator(Precond(TinyUNet()))  # a convolutional backbone does not say its resolution
     with pytest.raises(ValueError, match="sigma_init"):
         OneStepGenerator(Precond(MLP(2)), sample_shape=(2,), sigma_init=0.0)
 
@@ -91,7 +91,7 @@ def test_from_teacher_copies_weights_and_unfreezes():
             assert torch.equal(p, q) and p.data_ptr() != q.data_ptr()
     assert G.sample_shape == (1, 8, 8)
     with pytest.raises(TypeError):
-        OneStepGenerator.from_teacher(Teacher(lambda x, s, labels=None: x))
+        OneStepGenerator.from_teacher(Teacher(lambda x, s, labels=None: x, sample_shape=(2,)))
 
 
 def test_fake_score_one_pass_and_encoder_only():

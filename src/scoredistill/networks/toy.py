@@ -46,6 +46,7 @@ class MLP(nn.Module):
         # The constructor arguments: what to_config returns.
         self.init_kwargs = {"dim": dim, "hidden": hidden, "depth": depth, "label_dim": label_dim, "emb_dim": emb_dim}
         self.dim, self.emb_dim = dim, emb_dim
+        self.sample_shape = (dim,)  # what the roles read to infer their sample shape
         self.inp = nn.Linear(dim, hidden)
         self.emb = nn.Linear(emb_dim, hidden)
         self.label = nn.Linear(label_dim, hidden, bias=False) if label_dim else None
