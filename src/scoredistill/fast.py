@@ -124,8 +124,15 @@ class StepGraphs:
                 graph.register_generator_state(generator)
             if self.pool is None:
                 self.pool = torch.cuda.graph_pool_handle()
-            with torch.cuda.graph(graph, pool=self.pool):
-                out = fn(static)
+            try:
+                with torch.cuda.graph(graph, pool=self.pool):
+                    out = fn(static)
+            except RuntimeError as e:
+                raise RuntimeError(
+                    f"capturing the iteration of regime {key} in a CUDA graph failed: {e}. Something in it waits for "
+                    "the host (.item(), a tensor built from host values, a shape that depends on values); "
+                    "set cuda_graphs=False or make that step capture-safe"
+                ) from e
             entry = self.entries[key] = (graph, static, out)
             reseed()
         graph, static, out = entry
