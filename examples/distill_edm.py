@@ -39,6 +39,7 @@ def parse(argv: list[str] | None = None, **defaults: str) -> argparse.Namespace:
     p.add_argument("--teacher", help="EDM .pkl, or a scoredistill directory / Hub id of the teacher network")
     p.add_argument("--random-teacher", action="store_true", help="random weights (smoke tests, benchmarks)")
     p.add_argument("--data", help="EDM-style dataset zip of real images (SiDA, SiD²A; class labels for SiD)")
+    p.add_argument("--workers", type=int, default=2, help="data-loading processes (prefetching; 0: in this one)")
     p.add_argument("--generator-init", help="SiD²A: the SiD generator to fine-tune (directory or Hub id)")
     p.add_argument("--outdir", required=True, help="run directory")
     p.add_argument("--batch", type=int, help="global batch (default: the recipe's)")
@@ -106,7 +107,14 @@ def main(argv: list[str] | None = None, **defaults: str) -> None:
             label_dim=teacher.label_dim,
         )
         micro = config.batch_size // config.rounds
-        data = real_batches(dataset, micro, seed=args.seed + rank, device=device, label_dim=teacher.label_dim or None)
+        data = real_batches(
+            dataset,
+            micro,
+            seed=args.seed + rank,
+            device=device,
+            label_dim=teacher.label_dim or None,
+            num_workers=args.workers,
+        )
     distiller = make_distiller(
         recipe,
         teacher,
