@@ -45,6 +45,9 @@ def parse(argv: list[str] | None = None, **defaults: str) -> argparse.Namespace:
     p.add_argument("--batch", type=int, help="global batch (default: the recipe's)")
     p.add_argument("--micro-batch", type=int, help="per-process images per forward (gradient accumulation)")
     p.add_argument("--total-kimg", type=float, help="training length in thousands of images")
+    p.add_argument(
+        "--start-kimg", type=float, help="generator and adversarial term start (SiDA: 100 and 200); 0 for benchmarks"
+    )
     p.add_argument("--lr", type=float, help="learning rate of both networks (default: the recipe's)")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="bf16")
     p.add_argument("--cuda-graphs", action="store_true", help="capture whole iterations in CUDA graphs")
@@ -88,6 +91,8 @@ def main(argv: list[str] | None = None, **defaults: str) -> None:
         overrides["micro_batch"] = args.micro_batch
     if args.total_kimg:
         overrides["total_nimg"] = round(args.total_kimg * 1000)
+    if args.start_kimg is not None:
+        overrides["generator_start_nimg"] = round(args.start_kimg * 1000)
     if args.lr:
         overrides["lr_generator"] = overrides["lr_fake_score"] = args.lr
     config = recipe.config(args.method, world_size=world, **overrides)
@@ -125,6 +130,10 @@ def main(argv: list[str] | None = None, **defaults: str) -> None:
         device=device,
         **overrides,
     )
+
+    if args.start_kimg is not None:  # the adversarial term's own start (SiDA: 200 kimg) moves with it
+        for loss in distiller.losses:
+            loss.generator_start_nimg = min(loss.generator_start_nimg, round(args.start_kimg * 1000))
 
     # Record the run, resume if a checkpoint exists, train, and publish the EMA generator.
     outdir = Path(args.outdir)
