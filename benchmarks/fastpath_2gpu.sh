@@ -1,27 +1,32 @@
 #!/bin/bash
-# The fast-path measurements of benchmarks/RESULTS.md (issue 11) on a machine with two GPUs; results go to $OUT.
+# The fast-path measurements of benchmarks/RESULTS.md (issue 11) on one machine with two GPUs; results go to $OUT.
 export PYTHONPATH=$PWD/src
 T0=$(date +%s)
 el() { echo "[t=$(( $(date +%s) - T0 ))s] $*"; }
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee $OUT/gpus.txt
+nvidia-smi --query-gpu=name --format=csv,noheader | tee $OUT/gpus.txt
 python -c "import torch, triton; print(torch.__version__, triton.__version__, torch.cuda.nccl.version())" | tee -a $OUT/gpus.txt
 Z=${Z:-.devdata/c1/cifar10-train-jpeg75-5k.zip}
 B="benchmarks/bench_step.py --batch 32 --settings graphs-cl --no-mfu --warmup 4 --steps 20"
-# Phase A: GPU0 the GPU-marked suite (my file first); GPU1 the one-GPU measurements
-( CUDA_VISIBLE_DEVICES=0 timeout 230 python -m pytest -q -p no:cacheprovider -m "gpu or kernels" tests/test_gpu_fastpath.py tests 2>&1 | tail -40 > $OUT/gpu_suite.txt ) &
-PA=$!
+# GPU 0: the GPU-marked tests (this issue's file first); GPU 1 at the same time: the one-GPU measurements.
+(CUDA_VISIBLE_DEVICES=0 timeout ${SUITE_S:-170} python -m pytest -q -p no:cacheprovider -m "gpu or kernels" \
+    tests/test_gpu_fastpath.py tests -rfE > $OUT/gpu_suite.txt 2>&1) &
 (
-export CUDA_VISIBLE_DEVICES=1
-el c10-fixed; timeout 60 python $B --preset cifar10-32x32-uncond --out $OUT/bench_1gpu.md 2>&1 | grep -v warm-up
-el c10-zip-aug; timeout 60 python $B --preset cifar10-32x32-uncond --data $Z --augment 0.12 --out $OUT/bench_1gpu.md 2>&1 | grep -v warm-up
-el example; timeout 80 python examples/distill_edm.py --recipe cifar10-uncond --method sida --random-teacher --data $Z --batch 32 --total-kimg 9.6 --start-kimg 0 --log-kimg 1.6 --ckpt-kimg 1000 --cuda-graphs --channels-last --outdir /tmp/ex1 > /tmp/ex1.log 2>&1; cp /tmp/ex1/stats.jsonl $OUT/example_1gpu_stats.jsonl; tail -c 600 /tmp/ex1.log
-el in64; timeout 90 python $B --preset imagenet-64x64 --out $OUT/bench_1gpu.md 2>&1 | grep -v warm-up
-el done-A1
-) > $OUT/phaseA.txt 2>&1
-cat $OUT/phaseA.txt
-wait $PA; el suite-done; tail -5 $OUT/gpu_suite.txt
-# Phase B: both GPUs
-el two-gpu-test; timeout 100 python -m pytest -q -p no:cacheprovider tests/test_gpu_fastpath.py -k two_gpus 2>&1 | tail -15 | tee $OUT/two_gpu_test.txt
-el c10-2gpu; timeout 70 torchrun --nproc_per_node=2 $B --preset cifar10-32x32-uncond --data $Z --augment 0.12 --out $OUT/bench_2gpu.md 2>&1 | grep -v warm-up | tail -4
-el in64-2gpu; timeout 100 torchrun --nproc_per_node=2 $B --preset imagenet-64x64 --out $OUT/bench_2gpu.md 2>&1 | grep -v warm-up | tail -4
-el all-done
+  export CUDA_VISIBLE_DEVICES=1
+  el c10; timeout 50 python $B --preset cifar10-32x32-uncond --out $OUT/bench_1gpu.md 2>&1 | grep -v warm-up
+  el c10-zip-aug; timeout 50 python $B --preset cifar10-32x32-uncond --data $Z --augment 0.12 --out $OUT/bench_1gpu.md \
+    2>&1 | grep -v warm-up
+  el in64; timeout 70 python $B --preset imagenet-64x64 --out $OUT/bench_1gpu.md 2>&1 | grep -v warm-up
+  el example; timeout 60 python examples/distill_edm.py --recipe cifar10-uncond --method sida --random-teacher \
+    --data $Z --batch 32 --total-kimg 8 --start-kimg 0 --log-kimg 1.6 --cuda-graphs --channels-last --outdir /tmp/ex1 \
+    > /tmp/ex1.log 2>&1
+  cp /tmp/ex1/stats.jsonl $OUT/example_1gpu_stats.jsonl; tail -c 400 /tmp/ex1.log
+) > $OUT/one_gpu.txt 2>&1
+wait
+el two GPUs
+timeout 80 python -m pytest -q -p no:cacheprovider tests/test_gpu_fastpath.py -k two_gpus -rfE 2>&1 | tail -15 \
+  > $OUT/two_gpu_test.txt
+el c10-2gpu; timeout 50 torchrun --nproc_per_node=2 $B --preset cifar10-32x32-uncond --data $Z --augment 0.12 \
+  --out $OUT/bench_2gpu.md 2>&1 | grep -v warm-up | tail -3
+el in64-2gpu; timeout 70 torchrun --nproc_per_node=2 $B --preset imagenet-64x64 --out $OUT/bench_2gpu.md 2>&1 \
+  | grep -v warm-up | tail -3
+el done
