@@ -32,14 +32,15 @@ def _distiller(graphs: bool, *, p: float = 0.5, precision: str = "fp32", device:
     torch.manual_seed(0)
     teacher = Teacher(edm_precond("cifar10-32x32-cond").to(device))  # conditional, augment_dim = 9
     G, fake = OneStepGenerator.from_teacher(teacher), FakeScore.from_teacher(teacher)
-    losses = losses or [SiDLoss(alpha=1.0), DSMLoss(), AdversarialEncoderLoss(generator_start_nimg=24)]
+    losses = losses or [SiDLoss(alpha=1.0), DSMLoss(), AdversarialEncoderLoss(generator_start_nimg=48)]
     cfg = DistillConfig.sida(
-        batch_size=8, micro_batch=4, generator_start_nimg=8, precision=precision, cuda_graphs=graphs
+        batch_size=8, micro_batch=4, generator_start_nimg=24, precision=precision, cuda_graphs=graphs
     )
     return Distiller(teacher, G, fake, losses, cfg, data=_labelled_stream(4), augment=AugmentPipe(p=p))
 
 
-def test_augment_pipe_capture_replays_the_eager_draws():
+def test_augment_pipe_capture_replays_the_eager_draws(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)  # as the examples: no autotuning inside capture
     pipe = AugmentPipe(p=0.8)
     x = torch.rand(16, 3, 32, 32, device="cuda") * 2 - 1
     rng = torch.Generator("cuda")
@@ -66,7 +67,8 @@ def test_graphs_with_augmentation_and_data_labels_repeat_the_eager_trace():
         if not graphs:
             for role in (d.teacher, d.generator, d.fake_score):
                 use_fused_norms(role, None)
-        traces.append([{k: float(v) for k, v in d.step().items()} for _ in range(8)])
+        # Three steps per regime (nimg 0-16, 24-40, 48-72): two eager warm-ups, then the capture and replays.
+        traces.append([{k: float(v) for k, v in d.step().items()} for _ in range(10)])
         if graphs:
             assert len(d.graphs.entries) == 3  # one graph per regime, all captured with augmentation on
     for step, (a, b) in enumerate(zip(*traces)):

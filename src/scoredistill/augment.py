@@ -100,9 +100,10 @@ class AugmentPipe(nn.Module):
         rotate_frac_max: Largest rotation as a fraction of a half turn (1: ``theta ~ U(-pi, pi)``).
         aniso_std: Standard deviation of ``log2`` of the anisotropic scale.
         translate_frac_std: Standard deviation of the translation as a fraction of the image size.
-        fixed_padding: Always pad by the largest amount (``4 x`` the image size per side) instead of by what the
-            batch needs. Slower, but the pipe then never waits for the device, which CUDA-graph capture requires;
-            during a capture it is chosen automatically. The output is the same up to float rounding.
+        fixed_padding: Pad by the largest amount (``4 x`` the image size per side) instead of by what the batch
+            needs. More filtering work, but the pipe never waits for the device and its shapes never change, which
+            CUDA-graph capture requires (and cuDNN's autotuning, which must see the captured shapes beforehand).
+            ``None`` (default): fixed on CUDA, batch-sized on the CPU. The output is the same up to float rounding.
 
     Capture safety:
         All randomness is drawn on the device of ``rng`` (pass a generator on the images' device), shapes never
@@ -135,7 +136,7 @@ class AugmentPipe(nn.Module):
         rotate_frac_max: float = 1,
         aniso_std: float = 0.2,
         translate_frac_std: float = 0.125,
-        fixed_padding: bool = False,
+        fixed_padding: bool | None = None,
     ):
         super().__init__()
         if not 0 <= p <= 1:
@@ -158,7 +159,7 @@ class AugmentPipe(nn.Module):
         self.rotate_frac, self.aniso, self.translate_frac = float(rotate_frac), float(aniso), float(translate_frac)
         self.scale_std, self.rotate_frac_max = float(scale_std), float(rotate_frac_max)
         self.aniso_std, self.translate_frac_std = float(aniso_std), float(translate_frac_std)
-        self.fixed_padding = bool(fixed_padding)
+        self.fixed_padding = fixed_padding
         # Filters per device, kept out of the buffers so that .half() / .to(dtype) cannot round them.
         self._filters: dict[torch.device, Tensor] = {}
 
@@ -197,7 +198,7 @@ class AugmentPipe(nn.Module):
         # Draw a fixed amount of randomness per image, in a fixed order.
         rng_device = rng.device if rng is not None else images.device
         capturing = images.is_cuda and torch.cuda.is_current_stream_capturing()
-        if capturing and rng_device != images.device:
+        if capturing and torch.device(rng_device).type != images.device.type:
             raise ValueError(
                 f"AugmentPipe under CUDA-graph capture needs rng on the images' device {images.device}, "
                 f"not {rng_device} (a host-to-device copy cannot be captured)"
@@ -240,7 +241,8 @@ class AugmentPipe(nn.Module):
         if any(prob[name] > 0 for name in ("scale", "rotate_frac", "aniso", "translate_frac")):
             g_inv = self._inverse_matrix(w_scale, theta, w_aniso, r_aniso, translate, height, width)
             is_warped = (labels[:, 2:] != 0).any(dim=1)
-            warped = self._warp(x, g_inv, is_warped, fixed=self.fixed_padding or capturing)
+            fixed = images.is_cuda if self.fixed_padding is None else self.fixed_padding
+            warped = self._warp(x, g_inv, is_warped, fixed=fixed or capturing)
             if warped is not None:
                 x = torch.where(is_warped[:, None, None, None], warped, x)
         return x, labels
