@@ -52,6 +52,7 @@ def parse(argv: list[str] | None = None, **defaults: str) -> argparse.Namespace:
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="bf16")
     p.add_argument("--cuda-graphs", action="store_true", help="capture whole iterations in CUDA graphs")
     p.add_argument("--compile", choices=["off", "blocks", "network"], default="off")
+    p.add_argument("--compile-cache", help="folder for torch.compile's artefacts, reused by later runs")
     p.add_argument("--channels-last", action="store_true", help="NHWC networks (with the fused norms on CUDA)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-kimg", type=float, default=10.0)
@@ -87,6 +88,8 @@ def main(argv: list[str] | None = None, **defaults: str) -> None:
         "compile": args.compile,
         "channels_last": args.channels_last,
     }
+    if args.compile_cache:
+        overrides["compile_cache_dir"] = args.compile_cache
     if args.micro_batch:
         overrides["micro_batch"] = args.micro_batch
     if args.total_kimg:

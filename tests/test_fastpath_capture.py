@@ -155,3 +155,22 @@ def test_all_fixed_padding_draws_match_over_many_seeds():
             x, rng=torch.Generator().manual_seed(seed)
         )
         torch.testing.assert_close(a[0], b[0], atol=1e-4, rtol=0)  # grid coordinates round differently
+
+
+def test_compile_cache_folder_is_set_for_this_process_and_checked(tmp_path, monkeypatch):
+    from scoredistill.fast import use_compile_cache
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "unset")  # restored after the test
+    monkeypatch.setenv("TRITON_CACHE_DIR", "unset")
+    monkeypatch.setattr(torch._inductor.config, "fx_graph_cache", False)
+    monkeypatch.setattr(torch._functorch.config, "enable_autograd_cache", False)
+    folder = use_compile_cache(tmp_path / "cache")
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    assert folder.is_dir() and cache_dir() == str(folder)  # where Inductor now writes
+    assert torch._inductor.config.fx_graph_cache and torch._functorch.config.enable_autograd_cache
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is a file"):
+        use_compile_cache(tmp_path / "file")
+    with pytest.raises(ValueError, match=r"compile_cache_dir keeps torch\.compile"):
+        DistillConfig(compile_cache_dir=str(tmp_path / "cache"))  # compile is off

@@ -24,7 +24,7 @@ from ._types import Noised
 from .checkpoint import load_training_state, save_training_state
 from .ema import EMA
 from .fake_score import FakeScore
-from .fast import CompileScope, StepGraphs, speed_up, use_fused_norms
+from .fast import CompileScope, StepGraphs, speed_up, use_compile_cache, use_fused_norms
 from .generator import OneStepGenerator
 from .losses.base import DistillLoss, Evaluation
 from .monitor import GeneratorMetric, RunLog
@@ -61,6 +61,7 @@ class DistillConfig:
     channels_last: bool = False  # NHWC weights and activations for the image networks
     compile: CompileScope = "off"  # torch.compile the three networks: "blocks" (regional) or "network"
     compile_mode: str | None = None  # torch.compile mode, e.g. "max-autotune-no-cudagraphs"
+    compile_cache_dir: str | None = None  # keep compiled artefacts here; later runs reuse them (None: torch's /tmp)
     cuda_graphs: bool = False  # capture each regime's whole iteration in a CUDA graph and replay it (CUDA only)
 
     def __post_init__(self) -> None:
@@ -77,6 +78,8 @@ class DistillConfig:
             raise ValueError("cuda_graphs needs precision 'bf16' or 'fp32': fp16 loss scaling checks on the host")
         if self.compile not in ("off", "blocks", "network"):
             raise ValueError(f"compile must be 'off', 'blocks' or 'network', got {self.compile!r}")
+        if self.compile_cache_dir is not None and self.compile == "off":
+            raise ValueError("compile_cache_dir keeps torch.compile's artefacts: set compile='blocks' or 'network'")
 
     @classmethod
     def sida(cls, **overrides: object) -> DistillConfig:
@@ -90,7 +93,9 @@ class DistillConfig:
 
 
 # Fields a resumed run may change: the length of the run and the speed switches (they leave the maths alone).
-RESUME_MAY_CHANGE = frozenset({"total_nimg", "use_kernels", "channels_last", "compile", "compile_mode", "cuda_graphs"})
+RESUME_MAY_CHANGE = frozenset(
+    {"total_nimg", "use_kernels", "channels_last", "compile", "compile_mode", "compile_cache_dir", "cuda_graphs"}
+)
 
 
 def _phase_sampler(losses: Sequence[DistillLoss], attr: str) -> SigmaSampler:
@@ -175,6 +180,8 @@ class Distiller:
         fuse_norms = config.use_kernels is not False and config.cuda_graphs and config.compile == "off"
         for role in (teacher, generator, fake_score):
             use_fused_norms(role, None if fuse_norms else False)
+        if config.compile_cache_dir is not None:
+            use_compile_cache(config.compile_cache_dir)
         if config.channels_last or config.compile != "off":
             for role in (teacher, generator, fake_score):
                 if not hasattr(role.denoiser, "model"):
