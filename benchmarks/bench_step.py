@@ -6,17 +6,27 @@ times ``Distiller.step()`` after warm-up. Each setting gets fresh networks. The 
 autotuning) are timed separately as warm-up.
 
     python benchmarks/bench_step.py --preset cifar10-32x32-uncond --batch 32 --settings baseline,bf16,fast
+
+The path users run: ``--data`` reads real images (and class labels for conditional presets) from a dataset zip
+through the library's loader (pinned memory, ``--workers`` prefetching processes), ``--augment`` turns on the
+recipe's augmentation of the fake-score and discriminator inputs. Under ``torchrun --nproc_per_node=N`` each
+process runs the per-GPU ``--batch`` and the table reports images/s of all GPUs together and per GPU.
+
+    torchrun --nproc_per_node=2 benchmarks/bench_step.py --batch 32 --settings graphs-cl --data cifar10.zip \
+        --augment 0.12
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -32,6 +42,8 @@ from scoredistill import (
     SiDLoss,
     Teacher,
 )
+from scoredistill.augment import AugmentPipe
+from scoredistill.data import ImageZipDataset, real_batches
 from scoredistill.fast import use_fused_norms
 from scoredistill.networks import PRESETS
 from scoredistill.networks.layers import UNetBlock
@@ -91,6 +103,17 @@ def _teacher_net(preset: str) -> torch.nn.Module:
 
 
 TEACHER_DIR: str | None = None
+DATA: str | None = None  # dataset zip: real images through the library's loader instead of a fixed GPU batch
+WORKERS = 2  # loader processes with DATA
+AUGMENT_P = 0.0  # AugmentPipe probability on the fake-score / discriminator inputs (the recipes' 0.12 for CIFAR-10)
+
+
+def _data(batch: int, shape: tuple[int, ...], label_dim: int, device: torch.device):
+    if DATA is None:
+        return _real_stream(batch, shape, label_dim, device)
+    dataset = ImageZipDataset(DATA, use_labels=label_dim > 0)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    return real_batches(dataset, batch, seed=rank, device=device, label_dim=label_dim, num_workers=WORKERS)
 
 
 def build(preset: str, batch: int, setting: str, device: torch.device) -> Distiller:
@@ -105,8 +128,9 @@ def build(preset: str, batch: int, setting: str, device: torch.device) -> Distil
     G, fake = OneStepGenerator.from_teacher(teacher), FakeScore.from_teacher(teacher)
     losses = [SiDLoss(alpha=1.0), DSMLoss(), AdversarialEncoderLoss(generator_start_nimg=0)]
     config = DistillConfig.sida(batch_size=batch, generator_start_nimg=0, **overrides)
-    data = _real_stream(batch, G.sample_shape, G.label_dim, device)
-    d = Distiller(teacher, G, fake, losses, config, data=data)
+    data = _data(batch, G.sample_shape, G.label_dim, device)
+    augment = AugmentPipe(p=AUGMENT_P) if AUGMENT_P > 0 else None
+    d = Distiller(teacher, G, fake, losses, config, data=data, augment=augment)
     if not fused_norms:
         for role in (teacher, G, fake):
             use_fused_norms(role, False)
@@ -294,11 +318,20 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="markdown file to append to (default benchmarks/RESULTS.md)")
     parser.add_argument("--profile-ops", action="store_true", help="print one eager step's device time by op and shape")
     parser.add_argument("--teacher", default=None, help="a saved teacher (artefact directory) instead of the preset's")
+    parser.add_argument("--data", default=None, help="dataset zip: real images (and labels) through the loader")
+    parser.add_argument("--workers", type=int, default=2, help="loader processes with --data")
+    parser.add_argument("--augment", type=float, default=0.0, help="AugmentPipe p (the CIFAR-10 recipes: 0.12)")
+    parser.add_argument("--no-mfu", action="store_true", help="skip the FLOP count and the matmul peak")
     args = parser.parse_args()
-    global TEACHER_DIR
-    TEACHER_DIR = args.teacher
+    global TEACHER_DIR, DATA, WORKERS, AUGMENT_P
+    TEACHER_DIR, DATA, WORKERS, AUGMENT_P = args.teacher, args.data, args.workers, args.augment
     label = args.preset if args.teacher is None else Path(args.teacher).name
-    device = torch.device("cuda")
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    torch.cuda.set_device(device)
+    if world > 1:
+        dist.init_process_group("nccl", device_id=device)
+    rank = dist.get_rank() if world > 1 else 0
     if args.profile_ops:
         print(profile_ops(args.preset, args.batch, device), flush=True)
         return
@@ -306,8 +339,11 @@ def main() -> None:
     unknown = [s for s in settings if s not in SETTINGS]
     if unknown:
         parser.error(f"unknown settings {unknown}; choose from {sorted(SETTINGS)}")
-    peak = matmul_peak(device)
-    flops = flops_per_image(args.preset, args.batch, device)
+    peak = float("nan") if args.no_mfu else matmul_peak(device)
+    flops = float("nan") if args.no_mfu else flops_per_image(args.preset, args.batch, device)
+    source = (f"{Path(DATA).name} x{WORKERS} workers" if DATA else "fixed GPU batch") + (
+        f", augment p={AUGMENT_P:g}" if AUGMENT_P > 0 else ""
+    )
     rows = []
     for setting in settings:
         r = measure(
@@ -327,7 +363,10 @@ def main() -> None:
                 label,
                 args.batch,
                 setting,
+                world,
+                source,
                 r["ms"],
+                r["img_s"] * world,
                 r["img_s"],
                 r["peak_gib"],
                 100 * mfu,
@@ -336,16 +375,19 @@ def main() -> None:
             ]
         )
         print(rows[-1], flush=True)
-    columns = ["preset", "batch", "setting", "ms / iter", "images / s", "peak GiB", "MFU %", "warm-up s", "finite"]
+    columns = ["preset", "batch / GPU", "setting", "GPUs", "input", "ms / iter", "images / s", "images / s / GPU"]
+    columns += ["peak GiB", "MFU %", "warm-up s", "finite"]
     notes = [
         f"One SiDA iteration = {flops / 1e9:,.0f} GFLOP per image (FlopCounterMode, backward included); "
         f"bf16 matmul peak measured in this run: {peak / 1e12:,.0f} TFLOP/s (8192^3). MFU = achieved / that peak.",
         "Settings: " + "; ".join(f"{s}: {SETTINGS[s][0]}, tf32={SETTINGS[s][1]}" for s in settings),
     ]
-    if not args.no_write:
+    if world > 1:
+        dist.destroy_process_group()
+    if not args.no_write and rank == 0:
         kwargs = {"md_path": args.out} if args.out else {}
         write_table(
-            f"bench_step: one SiDA iteration, {label}, batch {args.batch}", columns, rows, notes=notes, **kwargs
+            f"bench_step: one SiDA iteration, {label}, batch {args.batch} per GPU", columns, rows, notes=notes, **kwargs
         )
 
 

@@ -57,15 +57,20 @@ def parse(argv: list[str] | None = None, **defaults: str) -> argparse.Namespace:
     p.add_argument("--teacher", help="EDM .pkl, or a scoredistill directory / Hub id of the teacher network")
     p.add_argument("--random-teacher", action="store_true", help="random weights (smoke tests, benchmarks)")
     p.add_argument("--data", help="EDM-style dataset zip of real images (SiDA, SiD²A; class labels for SiD)")
+    p.add_argument("--workers", type=int, default=2, help="data-loading processes (prefetching; 0: in this one)")
     p.add_argument("--generator-init", help="SiD²A: the SiD generator to fine-tune (directory or Hub id)")
     p.add_argument("--outdir", help="run directory (required unless --dry-run)")
     p.add_argument("--batch", type=positive(int), help="global batch (default: the recipe's)")
     p.add_argument("--micro-batch", type=positive(int), help="per-process images per forward (gradient accumulation)")
     p.add_argument("--total-kimg", type=positive(float), help="training length in thousands of images")
+    p.add_argument(
+        "--start-kimg", type=float, help="generator and adversarial term start (SiDA: 100 and 200); 0 for benchmarks"
+    )
     p.add_argument("--lr", type=positive(float), help="learning rate of both networks (default: the recipe's)")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="bf16")
     p.add_argument("--cuda-graphs", action="store_true", help="capture whole iterations in CUDA graphs")
     p.add_argument("--compile", choices=["off", "blocks", "network"], default="off")
+    p.add_argument("--compile-cache", help="folder for torch.compile's artefacts, reused by later runs")
     p.add_argument("--channels-last", action="store_true", help="NHWC networks (with the fused norms on CUDA)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-kimg", type=positive(float), default=10.0)
@@ -113,10 +118,14 @@ def main(argv: list[str] | None = None, **defaults: str) -> None:
         "compile": args.compile,
         "channels_last": args.channels_last,
     }
+    if args.compile_cache:
+        overrides["compile_cache_dir"] = args.compile_cache
     if args.micro_batch is not None:
         overrides["micro_batch"] = args.micro_batch
     if args.total_kimg is not None:
         overrides["total_nimg"] = round(args.total_kimg * 1000)
+    if args.start_kimg is not None:
+        overrides["generator_start_nimg"] = round(args.start_kimg * 1000)
     if args.lr is not None:
         overrides["lr_generator"] = overrides["lr_fake_score"] = args.lr
     config = recipe.config(args.method, world_size=world, **overrides)
@@ -144,7 +153,14 @@ def main(argv: list[str] | None = None, **defaults: str) -> None:
             label_dim=teacher.label_dim,
         )
         micro = config.batch_size // config.rounds
-        data = real_batches(dataset, micro, seed=args.seed + rank, device=device, label_dim=teacher.label_dim or None)
+        data = real_batches(
+            dataset,
+            micro,
+            seed=args.seed + rank,
+            device=device,
+            label_dim=teacher.label_dim or None,
+            num_workers=args.workers,
+        )
     distiller = make_distiller(
         recipe,
         teacher,
@@ -155,6 +171,10 @@ def main(argv: list[str] | None = None, **defaults: str) -> None:
         device=device,
         **overrides,
     )
+
+    if args.start_kimg is not None:  # the adversarial term's own start (SiDA: 200 kimg) moves with it
+        for loss in distiller.losses:
+            loss.generator_start_nimg = min(loss.generator_start_nimg, round(args.start_kimg * 1000))
 
     # Resume if a checkpoint exists (a refused resume leaves the run directory as it was), record the run, train,
     # and publish the EMA generator.

@@ -49,6 +49,7 @@ BAD_CONFIG = {
     "channels_last": [None, 1],
     "compile": ["on", None, True],
     "compile_mode": [3],
+    "compile_cache_dir": [3, "/tmp/cache"],  # a path needs compile on
     "cuda_graphs": [None, 0],
 }
 

@@ -100,6 +100,15 @@ class AugmentPipe(nn.Module):
         rotate_frac_max: Largest rotation as a fraction of a half turn (1: ``theta ~ U(-pi, pi)``).
         aniso_std: Standard deviation of ``log2`` of the anisotropic scale.
         translate_frac_std: Standard deviation of the translation as a fraction of the image size.
+        fixed_padding: Pad by the largest amount (``4 x`` the image size per side) instead of by what the batch
+            needs. More filtering work, but the pipe never waits for the device and its shapes never change, which
+            CUDA-graph capture requires (and cuDNN's autotuning, which must see the captured shapes beforehand).
+            ``None`` (default): fixed on CUDA, batch-sized on the CPU. The output is the same up to float rounding.
+
+    Capture safety:
+        All randomness is drawn on the device of ``rng`` (pass a generator on the images' device), shapes never
+        depend on the draws with ``fixed_padding``, and no tensor is built from host values once the filter has
+        been created (the first call, which must happen outside a capture).
 
     Shape:
         images: ``[B, C, H, W]`` floating point (any range; EDM uses [-1, 1]); returns ``[B, C, H, W]`` of the
@@ -127,6 +136,7 @@ class AugmentPipe(nn.Module):
         rotate_frac_max: float = 1,
         aniso_std: float = 0.2,
         translate_frac_std: float = 0.125,
+        fixed_padding: bool | None = None,
     ):
         super().__init__()
         if not 0 <= p <= 1:
@@ -149,6 +159,7 @@ class AugmentPipe(nn.Module):
         self.rotate_frac, self.aniso, self.translate_frac = float(rotate_frac), float(aniso), float(translate_frac)
         self.scale_std, self.rotate_frac_max = float(scale_std), float(rotate_frac_max)
         self.aniso_std, self.translate_frac_std = float(aniso_std), float(translate_frac_std)
+        self.fixed_padding = fixed_padding
         # Filters per device, kept out of the buffers so that .half() / .to(dtype) cannot round them.
         self._filters: dict[torch.device, Tensor] = {}
 
@@ -186,6 +197,12 @@ class AugmentPipe(nn.Module):
 
         # Draw a fixed amount of randomness per image, in a fixed order.
         rng_device = rng.device if rng is not None else images.device
+        capturing = images.is_cuda and torch.cuda.is_current_stream_capturing()
+        if capturing and torch.device(rng_device).type != images.device.type:
+            raise ValueError(
+                f"AugmentPipe under CUDA-graph capture needs rng on the images' device {images.device}, "
+                f"not {rng_device} (a host-to-device copy cannot be captured)"
+            )
         u = torch.rand(batch, 11, generator=rng, device=rng_device, dtype=torch.float32).to(images.device)
         n = torch.randn(batch, 4, generator=rng, device=rng_device, dtype=torch.float32).to(images.device)
         zero = torch.zeros_like(u[:, 0])
@@ -224,7 +241,8 @@ class AugmentPipe(nn.Module):
         if any(prob[name] > 0 for name in ("scale", "rotate_frac", "aniso", "translate_frac")):
             g_inv = self._inverse_matrix(w_scale, theta, w_aniso, r_aniso, translate, height, width)
             is_warped = (labels[:, 2:] != 0).any(dim=1)
-            warped = self._warp(x, g_inv, is_warped)
+            fixed = images.is_cuda if self.fixed_padding is None else self.fixed_padding
+            warped = self._warp(x, g_inv, is_warped, fixed=fixed or capturing)
             if warped is not None:
                 x = torch.where(is_warped[:, None, None, None], warped, x)
         return x, labels
@@ -254,20 +272,24 @@ class AugmentPipe(nn.Module):
         rotate_inv = rotation(-theta)
         aniso_inv = rotation(r_aniso) @ diag(1 / a, a) @ rotation(-r_aniso)
         m = scale_inv @ rotate_inv @ aniso_inv
-        shift = translate * self.translate_frac_std * translate.new_tensor([width, height])
+        # Scale the columns by Python numbers: a tensor made from [width, height] would be a host-to-device copy.
+        shift = torch.stack([translate[:, 0] * width, translate[:, 1] * height], 1) * self.translate_frac_std
         # Output pixel q samples input pixel p = m (q - shift).
         return torch.cat([m, -(m @ shift[:, :, None])], dim=2)
 
-    def _warp(self, x: Tensor, g_inv: Tensor, is_warped: Tensor) -> Tensor | None:
+    def _warp(self, x: Tensor, g_inv: Tensor, is_warped: Tensor, *, fixed: bool = False) -> Tensor | None:
         """Reflect pad, 2x upsample, bilinear resample through ``g_inv``, low-pass, 2x downsample, crop.
 
-        Returns ``None`` (without filtering) when no image in the batch needs it.
+        Returns ``None`` (without filtering) when no image in the batch needs it. ``fixed`` pads by the cap
+        without looking at the batch (no host synchronisation) and always filters.
         """
         batch, channels, height, width = x.shape
         dtype = x.dtype
         x = x.float()
         h = self._filters.get(x.device)
         if h is None:
+            if x.is_cuda and torch.cuda.is_current_stream_capturing():
+                raise RuntimeError("call AugmentPipe once outside CUDA-graph capture first (it creates its filter)")
             h = self._filters[x.device] = torch.tensor(SYM6, dtype=torch.float64, device=x.device)
         taps = h.numel()
         delay = _SYM6_DELAY
@@ -280,23 +302,29 @@ class AugmentPipe(nn.Module):
 
         qx, qy = positions(width), positions(height)
 
-        # Size the reflect padding from where the sampled region's corners land (one host sync per call).
-        corners = torch.stack(torch.meshgrid(qx[[0, -1]], qy[[0, -1]], indexing="xy"), -1).reshape(4, 2)
-        p_corners = corners @ g_inv[:, :, :2].transpose(1, 2) + g_inv[:, None, :, 2]  # [B, 4, 2]
-        # Un-warped images map the corners to themselves, which the margin covers already.
-        stats = torch.cat([p_corners.amin(dim=(0, 1)), p_corners.amax(dim=(0, 1)), is_warped.any().float()[None]])
-        min_x, min_y, max_x, max_y, any_warped = stats.tolist()
-        if not any_warped:
-            return None
-
         def pad(lo: float, hi: float, size: int) -> tuple[int, int]:
             cap = _MAX_PAD_FACTOR * size
             before = math.ceil(max(0.0, -(lo + size / 2)) + _MARGIN)
             after = math.ceil(max(0.0, hi + size / 2 - size) + _MARGIN)
-            return min(before, cap), min(after, cap)
+            # Beyond the cap grid_sample reflects about the padded edges, which depends on the padded size: pad
+            # both sides by the cap then, as fixed padding does, so that both paths sample the same signal.
+            return (before, after) if max(before, after) < cap else (cap, cap)
 
-        pad_left, pad_right = pad(min_x, max_x, width)
-        pad_top, pad_bottom = pad(min_y, max_y, height)
+        if fixed:  # the cap on every side: any sampled point inside it sees the same padded values as below
+            pad_left = pad_right = _MAX_PAD_FACTOR * width
+            pad_top = pad_bottom = _MAX_PAD_FACTOR * height
+        else:
+            # Size the reflect padding from where the sampled region's corners land (one host sync per call).
+            ends = torch.stack([qx[0], qx[-1]]), torch.stack([qy[0], qy[-1]])
+            corners = torch.stack(torch.meshgrid(*ends, indexing="xy"), -1).reshape(4, 2)
+            p_corners = corners @ g_inv[:, :, :2].transpose(1, 2) + g_inv[:, None, :, 2]  # [B, 4, 2]
+            # Un-warped images map the corners to themselves, which the margin covers already.
+            stats = torch.cat([p_corners.amin(dim=(0, 1)), p_corners.amax(dim=(0, 1)), is_warped.any().float()[None]])
+            min_x, min_y, max_x, max_y, any_warped = stats.tolist()
+            if not any_warped:
+                return None
+            pad_left, pad_right = pad(min_x, max_x, width)
+            pad_top, pad_bottom = pad(min_y, max_y, height)
         x = x.index_select(3, _reflect_index(width, pad_left, pad_right, x.device))
         x = x.index_select(2, _reflect_index(height, pad_top, pad_bottom, x.device))
         padded_h, padded_w = x.shape[2:]

@@ -577,8 +577,11 @@ class RealBatches:
             raise ValueError(
                 f"class labels in [{int(labels.min())}, {int(labels.max())}] do not fit label_dim={self.label_dim}"
             )
-        one_hot = F.one_hot(labels.to(self.device, non_blocking=True), self.label_dim).to(torch.float32)
-        return x_real, one_hot
+        # One-hot on the host (on CUDA, F.one_hot would check the indices with a device synchronisation).
+        one_hot = F.one_hot(labels, self.label_dim).to(torch.float32)
+        if self.pin_memory and self.device.type == "cuda":
+            one_hot = one_hot.pin_memory()
+        return x_real, one_hot.to(self.device, non_blocking=True)
 
 
 def real_batches(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -27,10 +28,11 @@ from .artefact import CheckpointError
 from .checkpoint import apply_networks, read_training_state, save_training_state
 from .ema import EMA
 from .fake_score import FakeScore
-from .fast import CompileScope, StepGraphs, speed_up, use_fused_norms
+from .fast import CompileScope, StepGraphs, speed_up, use_compile_cache, use_fused_norms
 from .generator import OneStepGenerator
 from .losses.base import DistillLoss, Evaluation
 from .monitor import GeneratorMetric, RunLog
+from .parallel import GradientAverager, assert_replicas_identical, broadcast_modules
 from .schedules import SigmaSampler
 from .teacher import Teacher
 
@@ -83,6 +85,8 @@ class DistillConfig:
         channels_last: NHWC weights and activations for the image networks.
         compile: ``torch.compile`` the three networks: ``"off"``, ``"blocks"`` (regional) or ``"network"``.
         compile_mode: The ``torch.compile`` mode, e.g. ``"max-autotune-no-cudagraphs"``; ``None``: torch's default.
+        compile_cache_dir: Folder where ``torch.compile`` keeps its compiled artefacts, reused by later runs
+            (``None``: torch's default under /tmp).
         cuda_graphs: Capture each regime's whole iteration in a CUDA graph and replay it (CUDA only; not with
             ``"fp16"``).
     """
@@ -106,6 +110,7 @@ class DistillConfig:
     channels_last: bool = False  # NHWC weights and activations for the image networks
     compile: CompileScope = "off"  # torch.compile the three networks: "blocks" (regional) or "network"
     compile_mode: str | None = None  # torch.compile mode, e.g. "max-autotune-no-cudagraphs"
+    compile_cache_dir: str | None = None
     cuda_graphs: bool = False  # capture each regime's whole iteration in a CUDA graph and replay it (CUDA only)
 
     def __post_init__(self) -> None:
@@ -136,6 +141,10 @@ class DistillConfig:
             raise TypeError(f"compile_mode must be a torch.compile mode string or None, got {self.compile_mode!r}")
         if self.cuda_graphs and self.precision == "fp16":
             raise ValueError("cuda_graphs needs precision 'bf16' or 'fp32': fp16 loss scaling checks on the host")
+        if self.compile_cache_dir is not None and not isinstance(self.compile_cache_dir, str | os.PathLike):
+            raise TypeError(f"compile_cache_dir must be a folder path, got {type(self.compile_cache_dir).__name__}")
+        if self.compile_cache_dir is not None and self.compile == "off":
+            raise ValueError("compile_cache_dir keeps torch.compile's artefacts: set compile='blocks' or 'network'")
 
     @classmethod
     def sida(cls, **overrides: object) -> DistillConfig:
@@ -149,7 +158,9 @@ class DistillConfig:
 
 
 # Fields a resumed run may change: the length of the run and the speed switches (they leave the maths alone).
-RESUME_MAY_CHANGE = frozenset({"total_nimg", "use_kernels", "channels_last", "compile", "compile_mode", "cuda_graphs"})
+RESUME_MAY_CHANGE = frozenset(
+    {"total_nimg", "use_kernels", "channels_last", "compile", "compile_mode", "compile_cache_dir", "cuda_graphs"}
+)
 
 
 def _phase_sampler(losses: Sequence[DistillLoss], attr: str) -> SigmaSampler:
@@ -223,6 +234,24 @@ def _check_optimizer_state(opt: torch.optim.Optimizer, state: object, where: str
                     )
 
 
+def _check_capturable(augment: Augment, generator: OneStepGenerator, device: torch.device) -> None:
+    """Capture one augmentation call in a scratch CUDA graph, so that a pipe that cannot be captured fails here."""
+    x = torch.zeros(2, *generator.sample_shape, device=device)
+    rng = torch.Generator(device).manual_seed(0)
+    augment(x, rng=rng)  # eagerly first: a pipe may create constants (filters) on its first call
+    graph = torch.cuda.CUDAGraph()
+    graph.register_generator_state(rng)
+    try:
+        with torch.cuda.graph(graph):
+            augment(x, rng=rng)
+    except RuntimeError as e:
+        raise ValueError(
+            f"cuda_graphs=True but the augmentation {type(augment).__name__} cannot be captured in a CUDA graph "
+            f"({e}). Draw its randomness from the rng argument on the device, without .item(), host tensors or "
+            "shapes that depend on values; or set cuda_graphs=False (--cuda-graphs off)."
+        ) from e
+
+
 class Distiller:
     """Distil ``teacher`` into ``generator``: one [`step`][scoredistill.Distiller.step] is one SiD/SiDA iteration.
 
@@ -273,6 +302,8 @@ class Distiller:
         fuse_norms = config.use_kernels is not False and config.cuda_graphs and config.compile == "off"
         for role in (teacher, generator, fake_score):
             use_fused_norms(role, None if fuse_norms else False)
+        if config.compile_cache_dir is not None:
+            use_compile_cache(config.compile_cache_dir)
         if config.channels_last or config.compile != "off":
             for role in (teacher, generator, fake_score):
                 if not hasattr(role.denoiser, "model"):
@@ -284,6 +315,11 @@ class Distiller:
                     compile_mode=config.compile_mode,
                 )
         self.world, self.rank = (dist.get_world_size(), dist.get_rank()) if dist.is_initialized() else (1, 0)
+        if config.cuda_graphs and self.world > 1 and dist.get_backend() != "nccl":
+            backend = dist.get_backend()
+            raise ValueError(f"cuda_graphs with {self.world} processes needs the 'nccl' backend, not {backend!r}")
+        if self.world > 1:  # every process starts from rank 0's networks (a random teacher included)
+            broadcast_modules([teacher, generator, fake_score, *(m for m in self.losses if isinstance(m, nn.Module))])
         self.ema = EMA(generator, halflife_nimg=config.ema_halflife_nimg, rampup_ratio=config.ema_rampup_ratio)
         if config.cuda_graphs and self.device.type != "cuda":
             raise ValueError(f"cuda_graphs needs the networks on a CUDA device, not {self.device}")
@@ -312,6 +348,13 @@ class Distiller:
         self.nimg = self.step_index = 0
         self.best: tuple[int, float] | None = None  # (nimg, value) of the best evaluation so far
         self.graphs = StepGraphs([self.rng]) if config.cuda_graphs else None
+        self.averagers = (
+            {"g": GradientAverager(self.g_params, self.world), "f": GradientAverager(self.f_params, self.world)}
+            if self.world > 1
+            else None
+        )
+        if self.graphs is not None and augment is not None:
+            _check_capturable(augment, generator, self.device)
 
     # -- helpers -----------------------------------------------------------------------------------------
 
@@ -367,13 +410,8 @@ class Distiller:
         self.scalers[phase].scale(loss.sum() / self.config.batch_size).backward()
 
     def _optimizer_step(self, phase: str, opt: torch.optim.Optimizer, params: list, clip: float | None) -> None:
-        if self.world > 1:  # average gradients over processes (plain all-reduce; the phases freeze params in turn)
-            grads = [p.grad for p in params if p.grad is not None]
-            flat = torch.cat([g.flatten() for g in grads])
-            dist.all_reduce(flat)
-            torch._foreach_copy_(
-                grads, [f.view_as(g) for f, g in zip(flat.div_(self.world).split([g.numel() for g in grads]), grads)]
-            )
+        if self.averagers is not None:  # wait for the bucketed averages over the processes
+            self.averagers[phase].finish()
         self.scalers[phase].unscale_(opt)
         sanitize_grads(params, clip)
         self.scalers[phase].step(opt)
@@ -420,7 +458,7 @@ class Distiller:
         # Fake-score (+ discriminator) step on detached generator samples (DSM-1–SiDA-2).
         self.generator.eval()
         self.fake_score.train().requires_grad_(True)
-        for batch in batches[: cfg.rounds]:
+        for i, batch in enumerate(batches[: cfg.rounds]):
             labels = self._labels(batch, micro)
             z = torch.randn(micro, *self.generator.sample_shape, generator=self.rng, device=self.device)
             with torch.no_grad(), self._autocast():
@@ -441,6 +479,8 @@ class Distiller:
                     if out is not None:
                         total = total + out.loss
                         self._collect(logs, loss.name, {"fake_score_loss": out.loss.mean(), **out.logs}, 1 / cfg.rounds)
+            if self.averagers is not None and i == cfg.rounds - 1:  # all-reduce the last round's grads in backward
+                self.averagers["f"].arm()
             self._backward(total, "f")
         self._optimizer_step("f", self.opt_f, self.f_params, cfg.fake_score_grad_clip)
         if not gen_on:
@@ -449,7 +489,7 @@ class Distiller:
         # Generator step: gradients flow through the frozen score networks' inputs (SiD-3–SiD-6, SiDA-3–SiDA-4).
         self.generator.train()
         self.fake_score.eval().requires_grad_(False)
-        for batch in batches[cfg.rounds :] or [None] * cfg.rounds:
+        for i, batch in enumerate(batches[cfg.rounds :] or [None] * cfg.rounds):
             labels = self._labels(batch, micro)
             z = torch.randn(micro, *self.generator.sample_shape, generator=self.rng, device=self.device)
             with self._autocast():
@@ -466,6 +506,8 @@ class Distiller:
                 for loss, out in outs:
                     total = total + (loss.generator_weight / weight_sum) * out.loss
                     self._collect(logs, loss.name, {"generator_loss": out.loss.mean(), **out.logs}, 1 / cfg.rounds)
+            if self.averagers is not None and i == cfg.rounds - 1:  # all-reduce the last round's grads in backward
+                self.averagers["g"].arm()
             self._backward(total, "g")
         self._optimizer_step("g", self.opt_g, self.g_params, None)
         self.fake_score.requires_grad_(True)
@@ -483,6 +525,7 @@ class Distiller:
             "opt_f": self.opt_f.state_dict(),
             "scalers": {k: s.state_dict() for k, s in self.scalers.items()},
             "data": self.data.state_dict() if hasattr(self.data, "state_dict") else None,
+            "world": self.world,
             "best": list(self.best) if self.best is not None else None,
         }
         return save_training_state(path, modules=self._modules(), state=state)
@@ -490,6 +533,10 @@ class Distiller:
     def load(self, path: str | Path) -> None:
         """Resume from [`save`][scoredistill.Distiller.save]'s checkpoint; the next
         [`step`][scoredistill.Distiller.step] continues the same trace.
+
+        A checkpoint written by a different number of processes resumes when the global batch is unchanged (the
+        per-process batch may differ); the noise draws and each rank's shuffle then continue differently from an
+        uninterrupted run (they are seeded per rank).
 
         All or nothing: every file's digest, every network's keys and shapes, the config, the counters and the
         optimiser and loss-scaler states are read and checked before anything here changes, so a refused
@@ -512,12 +559,23 @@ class Distiller:
                 raise CheckpointError(f"{file}: {key} must be a non-negative int, got {value!r}")
         if not isinstance(state["config"], dict):
             raise CheckpointError(f"{file}: config must be a dict, got {type(state['config']).__name__}")
-        ours = dataclasses.asdict(self.config)
-        differ = sorted(
-            k
-            for k in ours.keys() | state["config"].keys()
-            if k not in RESUME_MAY_CHANGE and ours.get(k) != state["config"].get(k)
-        )
+        ours, theirs = dataclasses.asdict(self.config), state["config"]
+        saved_world = state.get("world", 1)  # absent in checkpoints written before multi-process resume
+        if not isinstance(saved_world, int) or isinstance(saved_world, bool) or saved_world < 1:
+            raise CheckpointError(f"{file}: world must be a positive int, got {saved_world!r}")
+        may_change = set(RESUME_MAY_CHANGE)
+        if saved_world != self.world:  # another process count: the global batch must stay, its split may change
+            global_batch = theirs.get("batch_size", 0) * saved_world
+            if self.config.batch_size * self.world != global_batch:
+                raise CheckpointError(
+                    f"{file} was written by {saved_world} processes with a global batch of {global_batch}; "
+                    f"this run has {self.world} x {self.config.batch_size} = {self.world * self.config.batch_size}."
+                    f" Set the per-process batch to {global_batch} / {self.world} (examples: keep --batch)"
+                    if global_batch % self.world == 0
+                    else f"{file}: global batch {global_batch} does not split over {self.world} processes"
+                )
+            may_change |= {"batch_size", "micro_batch"}
+        differ = sorted(k for k in ours.keys() | theirs.keys() if k not in may_change and ours.get(k) != theirs.get(k))
         if differ:
             changes = ", ".join(f"{k}: {state['config'].get(k)!r} -> {ours.get(k)!r}" for k in differ)
             raise CheckpointError(f"{file}: checkpoint config differs from this run's in {changes}")
@@ -540,8 +598,12 @@ class Distiller:
 
         # Apply. The data stream first: it is the one part that checks its own state (dataset size).
         if state["data"] is not None and hasattr(self.data, "load_state_dict"):
+            data_state = dict(state["data"])
+            if self.world > 1 and hasattr(self.data, "state_dict") and "seed" in data_state:
+                # Rank 0's position and epoch are every rank's (equal batches), but each rank keeps its own shuffle.
+                data_state["seed"] = self.data.state_dict()["seed"]
             try:
-                self.data.load_state_dict(state["data"])
+                self.data.load_state_dict(data_state)
             except (KeyError, TypeError, ValueError) as err:
                 raise CheckpointError(f"{file}: the data stream refused its saved state: {err}") from err
         apply_networks(loaded, modules)
@@ -559,6 +621,12 @@ class Distiller:
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
             frac = float(t)
         return frac
+
+    def check_replicas(self) -> None:
+        """Raise unless the generator, its EMA, the fake score and any trained loss are bit-identical on all
+        processes (collective: every rank calls it). A no-op in a single process."""
+        if self.world > 1:
+            assert_replicas_identical(self._modules())
 
     def _modules(self) -> dict[str, nn.Module]:
         modules = {"generator": self.generator, "generator_ema": self.ema.module, "fake_score": self.fake_score}

@@ -7,7 +7,9 @@ the whole network, which keeps compile time short because identical blocks share
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -15,7 +17,7 @@ from torch import nn
 
 from .networks.layers import Conv2d, GroupNorm, UNetBlock
 
-__all__ = ["CompileScope", "StepGraphs", "speed_up", "use_fused_norms"]
+__all__ = ["CompileScope", "StepGraphs", "speed_up", "use_compile_cache", "use_fused_norms"]
 
 CompileScope = Literal["off", "blocks", "network"]
 
@@ -59,6 +61,34 @@ def speed_up(
             if hasattr(backbone, name):
                 setattr(backbone, name, torch.compile(getattr(backbone, name), mode=compile_mode))
     return denoiser
+
+
+def use_compile_cache(path: str | Path) -> Path:
+    """Keep ``torch.compile``'s artefacts in ``path`` so that later runs (other processes, other machines sharing
+    the folder) reuse them instead of compiling again.
+
+    Sets Inductor's cache folder (its FX-graph and AOTAutograd caches, which are switched on here) and Triton's
+    kernel cache (``path/triton``) for this process and the processes it starts. Call it before the first
+    compilation; [`Distiller`][scoredistill.distill.Distiller] does when ``DistillConfig.compile_cache_dir`` is set.
+
+    Args:
+        path: A folder (created if missing).
+
+    Returns:
+        The folder, resolved.
+
+    Raises:
+        ValueError: ``path`` exists and is not a folder.
+    """
+    folder = Path(path).expanduser().resolve()
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"compile cache {folder} is a file: pass a folder (it is created if missing)")
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+    os.environ["TRITON_CACHE_DIR"] = str(folder / "triton")
+    torch._inductor.config.fx_graph_cache = True
+    torch._functorch.config.enable_autograd_cache = True
+    return folder
 
 
 def use_fused_norms(module: nn.Module, enabled: bool | None) -> nn.Module:
@@ -124,8 +154,15 @@ class StepGraphs:
                 graph.register_generator_state(generator)
             if self.pool is None:
                 self.pool = torch.cuda.graph_pool_handle()
-            with torch.cuda.graph(graph, pool=self.pool):
-                out = fn(static)
+            try:
+                with torch.cuda.graph(graph, pool=self.pool):
+                    out = fn(static)
+            except RuntimeError as e:
+                raise RuntimeError(
+                    f"capturing the iteration of regime {key} in a CUDA graph failed: {e}. Something in it waits for "
+                    "the host (.item(), a tensor built from host values, a shape that depends on values); "
+                    "set cuda_graphs=False or make that step capture-safe"
+                ) from e
             entry = self.entries[key] = (graph, static, out)
             reseed()
         graph, static, out = entry

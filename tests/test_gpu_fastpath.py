@@ -1,0 +1,164 @@
+"""The fast path in real training, on CUDA: CUDA graphs with augmentation and labels from the data, a construction-
+time refusal of what cannot be captured, and two GPUs (NCCL) keeping bit-identical replicas under graphs."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from scoredistill import AdversarialEncoderLoss, DistillConfig, Distiller, DSMLoss, FakeScore, OneStepGenerator, SiDLoss
+from scoredistill.augment import AugmentPipe
+from scoredistill.fast import use_fused_norms
+from scoredistill.losses.functional import adversarial_discriminator_loss
+from scoredistill.precond import edm_precond
+from scoredistill.teacher import Teacher
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+
+def _labelled_stream(batch: int, seed: int = 0, device: str = "cuda"):
+    g = torch.Generator(device).manual_seed(seed)
+    while True:
+        x = torch.rand(batch, 3, 32, 32, device=device, generator=g) * 2 - 1
+        labels = torch.nn.functional.one_hot(torch.randint(10, (batch,), device=device, generator=g), 10).float()
+        yield x, labels
+
+
+def _distiller(graphs: bool, *, p: float = 0.5, precision: str = "fp32", device: str = "cuda", losses=None):
+    torch.manual_seed(0)
+    teacher = Teacher(edm_precond("cifar10-32x32-cond").to(device))  # conditional, augment_dim = 9
+    G, fake = OneStepGenerator.from_teacher(teacher), FakeScore.from_teacher(teacher)
+    losses = losses or [SiDLoss(alpha=1.0), DSMLoss(), AdversarialEncoderLoss(generator_start_nimg=48)]
+    cfg = DistillConfig.sida(
+        batch_size=8, micro_batch=4, generator_start_nimg=24, precision=precision, cuda_graphs=graphs
+    )
+    return Distiller(teacher, G, fake, losses, cfg, data=_labelled_stream(4), augment=AugmentPipe(p=p))
+
+
+def test_augment_pipe_capture_replays_the_eager_draws(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)  # as the examples: no autotuning inside capture
+    pipe = AugmentPipe(p=0.8)
+    x = torch.rand(16, 3, 32, 32, device="cuda") * 2 - 1
+    rng = torch.Generator("cuda")
+    eager = [pipe(x, rng=rng.manual_seed(s)) for s in (1, 2)]
+    graph = torch.cuda.CUDAGraph()
+    graph.register_generator_state(rng)
+    rng.manual_seed(0)
+    with torch.cuda.graph(graph):
+        out = pipe(x, rng=rng)
+    for s, (ex, elabels) in zip((1, 2), eager):
+        rng.manual_seed(s)
+        graph.replay()
+        assert torch.equal(out[1], elabels)  # the same draws
+        torch.testing.assert_close(out[0], ex, atol=1e-4, rtol=0)  # fixed vs batch-sized padding: rounding only
+        assert (elabels[:, 2:] != 0).any()
+
+
+def test_graphs_with_augmentation_and_data_labels_repeat_the_eager_trace():
+    # Warm-up regime, SiD, SiD + adversarial; labels from the data, augmented fake and real images, two rounds.
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    traces = []
+    for graphs in (False, True):
+        d = _distiller(graphs)
+        if not graphs:
+            for role in (d.teacher, d.generator, d.fake_score):
+                use_fused_norms(role, None)
+        # Three steps per regime (nimg 0-16, 24-40, 48-72): two eager warm-ups, then the capture and replays.
+        traces.append([{k: float(v) for k, v in d.step().items()} for _ in range(10)])
+        if graphs:
+            assert len(d.graphs.entries) == 3  # one graph per regime, all captured with augmentation on
+    for step, (a, b) in enumerate(zip(*traces)):
+        assert a.keys() == b.keys(), step
+        for k in a:
+            tol = {"abs": 5e-3} if "acc" in k or "frac" in k else {"rel": 2e-3, "abs": 1e-5}
+            assert a[k] == pytest.approx(b[k], **tol), (step, k)
+
+
+def test_bf16_graphs_with_recipe_augmentation_are_finite():
+    d = _distiller(True, p=0.12, precision="bf16")
+    logs = [d.step() for _ in range(6)]
+    assert all(torch.isfinite(v) for log in logs for v in log.values())
+
+
+class _SyncingAugment:
+    """An augmentation that reads a value on the host: it cannot be captured."""
+
+    def __call__(self, x, rng=None):
+        if float(x.abs().max()) > 1e9:
+            x = x.clamp(-1, 1)
+        return x, torch.zeros(x.shape[0], 9, device=x.device)
+
+
+def test_uncapturable_augmentation_is_refused_at_construction():
+    torch.manual_seed(0)
+    teacher = Teacher(edm_precond("cifar10-32x32-cond").cuda())
+    G, fake = OneStepGenerator.from_teacher(teacher), FakeScore.from_teacher(teacher)
+    cfg = DistillConfig.sida(batch_size=4, generator_start_nimg=0, precision="bf16", cuda_graphs=True)
+    losses = [SiDLoss(alpha=1.0), DSMLoss(), AdversarialEncoderLoss(generator_start_nimg=0)]
+    with pytest.raises(ValueError, match="cannot be captured in a CUDA graph"):
+        Distiller(teacher, G, fake, losses, cfg, data=_labelled_stream(4), augment=_SyncingAugment())
+
+
+# -- two GPUs -----------------------------------------------------------------------------------------------------
+
+
+class _RecordingAdv(AdversarialEncoderLoss):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.records: list[dict] = []
+
+    def fake_score_loss(self, ev):
+        out = super().fake_score_loss(ev)
+        # Under graphs these are the captured buffers: clone their values right after each replay instead.
+        self.records.append({"real": ev.logits_real, "fake": ev.logits_fake, "sigma": ev.fake.sigma, "loss": out.loss})
+        return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _nccl_worker(rank: int, world: int, port: int, out: str) -> None:
+    torch.cuda.set_device(rank)
+    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(rank)  # different initialisations: the Distiller broadcasts rank 0's
+        teacher = Teacher(edm_precond("cifar10-32x32-cond").cuda())
+        G, fake = OneStepGenerator.from_teacher(teacher), FakeScore.from_teacher(teacher)
+        adv = _RecordingAdv(generator_start_nimg=0)
+        losses = [SiDLoss(alpha=1.0), DSMLoss(), adv]
+        cfg = DistillConfig.sida(
+            batch_size=8, micro_batch=4, generator_start_nimg=0, precision="bf16", cuda_graphs=True, channels_last=True
+        )
+        d = Distiller(teacher, G, fake, losses, cfg, data=_labelled_stream(4, seed=rank), augment=AugmentPipe(p=0.12))
+        checks = []
+        for _ in range(6):
+            d.step()
+            r = adv.records[-2:]  # this step's two rounds (the captured buffers hold the last replay's values)
+            for rec in r:
+                own = adversarial_discriminator_loss(rec["real"], rec["fake"], rec["sigma"])
+                checks.append(bool(torch.allclose(rec["loss"], own, rtol=1e-4, atol=1e-6)))
+        torch.cuda.synchronize()
+        d.check_replicas()
+        params = {name: [t.detach().cpu().clone() for t in m.parameters()] for name, m in d._modules().items()}
+        torch.save({"params": params, "checks": checks, "graphs": len(d.graphs.entries)}, Path(out) / f"rank{rank}.pt")
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_two_gpus_with_graphs_keep_bit_identical_replicas(tmp_path):
+    torch.multiprocessing.spawn(_nccl_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert ranks[0]["graphs"] == 1  # the whole SiDA iteration, all-reduces included, ran as a captured graph
+    for name in ("generator", "generator_ema", "fake_score"):
+        for a, b in zip(ranks[0]["params"][name], ranks[1]["params"][name]):
+            assert torch.equal(a, b), name
+    assert all(ranks[0]["checks"]) and all(ranks[1]["checks"])  # l_D over each process's own batch
