@@ -9,7 +9,7 @@ Z=${Z:-.devdata/c1/cifar10-train-jpeg75-5k.zip}
 B="benchmarks/bench_step.py --batch 32 --settings graphs-cl --no-mfu --warmup 4 --steps 20"
 # GPU 0: the GPU-marked tests (this issue's file first); GPU 1 at the same time: the one-GPU measurements.
 (CUDA_VISIBLE_DEVICES=0 timeout ${SUITE_S:-170} python -m pytest -q -p no:cacheprovider -m "gpu or kernels" \
-    tests/test_gpu_fastpath.py tests -rfE > $OUT/gpu_suite.txt 2>&1) &
+    tests/training/test_gpu_fastpath.py tests -rfE > $OUT/gpu_suite.txt 2>&1) &
 (
   export CUDA_VISIBLE_DEVICES=1
   el c10; timeout 50 python $B --preset cifar10-32x32-uncond --out $OUT/bench_1gpu.md 2>&1 | grep -v warm-up
@@ -23,7 +23,7 @@ B="benchmarks/bench_step.py --batch 32 --settings graphs-cl --no-mfu --warmup 4 
 ) > $OUT/one_gpu.txt 2>&1
 wait
 el two GPUs
-timeout 80 python -m pytest -q -p no:cacheprovider tests/test_gpu_fastpath.py -k two_gpus -rfE 2>&1 | tail -15 \
+timeout 80 python -m pytest -q -p no:cacheprovider tests/training/test_gpu_fastpath.py -k two_gpus -rfE 2>&1 | tail -15 \
   > $OUT/two_gpu_test.txt
 el c10-2gpu; timeout 50 torchrun --nproc_per_node=2 $B --preset cifar10-32x32-uncond --data $Z --augment 0.12 \
   --out $OUT/bench_2gpu.md 2>&1 | grep -v warm-up | tail -3

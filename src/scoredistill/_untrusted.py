@@ -62,7 +62,7 @@ def min_backbone_size(class_name: str, config: Mapping[str, Any]) -> tuple[int, 
 
     Pure arithmetic on the config: nothing is built. For [`MLP`][scoredistill.networks.MLP] the bound is exact;
     for the UNets it counts only each residual block's tensors and second 3x3 convolution, so the real network is
-    always at least this large (``tests/test_hardening_artefacts.py`` checks this against built networks).
+    always at least this large (``tests/io/test_hardening_artefacts.py`` checks this against built networks).
 
     Args:
         class_name: A name of `scoredistill.networks.BACKBONES`.

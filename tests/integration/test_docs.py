@@ -19,7 +19,7 @@ DOCTEST_MODULES = [
 ]
 
 
-# The docs pages' python blocks run (and must train) in tests/test_docs_examples_train.py.
+# The docs pages' python blocks run (and must train) in tests/integration/test_docs_examples_train.py.
 
 
 @pytest.mark.parametrize("module", DOCTEST_MODULES)

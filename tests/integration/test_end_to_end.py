@@ -19,7 +19,7 @@ STEPS, HIDDEN, LR = 800, 64, 5e-4
 def test_sid_student_covers_every_mode():
     result = run_demo(steps=STEPS, hidden=HIDDEN, lr=LR)
     mass = np.array(result.student_mass)
-    assert np.abs(mass - 0.125).max() <= 0.05, mass  # the bound of tests/test_demo_quality.py
+    assert np.abs(mass - 0.125).max() <= 0.05, mass  # the bound of tests/roles/test_demo_quality.py
     assert result.student_energy < 0.1
 
 

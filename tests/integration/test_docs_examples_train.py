@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import REPO_ROOT
 from scoredistill import GaussianMixture, OneStepGenerator
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 PAGES = ["quickstart.md", "extending.md", "custom_loop.md"]
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import tiny_image_roles, tiny_vector_roles
+from helpers import REPO_ROOT, tiny_image_roles, tiny_vector_roles
 from scoredistill import AdversarialEncoderLoss, DistillConfig, Distiller, DSMLoss, OneStepGenerator, Precond, SiDLoss
 from scoredistill._version import __version__
 from scoredistill.cli import CommandError
@@ -25,7 +25,7 @@ from scoredistill.convert import load_edm_pickle
 from scoredistill.networks import MLP
 from scoredistill.recipes import RECIPES, Recipe
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 FIXTURE = ROOT / "tests" / "fixtures" / "cifar10-tiny.zip"
 sys.path.insert(0, str(ROOT / "examples"))
 distill_edm = pytest.importorskip("distill_edm")
@@ -203,7 +203,7 @@ def test_library_errors_are_one_line_and_debug_shows_the_traceback(generator_dir
 
 def _edm_pickle() -> bytes:
     """A synthetic EDM network pickle, from the converter tests' helper (wherever the tests folder keeps it)."""
-    path = next(Path(__file__).parent.rglob("test_convert.py"))
+    path = next((REPO_ROOT / "tests").rglob("test_convert.py"))
     spec = importlib.util.spec_from_file_location("_convert_helpers", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
