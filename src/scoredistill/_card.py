@@ -17,7 +17,7 @@ def model_card(
     license: str | None = None,
     repo_id: str | None = None,
 ) -> ModelCard:
-    """The card: Hub metadata ([`ModelCardData`][huggingface_hub.ModelCardData]), what the role is, how to load it.
+    """The card: Hub metadata (`huggingface_hub.ModelCardData`), what the role is, how to load it.
 
     Args:
         config: The artefact's ``config.json``.

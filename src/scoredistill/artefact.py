@@ -1,7 +1,7 @@
 """The artefact format: one role per directory, ``config.json`` + ``model.safetensors`` (+ a ``README.md`` card).
 
 This module reads and writes the format on local disk and knows nothing of the Hub (see
-[`scoredistill.hub`][scoredistill.hub] for that). ``config.json`` reads::
+`scoredistill.hub` for that). ``config.json`` reads::
 
     {
       "_class_name": "OneStepGenerator",        # the role

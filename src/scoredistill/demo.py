@@ -187,7 +187,7 @@ def run_demo(
     """Distil ``teacher`` (default: an 8-mode ring) with SiD, or SiDA when ``data`` is given.
 
     Both trainable roles start as copies of ``init``, a network fitted to the analytic teacher
-    ([`fit_toy_network`][scoredistill.demo.fit_toy_network]), as SiD assumes.
+    (`fit_toy_network`), as SiD assumes.
 
     Args:
         steps: Iterations (each ``batch_size`` points).

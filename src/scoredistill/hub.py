@@ -1,7 +1,7 @@
 """Saving, loading and publishing roles, locally or on the Hugging Face Hub.
 
 [`HubMixin`][scoredistill.hub.HubMixin] gives a role ``save_pretrained``, ``from_pretrained`` and ``push_to_hub``
-on top of [`huggingface_hub.ModelHubMixin`][huggingface_hub.ModelHubMixin]. The Hub layer knows no role: each role
+on top of `huggingface_hub.ModelHubMixin`. The Hub layer knows no role: each role
 (``OneStepGenerator``, ``FakeScore``, ``Precond``) writes its architecture with ``to_config()`` and rebuilds it with
 ``from_config(config)``; the files follow [`scoredistill.artefact`][scoredistill.artefact].
 """
@@ -166,7 +166,7 @@ class HubMixin(
                 ``save_pretrained``.
 
         Returns:
-            The [`CommitInfo`][huggingface_hub.CommitInfo] of the commit (``.oid`` is its hash).
+            The `huggingface_hub.CommitInfo` of the commit (``.oid`` is its hash).
         """
         license = save_kwargs.pop("license", None)
         config = artefact_config(self, **save_kwargs)
@@ -279,7 +279,7 @@ def from_pretrained(
 
     Args:
         repo_id_or_path: A local artefact directory, or a Hub repo id such as ``"org/sid-cifar10-uncond"``
-            (downloaded with [`snapshot_download`][huggingface_hub.snapshot_download], which honours
+            (downloaded with `huggingface_hub.snapshot_download`, which honours
             ``HF_ENDPOINT`` and ``HF_HUB_OFFLINE``).
         revision: Hub branch, tag or commit hash (Hub repos only).
         cache_dir: Hub cache directory (default: the Hugging Face cache).
