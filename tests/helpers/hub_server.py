@@ -8,7 +8,8 @@ It answers just the requests the client makes in the tests (``snapshot_download`
   ``/api/models/{repo}/preupload/{rev}`` (every file inline, no LFS), ``/api/models/{repo}/commit/{rev}``
 
 Errors carry the ``X-Error-Code`` the client maps to its exceptions (``RepoNotFound``, ``RevisionNotFound``,
-``EntryNotFound``). Every request is recorded in ``FakeHub.requests``.
+``EntryNotFound``). Every request is recorded in ``FakeHub.requests``. Setting ``FakeHub.answer_commit`` or
+``FakeHub.answer_etag`` makes it answer like a hostile endpoint, with those values instead of the true ones.
 """
 
 from __future__ import annotations
@@ -18,10 +19,15 @@ import hashlib
 import json
 import re
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
-__all__ = ["FakeHub"]
+import pytest
+from huggingface_hub import constants as hf_constants
+
+__all__ = ["FakeHub", "serve_hub"]
 
 
 def _blob_sha(data: bytes) -> str:
@@ -34,6 +40,8 @@ class FakeHub:
     def __init__(self) -> None:
         self.repos: dict[str, dict[str, dict]] = {}
         self.requests: list[tuple[str, str]] = []
+        self.answer_commit: str | None = None  # reported instead of the true commit id (a hostile endpoint)
+        self.answer_etag: str | None = None  # reported instead of the true ETag (a hostile endpoint)
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
@@ -121,7 +129,8 @@ class _Handler(BaseHTTPRequestHandler):
         if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/([^/]+))?", path):
             if found := self.lookup(m[1], m[2] or "main"):
                 files = [{"rfilename": p} for p in sorted(found[0]["commits"][found[1]])]
-                self.send(200, {"id": m[1], "modelId": m[1], "sha": found[1], "siblings": files, "private": False})
+                sha = self.hub.answer_commit or found[1]
+                self.send(200, {"id": m[1], "modelId": m[1], "sha": sha, "siblings": files, "private": False})
         elif m := re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)", path):
             if found := self.lookup(m[1], m[2]):
                 tree = found[0]["commits"][found[1]]
@@ -130,10 +139,12 @@ class _Handler(BaseHTTPRequestHandler):
                 )
         elif m := re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path):
             if found := self.lookup(m[1], m[2]):
-                data, headers = found[0]["commits"][found[1]].get(m[3]), {"X-Repo-Commit": found[1]}
+                data = found[0]["commits"][found[1]].get(m[3])
+                headers = {"X-Repo-Commit": self.hub.answer_commit or found[1]}
                 if data is None:
                     return self.error(404, "EntryNotFound", f"{m[3]} does not exist", **headers)
-                self.send(200, data, {**headers, "ETag": f'"{_blob_sha(data)}"', "Accept-Ranges": "bytes"})
+                etag = self.hub.answer_etag or _blob_sha(data)
+                self.send(200, data, {**headers, "ETag": f'"{etag}"', "Accept-Ranges": "bytes"})
         else:
             self.error(404, "NotFound", f"no route for {self.command} {path}")
 
@@ -174,3 +185,19 @@ class _Handler(BaseHTTPRequestHandler):
                 self.send(200, {"commitUrl": f"{self.hub.endpoint}/{m[1]}/commit/{sha}", "commitOid": sha})
         else:
             self.error(404, "NotFound", f"no route for POST {path}")
+
+
+@contextmanager
+def serve_hub(monkeypatch: pytest.MonkeyPatch, cache: str) -> Iterator[FakeHub]:
+    """A running `FakeHub` that the real ``huggingface_hub`` client talks to (default cache: ``cache``)."""
+    with FakeHub() as hub:
+        # HF_ENDPOINT is what users set; huggingface_hub also copies it into constants at import time.
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+        monkeypatch.setenv("HF_TOKEN", "hf_fake_token_for_tests")  # never read a real login
+        monkeypatch.setattr(hf_constants, "ENDPOINT", hub.endpoint)
+        template = hub.endpoint + "/{repo_id}/resolve/{revision}/{filename}"
+        monkeypatch.setattr(hf_constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+        monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", cache)
+        yield hub

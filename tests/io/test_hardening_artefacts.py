@@ -6,20 +6,15 @@ answering ``../`` in a commit id or ETag cannot make the download write outside 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
-import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import ClassVar
 
 import pytest
 import torch
-from huggingface_hub import constants as hf_constants
 
+from helpers.hub_server import FakeHub, serve_hub
 from scoredistill import FakeScore, OneStepGenerator, Precond
 from scoredistill._untrusted import min_backbone_size
 from scoredistill.hub import CONFIG_NAME, CheckpointError, from_pretrained, save_pretrained
@@ -158,64 +153,12 @@ def test_size_bound_is_a_lower_bound_of_every_backbone() -> None:
 # The Hub ---------------------------------------------------------------------------------------------------------
 
 
-class _HostileHub(BaseHTTPRequestHandler):
-    """Answers like the Hub for one repo, but with ``commit`` and ``etag`` as configured (``../`` in them)."""
-
-    protocol_version = "HTTP/1.1"
-    files: ClassVar[dict[str, bytes]] = {}
-    commit = "a" * 40
-    etag: str | None = None
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-    def _send(self, body: bytes, headers: dict[str, str] | None = None) -> None:
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        for key, value in (headers or {}).items():
-            self.send_header(key, value)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def do_GET(self) -> None:
-        path = self.path.split("?")[0]
-        blobs = {name: hashlib.sha1(data).hexdigest() for name, data in self.files.items()}
-        if path.startswith("/api/models/") and "/tree/" in path:
-            entries = [{"type": "file", "path": n, "size": len(d), "oid": blobs[n]} for n, d in self.files.items()]
-            self._send(json.dumps(entries).encode())
-        elif path.startswith("/api/models/"):
-            siblings = [{"rfilename": name} for name in self.files]
-            self._send(json.dumps({"id": "org/model", "sha": self.commit, "siblings": siblings}).encode())
-        elif match := re.fullmatch(r"/org/model/resolve/[^/]+/(.+)", path):
-            name = match.group(1)
-            etag = self.etag or blobs[name]
-            self._send(self.files[name], {"X-Repo-Commit": self.commit, "ETag": f'"{etag}"'})
-        else:
-            self.send_response(404)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-    do_HEAD = do_GET
-
-
 @pytest.fixture
-def hostile_hub(artefacts, monkeypatch: pytest.MonkeyPatch) -> Iterator[type[_HostileHub]]:
-    handler = type("Handler", (_HostileHub,), {})
-    handler.files = {p.name: p.read_bytes() for p in artefacts["mlp"].iterdir()}
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
-    monkeypatch.setenv("HF_ENDPOINT", endpoint)
-    monkeypatch.setattr(hf_constants, "ENDPOINT", endpoint)
-    monkeypatch.setattr(
-        hf_constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}"
-    )
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
-    yield handler
-    server.shutdown()
-    thread.join()
+def hub(artefacts, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeHub]:
+    """The stand-in Hub serving the ``mlp`` artefact as ``org/model``; tests make it answer like a hostile one."""
+    with serve_hub(monkeypatch, str(tmp_path / "default-cache")) as hub:
+        hub.commit("org/model", {p.name: p.read_bytes() for p in artefacts["mlp"].iterdir()})
+        yield hub
 
 
 def _files_outside(root: Path, inside: Path) -> list[str]:
@@ -225,17 +168,19 @@ def _files_outside(root: Path, inside: Path) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    ("commit", "etag"), [("../../../escape", None), ("a" * 40, "../../../escape")], ids=["commit", "etag"]
+    ("commit", "etag"), [("../../../escape", None), (None, "../../../escape")], ids=["commit", "etag"]
 )
-def test_hub_answers_with_dot_dot_are_refused(hostile_hub, tmp_path: Path, commit: str, etag: str | None) -> None:
-    hostile_hub.commit, hostile_hub.etag = commit, etag
+def test_hub_answers_with_dot_dot_are_refused(
+    hub: FakeHub, tmp_path: Path, commit: str | None, etag: str | None
+) -> None:
+    hub.answer_commit, hub.answer_etag = commit, etag
     cache = tmp_path / "a" / "b" / "c" / "cache"
     with pytest.raises(CheckpointError, match=r"the Hub at http://127\.0\.0\.1:\d+: answered a malformed commit id"):
         from_pretrained("org/model", cache_dir=cache)
     assert _files_outside(tmp_path, cache) == []
 
 
-def test_honest_stand_in_hub_still_loads(hostile_hub, tmp_path: Path) -> None:
+def test_honest_stand_in_hub_still_loads(hub: FakeHub, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     assert isinstance(from_pretrained("org/model", cache_dir=cache), OneStepGenerator)
-    assert (cache / "models--org--model" / "snapshots" / ("a" * 40) / CONFIG_NAME).is_file()
+    assert (cache / "models--org--model" / "snapshots" / hub.head("org/model") / CONFIG_NAME).is_file()

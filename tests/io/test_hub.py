@@ -16,14 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from huggingface_hub import constants as hf_constants
 from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from helpers import FIXTURES
-from helpers.hub_server import FakeHub
+from helpers.hub_server import FakeHub, serve_hub
 from scoredistill import FakeScore, OneStepGenerator, Precond
 from scoredistill.artefact import CONFIG_NAME, MODEL_CARD_NAME, WEIGHTS_NAME
 from scoredistill.cli import main as cli_main
@@ -382,17 +381,7 @@ def test_missing_paths_are_named(tmp_path: Path):
 
 @pytest.fixture
 def fake_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    with FakeHub() as hub:
-        # HF_ENDPOINT is what users set; huggingface_hub also copies it into constants at import time.
-        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
-        monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-        monkeypatch.setenv("HF_TOKEN", "hf_fake_token_for_tests")  # never read a real login
-        monkeypatch.setattr(hf_constants, "ENDPOINT", hub.endpoint)
-        monkeypatch.setattr(
-            hf_constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.endpoint + "/{repo_id}/resolve/{revision}/{filename}"
-        )
-        monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
-        monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "default-cache"))  # the CLI's cache
+    with serve_hub(monkeypatch, str(tmp_path / "default-cache")) as hub:  # the CLI's cache
         yield hub
 
 
