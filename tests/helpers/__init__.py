@@ -13,7 +13,7 @@ import torch
 from scoredistill import FakeScore, GaussianMixture, OneStepGenerator, Precond, Teacher
 from scoredistill.networks import MLP, TinyUNet
 
-__all__ = ["FIXTURES", "REPO_ROOT", "TINY_ZIP", "tiny_image_roles", "tiny_vector_roles"]
+__all__ = ["FIXTURES", "REPO_ROOT", "TINY_ZIP", "ResumableStream", "tiny_image_roles", "tiny_vector_roles"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = REPO_ROOT / "tests" / "fixtures"
@@ -35,3 +35,24 @@ def tiny_vector_roles(dim: int = 2, seed: int = 0) -> tuple[Teacher, OneStepGene
     teacher = Teacher(GaussianMixture.ring(8))
     G = OneStepGenerator(Precond(MLP(dim, 32, depth=2)), sample_shape=(dim,))
     return teacher, G, FakeScore(Precond(MLP(dim, 32, depth=2)))
+
+
+class ResumableStream:
+    """A real-data stream with state, like ``scoredistill.data``'s: batch ``i`` is uniform in [-1, 1], seeded by i."""
+
+    def __init__(self, batch: int, shape: tuple[int, ...]):
+        self.batch, self.shape, self.index = batch, shape, 0
+
+    def __iter__(self) -> ResumableStream:
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, None]:
+        g = torch.Generator().manual_seed(self.index)
+        self.index += 1
+        return torch.rand(self.batch, *self.shape, generator=g) * 2 - 1, None
+
+    def state_dict(self) -> dict[str, int]:
+        return {"index": self.index}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.index = state["index"]

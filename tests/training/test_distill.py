@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from helpers import tiny_image_roles, tiny_vector_roles
+from helpers import ResumableStream, tiny_image_roles, tiny_vector_roles
 from scoredistill import AdversarialEncoderLoss, DistillConfig, Distiller, DSMLoss, SiDLoss
 from scoredistill.artefact import CheckpointError
 from scoredistill.distill import sanitize_grads
@@ -110,7 +110,7 @@ def test_same_seed_same_trace_and_different_seed_differs():
 def test_resume_continues_the_same_trace(tmp_path):
     def fresh():
         d = _sida(adv_start=0, seed=3)
-        d.data = _ResumableStream(4)
+        d.data = ResumableStream(4, (1, 8, 8))
         return d
 
     straight = fresh()
@@ -124,27 +124,6 @@ def test_resume_continues_the_same_trace(tmp_path):
     assert part == full
     for p, q in zip(straight.ema.module.parameters(), second.ema.module.parameters()):
         assert torch.equal(p, q)
-
-
-class _ResumableStream:
-    """A real-data stream with state, like scoredistill.data's iterator."""
-
-    def __init__(self, batch):
-        self.batch, self.index = batch, 0
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        g = torch.Generator().manual_seed(self.index)
-        self.index += 1
-        return torch.rand(self.batch, 1, 8, 8, generator=g) * 2 - 1, None
-
-    def state_dict(self):
-        return {"index": self.index}
-
-    def load_state_dict(self, state):
-        self.index = state["index"]
 
 
 def test_resume_rejects_other_config_and_missing_files(tmp_path):

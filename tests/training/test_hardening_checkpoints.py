@@ -13,37 +13,16 @@ import warnings
 import pytest
 import torch
 
-from helpers import tiny_vector_roles
+from helpers import ResumableStream, tiny_vector_roles
 from scoredistill import DistillConfig, Distiller, DSMLoss, SiDLoss
 from scoredistill.artefact import CheckpointError
 from scoredistill.checkpoint import LegacyCheckpointWarning, has_training_state
 
 
-class _Stream:
-    """A resumable data stream with state (like scoredistill.data's); SiD without labels never draws from it."""
-
-    def __init__(self, batch=4):
-        self.batch, self.index = batch, 0
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        g = torch.Generator().manual_seed(self.index)
-        self.index += 1
-        return torch.rand(self.batch, 2, generator=g) * 2 - 1, None
-
-    def state_dict(self):
-        return {"index": self.index}
-
-    def load_state_dict(self, state):
-        self.index = state["index"]
-
-
 def _distiller(**cfg) -> Distiller:
     teacher, G, fake = tiny_vector_roles()  # analytic teacher, MLP generator and fake score of equal shapes
     config = DistillConfig(batch_size=4, total_nimg=1000, **cfg)
-    return Distiller(teacher, G, fake, [SiDLoss(), DSMLoss()], config, data=_Stream())
+    return Distiller(teacher, G, fake, [SiDLoss(), DSMLoss()], config, data=ResumableStream(4, (2,)))
 
 
 def _snapshot(d: Distiller) -> dict:
