@@ -72,6 +72,7 @@ def child(args: argparse.Namespace) -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
+        print(f"step {len(times)}: {times[-1]:.1f} s", flush=True)  # progress, should a cold run outlast a limit
     finite = all(bool(torch.isfinite(v)) for v in logs.values())
     print(json.dumps({"warmup_s": sum(times[:2]), "step_s": statistics.median(times[2:]), "finite": finite}))
 
@@ -95,8 +96,15 @@ def main() -> None:
         argv = [sys.executable, __file__, "--child", "--cache", cache, *sys.argv[1:]]
         runs = []
         for name in ("cold", "cached"):
-            out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-            runs.append({"run": name, **json.loads(out)})
+            with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) as child_process:
+                assert child_process.stdout is not None
+                lines = []
+                for line in child_process.stdout:
+                    print(f"  {name} {line.rstrip()}", flush=True)
+                    lines.append(line)
+            if child_process.returncode:
+                raise SystemExit(f"the {name} run failed (exit status {child_process.returncode})")
+            runs.append({"run": name, **json.loads(lines[-1])})
             print(runs[-1], flush=True)
     label = "TinyUNet 16x16" if args.tiny else args.preset
     cold, cached = runs

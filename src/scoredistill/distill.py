@@ -28,7 +28,7 @@ from .artefact import CheckpointError
 from .checkpoint import apply_networks, read_training_state, save_training_state
 from .ema import EMA
 from .fake_score import FakeScore
-from .fast import CompileScope, StepGraphs, speed_up, use_compile_cache, use_fused_norms
+from .fast import CompileScope, StepGraphs, capture, speed_up, use_compile_cache, use_fused_norms
 from .generator import OneStepGenerator
 from .losses.base import DistillLoss, Evaluation
 from .monitor import GeneratorMetric, RunLog
@@ -239,10 +239,8 @@ def _check_capturable(augment: Augment, generator: OneStepGenerator, device: tor
     x = torch.zeros(2, *generator.sample_shape, device=device)
     rng = torch.Generator(device).manual_seed(0)
     augment(x, rng=rng)  # eagerly first: a pipe may create constants (filters) on its first call
-    graph = torch.cuda.CUDAGraph()
-    graph.register_generator_state(rng)
     try:
-        with torch.cuda.graph(graph):
+        with capture(torch.cuda.CUDAGraph(), [rng]):
             augment(x, rng=rng)
     except RuntimeError as e:
         raise ValueError(

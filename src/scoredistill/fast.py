@@ -7,8 +7,9 @@ the whole network, which keeps compile time short because identical blocks share
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -17,7 +18,7 @@ from torch import nn
 
 from .networks.layers import Conv2d, GroupNorm, UNetBlock
 
-__all__ = ["CompileScope", "StepGraphs", "speed_up", "use_compile_cache", "use_fused_norms"]
+__all__ = ["CompileScope", "StepGraphs", "capture", "speed_up", "use_compile_cache", "use_fused_norms"]
 
 CompileScope = Literal["off", "blocks", "network"]
 
@@ -110,6 +111,37 @@ def use_fused_norms(module: nn.Module, enabled: bool | None) -> nn.Module:
     return module
 
 
+@contextlib.contextmanager
+def capture(
+    graph: torch.cuda.CUDAGraph, generators: Sequence[torch.Generator] = (), *, pool: object = None
+) -> Iterator[None]:
+    """``torch.cuda.graph(graph, pool=pool)`` with ``generators`` registered, that leaves them usable if it fails.
+
+    A capture that fails (a host synchronisation inside it, say) ends without closing the random generators'
+    capture state: every later draw from them, in eager code too, would raise "Offset increment outside graph
+    capture encountered unexpectedly". This context copies their states (the device's default generator,
+    which every capture registers, and ``generators``) before the capture and puts the copies back if it
+    fails, so that the process goes on exactly as if the capture had never started.
+
+    Args:
+        graph: A fresh graph.
+        generators: Non-default CUDA generators the captured code draws from.
+        pool: Memory pool to share with other graphs (``torch.cuda.graph_pool_handle()``), or ``None``.
+    """
+    default = torch.cuda.default_generators[torch.cuda.current_device()]
+    everyone = [default, *generators]
+    saved = [g.clone_state() for g in everyone]
+    for generator in generators:
+        graph.register_generator_state(generator)
+    try:
+        with torch.cuda.graph(graph, pool=pool):
+            yield
+    except BaseException:
+        for generator, state in zip(everyone, saved):
+            generator.graphsafe_set_state(state)
+        raise
+
+
 class StepGraphs:
     """CUDA-graph capture of whole training iterations, one graph per regime.
 
@@ -150,12 +182,10 @@ class StepGraphs:
         if entry is None:
             static = [None if b is None else tuple(None if t is None else t.clone() for t in b) for b in inputs]
             graph = torch.cuda.CUDAGraph()
-            for generator in self.generators:
-                graph.register_generator_state(generator)
             if self.pool is None:
                 self.pool = torch.cuda.graph_pool_handle()
             try:
-                with torch.cuda.graph(graph, pool=self.pool):
+                with capture(graph, self.generators, pool=self.pool):
                     out = fn(static)
             except RuntimeError as e:
                 raise RuntimeError(

@@ -12,7 +12,7 @@ import torch.distributed as dist
 
 from scoredistill import AdversarialEncoderLoss, DistillConfig, Distiller, DSMLoss, FakeScore, OneStepGenerator, SiDLoss
 from scoredistill.augment import AugmentPipe
-from scoredistill.fast import use_fused_norms
+from scoredistill.fast import StepGraphs, use_fused_norms
 from scoredistill.losses.functional import adversarial_discriminator_loss
 from scoredistill.precond import edm_precond
 from scoredistill.teacher import Teacher
@@ -101,6 +101,25 @@ def test_uncapturable_augmentation_is_refused_at_construction():
     losses = [SiDLoss(alpha=1.0), DSMLoss(), AdversarialEncoderLoss(generator_start_nimg=0)]
     with pytest.raises(ValueError, match="cannot be captured in a CUDA graph"):
         Distiller(teacher, G, fake, losses, cfg, data=_labelled_stream(4), augment=_SyncingAugment())
+    # The failed probe leaves the process's random generators usable: eager draws and a later graphed run work
+    # (a failed capture used to leave the default generator mid-capture: "Offset increment outside graph capture").
+    assert torch.isfinite(torch.rand(4, device="cuda")).all()
+    d = _distiller(True, p=0.12, precision="bf16")
+    assert all(torch.isfinite(v).all() for _ in range(4) for v in d.step().values())
+
+
+def test_failed_step_capture_leaves_generators_usable():
+    rng = torch.Generator("cuda").manual_seed(0)
+    graphs = StepGraphs([rng], warmup=0)
+
+    def syncing(inputs):
+        x = torch.randn(8, device="cuda", generator=rng) + torch.rand(8, device="cuda")
+        return {"x": x * float(x.sum())}  # a host read: cannot be captured
+
+    with pytest.raises(RuntimeError, match="capturing the iteration"):
+        graphs.run("regime", syncing, [], lambda: None)
+    assert torch.isfinite(torch.rand(4, device="cuda")).all()
+    assert torch.isfinite(torch.randn(4, device="cuda", generator=rng)).all()
 
 
 # -- two GPUs -----------------------------------------------------------------------------------------------------
