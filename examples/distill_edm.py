@@ -20,7 +20,6 @@ import argparse
 import dataclasses
 import json
 import os
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import torch.distributed as dist
 
 from scoredistill.checkpoint import has_training_state
 from scoredistill.data import ImageZipDataset, check_compatible, real_batches
+from scoredistill.distill import warn_unreached_warmups
 from scoredistill.hub import save_pretrained
 from scoredistill.recipes import RECIPES, load_teacher, make_distiller
 
@@ -129,15 +129,10 @@ def main(argv: list[str] | None = None, **defaults: str) -> None:
     if args.lr is not None:
         overrides["lr_generator"] = overrides["lr_fake_score"] = args.lr
     config = recipe.config(args.method, world_size=world, **overrides)
-    if config.total_nimg <= config.generator_start_nimg and rank == 0:
-        warnings.warn(
-            f"--total-kimg {config.total_nimg / 1000:g} ends before the generator's first step: {args.method} holds "
-            f"it back for {config.generator_start_nimg / 1000:g} kimg, so generator_ema would be the teacher's "
-            "untrained copy; pass a larger --total-kimg",
-            UserWarning,
-            stacklevel=2,
-        )
+    start = None if args.start_kimg is None else round(args.start_kimg * 1000)  # the adversarial term's start too
     if args.dry_run:
+        if rank == 0:  # the warnings the Distiller gives when it is built (a run shorter than a warm-up)
+            warn_unreached_warmups(config, recipe.losses(args.method, adversarial_start_nimg=start))
         print(json.dumps({"recipe": dataclasses.asdict(recipe), "config": dataclasses.asdict(config)}, indent=2))
         return
 
@@ -169,12 +164,9 @@ def main(argv: list[str] | None = None, **defaults: str) -> None:
         generator_init=args.generator_init,
         world_size=world,
         device=device,
+        adversarial_start_nimg=start,
         **overrides,
     )
-
-    if args.start_kimg is not None:  # the adversarial term's own start (SiDA: 200 kimg) moves with it
-        for loss in distiller.losses:
-            loss.generator_start_nimg = min(loss.generator_start_nimg, round(args.start_kimg * 1000))
 
     # Resume if a checkpoint exists (a refused resume leaves the run directory as it was), record the run, train,
     # and publish the EMA generator.

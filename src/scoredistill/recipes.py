@@ -86,11 +86,18 @@ class Recipe:
         base.update(overrides)
         return DistillConfig(**base) if method == "sid" else DistillConfig.sida(**base)
 
-    def losses(self, method: Method) -> list:
-        """SiD: ``[SiDLoss(alpha), DSMLoss()]``; SiDA and SiD²A add the adversarial encoder loss, alpha 1."""
+    def losses(self, method: Method, *, adversarial_start_nimg: int | None = None) -> list:
+        """SiD: ``[SiDLoss(alpha), DSMLoss()]``; SiDA and SiD²A add the adversarial encoder loss, alpha 1.
+
+        Args:
+            method: ``"sid"``, ``"sida"`` or ``"sid2a"``.
+            adversarial_start_nimg: Images before the adversarial term joins the generator's objective (``None``:
+                [`AdversarialEncoderLoss`][scoredistill.losses.AdversarialEncoderLoss]'s 200k); ignored by SiD.
+        """
         if method == "sid":
             return [SiDLoss(alpha=self.sid_alpha), DSMLoss()]
-        return [SiDLoss(alpha=1.0), DSMLoss(), AdversarialEncoderLoss()]
+        start = {} if adversarial_start_nimg is None else {"generator_start_nimg": adversarial_start_nimg}
+        return [SiDLoss(alpha=1.0), DSMLoss(), AdversarialEncoderLoss(**start)]
 
 
 _M = 1_000_000
@@ -214,6 +221,7 @@ def make_distiller(
     generator_init: OneStepGenerator | str | Path | None = None,
     world_size: int = 1,
     device: torch.device | str = "cpu",
+    adversarial_start_nimg: int | None = None,
     **overrides: Any,
 ) -> Distiller:
     """Wire the roles, losses, augmentation and loop for ``method`` as the paper ran it.
@@ -226,6 +234,8 @@ def make_distiller(
         generator_init: SiD²A: the SiD generator to fine-tune (a module, or a directory / Hub id).
         world_size: Number of processes (the per-process batch is the global batch divided by it).
         device: Where the networks live.
+        adversarial_start_nimg: SiDA and SiD²A: images before the adversarial term joins the generator's objective
+            (``None``: the paper's 200k; see [`Recipe.losses`][scoredistill.recipes.Recipe.losses]).
         **overrides: [`DistillConfig`][scoredistill.distill.DistillConfig] fields to replace (precision, micro_batch,
             ...).
     """
@@ -246,7 +256,8 @@ def make_distiller(
         set_dropout(role, recipe.dropout)
     augment = AugmentPipe(p=recipe.augment_p) if recipe.augment_p > 0 and teacher.augment_dim else None
     config = recipe.config(method, world_size=world_size, **overrides)
-    return Distiller(t, G, fake, recipe.losses(method), config, data=data, augment=augment)
+    losses = recipe.losses(method, adversarial_start_nimg=adversarial_start_nimg)
+    return Distiller(t, G, fake, losses, config, data=data, augment=augment)
 
 
 def set_dropout(module: torch.nn.Module, p: float) -> None:

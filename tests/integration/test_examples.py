@@ -93,3 +93,28 @@ def test_load_teacher_checks_the_preset(tmp_path):
     assert load_teacher(tmp_path / "teacher", preset="cifar10-32x32-cond").label_dim == 10
     with pytest.raises(ValueError, match="does not match"):
         load_teacher(tmp_path / "teacher", preset="cifar10-32x32-uncond")
+
+
+def test_adversarial_start_is_set_when_the_losses_are_built():
+    # --start-kimg reaches the adversarial term through the recipe, not by editing the built losses afterwards.
+    recipe = RECIPES["cifar10-uncond"]
+    assert recipe.losses("sida")[2].generator_start_nimg == 200_000  # the paper's
+    assert recipe.losses("sida", adversarial_start_nimg=0)[2].generator_start_nimg == 0
+    assert [loss.name for loss in recipe.losses("sid", adversarial_start_nimg=0)] == ["sid", "dsm"]
+    teacher = load_teacher(None, preset="cifar10-32x32-uncond", random_init=True)
+    stream = iter([])
+    d = make_distiller(recipe, teacher, "sida", data=stream, adversarial_start_nimg=4_000, batch_size=2)
+    assert d.losses[2].generator_start_nimg == 4_000
+
+
+def test_example_dry_run_warns_about_an_unreached_warm_up(capsys):
+    import warnings
+
+    argv = ["--recipe", "cifar10-uncond", "--method", "sida", "--dry-run", "--total-kimg"]
+    with pytest.warns(UserWarning, match="generator never trains"):
+        distill_edm.main([*argv, "50"])
+    with pytest.warns(UserWarning, match="AdversarialEncoderLoss's generator_start_nimg=200000.*never starts"):
+        distill_edm.main([*argv, "150"])  # the generator starts at 100k, the adversarial term at 200k
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # --start-kimg moves both starts: nothing to warn about
+        distill_edm.main([*argv, "1", "--start-kimg", "0"])
