@@ -33,6 +33,7 @@ def child(args: argparse.Namespace) -> None:
         SiDLoss,
         Teacher,
     )
+    from scoredistill.networks.dhariwal_unet import DhariwalUNet, DhariwalUNetConfig
     from scoredistill.networks.toy import TinyUNet
     from scoredistill.precond import Precond, edm_precond
 
@@ -40,6 +41,11 @@ def child(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     if args.tiny:
         teacher = Teacher(Precond(TinyUNet(img_channels=3, channels=16)).to(device), sample_shape=(3, 16, 16))
+    elif args.tiny_adm:  # the ImageNet-64 network's family (attention, both compiled entry points), CPU-sized
+        config = DhariwalUNetConfig(
+            img_resolution=16, model_channels=64, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(8,)
+        )
+        teacher = Teacher(Precond(DhariwalUNet(config)).to(device))
     else:
         teacher = Teacher(edm_precond(args.preset).to(device))
     G, fake = OneStepGenerator.from_teacher(teacher), FakeScore.from_teacher(teacher)
@@ -74,13 +80,26 @@ def child(args: argparse.Namespace) -> None:
         times.append(time.perf_counter() - t0)
         print(f"step {len(times)}: {times[-1]:.1f} s", flush=True)  # progress, should a cold run outlast a limit
     finite = all(bool(torch.isfinite(v)) for v in logs.values())
-    print(json.dumps({"warmup_s": sum(times[:2]), "step_s": statistics.median(times[2:]), "finite": finite}))
+    counters = torch._dynamo.utils.counters
+    print(
+        json.dumps(
+            {
+                "warmup_s": sum(times[:2]),
+                "step_s": statistics.median(times[2:]),
+                "finite": finite,
+                "graphs": counters["stats"]["unique_graphs"],  # whole-network graphs Dynamo traced
+                "fx_cache_hits": counters["inductor"]["fxgraph_cache_hit"],  # compiled code loaded from the cache
+                "fx_cache_misses": counters["inductor"]["fxgraph_cache_miss"],  # compiled here
+            }
+        )
+    )
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="cifar10-32x32-uncond")
     p.add_argument("--tiny", action="store_true", help="a 16x16 TinyUNet instead of the preset (CPU checks)")
+    p.add_argument("--tiny-adm", action="store_true", help="a 16x16, 64-channel DhariwalUNet (CPU checks)")
     p.add_argument("--compile", default="network", choices=["blocks", "network"])
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--steps", type=int, default=5)
@@ -106,7 +125,7 @@ def main() -> None:
                 raise SystemExit(f"the {name} run failed (exit status {child_process.returncode})")
             runs.append({"run": name, **json.loads(lines[-1])})
             print(runs[-1], flush=True)
-    label = "TinyUNet 16x16" if args.tiny else args.preset
+    label = "TinyUNet 16x16" if args.tiny else "DhariwalUNet 16x16, 64 ch" if args.tiny_adm else args.preset
     cold, cached = runs
     print(
         f"{label}, compile={args.compile}, batch {args.batch}, {args.device}: warm-up {cold['warmup_s']:.1f} s cold, "
