@@ -143,23 +143,6 @@ class DemoResult:
     teacher_samples: Tensor
     truth_samples: Tensor
 
-    # The figures under their former names.
-    @property
-    def student_mass(self) -> list[float]:
-        return self.student.mode_mass
-
-    @property
-    def student_energy(self) -> float:
-        return self.student.energy
-
-    @property
-    def student_near(self) -> float:
-        return self.student.near_mode
-
-    @property
-    def teacher_mass(self) -> list[float]:
-        return self.teacher.mode_mass
-
 
 @one_cpu_thread()
 def run_demo(

@@ -18,9 +18,9 @@ STEPS, HIDDEN, LR = 800, 64, 5e-4
 
 def test_sid_student_covers_every_mode():
     result = run_demo(steps=STEPS, hidden=HIDDEN, lr=LR)
-    mass = np.array(result.student_mass)
+    mass = np.array(result.student.mode_mass)
     assert np.abs(mass - 0.125).max() <= 0.05, mass  # the bound of tests/roles/test_demo_quality.py
-    assert result.student_energy < 0.1
+    assert result.student.energy < 0.1
 
 
 @pytest.fixture(scope="module")
@@ -37,14 +37,14 @@ def biased_runs():
 
 def test_sid_student_follows_a_biased_teacher(biased_runs):
     teacher_w, data_w, sid, _ = biased_runs
-    mass = np.array(sid.student_mass)
+    mass = np.array(sid.student.mode_mass)
     assert np.abs(mass - teacher_w).sum() < np.abs(mass - data_w).sum(), mass
 
 
 def test_sida_student_moves_towards_the_data(biased_runs):
     teacher_w, data_w, sid, sida = biased_runs
-    mass = np.array(sida.student_mass)
+    mass = np.array(sida.student.mode_mass)
     teacher_error = np.abs(teacher_w - data_w).sum()  # 0.5
     sida_error = np.abs(mass - data_w).sum()
     assert sida_error < 0.6 * teacher_error, mass
-    assert sida_error < np.abs(np.array(sid.student_mass) - data_w).sum()
+    assert sida_error < np.abs(np.array(sid.student.mode_mass) - data_w).sum()
