@@ -236,7 +236,7 @@ def make_distiller(
         device: Where the networks live.
         adversarial_start_nimg: SiDA and SiD²A: images before the adversarial term joins the generator's objective
             (``None``: the paper's 200k; see [`Recipe.losses`][scoredistill.recipes.Recipe.losses]).
-        **overrides: [`DistillConfig`][scoredistill.distill.DistillConfig] fields to replace (precision, micro_batch,
+        **overrides: [`DistillConfig`][scoredistill.config.DistillConfig] fields to replace (precision, micro_batch,
             ...).
     """
     if method != "sid" and data is None:

@@ -308,7 +308,7 @@ def _documented(obj, kind: str) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize(("path", "cls"), [("distill.DistillConfig", DistillConfig), ("recipes.Recipe", Recipe)])
+@pytest.mark.parametrize(("path", "cls"), [("config.DistillConfig", DistillConfig), ("recipes.Recipe", Recipe)])
 def test_every_config_field_is_documented(api, path, cls):
     assert _documented(api[path], "attributes") == [f.name for f in dataclasses.fields(cls)]
 

@@ -128,3 +128,14 @@ def test_no_reference_to_documents_outside_the_repository():
             if any(name in line for name in ("SID_SPEC", "STYLE.md", "PERF.md", "../shared/docs")):
                 cited.append(f"{path.relative_to(REPO_ROOT)}:{n}")
     assert not cited, cited
+
+
+def test_distill_re_exports_the_config_module():
+    """``DistillConfig`` and its companions live in ``scoredistill.config``; the old import path still works."""
+    import scoredistill
+    from scoredistill import config, distill
+
+    for name in ("DistillConfig", "RESUME_MAY_CHANGE", "warn_unreached_warmups"):
+        assert getattr(distill, name) is getattr(config, name), name
+    assert scoredistill.DistillConfig is config.DistillConfig
+    assert config.DistillConfig.__module__ == "scoredistill.config"
