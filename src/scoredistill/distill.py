@@ -248,7 +248,9 @@ class Distiller:
         sigma = sampler.sample(x0.shape[0], device=self.device, rng=self.rng)
         return Noised(x0, torch.randn(x0.shape, generator=self.rng, device=self.device), sigma, labels, aug)
 
-    def _backward(self, loss: Tensor, phase: str) -> None:
+    def _backward(self, loss: Tensor, phase: str, *, last_round: bool) -> None:
+        if self.averagers is not None and last_round:  # all-reduce the last round's grads during its backward
+            self.averagers[phase].arm()
         # Sum over the micro-batch divided by the per-process batch: the reference's `sum / B_gpu`.
         self.scalers[phase].scale(loss.sum() / self.config.batch_size).backward()
 
@@ -322,9 +324,7 @@ class Distiller:
                     if out is not None:
                         total = total + out.loss
                         self._collect(logs, loss.name, {"fake_score_loss": out.loss.mean(), **out.logs}, 1 / cfg.rounds)
-            if self.averagers is not None and i == cfg.rounds - 1:  # all-reduce the last round's grads in backward
-                self.averagers["f"].arm()
-            self._backward(total, "f")
+            self._backward(total, "f", last_round=i == cfg.rounds - 1)
         self._optimizer_step("f", self.opt_f, self.f_params, cfg.fake_score_grad_clip)
         if not gen_on:
             return logs
@@ -349,9 +349,7 @@ class Distiller:
                 for loss, out in outs:
                     total = total + (loss.generator_weight / weight_sum) * out.loss
                     self._collect(logs, loss.name, {"generator_loss": out.loss.mean(), **out.logs}, 1 / cfg.rounds)
-            if self.averagers is not None and i == cfg.rounds - 1:  # all-reduce the last round's grads in backward
-                self.averagers["g"].arm()
-            self._backward(total, "g")
+            self._backward(total, "g", last_round=i == cfg.rounds - 1)
         self._optimizer_step("g", self.opt_g, self.g_params, None)
         self.fake_score.requires_grad_(True)
         return logs

@@ -88,9 +88,9 @@ def test_generator_objective_is_weighted_average():
     captured = {}
     orig = d._backward
 
-    def capture(loss, phase):
+    def capture(loss, phase, **kwargs):
         captured[phase] = loss.detach().clone()
-        return orig(loss, phase)
+        return orig(loss, phase, **kwargs)
 
     d._backward = capture
     logs = d.step()
@@ -181,9 +181,9 @@ def test_gradient_accumulation_rounds_and_reduction():
     calls = []
     orig = d._backward
 
-    def spy(loss, phase):
+    def spy(loss, phase, **kwargs):
         calls.append((phase, loss.shape[0]))
-        return orig(loss, phase)
+        return orig(loss, phase, **kwargs)
 
     d._backward = spy
     d.step()
