@@ -8,10 +8,7 @@ import math
 import os
 import pickle
 import sys
-import types
 from collections import OrderedDict
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +18,7 @@ from safetensors import safe_open
 from torch import nn
 
 from helpers import FIXTURES
+from helpers.edm_pickles import fake_edm_packages
 from scoredistill.convert import (
     RecordedObject,
     UnsafePickleError,
@@ -34,41 +32,6 @@ from scoredistill.precond import edm_precond
 
 GOLDEN = FIXTURES / "golden" / "ddpmpp-tiny-cond.safetensors"
 EMBEDDED_SOURCE = "import os\nos.environ['SCOREDISTILL_PWNED'] = '1'\nraise SystemExit('embedded code ran')\n"
-
-
-@contextmanager
-def fake_edm_packages() -> Iterator[types.SimpleNamespace]:
-    """Importable ``torch_utils.persistence`` and ``dnnlib.util`` stand-ins, present only while pickling."""
-
-    def _reconstruct_persistent_obj(meta):  # pragma: no cover - pickling only references it
-        raise AssertionError("must never be called")
-
-    class EasyDict(dict):
-        pass
-
-    persistence = types.ModuleType("torch_utils.persistence")
-    util = types.ModuleType("dnnlib.util")
-    _reconstruct_persistent_obj.__module__ = persistence.__name__
-    _reconstruct_persistent_obj.__qualname__ = "_reconstruct_persistent_obj"
-    EasyDict.__module__, EasyDict.__qualname__ = util.__name__, "EasyDict"
-    persistence._reconstruct_persistent_obj = _reconstruct_persistent_obj
-    util.EasyDict = EasyDict
-    modules = {
-        "torch_utils": types.ModuleType("torch_utils"),
-        "torch_utils.persistence": persistence,
-        "dnnlib": types.ModuleType("dnnlib"),
-        "dnnlib.util": util,
-    }
-    saved = {name: sys.modules.get(name) for name in modules}
-    sys.modules.update(modules)
-    try:
-        yield types.SimpleNamespace(reconstruct=_reconstruct_persistent_obj, EasyDict=EasyDict)
-    finally:
-        for name, module in saved.items():
-            if module is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = module
 
 
 class Persistent:

@@ -9,18 +9,15 @@ from __future__ import annotations
 import io
 import pickle
 import struct
-import sys
 import time
-import types
 import warnings
 import zipfile
 from collections import OrderedDict
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 import torch
 
+from helpers.edm_pickles import fake_edm_packages
 from scoredistill.convert import (
     RecordedObject,
     UnsafePickleError,
@@ -43,29 +40,6 @@ def _body(obj: object) -> bytes:
 def _build_on_global(module: str, name: str, state: object) -> bytes:
     # GLOBAL pushes the allow-listed object itself; BUILD then sets attributes on it.
     return b"\x80\x02" + _global(module, name) + _body(state) + pickle.BUILD + pickle.STOP
-
-
-@contextmanager
-def _persistence() -> Iterator[types.FunctionType]:
-    """An importable ``torch_utils.persistence._reconstruct_persistent_obj`` while pickling."""
-
-    def _reconstruct_persistent_obj(meta):  # pragma: no cover - only referenced by the pickles
-        raise AssertionError("never called")
-
-    module = types.ModuleType("torch_utils.persistence")
-    _reconstruct_persistent_obj.__module__ = module.__name__
-    _reconstruct_persistent_obj.__qualname__ = "_reconstruct_persistent_obj"
-    module._reconstruct_persistent_obj = _reconstruct_persistent_obj
-    saved = {name: sys.modules.get(name) for name in ("torch_utils", "torch_utils.persistence")}
-    sys.modules.update({"torch_utils": types.ModuleType("torch_utils"), "torch_utils.persistence": module})
-    try:
-        yield _reconstruct_persistent_obj
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = value
 
 
 class _Record:
@@ -133,10 +107,10 @@ def test_items_go_only_into_dicts_with_scalar_keys() -> None:
 
 
 def test_module_dag_is_refused_in_linear_time() -> None:
-    with _persistence() as reconstruct:
-        node = _Record(reconstruct, _module_state(weight=None))
+    with fake_edm_packages() as edm:
+        node = _Record(edm.reconstruct, _module_state(weight=None))
         for _ in range(20):  # 2^20 paths through 21 records: seconds for a walk that does not remember
-            node = _Record(reconstruct, _module_state({"a": node, "b": node}))
+            node = _Record(edm.reconstruct, _module_state({"a": node, "b": node}))
         data = pickle.dumps({"ema": node}, protocol=4)
     assert len(data) < 4000
     record = read_edm_pickle(data)["ema"]
@@ -161,8 +135,8 @@ def test_error_messages_never_repr_untrusted_objects() -> None:
     dag: list = []
     for _ in range(22):  # repr is 2^22 elements long
         dag = [dag, dag]
-    with _persistence() as reconstruct:
-        record = _Record(reconstruct, _module_state(_init_args=dag))
+    with fake_edm_packages() as edm:
+        record = _Record(edm.reconstruct, _module_state(_init_args=dag))
         data = pickle.dumps({"ema": record}, protocol=4)
     start = time.perf_counter()
     with pytest.raises(ValueError, match="positional args") as info:
@@ -173,9 +147,9 @@ def test_error_messages_never_repr_untrusted_objects() -> None:
     with pytest.raises(UnsafePickleError, match="persistent id") as info:
         read_edm_pickle(payload)
     assert len(str(info.value)) < 300
-    with _persistence() as reconstruct:
+    with fake_edm_packages() as edm:
         meta = {"type": "class", "class_name": dag, "state": {}}
-        data = pickle.dumps({"ema": _Reduce(reconstruct, meta)}, protocol=4)
+        data = pickle.dumps({"ema": _Reduce(edm.reconstruct, meta)}, protocol=4)
     with pytest.raises(UnsafePickleError, match="class_name must be a str") as info:
         read_edm_pickle(data)
     assert len(str(info.value)) < 300
@@ -205,8 +179,8 @@ def test_declared_network_size_is_checked_before_building(monkeypatch: pytest.Mo
     monkeypatch.setattr(convert, "edm_precond", lambda *a, **k: built.append(a) or real(*a, **k))
     kwargs = {"model_type": "SongUNet", "img_resolution": 16, "model_channels": 512, "channel_mult": [1, 2]}
     kwargs |= {"num_blocks": 2, "attn_resolutions": []}  # ~60M parameters declared by a few hundred bytes
-    with _persistence() as reconstruct:
-        data = pickle.dumps({"ema": _Record(reconstruct, _module_state(_init_kwargs=kwargs))}, protocol=4)
+    with fake_edm_packages() as edm:
+        data = pickle.dumps({"ema": _Record(edm.reconstruct, _module_state(_init_kwargs=kwargs))}, protocol=4)
     assert len(data) < 1000
     with pytest.raises(ValueError, match="declare a network of at least"):
         load_edm_pickle(data)
