@@ -35,7 +35,7 @@ def child(args: argparse.Namespace) -> None:
     )
     from scoredistill.networks.dhariwal_unet import DhariwalUNet, DhariwalUNetConfig
     from scoredistill.networks.toy import TinyUNet
-    from scoredistill.precond import Precond, edm_precond
+    from scoredistill.roles.precond import Precond, edm_precond
 
     device = torch.device(args.device)
     torch.manual_seed(0)

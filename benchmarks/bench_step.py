@@ -42,12 +42,12 @@ from scoredistill import (
     SiDLoss,
     Teacher,
 )
-from scoredistill.augment import AugmentPipe
 from scoredistill.data import ImageZipDataset, real_batches
-from scoredistill.fast import use_fused_norms
+from scoredistill.data.augment import AugmentPipe
 from scoredistill.networks import PRESETS
 from scoredistill.networks.layers import UNetBlock
-from scoredistill.precond import edm_precond
+from scoredistill.roles.precond import edm_precond
+from scoredistill.training.fast import use_fused_norms
 
 # name -> (DistillConfig overrides, allow TF32)
 SETTINGS: dict[str, tuple[dict, bool]] = {
@@ -96,7 +96,7 @@ def _teacher_net(preset: str) -> torch.nn.Module:
     """The preset's random network, or a saved teacher when ``--teacher`` names one (see main)."""
     if TEACHER_DIR is not None:
         from scoredistill import Precond
-        from scoredistill.hub import from_pretrained
+        from scoredistill.io.hub import from_pretrained
 
         return from_pretrained(TEACHER_DIR, expected_class=Precond)
     return edm_precond(preset)

@@ -26,11 +26,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from scoredistill.checkpoint import has_training_state
 from scoredistill.data import ImageZipDataset, check_compatible, real_batches
-from scoredistill.distill import warn_unreached_warmups
-from scoredistill.hub import save_pretrained
-from scoredistill.recipes import RECIPES, load_teacher, make_distiller
+from scoredistill.io.hub import save_pretrained
+from scoredistill.training.checkpoint import has_training_state
+from scoredistill.training.distill import warn_unreached_warmups
+from scoredistill.training.recipes import RECIPES, load_teacher, make_distiller
 
 
 def positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from scoredistill import OneStepGenerator, Precond, Teacher
-from scoredistill.hub import from_pretrained
-from scoredistill.imageio import image_grid, to_uint8, write_png
+from scoredistill.data.imageio import image_grid, to_uint8, write_png
+from scoredistill.io.hub import from_pretrained
 from scoredistill.metrics import (
     FeatureStats,
     dataset_stats,
@@ -33,7 +33,7 @@ from scoredistill.metrics import (
     load_inception,
     precision_recall,
 )
-from scoredistill.sampling import edm_sample
+from scoredistill.roles.sampling import edm_sample
 
 
 def _device() -> torch.device:
@@ -130,7 +130,7 @@ def cmd_final(args: argparse.Namespace) -> None:
 
 
 def _runs(root: Path) -> dict[str, list[dict]]:
-    from scoredistill.monitor import read_stats
+    from scoredistill.training.monitor import read_stats
 
     return {d.name: read_stats(d / "stats.jsonl") for d in sorted(root.iterdir()) if (d / "stats.jsonl").is_file()}
 

@@ -12,16 +12,12 @@ The public API, re-exported here:
 - an analytic teacher: [`GaussianMixture`][scoredistill.GaussianMixture].
 """
 
+from . import _moved
 from ._types import Denoiser as Denoiser
 from ._types import Noised as Noised
 from ._types import ScoreOutput as ScoreOutput
 from ._version import __version__ as __version__
-from .analytic import GaussianMixture as GaussianMixture
-from .distill import DistillConfig as DistillConfig
-from .distill import Distiller as Distiller
-from .ema import EMA as EMA
-from .fake_score import FakeScore as FakeScore
-from .generator import OneStepGenerator as OneStepGenerator
+from .demo.analytic import GaussianMixture as GaussianMixture
 from .losses import AdversarialEncoderLoss as AdversarialEncoderLoss
 from .losses import DistillLoss as DistillLoss
 from .losses import DSMLoss as DSMLoss
@@ -29,13 +25,20 @@ from .losses import Evaluation as Evaluation
 from .losses import LossModule as LossModule
 from .losses import LossOutput as LossOutput
 from .losses import SiDLoss as SiDLoss
-from .precond import Precond as Precond
-from .precond import edm_precond as edm_precond
-from .precond import edm_scalings as edm_scalings
-from .sampling import edm_sample as edm_sample
+from .roles.fake_score import FakeScore as FakeScore
+from .roles.generator import OneStepGenerator as OneStepGenerator
+from .roles.precond import Precond as Precond
+from .roles.precond import edm_precond as edm_precond
+from .roles.precond import edm_scalings as edm_scalings
+from .roles.sampling import edm_sample as edm_sample
+from .roles.teacher import Teacher as Teacher
 from .schedules import KarrasUniform as KarrasUniform
 from .schedules import LogNormal as LogNormal
-from .teacher import Teacher as Teacher
+from .training.distill import DistillConfig as DistillConfig
+from .training.distill import Distiller as Distiller
+from .training.ema import EMA as EMA
+
+_moved.install()  # the pre-0.2 module paths (scoredistill.training.distill, scoredistill.io.hub, ...) keep working
 
 __all__ = [
     "EMA",

@@ -186,7 +186,7 @@ def _write_image(out: Path, write: Callable[[Path], Any]) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo_report, write_panels_png
+    from .demo.run import run_demo_report, write_panels_png
 
     _check_device("--device", args.device)
     out = Path(args.out)
@@ -244,8 +244,8 @@ def _demo_panels(report: Any) -> list[tuple[Tensor, tuple[int, int, int]]]:
 
 def _load_generator(flag: str, source: str, revision: str | None, device: str) -> Any:
     """The generator a ``--model`` value names: a local directory (never sent to the Hub) or a Hub repo id."""
-    from .generator import OneStepGenerator
-    from .hub import from_pretrained
+    from .io.hub import from_pretrained
+    from .roles.generator import OneStepGenerator
 
     if _looks_local(source):
         if revision is not None:
@@ -293,12 +293,12 @@ def _sample(args: argparse.Namespace) -> int:
     with torch.no_grad():
         x = G.sample(args.n, labels, rng=rng, device=args.device).cpu()
     if x.ndim == 4:
-        from .imageio import image_grid, write_png
+        from .data.imageio import image_grid, write_png
 
         grid = image_grid(x, cols=args.cols)
         _write_image(out, lambda path: write_png(path, grid))
     elif x.ndim == 2 and x.shape[1] == 2:
-        from .demo import write_scatter_png
+        from .demo.run import write_scatter_png
 
         extent = 1.1 * float(x.abs().max().clamp_min(1e-3))
         _write_image(out, lambda path: write_scatter_png(path, [(x, (200, 30, 30))], extent=extent))
@@ -310,8 +310,8 @@ def _sample(args: argparse.Namespace) -> int:
 
 def _convert(args: argparse.Namespace) -> int:
     from .convert import load_edm_pickle
-    from .generator import OneStepGenerator
-    from .hub import save_pretrained
+    from .io.hub import save_pretrained
+    from .roles.generator import OneStepGenerator
 
     pkl, outdir = Path(args.pickle).expanduser(), Path(args.outdir).expanduser()
     if not pkl.is_file():
@@ -378,9 +378,9 @@ def _fid_extractor(inception: str | None, device: str) -> Callable[[Tensor], Ten
 def _fid_stats(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
-    from .data import DatasetError
-    from .generator import OneStepGenerator
+    from .data.zips import DatasetError
     from .metrics import dataset_stats, generator_stats
+    from .roles.generator import OneStepGenerator
 
     source = Path(args.source)
     if not source.exists():

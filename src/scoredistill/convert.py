@@ -44,9 +44,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._untrusted import min_backbone_size, safe_type_name, truncate
+from .io._untrusted import min_backbone_size, safe_type_name, truncate
 from .networks.presets import EDMUNetConfig, config_from_edm_kwargs, load_edm_state_dict
-from .precond import Precond, edm_precond
+from .roles.precond import Precond, edm_precond
 
 __all__ = [
     "EDMNetworkRecord",
@@ -568,7 +568,7 @@ def load_edm_pickle(
         key: Entry of the pickled dict holding the network.
         config: Backbone config; by default parsed from the recorded init kwargs.
         **overrides: Config fields to replace (e.g. ``dropout=0.0``), as in
-            [`edm_precond`][scoredistill.precond.edm_precond].
+            [`edm_precond`][scoredistill.roles.precond.edm_precond].
 
     Returns:
         The preconditioned network in eval mode on CPU, float32.

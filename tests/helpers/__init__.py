@@ -13,7 +13,15 @@ import torch
 from scoredistill import FakeScore, GaussianMixture, OneStepGenerator, Precond, Teacher
 from scoredistill.networks import MLP, TinyUNet
 
-__all__ = ["FIXTURES", "REPO_ROOT", "TINY_ZIP", "ResumableStream", "tiny_image_roles", "tiny_vector_roles"]
+__all__ = [
+    "FIXTURES",
+    "REPO_ROOT",
+    "TINY_ZIP",
+    "ResumableStream",
+    "randomise",
+    "tiny_image_roles",
+    "tiny_vector_roles",
+]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = REPO_ROOT / "tests" / "fixtures"
@@ -56,3 +64,18 @@ class ResumableStream:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.index = state["index"]
+
+
+def randomise(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Random weights everywhere: EDM zero-initialises every residual branch's last layer and the output layer,
+    which would make a freshly built network blind to its norms."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if p.dim() >= 2:
+                p.copy_(torch.randn(p.shape, generator=g) / p[0].numel() ** 0.5)
+            elif name.endswith("weight"):
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+    return net

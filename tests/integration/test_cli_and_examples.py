@@ -23,7 +23,7 @@ from scoredistill.cli import CommandError
 from scoredistill.cli import main as cli
 from scoredistill.convert import load_edm_pickle
 from scoredistill.networks import MLP
-from scoredistill.recipes import RECIPES, Recipe
+from scoredistill.training.recipes import RECIPES, Recipe
 
 ROOT = REPO_ROOT
 FIXTURE = ROOT / "tests" / "fixtures" / "cifar10-tiny.zip"
@@ -38,7 +38,7 @@ def no_hub(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError(f"sent to the Hub: {args} {kwargs}")
 
-    monkeypatch.setattr("scoredistill.hub.snapshot_download", refuse)
+    monkeypatch.setattr("scoredistill.io.hub.snapshot_download", refuse)
     monkeypatch.delenv("SCOREDISTILL_DEBUG", raising=False)
 
 
@@ -114,7 +114,7 @@ def test_demo_checks_its_output_and_device_before_training(tmp_path, monkeypatch
     def no_training(**kwargs):
         raise AssertionError("trained before checking the arguments")
 
-    monkeypatch.setattr("scoredistill.demo.run_demo", no_training)
+    monkeypatch.setattr("scoredistill.demo.run.run_demo", no_training)
     taken = tmp_path / "taken"
     taken.write_text("")
     assert "--out" in cli_error(["demo", "--out", str(taken)], capsys)
@@ -128,7 +128,7 @@ def test_sample_writes_the_format_its_name_says(generator_dir, tmp_path, capsys)
     pytest.importorskip("PIL")
     from PIL import Image
 
-    from scoredistill.imageio import image_grid
+    from scoredistill.data.imageio import image_grid
 
     height, width = image_grid(torch.zeros(6, 3, 8, 8), cols=3).shape[:2]
     for name, magic, fmt in (("g.jpg", b"\xff\xd8\xff", "JPEG"), ("g.png", b"\x89PNG", "PNG")):
@@ -186,7 +186,7 @@ def test_a_run_directory_or_the_wrong_role_gets_a_hint(generator_dir, tmp_path, 
 def test_library_errors_are_one_line_and_debug_shows_the_traceback(generator_dir, tmp_path, monkeypatch, capsys):
     import shutil
 
-    from scoredistill.hub import CheckpointError
+    from scoredistill.io.hub import CheckpointError
 
     broken = tmp_path / "broken"
     shutil.copytree(generator_dir, broken)
@@ -211,7 +211,7 @@ def _edm_pickle() -> bytes:
 
 
 def test_convert_writes_an_artefact_directory(tmp_path, capsys):
-    from scoredistill.hub import from_pretrained
+    from scoredistill.io.hub import from_pretrained
 
     pkl = tmp_path / "edm.pkl"
     pkl.write_bytes(_edm_pickle())
@@ -308,7 +308,9 @@ def _documented(obj, kind: str) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize(("path", "cls"), [("config.DistillConfig", DistillConfig), ("recipes.Recipe", Recipe)])
+@pytest.mark.parametrize(
+    ("path", "cls"), [("training.config.DistillConfig", DistillConfig), ("training.recipes.Recipe", Recipe)]
+)
 def test_every_config_field_is_documented(api, path, cls):
     assert _documented(api[path], "attributes") == [f.name for f in dataclasses.fields(cls)]
 
@@ -316,11 +318,11 @@ def test_every_config_field_is_documented(api, path, cls):
 def test_run_arguments_and_recipe_names_are_documented(api):
     import inspect
 
-    run = api["distill.Distiller"].members["run"]
+    run = api["training.distill.Distiller"].members["run"]
     assert _documented(run, "parameters") == list(inspect.signature(Distiller.run).parameters)[1:]
-    text = api["recipes.RECIPES"].docstring.value
+    text = api["training.recipes.RECIPES"].docstring.value
     assert all(f'``"{name}"``' in text for name in RECIPES)
-    assert "::: scoredistill.recipes.RECIPES" in (ROOT / "docs" / "api" / "recipes.md").read_text()
+    assert "::: scoredistill.training.recipes.RECIPES" in (ROOT / "docs" / "api" / "recipes.md").read_text()
     # The example in RECIPES' docstring runs (doctest does not see docstrings of module attributes).
     test = doctest.DocTestParser().get_doctest(text, {}, "RECIPES", None, 0)
     assert doctest.DocTestRunner().run(test).failed == 0

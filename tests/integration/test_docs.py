@@ -11,9 +11,9 @@ from helpers import REPO_ROOT
 
 ROOT = REPO_ROOT
 DOCTEST_MODULES = [
-    "scoredistill.teacher",
-    "scoredistill.generator",
-    "scoredistill.precond",
+    "scoredistill.roles.teacher",
+    "scoredistill.roles.generator",
+    "scoredistill.roles.precond",
     "scoredistill.losses.functional",
     "scoredistill.schedules",
 ]

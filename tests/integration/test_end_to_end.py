@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from scoredistill import GaussianMixture
-from scoredistill.demo import run_demo
+from scoredistill.demo.run import run_demo
 
 STEPS, HIDDEN, LR = 800, 64, 5e-4
 

@@ -11,7 +11,7 @@ import torch
 from helpers import REPO_ROOT
 from scoredistill import OneStepGenerator
 from scoredistill.cli import main as cli_main
-from scoredistill.recipes import RECIPES, load_teacher, make_distiller
+from scoredistill.training.recipes import RECIPES, load_teacher, make_distiller
 
 ROOT = REPO_ROOT
 sys.path.insert(0, str(ROOT / "examples"))
@@ -86,8 +86,8 @@ def test_recipes_validate_their_inputs():
 
 
 def test_load_teacher_checks_the_preset(tmp_path):
-    from scoredistill.hub import save_pretrained
-    from scoredistill.precond import edm_precond
+    from scoredistill.io.hub import save_pretrained
+    from scoredistill.roles.precond import edm_precond
 
     save_pretrained(edm_precond("cifar10-32x32-cond"), tmp_path / "teacher")
     assert load_teacher(tmp_path / "teacher", preset="cifar10-32x32-cond").label_dim == 10

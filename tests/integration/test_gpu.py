@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers import randomise
 from scoredistill import (
     AdversarialEncoderLoss,
     DistillConfig,
@@ -15,8 +16,8 @@ from scoredistill import (
     SiDLoss,
     Teacher,
 )
-from scoredistill.fast import use_fused_norms
-from scoredistill.precond import edm_precond
+from scoredistill.roles.precond import edm_precond
+from scoredistill.training.fast import use_fused_norms
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -120,8 +121,6 @@ def test_channels_last_network_matches_contiguous(preset):
     # Random weights everywhere (EDM zero-initialises the branches' last layers), fp32 with TF32 off, eval: the
     # channels_last network (fused norms, folded biases, Triton resampling, reordered attention) against the
     # contiguous one, output, logits and input gradient.
-    from test_groupnorm_kernel import randomise
-
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     net = randomise(edm_precond(preset)).cuda().eval()
     res = net.model.config.img_resolution
@@ -148,7 +147,7 @@ def test_analytic_bf16_run_on_gpu_reaches_the_cpu_fp32_figures():
     # same figures as the fp32 CPU run of tests/integration/test_end_to_end.py (same steps, width and learning rate).
     import numpy as np
 
-    from scoredistill.demo import run_demo
+    from scoredistill.demo.run import run_demo
 
     kwargs = {"steps": 800, "hidden": 64, "lr": 5e-4}
     cpu = run_demo(**kwargs)
@@ -171,7 +170,7 @@ def test_analytic_sida_bf16_run_on_gpu_moves_towards_the_data():
     import numpy as np
 
     from scoredistill import GaussianMixture
-    from scoredistill.demo import run_demo
+    from scoredistill.demo.run import run_demo
 
     weights = torch.tensor([3.0, 1, 1, 1, 3, 1, 1, 1])
     teacher, truth = GaussianMixture.ring(8, weights=weights), GaussianMixture.ring(8)

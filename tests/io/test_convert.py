@@ -28,7 +28,7 @@ from scoredistill.convert import (
 )
 from scoredistill.networks import StateDictMismatchError, config_from_edm_kwargs, load_edm_state_dict
 from scoredistill.networks.layers import UNetBlock
-from scoredistill.precond import edm_precond
+from scoredistill.roles.precond import edm_precond
 
 GOLDEN = FIXTURES / "golden" / "ddpmpp-tiny-cond.safetensors"
 EMBEDDED_SOURCE = "import os\nos.environ['SCOREDISTILL_PWNED'] = '1'\nraise SystemExit('embedded code ran')\n"

@@ -16,8 +16,8 @@ import torch
 
 from helpers.hub_server import FakeHub, serve_hub
 from scoredistill import FakeScore, OneStepGenerator, Precond
-from scoredistill._untrusted import min_backbone_size
-from scoredistill.hub import CONFIG_NAME, CheckpointError, from_pretrained, save_pretrained
+from scoredistill.io._untrusted import min_backbone_size
+from scoredistill.io.hub import CONFIG_NAME, CheckpointError, from_pretrained, save_pretrained
 from scoredistill.networks import MLP, PRESETS, TinyUNet, build_backbone
 
 

@@ -24,9 +24,10 @@ from torch import nn
 from helpers import FIXTURES
 from helpers.hub_server import FakeHub, serve_hub
 from scoredistill import FakeScore, OneStepGenerator, Precond
-from scoredistill.artefact import CONFIG_NAME, MODEL_CARD_NAME, WEIGHTS_NAME
 from scoredistill.cli import main as cli_main
-from scoredistill.hub import (
+from scoredistill.data.imageio import image_grid, write_png
+from scoredistill.io.artefact import CONFIG_NAME, MODEL_CARD_NAME, WEIGHTS_NAME
+from scoredistill.io.hub import (
     CheckpointError,
     WeightsMismatchError,
     from_pretrained,
@@ -34,9 +35,8 @@ from scoredistill.hub import (
     push_to_hub,
     save_pretrained,
 )
-from scoredistill.imageio import image_grid, write_png
 from scoredistill.networks import MLP, DhariwalUNetConfig, SongUNetConfig, StateDictMismatchError, TinyUNet
-from scoredistill.precond import edm_precond
+from scoredistill.roles.precond import edm_precond
 
 pytestmark = pytest.mark.hub
 

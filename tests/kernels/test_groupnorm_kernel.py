@@ -13,6 +13,7 @@ import os
 import pytest
 import torch
 
+from helpers import randomise
 from helpers.triton_interpreter import run_under_interpreter
 from scoredistill import kernels
 from scoredistill.networks.layers import GroupNorm, group_norm_act
@@ -89,25 +90,10 @@ def check(
         assert err.item() < tol, (shape, groups, dtype, variant, channels_last, name, err.item())
 
 
-def randomise(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Random weights everywhere: EDM zero-initialises every residual branch's last layer and the output layer,
-    which would make a freshly built network blind to its norms."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if p.dim() >= 2:
-                p.copy_(torch.randn(p.shape, generator=g) / p[0].numel() ** 0.5)
-            elif name.endswith("weight"):
-                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
-    return net
-
-
 def test_randomised_networks_depend_on_their_norms():
     # Guards the GPU parity test below against a vacuous comparison.
     from scoredistill.networks.presets import SongUNetConfig
-    from scoredistill.precond import edm_precond
+    from scoredistill.roles.precond import edm_precond
 
     cfg = SongUNetConfig(img_resolution=16, model_channels=32, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(8,))
     net = randomise(edm_precond(cfg)).eval()
@@ -196,7 +182,7 @@ def test_cuda_parity_other_tilings(cb_first, monkeypatch):
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_networks_with_fused_norms_match_native(preset, channels_last):
     # A whole backbone, forward and input gradient, fused norms vs native ones (fp32, TF32 off, eval: no dropout).
-    from scoredistill.precond import edm_precond
+    from scoredistill.roles.precond import edm_precond
 
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     torch.manual_seed(0)

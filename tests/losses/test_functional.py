@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scoredistill.losses import functional as F
-from scoredistill.precond import edm_scalings
+from scoredistill.roles.precond import edm_scalings
 from scoredistill.schedules import KarrasUniform, LogNormal, karras_sigmas, sid_sigma
 
 LN2 = math.log(2.0)

@@ -22,7 +22,7 @@ from scoredistill.networks import (
     config_from_edm_kwargs,
     load_edm_state_dict,
 )
-from scoredistill.precond import Precond, edm_precond, edm_scalings
+from scoredistill.roles.precond import Precond, edm_precond, edm_scalings
 
 GOLDEN = FIXTURES / "golden"
 GOLDEN_FILES = ["ddpmpp-tiny-uncond", "ddpmpp-tiny-cond", "ncsnpp-tiny-uncond", "adm-tiny-cond"]

@@ -16,10 +16,10 @@ from scoredistill import (
     SiDLoss,
     Teacher,
 )
-from scoredistill.augment import AugmentPipe
 from scoredistill.data import ImageZipDataset, check_compatible, real_batches
+from scoredistill.data.augment import AugmentPipe
 from scoredistill.networks import DhariwalUNetConfig, SongUNetConfig
-from scoredistill.precond import edm_precond
+from scoredistill.roles.precond import edm_precond
 
 FIXTURE = TINY_ZIP
 

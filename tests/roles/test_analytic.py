@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from scoredistill import GaussianMixture, Teacher, edm_sample
-from scoredistill.analytic import energy_distance
+from scoredistill.demo.analytic import energy_distance
 
 
 def test_denoiser_matches_numerical_posterior_mean_in_1d():

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from scoredistill import GaussianMixture
-from scoredistill.demo import demo_failures, run_demo, run_demo_report, sample_figures
+from scoredistill.demo.run import demo_failures, run_demo, run_demo_report, sample_figures
 
 slow = [
     pytest.mark.slow,

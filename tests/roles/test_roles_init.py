@@ -19,8 +19,8 @@ from scoredistill import (
     SiDLoss,
     Teacher,
 )
-from scoredistill.fit import fit_denoiser
 from scoredistill.networks import MLP, TinyUNet
+from scoredistill.training.fit import fit_denoiser
 
 
 @pytest.mark.parametrize("role", [OneStepGenerator, FakeScore])

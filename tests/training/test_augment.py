@@ -1,4 +1,4 @@
-"""Tests for scoredistill.augment.AugmentPipe (Karras et al. 2020, StyleGAN2-ADA; Karras et al. 2022, EDM)."""
+"""Tests for scoredistill.data.augment.AugmentPipe (Karras et al. 2020, StyleGAN2-ADA; Karras et al. 2022, EDM)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from helpers import TINY_ZIP
-from scoredistill.augment import AUGMENT_DIM, SYM6, AugmentPipe
+from scoredistill.data.augment import AUGMENT_DIM, SYM6, AugmentPipe
 
 FIXTURE = TINY_ZIP
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]

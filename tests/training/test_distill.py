@@ -9,9 +9,9 @@ import torch
 
 from helpers import ResumableStream, tiny_image_roles, tiny_vector_roles
 from scoredistill import AdversarialEncoderLoss, DistillConfig, Distiller, DSMLoss, SiDLoss
-from scoredistill.artefact import CheckpointError
-from scoredistill.distill import sanitize_grads
-from scoredistill.ema import ema_beta
+from scoredistill.io.artefact import CheckpointError
+from scoredistill.training.distill import sanitize_grads
+from scoredistill.training.ema import ema_beta
 
 
 def _real_stream(batch: int, shape=(1, 8, 8), seed: int = 0):
@@ -145,7 +145,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     d.step()
     d.save(tmp_path / "ckpt")
     good = (tmp_path / "ckpt" / "state.pt").read_bytes()
-    import scoredistill.checkpoint as ck
+    import scoredistill.training.checkpoint as ck
 
     def boom(*a, **k):
         raise OSError("disk full")
@@ -240,10 +240,10 @@ def test_config_validation_and_wiring_errors():
 def test_fused_norms_follow_the_cuda_graph_switch():
     # Eager loops keep the native group norms (host-bound at small batches); use_fused_norms switches them by hand.
     from scoredistill import FakeScore, OneStepGenerator, Teacher
-    from scoredistill.fast import use_fused_norms
     from scoredistill.networks import SongUNetConfig
     from scoredistill.networks.layers import GroupNorm
-    from scoredistill.precond import edm_precond
+    from scoredistill.roles.precond import edm_precond
+    from scoredistill.training.fast import use_fused_norms
 
     cfg = SongUNetConfig(img_resolution=8, model_channels=16, channel_mult=(1,), num_blocks=1, attn_resolutions=())
     teacher = Teacher(edm_precond(cfg))

@@ -9,7 +9,7 @@ import torch
 
 from helpers import tiny_image_roles
 from scoredistill import DistillConfig, Distiller, DSMLoss, OneStepGenerator, SiDLoss
-from scoredistill.monitor import GeneratorMetric, RunLog, read_stats
+from scoredistill.training.monitor import GeneratorMetric, RunLog, read_stats
 
 
 class ScriptedMetric:

@@ -17,10 +17,10 @@ from torch.optim.optimizer import register_optimizer_step_post_hook, register_op
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from scoredistill import AdversarialEncoderLoss, DistillConfig, Distiller, DSMLoss, FakeScore, OneStepGenerator, SiDLoss
-from scoredistill.augment import AUGMENT_DIM, AugmentPipe
+from scoredistill.data.augment import AUGMENT_DIM, AugmentPipe
 from scoredistill.networks.toy import TinyUNet
-from scoredistill.precond import Precond
-from scoredistill.teacher import Teacher
+from scoredistill.roles.precond import Precond
+from scoredistill.roles.teacher import Teacher
 
 _FORBIDDEN = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.lift_fresh.default}
 
@@ -158,7 +158,7 @@ def test_all_fixed_padding_draws_match_over_many_seeds():
 
 
 def test_compile_cache_folder_is_set_for_this_process_and_checked(tmp_path, monkeypatch):
-    from scoredistill.fast import use_compile_cache
+    from scoredistill.training.fast import use_compile_cache
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "unset")  # restored after the test
     monkeypatch.setenv("TRITON_CACHE_DIR", "unset")

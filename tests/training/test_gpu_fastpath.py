@@ -11,11 +11,11 @@ import torch
 import torch.distributed as dist
 
 from scoredistill import AdversarialEncoderLoss, DistillConfig, Distiller, DSMLoss, FakeScore, OneStepGenerator, SiDLoss
-from scoredistill.augment import AugmentPipe
-from scoredistill.fast import StepGraphs, use_fused_norms
+from scoredistill.data.augment import AugmentPipe
 from scoredistill.losses.functional import adversarial_discriminator_loss
-from scoredistill.precond import edm_precond
-from scoredistill.teacher import Teacher
+from scoredistill.roles.precond import edm_precond
+from scoredistill.roles.teacher import Teacher
+from scoredistill.training.fast import StepGraphs, use_fused_norms
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 

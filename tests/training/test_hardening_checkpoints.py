@@ -15,8 +15,8 @@ import torch
 
 from helpers import ResumableStream, tiny_vector_roles
 from scoredistill import DistillConfig, Distiller, DSMLoss, SiDLoss
-from scoredistill.artefact import CheckpointError
-from scoredistill.checkpoint import LegacyCheckpointWarning, has_training_state
+from scoredistill.io.artefact import CheckpointError
+from scoredistill.training.checkpoint import LegacyCheckpointWarning, has_training_state
 
 
 def _distiller(**cfg) -> Distiller:

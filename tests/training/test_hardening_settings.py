@@ -21,9 +21,9 @@ from scoredistill import (
     SiDLoss,
     Teacher,
 )
-from scoredistill.checkpoint import has_training_state
-from scoredistill.distill import NonFiniteTrainingError, NonFiniteWarning
-from scoredistill.recipes import RECIPES
+from scoredistill.training.checkpoint import has_training_state
+from scoredistill.training.distill import NonFiniteTrainingError, NonFiniteWarning
+from scoredistill.training.recipes import RECIPES
 
 NAN, INF = math.nan, math.inf
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scoredistill import data
 from scoredistill.data import DatasetError, ImageZipDataset, RealBatches
+from scoredistill.data import zips as data
 
 Image = pytest.importorskip("PIL.Image")
 

@@ -12,11 +12,11 @@ import torch
 import torch.distributed as dist
 
 from scoredistill import AdversarialEncoderLoss, DistillConfig, Distiller, DSMLoss, FakeScore, OneStepGenerator, SiDLoss
-from scoredistill.augment import AUGMENT_DIM, AugmentPipe
+from scoredistill.data.augment import AUGMENT_DIM, AugmentPipe
 from scoredistill.losses.functional import adversarial_discriminator_loss
 from scoredistill.networks.toy import TinyUNet
-from scoredistill.precond import Precond
-from scoredistill.teacher import Teacher
+from scoredistill.roles.precond import Precond
+from scoredistill.roles.teacher import Teacher
 
 WORLD, BATCH, MICRO = 2, 4, 2  # per process: two accumulation rounds
 

@@ -1,4 +1,4 @@
-"""FID as an in-training evaluation: the [`GeneratorMetric`][scoredistill.monitor.GeneratorMetric] that
+"""FID as an in-training evaluation: the [`GeneratorMetric`][scoredistill.training.monitor.GeneratorMetric] that
 ``Distiller.run`` calls."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..generator import OneStepGenerator
+from ..roles.generator import OneStepGenerator
 from .stats import FeatureStats, frechet_distance, generator_stats
 
 __all__ = ["FIDMetric"]

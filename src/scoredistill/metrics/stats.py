@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ..data import IMAGE_EXTENSIONS, DatasetError, ImageZipDataset, _pil_image
+from ..data.zips import IMAGE_EXTENSIONS, DatasetError, ImageZipDataset, _pil_image
 
 __all__ = [
     "FeatureExtractor",

@@ -6,7 +6,7 @@
 - `scoredistill.networks.presets`: the published EDM teachers' configs and strict loading of EDM weights.
 - `scoredistill.networks.registry`: `BACKBONES`, the one name-to-class map that ``config.json`` uses.
 
-``scoredistill.precond.edm_precond`` wraps a preset into its [`Precond`][scoredistill.precond.Precond].
+``scoredistill.roles.precond.edm_precond`` wraps a preset into its [`Precond`][scoredistill.roles.precond.Precond].
 """
 
 from .dhariwal_unet import DhariwalUNet as DhariwalUNet

@@ -84,11 +84,12 @@ def load_edm_state_dict(module: nn.Module, state_dict: Mapping[str, Tensor], *, 
     ``resample_filter`` and ``freqs``). One normalisation is applied: EDM checkpoints name the backbone
     ``model.``; if EVERY key of ``state_dict`` starts with ``model.`` and the module's keys do not (a bare
     [`SongUNet`][scoredistill.networks.SongUNet]/[`DhariwalUNet`][scoredistill.networks.DhariwalUNet]), the prefix is
-    stripped, and if NO key has it while the module's keys all do (a [`Precond`][scoredistill.precond.Precond]), it is
+    stripped, and if NO key has it while the module's keys all do (a [`Precond`][scoredistill.roles.precond.Precond]),
+    it is
     added. Values are copied in the module's dtype and device.
 
     Args:
-        module: The destination, e.g. from [`edm_precond`][scoredistill.precond.edm_precond] or `build_backbone`.
+        module: The destination, e.g. from [`edm_precond`][scoredistill.roles.precond.edm_precond] or `build_backbone`.
         state_dict: EDM-named tensors.
         assign: Assign the tensors instead of copying them (for a module built on the meta device).
 

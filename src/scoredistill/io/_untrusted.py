@@ -186,7 +186,7 @@ def _is_positive_finite(value: Any) -> bool:
 
 def _backbone_facts(backbone: Mapping[str, Any]) -> tuple[str, dict[str, Any], tuple[int, ...] | None]:
     """``(class name, config, sample shape or None when free)`` of a backbone entry; raises ValueError."""
-    from .networks.registry import BACKBONES
+    from ..networks.registry import BACKBONES
 
     if not isinstance(backbone, Mapping) or set(backbone) != {"_class_name", "config"}:
         raise ValueError("'backbone' must be an object with exactly '_class_name' and 'config'")

@@ -1,7 +1,7 @@
 """The artefact format: one role per directory, ``config.json`` + ``model.safetensors`` (+ a ``README.md`` card).
 
 This module reads and writes the format on local disk and knows nothing of the Hub (see
-`scoredistill.hub` for that). ``config.json`` reads::
+`scoredistill.io.hub` for that). ``config.json`` reads::
 
     {
       "_class_name": "OneStepGenerator",        # the role
@@ -31,9 +31,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from ._io import StateDictMismatchError, load_state_dict_strict
+from .._io import StateDictMismatchError, load_state_dict_strict
+from .._version import __version__
 from ._untrusted import check_artefact_config
-from ._version import __version__
 
 __all__ = [
     "CONFIG_NAME",
@@ -104,7 +104,7 @@ def artefact_config(
     """The full ``config.json`` of ``role``: class, versions, ``role.to_config()``, weights dtype and provenance.
 
     Raises:
-        ValueError: ``dtype`` is not one of [`DTYPES`][scoredistill.artefact.DTYPES].
+        ValueError: ``dtype`` is not one of [`DTYPES`][scoredistill.io.artefact.DTYPES].
         TypeError: ``training`` (or the role's config) is not plain JSON.
     """
     dtype_name = next((k for k, v in DTYPES.items() if v == dtype), None)
@@ -181,7 +181,7 @@ def load_weights(module: nn.Module, file: str | Path, device: torch.device | str
     Raises:
         FileNotFoundError: No such file.
         CheckpointError: The file is not readable safetensors, or a tensor is of the wrong kind;
-            [`WeightsMismatchError`][scoredistill.artefact.WeightsMismatchError] lists every bad key.
+            [`WeightsMismatchError`][scoredistill.io.artefact.WeightsMismatchError] lists every bad key.
     """
     file = Path(file)
     if not file.is_file():

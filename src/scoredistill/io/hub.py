@@ -1,9 +1,9 @@
 """Saving, loading and publishing roles, locally or on the Hugging Face Hub.
 
-[`HubMixin`][scoredistill.hub.HubMixin] gives a role ``save_pretrained``, ``from_pretrained`` and ``push_to_hub``
+[`HubMixin`][scoredistill.io.hub.HubMixin] gives a role ``save_pretrained``, ``from_pretrained`` and ``push_to_hub``
 on top of `huggingface_hub.ModelHubMixin`. The Hub layer knows no role: each role
 (``OneStepGenerator``, ``FakeScore``, ``Precond``) writes its architecture with ``to_config()`` and rebuilds it with
-``from_config(config)``; the files follow [`scoredistill.artefact`][scoredistill.artefact].
+``from_config(config)``; the files follow [`scoredistill.io.artefact`][scoredistill.io.artefact].
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import torch
 from huggingface_hub import HfApi, ModelCard, ModelHubMixin, snapshot_download
 from typing_extensions import Self, override
 
+from .._io import atomic_directory, check_replaceable_artefact
+from .._version import __version__
 from ._card import model_card
-from ._io import atomic_directory, check_replaceable_artefact
 from ._untrusted import check_hub_revision, check_weight_dtypes, check_weights_file
-from ._version import __version__
 from .artefact import (
     CONFIG_NAME,
     DTYPES,
@@ -52,7 +52,7 @@ class HubMixin(
 ):
     """``save_pretrained`` / ``from_pretrained`` / ``push_to_hub`` for a role with ``to_config`` / ``from_config``.
 
-    Subclasses register themselves in [`ROLES`][scoredistill.artefact.ROLES] under their class name (what
+    Subclasses register themselves in [`ROLES`][scoredistill.io.artefact.ROLES] under their class name (what
     ``_class_name`` records).
     """
 
@@ -98,7 +98,7 @@ class HubMixin(
             model_card: Write ``README.md``.
             dtype: Dtype of the stored floating-point parameters: float32 (default), or float16/bfloat16 for a
                 smaller variant. Buffers keep their dtype.
-            config: A complete ``config.json`` (from [`artefact_config`][scoredistill.artefact.artefact_config])
+            config: A complete ``config.json`` (from [`artefact_config`][scoredistill.io.artefact.artefact_config])
                 instead of the arguments above.
             model_card_kwargs: Passed to ``generate_model_card`` (``license``, ``repo_id``).
 
@@ -186,7 +186,7 @@ class HubMixin(
 
     @classmethod
     def from_pretrained(cls, repo_id_or_path: str | os.PathLike, **kwargs: Any) -> Self:
-        """Load strictly from a directory or a Hub repo: [`from_pretrained`][scoredistill.hub.from_pretrained]."""
+        """Load strictly from a directory or a Hub repo: [`from_pretrained`][scoredistill.io.hub.from_pretrained]."""
         return from_pretrained(repo_id_or_path, expected_class=cls, **kwargs)
 
     @classmethod
@@ -257,7 +257,7 @@ def load_config(
 ) -> dict[str, Any]:
     """Read and validate an artefact's ``config.json`` (class, format version), e.g. for its ``teacher_id``.
 
-    Arguments are those of [`from_pretrained`][scoredistill.hub.from_pretrained].
+    Arguments are those of [`from_pretrained`][scoredistill.io.hub.from_pretrained].
     """
     download = {"cache_dir": cache_dir, "token": token, "local_files_only": local_files_only}
     return read_config(_resolve(repo_id_or_path, revision, **download))
@@ -296,7 +296,7 @@ def from_pretrained(
     Raises:
         FileNotFoundError: No such directory or repo, or a file is missing (the message names it).
         CheckpointError: A malformed or incompatible ``config.json`` or ``model.safetensors``;
-            [`WeightsMismatchError`][scoredistill.artefact.WeightsMismatchError] lists every bad key.
+            [`WeightsMismatchError`][scoredistill.io.artefact.WeightsMismatchError] lists every bad key.
         huggingface_hub.errors.RepositoryNotFoundError: The Hub has no such repo (or it is private).
         huggingface_hub.errors.RevisionNotFoundError: The repo has no such revision.
 
@@ -317,20 +317,20 @@ def from_pretrained(
     if expected_class is not None and cls is not expected_class:
         raise CheckpointError(
             f"{directory / CONFIG_NAME} holds a {config['_class_name']}, not a {expected_class.__name__}: load it "
-            f"with {config['_class_name']}.from_pretrained or scoredistill.hub.from_pretrained"
+            f"with {config['_class_name']}.from_pretrained or scoredistill.io.hub.from_pretrained"
         )
     return cls._from_pretrained(model_id=str(directory), device=device, dtype=dtype)
 
 
 def save_pretrained(module: HubMixin, directory: str | os.PathLike, **kwargs: Any) -> Path:
-    """Write a role as an artefact: [`HubMixin.save_pretrained`][scoredistill.hub.HubMixin.save_pretrained]."""
+    """Write a role as an artefact: [`HubMixin.save_pretrained`][scoredistill.io.hub.HubMixin.save_pretrained]."""
     if not isinstance(module, HubMixin):
         raise TypeError(f"save_pretrained takes one of {sorted(ROLES)}, got {type(module).__name__}")
     return module.save_pretrained(directory, **kwargs)
 
 
 def push_to_hub(module: HubMixin, repo_id: str, **kwargs: Any) -> CommitInfo:
-    """Upload ``module`` to a Hub model repo: [`HubMixin.push_to_hub`][scoredistill.hub.HubMixin.push_to_hub]."""
+    """Upload ``module`` to a Hub model repo: [`HubMixin.push_to_hub`][scoredistill.io.hub.HubMixin.push_to_hub]."""
     if not isinstance(module, HubMixin):
         raise TypeError(f"push_to_hub takes one of {sorted(ROLES)}, got {type(module).__name__}")
     return module.push_to_hub(repo_id, **kwargs)

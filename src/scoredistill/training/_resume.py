@@ -1,9 +1,9 @@
 """The checking half of ``Distiller.load``: is a training state one this run can resume from?
 
 ``check_resume`` reads nothing from disk and changes nothing: it takes the state
-that [`read_training_state`][scoredistill.checkpoint.read_training_state] returned and what this run has (its
+that [`read_training_state`][scoredistill.training.checkpoint.read_training_state] returned and what this run has (its
 config as a dict, process count, optimisers and loss scalers), and returns the values to apply or raises a
-[`CheckpointError`][scoredistill.artefact.CheckpointError] naming the file.
+[`CheckpointError`][scoredistill.io.artefact.CheckpointError] naming the file.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .artefact import CheckpointError
+from ..io.artefact import CheckpointError
 
 __all__ = ["ResumeValues", "check_resume"]
 

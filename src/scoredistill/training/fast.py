@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .networks.layers import Conv2d, GroupNorm, UNetBlock
+from ..networks.layers import Conv2d, GroupNorm, UNetBlock
 
 __all__ = ["CompileScope", "StepGraphs", "capture", "speed_up", "use_compile_cache", "use_fused_norms"]
 

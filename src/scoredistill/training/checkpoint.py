@@ -6,10 +6,10 @@ its final place and swapped in (a crash-safe directory swap), so a kill at any m
 previous or the new complete checkpoint; the readers put back one left beside a missing directory.
 
 Reading is all-or-nothing:
-[`read_training_state`][scoredistill.checkpoint.read_training_state]
+[`read_training_state`][scoredistill.training.checkpoint.read_training_state]
 checks every digest, role, key and shape and returns the tensors without touching any network;
-[`load_training_state`][scoredistill.checkpoint.load_training_state] then copies them in.
-Every fault is a [`CheckpointError`][scoredistill.artefact.CheckpointError] naming the file.
+[`load_training_state`][scoredistill.training.checkpoint.load_training_state] then copies them in.
+Every fault is a [`CheckpointError`][scoredistill.io.artefact.CheckpointError] naming the file.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_model
 from torch import Tensor, nn
 
-from ._io import atomic_directory, recover_directory, state_dict_mismatch
-from .artefact import CheckpointError
+from .._io import atomic_directory, recover_directory, state_dict_mismatch
+from ..io.artefact import CheckpointError
 
 __all__ = [
     "LegacyCheckpointWarning",
@@ -179,7 +179,8 @@ def read_training_state(
 
     Checks every file's digest and role against ``manifest.json``, every network's keys and shapes against
     ``modules``, and that ``state.pt`` loads with ``weights_only=True``. A checkpoint without a manifest (written
-    by scoredistill 0.1) is read with a [`LegacyCheckpointWarning`][scoredistill.checkpoint.LegacyCheckpointWarning]
+    by scoredistill 0.1) is read with a
+    [`LegacyCheckpointWarning`][scoredistill.training.checkpoint.LegacyCheckpointWarning]
     and without the digest check.
 
     Args:
@@ -229,7 +230,8 @@ def load_training_state(
     """Load a checkpoint of `save_training_state` into ``modules`` and return its state.
 
     Everything is read and checked first, by
-    [`read_training_state`][scoredistill.checkpoint.read_training_state], so a refused checkpoint changes nothing.
+    [`read_training_state`][scoredistill.training.checkpoint.read_training_state], so a refused checkpoint changes
+    nothing.
 
     Raises:
         FileNotFoundError: There is no checkpoint at ``path``.

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._types import Denoiser
-from .schedules import karras_sigmas
+from .._types import Denoiser
+from ..schedules import karras_sigmas
 
 __all__ = ["edm_sample"]
 

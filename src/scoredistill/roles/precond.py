@@ -10,10 +10,10 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import Self, override
 
-from ._types import ScoreOutput, as_sigma, expand_as
-from .hub import HubMixin
-from .networks.presets import PRESETS, EDMUNetConfig
-from .networks.registry import backbone_from_config, backbone_to_config, build_backbone
+from .._types import ScoreOutput, as_sigma, expand_as
+from ..io.hub import HubMixin
+from ..networks.presets import PRESETS, EDMUNetConfig
+from ..networks.registry import backbone_from_config, backbone_to_config, build_backbone
 
 __all__ = ["Precond", "edm_precond", "edm_scalings"]
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
-from ._types import as_sigma, resolve_sample_shape
+from .._types import as_sigma, resolve_sample_shape
 
 __all__ = ["Teacher"]
 
@@ -18,17 +18,17 @@ class Teacher(nn.Module):
 
     Args:
         denoiser: Any module or callable speaking ``D(x, sigma, labels)``, e.g. a
-            [`Precond`][scoredistill.precond.Precond]-wrapped EDM network or an analytic
-            [`GaussianMixture`][scoredistill.analytic.GaussianMixture].
+            [`Precond`][scoredistill.roles.precond.Precond]-wrapped EDM network or an analytic
+            [`GaussianMixture`][scoredistill.demo.analytic.GaussianMixture].
         label_dim: Number of classes; read from the denoiser when it has ``label_dim``.
         sample_shape: Shape of one sample, ``(C, H, W)`` or ``(D,)``; read from the denoiser (or its backbone)
             when omitted, by the same rule as every role. ``None`` when neither says (a resolution-agnostic
-            network); the [`Distiller`][scoredistill.distill.Distiller] checks every known shape against the
+            network); the [`Distiller`][scoredistill.training.distill.Distiller] checks every known shape against the
             generator's.
 
     Example:
         >>> import torch
-        >>> from scoredistill.analytic import GaussianMixture
+        >>> from scoredistill.demo.analytic import GaussianMixture
         >>> teacher = Teacher(GaussianMixture.ring(n_modes=8))
         >>> teacher(torch.zeros(3, 2), torch.full((3,), 0.5)).shape
         torch.Size([3, 2])

@@ -18,21 +18,21 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from .._types import Noised, expand_as
+from ..io.artefact import CheckpointError
+from ..losses.base import DistillLoss, Evaluation
+from ..roles.fake_score import FakeScore
+from ..roles.generator import OneStepGenerator
+from ..roles.teacher import Teacher
+from ..schedules import SigmaSampler
 from ._progress import Progress
 from ._resume import check_resume
-from ._types import Noised, expand_as
-from .artefact import CheckpointError
 from .checkpoint import apply_networks, read_training_state, save_training_state
 from .config import RESUME_MAY_CHANGE, DistillConfig, warn_unreached_warmups
 from .ema import EMA
-from .fake_score import FakeScore
 from .fast import StepGraphs, capture, speed_up, use_compile_cache, use_fused_norms
-from .generator import OneStepGenerator
-from .losses.base import DistillLoss, Evaluation
 from .monitor import GeneratorMetric, RunLog
 from .parallel import GradientAverager, assert_replicas_identical, broadcast_modules
-from .schedules import SigmaSampler
-from .teacher import Teacher
 
 __all__ = ["DistillConfig", "Distiller", "NonFiniteTrainingError", "NonFiniteWarning"]
 
@@ -475,7 +475,7 @@ class Distiller:
         Raises:
             NonFiniteTrainingError: Every sample of a log interval was non-finite (e.g. a learning rate far too
                 high); the state at that point is written to ``training_state_nonfinite/``, leaving the last good
-                ``training_state/`` alone. A [`NonFiniteWarning`][scoredistill.distill.NonFiniteWarning] is
+                ``training_state/`` alone. A [`NonFiniteWarning`][scoredistill.training.distill.NonFiniteWarning] is
                 issued for an interval with more than 10% non-finite samples.
         """
         if metric is not None and not (eval_every_nimg and eval_every_nimg > 0):
@@ -568,8 +568,8 @@ class Distiller:
         Returns:
             ``{metric.name: value, metric.name + "_best": lowest value so far}``.
         """
-        from .hub import save_pretrained
-        from .imageio import image_grid, write_png
+        from ..data.imageio import image_grid, write_png
+        from ..io.hub import save_pretrained
 
         generator = self.ema.module
         value = float(metric(generator))

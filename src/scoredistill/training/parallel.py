@@ -3,13 +3,14 @@
 Every process holds full copies of the generator, the fake score and the teacher and draws its own noise. After
 each phase's backward the gradients are averaged over the processes, so every optimiser step, and with it every
 parameter and the EMA, stays bit-identical across ranks
-([`assert_replicas_identical`][scoredistill.parallel.assert_replicas_identical] checks it).
+([`assert_replicas_identical`][scoredistill.training.parallel.assert_replicas_identical] checks it).
 
 Why not ``DistributedDataParallel``: the two trained networks take turns. The generator also runs frozen under
 ``no_grad`` in the fake-score phase, the fake score runs frozen (``requires_grad_(False)``) in the generator
 phase, and the EMA and the teacher are never trained. DDP expects every forward of a wrapped module to be followed
 by a backward through its parameters (or ``find_unused_parameters``, which costs a graph traversal per step) and
-synchronises buffers on each forward. [`GradientAverager`][scoredistill.parallel.GradientAverager] does what DDP's
+synchronises buffers on each forward. [`GradientAverager`][scoredistill.training.parallel.GradientAverager] does what
+DDP's
 reducer does for this loop: buckets of about 25 MB in reverse registration order (the order backward produces them),
 each all-reduced as soon as its last gradient has been accumulated, while the rest of the backward pass runs.
 """
@@ -71,10 +72,12 @@ def assert_replicas_identical(modules: dict[str, nn.Module]) -> None:
 class GradientAverager:
     """Average the gradients of ``params`` over all processes, in buckets launched from the backward pass.
 
-    Between [`arm`][scoredistill.parallel.GradientAverager.arm] and
-    [`finish`][scoredistill.parallel.GradientAverager.finish], a hook on each parameter counts accumulated gradients;
+    Between [`arm`][scoredistill.training.parallel.GradientAverager.arm] and
+    [`finish`][scoredistill.training.parallel.GradientAverager.finish], a hook on each parameter counts accumulated
+    gradients;
     when a bucket is complete it is flattened and all-reduced asynchronously (buckets are launched strictly in order, so
-    every rank issues the same collectives in the same order). [`finish`][scoredistill.parallel.GradientAverager.finish]
+    every rank issues the same collectives in the same order).
+    [`finish`][scoredistill.training.parallel.GradientAverager.finish]
     launches any bucket whose parameters received no gradient this phase, waits for all of them and writes the averages
     back. Nothing here reads a value on the host, so the whole exchange can be captured in a CUDA graph (NCCL).
 

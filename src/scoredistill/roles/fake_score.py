@@ -9,8 +9,8 @@ from typing import Any
 from torch import Tensor, nn
 from typing_extensions import Self, override
 
-from ._types import ScoreOutput, as_sigma, resolve_sample_shape
-from .hub import HubMixin
+from .._types import ScoreOutput, as_sigma, resolve_sample_shape
+from ..io.hub import HubMixin
 from .precond import Precond
 
 __all__ = ["FakeScore", "trainable_copy"]
@@ -20,13 +20,13 @@ def trainable_copy(teacher: nn.Module, *, role: str) -> nn.Module:
     """A trainable deep copy of the teacher's network, or a ``TypeError`` saying how to get one.
 
     SiD starts the generator and the fake score as copies of the teacher. A teacher without parameters (an
-    analytic [`GaussianMixture`][scoredistill.analytic.GaussianMixture], a plain function) has nothing to copy.
+    analytic [`GaussianMixture`][scoredistill.demo.analytic.GaussianMixture], a plain function) has nothing to copy.
     """
     source = getattr(teacher, "denoiser", teacher)
     if not isinstance(source, nn.Module) or not any(True for _ in source.parameters()):
         raise TypeError(
             f"{role}.from_teacher: the teacher's {type(source).__name__} has no trainable network to copy. Fit one "
-            "to it first: net = scoredistill.fit.fit_denoiser(teacher, Precond(MLP(dim))), then "
+            "to it first: net = scoredistill.training.fit.fit_denoiser(teacher, Precond(MLP(dim))), then "
             f"{role}.from_teacher(Teacher(net)) (or pass a network to {role}(...))"
         )
     return copy.deepcopy(source).requires_grad_(True).train()
@@ -37,12 +37,12 @@ class FakeScore(nn.Module, HubMixin):
 
     Args:
         denoiser: A trainable denoiser. When it exposes ``score`` and ``logits`` (a
-            [`Precond`][scoredistill.precond.Precond] around an encoder backbone),
+            [`Precond`][scoredistill.roles.precond.Precond] around an encoder backbone),
             [`score`][scoredistill.FakeScore.score] returns the discriminator logits from the same pass and
             [`logits`][scoredistill.FakeScore.logits] runs the encoder alone.
         sample_shape: Shape of one sample, ``(C, H, W)`` or ``(D,)``; read from the denoiser (or its backbone)
             when omitted, by the same rule as every role. ``None`` when neither says (a resolution-agnostic
-            network); the [`Distiller`][scoredistill.distill.Distiller] checks every known shape against the
+            network); the [`Distiller`][scoredistill.training.distill.Distiller] checks every known shape against the
             generator's.
 
     References:
@@ -61,7 +61,7 @@ class FakeScore(nn.Module, HubMixin):
 
         Raises:
             TypeError: If the teacher has no network to copy (an analytic or parameter-free denoiser): fit one
-                with [`fit_denoiser`][scoredistill.fit.fit_denoiser] and start from ``Teacher(net)``.
+                with [`fit_denoiser`][scoredistill.training.fit.fit_denoiser] and start from ``Teacher(net)``.
         """
         net = trainable_copy(teacher, role="FakeScore")
         return cls(net, sample_shape=getattr(teacher, "sample_shape", None))
@@ -97,7 +97,7 @@ class FakeScore(nn.Module, HubMixin):
             raise TypeError("this fake score has no encoder: SiDA needs a backbone with encoder logits")
         return self.denoiser.logits(x, as_sigma(sigma, x.shape[0], x.device), labels, augment_labels).float()
 
-    # config.json (scoredistill.hub): the Precond's config.
+    # config.json (scoredistill.io.hub): the Precond's config.
 
     @override
     def to_config(self) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ._types import as_sigma
+from .._types import as_sigma
 
 __all__ = ["MMD_BANDWIDTHS", "GaussianMixture", "energy_distance", "mmd2"]
 
@@ -22,7 +22,7 @@ MMD_BANDWIDTHS = (0.05, 0.2, 1.0)  # RBF bandwidths of mmd2: a ring mode's std, 
 
 
 class GaussianMixture(nn.Module):
-    """A Gaussian mixture usable as a [`Teacher`][scoredistill.teacher.Teacher] and as a source of real samples.
+    """A Gaussian mixture usable as a [`Teacher`][scoredistill.roles.teacher.Teacher] and as a source of real samples.
 
     Args:
         means: ``[K, *sample_shape]`` component means.

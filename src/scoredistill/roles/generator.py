@@ -9,9 +9,9 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import Self, override
 
-from ._types import resolve_sample_shape
+from .._types import resolve_sample_shape
+from ..io.hub import HubMixin
 from .fake_score import trainable_copy
-from .hub import HubMixin
 from .precond import Precond, _check_keys
 
 __all__ = ["OneStepGenerator"]
@@ -28,7 +28,7 @@ class OneStepGenerator(nn.Module, HubMixin):
 
     Example:
         >>> import torch
-        >>> from scoredistill.precond import Precond
+        >>> from scoredistill.roles.precond import Precond
         >>> from scoredistill.networks import MLP
         >>> G = OneStepGenerator(Precond(MLP(dim=2)), sample_shape=(2,))
         >>> G.sample(5, rng=torch.Generator().manual_seed(0)).shape
@@ -60,7 +60,7 @@ class OneStepGenerator(nn.Module, HubMixin):
 
         Raises:
             TypeError: If the teacher has no network to copy (an analytic or parameter-free denoiser): fit one
-                with [`fit_denoiser`][scoredistill.fit.fit_denoiser] and start from ``Teacher(net)``.
+                with [`fit_denoiser`][scoredistill.training.fit.fit_denoiser] and start from ``Teacher(net)``.
         """
         net = trainable_copy(teacher, role="OneStepGenerator")
         return cls(
@@ -95,7 +95,7 @@ class OneStepGenerator(nn.Module, HubMixin):
             labels = torch.randint(self.label_dim, (n,), generator=rng, device=device)
         return self(z, labels)
 
-    # config.json (scoredistill.hub): the role's init args beside its Precond's config.
+    # config.json (scoredistill.io.hub): the role's init args beside its Precond's config.
 
     @override
     def to_config(self) -> dict[str, Any]:

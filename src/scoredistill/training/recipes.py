@@ -1,7 +1,7 @@
 """The paper's recipes: hyperparameters of the published SiD / SiDA / SiD²A runs (docs/maths.md) and their wiring.
 
 ``make_distiller`` turns a recipe, a teacher and (for SiDA) a real-data stream into a ready
-[`Distiller`][scoredistill.distill.Distiller]. The example scripts are thin command lines around it.
+[`Distiller`][scoredistill.training.distill.Distiller]. The example scripts are thin command lines around it.
 """
 
 from __future__ import annotations
@@ -14,15 +14,15 @@ from typing import Any, Literal
 
 import torch
 
-from ._validate import check_int, check_real
-from .augment import AugmentPipe
+from .._validate import check_int, check_real
+from ..data.augment import AugmentPipe
+from ..losses import AdversarialEncoderLoss, DSMLoss, SiDLoss
+from ..networks.layers import UNetBlock
+from ..roles.fake_score import FakeScore
+from ..roles.generator import OneStepGenerator
+from ..roles.precond import Precond
+from ..roles.teacher import Teacher
 from .distill import Batch, DistillConfig, Distiller
-from .fake_score import FakeScore
-from .generator import OneStepGenerator
-from .losses import AdversarialEncoderLoss, DSMLoss, SiDLoss
-from .networks.layers import UNetBlock
-from .precond import Precond
-from .teacher import Teacher
 
 __all__ = ["RECIPES", "Method", "Recipe", "load_teacher", "make_distiller", "set_dropout"]
 
@@ -159,7 +159,7 @@ RECIPES: dict[str, Recipe] = {
 - ``"afhqv2-64"``: AFHQv2 64x64, unconditional.
 
 Example:
-    >>> from scoredistill.recipes import RECIPES
+    >>> from scoredistill.training.recipes import RECIPES
     >>> sorted(RECIPES)
     ['afhqv2-64', 'cifar10-cond', 'cifar10-uncond', 'ffhq64', 'imagenet64']
     >>> RECIPES["cifar10-uncond"].config("sida").generator_start_nimg
@@ -174,25 +174,25 @@ def load_teacher(
 
     Args:
         source: ``*.pkl`` (EDM/SiD pickle, restricted unpickler), a directory or Hub repo id written by
-            [`scoredistill.hub.save_pretrained`][scoredistill.hub.save_pretrained], or ``None`` together with
+            [`scoredistill.io.hub.save_pretrained`][scoredistill.io.hub.save_pretrained], or ``None`` together with
             ``random_init=True``.
         preset: Network preset; a random teacher is built from it, and a loaded one must match it.
         random_init: Build a randomly initialised teacher (smoke tests and benchmarks only).
         **overrides: Config fields to replace, e.g. ``dropout=0.13`` (EDM pickles store the teacher's dropout).
     """
-    from .networks import PRESETS
-    from .precond import edm_precond
+    from ..networks import PRESETS
+    from ..roles.precond import edm_precond
 
     if source is None:
         if not random_init:
             raise ValueError("pass a teacher (an EDM .pkl or a scoredistill directory / Hub id) or random_init=True")
         return edm_precond(preset, **overrides)
     if str(source).endswith(".pkl"):
-        from .convert import load_edm_pickle
+        from ..convert import load_edm_pickle
 
         net = load_edm_pickle(source, **overrides)
     else:
-        from .hub import from_pretrained
+        from ..io.hub import from_pretrained
 
         net = from_pretrained(source, expected_class=Precond)
         if overrides:
@@ -227,7 +227,7 @@ def make_distiller(
     """Wire the roles, losses, augmentation and loop for ``method`` as the paper ran it.
 
     Args:
-        recipe: Dataset settings (see [`RECIPES`][scoredistill.recipes.RECIPES]).
+        recipe: Dataset settings (see [`RECIPES`][scoredistill.training.recipes.RECIPES]).
         teacher: The teacher network (copied into the generator and the fake score).
         method: ``"sid"`` (data-free), ``"sida"`` or ``"sid2a"`` (both need ``data``).
         data: Real batches ``(x, one-hot labels)`` of the per-process micro-batch, on ``device``.
@@ -235,8 +235,9 @@ def make_distiller(
         world_size: Number of processes (the per-process batch is the global batch divided by it).
         device: Where the networks live.
         adversarial_start_nimg: SiDA and SiD²A: images before the adversarial term joins the generator's objective
-            (``None``: the paper's 200k; see [`Recipe.losses`][scoredistill.recipes.Recipe.losses]).
-        **overrides: [`DistillConfig`][scoredistill.config.DistillConfig] fields to replace (precision, micro_batch,
+            (``None``: the paper's 200k; see [`Recipe.losses`][scoredistill.training.recipes.Recipe.losses]).
+        **overrides: [`DistillConfig`][scoredistill.training.config.DistillConfig] fields to replace (precision,
+            micro_batch,
             ...).
     """
     if method != "sid" and data is None:
@@ -245,7 +246,7 @@ def make_distiller(
         raise ValueError("sid2a fine-tunes a SiD generator: pass generator_init=...")
     t = Teacher(teacher.to(device))
     if isinstance(generator_init, (str, Path)):
-        from .hub import from_pretrained
+        from ..io.hub import from_pretrained
 
         generator_init = from_pretrained(generator_init, expected_class=OneStepGenerator, device=device)
     G = OneStepGenerator.from_teacher(t) if generator_init is None else generator_init.to(device).train()

@@ -1,8 +1,10 @@
 """What a run leaves behind while it trains: a ``stats.jsonl`` log, TensorBoard scalars, and evaluations.
 
-[`RunLog`][scoredistill.monitor.RunLog] appends one JSON object per log interval and per evaluation to ``stats.jsonl``
+[`RunLog`][scoredistill.training.monitor.RunLog] appends one JSON object per log interval and per evaluation to
+``stats.jsonl``
 in the run directory (and writes the same scalars to TensorBoard when ``tensorboard`` is installed), whether or not a
-progress bar is shown. [`GeneratorMetric`][scoredistill.monitor.GeneratorMetric] is the contract of an in-training
+progress bar is shown. [`GeneratorMetric`][scoredistill.training.monitor.GeneratorMetric] is the contract of an
+in-training
 evaluation such as [`scoredistill.metrics.FIDMetric`][scoredistill.metrics.FIDMetric]: a callable that scores a
 generator, lower is better.
 """
@@ -17,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from .generator import OneStepGenerator
+    from ..roles.generator import OneStepGenerator
 
 __all__ = ["GeneratorMetric", "RunLog", "read_stats"]
 

@@ -2,12 +2,12 @@
 
 The recipe (measured on the 8-mode ring, see docs/quickstart.md):
 
-1. fit an MLP to the analytic teacher's exact denoiser ([`fit_denoiser`][scoredistill.fit.fit_denoiser]), since
+1. fit an MLP to the analytic teacher's exact denoiser ([`fit_denoiser`][scoredistill.training.fit.fit_denoiser]), since
    SiD starts the generator and the fake score as copies of the teacher;
 2. SiD with ``alpha`` 0.6, ``t_max`` 0.5, Adam at 1e-4, 3000 steps of 256 points, EMA half-life 5% of the run.
 
 The figures that can fail are the fraction of samples within 3 std of a mode, the MMD² and energy distance to a
-fresh draw of the true mixture, and the mode masses; [`demo_failures`][scoredistill.demo.demo_failures] holds
+fresh draw of the true mixture, and the mode masses; [`demo_failures`][scoredistill.demo.run.demo_failures] holds
 the bar (0.85 and 0.01).
 """
 
@@ -25,17 +25,17 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..data.imageio import write_png
+from ..losses import AdversarialEncoderLoss, DSMLoss, SiDLoss
+from ..networks.toy import MLP
+from ..roles.fake_score import FakeScore
+from ..roles.generator import OneStepGenerator
+from ..roles.precond import Precond
+from ..roles.sampling import edm_sample
+from ..roles.teacher import Teacher
+from ..training.distill import DistillConfig, Distiller
+from ..training.fit import fit_denoiser
 from .analytic import GaussianMixture, energy_distance, mmd2
-from .distill import DistillConfig, Distiller
-from .fake_score import FakeScore
-from .fit import fit_denoiser
-from .generator import OneStepGenerator
-from .imageio import write_png
-from .losses import AdversarialEncoderLoss, DSMLoss, SiDLoss
-from .networks.toy import MLP
-from .precond import Precond
-from .sampling import edm_sample
-from .teacher import Teacher
 
 __all__ = [
     "BIASED_TEACHER_ADVERSARIAL_SCALE",
@@ -83,7 +83,7 @@ class SampleFigures:
 
     Attributes:
         near_mode: Fraction within 3 component stds of the nearest mode.
-        mmd2: Unbiased MMD² to a fresh true draw ([`mmd2`][scoredistill.analytic.mmd2], RBF bandwidths
+        mmd2: Unbiased MMD² to a fresh true draw ([`mmd2`][scoredistill.demo.analytic.mmd2], RBF bandwidths
             0.05, 0.2, 1.0).
         energy: Energy distance to the same true draw.
         mode_mass: Fraction of samples nearest to each mode.
@@ -100,7 +100,7 @@ class SampleFigures:
 
 
 def sample_figures(x: Tensor, mixture: GaussianMixture, reference: Tensor) -> SampleFigures:
-    """[`SampleFigures`][scoredistill.demo.SampleFigures] of samples ``x`` against ``mixture`` and a true draw."""
+    """[`SampleFigures`][scoredistill.demo.run.SampleFigures] of samples ``x`` against ``mixture`` and a true draw."""
     x = x.detach().float().cpu()
     return SampleFigures(
         near_mode=float(mixture.near_mode(x)),
@@ -245,7 +245,7 @@ def run_demo(
 @dataclass
 class DemoReport:
     """The demo's table: a true draw, the teacher and the students (each a
-    [`SampleFigures`][scoredistill.demo.SampleFigures])."""
+    [`SampleFigures`][scoredistill.demo.run.SampleFigures])."""
 
     rows: dict[str, SampleFigures]
     samples: dict[str, Tensor]  # "truth", and the panels of the picture: "teacher", "SiD", "SiDA"
@@ -268,7 +268,7 @@ class DemoReport:
         return "\n".join(lines)
 
     def failures(self) -> dict[str, list[str]]:
-        """[`demo_failures`][scoredistill.demo.demo_failures] of each student row that fails."""
+        """[`demo_failures`][scoredistill.demo.run.demo_failures] of each student row that fails."""
         return {name: out for name in self.students if (out := demo_failures(self.rows[name]))}
 
 
@@ -287,7 +287,7 @@ def run_demo_report(
         biased_teacher: Bias the teacher's mode masses (implies ``sida``).
         seed: Seed of everything.
         progress: Show progress bars.
-        **kwargs: Passed to [`run_demo`][scoredistill.demo.run_demo] (``steps``, ``lr``, ``alpha``, ...).
+        **kwargs: Passed to [`run_demo`][scoredistill.demo.run.run_demo] (``steps``, ``lr``, ``alpha``, ...).
     """
     truth = GaussianMixture.ring(8)
     teacher = GaussianMixture.ring(8, weights=torch.tensor(BIASED_TEACHER_WEIGHTS)) if biased_teacher else truth

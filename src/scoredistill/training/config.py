@@ -1,7 +1,7 @@
-"""The loop's settings: [`DistillConfig`][scoredistill.config.DistillConfig], checked when it is built.
+"""The loop's settings: [`DistillConfig`][scoredistill.training.config.DistillConfig], checked when it is built.
 
 Beside it, the fields a resumed run may change (``RESUME_MAY_CHANGE``) and ``warn_unreached_warmups``, the
-warning for a run too short to leave a warm-up. ``scoredistill.distill`` re-exports all three.
+warning for a run too short to leave a warm-up. ``scoredistill.training.distill`` re-exports all three.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from ._validate import check_bool, check_choice, check_int, check_real
+from .._validate import check_bool, check_choice, check_int, check_real
 from .fast import CompileScope
 
 if TYPE_CHECKING:
-    from .losses.base import DistillLoss
+    from ..losses.base import DistillLoss
 
 __all__ = ["RESUME_MAY_CHANGE", "DistillConfig", "warn_unreached_warmups"]
 
@@ -134,7 +134,8 @@ def warn_unreached_warmups(config: DistillConfig, losses: Sequence[DistillLoss])
     """Warn (``UserWarning``) about each warm-up the run never leaves; returns the messages.
 
     A run of ``total_nimg`` images whose ``generator_start_nimg`` (100k in
-    [`DistillConfig.sida`][scoredistill.config.DistillConfig.sida]) is not below it never updates the generator,
+    [`DistillConfig.sida`][scoredistill.training.config.DistillConfig.sida]) is not below it never updates the
+    generator,
     and a loss whose own ``generator_start_nimg`` (200k in
     [`AdversarialEncoderLoss`][scoredistill.losses.AdversarialEncoderLoss]) is not below it never joins the
     generator objective.

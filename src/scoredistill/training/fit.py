@@ -1,8 +1,9 @@
 """Fit a trainable network to a teacher's denoiser, so that the generator and the fake score can start as copies.
 
 SiD and SiDA initialise both trainable roles as copies of the teacher's network. A teacher without a network (an
-analytic [`GaussianMixture`][scoredistill.analytic.GaussianMixture], or any callable ``D(x, sigma, labels)``) has
-nothing to copy; [`fit_denoiser`][scoredistill.fit.fit_denoiser] distils its denoiser into a network by regression
+analytic [`GaussianMixture`][scoredistill.demo.analytic.GaussianMixture], or any callable ``D(x, sigma, labels)``) has
+nothing to copy; [`fit_denoiser`][scoredistill.training.fit.fit_denoiser] distils its denoiser into a network by
+regression
 across noise levels,
 
 ``min_theta E_{x0, sigma, n} lambda(sigma) ||D_theta(x0 + sigma n; sigma) - D_teacher(x0 + sigma n; sigma)||^2``,
@@ -20,9 +21,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from ._types import as_sigma
-from .losses.functional import dsm_weight
-from .sampling import edm_sample
+from .._types import as_sigma
+from ..losses.functional import dsm_weight
+from ..roles.sampling import edm_sample
 
 __all__ = ["fit_denoiser", "teacher_samples"]
 
@@ -66,9 +67,9 @@ def fit_denoiser(
         fake = FakeScore.from_teacher(Teacher(net))
 
     Args:
-        teacher: The teacher ``D(x, sigma, labels)`` (a [`Teacher`][scoredistill.teacher.Teacher] or any
+        teacher: The teacher ``D(x, sigma, labels)`` (a [`Teacher`][scoredistill.roles.teacher.Teacher] or any
             callable); conditional teachers get uniformly drawn one-hot labels.
-        denoiser: The network to train (usually a [`Precond`][scoredistill.precond.Precond] around a backbone);
+        denoiser: The network to train (usually a [`Precond`][scoredistill.roles.precond.Precond] around a backbone);
             its sample shape must be the teacher's.
         samples: ``[N, *sample_shape]`` clean samples to noise, on the denoiser's device. ``None`` draws 4096
             from the teacher (`teacher_samples`: its exact sampler, else a 32-step Heun ODE).

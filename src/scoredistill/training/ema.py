@@ -7,7 +7,7 @@ import copy
 import torch
 from torch import nn
 
-from ._validate import check_real
+from .._validate import check_real
 
 __all__ = ["EMA", "ema_beta"]
 
