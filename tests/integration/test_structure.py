@@ -157,3 +157,17 @@ def test_distill_re_exports_the_config_module():
         assert getattr(distill, name) is getattr(config, name), name
     assert scoredistill.DistillConfig is config.DistillConfig
     assert config.DistillConfig.__module__ == "scoredistill.training.config"
+
+
+def test_every_cuda_graph_capture_goes_through_fast_capture():
+    """Captures in CUDA's default global mode break whenever another thread (a DataLoader's pin-memory thread) makes
+    a CUDA call; `scoredistill.training.fast.capture` captures thread-locally and restores the random generators
+    on failure. Nothing else in the package may start a capture."""
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            code = line.split("#")[0]
+            if any(call in code for call in ("torch.cuda.graph(", "capture_begin(", "make_graphed_callables(")):
+                offenders.append(f"{path.relative_to(PACKAGE)}:{n}: {line.strip()}")
+    assert len(offenders) == 1 and offenders[0].startswith("training/fast.py:"), offenders
+    assert 'capture_error_mode="thread_local"' in offenders[0], offenders

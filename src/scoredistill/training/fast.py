@@ -32,7 +32,7 @@ def speed_up(
     compile: CompileScope = "off",
     compile_mode: str | None = None,
 ) -> nn.Module:
-    """Apply speed switches in place to a [`Precond`][scoredistill.precond.Precond]-wrapped backbone.
+    """Apply speed switches in place to a [`Precond`][scoredistill.roles.precond.Precond]-wrapped backbone.
 
     Args:
         denoiser: A denoiser whose backbone is ``denoiser.model`` (or a backbone itself).
@@ -70,7 +70,8 @@ def use_compile_cache(path: str | Path) -> Path:
 
     Sets Inductor's cache folder (its FX-graph and AOTAutograd caches, which are switched on here) and Triton's
     kernel cache (``path/triton``) for this process and the processes it starts. Call it before the first
-    compilation; [`Distiller`][scoredistill.distill.Distiller] does when ``DistillConfig.compile_cache_dir`` is set.
+    compilation; [`Distiller`][scoredistill.training.distill.Distiller] does when ``DistillConfig.compile_cache_dir``
+    is set.
 
     Args:
         path: A folder (created if missing).
@@ -115,13 +116,22 @@ def use_fused_norms(module: nn.Module, enabled: bool | None) -> nn.Module:
 def capture(
     graph: torch.cuda.CUDAGraph, generators: Sequence[torch.Generator] = (), *, pool: object = None
 ) -> Iterator[None]:
-    """``torch.cuda.graph(graph, pool=pool)`` with ``generators`` registered, that leaves them usable if it fails.
+    """``torch.cuda.graph`` for the library's captures: other threads stay free, and a failure leaves no trace.
 
-    A capture that fails (a host synchronisation inside it, say) ends without closing the random generators'
-    capture state: every later draw from them, in eager code too, would raise "Offset increment outside graph
-    capture encountered unexpectedly". This context copies their states (the device's default generator,
-    which every capture registers, and ``generators``) before the capture and puts the copies back if it
-    fails, so that the process goes on exactly as if the capture had never started.
+    Every capture of the library goes through here (a test checks that nothing else calls ``torch.cuda.graph``),
+    for two reasons:
+
+    - **Other threads.** The capture's error mode is ``"thread_local"``: only CUDA calls of the capturing thread
+      are restricted. In CUDA's default (``"global"``) mode, an unsafe call from ANY thread of the process, such as
+      the ``cudaHostAlloc`` or event query a DataLoader's pin-memory thread makes while it stages the next batch,
+      invalidates the capture ("operation failed due to a previous error during capture"), and the error then
+      surfaces in that thread too. Whether it happens depends on timing: a loader that is behind (a small, fast
+      network) is busy pinning during the capture, one that is ahead is idle.
+    - **Random generators.** A capture that fails (a host synchronisation inside it, say) ends without closing the
+      random generators' capture state: every later draw from them, in eager code too, would raise "Offset
+      increment outside graph capture encountered unexpectedly". The generators' states (the device's default
+      generator, which every capture registers, and ``generators``) are copied before the capture and put back if
+      it fails, so that the process goes on exactly as if the capture had never started.
 
     Args:
         graph: A fresh graph.
@@ -134,7 +144,7 @@ def capture(
     for generator in generators:
         graph.register_generator_state(generator)
     try:
-        with torch.cuda.graph(graph, pool=pool):
+        with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
             yield
     except BaseException:
         for generator, state in zip(everyone, saved):
