@@ -87,3 +87,9 @@ def test_readme_tour_compiles():
     assert blocks
     for block in blocks:
         compile(block, "README.md", "exec")
+
+
+def test_custom_loop_page_loop_is_thirty_lines():
+    """The page (and the README) promise a 30-line loop: the block holding it is at most that long."""
+    loops = [b for b in _blocks(ROOT / "docs" / "custom_loop.md") if "for step in" in b]
+    assert len(loops) == 1 and len(loops[0].strip().splitlines()) <= 30

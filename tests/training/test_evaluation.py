@@ -148,3 +148,35 @@ def test_fid_metric_in_training_with_a_stand_in_extractor(tmp_path):
     resumed.load(tmp_path / "training_state")
     assert resumed.best == d.best
     assert OneStepGenerator.from_pretrained(tmp_path / "generator_best").sample_shape == (1, 8, 8)
+
+
+class HigherIsBetter(ScriptedMetric):
+    name, higher_is_better = "recall", True
+
+
+def test_run_takes_several_metrics_and_keeps_the_best_by_the_first(tmp_path):
+    d = _distiller(total_nimg=40)
+    recall = HigherIsBetter([0.2, 0.5, 0.4, 0.7, 0.6])
+    score = ScriptedMetric([9.0, 1.0, 2.0, 3.0, 4.0])  # would pick the second evaluation if it decided
+    d.run(run_dir=tmp_path, log_every_nimg=8, metrics=[recall, score], eval_every_nimg=12, progress=False)
+    evals = [r for r in read_stats(tmp_path / "stats.jsonl") if "recall" in r]
+    assert [(r["recall"], r["score"]) for r in evals] == [(0.2, 9.0), (0.5, 1.0), (0.4, 2.0), (0.7, 3.0), (0.6, 4.0)]
+    assert [r["recall_best"] for r in evals] == [0.2, 0.5, 0.5, 0.7, 0.7]  # higher is better: the first decides
+    assert all("score_best" not in r for r in evals)
+    assert d.best == (36, 0.7)
+    best = OneStepGenerator.from_pretrained(tmp_path / "generator_best")
+    for p, q in zip(best.parameters(), recall.seen[3]):
+        assert torch.equal(p, q)
+
+
+def test_run_refuses_ambiguous_metric_arguments():
+    d = _distiller()
+    with pytest.raises(ValueError, match="not both"):
+        d.run(metric=ScriptedMetric([1.0]), metrics=[ScriptedMetric([1.0])], eval_every_nimg=8, progress=False)
+    with pytest.raises(ValueError, match="must differ"):
+        d.run(metrics=[ScriptedMetric([1.0]), ScriptedMetric([1.0])], eval_every_nimg=8, progress=False)
+    with pytest.raises(TypeError, match="not a GeneratorMetric"):
+        d.run(metrics=[lambda g: 1.0], eval_every_nimg=8, progress=False)
+    with pytest.raises(ValueError, match="eval_every_nimg"):
+        d.run(metrics=[ScriptedMetric([1.0])], progress=False)
+    assert d.nimg == 0  # refused before any step

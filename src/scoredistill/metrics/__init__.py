@@ -1,4 +1,5 @@
-"""Sample-quality metrics: FID (Heusel et al. 2017) and improved precision/recall (Kynkäänniemi et al. 2019).
+"""Sample-quality metrics: FID (Heusel et al. 2017) and improved precision/recall (Kynkäänniemi et al. 2019), and
+the contract of metrics evaluated while training ([`GeneratorMetric`][scoredistill.metrics.base.GeneratorMetric]).
 
 The optional extra ``metrics`` (``pip install scoredistill[metrics]``). Statistics and distances come from
 `scoredistill.metrics.stats`; the Inception network from `scoredistill.metrics.inception`, imported
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .base import GeneratorMetric as GeneratorMetric
+from .base import is_better as is_better
 from .evaluator import FIDMetric as FIDMetric
 from .stats import FeatureExtractor as FeatureExtractor
 from .stats import FeatureStats as FeatureStats
@@ -37,6 +40,7 @@ __all__ = [
     "FEATURE_DIM",
     "FIDMetric",
     "FeatureExtractor",
+    "GeneratorMetric",
     "FeatureStats",
     "InceptionV3",
     "dataset_stats",
@@ -45,6 +49,7 @@ __all__ = [
     "frechet_distance",
     "generator_stats",
     "image_stats",
+    "is_better",
     "load_inception",
     "precision_recall",
 ]

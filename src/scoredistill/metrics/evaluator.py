@@ -1,4 +1,4 @@
-"""FID as an in-training evaluation: the [`GeneratorMetric`][scoredistill.training.monitor.GeneratorMetric] that
+"""FID as an in-training evaluation: the [`GeneratorMetric`][scoredistill.metrics.base.GeneratorMetric] that
 ``Distiller.run`` calls."""
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ class FIDMetric:
         self.n, self.batch_size, self.seed = int(n), int(batch_size), int(seed)
         self.inception, self.extractor = inception, extractor
         self.name = f"fid{n // 1000}k" if n % 1000 == 0 else f"fid{n}"
+        self.higher_is_better = False
 
     def __repr__(self) -> str:
         return f"FIDMetric(n={self.n}, batch_size={self.batch_size}, seed={self.seed})"

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from .._types import Noised, expand_as
 from ..io.artefact import CheckpointError
 from ..losses.base import DistillLoss, Evaluation
+from ..metrics.base import GeneratorMetric, is_better
 from ..roles.fake_score import FakeScore
 from ..roles.generator import OneStepGenerator
 from ..roles.teacher import Teacher
@@ -31,7 +32,7 @@ from .checkpoint import apply_networks, read_training_state, save_training_state
 from .config import RESUME_MAY_CHANGE, DistillConfig, warn_unreached_warmups
 from .ema import EMA
 from .fast import StepGraphs, capture, speed_up, use_compile_cache, use_fused_norms
-from .monitor import GeneratorMetric, RunLog
+from .monitor import RunLog
 from .parallel import GradientAverager, assert_replicas_identical, broadcast_modules
 
 __all__ = ["DistillConfig", "Distiller", "NonFiniteTrainingError", "NonFiniteWarning"]
@@ -451,8 +452,9 @@ class Distiller:
         checkpoint_every_nimg: int | None = None,
         progress: bool = True,
         on_log: Callable[[dict[str, float]], None] | None = None,
-        metric: GeneratorMetric | None = None,
+        metrics: Sequence[GeneratorMetric] = (),
         eval_every_nimg: int | None = None,
+        metric: GeneratorMetric | None = None,
     ) -> dict[str, float]:
         """Step until ``config.total_nimg``; log, evaluate, checkpoint, and checkpoint again on interruption.
 
@@ -463,11 +465,12 @@ class Distiller:
             checkpoint_every_nimg: Images between checkpoints (``None``: only at the end and on interruption).
             progress: Show a progress bar on rank 0 (the log records are printed on rank 0 either way).
             on_log: Called with every log record.
-            metric: Evaluates the EMA generator at the start of a fresh run, every ``eval_every_nimg`` images and
-                at the end (see
-                [`evaluate`][scoredistill.Distiller.evaluate]), e.g.
-                [`scoredistill.metrics.FIDMetric`][scoredistill.metrics.FIDMetric].
-            eval_every_nimg: Images between evaluations (required with ``metric``).
+            metrics: Evaluate the EMA generator at the start of a fresh run, every ``eval_every_nimg`` images and at
+                the end (see [`evaluate`][scoredistill.Distiller.evaluate]), e.g.
+                [`scoredistill.metrics.FIDMetric`][scoredistill.metrics.FIDMetric]; the first decides which
+                generator is the best so far.
+            eval_every_nimg: Images between evaluations (required with ``metrics``).
+            metric: One metric: the same as ``metrics=[metric]`` (the 0.1 keyword).
 
         Returns:
             The last logged averages.
@@ -478,114 +481,200 @@ class Distiller:
                 ``training_state/`` alone. A [`NonFiniteWarning`][scoredistill.training.distill.NonFiniteWarning] is
                 issued for an interval with more than 10% non-finite samples.
         """
-        if metric is not None and not (eval_every_nimg and eval_every_nimg > 0):
-            raise ValueError("a metric needs eval_every_nimg > 0 (images between evaluations)")
+        metrics = _metric_list(metrics, metric, eval_every_nimg)
         log = RunLog(run_dir) if run_dir is not None and self.rank == 0 else None
         ckpt = Path(run_dir) / "training_state" if run_dir is not None else None
         bar = Progress(self.config.total_nimg, self.nimg, enabled=self.rank == 0, bar=progress)
-        sums: dict[str, Tensor] = {}
-        n, t0, last, eval_s = 0, time.perf_counter(), {}, 0.0
-        next_log = self.nimg + log_every_nimg
-        next_ckpt = self.nimg + checkpoint_every_nimg if checkpoint_every_nimg else math.inf
-        every = eval_every_nimg or math.inf
-        next_eval = (self.nimg // every + 1) * every if metric is not None else math.inf
-
-        def evaluate_and_log() -> float:  # returns the seconds it took (not training time)
-            t_eval = time.perf_counter()
-            results = self.evaluate(metric, run_dir)
-            seconds = time.perf_counter() - t_eval
-            bar.log(results) if self.rank == 0 else None
-            log.write(self.nimg, {**results, "eval_s": seconds}) if log else None
-            return seconds
-
+        interval = _Interval()
+        next_log = _Every(log_every_nimg, self.nimg)
+        next_ckpt = _Every(checkpoint_every_nimg, self.nimg)
+        next_eval = _Every(eval_every_nimg if metrics else None, self.nimg, aligned=True)
+        last: dict[str, float] = {}
         try:
-            if metric is not None and self.nimg == 0:  # where a fresh run starts (the teacher's copy, or SiD's result)
-                evaluate_and_log()
-                t0 = time.perf_counter()
+            if metrics and self.nimg == 0:  # where a fresh run starts (the teacher's copy, or SiD's result)
+                self._evaluate_and_log(metrics, run_dir, bar, log)
+                interval = _Interval()
             while self.nimg < self.config.total_nimg:
-                for k, v in self.step().items():
-                    sums[k] = sums.get(k, 0) + v
-                n += 1
+                interval.add(self.step())
                 bar.update(self.config.batch_size * self.world)
                 done = self.nimg >= self.config.total_nimg
-                if metric is not None and (self.nimg >= next_eval or done):
-                    eval_s += evaluate_and_log()
-                    next_eval = (self.nimg // every + 1) * every
-                if self.nimg >= next_log or done:
-                    last = {k: float(v) / n for k, v in sums.items()}  # the only host synchronisation
-                    train_s = time.perf_counter() - t0 - eval_s  # evaluations do not count as training time
-                    last["images_per_s"] = n * self.config.batch_size * self.world / train_s
-                    last["nimg"] = self.nimg
-                    nonfinite = self._nonfinite_fraction(last)
-                    bar.log(last) if self.rank == 0 else None
-                    log.write(self.nimg, last) if log else None
-                    if on_log:
-                        on_log(last)
-                    sums, n, t0, eval_s, next_log = {}, 0, time.perf_counter(), 0.0, self.nimg + log_every_nimg
-                    if nonfinite >= 1.0:  # every sample of the interval was dropped: nothing trains any more
-                        where = "(no run_dir: nothing written)"
-                        if ckpt is not None:
-                            dump = ckpt.with_name(ckpt.name + "_nonfinite")
-                            self.save(dump) if self.rank == 0 else None
-                            where = f"this state is in {dump}; the last good checkpoint, if any, is {ckpt}"
-                        fracs = ", ".join(f"{k} {v:.0%}" for k, v in last.items() if k.endswith("nonfinite_frac"))
-                        raise NonFiniteTrainingError(
-                            f"a loss dropped every sample of the last log interval (up to {self.nimg} images) as "
-                            f"non-finite ({fracs}), so its network no longer learns; {where}. Lower the learning "
-                            f"rates (lr_generator {self.config.lr_generator:g}, lr_fake_score "
-                            f"{self.config.lr_fake_score:g}) and resume from an earlier checkpoint"
-                        )
-                    if nonfinite > NONFINITE_WARN_FRACTION:
-                        warnings.warn(
-                            f"{nonfinite:.0%} of the samples of the last log interval (up to {self.nimg} images) "
-                            "were non-finite and dropped from the losses; training is diverging (learning rate?)",
-                            NonFiniteWarning,
-                            stacklevel=2,
-                        )
-                if ckpt is not None and self.nimg >= next_ckpt:
-                    self.save(ckpt) if self.rank == 0 else None
-                    next_ckpt = self.nimg + checkpoint_every_nimg
+                if metrics and (next_eval.due(self.nimg) or done):
+                    interval.eval_s += self._evaluate_and_log(metrics, run_dir, bar, log)
+                if next_log.due(self.nimg) or done:
+                    last = self._close_interval(interval, bar, log, on_log, ckpt)
+                    interval = _Interval()
+                if ckpt is not None and next_ckpt.due(self.nimg):
+                    self._save_rank0(ckpt)
         except KeyboardInterrupt:
-            if ckpt is not None and self.rank == 0:
-                self.save(ckpt)
+            if ckpt is not None:
+                self._save_rank0(ckpt)
             raise
         finally:
             bar.close()
-            log.close() if log else None
-        if ckpt is not None and self.rank == 0:
-            self.save(ckpt)
+            if log is not None:
+                log.close()
+        if ckpt is not None:
+            self._save_rank0(ckpt)
         return last
 
-    @torch.no_grad()
-    def evaluate(self, metric: GeneratorMetric, run_dir: str | Path | None = None, *, grid_seed: int = 0) -> dict:
-        """Score the EMA generator with ``metric``; in ``run_dir`` keep its sample grid and the best and last EMA.
+    def _save_rank0(self, path: Path) -> None:
+        if self.rank == 0:
+            self.save(path)
 
-        Every process calls ``metric`` (it may split its work across them). Rank 0 writes
+    def _evaluate_and_log(
+        self, metrics: list[GeneratorMetric], run_dir: str | Path | None, bar: Progress, log: RunLog | None
+    ) -> float:
+        """Evaluate, print and record the results; returns the seconds it took (not training time)."""
+        t0 = time.perf_counter()
+        results = self.evaluate(metrics, run_dir)
+        seconds = time.perf_counter() - t0
+        bar.log(results)
+        if log is not None:
+            log.write(self.nimg, {**results, "eval_s": seconds})
+        return seconds
+
+    def _close_interval(
+        self,
+        interval: _Interval,
+        bar: Progress,
+        log: RunLog | None,
+        on_log: Callable[[dict[str, float]], None] | None,
+        ckpt: Path | None,
+    ) -> dict[str, float]:
+        """Average the interval's logs (the loop's only host synchronisation), record them, and act on non-finite
+        samples: stop when an interval lost them all, warn when it lost more than a tenth."""
+        record = interval.averages(self.config.batch_size * self.world)
+        record["nimg"] = self.nimg
+        nonfinite = self._nonfinite_fraction(record)
+        bar.log(record)
+        if log is not None:
+            log.write(self.nimg, record)
+        if on_log is not None:
+            on_log(record)
+        if nonfinite >= 1.0:  # every sample of the interval was dropped: nothing trains any more
+            self._stop_nonfinite(record, ckpt)
+        if nonfinite > NONFINITE_WARN_FRACTION:
+            warnings.warn(
+                f"{nonfinite:.0%} of the samples of the last log interval (up to {self.nimg} images) "
+                "were non-finite and dropped from the losses; training is diverging (learning rate?)",
+                NonFiniteWarning,
+                stacklevel=3,
+            )
+        return record
+
+    def _stop_nonfinite(self, record: dict[str, float], ckpt: Path | None) -> None:
+        where = "(no run_dir: nothing written)"
+        if ckpt is not None:
+            dump = ckpt.with_name(ckpt.name + "_nonfinite")
+            self._save_rank0(dump)
+            where = f"this state is in {dump}; the last good checkpoint, if any, is {ckpt}"
+        fracs = ", ".join(f"{k} {v:.0%}" for k, v in record.items() if k.endswith("nonfinite_frac"))
+        raise NonFiniteTrainingError(
+            f"a loss dropped every sample of the last log interval (up to {self.nimg} images) as "
+            f"non-finite ({fracs}), so its network no longer learns; {where}. Lower the learning "
+            f"rates (lr_generator {self.config.lr_generator:g}, lr_fake_score "
+            f"{self.config.lr_fake_score:g}) and resume from an earlier checkpoint"
+        )
+
+    @torch.no_grad()
+    def evaluate(
+        self,
+        metrics: GeneratorMetric | Sequence[GeneratorMetric],
+        run_dir: str | Path | None = None,
+        *,
+        grid_seed: int = 0,
+    ) -> dict:
+        """Score the EMA generator with ``metrics``; in ``run_dir`` keep its sample grid and the best and last EMA.
+
+        Every process calls every metric (one may split its work across them). Rank 0 writes
         ``samples/<kimg>kimg.png`` (a grid of the same 64 seeded samples at every evaluation), ``generator_last/``
-        and, when the value is the lowest so far, ``generator_best/``, as public artefacts. The best value and
-        where it was reached are part of the training state, so a resumed run keeps comparing against it.
+        and, when the first metric's value is the best so far (by its ``higher_is_better``), ``generator_best/``, as
+        public artefacts. The best value and where it was reached are part of the training state, so a resumed run
+        keeps comparing against it.
 
         Returns:
-            ``{metric.name: value, metric.name + "_best": lowest value so far}``.
+            ``{metric.name: value}`` for every metric, and ``{first.name + "_best": the first's best so far}``.
         """
+
+        metrics = [metrics] if isinstance(metrics, GeneratorMetric) else list(metrics)
+        generator = self.ema.module
+        values = {m.name: float(m(generator)) for m in metrics}
+        first = metrics[0]
+        if is_better(first, values[first.name], None if self.best is None else self.best[1]):
+            self.best = (self.nimg, values[first.name])
+        if run_dir is not None and self.rank == 0:
+            self._write_evaluation(Path(run_dir), values, grid_seed)
+        best = self.best[1] if self.best is not None else math.nan
+        return {**values, f"{first.name}_best": best}
+
+    def _write_evaluation(self, run_dir: Path, values: dict[str, float], grid_seed: int) -> None:
         from ..data.imageio import image_grid, write_png
         from ..io.hub import save_pretrained
 
         generator = self.ema.module
-        value = float(metric(generator))
-        if math.isfinite(value) and (self.best is None or value < self.best[1]):
-            self.best = (self.nimg, value)
-        if run_dir is not None and self.rank == 0:
-            run_dir = Path(run_dir)
-            rng = torch.Generator(self.device).manual_seed(grid_seed)
-            grid = generator.sample(64, rng=rng, device=self.device)
-            if grid.ndim == 4:
-                (run_dir / "samples").mkdir(parents=True, exist_ok=True)
-                write_png(run_dir / "samples" / f"{self.nimg // 1000:06d}kimg.png", image_grid(grid, cols=8))
-            score = value if math.isfinite(value) else None  # config.json is strict JSON
-            training = {"nimg": self.nimg, metric.name: score, **dataclasses.asdict(self.config)}
-            save_pretrained(generator, run_dir / "generator_last", training=training)
-            if self.best is not None and self.best[0] == self.nimg:
-                save_pretrained(generator, run_dir / "generator_best", training=training)
-        best = self.best[1] if self.best is not None else math.nan
-        return {metric.name: value, f"{metric.name}_best": best}
+        grid = generator.sample(64, rng=torch.Generator(self.device).manual_seed(grid_seed), device=self.device)
+        if grid.ndim == 4:
+            (run_dir / "samples").mkdir(parents=True, exist_ok=True)
+            write_png(run_dir / "samples" / f"{self.nimg // 1000:06d}kimg.png", image_grid(grid, cols=8))
+        scores = {k: v if math.isfinite(v) else None for k, v in values.items()}  # config.json is strict JSON
+        training = {"nimg": self.nimg, **scores, **dataclasses.asdict(self.config)}
+        save_pretrained(generator, run_dir / "generator_last", training=training)
+        if self.best is not None and self.best[0] == self.nimg:
+            save_pretrained(generator, run_dir / "generator_best", training=training)
+
+
+def _metric_list(
+    metrics: Sequence[GeneratorMetric], metric: GeneratorMetric | None, eval_every_nimg: int | None
+) -> list[GeneratorMetric]:
+    """``run``'s metrics as a list, checked."""
+    if metric is not None and metrics:
+        raise ValueError("pass metric= or metrics=, not both")
+    metrics = [metric] if metric is not None else list(metrics)
+    for m in metrics:
+        if not isinstance(m, GeneratorMetric):
+            raise TypeError(f"{type(m).__name__} is not a GeneratorMetric (a callable with a name)")
+    if len({m.name for m in metrics}) != len(metrics):
+        raise ValueError(f"metric names must differ, got {[m.name for m in metrics]}")
+    if metrics and not (eval_every_nimg and eval_every_nimg > 0):
+        raise ValueError("a metric needs eval_every_nimg > 0 (images between evaluations)")
+    return metrics
+
+
+class _Every:
+    """A schedule in images: due once ``nimg`` reaches the next mark, which then moves on.
+
+    ``aligned``: marks at multiples of ``every`` (evaluations line up across resumes); else ``every`` after the last.
+    ``every=None``: never due.
+    """
+
+    def __init__(self, every: int | None, nimg: int, *, aligned: bool = False):
+        self.every, self.aligned = every, aligned
+        self.next = math.inf if not every else self._after(nimg)
+
+    def _after(self, nimg: int) -> int:
+        return (nimg // self.every + 1) * self.every if self.aligned else nimg + self.every
+
+    def due(self, nimg: int) -> bool:
+        if nimg < self.next:
+            return False
+        self.next = self._after(nimg)
+        return True
+
+
+class _Interval:
+    """One log interval: the summed step logs (device tensors), the steps, and its training time."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, Tensor] = {}
+        self.steps, self.t0, self.eval_s = 0, time.perf_counter(), 0.0
+
+    def add(self, logs: dict[str, Tensor]) -> None:
+        for k, v in logs.items():
+            self.sums[k] = self.sums.get(k, 0) + v
+        self.steps += 1
+
+    def averages(self, images_per_step: int) -> dict[str, float]:
+        record = {k: float(v) / self.steps for k, v in self.sums.items()}
+        train_s = time.perf_counter() - self.t0 - self.eval_s  # evaluations do not count as training time
+        record["images_per_s"] = self.steps * images_per_step / train_s
+        return record

@@ -1,12 +1,11 @@
 """What a run leaves behind while it trains: a ``stats.jsonl`` log, TensorBoard scalars, and evaluations.
 
 [`RunLog`][scoredistill.training.monitor.RunLog] appends one JSON object per log interval and per evaluation to
-``stats.jsonl``
-in the run directory (and writes the same scalars to TensorBoard when ``tensorboard`` is installed), whether or not a
-progress bar is shown. [`GeneratorMetric`][scoredistill.training.monitor.GeneratorMetric] is the contract of an
-in-training
-evaluation such as [`scoredistill.metrics.FIDMetric`][scoredistill.metrics.FIDMetric]: a callable that scores a
-generator, lower is better.
+``stats.jsonl`` in the run directory (and writes the same scalars to TensorBoard when ``tensorboard`` is installed),
+whether or not a
+progress bar is shown. The contract of in-training evaluations,
+[`GeneratorMetric`][scoredistill.metrics.base.GeneratorMetric], lives in `scoredistill.metrics.base` (re-exported
+here for 0.1's import path).
 """
 
 from __future__ import annotations
@@ -16,30 +15,11 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any
 
-if TYPE_CHECKING:
-    from ..roles.generator import OneStepGenerator
+from ..metrics.base import GeneratorMetric
 
 __all__ = ["GeneratorMetric", "RunLog", "read_stats"]
-
-
-@runtime_checkable
-class GeneratorMetric(Protocol):
-    """Scores a one-step generator during training; lower is better (FID, for instance).
-
-    Every process of a multi-GPU run calls it with its own copy of the generator, so an implementation may
-    split its work across processes; it must return the same value on each.
-
-    Attributes:
-        name: Key of the value in the logs, e.g. ``"fid10k"``.
-    """
-
-    name: str
-
-    def __call__(self, generator: OneStepGenerator) -> float:
-        """The generator's score (lower is better)."""
-        ...
 
 
 class RunLog:
