@@ -131,6 +131,19 @@ def expand_as(sigma: Tensor, x: Tensor) -> Tensor:
     return sigma.reshape(-1, *([1] * (x.ndim - 1)))
 
 
+def check_same_shape(**tensors: Tensor) -> None:
+    """Raise ``ValueError`` naming every tensor's shape unless they all share one (the losses' and kernels' check).
+
+    Example:
+        >>> check_same_shape(x_g=torch.zeros(2, 3), d_real=torch.zeros(2, 4))
+        Traceback (most recent call last):
+        ValueError: inputs must share one shape [B, ...], got {'x_g': (2, 3), 'd_real': (2, 4)}
+    """
+    shapes = {name: tuple(t.shape) for name, t in tensors.items()}
+    if len(set(shapes.values())) != 1:
+        raise ValueError(f"inputs must share one shape [B, ...], got {shapes}")
+
+
 def batch_dims(x: Tensor) -> tuple[int, ...]:
     """The non-batch dimensions of ``x``, the ones every per-sample loss sums over."""
     return tuple(range(1, x.ndim))

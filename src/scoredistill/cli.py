@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
+from .schedules import SIGMA_INIT
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -326,7 +327,7 @@ def _convert(args: argparse.Namespace) -> int:
         except KeyError as err:
             raise SystemExit(f"--key {args.key}: {_one_line(err)}") from err
     if args.role == "generator":
-        sigma_init = 2.5 if args.sigma_init is None else args.sigma_init
+        sigma_init = SIGMA_INIT if args.sigma_init is None else args.sigma_init
         with _blame("--sigma-init"):
             module: Any = OneStepGenerator(net, sigma_init=sigma_init)
     else:
@@ -535,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate of both networks")
     demo.add_argument("--alpha", type=float, default=0.6, help="SiD's alpha (0.6 is sharpest on the ring)")
     demo.add_argument("--t-max", type=float, default=0.5, help="SiD's largest noise index as a fraction")
-    demo.add_argument("--sigma-init", type=float, default=2.5, help="the generator's input noise level")
+    demo.add_argument("--sigma-init", type=float, default=SIGMA_INIT, help="the generator's input noise level")
     demo.add_argument("--fit-steps", type=int, default=3000, help="steps fitting the MLP both roles start from")
     demo.add_argument("--hidden", type=int, default=128, help="width of the MLPs")
     demo.add_argument("--sida", action="store_true", help="also train a SiDA student on data from the true mixture")
@@ -590,7 +591,9 @@ def main(argv: list[str] | None = None) -> int:
     convert.add_argument(
         "--as", dest="role", choices=("teacher", "generator"), default="teacher", help="what the network is"
     )
-    convert.add_argument("--sigma-init", type=float, default=None, help="generator's input noise level (default 2.5)")
+    convert.add_argument(
+        "--sigma-init", type=float, default=None, help=f"generator's input noise level (default {SIGMA_INIT})"
+    )
     convert.add_argument("--license", default=None, help="licence for the model card, e.g. cc-by-nc-sa-4.0")
     convert.set_defaults(func=_convert)
     _add_fid_commands(sub)

@@ -14,7 +14,21 @@ from torch import Tensor
 
 from ._validate import check_real
 
-__all__ = ["KarrasUniform", "LogNormal", "SigmaSampler", "karras_sigmas", "sid_sigma"]
+__all__ = ["SIGMA_INIT", "KarrasUniform", "LogNormal", "SigmaSampler", "check_sigma_init", "karras_sigmas", "sid_sigma"]
+
+SIGMA_INIT = 2.5
+"""The one-step generator's input noise level: ``x_g = D_theta(sigma_init z; sigma_init)`` (SiD-1; the paper's 2.5)."""
+
+
+def check_sigma_init(value: object) -> float:
+    """``value`` as the generator's input noise level, or ``ValueError``/``TypeError``: a positive finite real.
+
+    Example:
+        >>> check_sigma_init(2.5)
+        2.5
+    """
+    check_real("sigma_init", value, low=0, low_open=True)
+    return float(value)  # type: ignore[arg-type]
 
 
 def sid_sigma(

@@ -8,6 +8,7 @@ import torch
 from helpers import tiny_image_roles
 from scoredistill import FakeScore, GaussianMixture, OneStepGenerator, Precond, Teacher
 from scoredistill.networks import MLP, TinyUNet
+from scoredistill.schedules import SIGMA_INIT
 
 
 def test_precond_tends_to_identity_as_sigma_vanishes():
@@ -71,8 +72,10 @@ def test_generator_maps_noise_at_sigma_init(rng):
         G(torch.randn(2, 1, 4, 4))
     with pytest.raises(ValueError, match="sample_shape"):
         OneStepGenerator(Precond(TinyUNet()))  # a convolutional backbone does not say its resolution
-    with pytest.raises(ValueError, match="sigma_init"):
-        OneStepGenerator(Precond(MLP(2)), sample_shape=(2,), sigma_init=0.0)
+    for bad in (0.0, -1.0, float("nan"), float("inf")):  # NaN once passed (`nan <= 0` is False)
+        with pytest.raises(ValueError, match="sigma_init"):
+            OneStepGenerator(Precond(MLP(2)), sample_shape=(2,), sigma_init=bad)
+    assert OneStepGenerator(Precond(MLP(2)), sample_shape=(2,)).sigma_init == SIGMA_INIT == 2.5
 
 
 def test_conditional_generator_draws_labels():

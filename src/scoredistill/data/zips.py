@@ -469,14 +469,36 @@ class _ResumableBatchSampler:
 
 
 class RealBatches:
-    """Infinite, seeded, resumable iterator of real batches ``(x_real, labels)`` (see
-    [`real_batches`][scoredistill.data.real_batches]).
+    """An infinite iterator of shuffled real batches, resumable through ``state_dict()`` / ``load_state_dict()``.
 
     The state is ``(seed, epoch, position)``: epoch ``e`` visits the images in the order
     ``numpy.random.default_rng([seed, e]).permutation(N)``, and ``position`` counts the images of that epoch
     already *returned* (worker prefetching does not advance it). Saving
     [`state_dict`][scoredistill.data.RealBatches.state_dict] and loading it into a fresh iterator continues with exactly
-    the next batch.
+    the next batch. Randomness is a seed rather than a ``torch.Generator``: each epoch's shuffle is a pure function of
+    ``(seed, epoch)``, so resuming needs three integers instead of a generator state (EDM2 resumes the same way).
+
+    Args:
+        dataset: Items ``(image, class_index)``; uint8 images are mapped to ``uint8 / 127.5 - 1``, float images
+            are taken to be in [-1, 1] already. [`ImageZipDataset`][scoredistill.data.ImageZipDataset] is the usual
+            choice.
+        batch_size: Images per batch.
+        seed: Shuffle seed (non-negative).
+        device: Where batches are returned. On CUDA the host batch is pinned and copied with ``non_blocking``.
+        label_dim: One-hot width; ``None`` takes ``dataset.label_dim``. 0 returns ``labels=None`` (unconditional).
+        drop_last: Drop each epoch's incomplete last batch (so every batch has ``batch_size`` images).
+        num_workers: DataLoader worker processes (0 decodes in this process).
+        pin_memory: Pin host batches; ``None`` pins when ``device`` is CUDA.
+
+    Shape:
+        Each item, ``(x_real, labels)``: x_real ``[B, C, H, W]`` float32 in [-1, 1]; labels: ``[B, L]`` float32
+        one-hot, or ``None``.
+
+    Example:
+        >>> batches = real_batches(ImageZipDataset("tests/fixtures/cifar10-tiny.zip"), 8, seed=0)
+        >>> x_real, labels = next(batches); x_real.shape, labels.shape
+        (torch.Size([8, 3, 32, 32]), torch.Size([8, 10]))
+        >>> state = batches.state_dict()
     """
 
     def __init__(
@@ -584,53 +606,5 @@ class RealBatches:
         return x_real, one_hot.to(self.device, non_blocking=True)
 
 
-def real_batches(
-    dataset: Dataset,
-    batch_size: int,
-    *,
-    seed: int = 0,
-    device: torch.device | str = "cpu",
-    label_dim: int | None = None,
-    drop_last: bool = True,
-    num_workers: int = 0,
-    pin_memory: bool | None = None,
-) -> RealBatches:
-    """An infinite iterator of shuffled real batches, resumable through ``state_dict()`` / ``load_state_dict()``.
-
-    Randomness is a seed rather than a ``torch.Generator``: each epoch's shuffle is a pure function of
-    ``(seed, epoch)``, so resuming needs three integers instead of a generator state (EDM2 resumes the same way).
-
-    Args:
-        dataset: Items ``(image, class_index)``; uint8 images are mapped to ``uint8 / 127.5 - 1``, float images
-            are taken to be in [-1, 1] already. [`ImageZipDataset`][scoredistill.data.ImageZipDataset] is the usual
-            choice.
-        batch_size: Images per batch.
-        seed: Shuffle seed (non-negative).
-        device: Where batches are returned. On CUDA the host batch is pinned and copied with ``non_blocking``.
-        label_dim: One-hot width; ``None`` takes ``dataset.label_dim``. 0 returns ``labels=None`` (unconditional).
-        drop_last: Drop each epoch's incomplete last batch (so every batch has ``batch_size`` images).
-        num_workers: DataLoader worker processes (0 decodes in this process).
-        pin_memory: Pin host batches; ``None`` pins when ``device`` is CUDA.
-
-    Returns:
-        A [`RealBatches`][scoredistill.data.RealBatches] iterator yielding ``(x_real, labels)``.
-
-    Shape:
-        x_real: ``[B, C, H, W]`` float32 in [-1, 1]; labels: ``[B, L]`` float32 one-hot, or ``None``.
-
-    Example:
-        >>> batches = real_batches(ImageZipDataset("tests/fixtures/cifar10-tiny.zip"), 8, seed=0)
-        >>> x_real, labels = next(batches); x_real.shape, labels.shape
-        (torch.Size([8, 3, 32, 32]), torch.Size([8, 10]))
-        >>> state = batches.state_dict()
-    """
-    return RealBatches(
-        dataset,
-        batch_size,
-        seed=seed,
-        device=device,
-        label_dim=label_dim,
-        drop_last=drop_last,
-        num_workers=num_workers,
-        pin_memory=pin_memory,
-    )
+real_batches = RealBatches
+"""The name the examples use for [`RealBatches`][scoredistill.data.RealBatches] (the same class)."""

@@ -33,6 +33,7 @@ from ..roles.generator import OneStepGenerator
 from ..roles.precond import Precond
 from ..roles.sampling import edm_sample
 from ..roles.teacher import Teacher
+from ..schedules import SIGMA_INIT
 from ..training.distill import DistillConfig, Distiller
 from ..training.fit import fit_denoiser
 from .analytic import GaussianMixture, energy_distance, mmd2
@@ -152,7 +153,7 @@ def run_demo(
     lr: float = 1e-4,
     alpha: float = 0.6,
     t_max: float = 0.5,
-    sigma_init: float = 2.5,
+    sigma_init: float = SIGMA_INIT,
     ema_fraction: float = 0.05,
     fit_steps: int = 3000,
     hidden: int = 128,

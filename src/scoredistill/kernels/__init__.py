@@ -4,7 +4,7 @@ The ``fused_*_available`` functions answer, for given operands, whether the fuse
 Triton installed, unless ``SCOREDISTILL_KERNELS=0`` is set or ``use_kernels=False`` is passed. The callers (the
 layers in `scoredistill.networks.layers`, the loss dispatch in `scoredistill.losses.dispatch`) import a
 kernel module lazily when the answer is yes and run their reference otherwise. The choice never changes the maths,
-only the speed. This package imports nothing from the rest of scoredistill: it is the bottom layer.
+only the speed. This package imports only the base layer (`scoredistill._types`) of scoredistill.
 """
 
 from __future__ import annotations

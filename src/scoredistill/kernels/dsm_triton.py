@@ -26,11 +26,11 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .._types import check_same_shape
 from . import triton_utils as _utils
 from .triton_utils import (
     BLOCK,
     _bwd_plan,
-    _check_same_shape,
     _counter,
     _dense,
     _finite,
@@ -328,7 +328,7 @@ def fake_score_terms(
             runs the reference for those), or shapes that do not match.
     """
     if denoised.shape != x0.shape:
-        _check_same_shape(denoised=denoised, x0=x0)
+        check_same_shape(denoised=denoised, x0=x0)
     if sigma.shape != (x0.shape[0],):
         raise ValueError(f"sigma must have shape [B] = [{x0.shape[0]}], got {tuple(sigma.shape)}")
     if (logits_real is None) != (logits_fake is None):
@@ -341,7 +341,7 @@ def fake_score_terms(
     if logits_real is None or logits_fake is None:
         return _DSMFunction.apply(denoised, x0, sigma, None, None, float(sigma_data)), None
     if logits_real.shape != logits_fake.shape:
-        _check_same_shape(logits_real=logits_real, logits_fake=logits_fake)
+        check_same_shape(logits_real=logits_real, logits_fake=logits_fake)
     if logits_real.shape[0] != x0.shape[0]:
         raise ValueError(f"logits must have batch {x0.shape[0]}, got {tuple(logits_real.shape)}")
     return _DSMFunction.apply(denoised, x0, sigma, logits_real, logits_fake, float(sigma_data))

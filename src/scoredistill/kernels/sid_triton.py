@@ -35,11 +35,11 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .._types import check_same_shape
 from . import triton_utils as _utils
 from .triton_utils import (
     BLOCK,
     _bwd_plan,
-    _check_same_shape,
     _counter,
     _dense,
     _finite,
@@ -357,7 +357,7 @@ def sid_generator_terms(
             runs the reference for those), or shapes that do not match.
     """
     if not (x_g.shape == d_real.shape == d_fake.shape):
-        _check_same_shape(x_g=x_g, d_real=d_real, d_fake=d_fake)
+        check_same_shape(x_g=x_g, d_real=d_real, d_fake=d_fake)
     if not supported(x_g, d_real, d_fake, logits_fake):
         raise ValueError(
             "the fused SiD kernel takes float32/bfloat16/float16 tensors on one CUDA device: "

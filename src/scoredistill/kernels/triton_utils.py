@@ -259,9 +259,3 @@ def _supported(*tensors: Tensor) -> bool:
     if dev < 0 and not _interpreting():
         return False
     return all(t.get_device() == dev and t.dtype in SUPPORTED_DTYPES for t in tensors)
-
-
-def _check_same_shape(**tensors: Tensor) -> None:
-    shapes = {name: tuple(t.shape) for name, t in tensors.items()}
-    if len(set(shapes.values())) != 1:
-        raise ValueError(f"inputs must share one shape [B, ...], got {shapes}")

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._types import batch_dims, expand_as
+from .._types import batch_dims, check_same_shape, expand_as
 
 __all__ = [
     "adversarial_discriminator_loss",
@@ -48,19 +48,13 @@ def _masked_float(ok: Tensor, *tensors: Tensor) -> list[Tensor]:
     return [torch.where(expand_as(ok, t), t.float(), 0.0) for t in tensors]
 
 
-def _check_same_shape(**tensors: Tensor) -> None:
-    shapes = {name: tuple(t.shape) for name, t in tensors.items()}
-    if len(set(shapes.values())) != 1:
-        raise ValueError(f"inputs must share one shape [B, ...], got {shapes}")
-
-
 def l1_weight(x_g: Tensor, d_real: Tensor) -> Tensor:
     """SiD's per-sample normaliser ``w = 1 / max(mean_p |x_g - d_real|, 1e-5)`` (SiD-4), float32, no gradient.
 
     Shape:
         x_g, d_real: ``[B, ...]``; returns ``[B]``. Non-finite samples get ``w = 0``.
     """
-    _check_same_shape(x_g=x_g, d_real=d_real)
+    check_same_shape(x_g=x_g, d_real=d_real)
     with torch.no_grad():
         ok = finite_samples(x_g, d_real)
         x_g, d_real = _masked_float(ok, x_g, d_real)
@@ -90,7 +84,7 @@ def sid_generator_loss(x_g: Tensor, d_real: Tensor, d_fake: Tensor, *, alpha: fl
     References:
         Zhou et al. 2024; docs/maths.md, (SiD-4)–(SiD-5).
     """
-    _check_same_shape(x_g=x_g, d_real=d_real, d_fake=d_fake)
+    check_same_shape(x_g=x_g, d_real=d_real, d_fake=d_fake)
     ok = finite_samples(x_g, d_real, d_fake)
     x_g, d_real, d_fake = _masked_float(ok, x_g, d_real, d_fake)
     with torch.no_grad():
@@ -121,7 +115,7 @@ def dsm_loss(denoised: Tensor, x0: Tensor, sigma: Tensor, *, sigma_data: float =
     References:
         Karras et al. 2022; docs/maths.md, (DSM-1)–(DSM-2).
     """
-    _check_same_shape(denoised=denoised, x0=x0)
+    check_same_shape(denoised=denoised, x0=x0)
     if sigma.shape != (x0.shape[0],):
         raise ValueError(f"sigma must have shape [B] = [{x0.shape[0]}], got {tuple(sigma.shape)}")
     ok = finite_samples(denoised, x0) & torch.isfinite(sigma)
@@ -156,7 +150,7 @@ def adversarial_discriminator_loss(
     References:
         Zhou et al. 2025; docs/maths.md, (SiDA-2).
     """
-    _check_same_shape(logits_real=logits_real, logits_fake=logits_fake)
+    check_same_shape(logits_real=logits_real, logits_fake=logits_fake)
     ok = finite_samples(logits_real, logits_fake) & torch.isfinite(sigma)
     logits_real, logits_fake = _masked_float(ok, logits_real, logits_fake)
     l_d = 0.5 * (_masked_batch_mean(F.softplus(-logits_real), ok) + _masked_batch_mean(F.softplus(logits_fake), ok))

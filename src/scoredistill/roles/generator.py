@@ -11,6 +11,7 @@ from typing_extensions import Self, override
 
 from .._types import resolve_sample_shape
 from ..io.hub import HubMixin
+from ..schedules import SIGMA_INIT, check_sigma_init
 from .fake_score import trainable_copy
 from .precond import Precond, _check_keys
 
@@ -43,19 +44,17 @@ class OneStepGenerator(nn.Module, HubMixin):
         denoiser: nn.Module,
         *,
         sample_shape: tuple[int, ...] | None = None,
-        sigma_init: float = 2.5,
+        sigma_init: float = SIGMA_INIT,
         label_dim: int | None = None,
     ):
         super().__init__()
-        if sigma_init <= 0:
-            raise ValueError(f"sigma_init must be positive (the paper uses 2.5), got {sigma_init}")
         self.denoiser = denoiser
         self.sample_shape = resolve_sample_shape(denoiser, sample_shape, role="OneStepGenerator")
-        self.sigma_init = float(sigma_init)
+        self.sigma_init = check_sigma_init(sigma_init)
         self.label_dim = int(label_dim if label_dim is not None else getattr(denoiser, "label_dim", 0))
 
     @classmethod
-    def from_teacher(cls, teacher: nn.Module, *, sigma_init: float = 2.5) -> OneStepGenerator:
+    def from_teacher(cls, teacher: nn.Module, *, sigma_init: float = SIGMA_INIT) -> OneStepGenerator:
         """A generator initialised as a trainable copy of the teacher's network (SiD, SiDA).
 
         Raises:
