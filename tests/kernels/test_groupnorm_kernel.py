@@ -72,7 +72,7 @@ def check(
             y = group_norm_act(leaves["x"].float(), groups, leaves["weight"], leaves["bias"], 1e-5, **cast, silu=silu)
         else:
             # Twice: the first call of a specialisation launches through Triton's JIT, later ones through the
-            # compiled-kernel handle (scoredistill.kernels.triton_utils._launch); the second call is checked.
+            # compiled-kernel handle (scoredistill.kernels.triton_utils.launch); the second call is checked.
             for _ in range(2):
                 for leaf in leaves.values():
                     leaf.grad = None

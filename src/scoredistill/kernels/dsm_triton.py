@@ -7,7 +7,7 @@ launch each way:
 * forward: one pass over ``denoised`` and ``x0`` (each sample split over several programs) writing partial sums
   of ``(D - x0)^2`` and of non-finite counts; the first program of each sample also reduces that sample's rows of
   the two ``[B, 1, h, w]`` logit maps (the discriminator term). The last program to finish (arrival counter,
-  `scoredistill.kernels.triton_utils._counter`) reduces everything in a fixed order and applies
+  `scoredistill.kernels.triton_utils.arrival_counter`) reduces everything in a fixed order and applies
   ``lambda(sigma) = (sigma^2 + sigma_d^2) / (sigma sigma_d)^2``, the masks (a sample is dropped when ``D``,
   ``x0`` or ``sigma`` holds a non-finite value; a logit row when its logits or ``sigma`` do) and the batch mean
   of the discriminator term.
@@ -27,21 +27,21 @@ import triton.language as tl
 from torch import Tensor
 
 from .._types import check_same_shape
-from . import triton_utils as _utils
 from .triton_utils import (
     BLOCK,
-    _bwd_plan,
-    _counter,
-    _dense,
-    _finite,
-    _fwd_plan,
-    _last_arrival,
-    _launch,
-    _logit_grad_factor,
-    _logit_row_sums,
-    _reduce_parts,
-    _sigmoid,
-    _supported,
+    backward_plan,
+    dense,
+    empty_grads,
+    finite,
+    last_arrival,
+    launch,
+    launch_reduction,
+    logit_grad_factor,
+    logit_row_sums,
+    reduce_parts,
+    sigmoid,
+    streaming_reduction,
+    supported_tensors,
 )
 
 __all__ = ["fake_score_terms", "supported"]
@@ -76,7 +76,7 @@ def _dsm_finish(
             sb = tl.load(lsum_ptr + B + rb, mask=mb, other=0.0, cache_modifier=".cg")
             lbad = tl.load(lsum_ptr + 2 * B + rb, mask=mb, other=1.0, cache_modifier=".cg")
             sig = tl.load(sigma_ptr + rb, mask=mb, other=1.0).to(tl.float32)
-            okl = mb & (lbad == 0.0) & _finite(sig)
+            okl = mb & (lbad == 0.0) & finite(sig)
             tot_a += tl.where(okl, sa / L, 0.0)
             tot_b += tl.where(okl, sb / L, 0.0)
             nok += tl.where(okl, 1.0, 0.0)
@@ -86,16 +86,16 @@ def _dsm_finish(
     for b0 in range(0, B, BLOCK_B):
         rb = b0 + tl.arange(0, BLOCK_B)
         mb = rb < B
-        sq, bad, _unused = _reduce_parts(part_ptr, rb, mb, B, S, 2, BLOCK_B, BLOCK_S)
+        sq, bad, _unused = reduce_parts(part_ptr, rb, mb, B, S, 2, BLOCK_B, BLOCK_S)
         sig = tl.load(sigma_ptr + rb, mask=mb, other=1.0).to(tl.float32)
         lam_raw = _lambda(sig, sigma_data)
-        ok = (bad == 0.0) & _finite(sig)
+        ok = (bad == 0.0) & finite(sig)
         lam = tl.where(ok, lam_raw, 0.0)
         tl.store(buf_ptr + B + rb, lam, mask=mb)
         tl.store(buf_ptr + rb, tl.where(ok, lam * sq, 0.0), mask=mb)
         if HAS_LOGITS:
             lbad = tl.load(lsum_ptr + 2 * B + rb, mask=mb, other=1.0, cache_modifier=".cg")
-            okl = (lbad == 0.0) & _finite(sig)
+            okl = (lbad == 0.0) & finite(sig)
             lam_l = tl.where(okl, lam_raw, 0.0)
             tl.store(buf_ptr + 2 * B + rb, tl.where(okl, lam_l * loss, 0.0), mask=mb)
             tl.store(buf_ptr + 3 * B + rb, tl.where(okl, lam_l * 0.5 / n / L, 0.0), mask=mb)
@@ -137,7 +137,7 @@ def _dsm_fwd_kernel(
         x = tl.load(x_ptr + row + idx, mask=m, other=0.0).to(tl.float32)
         e = d - x
         acc_sq += e * e
-        acc_bad += tl.where(_finite(d) & _finite(x), 0.0, 1.0)
+        acc_bad += tl.where(finite(d) & finite(x), 0.0, 1.0)
     part_ptr = buf_ptr + (5 * B if HAS_LOGITS else 2 * B)
     base = b * S + s
     tl.store(part_ptr + base, tl.sum(acc_sq, axis=0))
@@ -145,12 +145,12 @@ def _dsm_fwd_kernel(
     if HAS_LOGITS:  # noqa: SIM102 (constexpr test, then a runtime one)
         if s == 0:
             lsum_ptr = part_ptr + 2 * B * S
-            sa, sb, lbad = _logit_row_sums(lr_ptr, lf_ptr, b, L, 0.0, 1, BLOCK_L)
+            sa, sb, lbad = logit_row_sums(lr_ptr, lf_ptr, b, L, 0.0, 1, BLOCK_L)
             tl.store(lsum_ptr + b, sa)
             tl.store(lsum_ptr + B + b, sb)
             tl.store(lsum_ptr + 2 * B + b, lbad)
     if FUSED:  # noqa: SIM102 (constexpr test, then a runtime one)
-        if _last_arrival(cnt_ptr):
+        if last_arrival(cnt_ptr):
             _dsm_finish(buf_ptr, sigma_ptr, B, S, L, sigma_data, HAS_LOGITS, BLOCK_B, BLOCK_S)
 
 
@@ -205,7 +205,7 @@ def _dsm_bwd_kernel(
             tl.store(gx_ptr + row + idx, (-gd).to(gx_ptr.dtype.element_ty), mask=m)
     if GLR or GLF:  # noqa: SIM102 (constexpr test, then a runtime one)
         if blk == 0:
-            big_g = _logit_grad_factor(gdisc_ptr, gl_stride, buf_ptr + 3 * B, buf_ptr + 4 * B, B, BLOCK_B)
+            big_g = logit_grad_factor(gdisc_ptr, gl_stride, buf_ptr + 3 * B, buf_ptr + 4 * B, B, BLOCK_B)
             keep = tl.load(buf_ptr + 4 * B + b) > 0.0
             lbase = b.to(tl.int64) * L
             for l0 in range(0, L, BLOCK_L):
@@ -213,11 +213,11 @@ def _dsm_bwd_kernel(
                 ml = cl < L
                 if GLR:
                     va = tl.load(lr_ptr + lbase + cl, mask=ml, other=0.0).to(tl.float32)
-                    ga = tl.where(keep, big_g * -_sigmoid(-va), 0.0)
+                    ga = tl.where(keep, big_g * -sigmoid(-va), 0.0)
                     tl.store(glr_ptr + lbase + cl, ga.to(glr_ptr.dtype.element_ty), mask=ml)
                 if GLF:
                     vb = tl.load(lf_ptr + lbase + cl, mask=ml, other=0.0).to(tl.float32)
-                    gb = tl.where(keep, big_g * _sigmoid(vb), 0.0)
+                    gb = tl.where(keep, big_g * sigmoid(vb), 0.0)
                     tl.store(glf_ptr + lbase + cl, gb.to(glf_ptr.dtype.element_ty), mask=ml)
 
 
@@ -226,31 +226,19 @@ class _DSMFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, denoised: Tensor, x0: Tensor, sigma: Tensor, lr: Tensor | None, lf: Tensor | None, sd: float):
-        d, x = _dense(denoised, x0)
-        batch = d.shape[0]
-        numel = d.numel() // batch if batch else 0
+        d, x = dense(denoised, x0)
         has_l = lr is not None
         if has_l:
             lr, lf = lr.contiguous(), lf.contiguous()
-        length = lr.numel() // batch if has_l and batch else 1
-        sig = sigma.detach()
-        if not sig.is_contiguous():
-            sig = sig.contiguous()
-        dev = d.get_device()
-        splits, chunk, block_b, block_s, block_l = _fwd_plan(batch, numel, length, dev, _utils.PROGRAMS_PER_SM)
-        n_out = 5 * batch if has_l else 2 * batch
-        n_part = 2 * batch * splits + (3 * batch if has_l else 0)
-        buf = torch.empty(n_out + n_part, dtype=torch.float32, device=d.device)
-        if batch > 0:
-            cnt = _counter(d)
-            _launch(
-                _dsm_fwd_kernel, (batch, splits), dev,
-                d, x, lr if has_l else d, lf if has_l else d, sig, buf, buf if cnt is None else cnt,
-                batch, numel, chunk, length, sd,
-                has_l, cnt is not None, BLOCK, block_b, block_s, block_l,
-            )  # fmt: skip
-            if cnt is None:
-                _launch(_dsm_finish_kernel, (1,), dev, buf, sig, batch, splits, length, sd, has_l, block_b, block_s)
+        sig = sigma.detach().contiguous()
+        r = streaming_reduction(d, lr, results=(2, 5), partials=2, logit_sums=3)
+        launch_reduction(
+            _dsm_fwd_kernel, _dsm_finish_kernel, r, has_logits=has_l,
+            pointers=(d, x, lr if has_l else d, lf if has_l else d, sig), scalars=(sd,),
+            finish_pointers=(sig,), finish_scalars=(sd,),
+        )  # fmt: skip
+        batch, buf = r.batch, r.buf
+        n_part = 2 * batch * r.splits + (3 * batch if has_l else 0)
         ctx.save_for_backward(d, x, lr, lf, buf)
         ctx.set_materialize_grads(False)
         if has_l:
@@ -266,18 +254,15 @@ class _DSMFunction(torch.autograd.Function):
         need_d, need_x, _, need_lr, need_lf = ctx.needs_input_grad[:5]
         need_d, need_x = need_d and g_dsm is not None, need_x and g_dsm is not None
         need_lr, need_lf = need_lr and g_disc is not None, need_lf and g_disc is not None
-        gd = torch.empty_like(d) if need_d else None
-        gx = torch.empty_like(x) if need_x else None
-        glr = torch.empty_like(lr) if need_lr else None
-        glf = torch.empty_like(lf) if need_lf else None
+        gd, gx, glr, glf = empty_grads((d, need_d), (x, need_x), (lr, need_lr), (lf, need_lf))
         batch = d.shape[0]
         if batch > 0 and (need_d or need_x or need_lr or need_lf):
             numel = d.numel() // batch
             length = lr.numel() // batch if lr is not None else 1
-            per_sample, block_b, block_l = _bwd_plan(batch, numel, length, need_d or need_x)
+            per_sample, block_b, block_l = backward_plan(batch, numel, length, need_d or need_x)
             g_big = g_dsm if need_d or need_x else buf
             g_l = g_disc if need_lr or need_lf else buf
-            _launch(
+            launch(
                 _dsm_bwd_kernel, (batch, per_sample), d.get_device(),
                 d, x, d if lr is None else lr, d if lf is None else lf, buf,
                 g_big, g_big.stride(0), g_l, g_l.stride(0),
@@ -295,7 +280,7 @@ def supported(
     """Whether `fake_score_terms` takes these inputs: float32, bfloat16 or float16 tensors of one CUDA
     device (or any device under ``TRITON_INTERPRET=1``), at least one-dimensional, ``sigma`` without gradient."""
     logits = tuple(t for t in (logits_real, logits_fake) if t is not None)
-    return denoised.dim() >= 1 and not sigma.requires_grad and _supported(denoised, x0, sigma, *logits)
+    return denoised.dim() >= 1 and not sigma.requires_grad and supported_tensors(denoised, x0, sigma, *logits)
 
 
 def fake_score_terms(

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from . import channels_last
 from .triton_utils import SUPPORTED_DTYPES
-from .triton_utils import _launch as _launch_any
+from .triton_utils import launch as _launch_any
 
 __all__ = ["group_norm_act"]
 
@@ -40,7 +40,7 @@ COMBINE_WARPS = 4
 MAX_HW = 128 * 128  # larger maps take the reference path (the tiles would outgrow the registers)
 
 
-def _launch(kernel, grid, device_index: int, num_warps: int, *args) -> None:
+def launch(kernel, grid, device_index: int, num_warps: int, *args) -> None:
     _launch_any(kernel, grid, device_index, *args, num_warps=num_warps)
 
 
@@ -337,11 +337,11 @@ class _GroupNormAct(torch.autograd.Function):
         y = torch.empty_like(x)  # same strides as x (preserve_format on a dense tensor)
         grid = (triton.cdiv(C, block_c), k, B) if cb_first else (B, k, triton.cdiv(C, block_c))
         if B > 0 and HW > 0:
-            _launch(_stats_kernel, grid, dev, warps, x, x if add2 is None else add2, part, C, HW, k, *strides, sab,
+            launch(_stats_kernel, grid, dev, warps, x, x if add2 is None else add2, part, C, HW, k, *strides, sab,
                     add2 is not None, block_hw, block_c, cb_first)  # fmt: skip
-            _launch(_combine_stats_kernel, (B, groups), dev, COMBINE_WARPS, part, stats[0], stats[1], B, C, HW, k,
+            launch(_combine_stats_kernel, (B, groups), dev, COMBINE_WARPS, part, stats[0], stats[1], B, C, HW, k,
                     groups, cg, float(HW * cg), eps, block_hw, block_k, block_cg)  # fmt: skip
-            _launch(_apply_kernel, grid, dev, warps, x, x if add2 is None else add2, stats[0], stats[1], weight,
+            launch(_apply_kernel, grid, dev, warps, x, x if add2 is None else add2, stats[0], stats[1], weight,
                     bias, x if scale2 is None else scale2, x if shift2 is None else shift2, y, C, HW, groups, cg,
                     *strides, sab, ssb, stb, add2 is not None, scale2 is not None, shift2 is not None, silu,
                     block_hw, block_c, cb_first)  # fmt: skip
@@ -378,12 +378,12 @@ class _GroupNormAct(torch.autograd.Function):
         grid = (triton.cdiv(C, block_c), k, B) if cb_first else (B, k, triton.cdiv(C, block_c))
         if B > 0 and HW > 0:
             common = (C, HW)
-            _launch(_grad_sums_kernel, grid, dev, warps, x, xa, dy, stats[0], stats[1], weight, bias, sa, ta, part,
+            launch(_grad_sums_kernel, grid, dev, warps, x, xa, dy, stats[0], stats[1], weight, bias, sa, ta, part,
                     *common, k, groups, cg, *strides, sab, ssb, stb, *dstrides, *has, block_hw, block_c,
                     cb_first)  # fmt: skip
-            _launch(_combine_grads_kernel, (B, groups), dev, COMBINE_WARPS, part, stats[1], weight, bias, sa, coef, pc,
+            launch(_combine_grads_kernel, (B, groups), dev, COMBINE_WARPS, part, stats[1], weight, bias, sa, coef, pc,
                     B, C, HW, k, groups, cg, float(HW * cg), ssb, has[0], has[1], block_k, block_cg)  # fmt: skip
-            _launch(_grad_x_kernel, grid, dev, warps, x, xa, dy, stats[0], stats[1], weight, bias, sa, ta, coef, dx,
+            launch(_grad_x_kernel, grid, dev, warps, x, xa, dy, stats[0], stats[1], weight, bias, sa, ta, coef, dx,
                     B, *common, groups, cg, *strides, sab, ssb, stb, *dstrides, *has, block_hw, block_c,
                     cb_first)  # fmt: skip
         else:

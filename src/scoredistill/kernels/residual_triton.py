@@ -21,7 +21,7 @@ from torch import Tensor
 
 from . import channels_last
 from .triton_utils import SUPPORTED_DTYPES
-from .triton_utils import _launch as _launch_any
+from .triton_utils import launch as _launch_any
 
 __all__ = ["residual_add", "supported"]
 

@@ -11,7 +11,7 @@ launches: one kernel launch each way, whatever the options.
   ``sum delta (a - alpha delta)`` with ``delta = d_real - d_fake`` and ``a = d_real - x_g``, and a count of
   non-finite values) into a small buffer. The first program of each sample also reduces that sample's row of the
   ``[B, 1, h, w]`` logit map (the SiDA term), so the logits cost no extra launch and are spread over ``B``
-  programs. The last program to finish (an arrival counter, see `_counter`) reduces all partials in a fixed
+  programs. The last program to finish (an arrival counter, see `arrival_counter`) reduces all partials in a fixed
   order (deterministic: the order never depends on which program came last), applies the L1 normaliser
   ``w = 1 / max(mean |x_g - d_real|, 1e-5)``, the mask and the batch mean of the adversarial term.
 * backward, one pass reading the three inputs and writing the three gradients (in the inputs' dtypes):
@@ -36,21 +36,21 @@ import triton.language as tl
 from torch import Tensor
 
 from .._types import check_same_shape
-from . import triton_utils as _utils
 from .triton_utils import (
     BLOCK,
-    _bwd_plan,
-    _counter,
-    _dense,
-    _finite,
-    _fwd_plan,
-    _last_arrival,
-    _launch,
-    _logit_grad_factor,
-    _logit_row_sums,
-    _reduce_parts,
-    _sigmoid,
-    _supported,
+    backward_plan,
+    dense,
+    empty_grads,
+    finite,
+    last_arrival,
+    launch,
+    launch_reduction,
+    logit_grad_factor,
+    logit_row_sums,
+    reduce_parts,
+    sigmoid,
+    streaming_reduction,
+    supported_tensors,
 )
 
 __all__ = ["L1_FLOOR", "LOGIT_CLAMP", "sid_generator_terms", "supported"]
@@ -84,7 +84,7 @@ def _sid_finish(
     for b0 in range(0, B, BLOCK_B):
         rb = b0 + tl.arange(0, BLOCK_B)
         mb = rb < B
-        l1, sid, bad = _reduce_parts(part_ptr, rb, mb, B, S, 3, BLOCK_B, BLOCK_S)
+        l1, sid, bad = reduce_parts(part_ptr, rb, mb, B, S, 3, BLOCK_B, BLOCK_S)
         ok = bad == 0.0
         w = tl.where(ok, 1.0 / tl.maximum(l1 * inv_n, floor), 0.0)
         tl.store(buf_ptr + rb, tl.where(ok, sid * w, 0.0), mask=mb)
@@ -139,7 +139,7 @@ def _sid_fwd_kernel(
         delta = r - f
         acc_l1 += tl.abs(a)
         acc_sid += delta * (a - alpha * delta)
-        ok = _finite(x) & _finite(r) & _finite(f)
+        ok = finite(x) & finite(r) & finite(f)
         acc_bad += tl.where(ok, 0.0, 1.0)
     part_ptr = buf_ptr + (5 * B if HAS_LOGITS else 2 * B)
     base = b * S + s
@@ -149,11 +149,11 @@ def _sid_fwd_kernel(
     if HAS_LOGITS:  # noqa: SIM102 (constexpr test, then a runtime one)
         if s == 0:
             lsum_ptr = part_ptr + 3 * B * S
-            sa, _sb, lbad = _logit_row_sums(lg_ptr, lg_ptr, b, L, clamp_val, 0, BLOCK_L)
+            sa, _sb, lbad = logit_row_sums(lg_ptr, lg_ptr, b, L, clamp_val, 0, BLOCK_L)
             tl.store(lsum_ptr + b, sa)
             tl.store(lsum_ptr + B + b, lbad)
     if FUSED:  # noqa: SIM102 (constexpr test, then a runtime one)
-        if _last_arrival(cnt_ptr):
+        if last_arrival(cnt_ptr):
             _sid_finish(buf_ptr, B, S, L, inv_n, floor, numel_f, HAS_LOGITS, BLOCK_B, BLOCK_S)
 
 
@@ -217,7 +217,7 @@ def _sid_bwd_kernel(
             tl.store(gf_ptr + row + idx, gf.to(gf_ptr.dtype.element_ty), mask=m)
     if GL:  # noqa: SIM102 (constexpr test, then a runtime one)
         if blk == 0:
-            big_g = _logit_grad_factor(ga_ptr, ga_stride, buf_ptr + 3 * B, buf_ptr + 4 * B, B, BLOCK_B)
+            big_g = logit_grad_factor(ga_ptr, ga_stride, buf_ptr + 3 * B, buf_ptr + 4 * B, B, BLOCK_B)
             keep = tl.load(buf_ptr + 4 * B + b) > 0.0
             lbase = b.to(tl.int64) * L
             for l0 in range(0, L, BLOCK_L):
@@ -226,7 +226,7 @@ def _sid_bwd_kernel(
                 va = tl.load(lg_ptr + lbase + cl, mask=ml, other=0.0).to(tl.float32)
                 inside = (va >= -clamp_val) & (va <= clamp_val)  # clamp's gradient: 1 inside [-c, c] (inclusive)
                 ca = tl.minimum(tl.maximum(va, -clamp_val), clamp_val)
-                gl = tl.where(keep, tl.where(inside, big_g * -_sigmoid(-ca), 0.0), 0.0)
+                gl = tl.where(keep, tl.where(inside, big_g * -sigmoid(-ca), 0.0), 0.0)
                 tl.store(glg_ptr + lbase + cl, gl.to(glg_ptr.dtype.element_ty), mask=ml)
 
 
@@ -247,31 +247,18 @@ class _SiDFunction(torch.autograd.Function):
         floor: float,
         clamp: float,
     ):
-        x, r, f = _dense(x_g, d_real, d_fake)
-        batch = x.shape[0]
-        numel = x.numel() // batch if batch else 0
+        x, r, f = dense(x_g, d_real, d_fake)
         has_l = logits is not None
         lg = logits.contiguous() if has_l else None
-        length = lg.numel() // batch if has_l and batch else 1
-        dev = x.get_device()
-        splits, chunk, block_b, block_s, block_l = _fwd_plan(batch, numel, length, dev, _utils.PROGRAMS_PER_SM)
-        n_out = 5 * batch if has_l else 2 * batch
-        n_part = 3 * batch * splits + (2 * batch if has_l else 0)
-        buf = torch.empty(n_out + n_part, dtype=torch.float32, device=x.device)
-        if batch > 0:
-            cnt = _counter(x)
-            inv_n = 1.0 / max(numel, 1)
-            _launch(
-                _sid_fwd_kernel, (batch, splits), dev,
-                x, r, f, lg if has_l else x, buf, buf if cnt is None else cnt,
-                batch, numel, chunk, length, alpha, inv_n, floor, float(numel), clamp,
-                has_l, cnt is not None, BLOCK, block_b, block_s, block_l,
-            )  # fmt: skip
-            if cnt is None:
-                _launch(
-                    _sid_finish_kernel, (1,), dev,
-                    buf, batch, splits, length, inv_n, floor, float(numel), has_l, block_b, block_s,
-                )  # fmt: skip
+        plan = streaming_reduction(x, lg, results=(2, 5), partials=3, logit_sums=2)
+        inv_n, numel_f = 1.0 / max(plan.numel, 1), float(plan.numel)
+        launch_reduction(
+            _sid_fwd_kernel, _sid_finish_kernel, plan, has_logits=has_l,
+            pointers=(x, r, f, lg if has_l else x), scalars=(alpha, inv_n, floor, numel_f, clamp),
+            finish_scalars=(inv_n, floor, numel_f),
+        )  # fmt: skip
+        batch, buf = plan.batch, plan.buf
+        n_part = 3 * batch * plan.splits + (2 * batch if has_l else 0)
         ctx.save_for_backward(x, r, f, lg, buf)
         ctx.alpha, ctx.clamp = alpha, clamp
         ctx.set_materialize_grads(False)
@@ -291,19 +278,16 @@ class _SiDFunction(torch.autograd.Function):
         big = g_sid is not None
         need_x, need_r, need_f = need_x and big, need_r and big, need_f and big
         need_l = need_l and g_adv is not None
-        gx = torch.empty_like(x) if need_x else None
-        gr = torch.empty_like(r) if need_r else None
-        gf = torch.empty_like(f) if need_f else None
-        gl = torch.empty_like(lg) if need_l else None
+        gx, gr, gf, gl = empty_grads((x, need_x), (r, need_r), (f, need_f), (lg, need_l))
         batch = x.shape[0]
         if batch > 0 and (need_x or need_r or need_f or need_l):
             numel = x.numel() // batch
             length = lg.numel() // batch if lg is not None else 1
             any_big = need_x or need_r or need_f
-            per_sample, block_b, block_l = _bwd_plan(batch, numel, length, any_big)
+            per_sample, block_b, block_l = backward_plan(batch, numel, length, any_big)
             g_big = g_sid if any_big else buf
             g_l = g_adv if need_l else buf
-            _launch(
+            launch(
                 _sid_bwd_kernel, (batch, per_sample), x.get_device(),
                 x, r, f, x if lg is None else lg, buf,
                 g_big, g_big.stride(0), g_l, g_l.stride(0),
@@ -321,7 +305,7 @@ def supported(x_g: Tensor, d_real: Tensor, d_fake: Tensor, logits_fake: Tensor |
     """Whether `sid_generator_terms` takes these inputs: float32, bfloat16 or float16 tensors of one CUDA
     device (or any device under ``TRITON_INTERPRET=1``), at least one-dimensional."""
     tensors = (x_g, d_real, d_fake) if logits_fake is None else (x_g, d_real, d_fake, logits_fake)
-    return x_g.dim() >= 1 and _supported(*tensors)
+    return x_g.dim() >= 1 and supported_tensors(*tensors)
 
 
 def sid_generator_terms(

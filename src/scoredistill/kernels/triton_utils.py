@@ -1,13 +1,14 @@
 """Helpers shared by the Triton kernels: launch plans, the fast launcher, arrival counters and small jit functions.
 
 Used by `sid_triton`, `dsm_triton` (all of it) and the
-network kernels (`SUPPORTED_DTYPES`, `_launch`). Imports Triton: load it only where Triton runs.
+network kernels (`SUPPORTED_DTYPES`, `launch`). Imports Triton: load it only where Triton runs.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+from typing import NamedTuple
 
 import torch
 import triton
@@ -25,7 +26,7 @@ PROGRAMS_PER_SM = 4  # target occupancy of the forward split: about this many pr
 FINISH_TILE = 1024  # elements of one [rows, partials] tile of the finishing step (keeps its registers small)
 ONE_LAUNCH = True  # forward in one launch (arrival counter); False: a second tiny launch finishes the reduction
 COUNTER_SLOTS = 64  # arrival counters per device (one per CUDA stream that runs the kernels)
-FAST_LAUNCH = os.environ.get("SCOREDISTILL_FAST_LAUNCH", "1") != "0"  # see _launch
+FAST_LAUNCH = os.environ.get("SCOREDISTILL_FAST_LAUNCH", "1") != "0"  # see launch
 FLT_MAX = tl.constexpr(3.4028234663852886e38)  # constexpr: readable inside @triton.jit functions
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -34,13 +35,13 @@ SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 @triton.jit
-def _finite(v):
+def finite(v):
     # False for NaN (every comparison with NaN is False) and for +-inf.
     return tl.abs(v) <= FLT_MAX
 
 
 @triton.jit
-def _softplus(z):
+def softplus(z):
     # softplus(z) = max(z, 0) + log1p(exp(-|z|)), with an accurate log1p (Goldberg's trick, no libdevice needed).
     u = tl.exp(-tl.abs(z))
     one_u = 1.0 + u
@@ -49,12 +50,12 @@ def _softplus(z):
 
 
 @triton.jit
-def _sigmoid(z):
+def sigmoid(z):
     return 1.0 / (1.0 + tl.exp(-z))
 
 
 @triton.jit
-def _last_arrival(cnt_ptr):
+def last_arrival(cnt_ptr):
     """True in exactly one program: the last of the grid to get here (the others' stores are then visible).
 
     Every thread's stores are ordered before the counter's release by the barrier (the CUTLASS semaphore pattern);
@@ -71,7 +72,7 @@ def _last_arrival(cnt_ptr):
 
 
 @triton.jit
-def _reduce_parts(part_ptr, rb, mb, B, S, K: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_S: tl.constexpr):
+def reduce_parts(part_ptr, rb, mb, B, S, K: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_S: tl.constexpr):
     """Per row of ``rb``: the sums over ``S`` of partial buffers 0, 1 (and 2 when ``K == 3``), in a fixed order."""
     p0 = tl.zeros([BLOCK_B], dtype=tl.float32)
     p1 = tl.zeros([BLOCK_B], dtype=tl.float32)
@@ -89,7 +90,7 @@ def _reduce_parts(part_ptr, rb, mb, B, S, K: tl.constexpr, BLOCK_B: tl.constexpr
 
 
 @triton.jit
-def _logit_row_sums(a_ptr, b_ptr, row, L, clamp_val, MODE: tl.constexpr, BLOCK_L: tl.constexpr):
+def logit_row_sums(a_ptr, b_ptr, row, L, clamp_val, MODE: tl.constexpr, BLOCK_L: tl.constexpr):
     """One row of the logit map(s): sums of the softplus terms and the count of non-finite values.
 
     MODE 0 (SiDA generator): ``softplus(-clamp(a, -c, c))``; MODE 1 (discriminator): ``softplus(-a)`` and
@@ -107,18 +108,18 @@ def _logit_row_sums(a_ptr, b_ptr, row, L, clamp_val, MODE: tl.constexpr, BLOCK_L
             za = -tl.minimum(tl.maximum(va, -clamp_val), clamp_val)
         else:
             za = -va
-        sa += tl.where(m, _softplus(za), 0.0)
-        okv = _finite(va)
+        sa += tl.where(m, softplus(za), 0.0)
+        okv = finite(va)
         if MODE == 1:
             vb = tl.load(b_ptr + base + cl, mask=m, other=0.0).to(tl.float32)
-            sb += tl.where(m, _softplus(vb), 0.0)
-            okv = okv & _finite(vb)
+            sb += tl.where(m, softplus(vb), 0.0)
+            okv = okv & finite(vb)
         bad += tl.where(okv, 0.0, 1.0)  # masked-off entries load as 0: finite
     return tl.sum(sa, axis=0), tl.sum(sb, axis=0), tl.sum(bad, axis=0)
 
 
 @triton.jit
-def _logit_grad_factor(gl_ptr, gl_stride, gfac_ptr, okl_ptr, B, BLOCK_B: tl.constexpr):
+def logit_grad_factor(gl_ptr, gl_stride, gfac_ptr, okl_ptr, B, BLOCK_B: tl.constexpr):
     """``sum_i [ok_i] g_i gfac_i`` over the whole batch (the same fixed order in every program that needs it)."""
     acc = tl.zeros([BLOCK_B], dtype=tl.float32)
     for b0 in range(0, B, BLOCK_B):
@@ -147,7 +148,7 @@ def _sm_count(device_index: int) -> int:
 
 
 @functools.lru_cache(maxsize=256)
-def _fwd_plan(batch: int, numel: int, length: int, device_index: int, programs_per_sm: int) -> tuple[int, ...]:
+def forward_plan(batch: int, numel: int, length: int, device_index: int, programs_per_sm: int) -> tuple[int, ...]:
     """``(S, chunk, BLOCK_B, BLOCK_S, BLOCK_L)`` of one forward launch (cached: no per-call arithmetic)."""
     n_blocks = max(1, triton.cdiv(numel, BLOCK))
     per_sample = max(1, min(n_blocks, triton.cdiv(programs_per_sm * _sm_count(device_index), max(batch, 1))))
@@ -159,7 +160,7 @@ def _fwd_plan(batch: int, numel: int, length: int, device_index: int, programs_p
 
 
 @functools.lru_cache(maxsize=256)
-def _bwd_plan(batch: int, numel: int, length: int, big: bool) -> tuple[int, int, int]:
+def backward_plan(batch: int, numel: int, length: int, big: bool) -> tuple[int, int, int]:
     """``(programs per sample, BLOCK_B, BLOCK_L)`` of one backward launch."""
     per_sample = max(1, triton.cdiv(numel, BLOCK)) if big else 1
     return per_sample, min(triton.next_power_of_2(max(batch, 1)), 1024), _block_l(length)
@@ -172,7 +173,7 @@ def _block_l(length: int) -> int:
 _compiled: dict[tuple, object] = {}  # specialisation key -> Triton CompiledKernel
 
 
-def _launch(kernel, grid: tuple[int, ...], device_index: int, *args, num_warps: int = NUM_WARPS) -> None:
+def launch(kernel, grid: tuple[int, ...], device_index: int, *args, num_warps: int = NUM_WARPS) -> None:
     """``kernel[grid](*args)`` (constexprs positional, in declaration order), minus the JIT's per-call dispatch.
 
     The first launch for a specialisation key goes through the JIT (compiling if needed); later ones call the
@@ -206,7 +207,7 @@ _counters: dict[int, Tensor] = {}  # device index -> int32 [COUNTER_SLOTS], zero
 _counter_slots: dict[tuple[int, int], Tensor] = {}  # (device index, raw stream) -> one slot
 
 
-def _counter(t: Tensor) -> Tensor | None:
+def arrival_counter(t: Tensor) -> Tensor | None:
     """The arrival counter of the one-launch forward for ``t``'s device and current stream, or ``None``.
 
     Each stream gets its own slot, so kernels running concurrently on different streams never share a counter; a
@@ -236,7 +237,81 @@ def _counter(t: Tensor) -> Tensor | None:
     return slot
 
 
-def _dense(*ts: Tensor) -> tuple[Tensor, ...]:
+class StreamingReduction(NamedTuple):
+    """One forward launch of a per-sample streaming reduction (`sid_triton`, `dsm_triton`): the sizes, the launch
+    plan, and the float32 buffer, laid out as the kernel's result rows ``[B]``, then its partial sums ``[P, B, S]``,
+    then (with logits) its logit-row sums ``[Q, B]``."""
+
+    batch: int
+    numel: int  # elements per sample
+    length: int  # logit-map elements per sample (1 without logits)
+    device_index: int
+    splits: int  # programs per sample, S
+    chunk: int  # elements per program
+    block_b: int
+    block_s: int
+    block_l: int
+    buf: Tensor
+
+
+def streaming_reduction(
+    x: Tensor, logits: Tensor | None, *, results: tuple[int, int], partials: int, logit_sums: int
+) -> StreamingReduction:
+    """Plan the forward launch over ``x`` ``[B, ...]`` (and ``logits`` ``[B, ...]``) and allocate its buffer.
+
+    Args:
+        x: The first (dense) input; its batch, size per sample and device decide the plan.
+        logits: The contiguous logit map, or ``None``.
+        results: Rows of ``[B]`` results without and with logits.
+        partials: Partial sums per program (rows of ``[B, S]``).
+        logit_sums: Rows of ``[B]`` logit sums, with logits.
+    """
+    batch = x.shape[0]
+    numel = x.numel() // batch if batch else 0
+    length = logits.numel() // batch if logits is not None and batch else 1
+    device_index = x.get_device()
+    splits, chunk, block_b, block_s, block_l = forward_plan(batch, numel, length, device_index, PROGRAMS_PER_SM)
+    size = (results[logits is not None] + partials * splits + (logit_sums if logits is not None else 0)) * batch
+    buf = torch.empty(size, dtype=torch.float32, device=x.device)
+    return StreamingReduction(batch, numel, length, device_index, splits, chunk, block_b, block_s, block_l, buf)
+
+
+def launch_reduction(
+    forward_kernel,
+    finish_kernel,
+    r: StreamingReduction,
+    *,
+    pointers: tuple,
+    scalars: tuple,
+    finish_pointers: tuple = (),
+    finish_scalars: tuple = (),
+    has_logits: bool,
+) -> None:
+    """Launch ``forward_kernel(*pointers, buf, counter, B, N, CHUNK, L, *scalars, HAS_LOGITS, FUSED, BLOCK, BLOCK_B,
+    BLOCK_S, BLOCK_L)`` over ``(B, S)`` programs. With an arrival counter its last program finishes the reduction
+    (one launch); without one (a first call while capturing, `ONE_LAUNCH` off) ``finish_kernel(buf,
+    *finish_pointers, B, S, L, *finish_scalars, HAS_LOGITS, BLOCK_B, BLOCK_S)`` does, in a second launch."""
+    if r.batch == 0:
+        return
+    cnt = arrival_counter(r.buf)
+    launch(
+        forward_kernel, (r.batch, r.splits), r.device_index,
+        *pointers, r.buf, r.buf if cnt is None else cnt, r.batch, r.numel, r.chunk, r.length, *scalars,
+        has_logits, cnt is not None, BLOCK, r.block_b, r.block_s, r.block_l,
+    )  # fmt: skip
+    if cnt is None:
+        launch(
+            finish_kernel, (1,), r.device_index,
+            r.buf, *finish_pointers, r.batch, r.splits, r.length, *finish_scalars, has_logits, r.block_b, r.block_s,
+        )  # fmt: skip
+
+
+def empty_grads(*pairs: tuple[Tensor | None, bool]) -> list[Tensor | None]:
+    """``torch.empty_like(t)`` for each ``(t, needed)`` pair that is needed, else ``None`` (a backward's outputs)."""
+    return [torch.empty_like(t) if needed and t is not None else None for t, needed in pairs]
+
+
+def dense(*ts: Tensor) -> tuple[Tensor, ...]:
     """The tensors as they are when they share one dense layout with whole samples in contiguous blocks
     (contiguous or channels_last, identical strides); else contiguous copies. The kernels index raw memory as
     ``b * N + j``: the order of the elements inside a sample does not change any per-sample sum."""
@@ -253,7 +328,7 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _supported(*tensors: Tensor) -> bool:
+def supported_tensors(*tensors: Tensor) -> bool:
     """Whether the fused path can take these tensors (else the caller runs the reference)."""
     dev = tensors[0].get_device()
     if dev < 0 and not _interpreting():
