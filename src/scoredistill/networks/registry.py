@@ -42,7 +42,8 @@ BACKBONES: dict[str, type[nn.Module]] = {}
 def register_backbone(cls: B, name: str | None = None) -> B:
     """Let artefacts record and rebuild backbones of class ``cls`` (under ``name``, default its class name).
 
-    Usable as a class decorator. Registering the same class again is a no-op.
+    Usable as a class decorator. Registering the same class again (or a class of the same module and name,
+    defined anew, as when a notebook cell runs twice) replaces the entry.
 
     Raises:
         TypeError: ``cls`` lacks ``to_config``, ``from_config`` or ``config_facts``.
@@ -52,8 +53,9 @@ def register_backbone(cls: B, name: str | None = None) -> B:
     if missing:
         raise TypeError(f"cannot register {cls.__name__} as a backbone: it lacks {missing} (see {__name__})")
     name = name or cls.__name__
-    if BACKBONES.get(name, cls) is not cls:
-        raise ValueError(f"backbone name {name!r} is taken by {BACKBONES[name].__qualname__}")
+    old = BACKBONES.get(name, cls)
+    if (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
+        raise ValueError(f"backbone name {name!r} is taken by {old.__module__}.{old.__qualname__}")
     BACKBONES[name] = cls
     return cls
 
