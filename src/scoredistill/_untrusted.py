@@ -5,24 +5,33 @@ Every check here is cheap: it reads a config, or the header of a safetensors fil
 What a backbone's config declares (its conditioning, sample shape and a lower bound on its size) comes from the
 backbone itself, through `scoredistill.networks.registry.backbone_facts`: the loader refuses a config that
 declares a network far larger than its weights file (10,000 blocks, an MLP 10^5 deep) before building it.
-The checks raise ``ValueError`` (``FileNotFoundError`` for a missing file); the loader names the file.
+What a Hub endpoint answers is checked too: a commit id before it names a cache folder, and each file's bytes
+against the size and hash the repo listing gave. The checks raise ``ValueError`` (``FileNotFoundError`` for a
+missing file); the loader names the file or the endpoint.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import re
 import struct
 from collections.abc import Mapping
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 __all__ = [
     "MAX_SAFETENSORS_HEADER",
+    "CheckedDownload",
     "SafetensorsHeader",
     "check_artefact_config",
     "check_weight_dtypes",
     "check_weights_file",
+    "inside",
+    "is_commit_id",
+    "listed_file",
     "read_safetensors_header",
     "safe_type_name",
     "truncate",
@@ -249,3 +258,76 @@ def check_weight_dtypes(module: Any, header: SafetensorsHeader, torch_dtype: str
             f"{len(wrong)} tensors are not stored in the dtype config.json declares (torch_dtype {torch_dtype!r} "
             f"for parameters): {', '.join(wrong[:5])}"
         )
+
+
+# The Hub: what an endpoint lists and sends ------------------------------------------------------------------------
+
+_HEX40 = re.compile(r"[0-9a-f]{40}")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def is_commit_id(value: Any) -> bool:
+    """Whether ``value`` is a full git commit id (40 lowercase hex digits), safe as a path component."""
+    return isinstance(value, str) and _HEX40.fullmatch(value) is not None
+
+
+def inside(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> bool:
+    """Whether ``path``, with every link and ``..`` resolved, lies inside ``root`` (itself resolved)."""
+    return Path(path).resolve().is_relative_to(Path(root).resolve())
+
+
+def listed_file(sibling: Any, max_size: int | None = None) -> tuple[int, str, bool]:
+    """``(size, hash, is_git_blob)`` of a file as a Hub repo listing gives it (``model_info(files_metadata=True)``):
+    an LFS file's sha256, or a regular file's git blob sha1.
+
+    Raises:
+        ValueError: No size or hash, a malformed hash, or a size above ``max_size``.
+    """
+    lfs = getattr(sibling, "lfs", None)
+    size, digest = (lfs.size, lfs.sha256) if lfs else (sibling.size, sibling.blob_id)
+    if not _is_int(size) or not isinstance(digest, str):
+        raise ValueError("is listed without a size and hash")
+    if not (_HEX64 if lfs else _HEX40).fullmatch(digest):
+        raise ValueError("is listed with a malformed hash")
+    if max_size is not None and size > max_size:
+        raise ValueError(f"is {size:,} bytes, more than MAX_CONFIG_BYTES ({max_size:,})")
+    return size, digest, lfs is None
+
+
+class CheckedDownload:
+    """A binary file to download into that takes at most ``size`` bytes and hashes them as they come.
+
+    ``write`` raises ``ValueError`` past ``size``; `check` raises ``ValueError`` unless exactly ``size`` bytes
+    with hash ``digest`` (sha256, or a git blob's sha1 when ``git_blob``) were written.
+    """
+
+    def __init__(self, file: BinaryIO, size: int, digest: str, git_blob: bool):
+        self.file, self.size, self.digest, self.git_blob = file, size, digest, git_blob
+        self.seek(0)
+
+    def write(self, chunk: bytes) -> int:
+        self.written += len(chunk)
+        if self.written > self.size:
+            raise ValueError(f"sent more than the {self.size:,} bytes the Hub listed for it")
+        self.hash.update(chunk)
+        return self.file.write(chunk)
+
+    def tell(self) -> int:
+        return self.written
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        """Only back to the start (what a download restarts from when a server ignores a range request)."""
+        if (pos, whence) != (0, 0):
+            raise OSError("a download can only restart from its beginning")
+        self.written, self.hash = 0, hashlib.sha1(b"blob %d\0" % self.size) if self.git_blob else hashlib.sha256()
+        return self.file.seek(0)
+
+    def truncate(self, size: int | None = None) -> int:
+        return self.file.truncate(size)
+
+    def check(self) -> None:
+        """Raise ``ValueError`` unless the bytes written are those listed."""
+        if self.written != self.size:
+            raise ValueError(f"sent {self.written:,} bytes, not the {self.size:,} bytes the Hub listed for it")
+        if self.hash.hexdigest() != self.digest:
+            raise ValueError("does not match the hash the Hub listed for it")

@@ -28,14 +28,12 @@ and hash the Hub listed for it: nothing an endpoint answers becomes a path.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 import torch
 from huggingface_hub import HfApi, ModelCard, ModelCardData, ModelHubMixin
@@ -51,7 +49,16 @@ from ._io import (
     load_state_dict_strict,
     writable_directory,
 )
-from ._untrusted import check_artefact_config, check_weight_dtypes, check_weights_file, truncate
+from ._untrusted import (
+    CheckedDownload,
+    check_artefact_config,
+    check_weight_dtypes,
+    check_weights_file,
+    inside,
+    is_commit_id,
+    listed_file,
+    truncate,
+)
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -82,8 +89,6 @@ META_KEYS += ("teacher_revision", "training")
 """The keys of ``config.json`` that are not the role's ``to_config()``."""
 
 _TAGS = ["scoredistill", "score-distillation", "diffusion", "pytorch"]
-_HEX40 = re.compile(r"[0-9a-f]{40}")
-_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 class CheckpointError(ValueError):
@@ -461,85 +466,18 @@ class HubMixin(
             return api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=message, revision=revision)
 
     @classmethod
-    def from_pretrained(
-        cls,
-        repo_id_or_path: str | os.PathLike,
-        *,
-        revision: str | None = None,
-        cache_dir: str | os.PathLike | None = None,
-        device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
-        token: str | bool | None = None,
-        local_files_only: bool = False,
-        force_download: bool = False,
-    ) -> Self:
-        """Load strictly from a directory or a Hub repo: [`from_pretrained`][scoredistill.hub.from_pretrained]."""
-        return cls._from_pretrained(
-            model_id=str(repo_id_or_path),
-            revision=revision,
-            cache_dir=cache_dir,
-            force_download=force_download,
-            local_files_only=local_files_only,
-            token=token,
-            device=device,
-            dtype=dtype,
-        )
+    def from_pretrained(cls, repo_id_or_path: str | os.PathLike, **kwargs: Any) -> Self:
+        """Load strictly from a directory or a Hub repo: [`from_pretrained`][scoredistill.hub.from_pretrained]
+        (the same keyword arguments), refusing an artefact of another role."""
+        return cls._from_pretrained(model_id=str(repo_id_or_path), **kwargs)
 
     @classmethod
     @override
-    def _from_pretrained(
-        cls,
-        *,
-        model_id: str,
-        revision: str | None = None,
-        cache_dir: str | os.PathLike | None = None,
-        force_download: bool = False,
-        local_files_only: bool = False,
-        token: str | bool | None = None,
-        device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
-        **_: Any,  # what the mixin's from_pretrained copies from config.json; the config is read strictly here
-    ) -> Self:
-        download = {"cache_dir": cache_dir, "force_download": force_download, "token": token}
-        return from_pretrained(
-            model_id, revision=revision, device=device, dtype=dtype, local_files_only=local_files_only,
-            expected_class=cls, **download,
-        )  # fmt: skip
+    def _from_pretrained(cls, *, model_id: str, **kwargs: Any) -> Self:
+        return from_pretrained(model_id, expected_class=cls, **kwargs)
 
 
 # The Hub: downloads that no answer of the endpoint can steer -----------------------------------------------------
-
-
-class _CheckedWriter:
-    """A file that takes at most ``size`` bytes and hashes them (sha256, or a git blob's sha1)."""
-
-    def __init__(self, file: BinaryIO, size: int, git_blob: bool):
-        self.file, self.size, self.git_blob, self.written = file, size, git_blob, 0
-        self.seek(0)
-
-    def write(self, chunk: bytes) -> int:
-        self.written += len(chunk)
-        if self.written > self.size:
-            raise CheckpointError(f"more than the {self.size:,} bytes the Hub listed for it")
-        self.hash.update(chunk)
-        return self.file.write(chunk)
-
-    def tell(self) -> int:
-        return self.written
-
-    def seek(self, pos: int, whence: int = 0) -> int:  # http_get rewinds to 0 when a server ignores a Range
-        if (pos, whence) != (0, 0):
-            raise OSError("a download can only restart from its beginning")
-        self.written, self.hash = 0, hashlib.sha1(b"blob %d\0" % self.size) if self.git_blob else hashlib.sha256()
-        return self.file.seek(0)
-
-    def truncate(self, size: int | None = None) -> int:
-        return self.file.truncate(size)
-
-
-def _inside(root: Path, path: Path) -> bool:
-    """Whether ``path``, with every link resolved, lies inside ``root`` (itself resolved)."""
-    return path.resolve().is_relative_to(root.resolve())
 
 
 def _hub_file(repo_id: str, sha: str, sibling: Any, target: Path, storage: Path, **how: Any) -> None:
@@ -547,36 +485,30 @@ def _hub_file(repo_id: str, sha: str, sibling: Any, target: Path, storage: Path,
     from huggingface_hub import constants, hf_hub_url
     from huggingface_hub.file_download import http_get
 
-    where, name = f"the Hub at {truncate(constants.ENDPOINT)}", sibling.rfilename
-    lfs = sibling.lfs
-    size, digest = (lfs.size, lfs.sha256) if lfs else (sibling.size, sibling.blob_id)
-    if not (isinstance(size, int) and size >= 0 and isinstance(digest, str)):
-        raise CheckpointError(f"{where}: listed no size and hash for {repo_id}/{name}: refusing it")
-    if not (_HEX64 if lfs else _HEX40).fullmatch(digest):
-        raise CheckpointError(f"{where}: listed a malformed hash for {repo_id}/{name}: refusing it")
-    if name == CONFIG_NAME and size > MAX_CONFIG_BYTES:
-        raise CheckpointError(f"{where}: {repo_id}/{name} is {size:,} bytes, more than MAX_CONFIG_BYTES: refusing it")
-    cached = target.is_file() and _inside(storage, target) and target.stat().st_size == size
-    if cached and not how["force_download"]:
+    where, name = f"the Hub at {truncate(constants.ENDPOINT)}: {repo_id}/{sibling.rfilename}", sibling.rfilename
+    try:
+        size, digest, git_blob = listed_file(sibling, MAX_CONFIG_BYTES if name == CONFIG_NAME else None)
+    except ValueError as err:
+        raise CheckpointError(f"{where} {err}: refusing it") from None
+    if not how["force_download"] and target.is_file() and inside(storage, target) and target.stat().st_size == size:
         return
     target.parent.mkdir(parents=True, exist_ok=True)
-    if not _inside(storage, target.parent):
+    if not inside(storage, target.parent):
         raise CheckpointError(f"{target.parent} links out of the cache {storage}: refusing to write there")
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".incomplete", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as raw:
-            sink = _CheckedWriter(raw, size, git_blob=lfs is None)
+            sink = CheckedDownload(raw, size, digest, git_blob)
             try:
                 url = hf_hub_url(repo_id, name, revision=sha)
                 http_get(url, sink, headers=_headers(how["token"]), expected_size=size)  # type: ignore[arg-type]
-            except (OSError, CheckpointError) as err:
+            except OSError:  # http_get's own size check: sink.check() names both sizes
                 if sink.written == size:
                     raise
-                why = f"{sink.written:,} bytes, not the {size:,} bytes the Hub listed for it"
-                raise CheckpointError(f"{where}: {repo_id}/{name}: {err if sink.written > size else why}") from None
-        if sink.hash.hexdigest() != digest:
-            raise CheckpointError(f"{where}: {repo_id}/{name} does not match the hash the Hub listed for it")
+            sink.check()
         os.replace(tmp, target)
+    except ValueError as err:  # more bytes than listed, fewer, or other ones
+        raise CheckpointError(f"{where} {err}") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -616,11 +548,9 @@ def _artefact_directory(
     storage = cache / f"models--{repo_id.replace('/', '--')}"
     if local_files_only or constants.HF_HUB_OFFLINE:
         snapshot = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache, local_files_only=True))
-        links_out = [
-            n for n in (CONFIG_NAME, WEIGHTS_NAME) if (snapshot / n).exists() and not _inside(storage, snapshot / n)
-        ]
-        if links_out or not _inside(storage, snapshot):
-            raise CheckpointError(f"{snapshot}: {links_out or 'the snapshot'} link out of the cache {storage}")
+        out = [p.name for p in (snapshot, snapshot / CONFIG_NAME, snapshot / WEIGHTS_NAME) if not inside(storage, p)]
+        if out:
+            raise CheckpointError(f"{snapshot}: {out} link out of the cache {storage}: refusing them")
         return snapshot
     api = HfApi(token=token, library_name="scoredistill", library_version=__version__)
     try:
@@ -635,7 +565,7 @@ def _artefact_directory(
         )
         raise
     sha = info.sha
-    if not isinstance(sha, str) or not _HEX40.fullmatch(sha) or (_HEX40.fullmatch(revision or "") and sha != revision):
+    if not is_commit_id(sha) or (is_commit_id(revision) and sha != revision):
         raise CheckpointError(
             f"{where}: answered a malformed commit id for {repo_id}@{revision or 'main'}: refusing it"
         )
@@ -645,7 +575,7 @@ def _artefact_directory(
         if name in listed:
             _hub_file(repo_id, sha, listed[name], snapshot / name, storage, force_download=force_download, token=token)
     ref = storage / "refs" / (revision or "main")
-    if revision != sha and _inside(storage / "refs", ref):  # what local_files_only=True reads
+    if revision != sha and inside(storage / "refs", ref):  # what local_files_only=True reads
         ref.parent.mkdir(parents=True, exist_ok=True)
         ref.write_text(sha)
     return snapshot
