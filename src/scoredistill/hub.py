@@ -5,21 +5,8 @@ on top of `huggingface_hub.ModelHubMixin`. The Hub layer knows no role: each rol
 ``FakeScore``, ``Precond``) writes its architecture with ``to_config()`` and rebuilds it with
 ``from_config(config)``.
 
-An artefact is one role per directory: ``config.json`` + ``model.safetensors`` (+ a ``README.md`` card).
-``config.json`` reads::
-
-    {
-      "_class_name": "OneStepGenerator",        # the role
-      "_scoredistill_version": "0.1.0",
-      "format_version": 1,
-      "sigma_init": 2.5, "sample_shape": [3, 32, 32], "label_dim": 0,    # the role's to_config() ...
-      "precond": {"label_dim": 0, "augment_dim": 9, "sigma_data": 0.5},  # ... with its Precond's args
-      "backbone": {"_class_name": "SongUNet", "config": {...}},           # ... and backbone
-      "torch_dtype": "float32",                 # dtype of the stored weights
-      "teacher_id": "org/edm-cifar10", "teacher_revision": "abc123",     # provenance, or null
-      "training": {...}                         # how it was made (free-form), or null
-    }
-
+An artefact is one role per directory: ``config.json`` (the role's ``to_config()``, its class, versions, weights
+dtype and provenance) + ``model.safetensors`` (+ a ``README.md`` card).
 Reading is strict: a malformed file, an unknown class, a newer ``format_version``, or any missing, unexpected or
 mis-shaped weight raises an error that names the file. Nothing is ever unpickled. A Hub repo is downloaded from
 URLs built from the commit id the Hub answered (checked to be 40 hex digits), each file checked against the size
@@ -42,23 +29,9 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from typing_extensions import Self, override
 
-from ._io import (
-    StateDictMismatchError,
-    atomic_directory,
-    check_replaceable_artefact,
-    load_state_dict_strict,
-    writable_directory,
-)
-from ._untrusted import (
-    CheckedDownload,
-    check_artefact_config,
-    check_weight_dtypes,
-    check_weights_file,
-    inside,
-    is_commit_id,
-    listed_file,
-    truncate,
-)
+from . import _io, _untrusted
+from ._io import StateDictMismatchError
+from ._untrusted import inside, truncate
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -189,7 +162,7 @@ def read_config(directory: str | Path) -> dict[str, Any]:
             f"({FORMAT_VERSION}); it was written by scoredistill {written_by}: upgrade scoredistill"
         )
     try:  # every key's type and range, and its agreement with the backbone
-        check_artefact_config(config)
+        _untrusted.check_artefact_config(config)
     except ValueError as err:
         raise CheckpointError(f"{file}: {err}") from None
     if config["_class_name"] not in ROLES:
@@ -233,7 +206,7 @@ def load_weights(module: nn.Module, file: str | Path, device: torch.device | str
     if kinds:
         raise CheckpointError(f"{file}: tensors {kinds} are not of the expected kind (floating point or integer)")
     try:
-        load_state_dict_strict(module, state, assign=True)
+        _io.load_state_dict_strict(module, state, assign=True)
     except StateDictMismatchError as err:
         raise WeightsMismatchError(file, err.missing, err.unexpected, err.mismatched) from None
     leftovers = [k for k, v in module.state_dict(keep_vars=True).items() if v.is_meta]
@@ -251,7 +224,7 @@ def _load_artefact(cls: type, directory: Path, config: dict[str, Any], device: A
     """Build ``cls`` from a read ``config.json`` on the meta device, after the weights file's header fits it."""
     weights = directory / WEIGHTS_NAME
     try:  # before building: its size fits the file
-        header = check_weights_file(config, weights)
+        header = _untrusted.check_weights_file(config, weights)
     except ValueError as err:
         raise CheckpointError(f"{weights} {err}") from None
     try:  # on the meta device: no time is spent on a random initialisation that the weights overwrite
@@ -260,7 +233,7 @@ def _load_artefact(cls: type, directory: Path, config: dict[str, Any], device: A
     except (TypeError, ValueError, KeyError) as err:
         raise CheckpointError(f"{directory / CONFIG_NAME}: cannot build {cls.__name__} from it: {err}") from err
     try:
-        check_weight_dtypes(module, header, config.get("torch_dtype", "float32"))
+        _untrusted.check_weight_dtypes(module, header, config.get("torch_dtype", "float32"))
     except ValueError as err:
         raise CheckpointError(f"{weights}: {err}") from None
     load_weights(module, weights, device)
@@ -269,54 +242,51 @@ def _load_artefact(cls: type, directory: Path, config: dict[str, Any], device: A
 
 def _model_card(config: Mapping[str, Any], n_params: int, license: str | None, repo_id: str | None) -> ModelCard:
     """The ``README.md`` card: Hub metadata (`huggingface_hub.ModelCardData`), what the role is, how to load it."""
-    name, where = config["_class_name"], repo_id or "PATH_OR_REPO_ID"
-    teacher, revision = config.get("teacher_id"), config.get("teacher_revision")
-    shape, label_dim = config.get("sample_shape"), config.get("label_dim", 0)
-    is_generator = shape is not None
-    is_image = is_generator and len(shape) == 3
+    name, where, teacher = config["_class_name"], repo_id or "PATH_OR_REPO_ID", config.get("teacher_id")
+    shape, label_dim, revision = config.get("sample_shape"), config.get("label_dim", 0), config.get("teacher_revision")
+    image = shape is not None and len(shape) == 3
     data = ModelCardData(
         library_name="scoredistill",
         license=license,
         base_model=[teacher] if teacher else None,
         base_model_relation="finetune" if teacher else None,
-        pipeline_tag=("unconditional-image-generation" if label_dim == 0 else "image-generation") if is_image else None,
-        tags=sorted([*_TAGS, "model_hub_mixin"]) + (["one-step-generation"] if is_generator else []),
+        pipeline_tag=("unconditional-image-generation" if label_dim == 0 else "image-generation") if image else None,
+        tags=sorted([*_TAGS, "model_hub_mixin"]) + (["one-step-generation"] if shape is not None else []),
     )
     dims = ", ".join(map(str, shape or ()))
-    if is_generator:
+    kinds = {
+        "FakeScore": "The fake score network of a score-distillation run",
+        "Precond": "An EDM-preconditioned denoiser",
+    }
+    about = f"{kinds.get(name, name)} ({n_params:,} parameters)."
+    if shape is not None:
         classes = f"{label_dim} classes" if label_dim else "unconditional"
         about = (
-            f"A one-step generator ({n_params:,} parameters, samples of shape [{dims}], {classes}): "
-            f"`x = D(sigma_init * z; sigma_init)` with `sigma_init = {config['sigma_init']}`, one network "
-            "evaluation per sample."
+            f"A one-step generator ({n_params:,} parameters, samples of shape [{dims}], {classes}): `x = D(sigma_init"
+            f" * z; sigma_init)` with `sigma_init = {config['sigma_init']}`, one network evaluation per sample."
         )
-    elif name == "FakeScore":
-        about = f"The fake score network of a score-distillation run ({n_params:,} parameters)."
-    else:
-        about = f"An EDM-preconditioned denoiser ({n_params:,} parameters)."
-    lines = [f"# {name} ({config['backbone']['_class_name']})", "", about, ""]
-    lines += [
-        f"Made with [scoredistill](https://github.com/scoredistill/scoredistill) "
-        f"{config['_scoredistill_version']}; weights stored as {config['torch_dtype']}.",
-        "",
+    made = f"Made with [scoredistill](https://github.com/scoredistill/scoredistill) {config['_scoredistill_version']}"
+    parts = [
+        f"# {name} ({config['backbone']['_class_name']})",
+        about,
+        f"{made}; weights stored as {config['torch_dtype']}.",
     ]
     if teacher:
         at = f" at revision `{revision}`" if revision else ""
-        lines += ["## Teacher", "", f"Distilled from [`{teacher}`](https://huggingface.co/{teacher}){at}.", ""]
+        parts += ["## Teacher", f"Distilled from [`{teacher}`](https://huggingface.co/{teacher}){at}."]
     if license:
-        lines += ["## Licence", "", f"`{license}`. Check that it is compatible with the teacher's licence.", ""]
-    lines += ["## How to load", "", "```python", f"from scoredistill import {name}", ""]
-    lines.append(f'model = {name}.from_pretrained("{where}")  # strict: every key and shape is checked')
-    if is_generator:
-        lines.append(f"x = model.sample(16)  # [16, {dims}]" + (" in [-1, 1]" if is_image else ""))
-    lines += ["```", ""]
-    if is_generator:
-        lines += [f"Or from the command line: `scoredistill sample --model {where} --n 64 --out grid.png`.", ""]
+        parts += ["## Licence", f"`{license}`. Check that it is compatible with the teacher's licence."]
+    code = f'from scoredistill import {name}\n\nmodel = {name}.from_pretrained("{where}")'
+    code += "  # strict: every key and shape is checked"
+    if shape is not None:
+        code += f"\nx = model.sample(16)  # [16, {dims}]" + (" in [-1, 1]" if image else "")
+    parts += ["## How to load", f"```python\n{code}\n```"]
+    if shape is not None:
+        parts.append(f"Or from the command line: `scoredistill sample --model {where} --n 64 --out grid.png`.")
     if config.get("training"):
-        lines += ["## How it was made", "", "| setting | value |", "|---|---|"]
-        lines += [f"| `{k}` | `{json.dumps(v)}` |" for k, v in config["training"].items()]
-        lines.append("")
-    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
+        rows = [f"| `{k}` | `{json.dumps(v)}` |" for k, v in config["training"].items()]
+        parts += ["## How it was made", "\n".join(["| setting | value |", "|---|---|", *rows])]
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(parts) + "\n")
 
 
 # The roles' mixin ------------------------------------------------------------------------------------------------
@@ -339,15 +309,6 @@ class HubMixin(
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         ROLES[cls.__name__] = cls
-
-    def to_config(self) -> dict[str, Any]:  # pragma: no cover - every role overrides it
-        """The JSON-ready architecture that ``from_config`` rebuilds."""
-        raise NotImplementedError
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> Self:  # pragma: no cover - every role overrides it
-        """A freshly initialised module for ``to_config`` output."""
-        raise NotImplementedError
 
     def save_pretrained(
         self,
@@ -403,9 +364,9 @@ class HubMixin(
             config = artefact_config(
                 self, dtype=dtype, teacher_id=teacher_id, teacher_revision=teacher_revision, training=training
             )
-        path = writable_directory(save_directory)
-        check_replaceable_artefact(path, (CONFIG_NAME, WEIGHTS_NAME, MODEL_CARD_NAME))
-        with atomic_directory(path) as tmp:
+        path = _io.writable_directory(save_directory)
+        _io.check_replaceable_artefact(path, (CONFIG_NAME, WEIGHTS_NAME, MODEL_CARD_NAME))
+        with _io.atomic_directory(path) as tmp:
             _write_artefact(self, tmp, config)
             if model_card:
                 card_kwargs = {"license": license, **(model_card_kwargs or {})}
@@ -417,17 +378,10 @@ class HubMixin(
         _write_artefact(self, Path(save_directory), artefact_config(self))
 
     @override
-    def generate_model_card(
-        self,
-        *args: Any,
-        license: str | None = None,
-        repo_id: str | None = None,
-        config: Mapping[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> ModelCard:
-        """The ``README.md`` card of ``config`` (default: this module's float32 config): Hub metadata, how to load."""
+    def generate_model_card(self, *args: Any, config: Mapping[str, Any] | None = None, **kwargs: Any) -> ModelCard:
+        """The ``README.md`` card of ``config`` (default: this module's float32 one); takes ``license``, ``repo_id``."""
         n_params = sum(p.numel() for p in self.parameters())
-        return _model_card(config or artefact_config(self), n_params, license, repo_id)
+        return _model_card(config or artefact_config(self), n_params, kwargs.get("license"), kwargs.get("repo_id"))
 
     def push_to_hub(
         self,
@@ -480,28 +434,29 @@ class HubMixin(
 # The Hub: downloads that no answer of the endpoint can steer -----------------------------------------------------
 
 
-def _hub_file(repo_id: str, sha: str, sibling: Any, target: Path, storage: Path, **how: Any) -> None:
+def _hub_file(repo_id: str, sha: str, sibling: Any, target: Path, storage: Path, force: bool, token: Any) -> None:
     """Download one listed file of commit ``sha`` to ``target`` (unless cached), checking its size and hash."""
     from huggingface_hub import constants, hf_hub_url
     from huggingface_hub.file_download import http_get
+    from huggingface_hub.utils import build_hf_headers
 
     where, name = f"the Hub at {truncate(constants.ENDPOINT)}: {repo_id}/{sibling.rfilename}", sibling.rfilename
     try:
-        size, digest, git_blob = listed_file(sibling, MAX_CONFIG_BYTES if name == CONFIG_NAME else None)
+        size, digest, git_blob = _untrusted.listed_file(sibling, MAX_CONFIG_BYTES if name == CONFIG_NAME else None)
     except ValueError as err:
         raise CheckpointError(f"{where} {err}: refusing it") from None
-    if not how["force_download"] and target.is_file() and inside(storage, target) and target.stat().st_size == size:
-        return
+    if not force and target.is_file() and inside(storage, target) and target.stat().st_size == size:
+        return  # cached
     target.parent.mkdir(parents=True, exist_ok=True)
     if not inside(storage, target.parent):
         raise CheckpointError(f"{target.parent} links out of the cache {storage}: refusing to write there")
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".incomplete", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as raw:
-            sink = CheckedDownload(raw, size, digest, git_blob)
+            sink = _untrusted.CheckedDownload(raw, size, digest, git_blob)
+            headers = build_hf_headers(token=token, library_name="scoredistill", library_version=__version__)
             try:
-                url = hf_hub_url(repo_id, name, revision=sha)
-                http_get(url, sink, headers=_headers(how["token"]), expected_size=size)  # type: ignore[arg-type]
+                http_get(hf_hub_url(repo_id, name, revision=sha), sink, headers=headers, expected_size=size)  # type: ignore[arg-type]
             except OSError:  # http_get's own size check: sink.check() names both sizes
                 if sink.written == size:
                     raise
@@ -514,22 +469,9 @@ def _hub_file(repo_id: str, sha: str, sibling: Any, target: Path, storage: Path,
             os.unlink(tmp)
 
 
-def _headers(token: str | bool | None) -> dict[str, str]:
-    from huggingface_hub.utils import build_hf_headers
-
-    return build_hf_headers(token=token, library_name="scoredistill", library_version=__version__)
-
-
-def _artefact_directory(
-    source: str | os.PathLike,
-    revision: str | None,
-    *,
-    cache_dir: str | os.PathLike | None = None,
-    token: str | bool | None = None,
-    force_download: bool = False,
-    local_files_only: bool = False,
-) -> Path:
-    """A local directory holding the artefact: the path itself, or a Hub snapshot in the cache."""
+def _artefact_directory(source: Any, revision: Any, cache_dir: Any, token: Any, force: bool, offline: bool) -> Path:
+    """A local directory holding the artefact: the path itself, or a Hub snapshot in the cache (``offline``: the
+    cache only, as ``local_files_only``; ``force``: download again, as ``force_download``)."""
     path = Path(source).expanduser()
     if path.is_dir():
         if revision is not None:
@@ -546,7 +488,7 @@ def _artefact_directory(
         raise FileNotFoundError(f"{repo_id!r} is neither a local directory nor a valid Hub repo id") from err
     cache = Path(cache_dir or constants.HF_HUB_CACHE).expanduser().resolve()
     storage = cache / f"models--{repo_id.replace('/', '--')}"
-    if local_files_only or constants.HF_HUB_OFFLINE:
+    if offline or constants.HF_HUB_OFFLINE:
         snapshot = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache, local_files_only=True))
         out = [p.name for p in (snapshot, snapshot / CONFIG_NAME, snapshot / WEIGHTS_NAME) if not inside(storage, p)]
         if out:
@@ -565,15 +507,13 @@ def _artefact_directory(
         )
         raise
     sha = info.sha
-    if not is_commit_id(sha) or (is_commit_id(revision) and sha != revision):
-        raise CheckpointError(
-            f"{where}: answered a malformed commit id for {repo_id}@{revision or 'main'}: refusing it"
-        )
+    if not _untrusted.is_commit_id(sha) or (_untrusted.is_commit_id(revision) and sha != revision):
+        raise CheckpointError(f"{where}: answered a malformed commit id for {repo_id}@{revision}: refusing it")
     snapshot = storage / "snapshots" / sha
     listed = {sibling.rfilename: sibling for sibling in info.siblings or ()}
     for name in (CONFIG_NAME, WEIGHTS_NAME):  # a file the repo lacks is named by the loader
         if name in listed:
-            _hub_file(repo_id, sha, listed[name], snapshot / name, storage, force_download=force_download, token=token)
+            _hub_file(repo_id, sha, listed[name], snapshot / name, storage, force, token)
     ref = storage / "refs" / (revision or "main")
     if revision != sha and inside(storage / "refs", ref):  # what local_files_only=True reads
         ref.parent.mkdir(parents=True, exist_ok=True)
@@ -584,20 +524,15 @@ def _artefact_directory(
 # The functions ---------------------------------------------------------------------------------------------------
 
 
-def load_config(
-    repo_id_or_path: str | os.PathLike,
-    *,
-    revision: str | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    token: str | bool | None = None,
-    local_files_only: bool = False,
-) -> dict[str, Any]:
+def load_config(repo_id_or_path: str | os.PathLike, *, revision: str | None = None, **hub: Any) -> dict[str, Any]:
     """Read and validate an artefact's ``config.json`` (class, format version), e.g. for its ``teacher_id``.
 
-    Arguments are those of [`from_pretrained`][scoredistill.hub.from_pretrained].
+    Takes ``cache_dir``, ``token`` and ``local_files_only`` of [`from_pretrained`][scoredistill.hub.from_pretrained].
     """
-    download = {"cache_dir": cache_dir, "token": token, "local_files_only": local_files_only}
-    return read_config(_artefact_directory(repo_id_or_path, revision, **download))
+    if unknown := sorted(set(hub) - {"cache_dir", "token", "local_files_only"}):
+        raise TypeError(f"load_config() got unexpected keyword arguments {unknown}")
+    args = (hub.get("cache_dir"), hub.get("token"), False, hub.get("local_files_only", False))
+    return read_config(_artefact_directory(repo_id_or_path, revision, *args))
 
 
 def from_pretrained(
@@ -638,19 +573,8 @@ def from_pretrained(
             answer that is malformed or does not match what it listed.
         huggingface_hub.errors.RepositoryNotFoundError: The Hub has no such repo (or it is private).
         huggingface_hub.errors.RevisionNotFoundError: The repo has no such revision.
-
-    Example:
-        >>> import tempfile, torch
-        >>> from scoredistill import OneStepGenerator, Precond
-        >>> from scoredistill.networks import MLP
-        >>> G = OneStepGenerator(Precond(MLP(dim=2, hidden=16)), sample_shape=(2,))
-        >>> G2 = from_pretrained(save_pretrained(G, tempfile.mkdtemp() + "/g"))
-        >>> z = torch.randn(3, 2)
-        >>> torch.equal(G.eval()(z), G2(z))
-        True
     """
-    download = {"cache_dir": cache_dir, "force_download": force_download, "token": token}
-    directory = _artefact_directory(repo_id_or_path, revision, local_files_only=local_files_only, **download)
+    directory = _artefact_directory(repo_id_or_path, revision, cache_dir, token, force_download, local_files_only)
     config = read_config(directory)
     cls = ROLES[config["_class_name"]]
     if expected_class is not None and cls is not expected_class:
