@@ -191,9 +191,11 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
         _fsync_dir(path.parent)
         if moved:
             shutil.rmtree(old, ignore_errors=True)
-    finally:  # after a failure, no complete or partial copy is left beside path
-        shutil.rmtree(tmp, ignore_errors=True)
+    except Exception:  # a failed swap leaves no complete copy beside path (a kill, which raises nothing, does)
         shutil.rmtree(new, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def check_replaceable_artefact(path: str | os.PathLike, files: tuple[str, ...]) -> None:
