@@ -6,7 +6,8 @@ on top of `huggingface_hub.ModelHubMixin`. The Hub layer knows no role: each rol
 ``from_config(config)``.
 
 An artefact is one role per directory: ``config.json`` (the role's ``to_config()``, its class, versions, weights
-dtype and provenance) + ``model.safetensors`` (+ a ``README.md`` card).
+dtype and provenance) + ``model.safetensors`` (+ a ``README.md`` card); ``docs/api/hub.md`` shows one.
+
 Reading is strict: a malformed file, an unknown class, a newer ``format_version``, or any missing, unexpected or
 mis-shaped weight raises an error that names the file. Nothing is ever unpickled. A Hub repo is downloaded from
 URLs built from the commit id the Hub answered (checked to be 40 hex digits), each file checked against the size
@@ -254,11 +255,8 @@ def _model_card(config: Mapping[str, Any], n_params: int, license: str | None, r
         tags=sorted([*_TAGS, "model_hub_mixin"]) + (["one-step-generation"] if shape is not None else []),
     )
     dims = ", ".join(map(str, shape or ()))
-    kinds = {
-        "FakeScore": "The fake score network of a score-distillation run",
-        "Precond": "An EDM-preconditioned denoiser",
-    }
-    about = f"{kinds.get(name, name)} ({n_params:,} parameters)."
+    kinds = {"FakeScore": "The fake score network of a score-distillation run"}
+    about = f"{kinds.get(name, 'An EDM-preconditioned denoiser')} ({n_params:,} parameters)."
     if shape is not None:
         classes = f"{label_dim} classes" if label_dim else "unconditional"
         about = (
