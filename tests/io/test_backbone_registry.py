@@ -81,6 +81,9 @@ def test_a_class_without_its_facts_is_refused_when_it_registers(own_registry: di
     assert "Bare" not in own_registry
     with pytest.raises(TypeError, match=r"register the class with scoredistill\.networks\.registry\.register_backbone"):
         OneStepGenerator(Precond(Bare()), sample_shape=(2,)).to_config()
+    own_registry["Bare"] = Bare  # by hand, past the check: refused when saved, not when its artefact is loaded
+    with pytest.raises(TypeError, match=r"cannot save a Bare backbone: it lacks config_facts"):
+        OneStepGenerator(Precond(Bare()), sample_shape=(2,)).to_config()
 
 
 def test_a_name_taken_by_another_class_is_refused(own_registry: dict) -> None:

@@ -73,6 +73,8 @@ def backbone_to_config(model: nn.Module) -> dict[str, Any]:
     """
     for name, cls in BACKBONES.items():
         if type(model) is cls:
+            if not callable(getattr(cls, "config_facts", None)):  # put in BACKBONES by hand: it would not load
+                raise TypeError(f"cannot save a {cls.__name__} backbone: it lacks config_facts (see {__name__})")
             return {"_class_name": name, "config": model.to_config()}
     raise TypeError(
         f"cannot save a {type(model).__name__} backbone: artefacts hold one of {sorted(BACKBONES)} "
