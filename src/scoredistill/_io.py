@@ -29,6 +29,7 @@ __all__ = [
     "load_state_dict_strict",
     "recover_directory",
     "state_dict_mismatch",
+    "writable_directory",
 ]
 
 ARTEFACT_MARKER = ("_class_name", "_scoredistill_version")
@@ -93,7 +94,7 @@ def recover_directory(path: str | os.PathLike) -> bool:
     Returns:
         Whether ``path`` exists now.
     """
-    path = Path(path)
+    path = Path(path).expanduser().resolve()  # as atomic_directory named the siblings
     if path.exists():
         return True
     for candidate in _siblings(path, "new") + _siblings(path, "old"):
@@ -114,12 +115,28 @@ def remove_stale_siblings(path: str | os.PathLike) -> None:
     Call it when ``path`` exists (after `recover_directory`): a missing ``path`` would otherwise lose the
     complete version that a killed write left beside it.
     """
-    path = Path(path)
+    path = Path(path).expanduser().resolve()
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: recover_directory() it before removing its siblings")
     for kind in ("tmp", "new", "old"):
         for sibling in _siblings(path, kind):
             shutil.rmtree(sibling, ignore_errors=True)
+
+
+def writable_directory(path: str | os.PathLike) -> Path:
+    """``path`` made absolute with every link and ``..`` resolved, before anything checks or writes it.
+
+    Resolving first means that ``out/typo/../victim`` is checked as ``out/victim`` (and ``out/typo`` is never
+    created), and that a symlinked directory is replaced behind its link rather than the link itself.
+
+    Raises:
+        ValueError: ``path`` is the working directory or holds it: replacing it would pull the directory out
+            from under this process (and the shell that started it).
+    """
+    path = Path(path).expanduser().resolve()
+    if Path.cwd().resolve().is_relative_to(path):
+        raise ValueError(f"{path} is the working directory or holds it: pass a new or dedicated directory to write")
+    return path
 
 
 @contextmanager
@@ -137,7 +154,9 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     the readers and by the next write) renames the new one into place. Each write also removes the siblings
     left by killed writes, matching only the names above. One writer per ``path`` at a time.
 
-    If the block raises, ``path`` is left untouched and the temporary directory is deleted.
+    ``path`` is resolved first (`writable_directory`): a symlinked directory is replaced behind its link, and
+    ``a/typo/../b`` means ``a/b`` without creating ``a/typo``. If the block or a rename raises, ``path`` is left
+    as it was and the temporary directories are deleted.
 
     Example:
         >>> import tempfile
@@ -148,7 +167,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
         >>> sorted(p.name for p in target.iterdir())
         ['a.txt']
     """
-    path = Path(path)
+    path = writable_directory(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if recover_directory(path):
         remove_stale_siblings(path)
@@ -163,10 +182,18 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
         moved = path.exists()
         if moved:
             os.rename(path, old)
-        os.rename(new, path)
+        try:
+            os.rename(new, path)
+        except OSError:
+            if moved:  # put the previous directory back
+                os.rename(old, path)
+            raise
         _fsync_dir(path.parent)
         if moved:
             shutil.rmtree(old, ignore_errors=True)
+    except Exception:  # a failed swap leaves no complete copy beside path (a kill, which raises nothing, does)
+        shutil.rmtree(new, ignore_errors=True)
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -186,7 +213,7 @@ def check_replaceable_artefact(path: str | os.PathLike, files: tuple[str, ...]) 
     Raises:
         FileExistsError: ``path`` is a file, holds other files, or its config was not written by scoredistill.
     """
-    path = Path(path)
+    path = writable_directory(path)
     if not path.exists():
         return
     if not path.is_dir():

@@ -44,8 +44,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .io._untrusted import min_backbone_size, safe_type_name, truncate
+from .io._untrusted import safe_type_name, truncate
 from .networks.presets import EDMUNetConfig, config_from_edm_kwargs, load_edm_state_dict
+from .networks.registry import backbone_facts
 from .roles.precond import Precond, edm_precond
 
 __all__ = [
@@ -591,7 +592,8 @@ def load_edm_pickle(
         config = dataclasses.replace(config, **overrides)
     # The declared size against what the file holds, before building: a 400-byte pickle must not make us
     # build a 3.5-billion-parameter network only to find that its weights are missing.
-    min_tensors, min_elements = min_backbone_size(type(config).__name__.removesuffix("Config"), config.to_dict())
+    facts = backbone_facts(type(config).__name__.removesuffix("Config"), config.to_dict())
+    min_tensors, min_elements = facts.min_tensors, facts.min_elements
     held = sum(v.numel() for v in record.state_dict.values())
     if min_tensors > len(record.state_dict) or min_elements > held:
         raise ValueError(

@@ -8,8 +8,13 @@ It answers just the requests the client makes in the tests (``snapshot_download`
   ``/api/models/{repo}/preupload/{rev}`` (every file inline, no LFS), ``/api/models/{repo}/commit/{rev}``
 
 Errors carry the ``X-Error-Code`` the client maps to its exceptions (``RepoNotFound``, ``RevisionNotFound``,
-``EntryNotFound``). Every request is recorded in ``FakeHub.requests``. Setting ``FakeHub.answer_commit`` or
-``FakeHub.answer_etag`` makes it answer like a hostile endpoint, with those values instead of the true ones.
+``EntryNotFound``). Every request is recorded in ``FakeHub.requests``. Repo info lists each file's size and hash
+(``?blobs=true``: a git blob id, and an LFS sha256 for ``*.safetensors``), as the Hub does.
+
+A hostile endpoint: ``FakeHub.answer_commit`` / ``FakeHub.answer_etag`` are answered instead of the true commit id
+and ETag; with ``FakeHub.second_answer`` set, only from the second time a path is asked (the first answer is
+honest, as to a client that checks it before downloading). ``FakeHub.serve_instead[file]`` is served instead of a
+file's true bytes.
 """
 
 from __future__ import annotations
@@ -34,6 +39,14 @@ def _blob_sha(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
+def _sibling(path: str, data: bytes) -> dict:
+    """A file as the Hub lists it with ``?blobs=true``: size, git blob id, and LFS info for weights."""
+    entry: dict = {"rfilename": path, "size": len(data), "blobId": _blob_sha(data)}
+    if path.endswith(".safetensors"):
+        entry["lfs"] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "pointerSize": 134}
+    return entry
+
+
 class FakeHub:
     """In-memory model repos (``repos[repo_id] = {"refs": {name: sha}, "commits": {sha: {path: bytes}}}``)."""
 
@@ -42,6 +55,8 @@ class FakeHub:
         self.requests: list[tuple[str, str]] = []
         self.answer_commit: str | None = None  # reported instead of the true commit id (a hostile endpoint)
         self.answer_etag: str | None = None  # reported instead of the true ETag (a hostile endpoint)
+        self.second_answer = False  # answer_commit / answer_etag only from the second request of a path
+        self.serve_instead: dict[str, bytes] = {}  # file name -> bytes served instead of the true ones
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
@@ -123,13 +138,18 @@ class _Handler(BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:
         self.do_GET()
 
+    def hostile(self, path: str) -> bool:
+        """Whether to answer like a hostile endpoint (always, or from the second request of ``path``)."""
+        return not self.hub.second_answer or sum(p == path for _, p in self.hub.requests) > 1
+
     def do_GET(self) -> None:
         path = unquote(urlsplit(self.path).path)
         self.hub.requests.append((self.command, path))
+        hostile = self.hostile(path)
         if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/([^/]+))?", path):
             if found := self.lookup(m[1], m[2] or "main"):
-                files = [{"rfilename": p} for p in sorted(found[0]["commits"][found[1]])]
-                sha = self.hub.answer_commit or found[1]
+                files = [_sibling(p, d) for p, d in sorted(found[0]["commits"][found[1]].items())]
+                sha = (hostile and self.hub.answer_commit) or found[1]
                 self.send(200, {"id": m[1], "modelId": m[1], "sha": sha, "siblings": files, "private": False})
         elif m := re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)", path):
             if found := self.lookup(m[1], m[2]):
@@ -140,10 +160,11 @@ class _Handler(BaseHTTPRequestHandler):
         elif m := re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path):
             if found := self.lookup(m[1], m[2]):
                 data = found[0]["commits"][found[1]].get(m[3])
-                headers = {"X-Repo-Commit": self.hub.answer_commit or found[1]}
+                headers = {"X-Repo-Commit": (hostile and self.hub.answer_commit) or found[1]}
                 if data is None:
                     return self.error(404, "EntryNotFound", f"{m[3]} does not exist", **headers)
-                etag = self.hub.answer_etag or _blob_sha(data)
+                etag = (hostile and self.hub.answer_etag) or _blob_sha(data)
+                data = self.hub.serve_instead.get(m[3], data)
                 self.send(200, data, {**headers, "ETag": f'"{etag}"', "Accept-Ranges": "bytes"})
         else:
             self.error(404, "NotFound", f"no route for {self.command} {path}")

@@ -38,7 +38,7 @@ def no_hub(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError(f"sent to the Hub: {args} {kwargs}")
 
-    monkeypatch.setattr("scoredistill.io.hub.snapshot_download", refuse)
+    monkeypatch.setattr("scoredistill.io.hub.HfApi", refuse)  # every Hub request (listing, upload) starts there
     monkeypatch.delenv("SCOREDISTILL_DEBUG", raising=False)
 
 

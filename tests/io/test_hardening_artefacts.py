@@ -16,9 +16,16 @@ import torch
 
 from helpers.hub_server import FakeHub, serve_hub
 from scoredistill import FakeScore, OneStepGenerator, Precond
-from scoredistill.io._untrusted import min_backbone_size
-from scoredistill.io.hub import CONFIG_NAME, CheckpointError, from_pretrained, save_pretrained
+from scoredistill.io.hub import (
+    CONFIG_NAME,
+    MAX_CONFIG_BYTES,
+    WEIGHTS_NAME,
+    CheckpointError,
+    from_pretrained,
+    save_pretrained,
+)
 from scoredistill.networks import MLP, PRESETS, TinyUNet, build_backbone
+from scoredistill.networks.registry import backbone_facts, backbone_to_config
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +80,8 @@ def _set(*keys_and_value):
         ("tiny", _set("precond", "augment_dim", 9), r"precond\.augment_dim 9 contradicts the TinyUNet's 0"),
         ("mlp", _set("_class_name", ["OneStepGenerator"]), r"_class_name must be a string, got a builtins\.list"),
         ("mlp", _set("torch_dtype", ["float32"]), r"torch_dtype must be a string"),
-        ("mlp", _set("backbone", "_class_name", ["MLP"]), r"unknown backbone class a builtins\.list"),
-        ("mlp", _set("backbone", "config", "depth", True), r"backbone\.config\.depth must be a positive int"),
+        ("mlp", _set("backbone", "_class_name", ["MLP"]), r"unknown backbone class a list"),
+        ("mlp", _set("backbone", "config", "depth", True), r"MLP config: depth must be a positive int, got a bool"),
     ],
 )
 def test_bad_configs_are_refused_with_checkpoint_error(artefacts, tmp_path: Path, name, edit, message) -> None:
@@ -140,9 +147,9 @@ def test_size_bound_is_a_lower_bound_of_every_backbone() -> None:
     with torch.device("meta"):
         nets += [build_backbone(config) for config in PRESETS.values()]
     for net in nets:
-        name = type(net).__name__
-        config = net.config.to_dict() if hasattr(net, "config") else net.to_config()
-        tensors, elements = min_backbone_size(name, config)
+        entry = backbone_to_config(net)
+        name, facts = entry["_class_name"], backbone_facts(entry["_class_name"], entry["config"])
+        tensors, elements = facts.min_tensors, facts.min_elements
         state = net.state_dict()
         assert 0 < tensors <= len(state), name
         assert 0 < elements <= sum(v.numel() for v in state.values()), name
@@ -167,17 +174,97 @@ def _files_outside(root: Path, inside: Path) -> list[str]:
     )
 
 
-@pytest.mark.parametrize(
-    ("commit", "etag"), [("../../../escape", None), (None, "../../../escape")], ids=["commit", "etag"]
-)
-def test_hub_answers_with_dot_dot_are_refused(
-    hub: FakeHub, tmp_path: Path, commit: str | None, etag: str | None
-) -> None:
-    hub.answer_commit, hub.answer_etag = commit, etag
+def test_hub_answering_a_malformed_commit_id_is_refused(hub: FakeHub, tmp_path: Path) -> None:
+    hub.answer_commit = "../../../escape"
     cache = tmp_path / "a" / "b" / "c" / "cache"
     with pytest.raises(CheckpointError, match=r"the Hub at http://127\.0\.0\.1:\d+: answered a malformed commit id"):
         from_pretrained("org/model", cache_dir=cache)
     assert _files_outside(tmp_path, cache) == []
+
+
+@pytest.mark.parametrize("second_answer", [False, True], ids=["every-answer", "second-answer"])
+@pytest.mark.parametrize("field", ["commit", "etag"])
+def test_hub_answers_with_dot_dot_never_become_paths(hub: FakeHub, tmp_path: Path, field: str, second_answer) -> None:
+    """The endpoint answers the first request of each path honestly and later ones with ``../``: the downloads
+    come from URLs built from the commit id checked once, so nothing lands outside the cache (a ``.pth`` file
+    there would run code at the next interpreter start). ETags are never read at all."""
+    escape = "../../../../../escape.pth"
+    hub.second_answer = second_answer
+    hub.answer_commit, hub.answer_etag = (escape, None) if field == "commit" else (None, escape)
+    cache = tmp_path / "a" / "b" / "c" / "cache"
+    if field == "commit" and not second_answer:  # the commit id is checked: refused
+        with pytest.raises(CheckpointError, match="malformed commit id"):
+            from_pretrained("org/model", cache_dir=cache)
+    else:
+        assert isinstance(from_pretrained("org/model", cache_dir=cache), OneStepGenerator)
+    assert _files_outside(tmp_path, cache) == []
+    fetched = [p for m, p in hub.requests if "/resolve/" in p]
+    assert all(f"/resolve/{hub.head('org/model')}/" in p for p in fetched) and len(fetched) <= 2
+
+
+@pytest.mark.parametrize("change", ["longer", "shorter", "same-size"])
+def test_hub_files_that_differ_from_their_listing_are_refused(hub: FakeHub, tmp_path: Path, change: str) -> None:
+    true = hub.files("org/model")[WEIGHTS_NAME]
+    tampered = {"longer": true + b"\0" * 64, "shorter": true[:-8], "same-size": true[:-4] + b"\x7f\x7f\x7f\x7f"}
+    hub.serve_instead[WEIGHTS_NAME] = tampered[change]
+    cache = tmp_path / "cache"
+    with pytest.raises(CheckpointError, match=rf"org/model/{WEIGHTS_NAME}.*(bytes|hash) the Hub listed"):
+        from_pretrained("org/model", cache_dir=cache)
+    snapshot = cache / "models--org--model" / "snapshots" / hub.head("org/model")
+    assert sorted(p.name for p in snapshot.iterdir()) == [CONFIG_NAME]  # no weights, no partial download
+    hub.serve_instead.clear()
+    assert isinstance(from_pretrained("org/model", cache_dir=cache), OneStepGenerator)
+
+
+def test_hub_config_larger_than_the_cap_is_not_downloaded(hub: FakeHub, artefacts, tmp_path: Path) -> None:
+    config = json.loads((artefacts["mlp"] / CONFIG_NAME).read_text())
+    config["training"] = {"notes": "x" * MAX_CONFIG_BYTES}
+    hub.commit("org/model", {CONFIG_NAME: json.dumps(config).encode()})
+    with pytest.raises(CheckpointError, match=r"org/model/config\.json is [\d,]+ bytes, more than MAX_CONFIG_BYTES"):
+        from_pretrained("org/model", cache_dir=tmp_path / "cache")
+    assert not [p for m, p in hub.requests if p.endswith(f"/{CONFIG_NAME}")]
+
+
+def test_cached_files_linking_out_of_the_cache_are_refused(hub: FakeHub, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    from_pretrained("org/model", cache_dir=cache)
+    outside = tmp_path / "outside.json"
+    outside.write_text("{}")
+    cached = cache / "models--org--model" / "snapshots" / hub.head("org/model") / CONFIG_NAME
+    cached.unlink()
+    cached.symlink_to(outside)
+    with pytest.raises(CheckpointError, match=r"links? out of the cache"):
+        from_pretrained("org/model", cache_dir=cache, local_files_only=True)
+    assert isinstance(from_pretrained("org/model", cache_dir=cache), OneStepGenerator)  # downloaded again
+    assert not cached.is_symlink() and outside.read_text() == "{}"
+
+
+# Oversized configs and long strings: refused unread, and never quoted whole ----------------------------------------
+
+
+def test_config_larger_than_the_cap_is_refused_unread(artefacts, tmp_path: Path) -> None:
+    text = json.dumps({"_class_name": "x" * (MAX_CONFIG_BYTES + 10), "format_version": 1})
+    path = _tampered(artefacts["mlp"], tmp_path, text)
+    with pytest.raises(CheckpointError, match=r"config\.json is larger than MAX_CONFIG_BYTES") as info:
+        from_pretrained(path)
+    assert len(str(info.value)) < 500
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        _set("_class_name", "C" * 100_000),
+        _set("torch_dtype", "f" * 100_000),
+        lambda config: config.update(format_version=2, _scoredistill_version="9" * 100_000),
+        _set("sample_shape", [10**4000, 1, 1]),
+    ],
+    ids=["class-name", "torch-dtype", "version", "sample-shape"],
+)
+def test_untrusted_strings_are_never_quoted_whole(artefacts, tmp_path: Path, edit) -> None:
+    path = _tampered(artefacts["mlp"], tmp_path, edit)
+    with pytest.raises(CheckpointError) as info:
+        from_pretrained(path)
+    assert len(str(info.value)) < 600, len(str(info.value))
 
 
 def test_honest_stand_in_hub_still_loads(hub: FakeHub, tmp_path: Path) -> None:

@@ -1,31 +1,42 @@
-"""Checks on untrusted inputs that run before anything is built: safe names for error messages, a lower bound on
-a backbone's size from its config, and the ``config.json`` / ``model.safetensors`` checks of ``from_pretrained``.
+"""Checks on untrusted inputs that run before anything is built: safe names for error messages, and the
+``config.json`` / ``model.safetensors`` checks of ``from_pretrained``.
 
 Every check here is cheap: it reads a config, or the header of a safetensors file, never a network's weights.
-The size bound lets a loader refuse a config that declares a network far larger than its weights file (10,000
-blocks, an MLP 10^5 deep, a 3.5-billion-parameter UNet) before spending minutes and gigabytes building it.
+What a backbone's config declares (its conditioning, sample shape and a lower bound on its size) comes from the
+backbone itself, through `scoredistill.networks.registry.backbone_facts`: the loader refuses a config that
+declares a network far larger than its weights file (10,000 blocks, an MLP 10^5 deep) before building it.
+What a Hub endpoint answers is checked too: a commit id before it names a cache folder, and each file's bytes
+against the size and hash the repo listing gave. The checks raise ``ValueError`` (``FileNotFoundError`` for a
+missing file); the loader names the file or the endpoint.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import re
 import struct
 from collections.abc import Mapping
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from ..schedules import SIGMA_INIT, check_sigma_init
 
 __all__ = [
     "MAX_SAFETENSORS_HEADER",
+    "CheckedDownload",
     "SafetensorsHeader",
     "check_artefact_config",
-    "check_hub_revision",
     "check_weight_dtypes",
     "check_weights_file",
-    "min_backbone_size",
+    "inside",
+    "is_commit_id",
+    "listed_file",
     "read_safetensors_header",
     "safe_type_name",
+    "truncate",
 ]
 
 MAX_SAFETENSORS_HEADER = 100 * 2**20
@@ -49,59 +60,6 @@ def safe_type_name(obj: object, limit: int = 80) -> str:
 def truncate(text: str, limit: int = 80) -> str:
     """``text`` cut to ``limit`` characters, with ``...`` marking a cut."""
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _count(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name} must be a non-negative int, got a {safe_type_name(value)}")
-    return value
-
-
-def min_backbone_size(class_name: str, config: Mapping[str, Any]) -> tuple[int, int]:
-    """A lower bound on ``(number of tensors, number of elements)`` in a backbone's state dict, from its config.
-
-    Pure arithmetic on the config: nothing is built. For [`MLP`][scoredistill.networks.MLP] the bound is exact;
-    for the UNets it counts only each residual block's tensors and second 3x3 convolution, so the real network is
-    always at least this large (``tests/io/test_hardening_artefacts.py`` checks this against built networks).
-
-    Args:
-        class_name: A name of `scoredistill.networks.BACKBONES`.
-        config: The backbone's ``to_config()`` (for the UNets, their config dataclass's ``to_dict()``).
-
-    Returns:
-        ``(tensors, elements)``.
-
-    Raises:
-        ValueError: Unknown class, or a size field that is not a non-negative int.
-    """
-    c = config
-    if class_name == "MLP":
-        dim, hidden = _count(c.get("dim"), "dim"), _count(c.get("hidden", 128), "hidden")
-        depth, label_dim = _count(c.get("depth", 3), "depth"), _count(c.get("label_dim", 0), "label_dim")
-        emb_dim = _count(c.get("emb_dim", 32), "emb_dim")
-        tensors = 2 + 2 + (1 if label_dim else 0) + 4 * depth + 2
-        elements = (dim + 1) * hidden + (emb_dim + 1) * hidden + label_dim * hidden
-        return tensors, elements + depth * 2 * (hidden + 1) * hidden + (hidden + 1) * dim
-    if class_name == "TinyUNet":
-        channels = _count(c.get("channels", 16), "channels")
-        # At least mid's two 3x3 convolutions, 2c -> 2c each.
-        return 8, 2 * 9 * (2 * channels) ** 2
-    if class_name in ("SongUNet", "DhariwalUNet"):
-        model_channels, num_blocks = _count(c.get("model_channels"), "model_channels"), c.get("num_blocks")
-        num_blocks = _count(num_blocks, "num_blocks")
-        mults = c.get("channel_mult")
-        if not isinstance(mults, (list, tuple)):
-            raise ValueError(f"channel_mult must be a list of ints, got a {safe_type_name(mults)}")
-        tensors = elements = 0
-        for mult in mults:
-            # Per level: num_blocks encoder and num_blocks + 1 decoder residual blocks, each with at least eight
-            # tensors (two norms, two convolutions and the embedding affine, weights and biases) and a second
-            # 3x3 convolution of out_channels^2 * 9 weights.
-            blocks = 2 * num_blocks + 1
-            tensors += 8 * blocks
-            elements += blocks * 9 * (model_channels * _count(mult, "channel_mult[i]")) ** 2
-        return tensors, elements
-    raise ValueError(f"no size bound for backbone class {truncate(class_name)!r}")
 
 
 class SafetensorsHeader(dict):
@@ -159,14 +117,7 @@ def read_safetensors_header(file: str | os.PathLike[str]) -> SafetensorsHeader:
 
 _ST_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64", "int64": "I64"}
 _ST_DTYPES |= {"int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
-_MLP_KEYS = ("dim", "hidden", "depth", "label_dim", "emb_dim")
-_TINY_UNET_KEYS = ("img_channels", "channels", "label_dim", "augment_dim")
-
-
-def _checkpoint_error(file: str | os.PathLike[str], message: str, sep: str = ": ") -> Exception:
-    from .artefact import CheckpointError  # artefact imports this module
-
-    return CheckpointError(f"{file}{sep}{message}")
+ROLE_NAMES = ("OneStepGenerator", "FakeScore", "Precond")
 
 
 def _shown(value: Any) -> str:
@@ -184,66 +135,44 @@ def _is_positive_finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf
 
 
-def _backbone_facts(backbone: Mapping[str, Any]) -> tuple[str, dict[str, Any], tuple[int, ...] | None]:
-    """``(class name, config, sample shape or None when free)`` of a backbone entry; raises ValueError."""
-    from ..networks.registry import BACKBONES
+def _backbone_facts(backbone: Any) -> tuple[str, Any]:
+    """``(class name, BackboneFacts)`` of a ``backbone`` entry, from its registered class; raises ValueError."""
+    from ..networks.registry import backbone_facts
 
     if not isinstance(backbone, Mapping) or set(backbone) != {"_class_name", "config"}:
         raise ValueError("'backbone' must be an object with exactly '_class_name' and 'config'")
     name, config = backbone["_class_name"], backbone["config"]
-    if not isinstance(name, str) or name not in BACKBONES:
-        shown = repr(truncate(name)) if isinstance(name, str) else f"a {safe_type_name(name)}"
-        raise ValueError(f"unknown backbone class {shown}; this scoredistill knows {sorted(BACKBONES)}")
     if not isinstance(config, Mapping):
         raise ValueError(f"backbone.config must be an object, got a {safe_type_name(config)}")
-    config = dict(config)
-    if name in ("MLP", "TinyUNet"):
-        keys = _MLP_KEYS if name == "MLP" else _TINY_UNET_KEYS
-        unknown = sorted(map(truncate, set(config) - set(keys)))
-        if unknown:
-            raise ValueError(f"unknown {name} keys {unknown[:10]}; valid keys: {list(keys)}")
-        for key, value in config.items():
-            if not _is_int(value, 0 if key in ("label_dim", "augment_dim") else 1):
-                raise ValueError(f"backbone.config.{key} must be a positive int, got a {safe_type_name(value)}")
-        if name == "MLP":
-            if "dim" not in config:
-                raise ValueError("backbone.config lacks 'dim'")
-            return name, {"label_dim": 0, "augment_dim": 0, **config}, (config["dim"],)
-        return name, {"img_channels": 1, "label_dim": 0, "augment_dim": 0, **config}, None
-    # The EDM UNets: their config dataclass validates every field (cheaply: it builds no module).
-    dataclass_config = BACKBONES[name].config_class.from_dict(config)  # type: ignore[attr-defined]
-    config = dataclass_config.to_dict()
-    resolution = config["img_resolution"]
-    return name, config, (config["img_channels"], resolution, resolution)
+    return name, backbone_facts(name, config)
 
 
-def check_artefact_config(config: dict[str, Any], file: str | os.PathLike[str]) -> None:
+def check_artefact_config(config: dict[str, Any]) -> None:
     """Check ``config.json`` fully (types, ranges, and agreement with its backbone) before anything is built.
 
     Args:
         config: The parsed ``config.json``, whose ``format_version`` has been checked.
-        file: Its path, for messages.
 
     Raises:
-        CheckpointError: Naming the key and what it should be.
+        ValueError: Naming the key and what it should be.
     """
     name = config.get("_class_name")
     if not isinstance(name, str):
-        raise _checkpoint_error(file, f"_class_name must be a string, got a {safe_type_name(name)}")
+        raise ValueError(f"_class_name must be a string, got a {safe_type_name(name)}")
     dtype = config.get("torch_dtype", "float32")
     if not isinstance(dtype, str):
-        raise _checkpoint_error(file, f"torch_dtype must be a string such as 'float32', got a {safe_type_name(dtype)}")
+        raise ValueError(f"torch_dtype must be a string such as 'float32', got a {safe_type_name(dtype)}")
     for key in ("_scoredistill_version", "teacher_id", "teacher_revision"):
         if not isinstance(config.get(key), (str, type(None))):
-            raise _checkpoint_error(file, f"{key} must be a string or null, got a {safe_type_name(config[key])}")
+            raise ValueError(f"{key} must be a string or null, got a {safe_type_name(config[key])}")
     if not isinstance(config.get("training"), (dict, type(None))):
-        raise _checkpoint_error(file, f"training must be an object or null, got a {safe_type_name(config['training'])}")
-    if name not in ("OneStepGenerator", "FakeScore", "Precond"):
-        return  # hub names the unknown class
+        raise ValueError(f"training must be an object or null, got a {safe_type_name(config['training'])}")
+    if name not in ROLE_NAMES:
+        return  # the loader names the unknown class
     try:
         _check_role(name, config)
     except (ValueError, TypeError) as err:
-        raise _checkpoint_error(file, f"cannot build {name} from its config: {err}") from None
+        raise ValueError(f"cannot build {name} from its config: {err}") from None
 
 
 def _check_role(name: str, config: Mapping[str, Any]) -> None:
@@ -256,76 +185,70 @@ def _check_role(name: str, config: Mapping[str, Any]) -> None:
     sigma_data = precond.get("sigma_data", 0.5)
     if not _is_positive_finite(sigma_data):
         raise ValueError(f"precond.sigma_data must be a positive finite number, got {_shown(sigma_data)}")
-    backbone_name, backbone, shape = _backbone_facts(config.get("backbone"))
-    if backbone["label_dim"] != label_dim:
-        raise ValueError(f"precond.label_dim {label_dim} contradicts the {backbone_name}'s {backbone['label_dim']}")
-    if backbone["augment_dim"] != augment_dim:
-        raise ValueError(
-            f"precond.augment_dim {augment_dim} contradicts the {backbone_name}'s {backbone['augment_dim']}"
-        )
+    backbone_name, facts = _backbone_facts(config.get("backbone"))
+    if facts.label_dim != label_dim:
+        raise ValueError(f"precond.label_dim {label_dim} contradicts the {backbone_name}'s {facts.label_dim}")
+    if facts.augment_dim != augment_dim:
+        raise ValueError(f"precond.augment_dim {augment_dim} contradicts the {backbone_name}'s {facts.augment_dim}")
     if name != "OneStepGenerator":
         return
     sigma_init, sample_shape = config.get("sigma_init"), config.get("sample_shape")
     role_labels = config.get("label_dim")
-    if not _is_positive_finite(sigma_init):
-        raise ValueError(f"sigma_init must be a positive finite number (the paper uses 2.5), got {_shown(sigma_init)}")
+    try:
+        check_sigma_init(sigma_init)  # the generator's own rule
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"sigma_init must be a positive finite number (the paper uses {SIGMA_INIT}), got {_shown(sigma_init)}"
+        ) from None
     if not (isinstance(sample_shape, list) and 1 <= len(sample_shape) <= 3 and all(map(_is_int, sample_shape))):
         raise ValueError("sample_shape must be a list of 1 to 3 positive ints, e.g. [3, 32, 32]")
     if role_labels != label_dim or not _is_int(role_labels):
         raise ValueError(f"label_dim must equal precond.label_dim {label_dim}, got a {safe_type_name(role_labels)}")
-    if shape is None:  # TinyUNet: any even image size with its channels
-        ok = len(sample_shape) == 3 and sample_shape[0] == backbone["img_channels"]
-        ok = ok and all(s > 0 and s % 2 == 0 for s in sample_shape[1:])
-        expected = f"[{backbone['img_channels']}, H, W] with H and W even"
-    else:
-        ok, expected = tuple(sample_shape) == shape, str(list(shape))
-    if not ok:
-        raise ValueError(f"sample_shape {sample_shape} contradicts the {backbone_name} backbone: it makes {expected}")
+    error = facts.shape_error(tuple(sample_shape))
+    if error:
+        shown = truncate(str(sample_shape), 120)
+        raise ValueError(f"sample_shape {shown} contradicts the {backbone_name} backbone: {error}")
 
 
 def check_weights_file(config: Mapping[str, Any], file: str | os.PathLike[str]) -> SafetensorsHeader:
     """Check that ``model.safetensors`` can hold the network ``config`` declares, from its header alone.
 
-    Compares a lower bound on the network's size (`min_backbone_size`) with the tensors the file holds, so
-    that a config declaring 10,000 blocks is refused before minutes are spent building it. The bound allows twice
-    the file plus a little (the strict load then names each missing or mis-shaped key).
+    Compares the backbone's lower bound on its size (``config_facts``) with the tensors the file holds, so that a
+    config declaring 10,000 blocks is refused before minutes are spent building it. The bound allows twice the
+    file plus a little (the strict load then names each missing or mis-shaped key).
 
     Raises:
         FileNotFoundError: No such file.
-        CheckpointError: An unreadable header, or a network larger than the file.
+        ValueError: An unreadable header, or a network larger than the file (the message follows the file's name).
     """
     if not os.path.isfile(file):
         raise FileNotFoundError(f"{os.path.dirname(file)} has no {os.path.basename(file)}")
     try:
         header = read_safetensors_header(file)
     except ValueError as err:
-        message = f"is not a readable safetensors file (truncated or corrupt?): {err}"
-        raise _checkpoint_error(file, message, sep=" ") from None
-    backbone = config.get("backbone")
-    if isinstance(backbone, Mapping) and isinstance(backbone.get("config"), Mapping):
-        try:
-            name, facts, _ = _backbone_facts(backbone)
-            tensors, elements = min_backbone_size(name, facts)
-        except (ValueError, TypeError):
-            return header  # the build reports it
-        # With slack: a few missing or mis-shaped keys are better named one by one by the strict load; the bound
-        # only has to keep the build's cost within a small multiple of the file's size.
-        if tensors > 2 * len(header) + 64 or elements > 2 * header.elements + 4096:
-            raise _checkpoint_error(
-                file,
-                f"config.json declares a {name} of at least {elements:,} parameters in {tensors:,} tensors, but the "
-                f"file holds {header.elements:,} in {len(header):,}: the config or the weights are wrong",
-            )
+        raise ValueError(f"is not a readable safetensors file (truncated or corrupt?): {err}") from None
+    try:
+        name, facts = _backbone_facts(config.get("backbone"))
+    except (ValueError, TypeError):
+        return header  # the build reports it
+    # With slack: a few missing or mis-shaped keys are better named one by one by the strict load; the bound
+    # only has to keep the build's cost within a small multiple of the file's size.
+    if facts.min_tensors > 2 * len(header) + 64 or facts.min_elements > 2 * header.elements + 4096:
+        raise ValueError(
+            f"is too small for config.json, which declares a {name} of at least {facts.min_elements:,} parameters "
+            f"in {facts.min_tensors:,} tensors; the file holds {header.elements:,} in {len(header):,}: the config or "
+            "the weights are wrong"
+        )
     return header
 
 
-def check_weight_dtypes(module: Any, header: SafetensorsHeader, torch_dtype: str, file: str | os.PathLike) -> None:
+def check_weight_dtypes(module: Any, header: SafetensorsHeader, torch_dtype: str) -> None:
     """Check that every stored parameter has dtype ``torch_dtype`` and every buffer its module's dtype.
 
     ``module`` is the network built (on the meta device) from ``config.json``; nothing is read but the header.
 
     Raises:
-        CheckpointError: Naming the first tensors stored in another dtype.
+        ValueError: Naming the first tensors stored in another dtype.
     """
     want = _ST_DTYPES[torch_dtype]
     params = {name for name, _ in module.named_parameters()}
@@ -337,52 +260,80 @@ def check_weight_dtypes(module: Any, header: SafetensorsHeader, torch_dtype: str
         if header[name][0] != expected:
             wrong.append(f"{truncate(name)} ({header[name][0]}, expected {expected})")
     if wrong:
-        raise _checkpoint_error(
-            file,
+        raise ValueError(
             f"{len(wrong)} tensors are not stored in the dtype config.json declares (torch_dtype {torch_dtype!r} "
-            f"for parameters): {', '.join(wrong[:5])}",
+            f"for parameters): {', '.join(wrong[:5])}"
         )
 
 
-# The Hub: what an endpoint answers becomes cache paths ------------------------------------------------------------
+# The Hub: what an endpoint lists and sends ------------------------------------------------------------------------
 
-_COMMIT = re.compile(r"[0-9a-f]{40}")
-_ETAG = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # a git blob sha1, or an LFS file's sha256
+_HEX40 = re.compile(r"[0-9a-f]{40}")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
-def check_hub_revision(repo_id: str, revision: str | None, token: str | bool | None, filenames: tuple[str, ...]) -> str:
-    """Ask the Hub what ``revision`` of ``repo_id`` and its ``filenames`` resolve to, and refuse unsafe answers.
+def is_commit_id(value: Any) -> bool:
+    """Whether ``value`` is a full git commit id (40 lowercase hex digits), safe as a path component."""
+    return isinstance(value, str) and _HEX40.fullmatch(value) is not None
 
-    ``huggingface_hub`` names cache files after the commit id and ETags the endpoint answers (``snapshots/<commit>``,
-    ``blobs/<etag>``, ``trees/<commit>.json``); an endpoint answering ``../`` in either makes it write outside its
-    cache. A commit id must be 40 hex digits and an ETag 40 or 64; each file must resolve to the repo's commit.
 
-    Args:
-        repo_id: A validated Hub repo id.
-        revision: Branch, tag or commit hash (``None``: the default branch).
-        token: Hub token, as for `huggingface_hub.snapshot_download`.
-        filenames: The files about to be downloaded; those the repo lacks are skipped (the loader names them).
+def inside(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> bool:
+    """Whether ``path``, with every link and ``..`` resolved, lies inside ``root`` (itself resolved)."""
+    return Path(path).resolve().is_relative_to(Path(root).resolve())
 
-    Returns:
-        The commit id that ``revision`` resolves to.
+
+def listed_file(sibling: Any, max_size: int | None = None) -> tuple[int, str, bool]:
+    """``(size, hash, is_git_blob)`` of a file as a Hub repo listing gives it (``model_info(files_metadata=True)``):
+    an LFS file's sha256, or a regular file's git blob sha1.
 
     Raises:
-        CheckpointError: The endpoint answered a malformed commit id or ETag (the message names the endpoint).
+        ValueError: No size or hash, a malformed hash, or a size above ``max_size``.
     """
-    from huggingface_hub import HfApi, constants, get_hf_file_metadata, hf_hub_url
+    lfs = getattr(sibling, "lfs", None)
+    size, digest = (lfs.size, lfs.sha256) if lfs else (sibling.size, sibling.blob_id)
+    if not _is_int(size) or not isinstance(digest, str):
+        raise ValueError("is listed without a size and hash")
+    if not (_HEX64 if lfs else _HEX40).fullmatch(digest):
+        raise ValueError("is listed with a malformed hash")
+    if max_size is not None and size > max_size:
+        raise ValueError(f"is {size:,} bytes, more than MAX_CONFIG_BYTES ({max_size:,})")
+    return size, digest, lfs is None
 
-    where = f"the Hub at {truncate(constants.ENDPOINT)}"
-    info = HfApi(token=token).model_info(repo_id, revision=revision)
-    sha = info.sha
-    if not isinstance(sha, str) or not _COMMIT.fullmatch(sha):
-        raise _checkpoint_error(
-            where, f"answered a malformed commit id for {repo_id}@{revision or 'main'}: refusing it"
-        )
-    present = {sibling.rfilename for sibling in info.siblings or ()}
-    for name in filenames:
-        if name not in present:
-            continue
-        meta = get_hf_file_metadata(hf_hub_url(repo_id, name, revision=sha), token=token)
-        if meta.commit_hash != sha or not isinstance(meta.etag, str) or not _ETAG.fullmatch(meta.etag):
-            raise _checkpoint_error(where, f"answered a malformed commit id or ETag for {repo_id}/{name}: refusing it")
-    return sha
+
+class CheckedDownload:
+    """A binary file to download into that takes at most ``size`` bytes and hashes them as they come.
+
+    ``write`` raises ``ValueError`` past ``size``; `check` raises ``ValueError`` unless exactly ``size`` bytes
+    with hash ``digest`` (sha256, or a git blob's sha1 when ``git_blob``) were written.
+    """
+
+    def __init__(self, file: BinaryIO, size: int, digest: str, git_blob: bool):
+        self.file, self.size, self.digest, self.git_blob = file, size, digest, git_blob
+        self.seek(0)
+
+    def write(self, chunk: bytes) -> int:
+        self.written += len(chunk)
+        if self.written > self.size:
+            raise ValueError(f"sent more than the {self.size:,} bytes the Hub listed for it")
+        self.hash.update(chunk)
+        return self.file.write(chunk)
+
+    def tell(self) -> int:
+        return self.written
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        """Only back to the start (what a download restarts from when a server ignores a range request)."""
+        if (pos, whence) != (0, 0):
+            raise OSError("a download can only restart from its beginning")
+        self.written, self.hash = 0, hashlib.sha1(b"blob %d\0" % self.size) if self.git_blob else hashlib.sha256()
+        return self.file.seek(0)
+
+    def truncate(self, size: int | None = None) -> int:
+        return self.file.truncate(size)
+
+    def check(self) -> None:
+        """Raise ``ValueError`` unless the bytes written are those listed."""
+        if self.written != self.size:
+            raise ValueError(f"sent {self.written:,} bytes, not the {self.size:,} bytes the Hub listed for it")
+        if self.hash.hexdigest() != self.digest:
+            raise ValueError("does not match the hash the Hub listed for it")

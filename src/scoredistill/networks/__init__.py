@@ -4,13 +4,15 @@
 - `scoredistill.networks.song_unet`: DDPM++ / NCSN++ (``SongUNet``) with EDM's parameter names.
 - `scoredistill.networks.dhariwal_unet`: ADM (``DhariwalUNet``) with EDM's parameter names.
 - `scoredistill.networks.presets`: the published EDM teachers' configs and strict loading of EDM weights.
-- `scoredistill.networks.registry`: `BACKBONES`, the one name-to-class map that ``config.json`` uses.
+- `scoredistill.networks.registry`: `BACKBONES`, the one name-to-class map that ``config.json`` uses, and
+  `register_backbone` for a network of your own.
 
 ``scoredistill.roles.precond.edm_precond`` wraps a preset into its [`Precond`][scoredistill.roles.precond.Precond].
 """
 
 from .dhariwal_unet import DhariwalUNet as DhariwalUNet
 from .dhariwal_unet import DhariwalUNetConfig as DhariwalUNetConfig
+from .facts import BackboneFacts as BackboneFacts
 from .presets import PRESETS as PRESETS
 from .presets import EDMUNetConfig as EDMUNetConfig
 from .presets import StateDictMismatchError as StateDictMismatchError
@@ -18,6 +20,7 @@ from .presets import config_from_edm_kwargs as config_from_edm_kwargs
 from .presets import load_edm_state_dict as load_edm_state_dict
 from .registry import BACKBONES as BACKBONES
 from .registry import build_backbone as build_backbone
+from .registry import register_backbone as register_backbone
 from .song_unet import SongUNet as SongUNet
 from .song_unet import SongUNetConfig as SongUNetConfig
 from .toy import MLP as MLP
@@ -27,6 +30,7 @@ __all__ = [
     "BACKBONES",
     "MLP",
     "PRESETS",
+    "BackboneFacts",
     "DhariwalUNet",
     "DhariwalUNetConfig",
     "EDMUNetConfig",
@@ -37,4 +41,5 @@ __all__ = [
     "build_backbone",
     "config_from_edm_kwargs",
     "load_edm_state_dict",
+    "register_backbone",
 ]

@@ -24,6 +24,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from .. import kernels
+from .facts import BackboneFacts
 
 __all__ = [
     "Conv2d",
@@ -621,6 +622,25 @@ class EncoderDecoderUNet(nn.Module):
     def from_config(cls, config: Mapping[str, Any]) -> EncoderDecoderUNet:
         """A freshly initialised backbone for a `to_config` dict (unknown keys raise ``ValueError``)."""
         return cls(cls.config_class.from_dict(config))
+
+    @classmethod
+    def config_facts(cls, config: Mapping[str, Any]) -> BackboneFacts:
+        """Check a `to_config` dict with the config dataclass (nothing is built) and bound the network's size.
+
+        The bound counts only each residual block's tensors and second 3x3 convolution: per level,
+        ``num_blocks`` encoder and ``num_blocks + 1`` decoder blocks, each with at least eight tensors (two norms,
+        two convolutions and the embedding affine, weights and biases) and ``out_channels^2 * 9`` weights.
+        """
+        c = cls.config_class.from_dict(config)
+        blocks = 2 * c.num_blocks + 1
+        elements = sum(blocks * 9 * (c.model_channels * mult) ** 2 for mult in c.channel_mult)
+        return BackboneFacts(
+            label_dim=c.label_dim,
+            augment_dim=c.augment_dim,
+            sample_shape=(c.img_channels, c.img_resolution, c.img_resolution),
+            min_tensors=8 * blocks * len(c.channel_mult),
+            min_elements=elements,
+        )
 
     def forward_with_logits(
         self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None = None, augment_labels: Tensor | None = None

@@ -1,29 +1,67 @@
 """The backbone registry: the one place where a backbone class is looked up by the name ``config.json`` records.
 
-Every backbone has ``to_config()`` (JSON-ready values) and ``from_config(config)``; the EDM UNets also name
-their config dataclass in ``config_class``. Nothing is constructed from a string any other way.
+A backbone class registers with [`register_backbone`][scoredistill.networks.registry.register_backbone] and owns
+three facts about itself; nothing is constructed from a string any other way:
+
+- ``to_config(self) -> dict``: its architecture as JSON-ready values;
+- ``from_config(cls, config)`` (classmethod): a freshly initialised network for that dict;
+- ``config_facts(cls, config)`` (classmethod): that dict checked without building anything, as
+  [`BackboneFacts`][scoredistill.networks.facts.BackboneFacts] (conditioning, sample shape, a lower bound on
+  its size), so that a loader refuses a hostile ``config.json`` before building it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from torch import nn
 
 from .dhariwal_unet import DhariwalUNet
+from .facts import BackboneFacts
 from .song_unet import SongUNet
 from .toy import MLP, TinyUNet
 
-__all__ = ["BACKBONES", "backbone_from_config", "backbone_to_config", "build_backbone"]
+__all__ = [
+    "BACKBONES",
+    "BackboneFacts",
+    "backbone_facts",
+    "backbone_from_config",
+    "backbone_to_config",
+    "build_backbone",
+    "register_backbone",
+]
 
-BACKBONES: dict[str, type[nn.Module]] = {
-    "SongUNet": SongUNet,
-    "DhariwalUNet": DhariwalUNet,
-    "MLP": MLP,
-    "TinyUNet": TinyUNet,
-}
-"""The backbones an artefact may name in ``backbone._class_name``."""
+_CONTRACT = ("to_config", "from_config", "config_facts")
+B = TypeVar("B", bound=type)
+
+BACKBONES: dict[str, type[nn.Module]] = {}
+"""The backbones an artefact may name in ``backbone._class_name``; add one with `register_backbone`."""
+
+
+def register_backbone(cls: B, name: str | None = None) -> B:
+    """Let artefacts record and rebuild backbones of class ``cls`` (under ``name``, default its class name).
+
+    Usable as a class decorator. Registering the same class again (or a class of the same module and name,
+    defined anew, as when a notebook cell runs twice) replaces the entry.
+
+    Raises:
+        TypeError: ``cls`` lacks ``to_config``, ``from_config`` or ``config_facts``.
+        ValueError: Another class is registered under ``name``.
+    """
+    missing = [attr for attr in _CONTRACT if not callable(getattr(cls, attr, None))]
+    if missing:
+        raise TypeError(f"cannot register {cls.__name__} as a backbone: it lacks {missing} (see {__name__})")
+    name = name or cls.__name__
+    old = BACKBONES.get(name, cls)
+    if (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
+        raise ValueError(f"backbone name {name!r} is taken by {old.__module__}.{old.__qualname__}")
+    BACKBONES[name] = cls
+    return cls
+
+
+for _cls in (SongUNet, DhariwalUNet, MLP, TinyUNet):
+    register_backbone(_cls)
 
 
 def backbone_to_config(model: nn.Module) -> dict[str, Any]:
@@ -35,11 +73,33 @@ def backbone_to_config(model: nn.Module) -> dict[str, Any]:
     """
     for name, cls in BACKBONES.items():
         if type(model) is cls:
+            if not callable(getattr(cls, "config_facts", None)):  # put in BACKBONES by hand: it would not load
+                raise TypeError(f"cannot save a {cls.__name__} backbone: it lacks config_facts (see {__name__})")
             return {"_class_name": name, "config": model.to_config()}
     raise TypeError(
         f"cannot save a {type(model).__name__} backbone: artefacts hold one of {sorted(BACKBONES)} "
-        "(add the class to scoredistill.networks.registry.BACKBONES, with to_config/from_config)"
+        "(register the class with scoredistill.networks.registry.register_backbone)"
     )
+
+
+def backbone_facts(class_name: str, config: Mapping[str, Any]) -> BackboneFacts:
+    """The [`BackboneFacts`][scoredistill.networks.facts.BackboneFacts] of a registered backbone's config, from
+    its class's ``config_facts``; nothing is built.
+
+    Raises:
+        ValueError: Unknown class, or a config its class refuses (the message is cut to 300 characters).
+    """
+    cls = BACKBONES.get(class_name) if isinstance(class_name, str) else None
+    if cls is None:
+        shown = repr(class_name[:80]) if isinstance(class_name, str) else f"a {type(class_name).__name__}"
+        raise ValueError(f"unknown backbone class {shown}; this scoredistill knows {sorted(BACKBONES)}")
+    try:
+        facts = cls.config_facts(config)  # type: ignore[attr-defined]
+    except (TypeError, ValueError) as err:  # the message may quote untrusted values: never whole
+        raise ValueError(f"{class_name} config: {str(err)[:300]}") from None
+    if not isinstance(facts, BackboneFacts):
+        raise TypeError(f"{cls.__qualname__}.config_facts returned a {type(facts).__name__}, not BackboneFacts")
+    return facts
 
 
 def backbone_from_config(data: Mapping[str, Any]) -> nn.Module:

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .facts import BackboneFacts, config_ints
+
 __all__ = ["MLP", "TinyUNet", "fourier_features"]
 
 
@@ -65,6 +67,17 @@ class MLP(nn.Module):
     def from_config(cls, config: Mapping[str, Any]) -> MLP:
         """A freshly initialised network from [`to_config`][scoredistill.networks.toy.MLP.to_config] output."""
         return cls(**config)
+
+    @classmethod
+    def config_facts(cls, config: Mapping[str, Any]) -> BackboneFacts:
+        """Check a [`to_config`][scoredistill.networks.toy.MLP.to_config] dict without building; its exact size."""
+        defaults = {"dim": None, "hidden": 128, "depth": 3, "label_dim": 0, "emb_dim": 32}
+        c = config_ints(config, defaults, zero_ok=("label_dim",))
+        dim, hidden, depth, label_dim = c["dim"], c["hidden"], c["depth"], c["label_dim"]
+        tensors = 2 + 2 + (1 if label_dim else 0) + 4 * depth + 2
+        elements = (dim + 1) * hidden + (c["emb_dim"] + 1) * hidden + label_dim * hidden
+        elements += depth * 2 * (hidden + 1) * hidden + (hidden + 1) * dim
+        return BackboneFacts(label_dim=label_dim, sample_shape=(dim,), min_tensors=tensors, min_elements=elements)
 
     def _encode(self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None) -> Tensor:
         h = self.inp(x) + self.emb(fourier_features(noise_labels, self.emb_dim))
@@ -157,6 +170,21 @@ class TinyUNet(nn.Module):
     def from_config(cls, config: Mapping[str, Any]) -> TinyUNet:
         """A freshly initialised network from [`to_config`][scoredistill.networks.toy.TinyUNet.to_config] output."""
         return cls(**config)
+
+    @classmethod
+    def config_facts(cls, config: Mapping[str, Any]) -> BackboneFacts:
+        """Check a [`to_config`][scoredistill.networks.toy.TinyUNet.to_config] dict without building; a size bound
+        (mid's two 3x3 convolutions, 2c -> 2c each)."""
+        defaults = {"img_channels": 1, "channels": 16, "label_dim": 0, "augment_dim": 0}
+        c = config_ints(config, defaults, zero_ok=("label_dim", "augment_dim"))
+        return BackboneFacts(
+            label_dim=c["label_dim"],
+            augment_dim=c["augment_dim"],
+            sample_shape=(c["img_channels"], None, None),
+            size_multiple=2,
+            min_tensors=8,
+            min_elements=2 * 9 * (2 * c["channels"]) ** 2,
+        )
 
     def _embed(self, noise_labels: Tensor, class_labels: Tensor | None, augment_labels: Tensor | None) -> Tensor:
         emb = self.map_noise(fourier_features(noise_labels, self.noise_features))
