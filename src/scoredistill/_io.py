@@ -142,8 +142,8 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
 
     A kill between 3 and 4 leaves no ``path`` but two complete siblings of one ``XXXX``: `recover_directory`
     (called by the readers and by the next write) renames the new one into place. Siblings left by a kill at any
-    other moment are never put back, so a ``path`` deleted after such a kill stays deleted. Each write also removes the siblings
-    left by killed writes, matching only the names above. One writer per ``path`` at a time.
+    other moment are never put back, so a ``path`` deleted after such a kill stays deleted. Each write also removes
+    the siblings left by killed writes, matching only the names above. One writer per ``path`` at a time.
 
     If the block raises, ``path`` is left untouched and the temporary directory is deleted.
 
