@@ -120,6 +120,10 @@ def check_resume(
                 f"{file}: config values must be numbers, strings, booleans or None, got a {safe_type_name(value)} "
                 f"for {_shown(key)}"
             )
+    if not isinstance(state["data"], dict | None):
+        raise CheckpointError(
+            f"{file}: data must be the data stream's state dict or None, got a {safe_type_name(state['data'])}"
+        )
     saved_batch = _counter(theirs.get("batch_size"), "config batch_size", file, low=1)
     saved_world = _counter(state.get("world", 1), "world", file, low=1, high=MAX_WORLD)  # absent before multi-process
     if nimg != step_index * saved_batch * saved_world:

@@ -254,8 +254,9 @@ def _read_network(file: Path, role: str, module: nn.Module) -> dict[str, Tensor]
             f"{file} holds the {truncate(recorded)!r} network, not {role!r}: files were swapped or renamed"
         )
     error = state_dict_mismatch(module.state_dict(), tensors)
-    if error is not None:
-        raise CheckpointError(f"{file} does not fit this run's {role}: {error}") from error
+    if error is not None:  # the keys are untrusted: a few of them, on one line
+        summary = truncate("; ".join(str(error).splitlines()[:6]), 600)
+        raise CheckpointError(f"{file} does not fit this run's {role}: {summary}") from error
     return tensors
 
 

@@ -287,3 +287,39 @@ def test_a_config_changed_behind_its_checks_is_refused_when_built_and_saved(tmp_
     with pytest.raises(TypeError, match="batch_size must be an int"):
         d.save(tmp_path / "ckpt")
     assert not (tmp_path / "ckpt").exists()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [("scale", math.nan, "scale must be a positive finite"), ("growth_factor", 1e9, "growth_factor is")],
+)
+def test_loss_scaler_states_must_be_finite_and_of_this_run_s_settings(tmp_path, key, value, match):
+    # Old code: a scale of NaN loaded into the fp16 loss scaler, and every later step was skipped as an overflow.
+    d = _distiller(precision="fp16")
+    d.step()
+    d.save(tmp_path / "ckpt")
+    _edit_state(tmp_path / "ckpt", lambda state: state["scalers"]["g"].__setitem__(key, value))
+    other = _distiller(precision="fp16")
+    with pytest.raises(CheckpointError, match=match):
+        other.load(tmp_path / "ckpt")
+    assert other.scalers["g"].get_scale() == 65536.0
+
+
+@pytest.mark.parametrize("value", ["abc", [1, 2]])
+def test_a_data_state_that_is_not_a_dict_is_a_checkpoint_error(tmp_path, value):
+    # Old code: dict(state["data"]) raised a raw ValueError or TypeError.
+    _, ckpt = _saved(tmp_path)
+    _edit_state(ckpt, lambda state: state.__setitem__("data", value))
+    with pytest.raises(CheckpointError, match="data must be"):
+        _distiller().load(ckpt)
+
+
+def test_a_network_with_many_unexpected_keys_gets_a_short_message(tmp_path):
+    from safetensors.torch import save_file
+
+    _, ckpt = _saved(tmp_path)
+    save_file({f"k{i:05d}" * 20: torch.zeros(1) for i in range(2000)}, ckpt / "fake_score.safetensors")
+    _resign(ckpt)
+    with pytest.raises(CheckpointError, match="does not fit this run's fake_score") as info:
+        _distiller().load(ckpt)
+    assert len(str(info.value)) < 1000 and "\n" not in str(info.value)
