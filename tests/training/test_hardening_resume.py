@@ -178,6 +178,18 @@ def test_a_shared_structure_in_state_pt_is_refused_quickly(tmp_path, where):
     assert time.perf_counter() - start < 5
 
 
+def test_a_wide_shared_structure_within_the_depth_limit_is_refused_by_its_item_budget(tmp_path):
+    _, ckpt = _saved(tmp_path)
+    node: list = [1]
+    for _ in range(12):  # 4^12 = 16.8 M paths, 12 deep
+        node = [node] * 4
+    _edit_state(ckpt, lambda state: state.__setitem__("data", {"index": node}))
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError, match="MAX_STATE_ITEMS"):
+        _distiller().load(ckpt)
+    assert time.perf_counter() - start < 5
+
+
 def test_a_state_deeper_than_the_limit_is_refused(tmp_path):
     _, ckpt = _saved(tmp_path)
     deep: list = []
