@@ -124,7 +124,7 @@ def _probe_image(source: Any, where: str) -> tuple[str, int, int, int]:
         with _pil_image().open(source) as image:
             mode, (width, height) = image.mode, image.size
     except _image_errors() as err:
-        raise DatasetError(f"{where} cannot be read as an image ({str(err)[:200]})") from err
+        raise DatasetError(f"{where} cannot be read as an image ({str(err)[:300]})") from err
     _check_pixels(where, width, height)
     target, channels = _target_mode(mode, where)
     return target, channels, width, height
@@ -340,7 +340,9 @@ class ImageZipDataset(Dataset):
         try:
             with self._archive().open(name) as stream:
                 return _probe_image(stream, where)
-        except _image_errors() as err:
+        except DatasetError:
+            raise
+        except _image_errors() as err:  # the archive itself (a bad member, an unsupported method)
             raise DatasetError(f"{where} cannot be read as an image ({err})") from err
 
     def verify(self) -> None:
