@@ -88,8 +88,10 @@ def _siblings(path: Path, kind: str) -> list[Path]:
 def recover_directory(path: str | os.PathLike) -> bool:
     """Put back ``path`` after a write of `atomic_directory` was killed between its two renames.
 
-    If ``path`` is missing but a complete sibling is left, the newest complete new version is renamed into
-    place, or else the previous version that had been moved aside. Half-written siblings are never used.
+    That is the one moment when a write leaves no ``path``: the previous version moved aside as
+    ``.NAME.old-XXXX`` and the complete new one waiting as ``.NAME.new-XXXX``, with the same ``XXXX``. Only
+    then is the new version renamed into place. A sibling alone is never used: a ``path`` missing beside it was
+    deleted by someone (``rm -rf training_state`` to start over), and must stay deleted.
 
     Returns:
         Whether ``path`` exists now.
@@ -97,7 +99,11 @@ def recover_directory(path: str | os.PathLike) -> bool:
     path = Path(path).expanduser().resolve()  # as atomic_directory named the siblings
     if path.exists():
         return True
-    for candidate in _siblings(path, "new") + _siblings(path, "old"):
+    prefix = f".{path.name}.new-"
+    for candidate in _siblings(path, "new"):
+        moved_aside = path.parent / f".{path.name}.old-{candidate.name[len(prefix) :]}"
+        if moved_aside.is_symlink() or not moved_aside.is_dir():
+            continue  # not the crash window: this write never moved a previous version aside
         try:
             os.rename(candidate, path)
         except OSError:  # another process (another rank) put one back first, or took this one
@@ -146,13 +152,15 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     The steps, each a point where a kill leaves a complete directory behind:
 
     1. the block writes into ``.NAME.tmp-XXXX``; its files and folders are then flushed to disk (fsync);
-    2. it is renamed ``.NAME.new-XXXX`` (complete), and the parent directory flushed;
-    3. an existing ``path`` is renamed ``.NAME.old-XXXX``;
+    2. without a ``path`` to replace, it is renamed ``path`` and the parent directory flushed: done. Otherwise it is
+       renamed ``.NAME.new-XXXX`` (complete), and the parent directory flushed;
+    3. ``path`` is renamed ``.NAME.old-XXXX``;
     4. ``.NAME.new-XXXX`` is renamed ``path``, the parent flushed, and ``.NAME.old-XXXX`` removed.
 
-    A kill between 3 and 4 leaves no ``path`` but two complete siblings: `recover_directory` (called by
-    the readers and by the next write) renames the new one into place. Each write also removes the siblings
-    left by killed writes, matching only the names above. One writer per ``path`` at a time.
+    A kill between 3 and 4 leaves no ``path`` but two complete siblings of one ``XXXX``: `recover_directory`
+    (called by the readers and by the next write) renames the new one into place. Siblings left by a kill at any
+    other moment are never put back, so a ``path`` deleted after such a kill stays deleted. Each write also removes
+    the siblings left by killed writes, matching only the names above. One writer per ``path`` at a time.
 
     ``path`` is resolved first (`writable_directory`): a symlinked directory is replaced behind its link, and
     ``a/typo/../b`` means ``a/b`` without creating ``a/typo``. If the block or a rename raises, ``path`` is left
@@ -177,20 +185,20 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         _sync_tree(tmp)
+        if not path.exists():
+            os.rename(tmp, path)
+            _fsync_dir(path.parent)
+            return
         os.rename(tmp, new)
         _fsync_dir(path.parent)
-        moved = path.exists()
-        if moved:
-            os.rename(path, old)
+        os.rename(path, old)
         try:
             os.rename(new, path)
-        except OSError:
-            if moved:  # put the previous directory back
-                os.rename(old, path)
+        except OSError:  # put the previous directory back
+            os.rename(old, path)
             raise
         _fsync_dir(path.parent)
-        if moved:
-            shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
     except Exception:  # a failed swap leaves no complete copy beside path (a kill, which raises nothing, does)
         shutil.rmtree(new, ignore_errors=True)
         raise

@@ -8,6 +8,7 @@ Python traceback instead.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import pickle
 import sys
@@ -321,9 +322,15 @@ def _convert(args: argparse.Namespace) -> int:
         raise SystemExit(f"OUTDIR {outdir} is a file: name a directory to write the artefact into")
     if args.sigma_init is not None and args.role != "generator":
         raise SystemExit("--sigma-init applies to --as generator")
-    with _blame(f"PICKLE {pkl}"):
+    with _blame(f"PICKLE {pkl}"), open(pkl, "rb") as f:
+        # EDM pickles carry no checksum: their SHA-256 is the only way to tell a flipped bit from the original.
+        sha256 = hashlib.sha256()
+        while chunk := f.read(1 << 20):
+            sha256.update(chunk)
+        digest = sha256.hexdigest()
+        f.seek(0)
         try:
-            net = load_edm_pickle(pkl, key=args.key)
+            net = load_edm_pickle(f, key=args.key)
         except KeyError as err:
             raise SystemExit(f"--key {args.key}: {_one_line(err)}") from err
     if args.role == "generator":
@@ -332,14 +339,14 @@ def _convert(args: argparse.Namespace) -> int:
             module: Any = OneStepGenerator(net, sigma_init=sigma_init)
     else:
         module = net
-    training = {"converted_from": pkl.name, "pickle_key": args.key}
+    training = {"converted_from": pkl.name, "converted_from_sha256": digest, "pickle_key": args.key}
     with _blame(f"OUTDIR {outdir}"):
         save_pretrained(module, outdir, license=args.license, training=training)
     params = sum(p.numel() for p in module.parameters())
     how = "scoredistill sample --model" if args.role == "generator" else "--teacher"
     print(
-        f"wrote {outdir}: {type(module).__name__} ({params / 1e6:.1f}M parameters) from {pkl.name}; "
-        f"use it with {how} {outdir}"
+        f"wrote {outdir}: {type(module).__name__} ({params / 1e6:.1f}M parameters) from {pkl.name} "
+        f"(SHA-256 {digest}; compare it with the digest its publisher gives); use it with {how} {outdir}"
     )
     return 0
 

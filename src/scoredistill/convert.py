@@ -17,7 +17,9 @@ and refuses anything else with an [`UnsafePickleError`][scoredistill.convert.Uns
 The unpickler also bounds what a hostile file can make it do: BUILD (``__setstate__``) applies only to records, arrays
 and dtypes that it created itself, with state of the expected form (never to an allow-listed function or class); dict
 keys and set items must be plain scalars (no hash bombs); every tensor view must fit inside its storage and every array
-its file; and error messages name untrusted objects by their type, never by ``repr``. A pure key-mapping
+its file, and all views together may hold at most `MAX_VIEW_EXPANSION` times the file's own size (views that overlap,
+such as a stride of 0, would otherwise make a small file declare gigabytes of weights); and error messages name
+untrusted objects by their type, never by ``repr``. A pure key-mapping
 function (`module_state_dict`) then walks the recorded ``_parameters``/``_buffers``/``_modules`` (each
 module once: a shared or cyclic module graph is refused) into an EDM-keyed state dict, which
 [`load_edm_pickle`][scoredistill.convert.load_edm_pickle] loads strictly into our clean-room networks, after checking
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import _compat_pickle
 import dataclasses
+import functools
 import io
 import math
 import os
@@ -50,6 +53,7 @@ from .networks.registry import backbone_facts
 from .roles.precond import Precond, edm_precond
 
 __all__ = [
+    "MAX_VIEW_EXPANSION",
     "EDMNetworkRecord",
     "RecordedObject",
     "RestrictedUnpickler",
@@ -59,6 +63,16 @@ __all__ = [
     "read_edm_network",
     "read_edm_pickle",
 ]
+
+
+MAX_VIEW_EXPANSION = 2
+"""Largest ratio of the bytes all tensor views of a pickle describe to the pickle's own size (plus 1 MiB).
+
+Each tensor of an EDM pickle views its own storage, so together they hold about the file's size; views that
+overlap (a stride of 0, or many views of one storage) can declare far more, which copying them would allocate.
+"""
+
+_VIEW_SLACK = 2**20
 
 
 class UnsafePickleError(pickle.UnpicklingError):
@@ -134,12 +148,21 @@ def _index_tuple(value: Any, what: str) -> tuple[int, ...]:
 
 
 def _rebuild_tensor(
-    storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any, backward_hooks: Any, metadata: Any = None
+    storage: Any,
+    offset: Any,
+    size: Any,
+    stride: Any,
+    requires_grad: Any,
+    backward_hooks: Any,
+    metadata: Any = None,
+    *,
+    budget: list[int] | None = None,
 ) -> Tensor:
     """``torch._utils._rebuild_tensor_v2``, once the view is known to lie inside its storage.
 
     ``Tensor.set_`` grows a storage that is too small for the view with uninitialised memory: a few bytes of
-    pickle could ask for gigabytes. Hooks and tensor metadata are refused (EDM weights have none).
+    pickle could ask for gigabytes. Hooks and tensor metadata are refused (EDM weights have none). ``budget`` is a
+    one-element list holding the bytes that views may still describe; each view's bytes are taken from it.
     """
     if not isinstance(storage, torch.TypedStorage):
         raise UnsafePickleError(f"tensor storage must be a typed torch storage, got a {safe_type_name(storage)}")
@@ -155,6 +178,14 @@ def _rebuild_tensor(
             raise UnsafePickleError(
                 f"tensor view of size {list(size)[:8]}, stride {list(stride)[:8]} at offset {offset} reaches element "
                 f"{last}, past its storage of {capacity}: the file is corrupt or hostile"
+            )
+    if budget is not None:
+        budget[0] -= math.prod(size) * storage.dtype.itemsize
+        if budget[0] < 0:
+            raise UnsafePickleError(
+                f"the pickle's tensor views describe more than {MAX_VIEW_EXPANSION} times its own size (views "
+                f"that overlap, e.g. a stride of 0; this one has size {list(size)[:8]}, stride {list(stride)[:8]}): "
+                "the file is corrupt or hostile (scoredistill.convert.MAX_VIEW_EXPANSION)"
             )
     return torch._utils._rebuild_tensor_v2(storage, offset, torch.Size(size), stride, requires_grad, OrderedDict())
 
@@ -264,14 +295,21 @@ class RestrictedUnpickler(pickle._Unpickler):
     [`UnsafePickleError`][scoredistill.convert.UnsafePickleError] naming it. This is Python's own unpickler with the
     opcodes that reach objects (BUILD, SETITEM(S), APPEND(S), ADDITEMS, DICT, FROZENSET) checked; see the module
     docstring.
+
+    Args:
+        file: The pickle, opened in binary mode.
+        size: The pickle's size in bytes: its tensor views may describe at most `MAX_VIEW_EXPANSION` times this
+            (plus 1 MiB) together. ``None`` leaves them unbounded (only each view's fit in its storage is checked).
     """
 
     dispatch: ClassVar[dict[int, Any]] = dict(pickle._Unpickler.dispatch)
 
-    def __init__(self, file: IO[bytes]) -> None:
+    def __init__(self, file: IO[bytes], *, size: int | None = None) -> None:
         super().__init__(file)
         # Objects this unpickler created by calling an allow-listed callable (kept alive so ids stay unique).
         self._made: dict[int, Any] = {}
+        # Bytes that the tensor views may still describe, from the file's size (None: unbounded).
+        self._view_budget = None if size is None else [MAX_VIEW_EXPANSION * size + _VIEW_SLACK]
 
     def find_class(self, module: str, name: str) -> Any:
         # Protocol 0-2 pickles use Python 2 names (__builtin__.set); map them as pickle itself does.
@@ -280,7 +318,10 @@ class RestrictedUnpickler(pickle._Unpickler):
         elif module in _compat_pickle.IMPORT_MAPPING:
             module = _compat_pickle.IMPORT_MAPPING[module]
         if (module, name) in _ALLOWED:
-            return _ALLOWED[module, name]
+            found = _ALLOWED[module, name]
+            if found is _rebuild_tensor and self._view_budget is not None:
+                return functools.partial(_rebuild_tensor, budget=self._view_budget)
+            return found
         if module.startswith("torch.nn.modules.") and name.isidentifier() and name[:1].isupper():
             return _inert_class(f"torch.nn.{name}")
         raise UnsafePickleError(
@@ -448,7 +489,7 @@ _MALFORMED += (RuntimeError, MemoryError, OverflowError, struct.error)
 
 def _load(file: IO[bytes], size: int) -> Any:
     try:
-        return RestrictedUnpickler(_BoundedReader(file, size)).load()  # type: ignore[arg-type]
+        return RestrictedUnpickler(_BoundedReader(file, size), size=size).load()  # type: ignore[arg-type]
     except UnsafePickleError:
         raise
     except _MALFORMED as err:

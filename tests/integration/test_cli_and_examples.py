@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import doctest
+import hashlib
 import importlib.util
 import json
 import sys
@@ -217,7 +218,9 @@ def test_convert_writes_an_artefact_directory(tmp_path, capsys):
     pkl.write_bytes(_edm_pickle())
     expected = load_edm_pickle(pkl)
     assert cli(["convert", str(pkl), str(tmp_path / "teacher")]) == 0
-    assert "wrote" in capsys.readouterr().out
+    digest = hashlib.sha256(pkl.read_bytes()).hexdigest()
+    out = capsys.readouterr().out
+    assert "wrote" in out and f"SHA-256 {digest}" in out  # EDM pickles carry no checksum of their own
     teacher = from_pretrained(tmp_path / "teacher")
     assert isinstance(teacher, Precond)
     assert all(torch.equal(v, expected.state_dict()[k]) for k, v in teacher.state_dict().items())
@@ -225,7 +228,7 @@ def test_convert_writes_an_artefact_directory(tmp_path, capsys):
     G = OneStepGenerator.from_pretrained(tmp_path / "g")
     assert G.sigma_init == 2.0 and G.sample_shape == (3, 16, 16)
     config = json.loads((tmp_path / "g" / "config.json").read_text())
-    assert config["training"] == {"converted_from": "edm.pkl", "pickle_key": "ema"}
+    assert config["training"] == {"converted_from": "edm.pkl", "converted_from_sha256": digest, "pickle_key": "ema"}
     assert "--key G_ema: no 'G_ema' network" in cli_error(
         ["convert", str(pkl), str(tmp_path / "x"), "--key", "G_ema"], capsys
     )

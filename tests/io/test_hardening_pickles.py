@@ -212,3 +212,22 @@ def test_embedded_storage_declaring_more_than_it_holds_is_refused() -> None:
     data = pickle.dumps(_Reduce(torch.storage._load_from_bytes, out.getvalue()), protocol=4)
     with pytest.raises(UnsafePickleError, match="malformed or truncated pickle"):
         read_edm_pickle(data)
+
+
+def test_overlapping_views_are_bounded_by_the_file_size() -> None:
+    # Old code: each view fitted its storage, so a 1 KB pickle of stride-0 views declared 12 GB of float32 weights,
+    # which load_edm_pickle's contiguous copies would then allocate.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        storage = torch.zeros(4).storage()
+    rebuild = torch._utils._rebuild_tensor_v2
+    data = pickle.dumps(_Reduce(rebuild, storage, 0, (30_000, 100_000), (0, 0), False, OrderedDict()), protocol=4)
+    assert len(data) < 1000
+    with pytest.raises(UnsafePickleError, match="times its own size"):
+        read_edm_pickle(data)
+    # A few overlapping views within the bound still load; many of them add up like one large one.
+    small = pickle.dumps(_Reduce(rebuild, storage, 0, (1000,), (0,), False, OrderedDict()), protocol=4)
+    assert read_edm_pickle(small).shape == (1000,)
+    repeated = [_Reduce(rebuild, storage, 0, (100_000,), (0,), False, OrderedDict()) for _ in range(10)]
+    with pytest.raises(UnsafePickleError, match="times its own size"):
+        read_edm_pickle(pickle.dumps(repeated, protocol=4))

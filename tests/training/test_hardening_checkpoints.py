@@ -248,11 +248,11 @@ def test_damaged_files_raise_one_clear_error_type(tmp_path, damage):
         _distiller().load(ckpt)
     (ckpt / "manifest.json").unlink()
     with pytest.warns(LegacyCheckpointWarning), pytest.raises(CheckpointError, match=net.name + "|" + state.name):
-        _distiller().load(ckpt)
+        _distiller().load(ckpt, allow_legacy=True)
 
 
-def test_a_checkpoint_without_manifest_resumes_with_a_warning(tmp_path):
-    # Checkpoints of scoredistill 0.1 have no manifest: they resume (keys, shapes, config still checked).
+def test_a_checkpoint_without_manifest_resumes_with_a_warning_when_allowed(tmp_path):
+    # Checkpoints of scoredistill 0.1 have no manifest: they resume on request (keys, shapes, config still checked).
     straight = _distiller(seed=3)
     trace = [float(straight.step()["sid/generator_loss"]) for _ in range(3)]
     first = _distiller(seed=3)
@@ -260,8 +260,10 @@ def test_a_checkpoint_without_manifest_resumes_with_a_warning(tmp_path):
     first.save(tmp_path / "ckpt")
     (tmp_path / "ckpt" / "manifest.json").unlink()
     resumed = _distiller(seed=3)
-    with pytest.warns(LegacyCheckpointWarning, match="manifest"):
+    with pytest.raises(CheckpointError, match="allow_legacy=True"):  # only when the caller opts in
         resumed.load(tmp_path / "ckpt")
+    with pytest.warns(LegacyCheckpointWarning, match="manifest"):
+        resumed.load(tmp_path / "ckpt", allow_legacy=True)
     assert [float(resumed.step()["sid/generator_loss"]) for _ in range(2)] == trace[1:]
 
 

@@ -11,7 +11,8 @@ Pixel convention (docs/maths.md): images are uint8 ``[C, H, W]`` in the dataset 
 Archives are untrusted input: sizes are checked from the zip's headers before a member is read (declared size,
 compression ratio, encryption, compression method), image dimensions from the image header before its pixels are
 decoded, and class labels against a bound before any one-hot is allocated. The limits are the module constants
-below; raise them for a genuine dataset that exceeds them.
+below; raise them for a genuine dataset that exceeds them. Folders of image files (read by
+``scoredistill.metrics.dataset_stats``) get the same file size and pixel limits.
 """
 
 from __future__ import annotations
@@ -94,6 +95,39 @@ def _check_pixels(where: str, width: int, height: int) -> None:
             f"{where} is {width}x{height}, over scoredistill.data.MAX_IMAGE_PIXELS ({MAX_IMAGE_PIXELS:,} pixels); "
             "raise that limit if the dataset is genuine"
         )
+
+
+def _check_file_size(where: str, size: int) -> None:
+    """Refuse an image file (or zip member) larger than `MAX_MEMBER_BYTES` before it is read.
+
+    Raises:
+        DatasetError: Naming ``where`` and the limit.
+    """
+    if size > MAX_MEMBER_BYTES:
+        raise DatasetError(
+            f"{where} has {size:,} bytes, over scoredistill.data.MAX_MEMBER_BYTES ({MAX_MEMBER_BYTES:,}); "
+            "raise that limit if the dataset is genuine"
+        )
+
+
+def _probe_image(source: Any, where: str) -> tuple[str, int, int, int]:
+    """``(target mode, channels, width, height)`` of an image file from its header, without decoding its pixels.
+
+    Args:
+        source: A path or a binary stream, as for ``PIL.Image.open``.
+        where: The image's name in messages.
+
+    Raises:
+        DatasetError: Not an image, an unsupported mode, or over `MAX_IMAGE_PIXELS`.
+    """
+    try:
+        with _pil_image().open(source) as image:
+            mode, (width, height) = image.mode, image.size
+    except _image_errors() as err:
+        raise DatasetError(f"{where} cannot be read as an image ({str(err)[:300]})") from err
+    _check_pixels(where, width, height)
+    target, channels = _target_mode(mode, where)
+    return target, channels, width, height
 
 
 def _target_mode(mode: str, where: str) -> tuple[str, int]:
@@ -302,16 +336,14 @@ class ImageZipDataset(Dataset):
 
         Reads the member as a stream, so only the first kilobytes of it are decompressed.
         """
-        image_mod = _pil_image()
         where = f"{self.path}:{name}"
         try:
-            with self._archive().open(name) as stream, image_mod.open(stream) as image:
-                mode, (width, height) = image.mode, image.size
-        except _image_errors() as err:
+            with self._archive().open(name) as stream:
+                return _probe_image(stream, where)
+        except DatasetError:
+            raise
+        except _image_errors() as err:  # the archive itself (a bad member, an unsupported method)
             raise DatasetError(f"{where} cannot be read as an image ({err})") from err
-        _check_pixels(where, width, height)
-        target, channels = _target_mode(mode, where)
-        return target, channels, width, height
 
     def verify(self) -> None:
         """Check that every image has the first image's size and channel count (headers only).

@@ -25,7 +25,16 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ..data.zips import IMAGE_EXTENSIONS, DatasetError, ImageZipDataset, _pil_image
+from ..data.zips import (
+    IMAGE_EXTENSIONS,
+    DatasetError,
+    ImageZipDataset,
+    _check_file_size,
+    _check_pixels,
+    _image_errors,
+    _pil_image,
+    _probe_image,
+)
 
 __all__ = [
     "FeatureExtractor",
@@ -586,7 +595,11 @@ def image_stats(
 
 
 class _ImageFolder(Dataset):
-    """Image files under a folder (recursively, sorted by relative path), decoded as RGB uint8 ``[3, H, W]``."""
+    """Image files under a folder (recursively, sorted by relative path), decoded as RGB uint8 ``[3, H, W]``.
+
+    Each file gets a dataset zip's limits (``scoredistill.data.MAX_MEMBER_BYTES`` and ``MAX_IMAGE_PIXELS``) and
+    its header's size is checked against the first image's before its pixels are decoded.
+    """
 
     def __init__(self, root: Path, max_images: int | None):
         files = sorted(
@@ -596,8 +609,8 @@ class _ImageFolder(Dataset):
         if not files:
             raise DatasetError(f"{root} holds no image files (looked for {', '.join(IMAGE_EXTENSIONS)})")
         self.files = files[:max_images]
-        with _pil_image().open(self.files[0]) as image:
-            width, height = image.size
+        _check_file_size(str(self.files[0]), self.files[0].stat().st_size)
+        _, _, width, height = _probe_image(self.files[0], str(self.files[0]))
         self.shape = (3, height, width)
 
     def __len__(self) -> int:
@@ -606,17 +619,22 @@ class _ImageFolder(Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         path = self.files[index]
         try:
+            _check_file_size(str(path), path.stat().st_size)
             with _pil_image().open(path) as image:
+                # The header's size first: a 12000x12000 image must not be decoded to find it is too large.
+                width, height = image.size
+                _check_pixels(str(path), width, height)
+                if (3, height, width) != self.shape:
+                    raise DatasetError(
+                        f"{path} is {width}x{height}, but {self.files[0]} is {self.shape[2]}x{self.shape[1]}; "
+                        "all images must have one size"
+                    )
                 array = np.array(image.convert("RGB"), dtype=np.uint8)
-        except OSError as err:
-            raise DatasetError(f"{path} cannot be decoded ({err})") from err
-        image_tensor = torch.from_numpy(array).permute(2, 0, 1).contiguous()
-        if tuple(image_tensor.shape) != self.shape:
-            raise DatasetError(
-                f"{path} is {array.shape[1]}x{array.shape[0]}, but {self.files[0]} is "
-                f"{self.shape[2]}x{self.shape[1]}; all images must have one size"
-            )
-        return image_tensor, -1
+        except DatasetError:
+            raise
+        except _image_errors() as err:
+            raise DatasetError(f"{path} cannot be decoded ({str(err)[:200]})") from err
+        return torch.from_numpy(array).permute(2, 0, 1).contiguous(), -1
 
 
 def _open_images(path: Path, max_images: int | None) -> Dataset:

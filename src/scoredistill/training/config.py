@@ -25,7 +25,9 @@ __all__ = ["RESUME_MAY_CHANGE", "DistillConfig", "warn_unreached_warmups"]
 class DistillConfig:
     """Hyperparameters of the loop. Defaults are the reference's CIFAR-10 SiD settings (docs/maths.md).
 
-    Every field is keyword-only and checked when the config is built; ``dataclasses.asdict(config)`` is what run
+    Every field is keyword-only and checked when the config is built (and again by
+    [`validate`][scoredistill.training.config.DistillConfig.validate] where a `Distiller` is built and saved, since
+    ``object.__setattr__`` changes a frozen dataclass unchecked); ``dataclasses.asdict(config)`` is what run
     directories and artefacts record.
 
     Attributes:
@@ -81,6 +83,15 @@ class DistillConfig:
     cuda_graphs: bool = False  # capture each regime's whole iteration in a CUDA graph and replay it (CUDA only)
 
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field (types, finiteness, ranges and their combinations); called when the config is built.
+
+        Raises:
+            TypeError: A field of the wrong type.
+            ValueError: A field out of range, or fields that contradict each other.
+        """
         check_int("batch_size", self.batch_size, low=1)
         check_int("micro_batch", self.micro_batch, low=1, optional=True)
         micro = self.micro_batch or self.batch_size

@@ -125,6 +125,9 @@ class Distiller:
         for loss in losses:
             if not isinstance(loss, DistillLoss):
                 raise TypeError(f"{type(loss).__name__} does not implement the DistillLoss protocol")
+        if not isinstance(config, DistillConfig):
+            raise TypeError(f"config must be a DistillConfig, got a {type(config).__name__}")
+        config.validate()  # again: object.__setattr__ changes a frozen config without its checks
         self.needs_real = any(getattr(loss, "needs_real_data", False) for loss in losses)
         if self.needs_real and data is None:
             raise ValueError("a loss needs real images (SiDA's discriminator): pass data=...")
@@ -358,7 +361,12 @@ class Distiller:
     # -- state ---------------------------------------------------------------------------------------------
 
     def save(self, path: str | Path) -> Path:
-        """Write a resumable checkpoint atomically (networks as safetensors, the rest ``weights_only``)."""
+        """Write a resumable checkpoint atomically (networks as safetensors, the rest ``weights_only``).
+
+        Raises:
+            TypeError, ValueError: The config was changed behind its checks since it was built (nothing is written).
+        """
+        self.config.validate()
         state = {
             "nimg": self.nimg,
             "step_index": self.step_index,
@@ -372,7 +380,7 @@ class Distiller:
         }
         return save_training_state(path, modules=self._modules(), state=state)
 
-    def load(self, path: str | Path) -> None:
+    def load(self, path: str | Path, *, allow_legacy: bool = False) -> None:
         """Resume from [`save`][scoredistill.Distiller.save]'s checkpoint; the next
         [`step`][scoredistill.Distiller.step] continues the same trace.
 
@@ -382,7 +390,14 @@ class Distiller:
 
         All or nothing: every file's digest, every network's keys and shapes, the config, the counters and the
         optimiser and loss-scaler states are read and checked before anything here changes, so a refused
-        checkpoint leaves this distiller as it was.
+        checkpoint leaves this distiller as it was. The checkpoint is untrusted input even when its manifest
+        checks out: counters, the best evaluation and the optimisers' hyper-parameters must be what this run's
+        config allows (see [`read_training_state`][scoredistill.training.checkpoint.read_training_state] for the rest).
+
+        Args:
+            path: The checkpoint directory.
+            allow_legacy: Also resume from a checkpoint without ``manifest.json`` (written by scoredistill 0.1),
+                with a warning and without the digest check.
 
         Raises:
             FileNotFoundError: There is no checkpoint at ``path``.
@@ -390,7 +405,7 @@ class Distiller:
                 field a resumed run may not change (the message names the file or the fields).
         """
         modules = self._modules()
-        loaded = read_training_state(path, modules=modules, map_location=self.device)
+        loaded = read_training_state(path, modules=modules, map_location=self.device, allow_legacy=allow_legacy)
         state, file = loaded.state, loaded.path / "state.pt"
         checked = check_resume(
             state,
@@ -414,8 +429,8 @@ class Distiller:
             except (KeyError, TypeError, ValueError) as err:
                 raise CheckpointError(f"{file}: the data stream refused its saved state: {err}") from err
         apply_networks(loaded, modules)
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_f.load_state_dict(state["opt_f"])
+        self.opt_g.load_state_dict(checked.optimizers["opt_g"])
+        self.opt_f.load_state_dict(checked.optimizers["opt_f"])
         for k, scaler in self.scalers.items():
             scaler.load_state_dict(checked.scalers[k])
         self.nimg, self.step_index, self.best = checked.nimg, checked.step_index, checked.best
