@@ -5,7 +5,10 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 from helpers import REPO_ROOT
+from scoredistill._moved import MOVED
 
 PACKAGE = REPO_ROOT / "src" / "scoredistill"
 
@@ -171,3 +174,13 @@ def test_every_cuda_graph_capture_goes_through_fast_capture():
                 offenders.append(f"{path.relative_to(PACKAGE)}:{n}: {line.strip()}")
     assert len(offenders) == 1 and offenders[0].startswith("training/fast.py:"), offenders
     assert 'capture_error_mode="thread_local"' in offenders[0], offenders
+
+
+@pytest.mark.parametrize("old", sorted(MOVED))
+def test_module_paths_of_0_1_import_the_moved_modules(old):
+    """``import scoredistill.<old>`` gives the very module now at its new path (same classes, same functions)."""
+    import importlib
+
+    module = importlib.import_module(f"scoredistill.{old}")
+    assert module is importlib.import_module(f"scoredistill.{MOVED[old]}")
+    assert module.__name__ == f"scoredistill.{MOVED[old]}"
