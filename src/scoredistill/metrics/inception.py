@@ -277,9 +277,9 @@ def resize_bilinear_tf1(images: Tensor, size: tuple[int, int] = (INPUT_SIZE, INP
         raise ValueError(f"size must be two positive integers (height, width), got {size!r}")
     x = images if images.dtype == torch.float64 else images.float()
     lower, upper, t = _tf1_taps(x.shape[-1], size[1], x.device)
-    x = torch.lerp(x[..., lower], x[..., upper], t.to(x.dtype))
+    x = x.index_select(-1, lower).lerp_(x.index_select(-1, upper), t.to(x.dtype))
     lower, upper, t = _tf1_taps(x.shape[-2], size[0], x.device)
-    return torch.lerp(x[..., lower, :], x[..., upper, :], t.to(x.dtype)[:, None])
+    return x.index_select(-2, lower).lerp_(x.index_select(-2, upper), t.to(x.dtype)[:, None])
 
 
 class InceptionV3(nn.Module):
