@@ -1,76 +1,119 @@
 #!/usr/bin/env bash
-# The CIFAR-10 quality study of docs/results.md: a teacher, one-step SiD, SiDA and SiD²A students, FID/precision/recall.
+# The CIFAR-10 quality study of docs/results.md: one-step SiD, SiDA and SiD²A students of a teacher, over seeds,
+# with FID against two references, precision and recall.
 #
-#   bash benchmarks/quality/run_study.sh all          # everything, in order (one or two GPUs)
-#   bash benchmarks/quality/run_study.sh STAGE ...    # stages: ref merge train sid2a teacher final report
+#   bash benchmarks/quality/run_study.sh all          # everything, in order, on every visible GPU
+#   bash benchmarks/quality/run_study.sh STAGE ...    # stages: ref train sid2a teacher final report
 #
-# With two GPUs, `all` runs two lanes side by side after the reference statistics:
-#   GPU 0: SiD -> SiD²A (from SiD's result) -> final figures of both;  GPU 1: SiDA -> teacher -> final figures of SiDA.
+# What runs (SEEDS="0 1 2"): SiD and SiDA for KIMG from the teacher, per seed; from each SiD result, SiD²A for
+# SID2A_KIMG and, beside it, the control: the same SiD run continued (optimiser, fake score and all) for SID2A_KIMG.
+# Every run's final EMA generator is scored against the training set (`train`, the teacher's data) and against
+# held-out images (`test`). Jobs of a stage are spread over the GPUs, one lane per GPU.
 #
-# Training is the example script, run exactly as a user runs it. Settings come from the environment:
+# Every stage can be re-run: training resumes from a run's training_state/, and a run, a reference or a final
+# figure that is already there is skipped; `all` after an interruption continues where it stopped. Training is the
+# example script, run exactly as a user runs it. `report` writes REPORT_OUT/results.json (every number), then the
+# plot and tables.md from that file alone; publish with REPORT_OUT=docs/results. Settings come from the environment:
 TEACHER=${TEACHER:-../shared/teachers/cifar10-uncond-ddpmpp32}        # scoredistill artefact directory or EDM .pkl
-DATA_PARTS=${DATA_PARTS:-../shared/data/cifar10-train-jpeg75.zip}       # zip(s) whose union is the FID reference set
+DATA_PARTS=${DATA_PARTS:-../shared/data/cifar10-train-jpeg75.zip}       # zip(s) whose union is the `train` reference
+TEST_DATA=${TEST_DATA:-../shared/data/cifar10-test-jpeg75.zip}          # the held-out `test` reference
 SIDA_DATA=${SIDA_DATA:-../shared/data/cifar10-train-jpeg75.zip}         # SiDA's real images
 INCEPTION=${INCEPTION:-}                                                # Inception weights ('' = installed package)
 RUNS=${RUNS:-runs/quality}                                              # everything goes here
+REPORT_OUT=${REPORT_OUT:-$RUNS/report}                                  # results.json, plot, tables
+SEEDS=${SEEDS:-0 1 2}                                                   # one SiD, SiDA, SiD²A and control run each
 KIMG=${KIMG:-2000}                                                      # SiD and SiDA length (thousands of images)
-SID2A_KIMG=${SID2A_KIMG:-500}                                           # SiD²A length
+SID2A_KIMG=${SID2A_KIMG:-500}                                           # SiD²A and control length
 SPEED=${SPEED:---precision bf16 --cuda-graphs --channels-last}          # the library's fast path
-EVAL_N=${EVAL_N:-10000}; EVAL_KIMG=${EVAL_KIMG:-250}                     # in-training FID: samples, interval
-FINAL_N=${FINAL_N:-50000}; TEACHER_N=${TEACHER_N:-50000 10000}          # 50k figures; 10k for the NFE curve
+EXTRA=${EXTRA:-}                                                        # more example flags (e.g. --batch 4 on a CPU)
+EVAL_N=${EVAL_N:-10000}; EVAL_KIMG=${EVAL_KIMG:-250}                     # in-training FID (vs train); EVAL_N=0: none
+FINAL_N=${FINAL_N:-50000}                                               # samples of the final figures
+TEACHER_NFE=${TEACHER_NFE:-35 1 3 7 13}; TEACHER_N=${TEACHER_N:-50000 10000 10000 10000 10000}
+REF_MAX=${REF_MAX:-}                                                    # at most this many reference images (tests)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 mkdir -p "$RUNS"
 inception=(); [ -n "$INCEPTION" ] && inception=(--inception "$INCEPTION")
+ref_max=(); [ -n "$REF_MAX" ] && ref_max=(--max-images "$REF_MAX" --workers 0)
 gpus=$(python3 -c "import torch; print(torch.cuda.device_count())")
+study=(python3 benchmarks/quality/study.py)
 
-distill() {  # distill GPU NAME METHOD KIMG [extra example flags]
-  local gpu=$1 name=$2 method=$3 kimg=$4; shift 4
-  # shellcheck disable=SC2086
-  CUDA_VISIBLE_DEVICES=$gpu python3 examples/distill_edm.py --recipe cifar10-uncond --method "$method" \
-    --teacher "$TEACHER" --outdir "$RUNS/$name" --total-kimg "$kimg" $SPEED --log-kimg 50 --ckpt-kimg 500 \
-    --ref-stats "$RUNS/ref.npz" --eval-kimg "$EVAL_KIMG" --eval-n "$EVAL_N" "${inception[@]}" "$@" >"$RUNS/$name.log" 2>&1
+lanes() {  # lanes JOB...: run the jobs (shell commands) on one lane per GPU, each lane in order; GPU=lane index
+  local n=$((gpus > 0 ? gpus : 1)) jobs=("$@") pids=() lane i
+  for ((lane = 0; lane < n; lane++)); do
+    (for ((i = lane; i < ${#jobs[@]}; i += n)); do GPU=$lane eval "${jobs[i]}"; done) & pids+=($!)
+  done
+  for pid in "${pids[@]}"; do wait "$pid"; done
 }
 
-final() {  # final GPU NAME
-  CUDA_VISIBLE_DEVICES=$1 python3 benchmarks/quality/study.py final --generator "$RUNS/$2/generator_ema" \
-    --ref "$RUNS/ref.npz" --ref-features "$RUNS/ref.features.npy" --n "$FINAL_N" --out "$RUNS/final-$2.json" \
-    "${inception[@]}"
+distill() {  # distill NAME METHOD KIMG SEED [extra example flags]; skipped once NAME/generator_ema exists
+  local name=$1 method=$2 kimg=$3 seed=$4; shift 4
+  [ -d "$RUNS/$name/generator_ema" ] && { echo "skip $name (done)"; return; }
+  local eval=(); [ "$EVAL_N" -gt 0 ] && eval=(--ref-stats "$RUNS/ref.npz" --eval-kimg "$EVAL_KIMG" --eval-n "$EVAL_N")
+  echo "train $name on lane ${GPU:-0}"
+  # shellcheck disable=SC2086
+  CUDA_VISIBLE_DEVICES=${GPU:-0} python3 examples/distill_edm.py --recipe cifar10-uncond --method "$method" \
+    --teacher "$TEACHER" --outdir "$RUNS/$name" --total-kimg "$kimg" --seed "$seed" $SPEED $EXTRA --log-kimg 50 \
+    --ckpt-kimg 250 "${eval[@]}" "${inception[@]}" "$@" >>"$RUNS/$name.log" 2>&1
+}
+
+control() {  # control SEED: SiD continued from its final state for SID2A_KIMG (the SiD²A runs' baseline)
+  local seed=$1
+  if [ ! -d "$RUNS/sidcont-s$seed/training_state" ] && [ ! -d "$RUNS/sidcont-s$seed/generator_ema" ]; then
+    mkdir -p "$RUNS/sidcont-s$seed"
+    cp -r "$RUNS/sid-s$seed/training_state" "$RUNS/sidcont-s$seed/training_state"
+  fi
+  distill "sidcont-s$seed" sid "$(python3 -c "print($KIMG + $SID2A_KIMG)")" "$seed"
+}
+
+final() {  # final NAME: FID vs both references, precision and recall of NAME's EMA generator; skipped when done
+  local name=$1
+  [ -f "$RUNS/final-$name.json" ] && { echo "skip final-$name (done)"; return; }
+  CUDA_VISIBLE_DEVICES=${GPU:-0} "${study[@]}" final --generator "$RUNS/$name/generator_ema" \
+    --ref "train=$RUNS/ref.npz" --ref "test=$RUNS/ref-test.npz" --ref-features "$RUNS/ref.features.npy" \
+    --n "$FINAL_N" --out "$RUNS/final-$name.json" "${inception[@]}" >>"$RUNS/final-$name.log" 2>&1
 }
 
 stage() {
+  local jobs=() seed name
   case $1 in
-  ref)  # statistics and features of each part of the reference set
+  ref)  # `train`: the exact merge of the parts' statistics (their sums add up); `test`: the held-out set
     for zip in $DATA_PARTS; do
-      python3 benchmarks/quality/study.py ref --data "$zip" --out "$RUNS/ref-part-$(basename "$zip" .zip)" "${inception[@]}"
-    done ;;
-  merge)  # one reference: the exact merge of the parts (their sums add up)
-    python3 benchmarks/quality/study.py merge "$RUNS"/ref-part-*.npz --out "$RUNS/ref" ;;
-  train)  # SiD (data-free) and SiDA (real images) from scratch, side by side when there are two GPUs
-    distill 0 sid sid "$KIMG" & pid=$!
-    if [ "$gpus" -ge 2 ]; then distill 1 sida sida "$KIMG" --data "$SIDA_DATA"; wait $pid
-    else wait $pid; distill 0 sida sida "$KIMG" --data "$SIDA_DATA"; fi ;;
-  sid2a)  # SiD²A: SiDA fine-tuning the SiD generator
-    distill 0 sid2a sid2a "$SID2A_KIMG" --data "$SIDA_DATA" --generator-init "$RUNS/sid/generator_ema" ;;
-  lanes)  # two GPUs: the two lanes described at the top
-    (stage train-sid && stage sid2a && final 0 sid && final 0 sid2a) >"$RUNS/lane0.log" 2>&1 & lane0=$!
-    (distill 1 sida sida "$KIMG" --data "$SIDA_DATA" && stage teacher && final 1 sida) >"$RUNS/lane1.log" 2>&1
-    wait $lane0 ;;
-  train-sid) distill 0 sid sid "$KIMG" ;;
-  teacher)  # the teacher with EDM's Heun sampler: 35 NFE on 50k samples, and the curve on 10k
-    read -r n35 n_curve <<<"$TEACHER_N"
-    CUDA_VISIBLE_DEVICES=$((gpus > 0 ? gpus - 1 : 0)) python3 benchmarks/quality/study.py teacher --teacher "$TEACHER" \
-      --ref "$RUNS/ref.npz" --nfe 35 1 3 7 13 --n "$n35" "$n_curve" "$n_curve" "$n_curve" "$n_curve" --out "$RUNS" \
+      name="$RUNS/ref-part-$(basename "$zip" .zip)"
+      [ -f "$name.npz" ] || "${study[@]}" ref --data "$zip" --out "$name" "${ref_max[@]}" "${inception[@]}"
+    done
+    [ -f "$RUNS/ref.npz" ] || "${study[@]}" merge "$RUNS"/ref-part-*.npz --out "$RUNS/ref"
+    [ -f "$RUNS/ref-test.npz" ] || "${study[@]}" ref --data "$TEST_DATA" --out "$RUNS/ref-test" "${ref_max[@]}" \
       "${inception[@]}" ;;
-  final)  # 50k-sample FID, precision and recall of each student's final EMA generator
-    for name in sid sida sid2a; do [ -d "$RUNS/$name/generator_ema" ] && final 0 "$name"; done; true ;;
+  train)  # SiD (data-free) and SiDA (real images) from the teacher, per seed
+    for seed in $SEEDS; do
+      jobs+=("distill sid-s$seed sid $KIMG $seed" "distill sida-s$seed sida $KIMG $seed --data $SIDA_DATA")
+    done
+    lanes "${jobs[@]}" ;;
+  sid2a)  # SiD²A from each SiD generator, and the SiD control beside it
+    for seed in $SEEDS; do
+      jobs+=("distill sid2a-s$seed sid2a $SID2A_KIMG $seed --data $SIDA_DATA --generator-init $RUNS/sid-s$seed/generator_ema")
+      jobs+=("control $seed")
+    done
+    lanes "${jobs[@]}" ;;
+  teacher)  # the teacher with EDM's Heun sampler against both references
+    if ls "$RUNS"/teacher-nfe*.json >/dev/null 2>&1; then echo "skip teacher (done)"; return; fi
+    # shellcheck disable=SC2086
+    CUDA_VISIBLE_DEVICES=$((gpus > 0 ? gpus - 1 : 0)) "${study[@]}" teacher --teacher "$TEACHER" \
+      --ref "train=$RUNS/ref.npz" --ref "test=$RUNS/ref-test.npz" --nfe $TEACHER_NFE --n $TEACHER_N --out "$RUNS" \
+      "${inception[@]}" ;;
+  final)  # final figures of every finished run
+    for name in "$RUNS"/*/generator_ema; do
+      [ -d "$name" ] && jobs+=("final $(basename "$(dirname "$name")")")
+    done
+    [ ${#jobs[@]} -eq 0 ] || lanes "${jobs[@]}" ;;
   report)
-    python3 benchmarks/quality/study.py report --root "$RUNS" --out "$RUNS/report" --offset "sid2a=${KIMG}000" ;;
+    "${study[@]}" report --root "$RUNS" --out "$REPORT_OUT" --offset "sid2a=$(python3 -c "print(round($KIMG * 1000))")" \
+      --setting "seeds=$SEEDS" "kimg=$KIMG" "sid2a_kimg=$SID2A_KIMG" "final_n=$FINAL_N" "eval_n=$EVAL_N" \
+      "speed=$SPEED" "teacher=$TEACHER" ;;
   *) echo "unknown stage $1" >&2; exit 2 ;;
   esac
 }
 
-if [ "${1:-all}" = all ]; then
-  if [ "$gpus" -ge 2 ]; then set -- ref merge lanes report; else set -- ref merge train sid2a teacher final report; fi
-fi
+[ "${1:-all}" = all ] && set -- ref train sid2a teacher final report
 for s in "$@"; do echo "== $s ($(date +%T))"; stage "$s"; done

@@ -5,13 +5,20 @@ Sub-commands (each writes JSON or .npz files under --out; nothing here trains: t
     ref      feature statistics (+ features, for precision/recall) of a dataset zip; shards merge with `merge`
     merge    merge statistics shards into one file (exact: the sums add up) and concatenate their features
     teacher  FID of the teacher with EDM's Heun sampler at given numbers of network evaluations (NFE)
-    final    FID, precision and recall (k = 3) of a one-step generator's samples
-    report   collect the runs' stats.jsonl, the final and teacher figures into results.json, a plot and a table
+    final    FID against each reference, precision and recall (k = 3) of a one-step generator's samples
+    report   collect the runs' stats.jsonl, the final and teacher figures into results.json, then draw the plot and
+             write the tables from that file alone
+    tables   print the markdown tables of a results.json (the docs' tables come from here)
+
+Runs are named METHOD-sSEED (``sid-s0``, ``sida-s1``, ``sid2a-s2``, ``sidcont-s0``: the SiD control continued as
+long as SiD²A); ``report`` averages the final figures of each method over its seeds. Every FID names its reference
+(``train``: the training set, ``test``: held-out images), so one run is scored against several.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -60,7 +67,8 @@ def cmd_ref(args: argparse.Namespace) -> None:
         batch_size=args.batch,
         device=device,
         return_features=True,
-        num_workers=min(8, os.cpu_count() or 1),
+        max_images=args.max_images,
+        num_workers=min(8, os.cpu_count() or 1) if args.workers is None else args.workers,
     )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -92,16 +100,17 @@ def cmd_teacher(args: argparse.Namespace) -> None:
     device = _device()
     teacher = Teacher(from_pretrained(args.teacher, expected_class=Precond, device=device))
     inception = load_inception(args.inception, device=device)
-    ref = FeatureStats.load(args.ref)
+    refs = _refs(args.ref)
     for nfe, n in zip(args.nfe, args.n):
         if nfe % 2 == 0:
             raise SystemExit(f"--nfe {nfe}: Heun uses an odd number of evaluations (2 * steps - 1)")
         t0 = time.perf_counter()
         stats = image_stats(_teacher_batches(teacher, n, nfe, args.batch, args.seed, device), inception, device=device)
         seconds = time.perf_counter() - t0
-        record = {"nfe": nfe, "n": n, "fid": frechet_distance(stats, ref), "seconds": round(seconds, 1)}
+        fids = {name: frechet_distance(stats, ref) for name, ref in refs.items()}
+        record = {"nfe": nfe, "n": n, "fid": fids, "seed": args.seed, "seconds": round(seconds, 1)}
         record["device"] = _device_name(device)
-        _write_json(Path(args.out) / f"teacher-nfe{nfe}-{n // 1000}k.json", record)
+        _write_json(Path(args.out) / f"teacher-nfe{nfe}-n{n}.json", record)
         grid = next(_teacher_batches(teacher, 64, nfe, 64, args.seed, device))  # the first 64 samples
         write_png(Path(args.out) / f"teacher-nfe{nfe}.png", image_grid(grid.float() / 127.5 - 1, cols=8))
 
@@ -114,13 +123,14 @@ def cmd_final(args: argparse.Namespace) -> None:
     stats, features = generator_stats(
         G, args.n, inception, batch_size=args.batch, seed=args.seed, device=device, return_features=True
     )
-    ref = FeatureStats.load(args.ref)
+    refs = _refs(args.ref)
     real = torch.from_numpy(np.load(args.ref_features)).to(device)
     precision, recall = precision_recall(real, features, k=3)
     record = {
         "generator": str(args.generator),
         "n": args.n,
-        "fid": frechet_distance(stats, ref),
+        "seed": args.seed,
+        "fid": {name: frechet_distance(stats, ref) for name, ref in refs.items()},
         "precision": precision,
         "recall": recall,
         "seconds": round(time.perf_counter() - t0, 1),
@@ -129,55 +139,160 @@ def cmd_final(args: argparse.Namespace) -> None:
     _write_json(Path(args.out), record)
 
 
+def _refs(pairs: list[str]) -> dict[str, FeatureStats]:
+    """``NAME=PATH`` pairs to statistics, in order."""
+    refs = {}
+    for pair in pairs:
+        name, sep, path = pair.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"--ref {pair}: expected NAME=PATH, e.g. train=runs/quality/ref.npz")
+        refs[name] = FeatureStats.load(path)
+    return refs
+
+
 def _runs(root: Path) -> dict[str, list[dict]]:
     from scoredistill.training.monitor import read_stats
 
     return {d.name: read_stats(d / "stats.jsonl") for d in sorted(root.iterdir()) if (d / "stats.jsonl").is_file()}
 
 
-def cmd_report(args: argparse.Namespace) -> None:
-    root = Path(args.root)
+def _method_seed(name: str) -> tuple[str, int | None]:
+    method, sep, seed = name.rpartition("-s")
+    return (method, int(seed)) if sep and seed.isdigit() else (name, None)
+
+
+def _summary(values: list[float]) -> dict:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    mean = float(np.mean(finite)) if finite else math.nan
+    std = float(np.std(finite, ddof=1)) if len(finite) > 1 else math.nan
+    return {"mean": mean, "std": std, "values": values}
+
+
+def collect(root: Path, setting: dict) -> dict:
+    """Everything the study measured under ``root``, as the one JSON document that tables and plots are made from."""
     runs = _runs(root)
     finals = {p.stem.removeprefix("final-"): json.loads(p.read_text()) for p in root.glob("final-*.json")}
-    teacher = sorted((json.loads(p.read_text()) for p in root.glob("teacher-nfe*.json")), key=lambda r: r["nfe"])
-    results: dict = {"teacher": teacher, "runs": {}}
-    for name, records in runs.items():
+    teacher = sorted(
+        (json.loads(p.read_text()) for p in root.glob("teacher-nfe*.json")), key=lambda r: (r["nfe"], r["n"])
+    )
+    results: dict = {"setting": setting, "teacher": teacher, "runs": {}, "summary": {}}
+    for name in sorted(set(runs) | set(finals)):
+        records = runs.get(name, [])
         evals = [r for r in records if any(k.startswith("fid") and not k.endswith("_best") for k in r)]
         logs = [r for r in records if "images_per_s" in r]
         key = next((k for k in evals[0] if k.startswith("fid") and not k.endswith("_best")), None) if evals else None
         train_s = records[-1]["time_s"] - sum(r.get("eval_s", 0.0) for r in evals) if records else math.nan
+        method, seed = _method_seed(name)
         results["runs"][name] = {
+            "method": method,
+            "seed": seed,
             "curve": [(r["nimg"], r[key]) for r in evals] if key else [],
+            "grad_ratio": [(r["nimg"], r["adv/generator_grad_ratio"]) for r in logs if "adv/generator_grad_ratio" in r],
             "nimg": records[-1]["nimg"] if records else 0,
             "images_per_s": float(np.median([r["images_per_s"] for r in logs[1:] or logs])) if logs else math.nan,
             "train_s": train_s,
             "final": finals.get(name),
         }
+    for method in sorted({run["method"] for run in results["runs"].values()}):
+        members = {n: r for n, r in results["runs"].items() if r["method"] == method and r["final"]}
+        if not members:
+            continue
+        finals_ = [r["final"] for r in members.values()]
+        refs = sorted({ref for f in finals_ for ref in f["fid"]})
+        results["summary"][method] = {
+            "runs": sorted(members),
+            **{f"fid_{ref}": _summary([f["fid"].get(ref) for f in finals_]) for ref in refs},
+            "precision": _summary([f["precision"] for f in finals_]),
+            "recall": _summary([f["recall"] for f in finals_]),
+        }
+    return results
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    setting: dict = dict(a.split("=", 1) for a in args.setting)
+    setting["offsets"] = args.offsets
+    results = collect(Path(args.root), setting)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    _plot(results, out / "fid_vs_images.png", offsets={k: v for k, v in (a.split("=") for a in args.offset)})
-    print(json.dumps(results["runs"], indent=1)[:3000])
+    render(out / "results.json", out)
 
 
-def _plot(results: dict, path: Path, offsets: dict[str, str]) -> None:
+def render(results_json: Path, out: Path) -> None:
+    """The plot and the tables, from ``results.json`` alone."""
+    results = json.loads(Path(results_json).read_text())
+    (out / "tables.md").write_text(tables(results))
+    print(f"wrote {out / 'tables.md'} from {results_json}")
+    if importlib.util.find_spec("matplotlib") is None:
+        print("no plot: matplotlib is not installed (pip install matplotlib; then run `study.py report` again)")
+        return
+    _plot(results, out / "fid_vs_images.png")
+    print(f"wrote {out / 'fid_vs_images.png'} from {results_json}")
+
+
+def _pm(summary: dict, digits: int = 2) -> str:
+    mean, std, n = summary["mean"], summary["std"], len([v for v in summary["values"] if v is not None])
+    if not math.isfinite(mean):
+        return ""
+    return f"{mean:.{digits}f}" if not math.isfinite(std) else f"{mean:.{digits}f} ± {std:.{digits}f} ({n})"
+
+
+def tables(results: dict) -> str:
+    """Markdown tables: each method's final figures over its seeds (mean ± sample std, number of seeds), every
+    run's, and the teacher's."""
+    refs = {k.removeprefix("fid_") for s in results["summary"].values() for k in s if k.startswith("fid_")}
+    refs = sorted(refs, key=lambda ref: (ref != "train", ref))  # the training set first
+    lines = [
+        "| method | " + " | ".join(f"FID vs {r}" for r in refs) + " | precision | recall | runs |",
+        "|---|" + "---|" * (len(refs) + 3),
+    ]
+    for method, s in results["summary"].items():
+        fids = " | ".join(_pm(s[f"fid_{r}"]) if f"fid_{r}" in s else "" for r in refs)
+        lines.append(f"| {method} | {fids} | {_pm(s['precision'], 3)} | {_pm(s['recall'], 3)} | {len(s['runs'])} |")
+    lines += ["", "| run | images | images/s | " + " | ".join(f"FID vs {r}" for r in refs) + " | last curve FID |"]
+    lines.append("|---|---|---|" + "---|" * (len(refs) + 1))
+    for name, run in results["runs"].items():
+        final = run["final"] or {"fid": {}}
+        fids = " | ".join(f"{final['fid'][r]:.2f}" if r in final["fid"] else "" for r in refs)
+        last = f"{run['curve'][-1][1]:.2f}" if run["curve"] else ""
+        lines.append(f"| {name} | {run['nimg']:,} | {run['images_per_s']:,.0f} | {fids} | {last} |")
+    if results["teacher"]:
+        lines += ["", "| teacher NFE | samples | " + " | ".join(f"FID vs {r}" for r in refs) + " |"]
+        lines.append("|---|---|" + "---|" * len(refs))
+        for t in results["teacher"]:
+            fids = " | ".join(f"{t['fid'][r]:.2f}" if r in t["fid"] else "" for r in refs)
+            lines.append(f"| {t['nfe']} | {t['n']:,} | {fids} |")
+    return "\n".join(lines) + "\n"
+
+
+def cmd_tables(args: argparse.Namespace) -> None:
+    print(tables(json.loads(Path(args.results).read_text())), end="")
+
+
+def _plot(results: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    offsets = {k: float(v) for k, v in results["setting"].get("offsets", {}).items()}
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=130)
-    for name, run in results["runs"].items():
+    colors: dict[str, str] = {}
+    for run in results["runs"].values():
         if not run["curve"]:
             continue
-        start = float(offsets.get(name, 0))  # SiD²A continues from SiD's images
+        start = offsets.get(run["method"], 0.0)  # SiD²A continues from SiD's images
         x = [(start + n) / 1e6 for n, _ in run["curve"]]
-        ax.plot(x, [f for _, f in run["curve"]], marker="o", ms=3, label=name)
+        label = run["method"] if run["method"] not in colors else None
+        (line,) = ax.plot(
+            x, [f for _, f in run["curve"]], marker="o", ms=3, label=label, color=colors.get(run["method"])
+        )
+        colors.setdefault(run["method"], line.get_color())
     for record in results["teacher"]:
-        if record["nfe"] == 35:
-            ax.axhline(record["fid"], color="grey", ls="--", lw=1, label=f"teacher, 35 NFE ({record['n'] // 1000}k)")
+        if record["nfe"] == 35 and "train" in record["fid"]:
+            ax.axhline(record["fid"]["train"], color="grey", ls="--", lw=1, label=f"teacher, 35 NFE ({record['n']:,})")
     ax.set_xlabel("images seen by the student (millions)")
-    ax.set_ylabel("FID, 10k samples vs CIFAR-10-JPEG75 train")
+    ax.set_ylabel("FID during training")
     ax.set_yscale("log")
     ax.grid(alpha=0.3, which="both")
     ax.legend()
@@ -185,42 +300,49 @@ def _plot(results: dict, path: Path, offsets: dict[str, str]) -> None:
     fig.savefig(path)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     ref = sub.add_parser("ref")
     ref.add_argument("--data", required=True)
     ref.add_argument("--out", required=True, help="output prefix: PREFIX.npz and PREFIX.features.npy")
+    ref.add_argument("--max-images", type=int, default=None, help="only the first M images (plumbing tests)")
+    ref.add_argument("--workers", type=int, default=None, help="image-decoding processes (default: up to 8)")
     merge = sub.add_parser("merge")
     merge.add_argument("parts", nargs="+", help="statistics files written by `ref`")
     merge.add_argument("--out", required=True)
     teacher = sub.add_parser("teacher")
     teacher.add_argument("--teacher", required=True)
-    teacher.add_argument("--ref", required=True)
     teacher.add_argument("--nfe", type=int, nargs="+", default=[35])
     teacher.add_argument("--n", type=int, nargs="+", default=[50_000])
     teacher.add_argument("--seed", type=int, default=0)
     teacher.add_argument("--out", required=True)
     final = sub.add_parser("final")
     final.add_argument("--generator", required=True)
-    final.add_argument("--ref", required=True)
-    final.add_argument("--ref-features", required=True)
+    final.add_argument("--ref-features", required=True, help="features of the first --ref (precision and recall)")
     final.add_argument("--n", type=int, default=50_000)
     final.add_argument("--seed", type=int, default=1)
     final.add_argument("--out", required=True)
+    for s in (teacher, final):
+        s.add_argument("--ref", action="append", required=True, help="NAME=PATH of reference statistics; repeat")
     report = sub.add_parser("report")
     report.add_argument("--root", required=True)
     report.add_argument("--out", required=True)
-    report.add_argument("--offset", nargs="*", default=[], help="NAME=NIMG: where a run's curve starts")
+    report.add_argument("--offset", nargs="*", default=[], help="METHOD=NIMG: where a method's curves start")
+    report.add_argument("--setting", nargs="*", default=[], help="KEY=VALUE recorded in results.json")
+    tables_ = sub.add_parser("tables")
+    tables_.add_argument("results", help="a results.json written by `report`")
     for s in (ref, teacher, final):
         s.add_argument("--inception", default=None, help="Inception weights (default: the installed package's)")
         s.add_argument("--batch", type=int, default=500)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.command == "teacher" and len(args.nfe) != len(args.n):
         p.error("give one --n per --nfe")
-    {"ref": cmd_ref, "merge": cmd_merge, "teacher": cmd_teacher, "final": cmd_final, "report": cmd_report}[
-        args.command
-    ](args)
+    if args.command == "report":
+        args.offsets = dict(a.split("=", 1) for a in args.offset)
+    commands = {"ref": cmd_ref, "merge": cmd_merge, "teacher": cmd_teacher, "final": cmd_final}
+    commands.update(report=cmd_report, tables=cmd_tables)
+    commands[args.command](args)
 
 
 if __name__ == "__main__":

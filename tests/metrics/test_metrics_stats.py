@@ -473,3 +473,75 @@ def test_cli_fid_stats_with_the_real_inception(tmp_path, capsys):
     stats = FeatureStats.load(out)
     assert stats.count == 2 and stats.dim == 2048 and stats.sum.min() >= 0  # pool3 features follow a ReLU
     assert f"wrote {out}: statistics of 2 images" in capsys.readouterr().out
+
+
+def test_cli_fid_score_reads_edm_reference_files(tmp_path, capsys):
+    # EDM's fid.py writes its reference statistics with np.savez(mu=..., sigma=...), float64, nothing else.
+    real = FeatureStats().update(_features(60, 8, seed=11))
+    fake = FeatureStats().update(_features(50, 8, seed=12, scale=1.3, shift=0.2))
+    edm = tmp_path / "cifar10-32x32.npz"
+    with open(edm, "wb") as f:
+        np.savez(f, mu=real.mu, sigma=real.sigma)
+    ours = fake.save(tmp_path / "fake.npz")
+    expected = frechet_distance(real, fake)
+    assert expected > 0.1
+    for argv in ([str(edm), str(ours)], [str(ours), str(edm)]):
+        assert main(["fid", "score", *argv]) == 0
+        assert float(capsys.readouterr().out) == pytest.approx(expected, abs=5e-5)  # printed with 4 decimals
+
+
+def _npz_declaring(path: Path, arrays: dict[str, tuple[tuple[int, ...], str]], **real: np.ndarray) -> Path:
+    """A compressed .npz of .npy headers declaring ``arrays`` (shape, dtype) without their data, and ``real`` arrays."""
+    import io
+
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for key, value in real.items():
+            member = io.BytesIO()
+            np.save(member, value)
+            archive.writestr(f"{key}.npy", member.getvalue())
+        for key, (shape, descr) in arrays.items():
+            member = io.BytesIO()
+            header = {"descr": descr, "fortran_order": False, "shape": shape}
+            np.lib.format.write_array_header_1_0(member, header)
+            archive.writestr(f"{key}.npy", member.getvalue())
+    return path
+
+
+def test_statistics_files_are_size_checked_before_any_array_is_read(tmp_path):
+    import tracemalloc
+
+    from scoredistill.metrics.stats import MAX_FEATURE_DIM
+
+    # A small file with a 20,000-dimensional mean that declares a float64 covariance of 3.2 GB.
+    huge = _npz_declaring(tmp_path / "huge.npz", {"sigma": ((20_000, 20_000), "<f8")}, mu=np.zeros(20_000))
+    assert huge.stat().st_size < 10_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(
+            ValueError, match=rf"'sigma' is declared \(20000, 20000\): .* between 1 and {MAX_FEATURE_DIM}"
+        ):
+            FeatureStats.load(huge)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 10 * 2**20
+    with pytest.raises(SystemExit, match=r"A: .*huge\.npz: 'sigma' is declared \(20000, 20000\)"):
+        main(["fid", "score", str(huge), str(huge)])
+    # The mergeable keys are checked the same way, and so are dtypes, before reading.
+    sums = {"count": ((), "<i8"), "sum": ((9000,), "<f8"), "sum_outer": ((9000, 9000), "<f8")}
+    with pytest.raises(ValueError, match=r"'sum_outer' is declared \(9000, 9000\)"):
+        FeatureStats.load(_npz_declaring(tmp_path / "sums.npz", sums))
+    text = {"mu": ((4,), "<U10"), "sigma": ((4, 4), "<f8")}
+    with pytest.raises(ValueError, match="'mu' must hold floating point numbers"):
+        FeatureStats.load(_npz_declaring(tmp_path / "text.npz", text))
+    many = tmp_path / "many.npz"
+    np.savez(many, mu=np.zeros(2), sigma=np.eye(2), **{f"junk{i}": np.zeros(1) for i in range(70)})
+    with pytest.raises(ValueError, match="72 arrays; a statistics file holds at most 5"):
+        FeatureStats.load(many)
+    # Arrays the loader does not use are never read: an extra huge one beside good mu and sigma is ignored.
+    ok = tmp_path / "ok.npz"
+    np.savez(ok, mu=np.zeros(2), sigma=np.eye(2))
+    extra = _npz_declaring(tmp_path / "x.npz", {"features": ((10**6, 10**6), "<f8")})
+    with zipfile.ZipFile(ok, "a") as archive, zipfile.ZipFile(extra) as source:
+        archive.writestr("features.npy", source.read("features.npy"))
+    assert FeatureStats.load(ok).dim == 2

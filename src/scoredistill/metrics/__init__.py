@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from .inception import export_inception_safetensors as export_inception_safetensors
     from .inception import find_inception_torchscript as find_inception_torchscript
     from .inception import load_inception as load_inception
+    from .inception import resize_bilinear_tf1 as resize_bilinear_tf1
 
 _INCEPTION = (
     "FEATURE_DIM",
@@ -34,6 +35,7 @@ _INCEPTION = (
     "export_inception_safetensors",
     "find_inception_torchscript",
     "load_inception",
+    "resize_bilinear_tf1",
 )
 
 __all__ = [
@@ -52,6 +54,7 @@ __all__ = [
     "is_better",
     "load_inception",
     "precision_recall",
+    "resize_bilinear_tf1",
 ]
 
 

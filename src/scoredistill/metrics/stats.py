@@ -16,6 +16,7 @@ Greyscale images (one channel) are repeated to three channels before they reach 
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -37,6 +38,7 @@ from ..data.zips import (
 )
 
 __all__ = [
+    "MAX_FEATURE_DIM",
     "FeatureExtractor",
     "FeatureStats",
     "dataset_stats",
@@ -298,22 +300,39 @@ class FeatureStats:
 
         Raises:
             FileNotFoundError: No file at ``path``.
-            ValueError: The file is not a readable ``.npz``, lacks keys or holds arrays of the wrong shapes.
+            ValueError: The file is not a readable ``.npz``, lacks keys, holds arrays of the wrong dtypes or shapes,
+                or declares a feature dimension above
+                [`MAX_FEATURE_DIM`][scoredistill.metrics.stats.MAX_FEATURE_DIM]. Shapes and dtypes are checked
+                from the arrays' headers before any array is read, and only the arrays used are read, so a small
+                file cannot make the loader allocate gigabytes.
         """
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"statistics file not found: {path}")
         try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {key: data[key] for key in data.files}
+            headers = _npz_headers(path)
+        except _Refused as err:
+            raise ValueError(f"{path}: {err}") from err
         except Exception as err:  # a corrupt file fails in many ways: BadZipFile, zlib.error, EOFError, ValueError
             raise ValueError(f"{path} is not a readable .npz statistics file ({type(err).__name__}: {err})") from err
-        if {"count", "sum", "sum_outer"} <= arrays.keys():
+        keys = ("count", "sum", "sum_outer") if {"count", "sum", "sum_outer"} <= headers.keys() else ("mu", "sigma")
+        if not set(keys) <= headers.keys():
+            raise ValueError(
+                f"{path} holds {sorted(headers)}; expected 'mu' and 'sigma' (and 'count', 'sum', 'sum_outer' to merge)"
+            )
+        try:
+            _check_sizes(keys, headers)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from err
+        try:  # only the arrays used, each of a size checked above
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {key: data[key] for key in keys}
+        except Exception as err:
+            raise ValueError(f"{path} is not a readable .npz statistics file ({type(err).__name__}: {err})") from err
+        if keys[0] == "count":
             count, total, outer = arrays["count"], arrays["sum"], arrays["sum_outer"]
-            if count.shape != () or count.dtype.kind not in "iu" or int(count) < 0:
+            if int(count) < 0:
                 raise ValueError(f"{path}: 'count' must be a non-negative integer, got {count!r}")
-            if total.ndim != 1 or outer.shape != (total.size, total.size):
-                raise ValueError(f"{path}: 'sum' must be [D] and 'sum_outer' [D, D], got {total.shape}, {outer.shape}")
             if not (np.isfinite(total).all() and np.isfinite(outer).all()):
                 raise ValueError(f"{path}: 'sum' and 'sum_outer' must be finite")
             stats = cls(device=device)
@@ -321,13 +340,69 @@ class FeatureStats:
             stats.sum = torch.from_numpy(total.astype(np.float64)).to(device)
             stats.sum_outer = torch.from_numpy(outer.astype(np.float64)).to(device)
             return stats
-        if {"mu", "sigma"} <= arrays.keys():
-            try:
-                return cls.from_moments(arrays["mu"], arrays["sigma"])
-            except ValueError as err:
-                raise ValueError(f"{path}: {err}") from err
+        try:
+            return cls.from_moments(arrays["mu"], arrays["sigma"])
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from err
+
+
+MAX_FEATURE_DIM = 8192
+"""Largest feature dimension a statistics file may declare (a float64 ``[D, D]`` covariance of 512 MiB; Inception's
+is 2048). [`FeatureStats.load`][scoredistill.metrics.stats.FeatureStats.load] checks it before reading any array."""
+
+_NPZ_KEYS = ("count", "sum", "sum_outer", "mu", "sigma")
+
+
+class _Refused(ValueError):
+    """A readable statistics file that the loader refuses (its message is complete)."""
+
+
+_NPZ_MAX_MEMBERS = 64
+
+
+def _npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Shape and dtype of each array of a statistics ``.npz`` that the loader knows, from the ``.npy`` headers
+    alone (no array data is read)."""
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+        if len(names) > _NPZ_MAX_MEMBERS:
+            raise _Refused(f"{len(names)} arrays; a statistics file holds at most {len(_NPZ_KEYS)}")
+        headers = {}
+        for name in names:
+            key = name.removesuffix(".npy")
+            if key not in _NPZ_KEYS:
+                continue
+            with archive.open(name) as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+                elif version == (2, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+                else:
+                    raise _Refused(f"'{key}' has .npy format version {version}, expected 1.0 or 2.0")
+            headers[key] = (tuple(shape), dtype)
+    return headers
+
+
+def _check_sizes(keys: tuple[str, ...], headers: dict[str, tuple[tuple[int, ...], np.dtype]]) -> None:
+    """Refuse arrays of the wrong kind, shape or size before they are read."""
+    if keys[0] == "count":
+        shape, dtype = headers["count"]
+        if shape != () or dtype.kind not in "iu":
+            raise ValueError(f"'count' must be a non-negative integer, got a {dtype} array of shape {shape}")
+        vector, matrix = "sum", "sum_outer"
+    else:
+        vector, matrix = "mu", "sigma"
+    (v_shape, v_dtype), (m_shape, m_dtype) = headers[vector], headers[matrix]
+    for key, dtype in ((vector, v_dtype), (matrix, m_dtype)):
+        if dtype.kind != "f":
+            raise ValueError(f"'{key}' must hold floating point numbers, got {dtype}")
+    if len(v_shape) != 1 or m_shape != (v_shape[0], v_shape[0]):
+        raise ValueError(f"'{vector}' must be [D] and '{matrix}' [D, D], got {v_shape} and {m_shape}")
+    if not 1 <= v_shape[0] <= MAX_FEATURE_DIM:
         raise ValueError(
-            f"{path} holds {sorted(arrays)}; expected 'mu' and 'sigma' (and 'count', 'sum', 'sum_outer' to merge)"
+            f"'{matrix}' is declared {m_shape}: the feature dimension must be between 1 and {MAX_FEATURE_DIM} "
+            "(refusing to read it)"
         )
 
 

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from .._types import Noised, expand_as
 from ..io.artefact import CheckpointError
-from ..losses.base import DistillLoss, Evaluation
+from ..losses.base import DistillLoss, Evaluation, LossModule
 from ..metrics.base import GeneratorMetric, is_better
 from ..roles.fake_score import FakeScore
 from ..roles.generator import OneStepGenerator
@@ -37,6 +37,7 @@ from .parallel import GradientAverager, assert_replicas_identical, broadcast_mod
 
 __all__ = ["DistillConfig", "Distiller", "NonFiniteTrainingError", "NonFiniteWarning"]
 
+_NO_GENERATOR_LOSS = LossModule.generator_loss  # what a plug-in without a generator term inherits
 NONFINITE_WARN_FRACTION = 0.1  # warn when more than this fraction of an interval's samples is non-finite
 
 
@@ -358,6 +359,66 @@ class Distiller:
         self.fake_score.requires_grad_(True)
         return logs
 
+    def generator_gradient_norms(self, *, seed: int = 0) -> dict[str, float]:
+        """How the active generator losses balance: each one's gradient norm on the generator's parameters and its
+        ratio to the first one's (SiD's), on one fresh micro-batch (docs/methods.md, The adversarial weight).
+
+        Each loss is weighted as the loop weighs it (``generator_weight`` over the active losses' sum) and the
+        gradients are of the batch-averaged objective, so for SiDA ``adv/generator_grad_ratio`` is
+        ``‖∇_θ ½ L_adv‖ / ‖∇_θ ½ L_sid‖``, the balance that ``generator_scale`` sets. ``Distiller.run`` logs it with
+        every log record once two generator losses are active. Cost: one generator step's forward and one
+        backward per loss, without an optimiser step; the samples, noise levels and classes come from a generator
+        seeded by ``(seed, step)``, so training (its parameters, gradients, random streams and counters) is
+        unchanged.
+
+        Returns:
+            ``{"<name>/generator_grad_norm": ...}`` for every active generator loss and
+            ``{"<name>/generator_grad_ratio": ...}`` for each after the first; ``{}`` while fewer than two are
+            active.
+        """
+        cfg = self.config
+        gen_on = self.nimg >= cfg.generator_start_nimg
+        active = [
+            loss
+            for loss in self.losses
+            if gen_on and self.nimg >= loss.generator_start_nimg and type(loss).generator_loss is not _NO_GENERATOR_LOSS
+        ]
+        if len(active) < 2:  # SiD alone (its DSMLoss has no generator term): nothing to compare, nothing spent
+            return {}
+        micro, rng = cfg.batch_size // cfg.rounds, self.rng
+        modes = (self.generator.training, self.fake_score.training)
+        self.rng = torch.Generator(self.device).manual_seed(seed * 1_000_003 + self.step_index)
+        self.generator.train()
+        self.fake_score.eval().requires_grad_(False)
+        try:
+            labels = self._labels(None, micro)
+            z = torch.randn(micro, *self.generator.sample_shape, generator=self.rng, device=self.device)
+            with self._autocast():
+                fake = self._noised(self.generator(z, labels), labels, self.generator_sigma)
+                ev = Evaluation(
+                    fake, fake_score=self.fake_score, teacher=self.teacher, nimg=self.nimg, use_kernels=cfg.use_kernels
+                )
+                outs = [(loss, out.loss) for loss in active if (out := loss.generator_loss(ev)) is not None]
+            weight_sum = sum(loss.generator_weight for loss, _ in outs)
+            norms = {}
+            for j, (loss, per_sample) in enumerate(outs):
+                objective = (loss.generator_weight / weight_sum) * per_sample.sum() / micro
+                if not objective.requires_grad:  # a term that does not depend on the generator
+                    norms[loss.name] = 0.0
+                    continue
+                grads = torch.autograd.grad(objective, self.g_params, retain_graph=j < len(outs) - 1, allow_unused=True)
+                per_param = [g.float().norm() for g in grads if g is not None] or [torch.zeros((), device=self.device)]
+                norms[loss.name] = float(torch.linalg.vector_norm(torch.stack(per_param)))
+        finally:
+            self.rng = rng
+            self.generator.train(modes[0])
+            self.fake_score.train(modes[1]).requires_grad_(True)
+        first = next(iter(norms.values()), math.nan)
+        logs = {f"{name}/generator_grad_norm": norm for name, norm in norms.items()}
+        for name, norm in list(norms.items())[1:]:
+            logs[f"{name}/generator_grad_ratio"] = norm / first if first > 0 else (math.inf if norm > 0 else math.nan)
+        return logs
+
     # -- state ---------------------------------------------------------------------------------------------
 
     def save(self, path: str | Path) -> Path:
@@ -560,6 +621,7 @@ class Distiller:
         samples: stop when an interval lost them all, warn when it lost more than a tenth."""
         record = interval.averages(self.config.batch_size * self.world)
         record["nimg"] = self.nimg
+        record.update(self.generator_gradient_norms(seed=self.config.seed))  # the loss balance; {} for SiD alone
         nonfinite = self._nonfinite_fraction(record)
         bar.log(record)
         if log is not None:

