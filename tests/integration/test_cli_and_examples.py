@@ -170,13 +170,18 @@ def test_local_paths_never_reach_the_hub(tmp_path, monkeypatch, capsys):
     assert "--revision" in cli_error(["sample", "--model", "./missing", "--revision", "main"], capsys)
 
 
-def test_a_run_directory_or_the_wrong_role_gets_a_hint(generator_dir, tmp_path, capsys):
+def test_a_run_directory_stands_for_its_generator_and_the_wrong_role_gets_a_hint(generator_dir, tmp_path, capsys):
     import shutil
 
     run = tmp_path / "run"
     shutil.copytree(generator_dir, run / "generator_ema")
+    (run / "config.json").write_text(json.dumps({"args": {"teacher": "org/teacher"}, "config": {}}))  # the run's record
+    assert cli(["sample", "--model", str(run), "--n", "4", "--out", str(tmp_path / "g.png")]) == 0
+    assert f"samples of {run / 'generator_ema'}" in capsys.readouterr().out
+    shutil.rmtree(run / "generator_ema")
+    (run / "generator_last").mkdir()
     err = cli_error(["sample", "--model", str(run)], capsys)
-    assert "is a run directory: pass its generator" in err and str(run / "generator_ema") in err
+    assert "is a run directory without a finished generator_ema/: pass" in err and str(run / "generator_last") in err
     teacher = Precond(MLP(dim=2, hidden=8)).save_pretrained(tmp_path / "teacher")
     err = cli_error(["sample", "--model", str(teacher)], capsys)
     assert "holds a denoiser (a teacher network), not a OneStepGenerator" in err
@@ -288,7 +293,8 @@ def test_example_warns_before_the_warm_up_and_a_refused_resume_keeps_the_run(tmp
     with pytest.warns(UserWarning, match="the generator never trains"):
         distill_edm.main([*common, "--method", "sida"])
     recorded = (tmp_path / "config.json").read_text()
-    with pytest.raises(ValueError, match=r"checkpoint config differs.*seed"), pytest.warns(UserWarning):
+    refused = r"--outdir .*cannot resume .*config differs.*seed: 0 -> 1"
+    with pytest.raises(CommandError, match=refused), pytest.warns(UserWarning):
         distill_edm.main([*common, "--method", "sida", "--seed", "1"])
     assert (tmp_path / "config.json").read_text() == recorded
 
