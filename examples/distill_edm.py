@@ -174,8 +174,8 @@ def _config(args: argparse.Namespace, world: int):
     try:
         config = recipe.config(args.method, world_size=world, **overrides)
     except (ValueError, TypeError) as err:
-        field = min((str(err).find(k), k) for k in [*_FLAGS, ""] if str(err).find(k) >= 0)[1]
-        flag = _FLAGS.get(field, "the options")
+        named = [(str(err).find(field), flag) for field, flag in _FLAGS.items() if field in str(err)]
+        flag = min(named)[1] if named else "the options"  # the flag of the first field the message names
         raise SystemExit(f"{flag}: {err}") from err
     return recipe, overrides, config
 

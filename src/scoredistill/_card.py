@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
+
+# A Hub repo id, org/name: what base_model may hold (a local path or file name never is one).
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def model_card(
@@ -28,6 +32,9 @@ def model_card(
     """
     name, where = config["_class_name"], repo_id or "PATH_OR_REPO_ID"
     teacher, revision = config.get("teacher_id"), config.get("teacher_revision")
+    if teacher and (not _HUB_ID.fullmatch(teacher) or teacher.endswith((".pkl", ".safetensors"))):
+        teacher = None  # not a Hub id: a local path would leak into the card and give a broken link
+    training = config.get("training") or {}
     shape, label_dim = config.get("sample_shape"), config.get("label_dim", 0)
     is_generator = shape is not None
     is_image = is_generator and len(shape) == 3
@@ -60,6 +67,9 @@ def model_card(
     if teacher:
         at = f" at revision `{revision}`" if revision else ""
         lines += ["## Teacher", "", f"Distilled from [`{teacher}`](https://huggingface.co/{teacher}){at}.", ""]
+    elif training.get("teacher_file"):
+        digest = f" (SHA-256 `{training['teacher_sha256']}`)" if training.get("teacher_sha256") else ""
+        lines += ["## Teacher", "", f"Distilled from a local teacher, `{training['teacher_file']}`{digest}.", ""]
     if license:
         lines += ["## Licence", "", f"`{license}`. Check that it is compatible with the teacher's licence.", ""]
     lines += ["## How to load", "", "```python", f"from scoredistill import {name}", ""]

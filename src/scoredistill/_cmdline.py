@@ -273,5 +273,6 @@ def local_artefact(flag: str, text: str, *, role: str = "generator") -> Path:
         raise SystemExit(f"{flag} {text} is a file: pass an artefact directory (config.json + model.safetensors)")
     parent = next((p for p in path.parents if p.is_dir()), Path("."))
     raise SystemExit(
-        f"{flag} {text}: no such directory (nearest existing: {parent}/); a Hub repo id looks like org/name"
+        f"{flag} {text}: no such directory (nearest existing: {str(parent).rstrip(os.sep) + os.sep}); a Hub repo id "
+        "looks like org/name"
     )

@@ -97,7 +97,7 @@ def _demo(args: argparse.Namespace) -> int:
         sida=args.sida,
         biased_teacher=args.biased_teacher,
         seed=args.seed,
-        progress=not args.quiet,
+        progress=not args.quiet and sys.stderr.isatty(),  # a bar would fill a log file
         steps=args.steps,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -270,7 +270,7 @@ def _fid_stats(args: argparse.Namespace) -> int:
 
     from .data import DatasetError
     from .generator import OneStepGenerator
-    from .metrics import FeatureStats, dataset_stats, generator_stats
+    from .metrics import dataset_stats, generator_stats
 
     source = Path(args.source)
     if not source.exists():
@@ -302,12 +302,15 @@ def _fid_stats(args: argparse.Namespace) -> int:
     if args.device is not None:
         _check_device("--device", args.device)
     device, rank, own_group = _fid_distributed(args.device)
+    progress = not args.quiet and sys.stderr.isatty()  # a bar would fill a log file
     try:
         extractor = _fid_extractor(args.inception, device)
         try:
             if is_generator:
                 G = OneStepGenerator.from_pretrained(source, device=device)
-                stats = generator_stats(G, n, extractor, batch_size=args.batch, seed=args.seed, device=device)
+                stats = generator_stats(
+                    G, n, extractor, batch_size=args.batch, seed=args.seed, device=device, progress=progress
+                )
             else:
                 stats = dataset_stats(
                     source,
@@ -316,6 +319,7 @@ def _fid_stats(args: argparse.Namespace) -> int:
                     max_images=args.max_images,
                     device=device,
                     num_workers=args.workers,
+                    progress=progress,
                 )
         except (DatasetError, OSError, ValueError, RuntimeError) as err:
             raise SystemExit(f"SOURCE {source}: {_one_line(err)}") from err
@@ -324,8 +328,7 @@ def _fid_stats(args: argparse.Namespace) -> int:
             raise SystemExit(f"SOURCE {source} has {stats.count} image(s): FID statistics need at least 2")
         if rank == 0:
             out.parent.mkdir(parents=True, exist_ok=True)
-            # The mean and covariance only (what FID reads): the sums that merge statistics would double the file.
-            FeatureStats.from_moments(stats.mu, stats.sigma).save(out)
+            stats.save(out)
             print(f"wrote {out}: statistics of {stats.count} images of {source} ({stats.dim} features)")
     finally:
         if own_group:
@@ -406,6 +409,9 @@ def _add_fid_commands(sub: Any) -> None:
         help="use the first M images in file-name order (datasets only; in a class-sorted zip that is few classes)",
     )
     stats.add_argument("--workers", type=int, default=2, help="image-decoding processes (datasets only)")
+    stats.add_argument(
+        "--quiet", action="store_true", help="no progress bar (none either when stderr is not a terminal)"
+    )
     stats.set_defaults(func=_fid_stats)
     score = commands.add_parser("score", help="print the FID between two statistics files")
     score.add_argument("a", metavar="A", help="statistics file (.npz from fid stats, or mu/sigma-only)")
@@ -465,7 +471,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--out", default="demo-out", help="directory for the samples PNG")
     demo.add_argument("--device", default="cpu", help="where the networks train, e.g. cuda")
     demo.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="network compute precision")
-    demo.add_argument("--quiet", action="store_true", help="no progress bar")
+    demo.add_argument(
+        "--quiet", action="store_true", help="no progress bar (none either when stderr is not a terminal)"
+    )
     demo.set_defaults(func=_demo)
     sample = sub.add_parser("sample", help="draw samples from a saved or Hub generator into an image grid")
     sample.add_argument(
