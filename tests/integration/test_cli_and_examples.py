@@ -296,7 +296,62 @@ def test_example_warns_before_the_warm_up_and_a_refused_resume_keeps_the_run(tmp
     refused = r"--outdir .*cannot resume .*config differs.*seed: 0 -> 1"
     with pytest.raises(CommandError, match=refused), pytest.warns(UserWarning):
         distill_edm.main([*common, "--method", "sida", "--seed", "1"])
+    with pytest.raises(CommandError, match=r"cannot resume .*lr_generator: 1e-05 -> 2e-05"), pytest.warns(UserWarning):
+        distill_edm.main([*common, "--method", "sida", "--lr", "2e-5"])
     assert (tmp_path / "config.json").read_text() == recorded
+    # A shorter run than the checkpoint's is refused, not a silent rewrite of generator_ema.
+    published = (tmp_path / "generator_ema" / "config.json").read_bytes()
+    shorter = [*common, "--method", "sida", "--total-kimg", "0.001"]
+    too_short = r"--total-kimg 0.001: the run .* is already at 0.002 kimg"
+    with pytest.raises(CommandError, match=too_short), pytest.warns(UserWarning):
+        distill_edm.main(shorter)
+    assert (tmp_path / "generator_ema" / "config.json").read_bytes() == published
+    assert (tmp_path / "config.json").read_text() == recorded
+
+
+def _labelled_zip(path: Path, labels: list[int], broken: int | None = None) -> Path:
+    """A 32x32 dataset zip with these class labels (``broken``: that image's pixels cut off after its header)."""
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    with zipfile.ZipFile(path, "w") as archive:
+        for i in range(len(labels)):
+            buffer = io.BytesIO()
+            Image.new("RGB", (32, 32), (i * 20, 100, 200 - i * 20)).save(buffer, format="PNG")
+            data = buffer.getvalue()
+            archive.writestr(f"{i:03d}.png", data[:60] if i == broken else data)
+        archive.writestr("dataset.json", json.dumps({"labels": [[f"{i:03d}.png", c] for i, c in enumerate(labels)]}))
+    return path
+
+
+def test_example_takes_a_class_subset_and_a_failed_start_leaves_no_run(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("PIL")
+    from scoredistill.networks import PRESETS, SongUNetConfig
+
+    tiny = SongUNetConfig(
+        img_resolution=32,
+        label_dim=10,
+        augment_dim=9,
+        model_channels=16,
+        channel_mult=(1,),
+        num_blocks=1,
+        attn_resolutions=(),
+    )
+    monkeypatch.setitem(PRESETS, "cifar10-32x32-cond", tiny)
+    common = ["--recipe", "cifar10-cond", "--method", "sida", "--random-teacher", "--device", "cpu"]
+    common += ["--precision", "fp32", "--batch", "2", "--workers", "0", "--start-kimg", "0"]
+    # Labels 0..3 of the teacher's 10 classes (an ImageNet subset, say): the class count is the teacher's.
+    subset = _labelled_zip(tmp_path / "subset.zip", [0, 1, 2, 3])
+    distill_edm.main([*common, "--data", str(subset), "--total-kimg", "0.002", "--outdir", str(tmp_path / "ok")])
+    assert (tmp_path / "ok" / "generator_ema" / "config.json").is_file()
+    # An image that cannot be decoded, found mid-run: one line naming --data, and no run directory left behind.
+    broken = _labelled_zip(tmp_path / "broken.zip", [0, 1, 2, 3], broken=2)
+    with pytest.raises(CommandError, match=r"^--data .*broken\.zip: .*002\.png cannot be decoded"):
+        distill_edm.main([*common, "--data", str(broken), "--total-kimg", "0.004", "--outdir", str(tmp_path / "bad")])
+    assert capsys.readouterr().err.count("\n") == 1
+    assert not (tmp_path / "bad").exists()
 
 
 # -- the API pages ------------------------------------------------------------------------------------------------
