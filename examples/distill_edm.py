@@ -193,7 +193,8 @@ def _open_data(args: argparse.Namespace, preset: str) -> ImageZipDataset:
         try:
             check_compatible(dataset, resolution=net.img_resolution, channels=net.img_channels, label_dim=net.label_dim)
         except ValueError as err:
-            other = [n for n, r in RECIPES.items() if PRESETS[r.preset].img_resolution == dataset.image_shape[1]]
+            size = dataset.image_shape[1]
+            other = [n for n, r in RECIPES.items() if PRESETS[r.preset].img_resolution == size and n != args.recipe]
             hint = f"; a --recipe for its size: {', '.join(sorted(other))}" if other else ""
             raise SystemExit(f"--data {args.data} does not fit --recipe {args.recipe}: {err}{hint}") from err
         dataset[0]  # decode one image now, not in the first step

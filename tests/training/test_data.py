@@ -101,7 +101,7 @@ def test_pickle_and_threads_read_the_same(tiny: ImageZipDataset) -> None:
 
 def test_missing_pillow_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "PIL", None)
-    with pytest.raises(ImportError, match=r"scoredistill\[data\]"):
+    with pytest.raises(ImportError, match=r"pip install Pillow .*pip install -e '\.\[data\]'"):
         ImageZipDataset(FIXTURE)
 
 
