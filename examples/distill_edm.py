@@ -214,6 +214,11 @@ def _teacher_record(teacher: str | None) -> tuple[str | None, dict[str, str]]:
     return None, {"teacher_file": path.name, "teacher_sha256": digest.hexdigest()}
 
 
+def nimg(kimg: float) -> int:
+    """Thousands of images as images, at least one (``--log-kimg 0.0001`` logs every step)."""
+    return max(1, round(kimg * 1000))
+
+
 def main(argv: list[str] | None = None, **defaults: str) -> None:
     args = parse(argv, **defaults)
     set_debug(args.debug)
@@ -242,6 +247,13 @@ def train(args: argparse.Namespace) -> None:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest convolutions once
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.precision != "fp32"
+
+    metric = None
+    if args.ref_stats:  # FID of the EMA generator every --eval-kimg, keeping generator_best/ and generator_last/
+        from scoredistill.metrics import FIDMetric
+
+        with blame(f"--ref-stats {args.ref_stats} (or --inception)"):
+            metric = FIDMetric(args.ref_stats, n=args.eval_n, inception=args.inception, seed=args.seed)
 
     # Teacher, real data, and the wired loop.
     with blame_hub(f"--teacher {args.teacher}"):
@@ -289,19 +301,13 @@ def train(args: argparse.Namespace) -> None:
     if rank == 0:
         outdir.mkdir(parents=True, exist_ok=True)
         record.write_text(json.dumps({"args": vars(args), "config": dataclasses.asdict(config)}, indent=2))
-    metric = None
     try:
-        if args.ref_stats:  # FID of the EMA generator every --eval-kimg, keeping generator_best/ and generator_last/
-            from scoredistill.metrics import FIDMetric
-
-            with blame(f"--ref-stats {args.ref_stats}"):
-                metric = FIDMetric(args.ref_stats, n=args.eval_n, inception=args.inception, seed=args.seed)
         distiller.run(
             run_dir=outdir,
-            log_every_nimg=round(args.log_kimg * 1000),
-            checkpoint_every_nimg=round(args.ckpt_kimg * 1000),
+            log_every_nimg=nimg(args.log_kimg),
+            checkpoint_every_nimg=nimg(args.ckpt_kimg),
             metric=metric,
-            eval_every_nimg=round(args.eval_kimg * 1000),
+            eval_every_nimg=nimg(args.eval_kimg),
             progress=not args.quiet and sys.stderr.isatty(),
         )
     except BaseException as err:

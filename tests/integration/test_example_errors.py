@@ -137,6 +137,15 @@ def test_a_dataset_that_does_not_fit_the_teacher_is_refused_before_any_network(t
     assert not (tmp_path / "run").exists()
 
 
+def test_evaluation_files_are_checked_before_any_network(tmp_path, capsys):
+    out = ["--outdir", str(tmp_path / "run")]
+    assert "--ref-stats missing.npz: no such file" in example_error([*SID, *out, "--ref-stats", "missing.npz"], capsys)
+    (tmp_path / "junk.npz").write_bytes(b"junk")
+    err = example_error([*SID, *out, "--ref-stats", str(tmp_path / "junk.npz")], capsys)
+    assert f"--ref-stats {tmp_path / 'junk.npz'}" in err and "not a readable .npz" in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_debug_shows_the_traceback(tmp_path):
     (tmp_path / "junk.zip").write_bytes(b"not a zip")
     with pytest.raises(DatasetError):
