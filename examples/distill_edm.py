@@ -101,8 +101,10 @@ def _check_paths(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error("the following arguments are required: --outdir (except with --dry-run)")
     if Path(args.outdir).exists() and not Path(args.outdir).is_dir():
         p.error(f"--outdir {args.outdir} is a file: name the run directory")
-    if (args.teacher is None) == (not args.random_teacher):
-        p.error("pass --teacher (an EDM .pkl, or a scoredistill directory / Hub id) or --random-teacher, not both")
+    if args.teacher is None and not args.random_teacher:
+        p.error("pass --teacher (an EDM .pkl, or a scoredistill directory / Hub id) or --random-teacher")
+    if args.teacher is not None and args.random_teacher:
+        p.error("pass --teacher or --random-teacher, not both")
     if args.teacher is not None and args.teacher.endswith(".pkl") and not Path(args.teacher).is_file():
         p.error(f"--teacher {args.teacher}: no such file")
     if args.method != "sid" and args.data is None:
