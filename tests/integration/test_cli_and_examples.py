@@ -171,13 +171,18 @@ def test_local_paths_never_reach_the_hub(tmp_path, monkeypatch, capsys):
     assert "--revision" in cli_error(["sample", "--model", "./missing", "--revision", "main"], capsys)
 
 
-def test_a_run_directory_or_the_wrong_role_gets_a_hint(generator_dir, tmp_path, capsys):
+def test_a_run_directory_stands_for_its_generator_and_the_wrong_role_gets_a_hint(generator_dir, tmp_path, capsys):
     import shutil
 
     run = tmp_path / "run"
     shutil.copytree(generator_dir, run / "generator_ema")
+    (run / "config.json").write_text(json.dumps({"args": {"teacher": "org/teacher"}, "config": {}}))  # the run's record
+    assert cli(["sample", "--model", str(run), "--n", "4", "--out", str(tmp_path / "g.png")]) == 0
+    assert f"samples of {run / 'generator_ema'}" in capsys.readouterr().out
+    shutil.rmtree(run / "generator_ema")
+    (run / "generator_last").mkdir()
     err = cli_error(["sample", "--model", str(run)], capsys)
-    assert "is a run directory: pass its generator" in err and str(run / "generator_ema") in err
+    assert "is a run directory without a finished generator_ema/: pass" in err and str(run / "generator_last") in err
     teacher = Precond(MLP(dim=2, hidden=8)).save_pretrained(tmp_path / "teacher")
     err = cli_error(["sample", "--model", str(teacher)], capsys)
     assert "holds a denoiser (a teacher network), not a OneStepGenerator" in err
@@ -291,9 +296,65 @@ def test_example_warns_before_the_warm_up_and_a_refused_resume_keeps_the_run(tmp
     with pytest.warns(UserWarning, match="the generator never trains"):
         distill_edm.main([*common, "--method", "sida"])
     recorded = (tmp_path / "config.json").read_text()
-    with pytest.raises(ValueError, match=r"checkpoint config differs.*seed"), pytest.warns(UserWarning):
+    refused = r"--outdir .*cannot resume .*config differs.*seed: 0 -> 1"
+    with pytest.raises(CommandError, match=refused), pytest.warns(UserWarning):
         distill_edm.main([*common, "--method", "sida", "--seed", "1"])
+    with pytest.raises(CommandError, match=r"cannot resume .*lr_generator: 1e-05 -> 2e-05"), pytest.warns(UserWarning):
+        distill_edm.main([*common, "--method", "sida", "--lr", "2e-5"])
     assert (tmp_path / "config.json").read_text() == recorded
+    # A shorter run than the checkpoint's is refused, not a silent rewrite of generator_ema.
+    published = (tmp_path / "generator_ema" / "config.json").read_bytes()
+    shorter = [*common, "--method", "sida", "--total-kimg", "0.001"]
+    too_short = r"--total-kimg 0.001: the run .* is already at 0.002 kimg"
+    with pytest.raises(CommandError, match=too_short), pytest.warns(UserWarning):
+        distill_edm.main(shorter)
+    assert (tmp_path / "generator_ema" / "config.json").read_bytes() == published
+    assert (tmp_path / "config.json").read_text() == recorded
+
+
+def _labelled_zip(path: Path, labels: list[int], broken: int | None = None) -> Path:
+    """A 32x32 dataset zip with these class labels (``broken``: that image's pixels cut off after its header)."""
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    with zipfile.ZipFile(path, "w") as archive:
+        for i in range(len(labels)):
+            buffer = io.BytesIO()
+            Image.new("RGB", (32, 32), (i * 20, 100, 200 - i * 20)).save(buffer, format="PNG")
+            data = buffer.getvalue()
+            archive.writestr(f"{i:03d}.png", data[:60] if i == broken else data)
+        archive.writestr("dataset.json", json.dumps({"labels": [[f"{i:03d}.png", c] for i, c in enumerate(labels)]}))
+    return path
+
+
+def test_example_takes_a_class_subset_and_a_failed_start_leaves_no_run(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("PIL")
+    from scoredistill.networks import PRESETS, SongUNetConfig
+
+    tiny = SongUNetConfig(
+        img_resolution=32,
+        label_dim=10,
+        augment_dim=9,
+        model_channels=16,
+        channel_mult=(1,),
+        num_blocks=1,
+        attn_resolutions=(),
+    )
+    monkeypatch.setitem(PRESETS, "cifar10-32x32-cond", tiny)
+    common = ["--recipe", "cifar10-cond", "--method", "sida", "--random-teacher", "--device", "cpu"]
+    common += ["--precision", "fp32", "--batch", "2", "--workers", "0", "--start-kimg", "0"]
+    # Labels 0..3 of the teacher's 10 classes (an ImageNet subset, say): the class count is the teacher's.
+    subset = _labelled_zip(tmp_path / "subset.zip", [0, 1, 2, 3])
+    distill_edm.main([*common, "--data", str(subset), "--total-kimg", "0.002", "--outdir", str(tmp_path / "ok")])
+    assert (tmp_path / "ok" / "generator_ema" / "config.json").is_file()
+    # An image that cannot be decoded, found mid-run: one line naming --data, and no run directory left behind.
+    broken = _labelled_zip(tmp_path / "broken.zip", [0, 1, 2, 3], broken=2)
+    with pytest.raises(CommandError, match=r"^--data .*broken\.zip: .*002\.png cannot be decoded"):
+        distill_edm.main([*common, "--data", str(broken), "--total-kimg", "0.004", "--outdir", str(tmp_path / "bad")])
+    assert capsys.readouterr().err.count("\n") == 1
+    assert not (tmp_path / "bad").exists()
 
 
 # -- the API pages ------------------------------------------------------------------------------------------------

@@ -74,6 +74,12 @@ def test_docs_examples_train(page, generators):
             starts = [(g, before.get(id(g), start)) for g, start in generators]
             assert starts, f"docs/{page} block {i} trains no OneStepGenerator"
             assert max(_moved(starts)) > 0, f"docs/{page} block {i}: the generator's parameters did not move"
+        if page == "quickstart.md" and _trains(block) and "AdversarialEncoderLoss" not in block:
+            # The figures the page states for its SiD snippet (seed 0): masses near 1/8, 0.318 near a mode.
+            mixture, rng = GaussianMixture.ring(8), torch.Generator().manual_seed(0)
+            samples = namespace["distiller"].ema.module.sample(1000, rng=rng)
+            assert (mixture.mode_mass(samples) - 0.125).abs().max() < 0.05, mixture.mode_mass(samples)
+            assert 0.25 < float(mixture.near_mode(samples)) < 0.4, mixture.near_mode(samples)
     if page == "custom_loop.md":
         # The loop once ended with 0.63 and 0.35 of the mass in two of the eight modes.
         mixture, samples = GaussianMixture.ring(8), namespace["samples"]

@@ -3,7 +3,8 @@
 The dataset layout is the one EDM-style training code reads: a zip of image files (any folder structure, read
 in sorted name order) plus an optional ``dataset.json`` holding ``{"labels": [[filename, class_index], ...]}``;
 ``"labels": null`` or no ``dataset.json`` means unconditional. Decoding PNG/JPEG needs Pillow, the optional
-extra ``data`` (``pip install scoredistill[data]``), imported only when a dataset is opened.
+extra ``data`` (``pip install -e '.[data]'`` in a clone of the repository), imported only when a dataset is
+opened.
 
 Pixel convention (docs/maths.md): images are uint8 ``[C, H, W]`` in the dataset and ``x = uint8 / 127.5 - 1`` in
 [-1, 1] everywhere else.
@@ -66,7 +67,8 @@ def _pil_image() -> Any:
         from PIL import Image
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError(
-            "Reading image datasets needs Pillow, the optional 'data' extra: pip install scoredistill[data]"
+            "Reading image datasets needs Pillow: pip install Pillow (in a clone of the repository, the optional "
+            "'data' extra: pip install -e '.[data]')"
         ) from err
     return Image
 
@@ -448,10 +450,12 @@ def check_compatible(
         dataset: The real-image dataset (anything with ``image_shape``, ``label_dim`` and ``has_labels``).
         resolution: The teacher's image side, or ``(H, W)``.
         channels: The teacher's image channels.
-        label_dim: The teacher's number of classes (0: unconditional; dataset labels are then ignored).
+        label_dim: The teacher's number of classes (0: unconditional; dataset labels are then ignored). A dataset
+            whose class indices all lie below it fits (a subset of the classes, e.g. 908 of ImageNet's 1000):
+            make its batches with ``real_batches(..., label_dim=label_dim)``.
 
     Raises:
-        ValueError: Listing every mismatch (resolution, channels, label count).
+        ValueError: Listing every mismatch (resolution, channels, class indices beyond the teacher's classes).
     """
     height, width = (resolution, resolution) if isinstance(resolution, int) else resolution
     c, h, w = dataset.image_shape
@@ -465,10 +469,10 @@ def check_compatible(
             f"labels: the teacher is class-conditional (label_dim={label_dim}) but the dataset has no labels "
             "(dataset.json labels missing or null, or use_labels=False)"
         )
-    elif label_dim > 0 and dataset.label_dim != label_dim:
+    elif label_dim > 0 and dataset.label_dim > label_dim:
         problems.append(
-            f"labels: the dataset has {dataset.label_dim} classes, the teacher expects {label_dim} "
-            "(pass label_dim= to the dataset when some classes are absent from it)"
+            f"labels: the dataset has class indices up to {dataset.label_dim - 1}, beyond the teacher's {label_dim} "
+            "classes"
         )
     if problems:
         raise ValueError(f"{getattr(dataset, 'path', 'dataset')} does not match the teacher: " + "; ".join(problems))

@@ -268,6 +268,15 @@ def check_weight_dtypes(module: Any, header: SafetensorsHeader, torch_dtype: str
 
 # The Hub: what an endpoint lists and sends ------------------------------------------------------------------------
 
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def is_hub_id(text: object) -> bool:
+    """Whether ``text`` reads as a Hub repo id ``org/name`` (what a card's ``base_model`` may hold); a local path or
+    a file name never does."""
+    return isinstance(text, str) and bool(_HUB_ID.fullmatch(text)) and not text.endswith((".pkl", ".safetensors"))
+
+
 _HEX40 = re.compile(r"[0-9a-f]{40}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 

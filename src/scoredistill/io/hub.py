@@ -21,10 +21,10 @@ import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-from huggingface_hub import HfApi, ModelCard, ModelCardData, ModelHubMixin
+from huggingface_hub import CommitInfo, HfApi, ModelCard, ModelCardData, ModelHubMixin
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
@@ -35,9 +35,6 @@ from .._io import StateDictMismatchError
 from .._version import __version__
 from . import _untrusted
 from ._untrusted import inside, truncate
-
-if TYPE_CHECKING:
-    from huggingface_hub import CommitInfo
 
 __all__ = ["CONFIG_NAME", "DTYPES", "FORMAT_VERSION", "MAX_CONFIG_BYTES", "META_KEYS", "MODEL_CARD_NAME", "ROLES"]
 __all__ += ["WEIGHTS_NAME", "CheckpointError", "HubMixin", "WeightsMismatchError", "artefact_config"]
@@ -245,6 +242,7 @@ def _load_artefact(cls: type, directory: Path, config: dict[str, Any], device: A
 def _model_card(config: Mapping[str, Any], n_params: int, license: str | None, repo_id: str | None) -> ModelCard:
     """The ``README.md`` card: Hub metadata (`huggingface_hub.ModelCardData`), what the role is, how to load it."""
     name, where, teacher = config["_class_name"], repo_id or "PATH_OR_REPO_ID", config.get("teacher_id")
+    teacher = teacher if _untrusted.is_hub_id(teacher) else None  # a local path would leak, and link nowhere
     shape, label_dim, revision = config.get("sample_shape"), config.get("label_dim", 0), config.get("teacher_revision")
     image = shape is not None and len(shape) == 3
     data = ModelCardData(
@@ -273,6 +271,9 @@ def _model_card(config: Mapping[str, Any], n_params: int, license: str | None, r
     if teacher:
         at = f" at revision `{revision}`" if revision else ""
         parts += ["## Teacher", f"Distilled from [`{teacher}`](https://huggingface.co/{teacher}){at}."]
+    elif (training := config.get("training") or {}).get("teacher_file"):
+        sha = f" (SHA-256 `{training['teacher_sha256']}`)" if training.get("teacher_sha256") else ""
+        parts += ["## Teacher", f"Distilled from a local teacher, `{training['teacher_file']}`{sha}."]
     if license:
         parts += ["## Licence", f"`{license}`. Check that it is compatible with the teacher's licence."]
     code = f'from scoredistill import {name}\n\nmodel = {name}.from_pretrained("{where}")'
