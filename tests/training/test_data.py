@@ -338,3 +338,20 @@ def test_mnist_archive_is_greyscale() -> None:
     assert len(ds) == 10_000 and ds.image_shape == (1, 28, 28) and ds.label_dim == 10
     with pytest.raises(ValueError, match="channels"):
         check_compatible(ds, resolution=28, channels=3, label_dim=10)
+
+
+def test_image_folder_dataset_reads_images_under_the_zip_limits(tmp_path):
+    from PIL import Image
+
+    from scoredistill.data import ImageFolderDataset
+
+    with pytest.raises(DatasetError, match="holds no image files"):
+        ImageFolderDataset(tmp_path)
+    (tmp_path / "b").mkdir()
+    for name, value in (("b/2.png", 200), ("a.png", 10)):
+        Image.new("RGB", (8, 6), (value, 0, 0)).save(tmp_path / name)
+    folder = ImageFolderDataset(tmp_path)
+    assert len(folder) == 2 and folder.shape == (3, 6, 8)
+    image, label = folder[0]  # sorted by relative path: a.png first
+    assert image.dtype == torch.uint8 and image.shape == (3, 6, 8) and int(image[0, 0, 0]) == 10 and label == -1
+    assert len(ImageFolderDataset(tmp_path, max_images=1)) == 1

@@ -1,9 +1,10 @@
 """Sample-quality metrics: FID (Heusel et al. 2017) and improved precision/recall (Kynkäänniemi et al. 2019), and
 the contract of metrics evaluated while training ([`GeneratorMetric`][scoredistill.metrics.base.GeneratorMetric]).
 
-The optional extra ``metrics`` (``pip install scoredistill[metrics]``). Statistics and distances come from
-`scoredistill.metrics.stats`; the Inception network from `scoredistill.metrics.inception`, imported
-only when one of its names is first used, so importing this package loads no network.
+The optional extra ``metrics`` (``pip install -e ".[metrics]"``). Statistics and distances come from
+`scoredistill.metrics.stats`, feature extraction from `scoredistill.metrics.extract`; the Inception network from
+`scoredistill.metrics.inception`, imported only when one of its names is first used, so importing this package loads
+no network.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ from typing import TYPE_CHECKING, Any
 from .base import GeneratorMetric as GeneratorMetric
 from .base import is_better as is_better
 from .evaluator import FIDMetric as FIDMetric
-from .stats import FeatureExtractor as FeatureExtractor
+from .extract import FeatureExtractor as FeatureExtractor
+from .extract import dataset_stats as dataset_stats
+from .extract import generator_stats as generator_stats
+from .extract import image_stats as image_stats
+from .stats import MAX_FEATURE_DIM as MAX_FEATURE_DIM
 from .stats import FeatureStats as FeatureStats
-from .stats import dataset_stats as dataset_stats
 from .stats import frechet_distance as frechet_distance
-from .stats import generator_stats as generator_stats
-from .stats import image_stats as image_stats
 from .stats import precision_recall as precision_recall
 
 if TYPE_CHECKING:
@@ -40,6 +42,7 @@ _INCEPTION = (
 
 __all__ = [
     "FEATURE_DIM",
+    "MAX_FEATURE_DIM",
     "FIDMetric",
     "FeatureExtractor",
     "FeatureStats",

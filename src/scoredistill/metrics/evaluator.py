@@ -11,7 +11,8 @@ import torch
 from torch import Tensor
 
 from ..roles.generator import OneStepGenerator
-from .stats import FeatureStats, frechet_distance, generator_stats
+from .extract import generator_stats
+from .stats import FeatureStats, frechet_distance
 
 __all__ = ["FIDMetric"]
 
