@@ -7,13 +7,12 @@ gigabytes that decoding it would take, and a reader that decodes before checking
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
 import torch
 
+from helpers.hostile import png_header_only
 from scoredistill.data import DatasetError
 from scoredistill.data import zips as data
 from scoredistill.metrics import dataset_stats
@@ -31,15 +30,6 @@ def _png(width: int = 8, height: int = 8, seed: int | None = None) -> bytes:
     return buffer.getvalue()
 
 
-def _png_header_only(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    idat = zlib.compress(b"\0" * (width + 1))
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-
-
 def _extractor(images: torch.Tensor) -> torch.Tensor:
     return images.float().mean(dim=(2, 3))
 
@@ -55,14 +45,14 @@ def _folder(tmp_path, *images: bytes):
 @pytest.mark.parametrize("which", ["first", "later"])
 def test_images_over_the_pixel_limit_are_refused_from_their_header(tmp_path, which):
     # Old code: a folder had no pixel limit; each 6000x4000 image was decoded (8 such PNGs reached 5 GB).
-    big = _png_header_only(6000, 4000)  # 24 M pixels, over MAX_IMAGE_PIXELS (16.7 M)
+    big = png_header_only(6000, 4000)  # 24 M pixels, over MAX_IMAGE_PIXELS (16.7 M)
     folder = _folder(tmp_path, big) if which == "first" else _folder(tmp_path, _png(), _png(), big)
     with pytest.raises(DatasetError, match="MAX_IMAGE_PIXELS"):
         dataset_stats(folder, _extractor, num_workers=0, progress=False)
 
 
 def test_an_image_of_another_size_is_refused_before_it_is_decoded(tmp_path, monkeypatch):
-    folder = _folder(tmp_path, _png(), _png_header_only(64, 2000))
+    folder = _folder(tmp_path, _png(), png_header_only(64, 2000))
     decoded = []
     real_convert = Image.Image.convert
     monkeypatch.setattr(

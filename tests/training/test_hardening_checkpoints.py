@@ -5,7 +5,6 @@ Each test reproduces a fault of issue 12 that the old ``save_training_state`` / 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import warnings
@@ -14,6 +13,7 @@ import pytest
 import torch
 
 from helpers import ResumableStream, tiny_vector_roles
+from helpers.hostile import resign_checkpoint
 from scoredistill import DistillConfig, Distiller, DSMLoss, SiDLoss
 from scoredistill.io.artefact import CheckpointError
 from scoredistill.training.checkpoint import LegacyCheckpointWarning, has_training_state
@@ -50,15 +50,6 @@ def _saved(tmp_path, steps=1):
         d.step()
     d.save(tmp_path / "ckpt")
     return d, tmp_path / "ckpt"
-
-
-def _rewrite_manifest(ckpt) -> None:
-    """Re-sign every file, as an attacker or a careless tool could: the semantic checks must still hold."""
-    manifest = json.loads((ckpt / "manifest.json").read_text())
-    for name, entry in manifest["files"].items():
-        data = (ckpt / name).read_bytes()
-        entry["sha256"], entry["bytes"] = hashlib.sha256(data).hexdigest(), len(data)
-    (ckpt / "manifest.json").write_text(json.dumps(manifest))
 
 
 # -- writing -----------------------------------------------------------------------------------------------
@@ -163,7 +154,7 @@ def test_swapped_network_files_are_refused(tmp_path):
     f.write_bytes(g_bytes)
     with pytest.raises(CheckpointError, match="digest"):
         _distiller().load(ckpt)
-    _rewrite_manifest(ckpt)  # even re-signed, each file says which network it holds
+    resign_checkpoint(ckpt)  # even re-signed, each file says which network it holds
     with pytest.raises(CheckpointError, match="swapped"):
         _distiller().load(ckpt)
 
@@ -193,7 +184,7 @@ def test_bad_counters_are_refused_even_when_re_signed(tmp_path, key, value, matc
     state = torch.load(ckpt / "state.pt", weights_only=True)
     state[key] = value
     torch.save(state, ckpt / "state.pt")
-    _rewrite_manifest(ckpt)
+    resign_checkpoint(ckpt)
     other = _distiller()
     before = _snapshot(other)
     with pytest.raises(CheckpointError, match=match):
@@ -207,7 +198,7 @@ def test_an_optimizer_state_of_the_wrong_shape_is_refused_before_anything_change
     first = next(iter(state["opt_g"]["state"]))
     state["opt_g"]["state"][first]["exp_avg"] = torch.zeros(3)
     torch.save(state, ckpt / "state.pt")
-    _rewrite_manifest(ckpt)
+    resign_checkpoint(ckpt)
     other = _distiller()
     before = _snapshot(other)
     with pytest.raises(CheckpointError, match="opt_g: exp_avg"):

@@ -7,7 +7,6 @@ structures in ``state.pt`` that hung, exhausted memory or silently changed the r
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -18,6 +17,7 @@ import pytest
 import torch
 
 from helpers import ResumableStream, tiny_vector_roles
+from helpers.hostile import resign_checkpoint
 from scoredistill import DistillConfig, Distiller, DSMLoss, SiDLoss, _io
 from scoredistill.io.artefact import CheckpointError
 from scoredistill.training.checkpoint import has_training_state
@@ -37,20 +37,11 @@ def _saved(tmp_path, steps=1):
     return d, tmp_path / "ckpt"
 
 
-def _resign(ckpt) -> None:
-    """Re-sign every file, as whoever can edit the files can: the manifest is an unkeyed digest."""
-    manifest = json.loads((ckpt / "manifest.json").read_text())
-    for name, entry in manifest["files"].items():
-        data = (ckpt / name).read_bytes()
-        entry["sha256"], entry["bytes"] = hashlib.sha256(data).hexdigest(), len(data)
-    (ckpt / "manifest.json").write_text(json.dumps(manifest))
-
-
 def _edit_state(ckpt, edit) -> None:
     state = torch.load(ckpt / "state.pt", weights_only=True)
     edit(state)
     torch.save(state, ckpt / "state.pt")
-    _resign(ckpt)
+    resign_checkpoint(ckpt)
 
 
 # -- a deleted checkpoint stays deleted --------------------------------------------------------------------
@@ -331,7 +322,7 @@ def test_a_network_with_many_unexpected_keys_gets_a_short_message(tmp_path):
 
     _, ckpt = _saved(tmp_path)
     save_file({f"k{i:05d}" * 20: torch.zeros(1) for i in range(2000)}, ckpt / "fake_score.safetensors")
-    _resign(ckpt)
+    resign_checkpoint(ckpt)
     with pytest.raises(CheckpointError, match="does not fit this run's fake_score") as info:
         _distiller().load(ckpt)
     assert len(str(info.value)) < 1000 and "\n" not in str(info.value)

@@ -10,12 +10,12 @@ import io
 import json
 import struct
 import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from helpers.hostile import png_header_only
 from scoredistill.data import DatasetError, ImageZipDataset, RealBatches
 from scoredistill.data import zips as data
 
@@ -26,17 +26,6 @@ def _png(width: int = 8, height: int = 8, value: int = 0) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.full((height, width), value, np.uint8)).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def _png_header_only(width: int, height: int) -> bytes:
-    """A PNG that declares ``width x height`` grey pixels but holds one row: what a decoder must not trust."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    idat = zlib.compress(b"\0" * (width + 1))
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def _bmp(width: int, height: int) -> bytes:
@@ -107,13 +96,13 @@ def test_header_probe_never_reads_whole_members(tmp_path: Path, monkeypatch: pyt
 
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 def test_huge_first_image_is_refused_from_its_header(tmp_path: Path) -> None:
-    path = _zip(tmp_path / "huge.zip", {"0.png": _png_header_only(12_000, 12_000)})
+    path = _zip(tmp_path / "huge.zip", {"0.png": png_header_only(12_000, 12_000)})
     with pytest.raises(DatasetError, match=r"0\.png is 12000x12000, over .*MAX_IMAGE_PIXELS"):
         ImageZipDataset(path)
 
 
 def test_pillow_decompression_bomb_error_becomes_dataset_error(tmp_path: Path) -> None:
-    path = _zip(tmp_path / "bomb.zip", {"0.png": _png_header_only(20_000, 20_000)})  # 2x Pillow's own limit
+    path = _zip(tmp_path / "bomb.zip", {"0.png": png_header_only(20_000, 20_000)})  # 2x Pillow's own limit
     with pytest.raises(DatasetError, match=r"0\.png cannot be read as an image .*decompression bomb"):
         ImageZipDataset(path)
 
@@ -122,7 +111,7 @@ def test_pillow_decompression_bomb_error_becomes_dataset_error(tmp_path: Path) -
 def test_oversized_later_image_is_refused_before_decoding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from PIL import ImageFile
 
-    path = _zip(tmp_path / "mixed.zip", {"0.png": _png(), "1.png": _png_header_only(12_000, 12_000)})
+    path = _zip(tmp_path / "mixed.zip", {"0.png": _png(), "1.png": png_header_only(12_000, 12_000)})
     ds = ImageZipDataset(path)
     decoded: list[object] = []
     real_load = ImageFile.ImageFile.load
