@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 from helpers import TINY_ZIP, tiny_image_roles
 from scoredistill.cli import main
-from scoredistill.data import DatasetError, ImageZipDataset
+from scoredistill.data import DatasetError
+from scoredistill.data.zips import ImageZipDataset, subset_indices
 from scoredistill.metrics import (
     FeatureStats,
     dataset_stats,
@@ -251,7 +252,8 @@ def test_dataset_stats_of_the_fixture_zip_equal_stats_of_its_images():
 
 def test_dataset_stats_of_an_image_folder(tmp_path):
     with zipfile.ZipFile(FIXTURE) as archive:
-        names = sorted(n for n in archive.namelist() if n.endswith(".png"))[:20]
+        names = sorted(n for n in archive.namelist() if n.endswith(".png"))
+        names = [names[i] for i in subset_indices(len(names), 20)]  # the images max_images=20 takes
         for i, name in enumerate(names):  # the same PNG bytes, in nested folders
             target = tmp_path / "images" / f"part{i // 10}" / f"{i:03d}.png"
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -355,3 +355,16 @@ def test_image_folder_dataset_reads_images_under_the_zip_limits(tmp_path):
     image, label = folder[0]  # sorted by relative path: a.png first
     assert image.dtype == torch.uint8 and image.shape == (3, 6, 8) and int(image[0, 0, 0]) == 10 and label == -1
     assert len(ImageFolderDataset(tmp_path, max_images=1)) == 1
+
+
+def test_max_size_draws_a_seeded_subset_not_the_first_images(tmp_path):
+    """A class-sorted archive (10 images of each of 5 classes): the first 10 images are all class 0, a subset drawn
+    as EDM draws one (fixed seed, name order kept) has several classes, the same ones every time."""
+    images = {f"img{i:03d}.png": _png(rgb(i)) for i in range(50)}
+    labels = [[name, i // 10] for i, name in enumerate(images)]
+    path = make_zip(tmp_path / "sorted.zip", images, labels)
+    subset = ImageZipDataset(path, max_size=10)
+    assert len(subset) == 10 and len(set(subset._labels.tolist())) >= 3
+    assert list(subset._names) == sorted(subset._names)  # name order kept
+    assert ImageZipDataset(path, max_size=10)._names == subset._names  # the same subset every time
+    assert len(ImageZipDataset(path, max_size=100)) == 50

@@ -18,6 +18,7 @@ from .zips import (
     _image_errors,
     _pil_image,
     _probe_image,
+    subset_indices,
 )
 
 __all__ = ["ImageFolderDataset"]
@@ -32,7 +33,7 @@ class ImageFolderDataset(Dataset):
 
     Args:
         root: The folder.
-        max_images: Keep the first this many files (in sorted order), or ``None`` for all.
+        max_images: Keep this many files (``None``: all), drawn as a zip's ``max_size`` subset is.
 
     Raises:
         DatasetError: No image files, a file over the limits, an image of another size, or one that cannot be
@@ -48,7 +49,7 @@ class ImageFolderDataset(Dataset):
         )
         if not files:
             raise DatasetError(f"{root} holds no image files (looked for {', '.join(IMAGE_EXTENSIONS)})")
-        self.files = files[:max_images]
+        self.files = [files[i] for i in subset_indices(len(files), max_images)]
         _check_file_size(str(self.files[0]), self.files[0].stat().st_size)
         _, _, width, height = _probe_image(self.files[0], str(self.files[0]))
         self.shape = (3, height, width)

@@ -62,6 +62,20 @@ class DatasetError(ValueError):
     """A dataset archive that cannot be read as an EDM-style image dataset (the message names the file)."""
 
 
+def subset_indices(n: int, max_size: int | None) -> list[int]:
+    """The indices of ``max_size`` of ``n`` items, drawn with a fixed seed and sorted (``None`` or ``>= n``: all).
+
+    Example:
+        >>> subset_indices(10, 4), subset_indices(3, None)
+        ([2, 4, 8, 9], [0, 1, 2])
+    """
+    if max_size is None or max_size >= n:
+        return list(range(n))
+    order = np.arange(n)
+    np.random.RandomState(0).shuffle(order)
+    return sorted(int(i) for i in order[:max_size])
+
+
 def _pil_image() -> Any:
     try:
         from PIL import Image
@@ -155,7 +169,9 @@ class ImageZipDataset(Dataset):
     Args:
         path: Path of the ``.zip`` archive.
         use_labels: Read class labels from ``dataset.json``. ``False`` treats the dataset as unconditional.
-        max_size: Keep only the first ``max_size`` images in sorted name order (``None``: all).
+        max_size: Keep ``max_size`` images (``None``: all): a subset drawn with a fixed seed and kept in name order,
+            as EDM's datasets draw it (``numpy.random.RandomState(0)`` shuffles the indices, the first ``max_size``
+            are kept), so that a class-sorted archive still gives every class its share.
         label_dim: Number of classes. ``None`` infers ``max(label) + 1`` over the whole archive; pass it when some
             classes are absent from the archive. Must be at least the inferred value.
         normalize: Return float32 images in [-1, 1] instead of uint8.
@@ -223,9 +239,9 @@ class ImageZipDataset(Dataset):
                 raise DatasetError(f"label_dim={label_dim} but {self.path} has class indices up to {inferred - 1}")
         self._label_dim = inferred if label_dim is None else label_dim
 
-        keep = len(names) if max_size is None else min(max_size, len(names))
-        self._names = tuple(names[:keep])
-        self._labels = None if all_labels is None else torch.tensor(all_labels[:keep], dtype=torch.int64)
+        keep = subset_indices(len(names), max_size)
+        self._names = tuple(names[i] for i in keep)
+        self._labels = None if all_labels is None else torch.tensor([all_labels[i] for i in keep], dtype=torch.int64)
 
         # The first image fixes the shape every other image must have.
         self._mode, channels, width, height = self._probe(self._names[0])

@@ -174,7 +174,8 @@ def dataset_stats(
         path: The ``.zip`` archive or the folder.
         extractor: Maps uint8 ``[B, 3, H, W]`` on ``device`` to features ``[B, D]``.
         batch_size: Images per extractor call.
-        max_images: Use only the first ``max_images`` images (``None``: all).
+        max_images: Use ``max_images`` images (``None``: all), a subset drawn with a fixed seed as EDM draws one
+            (not the first ones: a class-sorted archive keeps every class).
         device: The extractor's device.
         num_workers: DataLoader processes decoding images (0: decode in this process).
         return_features: Also return all features, float32 ``[N, D]`` on ``device``, in image order.
