@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from .._types import Noised, expand_as
 from ..io.artefact import CheckpointError
-from ..losses.base import DistillLoss, Evaluation, LossModule
+from ..losses.base import DistillLoss, Evaluation, LossModule, LossOutput
 from ..metrics.base import GeneratorMetric, is_better
 from ..roles.fake_score import FakeScore
 from ..roles.generator import OneStepGenerator
@@ -282,7 +282,7 @@ class Distiller:
         seed = (cfg.seed * 1_000_003 + self.step_index) * max(self.world, 1) + self.rank
         self._seed(seed)
         gen_on = self.nimg >= cfg.generator_start_nimg
-        active = tuple(loss for loss in self.losses if gen_on and self.nimg >= loss.generator_start_nimg)
+        active = self._active_generator_losses()
         batches = self._fetch(gen_on)
         if self.graphs is None:
             logs = self._iteration(batches, gen_on, active)
@@ -296,6 +296,34 @@ class Distiller:
         self.nimg += global_batch
         self.step_index += 1
         return logs
+
+    def _active_generator_losses(self) -> tuple[DistillLoss, ...]:
+        """The losses whose generator term counts now: the generator is on and each loss's own start is reached."""
+        if self.nimg < self.config.generator_start_nimg:
+            return ()
+        return tuple(loss for loss in self.losses if self.nimg >= loss.generator_start_nimg)
+
+    def _generator_losses(
+        self, batch: Batch | None, micro: int, active: tuple[DistillLoss, ...], *, drop_nonfinite: bool = True
+    ) -> list[tuple[DistillLoss, LossOutput]]:
+        """One generator-phase forward: ``x_g = G(z)``, noised, and every active loss's output on it (autocast).
+
+        ``drop_nonfinite``: zero the gradient of non-finite samples at ``x_g`` (the training step's rule)."""
+        labels = self._labels(batch, micro)
+        z = torch.randn(micro, *self.generator.sample_shape, generator=self.rng, device=self.device)
+        with self._autocast():
+            x_g = self.generator(z, labels)
+            if drop_nonfinite and self.config.precision != "fp16" and x_g.requires_grad:  # fp16: the scaler sees them
+                x_g.register_hook(_drop_nonfinite_samples)
+            fake = self._noised(x_g, labels, self.generator_sigma)
+            ev = Evaluation(
+                fake,
+                fake_score=self.fake_score,
+                teacher=self.teacher,
+                nimg=self.nimg,
+                use_kernels=self.config.use_kernels,
+            )
+            return [(loss, out) for loss in active if (out := loss.generator_loss(ev)) is not None]
 
     def _seed(self, seed: int) -> None:
         self.rng.manual_seed(seed)
@@ -338,22 +366,12 @@ class Distiller:
         self.generator.train()
         self.fake_score.eval().requires_grad_(False)
         for i, batch in enumerate(batches[cfg.rounds :] or [None] * cfg.rounds):
-            labels = self._labels(batch, micro)
-            z = torch.randn(micro, *self.generator.sample_shape, generator=self.rng, device=self.device)
-            with self._autocast():
-                x_g = self.generator(z, labels)
-                if cfg.precision != "fp16" and x_g.requires_grad:  # fp16: the loss scaler must see overflows
-                    x_g.register_hook(_drop_nonfinite_samples)
-                fake = self._noised(x_g, labels, self.generator_sigma)
-                ev = Evaluation(
-                    fake, fake_score=self.fake_score, teacher=self.teacher, nimg=self.nimg, use_kernels=cfg.use_kernels
-                )
-                outs = [(loss, out) for loss in active if (out := loss.generator_loss(ev)) is not None]
-                weight_sum = sum(loss.generator_weight for loss, _ in outs)
-                total = torch.zeros(micro, device=self.device)
-                for loss, out in outs:
-                    total = total + (loss.generator_weight / weight_sum) * out.loss
-                    self._collect(logs, loss.name, {"generator_loss": out.loss.mean(), **out.logs}, 1 / cfg.rounds)
+            outs = self._generator_losses(batch, micro, active)
+            weight_sum = sum(loss.generator_weight for loss, _ in outs)
+            total = torch.zeros(micro, device=self.device)
+            for loss, out in outs:
+                total = total + (loss.generator_weight / weight_sum) * out.loss
+                self._collect(logs, loss.name, {"generator_loss": out.loss.mean(), **out.logs}, 1 / cfg.rounds)
             self._backward(total, "g", last_round=i == cfg.rounds - 1)
         self._optimizer_step("g", self.opt_g, self.g_params, None)
         self.fake_score.requires_grad_(True)
@@ -377,12 +395,9 @@ class Distiller:
             active.
         """
         cfg = self.config
-        gen_on = self.nimg >= cfg.generator_start_nimg
-        active = [
-            loss
-            for loss in self.losses
-            if gen_on and self.nimg >= loss.generator_start_nimg and type(loss).generator_loss is not _NO_GENERATOR_LOSS
-        ]
+        active = tuple(
+            loss for loss in self._active_generator_losses() if type(loss).generator_loss is not _NO_GENERATOR_LOSS
+        )
         if len(active) < 2:  # SiD alone (its DSMLoss has no generator term): nothing to compare, nothing spent
             return {}
         micro, rng = cfg.batch_size // cfg.rounds, self.rng
@@ -391,14 +406,7 @@ class Distiller:
         self.generator.train()
         self.fake_score.eval().requires_grad_(False)
         try:
-            labels = self._labels(None, micro)
-            z = torch.randn(micro, *self.generator.sample_shape, generator=self.rng, device=self.device)
-            with self._autocast():
-                fake = self._noised(self.generator(z, labels), labels, self.generator_sigma)
-                ev = Evaluation(
-                    fake, fake_score=self.fake_score, teacher=self.teacher, nimg=self.nimg, use_kernels=cfg.use_kernels
-                )
-                outs = [(loss, out.loss) for loss in active if (out := loss.generator_loss(ev)) is not None]
+            outs = [(loss, out.loss) for loss, out in self._generator_losses(None, micro, active, drop_nonfinite=False)]
             weight_sum = sum(loss.generator_weight for loss, _ in outs)
             norms = {}
             for j, (loss, per_sample) in enumerate(outs):
