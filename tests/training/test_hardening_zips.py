@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import struct
+import sys
 import zipfile
 from pathlib import Path
 
@@ -153,3 +154,11 @@ def test_unsupported_compression_is_a_dataset_error(tmp_path: Path) -> None:
     path = _set_method(_zip(tmp_path / "ppmd.zip", {"0.png": _png()}, method=zipfile.ZIP_STORED), 98)
     with pytest.raises(DatasetError, match=r"0\.png uses zip compression method 98; re-create the archive"):
         ImageZipDataset(path)
+
+
+def test_bomb_error_is_caught_after_a_lookup_without_pillow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The set of image errors was cached: asked once while Pillow was hidden, it lacked DecompressionBombError."""
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "PIL", None)
+        data._image_errors()
+    test_pillow_decompression_bomb_error_becomes_dataset_error(tmp_path)

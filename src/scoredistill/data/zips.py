@@ -18,7 +18,6 @@ below; raise them for a genuine dataset that exceeds them. Folders of image file
 
 from __future__ import annotations
 
-import functools
 import io
 import json
 import os
@@ -87,9 +86,11 @@ def _pil_image() -> Any:
     return Image
 
 
-@functools.cache
 def _image_errors() -> tuple[type[BaseException], ...]:
-    """What reading a hostile or corrupt image can raise (Pillow raises SyntaxError for some malformed files)."""
+    """What reading a hostile or corrupt image can raise (Pillow raises SyntaxError for some malformed files).
+
+    Not cached: an answer given while Pillow could not be imported would otherwise stay without Pillow's
+    ``DecompressionBombError`` for the rest of the process."""
     errors: tuple[type[BaseException], ...] = (OSError, ValueError, SyntaxError, EOFError, zipfile.BadZipFile)
     errors += (RuntimeError, NotImplementedError)  # zipfile: encrypted member, unsupported compression
     try:
