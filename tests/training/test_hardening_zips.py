@@ -158,6 +158,7 @@ def test_unsupported_compression_is_a_dataset_error(tmp_path: Path) -> None:
 
 def test_bomb_error_is_caught_after_a_lookup_without_pillow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The set of image errors was cached: asked once while Pillow was hidden, it lacked DecompressionBombError."""
+    getattr(data._image_errors, "cache_clear", lambda: None)()  # a first lookup, as in a fresh process
     with monkeypatch.context() as m:
         m.setitem(sys.modules, "PIL", None)
         data._image_errors()
