@@ -226,3 +226,21 @@ def test_run_study_end_to_end_on_a_cpu(tmp_path):
     assert results["runs"]["sidcont-s3"]["nimg"] == 12 and results["runs"]["sid2a-s3"]["nimg"] == 4
     assert results["runs"]["sida-s3"]["grad_ratio"] and not results["runs"]["sid-s3"]["grad_ratio"]
     assert set(results["teacher"][0]["fid"]) == {"train", "test"}
+
+
+def test_zip_parts_split_and_join_give_back_the_dataset(tmp_path):
+    """Each part is a dataset zip holding every class; joining them gives the original images, labels and order."""
+    from scoredistill.data import ImageZipDataset
+
+    parts_tool = _module("zip_parts")
+    parts = parts_tool.split(TINY_ZIP, 3, str(tmp_path / "tiny"))
+    assert [p.name for p in parts] == ["tiny-0of3.zip", "tiny-1of3.zip", "tiny-2of3.zip"]
+    original = ImageZipDataset(TINY_ZIP)
+    assert sum(len(ImageZipDataset(p)) for p in parts) == len(original)
+    with pytest.raises(SystemExit, match=r"parts \[1\] of 3 are missing"):
+        parts_tool.join([parts[0], parts[2]], tmp_path / "half.zip")
+    joined = ImageZipDataset(parts_tool.join(parts[::-1], tmp_path / "joined.zip"))
+    assert len(joined) == len(original)
+    for i in range(len(original)):
+        a, b = original[i], joined[i]
+        assert torch.equal(torch.as_tensor(a[0]), torch.as_tensor(b[0])) and a[1] == b[1]
