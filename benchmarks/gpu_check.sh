@@ -3,7 +3,9 @@
 # (docs/contributing.md): the GPU-marked tests, the captured-vs-eager matrix, and the speed of the paths users run.
 # One device call of about 9 minutes; prints one summary table at the end (also $LOG/gpu_check.md).
 #
-#   device: bash benchmarks/gpu_check.sh          (carry .devdata, which holds the two inputs below)
+#   device: bash benchmarks/gpu_check.sh          (carry .devdata, which holds the two inputs below, and .whl,
+#                                                  which holds pytest-xdist and execnet wheels if the GPU machine
+#                                                  lacks them)
 #
 # Inputs (git-ignored): Z, a CIFAR-10 dataset zip (default .devdata/cifar10-test-jpeg75.zip), and T, the study's
 # teacher directory (default .devdata/cifar10-uncond-ddpmpp32). Rows whose input is missing are reported as skipped.
@@ -13,6 +15,8 @@ LOG=${LOG:-/tmp/gpu_check}  # every output; $OUT (the device tool's folder), if 
 mkdir -p "$LOG"
 Z=${Z:-.devdata/cifar10-test-jpeg75.zip}
 T=${T:-.devdata/cifar10-uncond-ddpmpp32}
+PHASES=${PHASES:-tests speed}  # "tests" alone or "speed" alone runs half of the check
+TESTS_S=${TESTS_S:-230}        # the tests' limit (seconds); the speed rows take about 290 s
 T0=$(date +%s)
 el() { echo "[t=$(($(date +%s) - T0))s] $*"; }
 nvidia-smi --query-gpu=name --format=csv,noheader > "$LOG/gpu.txt"
@@ -20,34 +24,36 @@ python -c "import torch, triton; print(f'torch {torch.__version__}, triton {trit
 B="benchmarks/bench_step.py --settings graphs-cl --no-mfu --no-write --warmup 4 --steps 20"
 EX="examples/distill_edm.py --cuda-graphs --channels-last --precision bf16"
 
-el tests
-# The matrix and the other GPU-marked tests run side by side (both are launch-bound on small networks), before the
-# speed rows, which run alone.
-# The matrix is split into SHARDS processes by test id (one process reached 41 of its 53 tests in 170 s); the summary
-# adds their counts up.
-SHARDS=${SHARDS:-3}
-python -m pytest -q -p no:cacheprovider --collect-only tests/training/test_gpu_matrix.py 2>/dev/null \
-  | grep '::' > "$LOG/matrix_ids.txt"
-for ((i = 0; i < SHARDS; i++)); do
-  ids=$(awk -v n="$SHARDS" -v i="$i" '(NR - 1) % n == i' "$LOG/matrix_ids.txt")
-  # shellcheck disable=SC2086
-  timeout 230 python -m pytest -q -p no:cacheprovider $ids -rfE > "$LOG/matrix_$i.txt" 2>&1 &
-done
-timeout 230 python -m pytest -q -p no:cacheprovider -m "gpu or kernels" tests --ignore=tests/training/test_gpu_matrix.py \
-  -rfE > "$LOG/gpu_tests.txt" 2>&1 &
-wait
+if [[ " $PHASES " == *" tests "* ]]; then
+  el tests
+  # The matrix and the other GPU-marked tests run side by side, each spread over worker processes by pytest-xdist
+  # (most of these tests are launch- or compile-bound on small networks; one process reached 41 of the matrix's 53
+  # tests in 170 s). xdist is installed from .whl when it is not there (the device machine has no internet).
+  python -c "import xdist" 2>/dev/null || { [ -d .whl ] && python -m pip install -q --no-index --no-deps \
+    --target /tmp/site .whl/*.whl && export PYTHONPATH=$PYTHONPATH:/tmp/site; }
+  xdist() { python -c "import xdist" 2>/dev/null && echo "-n $1 --dist load"; }
+  P="python -m pytest -q -p no:cacheprovider -rfE --durations=15"
+  python -m pytest -q -p no:cacheprovider --collect-only tests/training/test_gpu_matrix.py 2>/dev/null \
+    | grep '::' > "$LOG/matrix_ids.txt"
+  # shellcheck disable=SC2046
+  timeout "$TESTS_S" $P $(xdist 3) tests/training/test_gpu_matrix.py > "$LOG/matrix_0.txt" 2>&1 &
+  # shellcheck disable=SC2046
+  timeout "$TESTS_S" $P $(xdist 5) -m "gpu or kernels" tests --ignore=tests/training/test_gpu_matrix.py \
+    > "$LOG/gpu_tests.txt" 2>&1 &
+  wait
+fi
 
 # Speed. bench_step prints each row as a Python list; the examples log images/s per interval.
-el speed
-if [ -f "$Z" ]; then
+[[ " $PHASES " == *" speed "* ]] && el speed
+if [[ " $PHASES " == *" speed "* ]] && [ -f "$Z" ]; then
   timeout 100 python $B --preset cifar10-32x32-uncond --batch 32 --data $Z --augment 0.12 > "$LOG/c10_b32.txt" 2>&1
   timeout 80 python $B --preset cifar10-32x32-uncond --batch 128 --data $Z --augment 0.12 > "$LOG/c10_b128.txt" 2>&1
   rm -rf /tmp/gc_ex && timeout 90 python $EX --recipe cifar10-uncond --method sida --random-teacher --data $Z \
     --batch 32 --total-kimg 16 --start-kimg 0 --log-kimg 3.2 --outdir /tmp/gc_ex > "$LOG/example.txt" 2>&1
   cp /tmp/gc_ex/stats.jsonl "$LOG/example.jsonl" 2>/dev/null
 fi
-timeout 90 python $B --preset imagenet-64x64 --batch 32 > "$LOG/in64_b32.txt" 2>&1
-if [ -d "$T" ]; then
+[[ " $PHASES " == *" speed "* ]] && timeout 90 python $B --preset imagenet-64x64 --batch 32 > "$LOG/in64_b32.txt" 2>&1
+if [[ " $PHASES " == *" speed "* ]] && [ -d "$T" ]; then
   for m in sid sida; do
     data=$([ $m = sida ] && echo "--data $Z")
     rm -rf /tmp/gc_$m && timeout 75 python $EX --recipe cifar10-uncond --method $m --teacher $T $data --batch 256 \

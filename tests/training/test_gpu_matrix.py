@@ -155,7 +155,8 @@ def test_full_size_network_captured_repeats_the_eager_run(teacher_kind):
     """The CIFAR-10 DDPM++ at full size (56M parameters), SiDA in bf16 as the examples run it."""
     full = {"dropout": 0.13}
     runs = [
-        trace(build("sida", teacher_kind, precision="bf16", rounds=1, graphs=g, network=full), STEPS) for g in (0, 1)
+        trace(build("sida", teacher_kind, precision="bf16", rounds=1, graphs=g, network=full), STEPS)
+        for g in (False, True)
     ]
     assert_same_trace(*runs, "bf16")
 
@@ -213,6 +214,6 @@ def test_example_path_without_augmentation_is_captured():
     """The failing case of the first report: SiDA, an unconditional teacher with augment_dim = 0, real images through
     loader processes with pinned memory, bf16, through its three regimes."""
     d = build("sida", "uncond-noaug", precision="bf16", rounds=1, graphs=True, workers=4)
-    logs = trace(d, 8)
+    logs = trace(d, STEPS)  # each regime is captured on its third step: the adversarial one on step 8
     assert len(d.graphs.entries) == 3
     assert all(torch.isfinite(torch.tensor(list(r.values()))).all() for r in logs)

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The quality study on a lent one-GPU machine whose calls carry at most 64 MiB each and last at most 10 minutes:
+# the inputs travel in several calls to one warm machine, then run_study.sh runs in slices that resume.
+#
+#   bash benchmarks/quality/device_session.sh stage            # each call: copy the carried .devdata* to $STUDY
+#   bash benchmarks/quality/device_session.sh run SECONDS STAGE...   # run_study.sh STAGE... for at most SECONDS,
+#                                                              # then pack what it made into $OUT
+#
+# What to carry (git-ignored folders of this repository; no two fit in one call beside the repository itself):
+#   .devdata    the teacher directory, the CIFAR-10 test zip and train-0of2.zip
+#   .devdata2   train-1of2.zip                      (benchmarks/quality/zip_parts.py split ... --parts 2)
+#   .devdata3   inception-fp16.safetensors          (scoredistill fid export-inception --dtype fp16)
+# A warm machine keeps /tmp between back-to-back calls only, so issue the calls one after another. `run` joins the
+# train parts into the one zip that SiDA reads, stops run_study.sh with SIGINT when SECONDS are up (every run saves
+# its training state; the next `run` resumes it), and packs the small results (JSON, logs) into $OUT/study.tgz and
+# each finished EMA generator into $OUT/NAME.tgz: unpack them into runs/quality here and `report` can be run here.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+STUDY=${STUDY:-/tmp/study}
+mkdir -p "$STUDY"
+
+case ${1:-} in
+stage)
+  for dir in .devdata .devdata2 .devdata3; do
+    [ -d "$dir" ] && cp -rn "$dir"/. "$STUDY"/
+  done
+  ls -la "$STUDY" ;;
+run)
+  seconds=$2; shift 2
+  export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
+  if [ ! -f "$STUDY/train.zip" ]; then
+    python3 benchmarks/quality/zip_parts.py join "$STUDY"/train-*of2.zip --out "$STUDY/train.zip" || exit 1
+  fi
+  export RUNS=$STUDY/runs TEACHER=${TEACHER:-$STUDY/cifar10-uncond-ddpmpp32}
+  export DATA_PARTS="$STUDY/train-0of2.zip $STUDY/train-1of2.zip" TEST_DATA=$STUDY/cifar10-test-jpeg75.zip
+  export SIDA_DATA=$STUDY/train.zip INCEPTION=$STUDY/inception-fp16.safetensors
+  timeout -s INT "$seconds" bash benchmarks/quality/run_study.sh "$@"
+  echo "run_study.sh: exit $?"
+  if [ -n "${OUT:-}" ]; then
+    (cd "$RUNS" && find . -maxdepth 2 \( -name '*.json' -o -name '*.jsonl' -o -name '*.log' -o -name '*.npz' \
+      -o -name '*.png' -o -name '*.md' \) -size -8M -print0 | tar -czf "$OUT/study.tgz" --null -T -)
+    for gen in "$RUNS"/*/generator_ema; do
+      [ -d "$gen" ] && tar -czf "$OUT/$(basename "$(dirname "$gen")").tgz" -C "$RUNS" "$(basename "$(dirname "$gen")")/generator_ema"
+    done
+  fi ;;
+*) echo "usage: $0 stage | run SECONDS STAGE..." >&2; exit 2 ;;
+esac
