@@ -17,12 +17,13 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 STUDY=${STUDY:-/tmp/study}
+CARRIED=${CARRIED:-.devdata .devdata2 .devdata3}  # the folders `stage` copies, those of them that travelled
 mkdir -p "$STUDY"
 
 case ${1:-} in
 stage)
-  for dir in .devdata .devdata2 .devdata3; do
-    [ -d "$dir" ] && cp -rn "$dir"/. "$STUDY"/
+  for dir in $CARRIED; do
+    if [ -d "$dir" ]; then cp -r "$dir"/. "$STUDY"/; fi
   done
   ls -la "$STUDY" ;;
 run)

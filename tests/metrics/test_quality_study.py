@@ -108,7 +108,7 @@ import json, os, pathlib, sys
 
 args = sys.argv[1:]
 with open(os.environ["FAKE_LOG"], "a") as log:
-    if args[0] == "-c":
+    if args[0] == "-c" or args[0].endswith("zip_parts.py"):
         if "device_count" in args[1]:
             print(0)
             sys.exit()
@@ -244,3 +244,51 @@ def test_zip_parts_split_and_join_give_back_the_dataset(tmp_path):
     for i in range(len(original)):
         a, b = original[i], joined[i]
         assert torch.equal(torch.as_tensor(a[0]), torch.as_tensor(b[0])) and a[1] == b[1]
+
+
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("tar") is None, reason="needs bash and tar")
+def test_device_session_stages_inputs_joins_parts_and_packs_results(tmp_path):
+    """The study on a machine whose calls carry little each: stage the carried folders, join the train parts, run a
+    stage and pack its results and generators for the trip back."""
+    import tarfile
+
+    parts_tool = _module("zip_parts")
+    bin_dir, study, out, log = tmp_path / "bin", tmp_path / "study", tmp_path / "out", tmp_path / "calls.jsonl"
+    bin_dir.mkdir()
+    out.mkdir()
+    (bin_dir / "python3").write_text(_FAKE_PYTHON.format(python=sys.executable))
+    (bin_dir / "python3").chmod(0o755)
+    carried = [tmp_path / "carry1", tmp_path / "carry2"]
+    for k, folder in enumerate(carried):
+        folder.mkdir()
+        parts_tool.split(TINY_ZIP, 2, str(tmp_path / "parts" / "train"))
+        (tmp_path / "parts" / f"train-{k}of2.zip").rename(folder / f"train-{k}of2.zip")
+    (carried[0] / "cifar10-test-jpeg75.zip").write_bytes(TINY_ZIP.read_bytes())
+    env = {**_study_env(tmp_path, study / "runs"), "STUDY": str(study), "OUT": str(out), "FAKE_LOG": str(log)}
+    env |= {"PATH": f"{bin_dir}:{os.environ['PATH']}", "CARRIED": " ".join(map(str, carried))}
+    for name in ("RUNS", "TEACHER", "DATA_PARTS", "TEST_DATA", "SIDA_DATA"):
+        env.pop(name)
+    script = [shutil.which("bash"), str(QUALITY / "device_session.sh")]
+    for folder in carried:  # one call per carried folder
+        done = subprocess.run([*script, "stage"], env={**env, "CARRIED": str(folder)}, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    assert {p.name for p in study.iterdir()} == {"train-0of2.zip", "train-1of2.zip", "cifar10-test-jpeg75.zip"}
+    done = subprocess.run([*script, "run", "120", "ref", "train"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "run_study.sh: exit 0" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
+    from scoredistill.data import ImageZipDataset
+
+    assert len(ImageZipDataset(study / "train.zip")) == len(ImageZipDataset(TINY_ZIP))
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    refs = [c["args"] for c in calls if c["args"][:1] == ["ref"]]
+    assert sorted(r[r.index("--data") + 1].rsplit("/", 1)[1] for r in refs) == [
+        "cifar10-test-jpeg75.zip", "train-0of2.zip", "train-1of2.zip"
+    ]  # fmt: skip
+    sida = next(c["args"] for c in calls if "sida-s3" in " ".join(c["args"]))
+    assert sida[sida.index("--data") + 1] == str(study / "train.zip")
+    assert sida[sida.index("--teacher") + 1] == str(study / "cifar10-uncond-ddpmpp32")
+    assert sida[sida.index("--inception") + 1] == str(study / "inception-fp16.safetensors")
+    assert sorted(p.name for p in out.iterdir()) == ["sid-s3.tgz", "sida-s3.tgz", "study.tgz"]
+    with tarfile.open(out / "sida-s3.tgz") as tar:
+        assert "sida-s3/generator_ema" in tar.getnames()
+    with tarfile.open(out / "study.tgz") as tar:
+        assert any(name.endswith(".log") for name in tar.getnames())
