@@ -3,12 +3,14 @@
 # with FID against two references, precision and recall.
 #
 #   bash benchmarks/quality/run_study.sh all          # everything, in order, on every visible GPU
-#   bash benchmarks/quality/run_study.sh STAGE ...    # stages: ref train sid2a teacher final report
+#   bash benchmarks/quality/run_study.sh STAGE ...    # stages: ref train sid2a teacher cond final report
 #
 # What runs (SEEDS="0 1 2"): SiD and SiDA for KIMG from the teacher, per seed; from each SiD result, SiD²A for
 # SID2A_KIMG and, beside it, the control: the same SiD run continued (optimiser, fake score and all) for SID2A_KIMG.
 # Every run's final EMA generator is scored against the training set (`train`, the teacher's data) and against
-# held-out images (`test`). Jobs of a stage are spread over the GPUs, one lane per GPU.
+# held-out images (`test`). Jobs of a stage are spread over the GPUs, one lane per GPU. `cond` trains a conditional
+# teacher of the same size (train_teacher.py, COND_TEACHER_KIMG) and distils it with SiD and SiDA (COND_SEEDS, the
+# cifar10-cond recipe), scored like the rest (runs sid-cond-s*, sida-cond-s*; teacher-cond-nfe35-*.json).
 #
 # Every stage can be re-run: training resumes from a run's training_state/, and a run, a reference or a final
 # figure that is already there is skipped; `all` after an interruption continues where it stopped. Training is the
@@ -30,6 +32,9 @@ EVAL_N=${EVAL_N:-10000}; EVAL_KIMG=${EVAL_KIMG:-250}                     # in-tr
 FINAL_N=${FINAL_N:-50000}                                               # samples of the final figures
 TEACHER_NFE=${TEACHER_NFE:-35 1 3 7 13}; TEACHER_N=${TEACHER_N:-50000 10000 10000 10000 10000}
 REF_MAX=${REF_MAX:-}                                                    # at most this many reference images (tests)
+COND_SEEDS=${COND_SEEDS:-0}                                             # the conditional study's SiD and SiDA seeds
+COND_TEACHER_KIMG=${COND_TEACHER_KIMG:-2460}                            # its teacher's training (as the shared one's)
+COND_TEACHER_ARGS=${COND_TEACHER_ARGS:-}                                # more train_teacher.py flags (tests: tiny sizes)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 mkdir -p "$RUNS"
@@ -52,7 +57,7 @@ distill() {  # distill NAME METHOD KIMG SEED [extra example flags]; skipped once
   local eval=(); [ "$EVAL_N" -gt 0 ] && eval=(--ref-stats "$RUNS/ref.npz" --eval-kimg "$EVAL_KIMG" --eval-n "$EVAL_N")
   echo "train $name on lane ${GPU:-0}"
   # shellcheck disable=SC2086
-  CUDA_VISIBLE_DEVICES=${GPU:-0} python3 examples/distill_edm.py --recipe cifar10-uncond --method "$method" \
+  CUDA_VISIBLE_DEVICES=${GPU:-0} python3 examples/distill_edm.py --recipe "${RECIPE:-cifar10-uncond}" --method "$method" \
     --teacher "$TEACHER" --outdir "$RUNS/$name" --total-kimg "$kimg" --seed "$seed" $SPEED $EXTRA --log-kimg 50 \
     --ckpt-kimg 250 "${eval[@]}" "${inception[@]}" "$@" >>"$RUNS/$name.log" 2>&1
 }
@@ -102,6 +107,27 @@ stage() {
     CUDA_VISIBLE_DEVICES=$((gpus > 0 ? gpus - 1 : 0)) "${study[@]}" teacher --teacher "$TEACHER" \
       --ref "train=$RUNS/ref.npz" --ref "test=$RUNS/ref-test.npz" --nfe $TEACHER_NFE --n $TEACHER_N --out "$RUNS" \
       "${inception[@]}" ;;
+  cond)  # the conditional study: a conditional teacher of the shared one's size and recipe, trained on the labelled
+        # training zip with the library's DSM loss (resumes like the runs), its Heun FIDs, then SiD and SiDA from it
+    local cond=$RUNS/teacher-cond
+    if [ ! -d "$cond/teacher" ]; then
+      echo "train the conditional teacher"
+      # shellcheck disable=SC2086
+      CUDA_VISIBLE_DEVICES=${GPU:-0} python3 benchmarks/quality/train_teacher.py --data "$SIDA_DATA" --label-dim 10 \
+        --outdir "$cond" --kimg "$COND_TEACHER_KIMG" $COND_TEACHER_ARGS >>"$cond.log" 2>&1
+      [ -d "$cond/teacher" ] || { echo "the conditional teacher did not finish: see $cond.log" >&2; return 1; }
+    fi
+    if ls "$RUNS"/teacher-cond-nfe*.json >/dev/null 2>&1; then echo "skip teacher-cond FID (done)"; else
+      # shellcheck disable=SC2086
+      CUDA_VISIBLE_DEVICES=$((gpus > 0 ? gpus - 1 : 0)) "${study[@]}" teacher --teacher "$cond/teacher" --name cond \
+        --ref "train=$RUNS/ref.npz" --ref "test=$RUNS/ref-test.npz" --nfe 35 --n ${TEACHER_N%% *} --out "$RUNS" \
+        "${inception[@]}"
+    fi
+    for seed in $COND_SEEDS; do
+      jobs+=("RECIPE=cifar10-cond TEACHER=$cond/teacher distill sid-cond-s$seed sid $KIMG $seed")
+      jobs+=("RECIPE=cifar10-cond TEACHER=$cond/teacher distill sida-cond-s$seed sida $KIMG $seed --data $SIDA_DATA")
+    done
+    lanes "${jobs[@]}" ;;
   final)  # final figures of every finished run
     for name in "$RUNS"/*/generator_ema; do
       [ -d "$name" ] && jobs+=("final $(basename "$(dirname "$name")")")
@@ -115,5 +141,5 @@ stage() {
   esac
 }
 
-[ "${1:-all}" = all ] && set -- ref train sid2a teacher final report
+[ "${1:-all}" = all ] && set -- ref train sid2a teacher cond final report
 for s in "$@"; do echo "== $s ($(date +%T))"; stage "$s"; done

@@ -93,7 +93,10 @@ def _teacher_batches(net: Teacher, n: int, nfe: int, batch: int, seed: int, devi
     for start in range(0, n, batch):
         rng = torch.Generator(device).manual_seed(seed * 1_000_003 + start)
         noise = torch.randn(min(batch, n - start), *net.sample_shape, generator=rng, device=device)
-        yield to_uint8(edm_sample(net, noise, steps=steps))
+        labels = None  # a conditional teacher: a uniform random class per sample, as EDM's generate.py draws them
+        if net.label_dim:
+            labels = torch.randint(net.label_dim, (noise.shape[0],), generator=rng, device=device)
+        yield to_uint8(edm_sample(net, noise, labels, steps=steps))
 
 
 def cmd_teacher(args: argparse.Namespace) -> None:
@@ -108,11 +111,12 @@ def cmd_teacher(args: argparse.Namespace) -> None:
         stats = image_stats(_teacher_batches(teacher, n, nfe, args.batch, args.seed, device), inception, device=device)
         seconds = time.perf_counter() - t0
         fids = {name: frechet_distance(stats, ref) for name, ref in refs.items()}
-        record = {"nfe": nfe, "n": n, "fid": fids, "seed": args.seed, "seconds": round(seconds, 1)}
+        record = {"name": args.name, "nfe": nfe, "n": n, "fid": fids, "seed": args.seed, "seconds": round(seconds, 1)}
         record["device"] = _device_name(device)
-        _write_json(Path(args.out) / f"teacher-nfe{nfe}-n{n}.json", record)
+        prefix = f"teacher-{args.name}-" if args.name else "teacher-"
+        _write_json(Path(args.out) / f"{prefix}nfe{nfe}-n{n}.json", record)
         grid = next(_teacher_batches(teacher, 64, nfe, 64, args.seed, device))  # the first 64 samples
-        write_png(Path(args.out) / f"teacher-nfe{nfe}.png", image_grid(grid.float() / 127.5 - 1, cols=8))
+        write_png(Path(args.out) / f"{prefix}nfe{nfe}.png", image_grid(grid.float() / 127.5 - 1, cols=8))
 
 
 def cmd_final(args: argparse.Namespace) -> None:
@@ -173,7 +177,8 @@ def collect(root: Path, setting: dict) -> dict:
     runs = _runs(root)
     finals = {p.stem.removeprefix("final-"): json.loads(p.read_text()) for p in root.glob("final-*.json")}
     teacher = sorted(
-        (json.loads(p.read_text()) for p in root.glob("teacher-nfe*.json")), key=lambda r: (r["nfe"], r["n"])
+        (json.loads(p.read_text()) for p in root.glob("teacher-*nfe*.json")),
+        key=lambda r: (r.get("name", ""), r["nfe"], r["n"]),
     )
     results: dict = {"setting": setting, "teacher": teacher, "runs": {}, "summary": {}}
     for name in sorted(set(runs) | set(finals)):
@@ -193,6 +198,7 @@ def collect(root: Path, setting: dict) -> dict:
             "train_s": train_s,
             "final": finals.get(name),
         }
+    results["curves"] = curve_bands(results["runs"])
     for method in sorted({run["method"] for run in results["runs"].values()}):
         members = {n: r for n, r in results["runs"].items() if r["method"] == method and r["final"]}
         if not members:
@@ -206,6 +212,21 @@ def collect(root: Path, setting: dict) -> dict:
             "recall": _summary([f["recall"] for f in finals_]),
         }
     return results
+
+
+def curve_bands(runs: dict[str, dict]) -> dict[str, list[list[float]]]:
+    """Each method's in-training FID over its seeds: ``[nimg, mean, sample std (nan for one seed), seeds]`` at every
+    image count that any of its runs evaluated (the runs of a method evaluate at the same counts)."""
+    bands: dict[str, list[list[float]]] = {}
+    for method in sorted({run["method"] for run in runs.values()}):
+        at: dict[int, list[float]] = {}
+        for run in runs.values():
+            if run["method"] == method:
+                for nimg, fid in run["curve"]:
+                    at.setdefault(nimg, []).append(fid)
+        if at:
+            bands[method] = [[n, _summary(v)["mean"], _summary(v)["std"], len(v)] for n, v in sorted(at.items())]
+    return bands
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -256,12 +277,26 @@ def tables(results: dict) -> str:
         fids = " | ".join(f"{final['fid'][r]:.2f}" if r in final["fid"] else "" for r in refs)
         last = f"{run['curve'][-1][1]:.2f}" if run["curve"] else ""
         lines.append(f"| {name} | {run['nimg']:,} | {run['images_per_s']:,.0f} | {fids} | {last} |")
+    curves = results.get("curves", {})
+    if curves:  # in-training FID over seeds: one row per image count, one column per method
+        offsets = {k: float(v) for k, v in results["setting"].get("offsets", {}).items()}
+        cells: dict[float, dict[str, str]] = {}
+        for method, band in curves.items():
+            for nimg, mean, std, seeds in band:
+                text = f"{mean:.2f}" if seeds == 1 else f"{mean:.2f} ± {std:.2f} ({seeds})"
+                cells.setdefault(offsets.get(method, 0.0) + nimg, {})[method] = text
+        lines += ["", "| images | " + " | ".join(curves) + " |", "|---|" + "---|" * len(curves)]
+        for nimg in sorted(cells):
+            lines.append(f"| {nimg:,.0f} | " + " | ".join(cells[nimg].get(m, "") for m in curves) + " |")
     if results["teacher"]:
-        lines += ["", "| teacher NFE | samples | " + " | ".join(f"FID vs {r}" for r in refs) + " |"]
-        lines.append("|---|---|" + "---|" * len(refs))
+        named = any(t.get("name") for t in results["teacher"])  # several teachers: a column says which
+        lines += ["", ("| teacher " if named else "") + "| teacher NFE | samples | "]
+        lines[-1] += " | ".join(f"FID vs {r}" for r in refs) + " |"
+        lines.append(("|---" if named else "") + "|---|---|" + "---|" * len(refs))
         for t in results["teacher"]:
             fids = " | ".join(f"{t['fid'][r]:.2f}" if r in t["fid"] else "" for r in refs)
-            lines.append(f"| {t['nfe']} | {t['n']:,} | {fids} |")
+            which = f"| {t.get('name') or 'default'} " if named else ""
+            lines.append(f"{which}| {t['nfe']} | {t['n']:,} | {fids} |")
     return "\n".join(lines) + "\n"
 
 
@@ -277,20 +312,19 @@ def _plot(results: dict, path: Path) -> None:
 
     offsets = {k: float(v) for k, v in results["setting"].get("offsets", {}).items()}
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=130)
-    colors: dict[str, str] = {}
-    for run in results["runs"].values():
-        if not run["curve"]:
-            continue
-        start = offsets.get(run["method"], 0.0)  # SiD²A continues from SiD's images
-        x = [(start + n) / 1e6 for n, _ in run["curve"]]
-        label = run["method"] if run["method"] not in colors else None
-        (line,) = ax.plot(
-            x, [f for _, f in run["curve"]], marker="o", ms=3, label=label, color=colors.get(run["method"])
-        )
-        colors.setdefault(run["method"], line.get_color())
+    for method, band in results.get("curves", {}).items():  # mean over seeds, and a band of one sample std
+        start = offsets.get(method, 0.0)  # SiD²A continues from SiD's images
+        x = [(start + n) / 1e6 for n, *_ in band]
+        mean = np.array([m for _, m, _, _ in band])
+        std = np.nan_to_num(np.array([sd for _, _, sd, _ in band]))
+        seeds = max(k for *_, k in band)
+        (line,) = ax.plot(x, mean, marker="o", ms=3, label=f"{method} ({seeds} seed{'s' * (seeds > 1)})")
+        if seeds > 1:
+            ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
     for record in results["teacher"]:
         if record["nfe"] == 35 and "train" in record["fid"]:
-            ax.axhline(record["fid"]["train"], color="grey", ls="--", lw=1, label=f"teacher, 35 NFE ({record['n']:,})")
+            name = f"{record['name']} teacher" if record.get("name") else "teacher"
+            ax.axhline(record["fid"]["train"], color="grey", ls="--", lw=1, label=f"{name}, 35 NFE ({record['n']:,})")
     ax.set_xlabel("images seen by the student (millions)")
     ax.set_ylabel("FID during training")
     ax.set_yscale("log")
@@ -316,6 +350,7 @@ def main(argv: list[str] | None = None) -> None:
     teacher.add_argument("--nfe", type=int, nargs="+", default=[35])
     teacher.add_argument("--n", type=int, nargs="+", default=[50_000])
     teacher.add_argument("--seed", type=int, default=0)
+    teacher.add_argument("--name", default="", help="which teacher, for several (files teacher-NAME-nfe*.json)")
     teacher.add_argument("--out", required=True)
     final = sub.add_parser("final")
     final.add_argument("--generator", required=True)

@@ -54,6 +54,9 @@ def test_report_averages_seeds_and_tables_come_from_results_json(tmp_path):
     _write_run(root, "sid-s0", [(0, 180.0), (1000, 25.0)], None, {"fid": {"train": 24.0}, "precision": 0.7,
                                                                     "recall": 0.3, "n": 50})  # fmt: skip
     (root / "teacher-nfe35-n50.json").write_text(json.dumps({"nfe": 35, "n": 50, "fid": {"train": 23.0}}))
+    (root / "teacher-cond-nfe35-n50.json").write_text(
+        json.dumps({"name": "cond", "nfe": 35, "n": 50, "fid": {"train": 21.0}})
+    )
     out = tmp_path / "report"
     study.main(["report", "--root", str(root), "--out", str(out), "--offset", "sid2a=2000", "--setting", "seeds=0 1"])
     results = json.loads((out / "results.json").read_text())
@@ -67,7 +70,10 @@ def test_report_averages_seeds_and_tables_come_from_results_json(tmp_path):
     table = (out / "tables.md").read_text()
     assert "| sida | 21.00 ± 1.41 (2) | 26.00 ± 1.41 (2) | 0.600 ± 0.000 (2) | 0.450 ± 0.071 (2) | 2 |" in table
     assert "| sid | 24.00 |  | 0.700 | 0.300 | 1 |" in table
-    assert "| 35 | 50 | 23.00 |  |" in table
+    assert "| default | 35 | 50 | 23.00 |  |" in table and "| cond | 35 | 50 | 21.00 |  |" in table
+    # In-training curves over seeds: mean ± sample std at each image count, from results.json.
+    assert results["curves"]["sida"] == [[0, 180.0, 0.0, 2], [1000, 22.0, pytest.approx(2**0.5), 2]]
+    assert "| 1,000 | 25.00 | 22.00 ± 1.41 (2) |" in table
     if importlib.util.find_spec("matplotlib") is not None:
         assert (out / "fid_vs_images.png").stat().st_size > 1000
     # The tables are a function of results.json alone: edit a number there and they follow.
@@ -125,8 +131,11 @@ with open(os.environ["FAKE_LOG"], "a") as log:
     elif args[1] in ("ref", "merge"):
         for suffix in (".npz", ".features.npy"):
             pathlib.Path(opt("--out") + suffix).write_text("")
+    elif record["script"] == "train_teacher.py":
+        (pathlib.Path(opt("--outdir")) / "teacher").mkdir(parents=True)
     elif args[1] == "teacher":
-        (pathlib.Path(opt("--out")) / "teacher-nfe3-n4.json").write_text("{{}}")
+        name = opt("--name") + "-" if "--name" in args else ""
+        (pathlib.Path(opt("--out")) / f"teacher-{{name}}nfe3-n4.json").write_text("{{}}")
     elif args[1] == "final":
         pathlib.Path(opt("--out")).write_text("{{}}")
     elif args[1] == "report":
@@ -171,12 +180,21 @@ def test_run_study_chains_seeds_controls_and_references_and_skips_what_is_done(t
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     calls = [json.loads(line) for line in log.read_text().splitlines()]
     trained = {c["args"][c["args"].index("--outdir") + 1].rsplit("/", 1)[1]: c for c in calls if "resumed_from" in c}
-    assert sorted(trained) == [f"{m}-s{s}" for m in ("sid", "sid2a", "sida", "sidcont") for s in (0, 1)]
+    unconditional = [f"{m}-s{s}" for m in ("sid", "sid2a", "sida", "sidcont") for s in (0, 1)]
+    assert sorted(trained) == sorted([*unconditional, "sid-cond-s0", "sida-cond-s0"])
     for name, call in trained.items():
         args = call["args"]
         seed = name.rsplit("-s", 1)[1]
         assert args[args.index("--seed") + 1] == seed and "--ref-stats" in args, name
         assert args[args.index("--method") + 1] == name.split("-")[0].replace("sidcont", "sid")
+        recipe, teacher = args[args.index("--recipe") + 1], args[args.index("--teacher") + 1]
+        if "-cond-" in name:  # the conditional study: its own teacher, trained by the `cond` stage
+            assert recipe == "cifar10-cond" and teacher == str(runs / "teacher-cond" / "teacher"), name
+        else:
+            assert recipe == "cifar10-uncond" and teacher == str(tmp_path / "teacher"), name
+    teacher_training = [c["args"] for c in calls if c["script"] == "train_teacher.py"]
+    assert len(teacher_training) == 1 and teacher_training[0][teacher_training[0].index("--label-dim") + 1] == "10"
+    assert (runs / "teacher-cond-nfe3-n4.json").is_file() and (runs / "teacher-nfe3-n4.json").is_file()
     assert trained["sid2a-s1"]["args"][trained["sid2a-s1"]["args"].index("--generator-init") + 1].endswith(
         "sid-s1/generator_ema"
     )
@@ -185,7 +203,7 @@ def test_run_study_chains_seeds_controls_and_references_and_skips_what_is_done(t
     assert trained["sidcont-s0"]["args"][trained["sidcont-s0"]["args"].index("--total-kimg") + 1] == "0.012"
     assert trained["sid2a-s0"]["resumed_from"] is None and "--data" in trained["sid2a-s0"]["args"]
     finals = [c["args"] for c in calls if c["args"][:1] == ["final"]]
-    assert len(finals) == 8 and all(f.count("--ref") == 2 for f in finals)
+    assert len(finals) == 10 and all(f.count("--ref") == 2 for f in finals)
     assert {f[f.index("--ref") + 1].split("=")[0] for f in finals} == {"train"}
     assert any("test=" in a and a.endswith("ref-test.npz") for a in finals[0])
     assert [c["args"][0] for c in calls if c["script"] == "study.py"].count("ref") == 2  # train part, test set
@@ -194,7 +212,7 @@ def test_run_study_chains_seeds_controls_and_references_and_skips_what_is_done(t
     again = subprocess.run([*script, "all"], env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert [c["args"][0] for c in map(json.loads, log.read_text().splitlines())] == ["report"]
-    assert again.stdout.count("skip") == 8 + 8 + 1  # runs, finals, teacher
+    assert again.stdout.count("skip") == 10 + 10 + 2  # runs, finals, the two teachers' FIDs
 
 
 @pytest.mark.slow
@@ -214,18 +232,36 @@ def test_run_study_end_to_end_on_a_cpu(tmp_path):
     net = edm_precond("cifar10-32x32-uncond", model_channels=8, channel_mult=(1,), num_blocks=1, attn_resolutions=())
     net.save_pretrained(tmp_path / "teacher")
     runs = tmp_path / "runs"
-    env = _study_env(tmp_path, runs)
+    env = _study_env(tmp_path, runs, COND_TEACHER_KIMG="0.004")
+    env["COND_TEACHER_ARGS"] = "--batch 2 --model-channels 8 --num-blocks 1 --workers 0 --dtype fp32 --device cpu"
+    env["COND_TEACHER_ARGS"] += " --log-kimg 0.002 --ckpt-kimg 0.002"
     done = subprocess.run(
         [shutil.which("bash"), str(QUALITY / "run_study.sh"), "all"], env=env, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = json.loads((runs / "report" / "results.json").read_text())
-    assert sorted(results["runs"]) == ["sid-s3", "sid2a-s3", "sida-s3", "sidcont-s3"]
+    assert sorted(results["runs"]) == ["sid-cond-s0", "sid-s3", "sid2a-s3", "sida-cond-s0", "sida-s3", "sidcont-s3"]
     for name, run in results["runs"].items():
-        assert run["seed"] == 3 and set(run["final"]["fid"]) == {"train", "test"}, name
+        assert run["seed"] == (0 if "-cond-" in name else 3) and set(run["final"]["fid"]) == {"train", "test"}, name
+    assert sorted(t.get("name", "") for t in results["teacher"] if t["nfe"] == 3) == ["", "cond"]
     assert results["runs"]["sidcont-s3"]["nimg"] == 12 and results["runs"]["sid2a-s3"]["nimg"] == 4
     assert results["runs"]["sida-s3"]["grad_ratio"] and not results["runs"]["sid-s3"]["grad_ratio"]
     assert set(results["teacher"][0]["fid"]) == {"train", "test"}
+
+
+def test_teacher_samples_of_a_conditional_teacher_draw_classes():
+    """The teacher's FID of a conditional teacher: each sample gets a uniform random class (as EDM's generate.py)."""
+    from scoredistill import Teacher
+    from scoredistill.roles.precond import edm_precond
+
+    study = _module("study")
+    torch.manual_seed(0)
+    tiny = {"model_channels": 8, "channel_mult": (1,), "num_blocks": 1, "attn_resolutions": ()}
+    teacher = Teacher(edm_precond("cifar10-32x32-cond", **tiny).eval())
+    device = torch.device("cpu")
+    first, second = (list(study._teacher_batches(teacher, 6, 3, 4, 0, device)) for _ in range(2))
+    assert [b.shape for b in first] == [(4, 3, 32, 32), (2, 3, 32, 32)] and first[0].dtype == torch.uint8
+    assert all(torch.equal(a, b) for a, b in zip(first, second))  # seeded: the same classes and noise again
 
 
 def test_zip_parts_split_and_join_give_back_the_dataset(tmp_path):
