@@ -13,7 +13,8 @@
 # A warm machine keeps /tmp between back-to-back calls only, so issue the calls one after another. `run` joins the
 # train parts into the one zip that SiDA reads, stops run_study.sh with SIGINT when SECONDS are up (every run saves
 # its training state; the next `run` resumes it), and packs the small results (JSON, logs) into $OUT/study.tgz and
-# each finished EMA generator into $OUT/NAME.tgz: unpack them into runs/quality here and `report` can be run here.
+# each EMA generator (and the conditional teacher) finished in this call into $OUT/NAME.tgz: unpack them into
+# runs/quality here, and `report` runs here.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 STUDY=${STUDY:-/tmp/study}
@@ -35,13 +36,17 @@ run)
   export RUNS=$STUDY/runs TEACHER=${TEACHER:-$STUDY/cifar10-uncond-ddpmpp32}
   export DATA_PARTS="$STUDY/train-0of2.zip $STUDY/train-1of2.zip" TEST_DATA=$STUDY/cifar10-test-jpeg75.zip
   export SIDA_DATA=$STUDY/train.zip INCEPTION=$STUDY/inception-fp16.safetensors
+  touch "$STUDY/.run-start"
   timeout -s INT "$seconds" bash benchmarks/quality/run_study.sh "$@"
   echo "run_study.sh: exit $?"
   if [ -n "${OUT:-}" ]; then
     (cd "$RUNS" && find . -maxdepth 2 \( -name '*.json' -o -name '*.jsonl' -o -name '*.log' -o -name '*.npz' \
       -o -name '*.png' -o -name '*.md' \) -size -8M -print0 | tar -czf "$OUT/study.tgz" --null -T -)
-    for gen in "$RUNS"/*/generator_ema; do
-      [ -d "$gen" ] && tar -czf "$OUT/$(basename "$(dirname "$gen")").tgz" -C "$RUNS" "$(basename "$(dirname "$gen")")/generator_ema"
+    # The networks finished in this call (a call returns at most 8 files): EMA generators and the conditional teacher.
+    find "$RUNS" -mindepth 2 -maxdepth 2 \( -name generator_ema -o -name teacher \) -newer "$STUDY/.run-start" \
+      | sort | head -7 | while read -r net; do
+      name=$(basename "$(dirname "$net")")
+      tar -czf "$OUT/$name.tgz" -C "$RUNS" "$name/$(basename "$net")"
     done
   fi ;;
 *) echo "usage: $0 stage | run SECONDS STAGE..." >&2; exit 2 ;;
