@@ -120,8 +120,8 @@ stage() {
     if ls "$RUNS"/teacher-cond-nfe*.json >/dev/null 2>&1; then echo "skip teacher-cond FID (done)"; else
       # shellcheck disable=SC2086
       CUDA_VISIBLE_DEVICES=$((gpus > 0 ? gpus - 1 : 0)) "${study[@]}" teacher --teacher "$cond/teacher" --name cond \
-        --ref "train=$RUNS/ref.npz" --ref "test=$RUNS/ref-test.npz" --nfe 35 --n ${TEACHER_N%% *} --out "$RUNS" \
-        "${inception[@]}"
+        --ref "train=$RUNS/ref.npz" --ref "test=$RUNS/ref-test.npz" --nfe ${TEACHER_NFE%% *} --n ${TEACHER_N%% *} \
+        --out "$RUNS" "${inception[@]}"
     fi
     for seed in $COND_SEEDS; do
       jobs+=("RECIPE=cifar10-cond TEACHER=$cond/teacher distill sid-cond-s$seed sid $KIMG $seed")
