@@ -235,6 +235,18 @@ def profile(d: Distiller, steps: int = 3, top: int = 15) -> str:
     return kernels + "\n" + "\n".join(lines)
 
 
+def _eager_fused(preset: str, batch: int, device: torch.device) -> Distiller:
+    """An eager bf16 channels_last distiller with the fused network kernels forced on (as CUDA graphs run them),
+    after two warm-up steps."""
+    d = build(preset, batch, "bf16-cl", device)
+    for role in (d.teacher, d.generator, d.fake_score):
+        use_fused_norms(role, True)
+    for _ in range(2):
+        d.step()
+    torch.cuda.synchronize()
+    return d
+
+
 def profile_ops(preset: str, batch: int, device: torch.device, top: int = 60) -> str:
     """Device time of one eager bf16 channels_last step by aten op and input shapes, fused norms forced on.
 
@@ -244,12 +256,7 @@ def profile_ops(preset: str, batch: int, device: torch.device, top: int = 60) ->
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    d = build(preset, batch, "bf16-cl", device)
-    for role in (d.teacher, d.generator, d.fake_score):
-        use_fused_norms(role, True)
-    for _ in range(2):
-        d.step()
-    torch.cuda.synchronize()
+    d = _eager_fused(preset, batch, device)
     with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
         d.step()
         torch.cuda.synchronize()
@@ -301,12 +308,7 @@ def profile_phases(preset: str, batch: int, device: torch.device, steps: int = 3
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    d = build(preset, batch, "bf16-cl", device)
-    for role in (d.teacher, d.generator, d.fake_score):
-        use_fused_norms(role, True)
-    for _ in range(2):
-        d.step()
-    torch.cuda.synchronize()
+    d = _eager_fused(preset, batch, device)
     with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
             d.step()
