@@ -10,7 +10,17 @@ from pathlib import Path
 
 import torch
 
-from scoredistill import FakeScore, GaussianMixture, OneStepGenerator, Precond, Teacher
+from scoredistill import (
+    DistillConfig,
+    Distiller,
+    DSMLoss,
+    FakeScore,
+    GaussianMixture,
+    OneStepGenerator,
+    Precond,
+    SiDLoss,
+    Teacher,
+)
 from scoredistill.networks import MLP, TinyUNet
 
 __all__ = [
@@ -19,7 +29,9 @@ __all__ = [
     "TINY_ZIP",
     "ResumableStream",
     "randomise",
+    "saved_tiny_distiller",
     "tiny_image_roles",
+    "tiny_vector_distiller",
     "tiny_vector_roles",
 ]
 
@@ -43,6 +55,22 @@ def tiny_vector_roles(dim: int = 2, seed: int = 0) -> tuple[Teacher, OneStepGene
     teacher = Teacher(GaussianMixture.ring(8))
     G = OneStepGenerator(Precond(MLP(dim, 32, depth=2)), sample_shape=(dim,))
     return teacher, G, FakeScore(Precond(MLP(dim, 32, depth=2)))
+
+
+def tiny_vector_distiller(**cfg) -> Distiller:
+    """SiD + DSM on :func:`tiny_vector_roles`, batch 4, real data from a :class:`ResumableStream`; ``cfg`` overrides."""
+    teacher, G, fake = tiny_vector_roles()
+    config = DistillConfig(batch_size=4, total_nimg=1000, **cfg)
+    return Distiller(teacher, G, fake, [SiDLoss(), DSMLoss()], config, data=ResumableStream(4, (2,)))
+
+
+def saved_tiny_distiller(tmp_path: Path, steps: int = 1) -> tuple[Distiller, Path]:
+    """A :func:`tiny_vector_distiller` after ``steps`` steps, and the checkpoint it saved at ``tmp_path / "ckpt"``."""
+    d = tiny_vector_distiller()
+    for _ in range(steps):
+        d.step()
+    d.save(tmp_path / "ckpt")
+    return d, tmp_path / "ckpt"
 
 
 class ResumableStream:

@@ -12,17 +12,11 @@ import warnings
 import pytest
 import torch
 
-from helpers import ResumableStream, tiny_vector_roles
+from helpers import saved_tiny_distiller, tiny_vector_distiller
 from helpers.hostile import resign_checkpoint
-from scoredistill import DistillConfig, Distiller, DSMLoss, SiDLoss
+from scoredistill import Distiller
 from scoredistill.io.artefact import CheckpointError
 from scoredistill.training.checkpoint import LegacyCheckpointWarning, has_training_state
-
-
-def _distiller(**cfg) -> Distiller:
-    teacher, G, fake = tiny_vector_roles()  # analytic teacher, MLP generator and fake score of equal shapes
-    config = DistillConfig(batch_size=4, total_nimg=1000, **cfg)
-    return Distiller(teacher, G, fake, [SiDLoss(), DSMLoss()], config, data=ResumableStream(4, (2,)))
 
 
 def _snapshot(d: Distiller) -> dict:
@@ -44,14 +38,6 @@ def _assert_unchanged(d: Distiller, before: dict) -> None:
     assert after["counters"] == before["counters"] and after["data"] == before["data"]
 
 
-def _saved(tmp_path, steps=1):
-    d = _distiller()
-    for _ in range(steps):
-        d.step()
-    d.save(tmp_path / "ckpt")
-    return d, tmp_path / "ckpt"
-
-
 # -- writing -----------------------------------------------------------------------------------------------
 
 
@@ -59,7 +45,7 @@ def _saved(tmp_path, steps=1):
 def test_a_kill_at_any_rename_leaves_a_complete_checkpoint(tmp_path, monkeypatch, kill_at):
     # Old code: the old checkpoint was renamed away before the new one came in; a kill between the two left no
     # training_state at all (and the new one was deleted on the way out), so a resume started from scratch.
-    d, ckpt = _saved(tmp_path)
+    d, ckpt = saved_tiny_distiller(tmp_path)
     old_nimg = d.nimg
     d.step()
     calls = []
@@ -77,7 +63,7 @@ def test_a_kill_at_any_rename_leaves_a_complete_checkpoint(tmp_path, monkeypatch
     monkeypatch.setattr(os, "rename", real_rename)
     assert len(calls) == kill_at + 1
     assert has_training_state(ckpt)  # puts back the complete version a kill left beside it
-    resumed = _distiller()
+    resumed = tiny_vector_distiller()
     resumed.load(ckpt)
     assert resumed.nimg in (old_nimg, d.nimg)
     if kill_at == 2:  # old moved aside, new complete beside it: the new one wins
@@ -88,7 +74,7 @@ def test_a_kill_at_any_rename_leaves_a_complete_checkpoint(tmp_path, monkeypatch
 
 
 def test_stale_temporaries_of_killed_writes_are_removed_and_nothing_else(tmp_path):
-    d, ckpt = _saved(tmp_path)
+    d, ckpt = saved_tiny_distiller(tmp_path)
     stale = [tmp_path / ".ckpt.tmp-abcd1234", tmp_path / ".ckpt.new-zz_99xyz", tmp_path / ".ckpt.old-q1w2e3r4"]
     for s in stale:
         s.mkdir()
@@ -120,7 +106,7 @@ def test_checkpoint_files_and_folders_are_flushed_to_disk(tmp_path, monkeypatch)
         return real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", fsync)
-    _, ckpt = _saved(tmp_path)
+    _, ckpt = saved_tiny_distiller(tmp_path)
     names = {os.path.basename(str(p)) for p in synced}
     expected_files = {p.name for p in ckpt.iterdir()}
     if os.path.exists("/proc/self/fd"):  # Linux: check what was flushed, by name
@@ -133,12 +119,12 @@ def test_checkpoint_files_and_folders_are_flushed_to_disk(tmp_path, monkeypatch)
 
 
 def test_a_bit_flip_in_tensor_data_is_refused_and_changes_nothing(tmp_path):
-    _, ckpt = _saved(tmp_path)
+    _, ckpt = saved_tiny_distiller(tmp_path)
     file = ckpt / "generator_ema.safetensors"
     data = bytearray(file.read_bytes())
     data[-7] ^= 0x10  # one bit of the last tensor's data: the file still parses
     file.write_bytes(bytes(data))
-    other = _distiller(seed=0)
+    other = tiny_vector_distiller(seed=0)
     before = _snapshot(other)
     with pytest.raises(CheckpointError, match=r"generator_ema.safetensors.*digest"):
         other.load(ckpt)
@@ -147,22 +133,22 @@ def test_a_bit_flip_in_tensor_data_is_refused_and_changes_nothing(tmp_path):
 
 def test_swapped_network_files_are_refused(tmp_path):
     # Generator and fake score have the same keys and shapes: only their roles tell the files apart.
-    _, ckpt = _saved(tmp_path, steps=2)
+    _, ckpt = saved_tiny_distiller(tmp_path, steps=2)
     g, f = ckpt / "generator.safetensors", ckpt / "fake_score.safetensors"
     g_bytes, f_bytes = g.read_bytes(), f.read_bytes()
     g.write_bytes(f_bytes)
     f.write_bytes(g_bytes)
     with pytest.raises(CheckpointError, match="digest"):
-        _distiller().load(ckpt)
+        tiny_vector_distiller().load(ckpt)
     resign_checkpoint(ckpt)  # even re-signed, each file says which network it holds
     with pytest.raises(CheckpointError, match="swapped"):
-        _distiller().load(ckpt)
+        tiny_vector_distiller().load(ckpt)
 
 
 def test_a_config_mismatch_leaves_the_live_networks_untouched(tmp_path):
     # Old code: the networks were overwritten before the config was compared.
-    _, ckpt = _saved(tmp_path, steps=2)
-    other = _distiller(lr_generator=1e-3)
+    _, ckpt = saved_tiny_distiller(tmp_path, steps=2)
+    other = tiny_vector_distiller(lr_generator=1e-3)
     before = _snapshot(other)
     with pytest.raises(CheckpointError, match=r"differs.*lr_generator"):
         other.load(ckpt)
@@ -180,12 +166,12 @@ def test_a_config_mismatch_leaves_the_live_networks_untouched(tmp_path):
     ],
 )
 def test_bad_counters_are_refused_even_when_re_signed(tmp_path, key, value, match):
-    _, ckpt = _saved(tmp_path)
+    _, ckpt = saved_tiny_distiller(tmp_path)
     state = torch.load(ckpt / "state.pt", weights_only=True)
     state[key] = value
     torch.save(state, ckpt / "state.pt")
     resign_checkpoint(ckpt)
-    other = _distiller()
+    other = tiny_vector_distiller()
     before = _snapshot(other)
     with pytest.raises(CheckpointError, match=match):
         other.load(ckpt)
@@ -193,13 +179,13 @@ def test_bad_counters_are_refused_even_when_re_signed(tmp_path, key, value, matc
 
 
 def test_an_optimizer_state_of_the_wrong_shape_is_refused_before_anything_changes(tmp_path):
-    _, ckpt = _saved(tmp_path)
+    _, ckpt = saved_tiny_distiller(tmp_path)
     state = torch.load(ckpt / "state.pt", weights_only=True)
     first = next(iter(state["opt_g"]["state"]))
     state["opt_g"]["state"][first]["exp_avg"] = torch.zeros(3)
     torch.save(state, ckpt / "state.pt")
     resign_checkpoint(ckpt)
-    other = _distiller()
+    other = tiny_vector_distiller()
     before = _snapshot(other)
     with pytest.raises(CheckpointError, match="opt_g: exp_avg"):
         other.load(ckpt)
@@ -207,8 +193,8 @@ def test_an_optimizer_state_of_the_wrong_shape_is_refused_before_anything_change
 
 
 def test_a_data_state_the_stream_refuses_changes_nothing_else(tmp_path):
-    _, ckpt = _saved(tmp_path)
-    other = _distiller()
+    _, ckpt = saved_tiny_distiller(tmp_path)
+    other = tiny_vector_distiller()
 
     def refuse(state):
         raise ValueError("state was saved for a dataset of 10 images, this one has 20")
@@ -225,7 +211,7 @@ def test_a_data_state_the_stream_refuses_changes_nothing_else(tmp_path):
 def test_damaged_files_raise_one_clear_error_type(tmp_path, damage):
     # Old code: EOFError / UnpicklingError / SafetensorError escaped raw. Without the manifest (a 0.1 checkpoint),
     # the readers themselves meet the damage; with it, the digest does first.
-    _, ckpt = _saved(tmp_path)
+    _, ckpt = saved_tiny_distiller(tmp_path)
     state, net = ckpt / "state.pt", ckpt / "fake_score.safetensors"
     if damage == "truncate_state":
         state.write_bytes(state.read_bytes()[:100])
@@ -236,21 +222,21 @@ def test_damaged_files_raise_one_clear_error_type(tmp_path, damage):
     else:
         net.write_bytes(b"\xff" * 8 + net.read_bytes()[8:])
     with pytest.raises(CheckpointError, match=r"digest|bytes"):
-        _distiller().load(ckpt)
+        tiny_vector_distiller().load(ckpt)
     (ckpt / "manifest.json").unlink()
     with pytest.warns(LegacyCheckpointWarning), pytest.raises(CheckpointError, match=net.name + "|" + state.name):
-        _distiller().load(ckpt, allow_legacy=True)
+        tiny_vector_distiller().load(ckpt, allow_legacy=True)
 
 
 def test_a_checkpoint_without_manifest_resumes_with_a_warning_when_allowed(tmp_path):
     # Checkpoints of scoredistill 0.1 have no manifest: they resume on request (keys, shapes, config still checked).
-    straight = _distiller(seed=3)
+    straight = tiny_vector_distiller(seed=3)
     trace = [float(straight.step()["sid/generator_loss"]) for _ in range(3)]
-    first = _distiller(seed=3)
+    first = tiny_vector_distiller(seed=3)
     first.step()
     first.save(tmp_path / "ckpt")
     (tmp_path / "ckpt" / "manifest.json").unlink()
-    resumed = _distiller(seed=3)
+    resumed = tiny_vector_distiller(seed=3)
     with pytest.raises(CheckpointError, match="allow_legacy=True"):  # only when the caller opts in
         resumed.load(tmp_path / "ckpt")
     with pytest.warns(LegacyCheckpointWarning, match="manifest"):
@@ -259,20 +245,20 @@ def test_a_checkpoint_without_manifest_resumes_with_a_warning_when_allowed(tmp_p
 
 
 def test_a_manifest_listing_other_files_is_refused(tmp_path):
-    _, ckpt = _saved(tmp_path)
+    _, ckpt = saved_tiny_distiller(tmp_path)
     manifest = json.loads((ckpt / "manifest.json").read_text())
     manifest["files"].pop("fake_score.safetensors")
     (ckpt / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(CheckpointError, match=r"missing.*fake_score"):
-        _distiller().load(ckpt)
+        tiny_vector_distiller().load(ckpt)
     (ckpt / "manifest.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="manifest"):
-        _distiller().load(ckpt)
+        tiny_vector_distiller().load(ckpt)
 
 
 def test_a_good_checkpoint_loads_without_warnings(tmp_path):
-    d, ckpt = _saved(tmp_path, steps=2)
-    other = _distiller()
+    d, ckpt = saved_tiny_distiller(tmp_path, steps=2)
+    other = tiny_vector_distiller()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         other.load(ckpt)

@@ -16,25 +16,11 @@ import time
 import pytest
 import torch
 
-from helpers import ResumableStream, tiny_vector_roles
+from helpers import saved_tiny_distiller, tiny_vector_distiller, tiny_vector_roles
 from helpers.hostile import resign_checkpoint
 from scoredistill import DistillConfig, Distiller, DSMLoss, SiDLoss, _io
 from scoredistill.io.artefact import CheckpointError
 from scoredistill.training.checkpoint import has_training_state
-
-
-def _distiller(**cfg) -> Distiller:
-    teacher, G, fake = tiny_vector_roles()
-    config = DistillConfig(batch_size=4, total_nimg=1000, **cfg)
-    return Distiller(teacher, G, fake, [SiDLoss(), DSMLoss()], config, data=ResumableStream(4, (2,)))
-
-
-def _saved(tmp_path, steps=1):
-    d = _distiller()
-    for _ in range(steps):
-        d.step()
-    d.save(tmp_path / "ckpt")
-    return d, tmp_path / "ckpt"
 
 
 def _edit_state(ckpt, edit) -> None:
@@ -51,7 +37,7 @@ def _edit_state(ckpt, edit) -> None:
 def test_a_deleted_checkpoint_is_not_brought_back_by_what_a_kill_left(tmp_path, monkeypatch, kill):
     # Old code: a kill after the swap (or before it) left a complete sibling; after `rm -rf training_state` the
     # next resume renamed that sibling into place, bringing back the checkpoint the user had deleted.
-    d, ckpt = _saved(tmp_path)
+    d, ckpt = saved_tiny_distiller(tmp_path)
     d.step()
     real_rmtree, real_rename = shutil.rmtree, os.rename
 
@@ -76,7 +62,7 @@ def test_a_deleted_checkpoint_is_not_brought_back_by_what_a_kill_left(tmp_path, 
     shutil.rmtree(ckpt)  # the user starts over
     assert not has_training_state(ckpt)
     with pytest.raises(FileNotFoundError):
-        _distiller().load(ckpt)
+        tiny_vector_distiller().load(ckpt)
 
 
 # -- the manifest ------------------------------------------------------------------------------------------
@@ -85,7 +71,7 @@ def test_a_deleted_checkpoint_is_not_brought_back_by_what_a_kill_left(tmp_path, 
 @pytest.mark.parametrize("kind", ["missing", "fifo", "folder", "dangling_link"])
 def test_a_checkpoint_without_a_readable_manifest_is_refused(tmp_path, kind):
     # Old code: each of these loaded with only a LegacyCheckpointWarning, i.e. without any integrity check.
-    _, ckpt = _saved(tmp_path)
+    _, ckpt = saved_tiny_distiller(tmp_path)
     manifest = ckpt / "manifest.json"
     manifest.unlink()
     if kind == "fifo":
@@ -94,7 +80,7 @@ def test_a_checkpoint_without_a_readable_manifest_is_refused(tmp_path, kind):
         manifest.mkdir()
     elif kind == "dangling_link":
         manifest.symlink_to(tmp_path / "nowhere.json")
-    other = _distiller()
+    other = tiny_vector_distiller()
     with pytest.raises(CheckpointError, match="allow_legacy" if kind == "missing" else "not a regular file"):
         other.load(ckpt)
     if kind != "missing":  # opting in to legacy checkpoints is for a missing manifest, not a strange one
@@ -105,26 +91,26 @@ def test_a_checkpoint_without_a_readable_manifest_is_refused(tmp_path, kind):
 
 def test_a_huge_or_deeply_nested_manifest_is_refused(tmp_path):
     # Old code: a 200 MB manifest was parsed whole, and deep nesting raised a raw RecursionError.
-    _, ckpt = _saved(tmp_path)
+    _, ckpt = saved_tiny_distiller(tmp_path)
     manifest = ckpt / "manifest.json"
     good = json.loads(manifest.read_text())
     manifest.write_text(json.dumps({**good, "padding": "x" * (2 * 2**20)}))
     with pytest.raises(CheckpointError, match="MAX_MANIFEST_BYTES"):
-        _distiller().load(ckpt)
+        tiny_vector_distiller().load(ckpt)
     manifest.write_text('{"format": 1, "files": ' + "[" * 100_000 + "]" * 100_000 + "}")
     with pytest.raises(CheckpointError, match="not a valid checkpoint manifest"):
-        _distiller().load(ckpt)
+        tiny_vector_distiller().load(ckpt)
     good["files"]["state.pt"]["bytes"] = "12"  # a string where an int belongs
     manifest.write_text(json.dumps(good))
     with pytest.raises(CheckpointError, match="not a valid checkpoint manifest"):
-        _distiller().load(ckpt)
+        tiny_vector_distiller().load(ckpt)
 
 
 def test_a_file_s_size_and_type_are_checked_before_it_is_hashed(tmp_path, monkeypatch):
     # Old code: a state.pt linked to a 3 GiB file was hashed in full before the digest refused it.
     from scoredistill.training import checkpoint
 
-    _, ckpt = _saved(tmp_path)
+    _, ckpt = saved_tiny_distiller(tmp_path)
     big = tmp_path / "big.bin"
     with open(big, "wb") as f:
         f.truncate(3 * 2**30)  # sparse: costs no disk
@@ -133,11 +119,11 @@ def test_a_file_s_size_and_type_are_checked_before_it_is_hashed(tmp_path, monkey
     (ckpt / "state.pt").unlink()
     (ckpt / "state.pt").symlink_to(big)
     with pytest.raises(CheckpointError, match="not a regular file"):
-        _distiller().load(ckpt)
+        tiny_vector_distiller().load(ckpt)
     (ckpt / "state.pt").unlink()
     os.link(big, ckpt / "state.pt")  # a hard link: a regular file of 3 GiB
     with pytest.raises(CheckpointError, match="bytes, the manifest recorded"):
-        _distiller().load(ckpt)
+        tiny_vector_distiller().load(ckpt)
     assert "state.pt" not in hashed
 
 
@@ -154,7 +140,7 @@ def _dag(depth: int) -> list:
 @pytest.mark.parametrize("where", ["nimg", "best", "world", "config"])
 def test_a_shared_structure_in_state_pt_is_refused_quickly(tmp_path, where):
     # Old code: repr and == walked all 2^40 paths of a few hundred bytes of DAG: Distiller.load hung.
-    _, ckpt = _saved(tmp_path)
+    _, ckpt = saved_tiny_distiller(tmp_path)
 
     def edit(state):
         if where == "config":
@@ -165,30 +151,30 @@ def test_a_shared_structure_in_state_pt_is_refused_quickly(tmp_path, where):
     _edit_state(ckpt, edit)
     start = time.perf_counter()
     with pytest.raises(CheckpointError, match=r"MAX_STATE_DEPTH|MAX_STATE_ITEMS"):
-        _distiller().load(ckpt)
+        tiny_vector_distiller().load(ckpt)
     assert time.perf_counter() - start < 5
 
 
 def test_a_wide_shared_structure_within_the_depth_limit_is_refused_by_its_item_budget(tmp_path):
-    _, ckpt = _saved(tmp_path)
+    _, ckpt = saved_tiny_distiller(tmp_path)
     node: list = [1]
     for _ in range(12):  # 4^12 = 16.8 M paths, 12 deep
         node = [node] * 4
     _edit_state(ckpt, lambda state: state.__setitem__("data", {"index": node}))
     start = time.perf_counter()
     with pytest.raises(CheckpointError, match="MAX_STATE_ITEMS"):
-        _distiller().load(ckpt)
+        tiny_vector_distiller().load(ckpt)
     assert time.perf_counter() - start < 5
 
 
 def test_a_state_deeper_than_the_limit_is_refused(tmp_path):
-    _, ckpt = _saved(tmp_path)
+    _, ckpt = saved_tiny_distiller(tmp_path)
     deep: list = []
     for _ in range(50):
         deep = [deep]
     _edit_state(ckpt, lambda state: state.__setitem__("data", deep))
     with pytest.raises(CheckpointError, match="MAX_STATE_DEPTH"):
-        _distiller().load(ckpt)
+        tiny_vector_distiller().load(ckpt)
 
 
 @pytest.mark.parametrize(
@@ -207,9 +193,9 @@ def test_a_state_deeper_than_the_limit_is_refused(tmp_path):
     ],
 )
 def test_counters_must_be_typed_ranged_and_consistent(tmp_path, key, value, match):
-    _, ckpt = _saved(tmp_path)
+    _, ckpt = saved_tiny_distiller(tmp_path)
     _edit_state(ckpt, lambda state: state.__setitem__(key, value))
-    other = _distiller()
+    other = tiny_vector_distiller()
     with pytest.raises(CheckpointError, match=match):
         other.load(ckpt)
     assert (other.nimg, other.step_index, other.best) == (0, 0, None)
@@ -218,7 +204,7 @@ def test_counters_must_be_typed_ranged_and_consistent(tmp_path, key, value, matc
 def test_a_string_batch_size_is_refused_before_it_is_multiplied(tmp_path):
     # Old code: with another process count, the saved batch_size times the saved world was computed first: a
     # string batch_size times a world of 10^8 allocated gigabytes.
-    _, ckpt = _saved(tmp_path)
+    _, ckpt = saved_tiny_distiller(tmp_path)
 
     def edit(state):
         state["config"]["batch_size"] = "x" * 30
@@ -226,7 +212,7 @@ def test_a_string_batch_size_is_refused_before_it_is_multiplied(tmp_path):
 
     _edit_state(ckpt, edit)
     with pytest.raises(CheckpointError, match="batch_size must be an int"):
-        _distiller().load(ckpt)
+        tiny_vector_distiller().load(ckpt)
 
 
 @pytest.mark.parametrize(
@@ -242,9 +228,9 @@ def test_a_string_batch_size_is_refused_before_it_is_multiplied(tmp_path):
     ],
 )
 def test_optimizer_hyper_parameters_must_equal_the_config(tmp_path, setting, value):
-    _, ckpt = _saved(tmp_path)
+    _, ckpt = saved_tiny_distiller(tmp_path)
     _edit_state(ckpt, lambda state: state["opt_g"]["param_groups"][0].__setitem__(setting, value))
-    other = _distiller()
+    other = tiny_vector_distiller()
     with pytest.raises(CheckpointError, match=f"opt_g: group 0 has {setting}"):
         other.load(ckpt)
     assert other.opt_g.param_groups[0]["lr"] == other.config.lr_generator
@@ -252,7 +238,7 @@ def test_optimizer_hyper_parameters_must_equal_the_config(tmp_path, setting, val
 
 
 def test_non_finite_optimizer_moments_are_refused(tmp_path):
-    _, ckpt = _saved(tmp_path)
+    _, ckpt = saved_tiny_distiller(tmp_path)
 
     def edit(state):
         first = next(iter(state["opt_f"]["state"]))
@@ -260,15 +246,15 @@ def test_non_finite_optimizer_moments_are_refused(tmp_path):
 
     _edit_state(ckpt, edit)
     with pytest.raises(CheckpointError, match="opt_f: exp_avg_sq holds non-finite or negative"):
-        _distiller().load(ckpt)
+        tiny_vector_distiller().load(ckpt)
 
 
 def test_a_resumed_optimizer_keeps_this_run_s_implementation_switches(tmp_path):
     # Old code: the saved foreach / fused / capturable replaced this machine's own (a CUDA run's fused=True on
     # the CPU, capturable=False under CUDA graphs).
-    d, ckpt = _saved(tmp_path)
+    d, ckpt = saved_tiny_distiller(tmp_path)
     _edit_state(ckpt, lambda state: state["opt_g"]["param_groups"][0].__setitem__("foreach", False))
-    other = _distiller()
+    other = tiny_vector_distiller()
     other.load(ckpt)
     assert other.opt_g.param_groups[0]["foreach"] is True
     assert other.nimg == d.nimg
@@ -285,7 +271,7 @@ def test_a_config_changed_behind_its_checks_is_refused_when_built_and_saved(tmp_
     teacher, G, fake = tiny_vector_roles()
     with pytest.raises(ValueError, match="lr_generator must be finite"):
         Distiller(teacher, G, fake, [SiDLoss(), DSMLoss()], config)
-    d = _distiller()
+    d = tiny_vector_distiller()
     object.__setattr__(d.config, "batch_size", "4")
     with pytest.raises(TypeError, match="batch_size must be an int"):
         d.save(tmp_path / "ckpt")
@@ -298,11 +284,11 @@ def test_a_config_changed_behind_its_checks_is_refused_when_built_and_saved(tmp_
 )
 def test_loss_scaler_states_must_be_finite_and_of_this_run_s_settings(tmp_path, key, value, match):
     # Old code: a scale of NaN loaded into the fp16 loss scaler, and every later step was skipped as an overflow.
-    d = _distiller(precision="fp16")
+    d = tiny_vector_distiller(precision="fp16")
     d.step()
     d.save(tmp_path / "ckpt")
     _edit_state(tmp_path / "ckpt", lambda state: state["scalers"]["g"].__setitem__(key, value))
-    other = _distiller(precision="fp16")
+    other = tiny_vector_distiller(precision="fp16")
     with pytest.raises(CheckpointError, match=match):
         other.load(tmp_path / "ckpt")
     assert other.scalers["g"].get_scale() == 65536.0
@@ -311,18 +297,18 @@ def test_loss_scaler_states_must_be_finite_and_of_this_run_s_settings(tmp_path, 
 @pytest.mark.parametrize("value", ["abc", [1, 2]])
 def test_a_data_state_that_is_not_a_dict_is_a_checkpoint_error(tmp_path, value):
     # Old code: dict(state["data"]) raised a raw ValueError or TypeError.
-    _, ckpt = _saved(tmp_path)
+    _, ckpt = saved_tiny_distiller(tmp_path)
     _edit_state(ckpt, lambda state: state.__setitem__("data", value))
     with pytest.raises(CheckpointError, match="data must be"):
-        _distiller().load(ckpt)
+        tiny_vector_distiller().load(ckpt)
 
 
 def test_a_network_with_many_unexpected_keys_gets_a_short_message(tmp_path):
     from safetensors.torch import save_file
 
-    _, ckpt = _saved(tmp_path)
+    _, ckpt = saved_tiny_distiller(tmp_path)
     save_file({f"k{i:05d}" * 20: torch.zeros(1) for i in range(2000)}, ckpt / "fake_score.safetensors")
     resign_checkpoint(ckpt)
     with pytest.raises(CheckpointError, match="does not fit this run's fake_score") as info:
-        _distiller().load(ckpt)
+        tiny_vector_distiller().load(ckpt)
     assert len(str(info.value)) < 1000 and "\n" not in str(info.value)
