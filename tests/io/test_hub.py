@@ -240,6 +240,8 @@ def test_save_refuses_what_it_cannot_rebuild(tmp_path: Path):
         save_pretrained(OneStepGenerator(Precond(Custom()), sample_shape=(2,)), tmp_path / "a")
     with pytest.raises(TypeError, match="Precond"):
         save_pretrained(OneStepGenerator(MLP(2, 8), sample_shape=(2,)), tmp_path / "b")
+    with pytest.raises(TypeError, match="cannot save a FakeScore around a MLP: public artefacts hold a Precond"):
+        save_pretrained(FakeScore(MLP(2, 8)), tmp_path / "b2")
     with pytest.raises(TypeError, match="training"):
         save_pretrained(mlp_generator(), tmp_path / "c", training={"rng": torch.Generator()})
     with pytest.raises(ValueError, match="dtype"):

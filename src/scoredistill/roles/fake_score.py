@@ -11,7 +11,7 @@ from typing_extensions import Self, override
 
 from .._types import ScoreOutput, as_sigma, resolve_sample_shape
 from ..io.hub import HubMixin
-from .precond import Precond
+from .precond import Precond, _saved_precond
 
 __all__ = ["FakeScore", "trainable_copy"]
 
@@ -102,12 +102,7 @@ class FakeScore(nn.Module, HubMixin):
     @override
     def to_config(self) -> dict[str, Any]:
         """The [`Precond`][scoredistill.Precond]'s config (a fake score adds no arguments of its own)."""
-        if type(self.denoiser) is not Precond:
-            raise TypeError(
-                f"cannot save a FakeScore around a {type(self.denoiser).__name__}: public artefacts hold a "
-                "Precond around a registered backbone (see scoredistill.networks.registry.BACKBONES)"
-            )
-        return self.denoiser.to_config()
+        return _saved_precond(self, self.denoiser).to_config()
 
     @classmethod
     @override

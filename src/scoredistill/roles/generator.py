@@ -13,7 +13,7 @@ from .._types import resolve_sample_shape
 from ..io.hub import HubMixin
 from ..schedules import SIGMA_INIT, check_sigma_init
 from .fake_score import trainable_copy
-from .precond import Precond, _check_keys
+from .precond import Precond, _check_keys, _saved_precond
 
 __all__ = ["OneStepGenerator"]
 
@@ -99,13 +99,9 @@ class OneStepGenerator(nn.Module, HubMixin):
     @override
     def to_config(self) -> dict[str, Any]:
         """``sigma_init``, ``sample_shape`` and ``label_dim`` beside the [`Precond`][scoredistill.Precond]'s config."""
-        if type(self.denoiser) is not Precond:
-            raise TypeError(
-                f"cannot save a OneStepGenerator around a {type(self.denoiser).__name__}: public artefacts hold a "
-                "Precond around a registered backbone (see scoredistill.networks.registry.BACKBONES)"
-            )
+        precond = _saved_precond(self, self.denoiser)
         role = {"sigma_init": self.sigma_init, "sample_shape": list(self.sample_shape), "label_dim": self.label_dim}
-        return {**role, **self.denoiser.to_config()}
+        return {**role, **precond.to_config()}
 
     @classmethod
     @override

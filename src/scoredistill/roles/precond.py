@@ -200,6 +200,16 @@ def edm_precond(config: EDMUNetConfig | str, *, sigma_data: float = 0.5, **overr
     return Precond(backbone, label_dim=config.label_dim, augment_dim=config.augment_dim, sigma_data=sigma_data)
 
 
+def _saved_precond(role: nn.Module, denoiser: nn.Module) -> Precond:
+    """A role's denoiser, if the role can be saved as a public artefact: a Precond around a registered backbone."""
+    if type(denoiser) is not Precond:
+        raise TypeError(
+            f"cannot save a {type(role).__name__} around a {type(denoiser).__name__}: public artefacts hold a "
+            "Precond around a registered backbone (see scoredistill.networks.registry.BACKBONES)"
+        )
+    return denoiser
+
+
 def _check_keys(
     config: Mapping[str, Any], *, required: tuple[str, ...] = (), allowed: tuple[str, ...] = (), where: str
 ) -> None:
