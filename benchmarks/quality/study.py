@@ -224,8 +224,9 @@ def curve_bands(runs: dict[str, dict]) -> dict[str, list[list[float]]]:
             if run["method"] == method:
                 for nimg, fid in run["curve"]:
                     at.setdefault(nimg, []).append(fid)
-        if at:
-            bands[method] = [[n, _summary(v)["mean"], _summary(v)["std"], len(v)] for n, v in sorted(at.items())]
+        summaries = {n: _summary(fids) for n, fids in sorted(at.items())}
+        if summaries:
+            bands[method] = [[n, s["mean"], s["std"], len(at[n])] for n, s in summaries.items()]
     return bands
 
 

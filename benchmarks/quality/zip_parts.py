@@ -6,8 +6,9 @@
 Why: a GPU run's inputs are limited in size (the 53 MB CIFAR-10 training zip and this repository do not fit in one
 run), so the study carries the parts in separate calls and joins them on the GPU machine. Images are dealt to the
 parts in turn, so each part of a class-sorted zip holds every class; each part is itself a valid dataset zip (its
-own ``dataset.json``), which the study's reference statistics read one by one and merge exactly. ``join`` restores
-the original file order, so the joined zip reads like the original (same images, names, labels and order).
+own ``dataset.json``), which the study's reference statistics read one by one and merge exactly. ``join`` writes
+the images in name order, the order the dataset reader uses, so the joined zip reads like the original (same
+images, names, labels and order).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import zipfile
 from pathlib import Path
 
 LABELS = "dataset.json"
-ORDER = "parts.json"  # each part's original positions, for join
+ORDER = "parts.json"  # which part of how many (and of which zip) this is: join checks that none is missing
 
 
 def split(src: Path, parts: int, out: str) -> list[Path]:
