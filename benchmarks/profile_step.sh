@@ -1,5 +1,6 @@
 #!/bin/bash
-# The profile that kernel and scheduling work starts from, in one device call (about 6 minutes on an H100): for each
+# The profile that kernel and scheduling work starts from, in one device call (not yet timed on a GPU; each step has
+# its own limit, 9.5 minutes at most in all, inside one call's 10): for each
 # workload the user path runs, the reference's setting and the fast path (images/s, MFU, peak memory) and the fast
 # path's device time by kernel family over graph replays, then eager steps' device time by phase.
 #
@@ -20,18 +21,18 @@ B="benchmarks/bench_step.py --out $OUT/profile.md --warmup 3 --steps 10"
 data=(); [ -f "$Z" ] && data=(--data "$Z" --augment 0.12)
 
 el "CIFAR-10 batch 32"
-timeout 150 python $B --preset cifar10-32x32-uncond --batch 32 "${data[@]}" --settings baseline,graphs-cl --profile \
+timeout 140 python $B --preset cifar10-32x32-uncond --batch 32 "${data[@]}" --settings baseline,graphs-cl --profile \
   > "$OUT/profile_c10_b32.txt" 2>&1
 el "CIFAR-10 batch 128"
-timeout 150 python $B --preset cifar10-32x32-uncond --batch 128 "${data[@]}" --settings baseline,graphs-cl --profile \
+timeout 140 python $B --preset cifar10-32x32-uncond --batch 128 "${data[@]}" --settings baseline,graphs-cl --profile \
   > "$OUT/profile_c10_b128.txt" 2>&1
 el "ImageNet-64 batch 32"
-timeout 150 python $B --preset imagenet-64x64 --batch 32 --settings baseline,graphs-cl --profile \
+timeout 140 python $B --preset imagenet-64x64 --batch 32 --settings baseline,graphs-cl --profile \
   > "$OUT/profile_in64_b32.txt" 2>&1
 el phases
 for w in "cifar10-32x32-uncond 32" "cifar10-32x32-uncond 128" "imagenet-64x64 32"; do
   set -- $w
-  timeout 60 python benchmarks/bench_step.py --preset "$1" --batch "$2" --profile-phases \
+  timeout 50 python benchmarks/bench_step.py --preset "$1" --batch "$2" --profile-phases \
     > "$OUT/phases_${1%%-*}_b$2.txt" 2>&1
 done
 el end
