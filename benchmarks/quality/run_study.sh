@@ -35,6 +35,7 @@ REF_MAX=${REF_MAX:-}                                                    # at mos
 COND_SEEDS=${COND_SEEDS:-0}                                             # the conditional study's SiD and SiDA seeds
 COND_TEACHER_KIMG=${COND_TEACHER_KIMG:-2460}                            # its teacher's training (as the shared one's)
 COND_TEACHER_ARGS=${COND_TEACHER_ARGS:-}                                # more train_teacher.py flags (tests: tiny sizes)
+LANES_PER_GPU=${LANES_PER_GPU:-1}                                       # jobs side by side on each GPU (small students)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 mkdir -p "$RUNS"
@@ -43,10 +44,11 @@ ref_max=(); [ -n "$REF_MAX" ] && ref_max=(--max-images "$REF_MAX" --workers 0)
 gpus=$(python3 -c "import torch; print(torch.cuda.device_count())")
 study=(python3 benchmarks/quality/study.py)
 
-lanes() {  # lanes JOB...: run the jobs (shell commands) on one lane per GPU, each lane in order; GPU=lane index
-  local n=$((gpus > 0 ? gpus : 1)) jobs=("$@") pids=() lane i
+lanes() {  # lanes JOB...: run the jobs (shell commands) on LANES_PER_GPU lanes per GPU, each lane in order
+  local n=$(((gpus > 0 ? gpus : 1) * LANES_PER_GPU)) jobs=("$@") pids=() lane i
   for ((lane = 0; lane < n; lane++)); do
-    (for ((i = lane; i < ${#jobs[@]}; i += n)); do GPU=$lane eval "${jobs[i]}"; done) & pids+=($!)
+    (for ((i = lane; i < ${#jobs[@]}; i += n)); do GPU=$((lane % (gpus > 0 ? gpus : 1))) eval "${jobs[i]}"; done) &
+    pids+=($!)
   done
   for pid in "${pids[@]}"; do wait "$pid"; done
 }
