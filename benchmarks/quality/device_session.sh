@@ -5,6 +5,9 @@
 #   bash benchmarks/quality/device_session.sh stage            # each call: copy the carried .devdata* to $STUDY
 #   bash benchmarks/quality/device_session.sh run SECONDS STAGE...   # run_study.sh STAGE... for at most SECONDS,
 #                                                              # then pack what it made into $OUT
+#   MPS=1 LANES_PER_GPU=2 ONLY="sida-s0 sid-s1" SEEDS="0 1" bash ... run 570 train
+#       two runs side by side under CUDA MPS (on an H100, 3 study runs at once sum to 1.19x one run's images/s:
+#       concurrency_probe.sh); ONLY picks the runs a call has time for
 #
 # What to carry (git-ignored folders of this repository; no two fit in one call beside the repository itself):
 #   .devdata    the teacher directory, the CIFAR-10 test zip and train-0of2.zip
@@ -37,8 +40,14 @@ run)
   export DATA_PARTS="$STUDY/train-0of2.zip $STUDY/train-1of2.zip" TEST_DATA=$STUDY/cifar10-test-jpeg75.zip
   export SIDA_DATA=$STUDY/train.zip INCEPTION=$STUDY/inception-fp16.safetensors
   touch "$STUDY/.run-start"
+  if [ "${MPS:-0}" = 1 ]; then  # CUDA MPS: kernels of the side-by-side runs (LANES_PER_GPU) share the GPU
+    export CUDA_MPS_PIPE_DIRECTORY=$STUDY/mps_pipe CUDA_MPS_LOG_DIRECTORY=$STUDY/mps_log
+    mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+    nvidia-cuda-mps-control -d || echo "MPS: the daemon did not start; the runs share the GPU by time slices"
+  fi
   timeout -s INT "$seconds" bash benchmarks/quality/run_study.sh "$@"
   echo "run_study.sh: exit $?"
+  if [ "${MPS:-0}" = 1 ]; then echo quit | nvidia-cuda-mps-control; fi
   if [ -n "${OUT:-}" ]; then
     (cd "$RUNS" && find . -maxdepth 2 \( -name '*.json' -o -name '*.jsonl' -o -name '*.log' -o -name '*.npz' \
       -o -name '*.png' -o -name '*.md' \) -size -8M -print0 | tar -czf "$OUT/study.tgz" --null -T -)

@@ -15,7 +15,10 @@
 # Every stage can be re-run: training resumes from a run's training_state/, and a run, a reference or a final
 # figure that is already there is skipped; `all` after an interruption continues where it stopped. Training is the
 # example script, run exactly as a user runs it. `report` writes REPORT_OUT/results.json (every number), then the
-# plot and tables.md from that file alone; publish with REPORT_OUT=docs/results. Settings come from the environment:
+# plot and tables.md from that file alone; publish with REPORT_OUT=docs/results RECORDS=benchmarks/quality/records
+# (RECORDS keeps the runs' stats.jsonl and final and teacher JSON, from which `report --root RECORDS` makes the same
+# results.json). ONLY="sida-s1 sid-s2" restricts the train, sid2a, cond and final stages to those runs (a device
+# session that has time for two runs). Settings come from the environment:
 TEACHER=${TEACHER:-../shared/teachers/cifar10-uncond-ddpmpp32}        # scoredistill artefact directory or EDM .pkl
 DATA_PARTS=${DATA_PARTS:-../shared/data/cifar10-train-jpeg75.zip}       # zip(s) whose union is the `train` reference
 TEST_DATA=${TEST_DATA:-../shared/data/cifar10-test-jpeg75.zip}          # the held-out `test` reference
@@ -36,6 +39,8 @@ COND_SEEDS=${COND_SEEDS:-0}                                             # the co
 COND_TEACHER_KIMG=${COND_TEACHER_KIMG:-2460}                            # its teacher's training (as the shared one's)
 COND_TEACHER_ARGS=${COND_TEACHER_ARGS:-}                                # more train_teacher.py flags (tests: tiny sizes)
 LANES_PER_GPU=${LANES_PER_GPU:-1}                                       # jobs side by side on each GPU (small students)
+ONLY=${ONLY:-}                                                          # run names: a stage runs only these runs' jobs
+RECORDS=${RECORDS:-}                                                    # `report` first copies the small records here
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 mkdir -p "$RUNS"
@@ -44,8 +49,20 @@ ref_max=(); [ -n "$REF_MAX" ] && ref_max=(--max-images "$REF_MAX" --workers 0)
 gpus=$(python3 -c "import torch; print(torch.cuda.device_count())")
 study=(python3 benchmarks/quality/study.py)
 
+job_run() {  # job_run JOB: the run a job is for (distill NAME / final NAME: NAME; control SEED: sidcont-sSEED)
+  local word prev=""
+  for word in $1; do
+    case $prev in distill | final) echo "$word"; return ;; control) echo "sidcont-s$word"; return ;; esac
+    prev=$word
+  done
+}
+
 lanes() {  # lanes JOB...: run the jobs (shell commands) on LANES_PER_GPU lanes per GPU, each lane in order
-  local n=$(((gpus > 0 ? gpus : 1) * LANES_PER_GPU)) jobs=("$@") pids=() lane i
+  local n=$(((gpus > 0 ? gpus : 1) * LANES_PER_GPU)) jobs=() pids=() lane i job
+  for job in "$@"; do  # ONLY: the jobs of the named runs, chosen before the lanes are dealt so that they balance
+    [ -z "$ONLY" ] || [[ " $ONLY " == *" $(job_run "$job") "* ]] && jobs+=("$job")
+  done
+  [ ${#jobs[@]} -gt 0 ] || { echo "no job of this stage is in ONLY ($ONLY)"; return; }
   for ((lane = 0; lane < n; lane++)); do
     (for ((i = lane; i < ${#jobs[@]}; i += n)); do GPU=$((lane % (gpus > 0 ? gpus : 1))) eval "${jobs[i]}"; done) &
     pids+=($!)
@@ -136,6 +153,11 @@ stage() {
     done
     [ ${#jobs[@]} -eq 0 ] || lanes "${jobs[@]}" ;;
   report)
+    if [ -n "$RECORDS" ]; then  # what the tables are made from, small enough to keep in the repository
+      local records; records=$(mkdir -p "$RECORDS" && cd "$RECORDS" && pwd)
+      (cd "$RUNS" && find . -maxdepth 2 \( -name 'final-*.json' -o -name 'teacher-*nfe*.json' -o -name stats.jsonl \) \
+        -print0 | xargs -0 -r cp --parents -t "$records")
+    fi
     "${study[@]}" report --root "$RUNS" --out "$REPORT_OUT" --offset "sid2a=$(python3 -c "print(round($KIMG * 1000))")" \
       --setting "seeds=$SEEDS" "kimg=$KIMG" "sid2a_kimg=$SID2A_KIMG" "final_n=$FINAL_N" "eval_n=$EVAL_N" \
       "speed=$SPEED" "teacher=$TEACHER" ;;

@@ -215,6 +215,33 @@ def test_run_study_chains_seeds_controls_and_references_and_skips_what_is_done(t
     assert again.stdout.count("skip") == 10 + 10 + 2  # runs, finals, the two teachers' FIDs
 
 
+def test_run_study_only_runs_the_named_runs_on_shared_lanes_and_keeps_records(tmp_path):
+    """ONLY picks the runs a device call has time for (here two, side by side on one lane pair); RECORDS keeps the
+    small files the tables come from, and nothing else."""
+    bin_dir, runs, log = tmp_path / "bin", tmp_path / "runs", tmp_path / "calls.jsonl"
+    bin_dir.mkdir()
+    (bin_dir / "python3").write_text(_FAKE_PYTHON.format(python=sys.executable))
+    (bin_dir / "python3").chmod(0o755)
+    env = _study_env(tmp_path, runs, SEEDS="0 1", PATH=f"{bin_dir}:{os.environ['PATH']}", FAKE_LOG=str(log))
+    env |= {"ONLY": "sida-s1 sid-s0", "LANES_PER_GPU": "2", "RECORDS": str(tmp_path / "records")}
+    script = [shutil.which("bash"), str(QUALITY / "run_study.sh")]
+    done = subprocess.run([*script, "ref", "train", "final"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    trained = sorted(c["args"][c["args"].index("--outdir") + 1].rsplit("/", 1)[1] for c in calls if "resumed_from" in c)
+    assert trained == ["sid-s0", "sida-s1"]
+    finals = sorted(c["args"][c["args"].index("--out") + 1].rsplit("/", 1)[1] for c in calls if c["args"][0] == "final")
+    assert finals == ["final-sid-s0.json", "final-sida-s1.json"]
+    none = subprocess.run([*script, "sid2a"], env={**env, "ONLY": "sid-s2"}, capture_output=True, text=True)
+    assert none.returncode == 0 and "no job of this stage is in ONLY (sid-s2)" in none.stdout, none.stderr
+    (runs / "sid-s0" / "stats.jsonl").write_text("{}\n")
+    (runs / "teacher-nfe35-n4.json").write_text("{}")
+    done = subprocess.run([*script, "report"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    kept = sorted(str(p.relative_to(tmp_path / "records")) for p in (tmp_path / "records").rglob("*") if p.is_file())
+    assert kept == ["final-sid-s0.json", "final-sida-s1.json", "sid-s0/stats.jsonl", "teacher-nfe35-n4.json"]
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(
     not os.environ.get("SCOREDISTILL_STUDY_E2E"),
@@ -294,6 +321,9 @@ def test_device_session_stages_inputs_joins_parts_and_packs_results(tmp_path):
     out.mkdir()
     (bin_dir / "python3").write_text(_FAKE_PYTHON.format(python=sys.executable))
     (bin_dir / "python3").chmod(0o755)
+    mps = bin_dir / "nvidia-cuda-mps-control"  # stands in for the MPS daemon's control: records how it was called
+    mps.write_text(f'#!/bin/sh\necho "$* $(cat) $CUDA_MPS_PIPE_DIRECTORY" >> {tmp_path / "mps.txt"}\n')
+    mps.chmod(0o755)
     carried = [tmp_path / "carry1", tmp_path / "carry2"]
     for k, folder in enumerate(carried):
         folder.mkdir()
@@ -309,8 +339,16 @@ def test_device_session_stages_inputs_joins_parts_and_packs_results(tmp_path):
         done = subprocess.run([*script, "stage"], env={**env, "CARRIED": str(folder)}, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
     assert {p.name for p in study.iterdir()} == {"train-0of2.zip", "train-1of2.zip", "cifar10-test-jpeg75.zip"}
-    done = subprocess.run([*script, "run", "120", "ref", "train"], env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [*script, "run", "120", "ref", "train"],
+        env={**env, "MPS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,  # the stand-in reads its input, as the real control does
+    )
     assert done.returncode == 0 and "run_study.sh: exit 0" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
+    assert (tmp_path / "mps.txt").read_text().split("\n")[:2] == [f"-d  {study}/mps_pipe", f" quit {study}/mps_pipe"]
     from scoredistill.data import ImageZipDataset
 
     assert len(ImageZipDataset(study / "train.zip")) == len(ImageZipDataset(TINY_ZIP))
