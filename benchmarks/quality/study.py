@@ -250,6 +250,9 @@ def render(results_json: Path, out: Path) -> None:
         return
     _plot(results, out / "fid_vs_images.png")
     print(f"wrote {out / 'fid_vs_images.png'} from {results_json}")
+    if any(run["grad_ratio"] for run in results["runs"].values()):
+        _plot_ratio(results, out / "grad_ratio.png")
+        print(f"wrote {out / 'grad_ratio.png'} from {results_json}")
 
 
 def _pm(summary: dict, digits: int = 2) -> str:
@@ -328,6 +331,29 @@ def _plot(results: dict, path: Path) -> None:
             ax.axhline(record["fid"]["train"], color="grey", ls="--", lw=1, label=f"{name}, 35 NFE ({record['n']:,})")
     ax.set_xlabel("images seen by the student (millions)")
     ax.set_ylabel("FID during training")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def _plot_ratio(results: dict, path: Path) -> None:
+    """Each run's logged ``adv/generator_grad_ratio`` (one micro-batch per record) against the images it has seen."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    offsets = {k: float(v) for k, v in results["setting"].get("offsets", {}).items()}
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=130)
+    for name, run in results["runs"].items():
+        if run["grad_ratio"]:
+            start = offsets.get(run["method"], 0.0)
+            ax.plot([(start + n) / 1e6 for n, _ in run["grad_ratio"]], [r for _, r in run["grad_ratio"]], marker="o",
+                    ms=3, label=name)  # fmt: skip
+    ax.set_xlabel("images seen by the student (millions)")
+    ax.set_ylabel("adversarial / SiD gradient norm")
     ax.set_yscale("log")
     ax.grid(alpha=0.3, which="both")
     ax.legend()

@@ -76,6 +76,7 @@ def test_report_averages_seeds_and_tables_come_from_results_json(tmp_path):
     assert "| 1,000 | 25.00 | 22.00 ± 1.41 (2) |" in table
     if importlib.util.find_spec("matplotlib") is not None:
         assert (out / "fid_vs_images.png").stat().st_size > 1000
+        assert (out / "grad_ratio.png").stat().st_size > 1000  # the SiDA runs logged the gradient ratio
     # The tables are a function of results.json alone: edit a number there and they follow.
     results["summary"]["sid"]["fid_train"]["mean"] = 99.0
     (out / "results.json").write_text(json.dumps(results))
@@ -366,3 +367,12 @@ def test_device_session_stages_inputs_joins_parts_and_packs_results(tmp_path):
         assert "sida-s3/generator_ema" in tar.getnames()
     with tarfile.open(out / "study.tgz") as tar:
         assert any(name.endswith(".log") for name in tar.getnames())
+
+
+def test_published_results_json_is_made_from_the_kept_records():
+    """docs/results/results.json, the one source of the results page, follows from benchmarks/quality/records."""
+    study = _module("study")
+    published = json.loads((REPO_ROOT / "docs" / "results" / "results.json").read_text())
+    remade = json.loads(json.dumps(study.collect(QUALITY / "records", published["setting"])))
+    assert remade == published
+    assert study.tables(published) == (REPO_ROOT / "docs" / "results" / "tables.md").read_text()
