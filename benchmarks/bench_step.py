@@ -188,14 +188,18 @@ def _family(name: str) -> str:
     return "other"
 
 
+def _kernels(events) -> list:
+    """The profiler's kernel rows: device time of their own, not an operator, annotation or runtime call."""
+    skip = ("aten::", "autograd::", "Optimizer.", "cuda", "Memcpy", "Memset", "scoredistill/")
+    return [e for e in events if e.self_device_time_total > 0 and not e.key.startswith(skip)]
+
+
 def kernel_families(events, steps: int) -> str:
     """Device time per kernel family (:data:`FAMILIES`), per step and as a share of the total."""
     totals: dict[str, list[float]] = {}
     grand = 0.0
-    for e in events:
+    for e in _kernels(events):
         t = e.self_device_time_total
-        if t <= 0 or e.key.startswith(("aten::", "autograd::", "Optimizer.", "cuda", "Memcpy", "Memset")):
-            continue
         acc = totals.setdefault(_family(e.key), [0.0, 0])
         acc[0] += t
         acc[1] += e.count
@@ -231,6 +235,18 @@ def profile(d: Distiller, steps: int = 3, top: int = 15) -> str:
     return kernels + "\n" + "\n".join(lines)
 
 
+def _eager_fused(preset: str, batch: int, device: torch.device) -> Distiller:
+    """An eager bf16 channels_last distiller with the fused network kernels forced on (as CUDA graphs run them),
+    after two warm-up steps."""
+    d = build(preset, batch, "bf16-cl", device)
+    for role in (d.teacher, d.generator, d.fake_score):
+        use_fused_norms(role, True)
+    for _ in range(2):
+        d.step()
+    torch.cuda.synchronize()
+    return d
+
+
 def profile_ops(preset: str, batch: int, device: torch.device, top: int = 60) -> str:
     """Device time of one eager bf16 channels_last step by aten op and input shapes, fused norms forced on.
 
@@ -240,12 +256,7 @@ def profile_ops(preset: str, batch: int, device: torch.device, top: int = 60) ->
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    d = build(preset, batch, "bf16-cl", device)
-    for role in (d.teacher, d.generator, d.fake_score):
-        use_fused_norms(role, True)
-    for _ in range(2):
-        d.step()
-    torch.cuda.synchronize()
+    d = _eager_fused(preset, batch, device)
     with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
         d.step()
         torch.cuda.synchronize()
@@ -268,6 +279,42 @@ def profile_ops(preset: str, batch: int, device: torch.device, top: int = 60) ->
     for (kname, op, shapes, parent), (us, n) in sorted(rows.items(), key=lambda kv: -kv[1][0])[:top]:
         lines.append(f"{us:9.0f} {100 * us / total:5.1f}% {n:6d}  {kname} | {op} | {shapes} | {parent}")
     return "\n".join(lines)
+
+
+PHASES = ("scoredistill/data", "scoredistill/fake_score_step", "scoredistill/generator_step", "scoredistill/ema")
+
+
+def phase_table(events, steps: int) -> str:
+    """Device time per phase of ``Distiller.step`` (its ``record_function`` ranges), per step and as a share.
+
+    A range's device time is that of the kernels launched inside it, so a phase's share is exact in an eager step; a
+    CUDA-graph replay launches no kernels from Python and shows no phases.
+    """
+    times = {e.key: e.device_time_total for e in events if e.key in PHASES}
+    total = sum(e.self_device_time_total for e in _kernels(events)) or sum(times.values()) or 1.0
+    lines = [f"{'phase':<32} {'device ms / step':>17} {'share':>7}"]
+    for name in PHASES:
+        t = times.get(name, 0.0)
+        lines.append(f"{name.removeprefix('scoredistill/'):<32} {t / 1e3 / steps:>17.2f} {100 * t / total:>6.1f}%")
+    rest = total - sum(times.values())
+    lines.append(f"{'outside the phases':<32} {rest / 1e3 / steps:>17.2f} {100 * rest / total:>6.1f}%")
+    lines.append(f"{'total':<32} {total / 1e3 / steps:>17.2f}")
+    return "\n".join(lines)
+
+
+def profile_phases(preset: str, batch: int, device: torch.device, steps: int = 3) -> str:
+    """Device time by phase, and by kernel family, of eager bf16 channels_last steps with the fused network kernels
+    forced on (as under CUDA graphs, whose replays hide the phases)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    d = _eager_fused(preset, batch, device)
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            d.step()
+        torch.cuda.synchronize()
+    events = prof.key_averages()
+    return phase_table(events, steps) + "\n\n" + kernel_families(events, steps)
 
 
 def measure(
@@ -317,6 +364,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="print the top kernels of the last setting")
     parser.add_argument("--out", default=None, help="markdown file to append to (default benchmarks/RESULTS.md)")
     parser.add_argument("--profile-ops", action="store_true", help="print one eager step's device time by op and shape")
+    parser.add_argument("--profile-phases", action="store_true", help="print eager steps' device time by phase")
     parser.add_argument("--teacher", default=None, help="a saved teacher (artefact directory) instead of the preset's")
     parser.add_argument("--data", default=None, help="dataset zip: real images (and labels) through the loader")
     parser.add_argument("--workers", type=int, default=2, help="loader processes with --data")
@@ -334,6 +382,9 @@ def main() -> None:
     rank = dist.get_rank() if world > 1 else 0
     if args.profile_ops:
         print(profile_ops(args.preset, args.batch, device), flush=True)
+        return
+    if args.profile_phases:
+        print(profile_phases(args.preset, args.batch, device), flush=True)
         return
     settings = args.settings.split(",")
     unknown = [s for s in settings if s not in SETTINGS]

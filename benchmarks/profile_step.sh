@@ -1,14 +1,14 @@
 #!/bin/bash
 # The profile that kernel and scheduling work starts from, in one device call (not yet timed on a GPU; each step has
-# its own limit, 7 minutes at most in all, inside one call's 10): for each workload the user path runs, the
-# reference's setting and the fast path (images/s, MFU, peak memory) and the fast path's device time by kernel family
-# over graph replays.
+# its own limit, 9.5 minutes at most in all, inside one call's 10): for each
+# workload the user path runs, the reference's setting and the fast path (images/s, MFU, peak memory) and the fast
+# path's device time by kernel family over graph replays, then eager steps' device time by phase.
 #
 #   device: bash benchmarks/profile_step.sh     (carry .devdata, which holds Z below; results in $OUT)
 #
 # Z: a CIFAR-10 dataset zip (default .devdata/cifar10-test-jpeg75.zip) for the zip + augmentation rows. Every table
-# goes to $OUT/profile.md (bench_step's rows) and $OUT/profile_*.txt (the kernel-family profiles); copy what you
-# quote into benchmarks/RESULTS.md with the card's name.
+# goes to $OUT/profile.md (bench_step's rows) and $OUT/profile_*.txt (the profiles); copy what you quote into
+# benchmarks/RESULTS.md with the card's name.
 set -u
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/profile_step}
@@ -29,4 +29,10 @@ timeout 140 python $B --preset cifar10-32x32-uncond --batch 128 "${data[@]}" --s
 el "ImageNet-64 batch 32"
 timeout 140 python $B --preset imagenet-64x64 --batch 32 --settings baseline,graphs-cl --profile \
   > "$OUT/profile_in64_b32.txt" 2>&1
+el phases
+for w in "cifar10-32x32-uncond 32" "cifar10-32x32-uncond 128" "imagenet-64x64 32"; do
+  set -- $w
+  timeout 50 python benchmarks/bench_step.py --preset "$1" --batch "$2" --profile-phases \
+    > "$OUT/phases_${1%%-*}_b$2.txt" 2>&1
+done
 el end

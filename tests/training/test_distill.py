@@ -253,3 +253,18 @@ def test_fused_norms_follow_the_cuda_graph_switch():
     assert norms and all(m.use_kernels is False for m in norms)
     use_fused_norms(G, True)
     assert all(m.use_kernels is None for m in G.modules() if isinstance(m, GroupNorm))
+
+
+def test_step_names_its_phases_for_the_profiler():
+    """torch.profiler sees each iteration's phases by name, so a profile can be read phase by phase."""
+    from torch.profiler import profile
+
+    teacher, G, fake = tiny_vector_roles()
+    config = DistillConfig(batch_size=8, total_nimg=100, generator_start_nimg=8)
+    d = Distiller(teacher, G, fake, [SiDLoss(), DSMLoss()], config)
+    phases = ["scoredistill/data", "scoredistill/fake_score_step", "scoredistill/generator_step", "scoredistill/ema"]
+    with profile() as prof:
+        d.step()  # the warm-up regime: no generator step
+        d.step()
+    counts = {e.key: e.count for e in prof.key_averages() if e.key.startswith("scoredistill/")}
+    assert counts == dict(zip(phases, [2, 2, 1, 2], strict=True))

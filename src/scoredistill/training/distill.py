@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 from .._types import Noised, expand_as
 from ..io.artefact import CheckpointError
@@ -283,7 +284,8 @@ class Distiller:
         self._seed(seed)
         gen_on = self.nimg >= cfg.generator_start_nimg
         active = self._active_generator_losses()
-        batches = self._fetch(gen_on)
+        with record_function("scoredistill/data"):
+            batches = self._fetch(gen_on)
         if self.graphs is None:
             logs = self._iteration(batches, gen_on, active)
         else:  # one CUDA graph per regime of the schedule (warm-up, SiD only, SiD + adversarial)
@@ -292,7 +294,8 @@ class Distiller:
 
         # Update the EMA and the image counter (only the generator batch counts, as in the reference).
         global_batch = cfg.batch_size * self.world
-        self.ema.update(self.generator, nimg=self.nimg, batch=global_batch)
+        with record_function("scoredistill/ema"):
+            self.ema.update(self.generator, nimg=self.nimg, batch=global_batch)
         self.nimg += global_batch
         self.step_index += 1
         return logs
@@ -330,13 +333,22 @@ class Distiller:
         torch.manual_seed(seed)  # dropout inside the networks draws from the global generator
 
     def _iteration(self, batches: list[Batch | None], gen_on: bool, active: tuple[DistillLoss, ...]) -> dict:
-        cfg, micro = self.config, self.config.batch_size // self.config.rounds
+        """One iteration's GPU work: the fake-score step, then (once the generator is on) the generator step."""
         logs: dict[str, Tensor] = {}
+        rounds = self.config.rounds
+        with record_function("scoredistill/fake_score_step"):
+            self._fake_score_step(batches[:rounds], logs)
+        if gen_on:
+            with record_function("scoredistill/generator_step"):
+                self._generator_step(batches[rounds:] or [None] * rounds, active, logs)
+        return logs
 
-        # Fake-score (+ discriminator) step on detached generator samples (DSM-1–SiDA-2).
+    def _fake_score_step(self, batches: list[Batch | None], logs: dict[str, Tensor]) -> None:
+        """Fake-score (+ discriminator) step on detached generator samples (DSM-1–SiDA-2)."""
+        cfg, micro = self.config, self.config.batch_size // self.config.rounds
         self.generator.eval()
         self.fake_score.train().requires_grad_(True)
-        for i, batch in enumerate(batches[: cfg.rounds]):
+        for i, batch in enumerate(batches):
             labels = self._labels(batch, micro)
             z = torch.randn(micro, *self.generator.sample_shape, generator=self.rng, device=self.device)
             with torch.no_grad(), self._autocast():
@@ -359,13 +371,15 @@ class Distiller:
                         self._collect(logs, loss.name, {"fake_score_loss": out.loss.mean(), **out.logs}, 1 / cfg.rounds)
             self._backward(total, "f", last_round=i == cfg.rounds - 1)
         self._optimizer_step("f", self.opt_f, self.f_params, cfg.fake_score_grad_clip)
-        if not gen_on:
-            return logs
 
-        # Generator step: gradients flow through the frozen score networks' inputs (SiD-3–SiD-6, SiDA-3–SiDA-4).
+    def _generator_step(
+        self, batches: list[Batch | None], active: tuple[DistillLoss, ...], logs: dict[str, Tensor]
+    ) -> None:
+        """Generator step: gradients flow through the frozen score networks' inputs (SiD-3–SiD-6, SiDA-3–SiDA-4)."""
+        cfg, micro = self.config, self.config.batch_size // self.config.rounds
         self.generator.train()
         self.fake_score.eval().requires_grad_(False)
-        for i, batch in enumerate(batches[cfg.rounds :] or [None] * cfg.rounds):
+        for i, batch in enumerate(batches):
             outs = self._generator_losses(batch, micro, active)
             weight_sum = sum(loss.generator_weight for loss, _ in outs)
             total = torch.zeros(micro, device=self.device)
@@ -375,7 +389,6 @@ class Distiller:
             self._backward(total, "g", last_round=i == cfg.rounds - 1)
         self._optimizer_step("g", self.opt_g, self.g_params, None)
         self.fake_score.requires_grad_(True)
-        return logs
 
     def generator_gradient_norms(self, *, seed: int = 0) -> dict[str, float]:
         """How the active generator losses balance: each one's gradient norm on the generator's parameters and its
