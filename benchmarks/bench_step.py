@@ -194,8 +194,12 @@ def _kernels(events) -> list:
     return [e for e in events if e.self_device_time_total > 0 and not e.key.startswith(skip)]
 
 
-def kernel_families(events, steps: int) -> str:
-    """Device time per kernel family (:data:`FAMILIES`), per step and as a share of the total."""
+TENSOR_CORE_FAMILIES = ("convolution / matmul GEMMs", "attention (cuDNN / flash SDPA)")
+
+
+def kernel_families(events, steps: int, flops_per_step: float = float("nan"), peak: float = float("nan")) -> str:
+    """Device time per kernel family (:data:`FAMILIES`), per step and as a share of the total; given the step's
+    FLOPs and the card's matmul rate, the rate the GEMM and attention kernels achieve on them."""
     totals: dict[str, list[float]] = {}
     grand = 0.0
     for e in _kernels(events):
@@ -208,11 +212,20 @@ def kernel_families(events, steps: int) -> str:
     for name, (t, n) in sorted(totals.items(), key=lambda kv: -kv[1][0]):
         lines.append(f"{name:<40} {t / 1e3 / steps:>10.2f} {100 * t / grand:>6.1f}% {n // steps:>16}")
     lines.append(f"{'total':<40} {grand / 1e3 / steps:>10.2f}")
+    tensor_core_s = sum(totals.get(f, [0.0])[0] for f in TENSOR_CORE_FAMILIES) / 1e6 / steps
+    if tensor_core_s > 0 and flops_per_step == flops_per_step:  # FlopCounterMode counts these kernels' FLOPs only
+        rate = flops_per_step / tensor_core_s
+        lines.append(
+            f"GEMMs + attention: {flops_per_step / 1e12:.2f} TFLOP per step in {tensor_core_s * 1e3:.2f} ms = "
+            f"{rate / 1e12:,.0f} TFLOP/s ({100 * rate / peak:.0f}% of the measured bf16 matmul rate)"
+        )
     return "\n".join(lines)
 
 
-def profile(d: Distiller, steps: int = 3, top: int = 15) -> str:
-    """The top CUDA kernels of a few steps, by total device time (torch.profiler)."""
+def profile(
+    d: Distiller, steps: int = 3, top: int = 15, flops_per_step: float = float("nan"), peak: float = float("nan")
+) -> str:
+    """The top CUDA kernels of a few steps, by total device time (torch.profiler), and their families."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
@@ -222,7 +235,7 @@ def profile(d: Distiller, steps: int = 3, top: int = 15) -> str:
         torch.cuda.synchronize()
     events = prof.key_averages()
     kernels = events.table(sort_by="self_cuda_time_total", row_limit=top, max_name_column_width=90)
-    kernels += "\n" + kernel_families(events, steps)
+    kernels += "\n" + kernel_families(events, steps, flops_per_step, peak)
     # Operator view (device time of each aten op, children included): empty under CUDA-graph replay, where the
     # kernels run without their launching operators.
     ops = [e for e in events if e.key.startswith("aten::") and e.device_time_total > 0]
@@ -318,7 +331,16 @@ def profile_phases(preset: str, batch: int, device: torch.device, steps: int = 3
 
 
 def measure(
-    preset: str, batch: int, setting: str, warmup: int, steps: int, device: torch.device, *, prof: bool = False
+    preset: str,
+    batch: int,
+    setting: str,
+    warmup: int,
+    steps: int,
+    device: torch.device,
+    *,
+    prof: bool = False,
+    flops_per_image: float = float("nan"),
+    peak: float = float("nan"),
 ) -> dict:
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
@@ -341,7 +363,7 @@ def measure(
     finite = all(bool(torch.isfinite(v)) for v in logs.values())
     ms = statistics.median(times)
     peak = torch.cuda.max_memory_allocated() / 2**30
-    table = profile(d) if prof else None
+    table = profile(d, flops_per_step=flops_per_image * batch, peak=peak) if prof else None
     del d
     return {
         "ms": ms,
@@ -405,6 +427,8 @@ def main() -> None:
             args.steps,
             device,
             prof=args.profile and setting == settings[-1],
+            flops_per_image=flops,
+            peak=peak,
         )
         if r["profile"]:
             print(f"Top kernels, {setting}:\n{r['profile']}", flush=True)

@@ -40,3 +40,18 @@ def test_phase_table_shares_the_kernels_device_time_among_the_phases():
     families = bench.kernel_families(events, steps=2)
     assert "scoredistill/" not in families and "aten::" not in families
     assert families.splitlines()[-1].split()[-1] == "5.00"  # the same 10 ms of kernels over 2 steps
+
+
+def test_kernel_families_give_the_rate_the_tensor_core_kernels_reach():
+    bench = _bench_step()
+    events = [  # microseconds over 2 steps
+        _row("sm90_xmma_fprop_implicit_gemm_bf16", 6000.0, 6000.0, 40),
+        _row("cudnn_generated_fort_native_sdpa_sm90_flash_fprop", 1000.0, 1000.0, 4),
+        _row("_apply_kernel", 3000.0, 3000.0, 40),
+    ]
+    lines = bench.kernel_families(events, steps=2, flops_per_step=1.4e12, peak=800e12).splitlines()
+    assert (
+        lines[-1]
+        == "GEMMs + attention: 1.40 TFLOP per step in 3.50 ms = 400 TFLOP/s (50% of the measured bf16 matmul rate)"
+    )
+    assert "TFLOP" not in bench.kernel_families(events, steps=2)  # no FLOP count: no rate
