@@ -78,28 +78,37 @@ def main(argv: list[str] | None = None) -> int:
     columns = [
         "case", "shape", "layout", "native fwd+bwd (us)", "fused fwd+bwd (us)", "wall speed-up",
         "native graph (us)", "fused graph (us)", "graph speed-up", "fused GB/s", "% of copy BW",
+        "one-pass fwd+bwd (us)", "one-pass graph (us)", "one-pass / fused, graph", "one-pass % of copy BW",
     ]  # fmt: skip
+    from scoredistill.kernels import groupnorm_triton as gn
+
     rows = []
     for name, (shape, groups, variant) in CASES.items():
         for layout in ("NCHW", "NHWC"):
             r = {}
-            for impl in ("native", "fused"):
-                _, step, nbytes = make(shape, groups, variant, layout == "NHWC", impl == "fused")
-                r[f"{impl}_wall"] = time_wall(step, args.min_run_time)
-                r[f"{impl}_graph"] = time_graph(step)
-            gbs = nbytes / r["fused_graph"] / 1e9
+            for impl in ("native", "fused", "one_pass"):  # fused: the default "tiles" strategy
+                previous = gn.set_strategy("one_pass" if impl == "one_pass" else "tiles")
+                try:
+                    _, step, nbytes = make(shape, groups, variant, layout == "NHWC", impl != "native")
+                    r[f"{impl}_wall"] = time_wall(step, args.min_run_time)
+                    r[f"{impl}_graph"] = time_graph(step)
+                finally:
+                    gn.set_strategy(previous)
+            gbs, gbs1 = (nbytes / r[f"{impl}_graph"] / 1e9 for impl in ("fused", "one_pass"))
             row = [
                 name, "x".join(map(str, shape)), layout, r["native_wall"] * 1e6, r["fused_wall"] * 1e6,
                 r["native_wall"] / r["fused_wall"], r["native_graph"] * 1e6, r["fused_graph"] * 1e6,
-                r["native_graph"] / r["fused_graph"], gbs, 100 * gbs / bw,
+                r["native_graph"] / r["fused_graph"], gbs, 100 * gbs / bw, r["one_pass_wall"] * 1e6,
+                r["one_pass_graph"] * 1e6, r["one_pass_graph"] / r["fused_graph"], 100 * gbs1 / bw,
             ]  # fmt: skip
             rows.append(row)
             print("  ".join(f"{c}={v:.4g}" if isinstance(v, float) else f"{c}={v}" for c, v in zip(columns, row)))
     notes = [
         f"bf16, forward + backward into x, weight, bias and the conditioning; copy bandwidth: {bw:.0f} GB/s.",
         "Native = group_norm + (add | addcmul) + silu as separate ops (EDM's composition); fused = 3 launches forward "
-        "(statistics, combine, apply) and 3 backward (sums, combine, input gradient). Minimum traffic counted: 5 x "
-        "tensor (x, y forward; x, dy, dx backward).",
+        "(statistics, combine, apply) and 3 backward (sums, combine, input gradient); one-pass = the `one_pass` "
+        "strategy, 1 launch each way (groupnorm_triton.set_strategy). Minimum traffic counted: 5 x tensor (x, y "
+        "forward; x, dy, dx backward).",
     ]
     if not args.no_write:
         write_table("bench_norms: fused group norm + conditioning + SiLU vs native, bf16", columns, rows,

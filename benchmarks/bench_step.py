@@ -65,6 +65,10 @@ SETTINGS: dict[str, tuple[dict, bool]] = {
     ),
     "graphs": ({"precision": "bf16", "use_kernels": True, "cuda_graphs": True}, True),
     "graphs-cl": ({"precision": "bf16", "use_kernels": True, "channels_last": True, "cuda_graphs": True}, True),
+    "graphs-cl-gn1": (  # the group norms' one-pass kernels (groupnorm_triton.set_strategy)
+        {"precision": "bf16", "use_kernels": True, "channels_last": True, "cuda_graphs": True, "gn": "one_pass"},
+        True,
+    ),
     "graphs-cl-nofold": (
         {"precision": "bf16", "use_kernels": True, "channels_last": True, "cuda_graphs": True, "fold_biases": False},
         True,
@@ -121,6 +125,11 @@ def build(preset: str, batch: int, setting: str, device: torch.device) -> Distil
     overrides = dict(overrides)
     fused_norms = overrides.pop("fused_norms", True)  # False: native group norms, fused loss kernels
     fold_biases = overrides.pop("fold_biases", True)  # False: convolution biases added by the convolutions
+    gn_strategy = overrides.pop("gn", "tiles")  # the fused group norms' launch strategy
+    if torch.cuda.is_available():  # for this setting's calls and captures
+        from scoredistill.kernels import groupnorm_triton
+
+        groupnorm_triton.set_strategy(gn_strategy)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
     torch.backends.cudnn.benchmark = True  # as in the reference implementation
     torch.manual_seed(0)

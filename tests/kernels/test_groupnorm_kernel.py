@@ -113,8 +113,20 @@ def run_interpreter_cases() -> None:
     check((1, 32, 64, 64), 8, torch.float32, "cpu", VARIANTS[1], channels_last=False)  # several HW tiles
     check((2, 16, 6, 5), 4, torch.float32, "cpu", VARIANTS[2], channels_last=False, sliced=True)
     check((2, 16, 6, 5), 4, torch.float32, "cpu", VARIANTS[1], channels_last=True, sliced=True)
-    # The other grid order, and small tiles (several HW tiles and channel blocks per sample).
     import scoredistill.kernels.groupnorm_triton as gn
+
+    # The one-pass strategy: one program per sample and block of whole groups, its pixels in several tiles.
+    gn.set_strategy("one_pass")
+    for (b, c, h, w, groups), cl in itertools.product(SMALL, (False, True)):
+        for variant in VARIANTS[:3]:
+            check((b, c, h, w), groups, torch.float32, "cpu", variant, channels_last=cl)
+    check((1, 32, 64, 64), 8, torch.float32, "cpu", VARIANTS[1], channels_last=True)  # 32 tiles of 128 pixels
+    check((2, 36, 5, 5), 6, torch.float32, "cpu", VARIANTS[2], channels_last=True)  # 6 channels per group: 30 a block
+    check((2, 84, 3, 3), 2, torch.float32, "cpu", VARIANTS[1], channels_last=True)  # a group wider than 32 channels
+    check((2, 16, 6, 5), 4, torch.float32, "cpu", VARIANTS[2], channels_last=False, sliced=True)
+    check((2, 64, 8, 8), 16, torch.bfloat16, "cpu", VARIANTS[2], channels_last=True)
+    gn.set_strategy("tiles")
+    # The other grid order, and small tiles (several HW tiles and channel blocks per sample).
 
     gn._tiles = lambda C, HW, nhwc, backward: (16, 8, 4, True)
     gn._plan.cache_clear()
@@ -157,6 +169,34 @@ def test_cuda_parity(shape, groups, dtype, channels_last):
         check(shape, groups, dtype, "cuda", variant, channels_last=channels_last)
 
 
+def test_group_norm_strategy_is_checked_and_restorable():
+    gn = pytest.importorskip("scoredistill.kernels.groupnorm_triton", reason="needs Triton")
+    with pytest.raises(ValueError, match="unknown group-norm strategy 'two_pass'"):
+        gn.set_strategy("two_pass")
+    previous = gn.set_strategy("one_pass")
+    try:
+        assert previous == "tiles" and gn.set_strategy("one_pass") == "one_pass"
+    finally:
+        gn.set_strategy(previous)
+
+
+@needs_kernels
+@pytest.mark.kernels
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape,groups", [((4, 192, 64, 64), 32), ((2, 1344, 8, 8), 32), ((3, 12, 5, 3), 3)])
+def test_cuda_parity_one_pass(shape, groups, dtype, channels_last):
+    import scoredistill.kernels.groupnorm_triton as gn
+
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    previous = gn.set_strategy("one_pass")
+    try:
+        for variant in VARIANTS[:4]:
+            check(shape, groups, dtype, "cuda", variant, channels_last=channels_last)
+    finally:
+        gn.set_strategy(previous)
+
+
 @needs_kernels
 @pytest.mark.kernels
 @pytest.mark.parametrize("cb_first", [False, True])
@@ -180,10 +220,13 @@ def test_cuda_parity_other_tilings(cb_first, monkeypatch):
 @pytest.mark.kernels
 @pytest.mark.parametrize("preset", ["cifar10-32x32-uncond", "imagenet-64x64"])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_networks_with_fused_norms_match_native(preset, channels_last):
+@pytest.mark.parametrize("strategy", ["tiles", "one_pass"])
+def test_networks_with_fused_norms_match_native(preset, channels_last, strategy, monkeypatch):
     # A whole backbone, forward and input gradient, fused norms vs native ones (fp32, TF32 off, eval: no dropout).
+    import scoredistill.kernels.groupnorm_triton as gn
     from scoredistill.roles.precond import edm_precond
 
+    monkeypatch.setattr(gn, "_strategy", strategy)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     torch.manual_seed(0)
     net = randomise(edm_precond(preset)).cuda().eval()

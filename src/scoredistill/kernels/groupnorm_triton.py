@@ -15,6 +15,12 @@ transposes cuDNN otherwise inserts around every NCHW bf16 convolution).
 
 Statistics are exact two-level Chan combinations (per-tile mean and squared deviations, then per group), in
 float32 whatever the input dtype; outputs are rounded once, to ``x``'s dtype.
+
+A second strategy, ``"one_pass"`` ([`set_strategy`][scoredistill.kernels.groupnorm_triton.set_strategy]), runs
+one kernel forward and one backward: each program owns whole groups of one sample and walks its pixels twice
+(statistics then output; sums then input gradient), so the combine kernels, the partials' round trip through
+memory and four launches per norm go. Its programs are fewer (one per sample and channel block); which strategy is
+faster at a shape is for ``benchmarks/bench_norms.py`` to say on the card at hand.
 """
 
 from __future__ import annotations
@@ -31,7 +37,29 @@ from . import channels_last
 from .triton_utils import SUPPORTED_DTYPES
 from .triton_utils import launch as _launch_any
 
-__all__ = ["group_norm_act"]
+__all__ = ["group_norm_act", "set_strategy"]
+
+STRATEGIES = ("tiles", "one_pass")
+_strategy = "tiles"
+
+
+def set_strategy(name: str) -> str:
+    """Choose how the fused group norm is launched, for the calls (and CUDA-graph captures) that follow.
+
+    Args:
+        name: ``"tiles"`` (the default: statistics, combine and apply kernels over ``[pixels, channels]`` tiles, and
+            three kernels backward) or ``"one_pass"`` (one kernel each way, a program per sample and block of whole
+            groups). Both compute the same maths; only the rounding order of the statistics differs.
+
+    Returns:
+        The strategy in force before the call.
+    """
+    global _strategy
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown group-norm strategy {name!r}: choose one of {STRATEGIES}")
+    previous, _strategy = _strategy, name
+    return previous
+
 
 TILE = 4096  # elements of one [BLOCK_HW, BLOCK_C] tile
 MAX_TILES_HW = 128  # the combine kernels hold one group's partials of all HW tiles at once
@@ -250,6 +278,123 @@ def _grad_x_kernel(x_ptr, add_ptr, dy_ptr, mean_ptr, rstd_ptr, w_ptr, bias_ptr, 
     tl.store(out, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _one_pass_ids(CB_FIRST: tl.constexpr):
+    """``(b, cb)``: the sample and channel block of a one-pass program (grid ``(blocks, B)`` or ``(B, blocks)``)."""
+    if CB_FIRST:
+        return tl.program_id(1), tl.program_id(0)
+    return tl.program_id(0), tl.program_id(1)
+
+
+@triton.jit
+def _group_sum(v, lane, own, CG):
+    """Each lane's sum of ``v`` over the lanes of its group (lanes ``own``: this program's whole groups)."""
+    same = ((lane[:, None] // CG) == (lane[None, :] // CG)) & own[None, :]
+    return tl.sum(tl.where(same, v[None, :], 0.0), axis=1)
+
+
+@triton.jit
+def _one_pass_fwd_kernel(x_ptr, add_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr, stats_ptr,
+                         B, C, HW, G, CG, CPB, n, eps, sxb, sxc, sxhw, sab, ssb, stb,
+                         HAS_ADD: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, SILU: tl.constexpr,
+                         BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr, TILES: tl.constexpr,
+                         CB_FIRST: tl.constexpr):  # fmt: skip
+    """One sample's whole groups ``[cb * CPB, (cb + 1) * CPB)``: per-channel Chan statistics over the pixel tiles,
+    then per group, then ``y`` tile by tile; the group statistics go to ``stats[2, B, G]`` for the backward."""
+    b, cb = _one_pass_ids(CB_FIRST)
+    lane = tl.arange(0, BLOCK_C)
+    cols = cb * CPB + lane
+    own = (lane < CPB) & (cols < C)
+    mean = tl.zeros([BLOCK_C], tl.float32)
+    m2 = tl.zeros([BLOCK_C], tl.float32)
+    for t in range(TILES):
+        p0 = t * BLOCK_HW
+        rows = p0 + tl.arange(0, BLOCK_HW)
+        v, mask = _tile(x_ptr, add_ptr, b, rows, cols, C, HW, sxb, sxc, sxhw, sab, HAS_ADD)
+        n_k = tl.minimum(HW - p0, BLOCK_HW) * 1.0
+        t_mean = tl.sum(v, axis=0) / n_k
+        d = tl.where(mask, v - t_mean[None, :], 0.0)
+        n_before = p0 * 1.0
+        delta = t_mean - mean
+        mean = mean + delta * (n_k / (n_before + n_k))
+        m2 = m2 + tl.sum(d * d, axis=0) + delta * delta * (n_before * n_k / (n_before + n_k))
+    # Chan across the channels of each group (every channel counts HW pixels).
+    g_mean = _group_sum(mean, lane, own, CG) / CG
+    dev = mean - g_mean
+    g_m2 = _group_sum(m2 + HW * dev * dev, lane, own, CG)
+    rs = 1.0 / tl.sqrt(g_m2 / n + eps)
+    g = cols // CG
+    first = own & (lane % CG == 0)
+    tl.store(stats_ptr + b * G + g, g_mean, mask=first)
+    tl.store(stats_ptr + B * G + b * G + g, rs, mask=first)
+    for t in range(TILES):
+        p0 = t * BLOCK_HW
+        rows = p0 + tl.arange(0, BLOCK_HW)
+        v, mask = _tile(x_ptr, add_ptr, b, rows, cols, C, HW, sxb, sxc, sxhw, sab, HAS_ADD)
+        xhat = tl.where(mask, (v - g_mean[None, :]) * rs[None, :], 0.0)
+        z, _ = _pre_act(xhat, w_ptr, bias_ptr, scale_ptr, shift_ptr, b, cols, C, ssb, stb, HAS_SCALE, HAS_SHIFT)
+        if SILU:
+            z = z * tl.sigmoid(z)
+        out = y_ptr + b.to(tl.int64) * sxb + cols[None, :] * sxc + rows[:, None] * sxhw  # y shares x's strides
+        tl.store(out, z.to(y_ptr.dtype.element_ty), mask=mask & own[None, :])
+
+
+@triton.jit
+def _one_pass_bwd_kernel(x_ptr, add_ptr, dy_ptr, stats_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, dx_ptr, pc_ptr,
+                         B, C, HW, G, CG, CPB, n, sxb, sxc, sxhw, sab, ssb, stb, sdb, sdc, sdhw,
+                         HAS_ADD: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, SILU: tl.constexpr,
+                         BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr, TILES: tl.constexpr,
+                         CB_FIRST: tl.constexpr):  # fmt: skip
+    """The backward of `_one_pass_fwd_kernel` for the same groups: the per-channel sums over the pixel tiles, the
+    group coefficients and parameter partials (``pc[5, B, C]`` as `_combine_grads_kernel` writes them), then ``dx``
+    tile by tile."""
+    b, cb = _one_pass_ids(CB_FIRST)
+    lane = tl.arange(0, BLOCK_C)
+    cols = cb * CPB + lane
+    own = (lane < CPB) & (cols < C)
+    s1 = tl.zeros([BLOCK_C], tl.float32)
+    s2 = tl.zeros([BLOCK_C], tl.float32)
+    s3 = tl.zeros([BLOCK_C], tl.float32)
+    for t in range(TILES):
+        p0 = t * BLOCK_HW
+        rows = p0 + tl.arange(0, BLOCK_HW)
+        xhat, dz, _, _, _ = _grad_z(
+            x_ptr, add_ptr, dy_ptr, stats_ptr, stats_ptr + B * G, w_ptr, bias_ptr, scale_ptr, shift_ptr, b, rows,
+            cols, C, HW, G, CG, sxb, sxc, sxhw, sab, ssb, stb, sdb, sdc, sdhw, HAS_ADD, HAS_SCALE, HAS_SHIFT, SILU,
+        )  # fmt: skip
+        s1 += tl.sum(dz, axis=0)
+        s2 += tl.sum(dz * xhat, axis=0)
+        if HAS_ADD:
+            s3 += tl.sum(xhat, axis=0)
+    w = tl.load(w_ptr + cols, mask=own, other=0.0).to(tl.float32)
+    bias = tl.load(bias_ptr + cols, mask=own, other=0.0).to(tl.float32)
+    if HAS_SCALE:
+        s = tl.load(scale_ptr + b * ssb + cols, mask=own, other=0.0).to(tl.float32)
+    else:
+        s = tl.full([BLOCK_C], 1.0, tl.float32)
+    a = _group_sum(w * s * s1, lane, own, CG) / n  # mean(dxhat) of each lane's group
+    q = _group_sum(w * s * s2, lane, own, CG) / n  # mean(dxhat xhat)
+    out = b * C + cols
+    bc = B * C
+    tl.store(pc_ptr + out, s1, mask=own)
+    tl.store(pc_ptr + bc + out, w * s2 + bias * s1, mask=own)
+    tl.store(pc_ptr + 2 * bc + out, s * s2, mask=own)
+    tl.store(pc_ptr + 3 * bc + out, s * s1, mask=own)
+    if HAS_ADD:
+        rs = tl.load(stats_ptr + B * G + b * G + cols // CG, mask=own, other=0.0)
+        tl.store(pc_ptr + 4 * bc + out, rs * (w * s * s1 - HW * a - s3 * q), mask=own)
+    for t in range(TILES):
+        p0 = t * BLOCK_HW
+        rows = p0 + tl.arange(0, BLOCK_HW)
+        xhat, dz, rs_t, wm, mask = _grad_z(
+            x_ptr, add_ptr, dy_ptr, stats_ptr, stats_ptr + B * G, w_ptr, bias_ptr, scale_ptr, shift_ptr, b, rows,
+            cols, C, HW, G, CG, sxb, sxc, sxhw, sab, ssb, stb, sdb, sdc, sdhw, HAS_ADD, HAS_SCALE, HAS_SHIFT, SILU,
+        )  # fmt: skip
+        dx = rs_t[None, :] * (dz * wm[None, :] - a[None, :] - xhat * q[None, :])
+        dst = dx_ptr + b.to(tl.int64) * sxb + cols[None, :] * sxc + rows[:, None] * sxhw  # dx shares x's strides
+        tl.store(dst, dx.to(dx_ptr.dtype.element_ty), mask=mask & own[None, :])
+
+
 # ------------------------------------------------------------------------------------------------ host helpers
 
 
@@ -295,6 +440,32 @@ def _plan(C: int, HW: int, groups: int, nhwc: bool, backward: bool) -> Plan:
     return Plan(block_hw, block_c, k, block_k, block_cg, num_warps, cb_first)
 
 
+class OnePassPlan(NamedTuple):
+    """One-pass tiling: ``[block_hw, block_c]`` tiles, ``cpb`` channels (whole groups) per program, warps."""
+
+    block_hw: int
+    block_c: int
+    cpb: int
+    num_warps: int
+    cb_first: bool
+
+
+def _one_pass_tiles(C: int, HW: int, cg: int, nhwc: bool) -> tuple[int, int, int, bool]:
+    """``(block_hw, block_c, num_warps, cb_first)`` of the one-pass kernels: 128 pixels by at least 32 channels
+    (enough for one whole group), 4 warps, channel blocks first (a first choice, not yet swept on a GPU)."""
+    block_c = max(triton.next_power_of_2(cg), min(32, triton.next_power_of_2(C)))
+    return min(128, triton.next_power_of_2(HW)), block_c, 4, True
+
+
+@functools.lru_cache(maxsize=1024)
+def _one_pass_plan(C: int, HW: int, groups: int, nhwc: bool) -> OnePassPlan:
+    cg = C // groups
+    block_hw, block_c, num_warps, cb_first = _one_pass_tiles(C, HW, cg, nhwc)
+    if block_c < cg:
+        raise ValueError(f"a one-pass program holds whole groups: block_c {block_c} < {cg} channels per group")
+    return OnePassPlan(block_hw, block_c, (block_c // cg) * cg, num_warps, cb_first)
+
+
 def _flat_strides(t: Tensor) -> tuple[int, int, int] | None:
     """``(stride_b, stride_c, stride_hw)`` when ``H`` and ``W`` merge into one strided dimension, else ``None``."""
     sb, sc, sh, sw = t.stride()
@@ -329,22 +500,28 @@ class _GroupNormAct(torch.autograd.Function):
         add2, sab = _rows(add, B, C)
         scale2, ssb = _rows(scale, B, C)
         shift2, stb = _rows(shift, B, C)
-        block_hw, block_c, k, block_k, block_cg, warps, cb_first = _plan(C, HW, groups, nhwc, False)
         dev = x.get_device()
         cg = C // groups
-        part = torch.empty(2, B, k, C, device=x.device, dtype=torch.float32)
         stats = torch.empty(2, B, groups, device=x.device, dtype=torch.float32)
         y = torch.empty_like(x)  # same strides as x (preserve_format on a dense tensor)
-        grid = (triton.cdiv(C, block_c), k, B) if cb_first else (B, k, triton.cdiv(C, block_c))
-        if B > 0 and HW > 0:
-            launch(_stats_kernel, grid, dev, warps, x, x if add2 is None else add2, part, C, HW, k, *strides, sab,
-                    add2 is not None, block_hw, block_c, cb_first)  # fmt: skip
+        xa, sa, ta = (x if t is None else t for t in (add2, scale2, shift2))  # (x: a placeholder pointer)
+        has = (add2 is not None, scale2 is not None, shift2 is not None, silu)
+        if _strategy == "one_pass" and B > 0 and HW > 0:
+            op = _one_pass_plan(C, HW, groups, nhwc)
+            blocks = triton.cdiv(C, op.cpb)
+            launch(_one_pass_fwd_kernel, (blocks, B) if op.cb_first else (B, blocks), dev, op.num_warps, x, xa,
+                    weight, bias, sa, ta, y, stats, B, C, HW, groups, cg, op.cpb, float(HW * cg), eps, *strides, sab,
+                    ssb, stb, *has, op.block_hw, op.block_c, triton.cdiv(HW, op.block_hw), op.cb_first)  # fmt: skip
+        elif B > 0 and HW > 0:
+            block_hw, block_c, k, block_k, block_cg, warps, cb_first = _plan(C, HW, groups, nhwc, False)
+            part = torch.empty(2, B, k, C, device=x.device, dtype=torch.float32)
+            grid = (triton.cdiv(C, block_c), k, B) if cb_first else (B, k, triton.cdiv(C, block_c))
+            launch(_stats_kernel, grid, dev, warps, x, xa, part, C, HW, k, *strides, sab, has[0], block_hw, block_c,
+                    cb_first)  # fmt: skip
             launch(_combine_stats_kernel, (B, groups), dev, COMBINE_WARPS, part, stats[0], stats[1], B, C, HW, k,
                     groups, cg, float(HW * cg), eps, block_hw, block_k, block_cg)  # fmt: skip
-            launch(_apply_kernel, grid, dev, warps, x, x if add2 is None else add2, stats[0], stats[1], weight,
-                    bias, x if scale2 is None else scale2, x if shift2 is None else shift2, y, C, HW, groups, cg,
-                    *strides, sab, ssb, stb, add2 is not None, scale2 is not None, shift2 is not None, silu,
-                    block_hw, block_c, cb_first)  # fmt: skip
+            launch(_apply_kernel, grid, dev, warps, x, xa, stats[0], stats[1], weight, bias, sa, ta, y, C, HW,
+                    groups, cg, *strides, sab, ssb, stb, *has, block_hw, block_c, cb_first)  # fmt: skip
         ctx.save_for_backward(x, weight, bias, add2, scale2, shift2, stats)
         ctx.meta = (groups, silu, nhwc, strides, sab, ssb, stb)
         ctx.shapes = tuple(None if t is None else t.shape for t in (add, scale, shift))
@@ -364,17 +541,23 @@ class _GroupNormAct(torch.autograd.Function):
         if dstrides is None or (dy.stride(1) == 1) != nhwc:
             dy = dy.contiguous(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
             dstrides = _flat_strides(dy)
-        block_hw, block_c, k, block_k, block_cg, warps, cb_first = _plan(C, HW, groups, nhwc, True)
         dev = x.get_device()
         cg = C // groups
         has = (add2 is not None, scale2 is not None, shift2 is not None, silu)
-        xa = x if add2 is None else add2
-        sa = x if scale2 is None else scale2
-        ta = x if shift2 is None else shift2
-        part = torch.empty(3 if has[0] else 2, B, k, C, device=x.device, dtype=torch.float32)
-        coef = torch.empty(2, B, groups, device=x.device, dtype=torch.float32)
+        xa, sa, ta = (x if t is None else t for t in (add2, scale2, shift2))
         pc = torch.empty(5 if has[0] else 4, B, C, device=x.device, dtype=torch.float32)
         dx = torch.empty_like(x)
+        if _strategy == "one_pass" and B > 0 and HW > 0:
+            op = _one_pass_plan(C, HW, groups, nhwc)
+            blocks = triton.cdiv(C, op.cpb)
+            launch(_one_pass_bwd_kernel, (blocks, B) if op.cb_first else (B, blocks), dev, op.num_warps, x, xa, dy,
+                    stats, weight, bias, sa, ta, dx, pc, B, C, HW, groups, cg, op.cpb, float(HW * cg), *strides, sab,
+                    ssb, stb, *dstrides, *has, op.block_hw, op.block_c, triton.cdiv(HW, op.block_hw),
+                    op.cb_first)  # fmt: skip
+            return _grads(ctx, dx, pc, weight, bias, add2, scale2, shift2, has)
+        block_hw, block_c, k, block_k, block_cg, warps, cb_first = _plan(C, HW, groups, nhwc, True)
+        part = torch.empty(3 if has[0] else 2, B, k, C, device=x.device, dtype=torch.float32)
+        coef = torch.empty(2, B, groups, device=x.device, dtype=torch.float32)
         grid = (triton.cdiv(C, block_c), k, B) if cb_first else (B, k, triton.cdiv(C, block_c))
         if B > 0 and HW > 0:
             common = (C, HW)
@@ -389,13 +572,19 @@ class _GroupNormAct(torch.autograd.Function):
         else:
             pc.zero_()
             dx.zero_()
-        need = ctx.needs_input_grad
-        g_w = pc[2].sum(0).to(weight.dtype) if need[1] else None
-        g_b = pc[3].sum(0).to(bias.dtype) if need[2] else None
-        g_add = pc[4].to(add2.dtype).reshape(ctx.shapes[0]) if has[0] and need[3] else None
-        g_scale = pc[1].to(scale2.dtype).reshape(ctx.shapes[1]) if has[1] and need[4] else None
-        g_shift = pc[0].to(shift2.dtype).reshape(ctx.shapes[2]) if has[2] and need[5] else None
-        return dx if need[0] else None, g_w, g_b, g_add, g_scale, g_shift, None, None, None
+        return _grads(ctx, dx, pc, weight, bias, add2, scale2, shift2, has)
+
+
+def _grads(ctx, dx, pc, weight, bias, add2, scale2, shift2, has) -> tuple:
+    """The backward's outputs from ``dx`` and the per-(sample, channel) partials ``pc`` (batch sums for the weight
+    and bias), each in its input's dtype and shape."""
+    need = ctx.needs_input_grad
+    g_w = pc[2].sum(0).to(weight.dtype) if need[1] else None
+    g_b = pc[3].sum(0).to(bias.dtype) if need[2] else None
+    g_add = pc[4].to(add2.dtype).reshape(ctx.shapes[0]) if has[0] and need[3] else None
+    g_scale = pc[1].to(scale2.dtype).reshape(ctx.shapes[1]) if has[1] and need[4] else None
+    g_shift = pc[0].to(shift2.dtype).reshape(ctx.shapes[2]) if has[2] and need[5] else None
+    return dx if need[0] else None, g_w, g_b, g_add, g_scale, g_shift, None, None, None
 
 
 def supported(x: Tensor, num_groups: int) -> bool:

@@ -1,0 +1,31 @@
+#!/bin/bash
+# The one-pass group norm (groupnorm_triton.set_strategy("one_pass")) on a GPU, in one device call of about 6
+# minutes: its parity tests, bench_norms (both strategies beside the native composition), then bench_step's fast
+# path with each strategy on the three workloads of issue 20 (same process per workload, alternating settings).
+#
+#   device: bash benchmarks/gn_check.sh      (carry .devdata for the CIFAR-10 zip rows; results in $OUT)
+set -u
+export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/gn_check}
+mkdir -p "$OUT"
+Z=${Z:-.devdata/cifar10-test-jpeg75.zip}
+T0=$(date +%s)
+el() { echo "[t=$(($(date +%s) - T0))s] $*"; }
+nvidia-smi --query-gpu=name --format=csv,noheader | tee "$OUT/gpu.txt"
+
+el "parity tests"
+timeout 150 python -m pytest -q -p no:cacheprovider -rfE tests/kernels/test_groupnorm_kernel.py \
+  -k "one_pass or networks" > "$OUT/gn_tests.txt" 2>&1
+tail -3 "$OUT/gn_tests.txt"
+el "bench_norms"
+timeout 100 python benchmarks/bench_norms.py --out "$OUT/gn.md" > "$OUT/bench_norms.txt" 2>&1
+data=(); [ -f "$Z" ] && data=(--data "$Z" --augment 0.12)
+B="benchmarks/bench_step.py --out $OUT/gn.md --no-mfu --warmup 4 --steps 20 --settings graphs-cl,graphs-cl-gn1,graphs-cl"
+el "bench_step CIFAR-10 batch 32"
+timeout 75 python $B --preset cifar10-32x32-uncond --batch 32 "${data[@]}" > "$OUT/step_c10_b32.txt" 2>&1
+el "bench_step CIFAR-10 batch 128"
+timeout 75 python $B --preset cifar10-32x32-uncond --batch 128 "${data[@]}" > "$OUT/step_c10_b128.txt" 2>&1
+el "bench_step ImageNet-64 batch 32"
+timeout 90 python $B --preset imagenet-64x64 --batch 32 > "$OUT/step_in64_b32.txt" 2>&1
+el end
+grep -h "^\[" "$OUT"/step_*.txt
