@@ -64,6 +64,15 @@ def _warm(tasks: list[tuple[str, bool, str, tuple[int, int, int]]]) -> int:
     return len(tasks)
 
 
+def compile_in_workers(warm, tasks: list, workers: int) -> int:
+    """Run ``warm`` over ``tasks`` split among ``workers`` spawned processes (Triton compiles into its on-disk
+    cache, so the timing loop that follows loads the kernels); the number of tasks done."""
+    chunks = [tasks[i::workers] for i in range(workers)]
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        return sum(pool.map(warm, chunks))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cases", default=",".join(CASES), help="comma-separated names of bench_norms.CASES")
@@ -83,10 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             for nhwc in (True, False):
                 for direction in ("forward", "backward"):
                     tasks += [(name, nhwc, direction, c) for c in candidates(shape[1], shape[2] * shape[3], nhwc)]
-        chunks = [tasks[i :: args.workers] for i in range(args.workers)]
-        ctx = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(args.workers, mp_context=ctx) as pool:
-            done = sum(pool.map(_warm, chunks))
+        done = compile_in_workers(_warm, tasks, args.workers)
         print(f"compiled {done} variants in {time.perf_counter() - t0:.0f} s", flush=True)
     for name in names:
         shape, groups, variant = CASES[name]

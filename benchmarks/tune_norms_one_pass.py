@@ -10,8 +10,6 @@ the current rule's time and the tiled strategy's. Writes nothing: the rule is ed
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
-import multiprocessing
 import sys
 import time
 from pathlib import Path
@@ -22,6 +20,7 @@ import triton
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_losses import time_graph
 from bench_norms import CASES, make
+from tune_norms import compile_in_workers
 
 import scoredistill.kernels.groupnorm_triton as gn
 
@@ -73,10 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         sweep[name] = candidates(shape[1], shape[2] * shape[3], shape[1] // groups)
     if args.workers > 1:  # compile every variant in parallel first; the timing loop then loads them from disk
         tasks = [(name, c) for name in names for c in sweep[name]]
-        chunks = [tasks[i :: args.workers] for i in range(args.workers)]
-        ctx = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(args.workers, mp_context=ctx) as pool:
-            done = sum(pool.map(_warm, chunks))
+        done = compile_in_workers(_warm, tasks, args.workers)
         print(f"compiled {done} variants in {time.perf_counter() - t0:.0f} s", flush=True)
     for name in names:
         shape, groups, variant = CASES[name]

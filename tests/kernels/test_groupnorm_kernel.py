@@ -163,7 +163,11 @@ def test_interpreter_parity_cpu():
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape,groups", [((4, 192, 64, 64), 32), ((2, 1344, 8, 8), 32), ((3, 12, 5, 3), 3)])
-def test_cuda_parity(shape, groups, dtype, channels_last):
+@pytest.mark.parametrize("strategy", ["tiles", "one_pass"])
+def test_cuda_parity(shape, groups, dtype, channels_last, strategy, monkeypatch):
+    import scoredistill.kernels.groupnorm_triton as gn
+
+    monkeypatch.setattr(gn, "_strategy", strategy)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     for variant in VARIANTS[:4]:  # the networks' four (each new specialisation costs a Triton compile)
         check(shape, groups, dtype, "cuda", variant, channels_last=channels_last)
@@ -176,23 +180,6 @@ def test_group_norm_strategy_is_checked_and_restorable():
     previous = gn.set_strategy("one_pass")
     try:
         assert previous == "tiles" and gn.set_strategy("one_pass") == "one_pass"
-    finally:
-        gn.set_strategy(previous)
-
-
-@needs_kernels
-@pytest.mark.kernels
-@pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("shape,groups", [((4, 192, 64, 64), 32), ((2, 1344, 8, 8), 32), ((3, 12, 5, 3), 3)])
-def test_cuda_parity_one_pass(shape, groups, dtype, channels_last):
-    import scoredistill.kernels.groupnorm_triton as gn
-
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    previous = gn.set_strategy("one_pass")
-    try:
-        for variant in VARIANTS[:4]:
-            check(shape, groups, dtype, "cuda", variant, channels_last=channels_last)
     finally:
         gn.set_strategy(previous)
 
