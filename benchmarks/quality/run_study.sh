@@ -31,7 +31,7 @@ KIMG=${KIMG:-2000}                                                      # SiD an
 SID2A_KIMG=${SID2A_KIMG:-500}                                           # SiD²A and control length
 SPEED=${SPEED:---precision bf16 --cuda-graphs --channels-last}          # the library's fast path
 EXTRA=${EXTRA:-}                                                        # more example flags (e.g. --batch 4 on a CPU)
-EVAL_N=${EVAL_N:-10000}; EVAL_KIMG=${EVAL_KIMG:-250}                     # in-training FID (vs train); EVAL_N=0: none
+EVAL_N=${EVAL_N:-10000}; EVAL_KIMG=${EVAL_KIMG:-250}                     # in-training FID (both refs); EVAL_N=0: none
 FINAL_N=${FINAL_N:-50000}                                               # samples of the final figures
 TEACHER_NFE=${TEACHER_NFE:-35 1 3 7 13}; TEACHER_N=${TEACHER_N:-50000 10000 10000 10000 10000}
 REF_MAX=${REF_MAX:-}                                                    # at most this many reference images (tests)
@@ -73,7 +73,8 @@ lanes() {  # lanes JOB...: run the jobs (shell commands) on LANES_PER_GPU lanes 
 distill() {  # distill NAME METHOD KIMG SEED [extra example flags]; skipped once NAME/generator_ema exists
   local name=$1 method=$2 kimg=$3 seed=$4; shift 4
   [ -d "$RUNS/$name/generator_ema" ] && { echo "skip $name (done)"; return; }
-  local eval=(); [ "$EVAL_N" -gt 0 ] && eval=(--ref-stats "$RUNS/ref.npz" --eval-kimg "$EVAL_KIMG" --eval-n "$EVAL_N")
+  local eval=(); [ "$EVAL_N" -gt 0 ] && eval=(--ref-stats "$RUNS/ref.npz" --extra-ref-stats "test=$RUNS/ref-test.npz"
+    --eval-kimg "$EVAL_KIMG" --eval-n "$EVAL_N")  # the same samples against both references
   echo "train $name on lane ${GPU:-0}"
   # shellcheck disable=SC2086
   CUDA_VISIBLE_DEVICES=${GPU:-0} python3 examples/distill_edm.py --recipe "${RECIPE:-cifar10-uncond}" --method "$method" \

@@ -186,12 +186,14 @@ def collect(root: Path, setting: dict) -> dict:
         evals = [r for r in records if any(k.startswith("fid") and not k.endswith("_best") for k in r)]
         logs = [r for r in records if "images_per_s" in r]
         key = next((k for k in evals[0] if k.startswith("fid") and not k.endswith("_best")), None) if evals else None
+        test_key = f"{key}_test"  # the same samples against the held-out reference (--extra-ref-stats test=...)
         train_s = records[-1]["time_s"] - sum(r.get("eval_s", 0.0) for r in evals) if records else math.nan
         method, seed = _method_seed(name)
         results["runs"][name] = {
             "method": method,
             "seed": seed,
             "curve": [(r["nimg"], r[key]) for r in evals] if key else [],
+            "curve_test": [(r["nimg"], r[test_key]) for r in evals if test_key in r] if key else [],
             "grad_ratio": [(r["nimg"], r["adv/generator_grad_ratio"]) for r in logs if "adv/generator_grad_ratio" in r],
             "nimg": records[-1]["nimg"] if records else 0,
             "images_per_s": float(np.median([r["images_per_s"] for r in logs[1:] or logs])) if logs else math.nan,
@@ -199,6 +201,7 @@ def collect(root: Path, setting: dict) -> dict:
             "final": finals.get(name),
         }
     results["curves"] = curve_bands(results["runs"])
+    results["curves_test"] = curve_bands(results["runs"], "curve_test")
     for method in sorted({run["method"] for run in results["runs"].values()}):
         members = {n: r for n, r in results["runs"].items() if r["method"] == method and r["final"]}
         if not members:
@@ -214,15 +217,16 @@ def collect(root: Path, setting: dict) -> dict:
     return results
 
 
-def curve_bands(runs: dict[str, dict]) -> dict[str, list[list[float]]]:
+def curve_bands(runs: dict[str, dict], curve: str = "curve") -> dict[str, list[list[float]]]:
     """Each method's in-training FID over its seeds: ``[nimg, mean, sample std (nan for one seed), seeds]`` at every
-    image count that any of its runs evaluated (the runs of a method evaluate at the same counts)."""
+    image count that any of its runs evaluated (the runs of a method evaluate at the same counts). ``curve``: the
+    runs' curve against the training set (``"curve"``) or the held-out one (``"curve_test"``)."""
     bands: dict[str, list[list[float]]] = {}
     for method in sorted({run["method"] for run in runs.values()}):
         at: dict[int, list[float]] = {}
         for run in runs.values():
             if run["method"] == method:
-                for nimg, fid in run["curve"]:
+                for nimg, fid in run.get(curve, []):
                     at.setdefault(nimg, []).append(fid)
         summaries = {n: _summary(fids) for n, fids in sorted(at.items())}
         if summaries:
@@ -250,6 +254,9 @@ def render(results_json: Path, out: Path) -> None:
         return
     _plot(results, out / "fid_vs_images.png")
     print(f"wrote {out / 'fid_vs_images.png'} from {results_json}")
+    if results.get("curves_test"):
+        _plot(results, out / "fid_vs_images_test.png", "curves_test", "test")
+        print(f"wrote {out / 'fid_vs_images_test.png'} from {results_json}")
     if any(run["grad_ratio"] for run in results["runs"].values()):
         _plot_ratio(results, out / "grad_ratio.png")
         print(f"wrote {out / 'grad_ratio.png'} from {results_json}")
@@ -281,15 +288,18 @@ def tables(results: dict) -> str:
         fids = " | ".join(f"{final['fid'][r]:.2f}" if r in final["fid"] else "" for r in refs)
         last = f"{run['curve'][-1][1]:.2f}" if run["curve"] else ""
         lines.append(f"| {name} | {run['nimg']:,} | {run['images_per_s']:,.0f} | {fids} | {last} |")
-    curves = results.get("curves", {})
-    if curves:  # in-training FID over seeds: one row per image count, one column per method
-        offsets = {k: float(v) for k, v in results["setting"].get("offsets", {}).items()}
+    offsets = {k: float(v) for k, v in results["setting"].get("offsets", {}).items()}
+    for key, ref in (("curves", "train"), ("curves_test", "test")):
+        curves = results.get(key, {})
+        if not curves:
+            continue
+        # In-training FID over seeds: one row per image count, one column per method.
         cells: dict[float, dict[str, str]] = {}
         for method, band in curves.items():
             for nimg, mean, std, seeds in band:
                 text = f"{mean:.2f}" if seeds == 1 else f"{mean:.2f} ± {std:.2f} ({seeds})"
                 cells.setdefault(offsets.get(method, 0.0) + nimg, {})[method] = text
-        lines += ["", "| images | " + " | ".join(curves) + " |", "|---|" + "---|" * len(curves)]
+        lines += ["", f"| images (FID vs {ref}) | " + " | ".join(curves) + " |", "|---|" + "---|" * len(curves)]
         for nimg in sorted(cells):
             lines.append(f"| {nimg:,.0f} | " + " | ".join(cells[nimg].get(m, "") for m in curves) + " |")
     if results["teacher"]:
@@ -308,7 +318,9 @@ def cmd_tables(args: argparse.Namespace) -> None:
     print(tables(json.loads(Path(args.results).read_text())), end="")
 
 
-def _plot(results: dict, path: Path) -> None:
+def _plot(results: dict, path: Path, key: str = "curves", ref: str = "train") -> None:
+    """The in-training FID against reference ``ref`` (``results[key]``): each method's mean over seeds, with a band
+    of one sample standard deviation, and the teacher's 35-NFE FID against the same reference."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -316,7 +328,7 @@ def _plot(results: dict, path: Path) -> None:
 
     offsets = {k: float(v) for k, v in results["setting"].get("offsets", {}).items()}
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=130)
-    for method, band in results.get("curves", {}).items():  # mean over seeds, and a band of one sample std
+    for method, band in results.get(key, {}).items():  # mean over seeds, and a band of one sample std
         start = offsets.get(method, 0.0)  # SiD²A continues from SiD's images
         x = [(start + n) / 1e6 for n, *_ in band]
         mean = np.array([m for _, m, _, _ in band])
@@ -326,11 +338,11 @@ def _plot(results: dict, path: Path) -> None:
         if seeds > 1:
             ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
     for record in results["teacher"]:
-        if record["nfe"] == 35 and "train" in record["fid"]:
+        if record["nfe"] == 35 and ref in record["fid"]:
             name = f"{record['name']} teacher" if record.get("name") else "teacher"
-            ax.axhline(record["fid"]["train"], color="grey", ls="--", lw=1, label=f"{name}, 35 NFE ({record['n']:,})")
+            ax.axhline(record["fid"][ref], color="grey", ls="--", lw=1, label=f"{name}, 35 NFE ({record['n']:,})")
     ax.set_xlabel("images seen by the student (millions)")
-    ax.set_ylabel("FID during training")
+    ax.set_ylabel(f"FID vs {ref} during training")
     ax.set_yscale("log")
     ax.grid(alpha=0.3, which="both")
     ax.legend()

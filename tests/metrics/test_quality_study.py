@@ -37,6 +37,9 @@ def _env() -> dict[str, str]:
 def _write_run(root: Path, name: str, curve: list[tuple[int, float]], ratio: float | None, final: dict | None) -> None:
     (root / name).mkdir(parents=True)
     records = [{"nimg": n, "time_s": 10.0 * i, "fid10k": f, "fid10k_best": f} for i, (n, f) in enumerate(curve)]
+    if name.startswith("sida"):  # these runs also logged the held-out reference's curve
+        for r in records:
+            r["fid10k_test"] = r["fid10k"] + 2
     log = {"nimg": curve[-1][0], "time_s": 30.0, "images_per_s": 1000.0}
     if ratio is not None:
         log["adv/generator_grad_ratio"] = ratio
@@ -74,9 +77,12 @@ def test_report_averages_seeds_and_tables_come_from_results_json(tmp_path):
     # In-training curves over seeds: mean ± sample std at each image count, from results.json.
     assert results["curves"]["sida"] == [[0, 180.0, 0.0, 2], [1000, 22.0, pytest.approx(2**0.5), 2]]
     assert "| 1,000 | 25.00 | 22.00 ± 1.41 (2) |" in table
+    assert results["curves_test"] == {"sida": [[0, 182.0, 0.0, 2], [1000, 24.0, pytest.approx(2**0.5), 2]]}
+    assert "| images (FID vs test) | sida |" in table and "| 1,000 | 24.00 ± 1.41 (2) |" in table
     if importlib.util.find_spec("matplotlib") is not None:
         assert (out / "fid_vs_images.png").stat().st_size > 1000
         assert (out / "grad_ratio.png").stat().st_size > 1000  # the SiDA runs logged the gradient ratio
+        assert (out / "fid_vs_images_test.png").stat().st_size > 1000
     # The tables are a function of results.json alone: edit a number there and they follow.
     results["summary"]["sid"]["fid_train"]["mean"] = 99.0
     (out / "results.json").write_text(json.dumps(results))
@@ -187,6 +193,7 @@ def test_run_study_chains_seeds_controls_and_references_and_skips_what_is_done(t
         args = call["args"]
         seed = name.rsplit("-s", 1)[1]
         assert args[args.index("--seed") + 1] == seed and "--ref-stats" in args, name
+        assert args[args.index("--extra-ref-stats") + 1] == f"test={runs / 'ref-test.npz'}", name
         assert args[args.index("--method") + 1] == name.split("-")[0].replace("sidcont", "sid")
         recipe, teacher = args[args.index("--recipe") + 1], args[args.index("--teacher") + 1]
         if "-cond-" in name:  # the conditional study: its own teacher, trained by the `cond` stage

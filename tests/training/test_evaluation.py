@@ -150,6 +150,40 @@ def test_fid_metric_in_training_with_a_stand_in_extractor(tmp_path):
     assert OneStepGenerator.from_pretrained(tmp_path / "generator_best").sample_shape == (1, 8, 8)
 
 
+def test_fid_against_a_second_reference_shares_the_samples(tmp_path):
+    """metric.against(other): the same samples' FID against a held-out set, their features computed once per
+    evaluation; a changed generator (an in-place update) is sampled afresh."""
+    from scoredistill.metrics import FeatureStats, FIDMetric, frechet_distance
+
+    projection = torch.randn(64, 16, generator=torch.Generator().manual_seed(0))
+    calls = []
+
+    def extractor(images: torch.Tensor) -> torch.Tensor:
+        calls.append(images.shape[0])
+        return (images[:, :1].float() / 127.5 - 1).flatten(1) @ projection
+
+    refs = []
+    for seed in (1, 2):
+        ref = FeatureStats()
+        ref.update(torch.randn(256, 16, generator=torch.Generator().manual_seed(seed)) * 3)
+        refs.append(ref)
+    metric = FIDMetric(refs[0], n=64, extractor=extractor, batch_size=32)
+    held_out = metric.against(refs[1], name="fid64_test")
+    with pytest.raises(ValueError, match="a name of its own"):
+        metric.against(refs[1], name="fid64")
+    d = _distiller(total_nimg=16)
+    d.run(run_dir=tmp_path, metrics=[metric, held_out], eval_every_nimg=8, progress=False)
+    evals = [r for r in read_stats(tmp_path / "stats.jsonl") if "fid64" in r]
+    assert [r["nimg"] for r in evals] == [0, 8, 16] and all(r["fid64"] != r["fid64_test"] for r in evals)
+    assert calls == [32, 32] * 3  # one set of samples per evaluation, for both references
+    generator = d.ema.module
+    stats = metric._samples(generator)
+    assert held_out(generator) == pytest.approx(frechet_distance(stats, refs[1])) and calls == [32, 32] * 3
+    with torch.no_grad():
+        next(generator.parameters()).add_(0.5)  # an in-place update: a new state
+    assert held_out(generator) != evals[-1]["fid64_test"] and calls == [32, 32] * 4
+
+
 class HigherIsBetter(ScriptedMetric):
     name, higher_is_better = "recall", True
 
