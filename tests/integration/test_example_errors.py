@@ -149,6 +149,12 @@ def test_evaluation_files_are_checked_before_any_network(tmp_path, capsys):
     assert "pass --ref-stats too" in example_error([*extra, f"test={tmp_path / 'junk.npz'}"], capsys)
     twice = [*extra, f"test={tmp_path / 'junk.npz'}", "--extra-ref-stats", f"test={tmp_path / 'junk.npz'}"]
     assert "the name 'test' is given twice" in example_error(twice, capsys)
+    from scoredistill.metrics import FeatureStats
+
+    FeatureStats.from_moments(torch.zeros(4), torch.eye(4)).save(tmp_path / "good.npz")
+    good = ["--ref-stats", str(tmp_path / "good.npz")]
+    err = example_error([*SID, *out, *good, "--extra-ref-stats", f"test={tmp_path / 'junk.npz'}"], capsys)
+    assert f"--extra-ref-stats test={tmp_path / 'junk.npz'}" in err and "not a readable .npz" in err
     assert not (tmp_path / "run").exists()
 
 
