@@ -281,6 +281,8 @@ def test_run_study_end_to_end_on_a_cpu(tmp_path):
     assert sorted(t.get("name", "") for t in results["teacher"] if t["nfe"] == 3) == ["", "cond"]
     assert results["runs"]["sidcont-s3"]["nimg"] == 12 and results["runs"]["sid2a-s3"]["nimg"] == 4
     assert results["runs"]["sida-s3"]["grad_ratio"] and not results["runs"]["sid-s3"]["grad_ratio"]
+    for name, run in results["runs"].items():  # in-training curves against both references, at the same counts
+        assert [n for n, _ in run["curve_test"]] == [n for n, _ in run["curve"]] and run["curve"], name
     assert set(results["teacher"][0]["fid"]) == {"train", "test"}
 
 
