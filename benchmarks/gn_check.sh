@@ -5,6 +5,7 @@
 # sweep of its tilings (tune_norms_one_pass.py) in the time left.
 #
 #   device: bash benchmarks/gn_check.sh      (carry .devdata for the CIFAR-10 zip rows; results in $OUT)
+#           QUICK=1 bash benchmarks/gn_check.sh    (about 4 minutes: the tests, bench_norms, CIFAR-10 batch 32 only)
 set -u
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/gn_check}
@@ -24,6 +25,7 @@ data=(); [ -f "$Z" ] && data=(--data "$Z" --augment 0.12)
 B="benchmarks/bench_step.py --out $OUT/gn.md --no-mfu --warmup 4 --steps 20 --settings graphs-cl,graphs-cl-gn1,graphs-cl"
 el "bench_step CIFAR-10 batch 32"
 timeout 70 python $B --preset cifar10-32x32-uncond --batch 32 "${data[@]}" > "$OUT/step_c10_b32.txt" 2>&1
+if [ "${QUICK:-0}" = 1 ]; then el end; grep -h "^\[" "$OUT"/step_*.txt; exit 0; fi
 el "bench_step CIFAR-10 batch 128"
 timeout 70 python $B --preset cifar10-32x32-uncond --batch 128 "${data[@]}" > "$OUT/step_c10_b128.txt" 2>&1
 el "bench_step ImageNet-64 batch 32"
