@@ -5,7 +5,8 @@
 # sweep of its tilings (tune_norms_one_pass.py) in the time left.
 #
 #   device: bash benchmarks/gn_check.sh      (carry .devdata for the CIFAR-10 zip rows; results in $OUT)
-#           QUICK=1 bash benchmarks/gn_check.sh    (about 4 minutes: the tests, bench_norms, CIFAR-10 batch 32 only)
+#           QUICK=1 bash benchmarks/gn_check.sh    (the tests, bench_norms and CIFAR-10 batch 32 only: at most 5.3
+#                                                   minutes by its limits, for a call shared with the study)
 set -u
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/gn_check}
