@@ -30,6 +30,7 @@ import torch.distributed as dist
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _families import TENSOR_CORE_FAMILIES, family, traffic_per_step
 from _results import write_table
 
 from scoredistill import (
@@ -172,29 +173,7 @@ def matmul_peak(device: torch.device) -> float:
     return 10 * 2 * 8192**3 / (time.perf_counter() - t0)
 
 
-# Kernel families of a graphed step: Triton kernels by exact name, the others by a substring (first match wins).
-FAMILIES = [
-    ("fused group norm (Triton)", {"_stats_kernel", "_apply_kernel", "_grad_sums_kernel", "_grad_x_kernel",
-                                   "_combine_stats_kernel", "_combine_grads_kernel"}),
-    ("fused residual sum (Triton)", {"_residual_kernel"}),
-    ("box resampling (Triton)", {"_pool", "_spread"}),
-    ("fused loss terms (Triton)", {"_sid_fwd_kernel", "_sid_finish_kernel", "_sid_bwd_kernel", "_dsm_fwd_kernel",
-                                   "_dsm_finish_kernel", "_dsm_bwd_kernel"}),
-    ("optimizer and EMA (multi-tensor)", ("multi_tensor_apply",)),
-    ("attention (cuDNN / flash SDPA)", ("sdpa", "flash", "fmha", "attention", "dot_do_o")),
-    ("convolution / matmul GEMMs", ("xmma", "gemm", "nvjet", "cutlass")),
-    ("concatenation", ("CatArray",)),
-    ("casts, copies and layout transposes", ("copy_kernel", "direct_copy", "nchwToNhwc", "nhwcToNchw")),
-    ("reductions (bias gradients, sums)", ("reduce_kernel",)),
-    ("other elementwise", ("elementwise_kernel",)),
-]  # fmt: skip
-
-
-def _family(name: str) -> str:
-    for family, keys in FAMILIES:
-        if name in keys if isinstance(keys, set) else any(k in name for k in keys):
-            return family
-    return "other"
+_family = family  # the kernel family of a kernel name (benchmarks/_families.py)
 
 
 def _kernels(events) -> list:
@@ -203,12 +182,17 @@ def _kernels(events) -> list:
     return [e for e in events if e.self_device_time_total > 0 and not e.key.startswith(skip)]
 
 
-TENSOR_CORE_FAMILIES = ("convolution / matmul GEMMs", "attention (cuDNN / flash SDPA)")
-
-
-def kernel_families(events, steps: int, flops_per_step: float = float("nan"), peak: float = float("nan")) -> str:
-    """Device time per kernel family (:data:`FAMILIES`), per step and as a share of the total; given the step's
-    FLOPs and the card's matmul rate, the rate the GEMM and attention kernels achieve on them."""
+def kernel_families(
+    events,
+    steps: int,
+    flops_per_step: float = float("nan"),
+    peak: float = float("nan"),
+    traffic: dict[str, float] | None = None,
+    copy_gbs: float = float("nan"),
+) -> str:
+    """Device time per kernel family (`_families.FAMILIES`), per step and as a share of the total; given the step's
+    FLOPs and the card's matmul rate, the rate the GEMM and attention kernels achieve on them; given the bytes each
+    family touches per step (`_families.traffic_per_step`) and the card's copy bandwidth, each other family's."""
     totals: dict[str, list[float]] = {}
     grand = 0.0
     for e in _kernels(events):
@@ -218,8 +202,13 @@ def kernel_families(events, steps: int, flops_per_step: float = float("nan"), pe
         acc[1] += e.count
         grand += t
     lines = [f"{'kernel family':<40} {'ms / step':>10} {'share':>7} {'launches / step':>16}"]
+    if traffic is not None:
+        lines[0] += f" {'GB / step':>10} {'GB/s':>8} {'% of copy':>10}"
     for name, (t, n) in sorted(totals.items(), key=lambda kv: -kv[1][0]):
         lines.append(f"{name:<40} {t / 1e3 / steps:>10.2f} {100 * t / grand:>6.1f}% {n // steps:>16}")
+        if traffic is not None and name not in TENSOR_CORE_FAMILIES and traffic.get(name, 0) > 0:
+            gb, seconds = traffic[name] / 1e9, t / 1e6 / steps
+            lines[-1] += f" {gb:>10.3f} {gb / seconds:>8,.0f} {100 * gb / seconds / copy_gbs:>9.0f}%"
     lines.append(f"{'total':<40} {grand / 1e3 / steps:>10.2f}")
     tensor_core_s = sum(totals.get(f, [0.0])[0] for f in TENSOR_CORE_FAMILIES) / 1e6 / steps
     if tensor_core_s > 0 and flops_per_step == flops_per_step:  # FlopCounterMode counts these kernels' FLOPs only
@@ -232,7 +221,13 @@ def kernel_families(events, steps: int, flops_per_step: float = float("nan"), pe
 
 
 def profile(
-    d: Distiller, steps: int = 3, top: int = 15, flops_per_step: float = float("nan"), peak: float = float("nan")
+    d: Distiller,
+    steps: int = 3,
+    top: int = 15,
+    flops_per_step: float = float("nan"),
+    peak: float = float("nan"),
+    traffic: dict[str, float] | None = None,
+    copy_gbs: float = float("nan"),
 ) -> str:
     """The top CUDA kernels of a few steps, by total device time (torch.profiler), and their families."""
     from torch.profiler import ProfilerActivity
@@ -244,7 +239,7 @@ def profile(
         torch.cuda.synchronize()
     events = prof.key_averages()
     kernels = events.table(sort_by="self_cuda_time_total", row_limit=top, max_name_column_width=90)
-    kernels += "\n" + kernel_families(events, steps, flops_per_step, peak)
+    kernels += "\n" + kernel_families(events, steps, flops_per_step, peak, traffic, copy_gbs)
     # Operator view (device time of each aten op, children included): empty under CUDA-graph replay, where the
     # kernels run without their launching operators.
     ops = [e for e in events if e.key.startswith("aten::") and e.device_time_total > 0]
@@ -257,10 +252,13 @@ def profile(
     return kernels + "\n" + "\n".join(lines)
 
 
-def _eager_fused(preset: str, batch: int, device: torch.device) -> Distiller:
-    """An eager bf16 channels_last distiller with the fused network kernels forced on (as CUDA graphs run them),
-    after two warm-up steps."""
+def _eager_fused(preset: str, batch: int, device: torch.device, gn: str = "tiles") -> Distiller:
+    """An eager bf16 channels_last distiller with the fused network kernels forced on (as CUDA graphs run them) and
+    the group norms' strategy ``gn``, after two warm-up steps."""
+    from scoredistill.kernels import groupnorm_triton
+
     d = build(preset, batch, "bf16-cl", device)
+    groupnorm_triton.set_strategy(gn)
     for role in (d.teacher, d.generator, d.fake_score):
         use_fused_norms(role, True)
     for _ in range(2):
@@ -339,6 +337,15 @@ def profile_phases(preset: str, batch: int, device: torch.device, steps: int = 3
     return phase_table(events, steps) + "\n\n" + kernel_families(events, steps)
 
 
+def eager_traffic(preset: str, batch: int, device: torch.device, setting: str) -> dict[str, float]:
+    """Bytes per step by kernel family, counted over one eager step of ``setting``'s kernels (`_families`)."""
+    d = _eager_fused(preset, batch, device, gn=SETTINGS[setting][0].get("gn", "tiles"))
+    traffic = traffic_per_step(d.step)
+    del d
+    torch.cuda.empty_cache()
+    return traffic
+
+
 def measure(
     preset: str,
     batch: int,
@@ -350,6 +357,8 @@ def measure(
     prof: bool = False,
     flops_per_image: float = float("nan"),
     peak: float = float("nan"),
+    traffic: dict[str, float] | None = None,
+    copy_gbs: float = float("nan"),
 ) -> dict:
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
@@ -372,7 +381,11 @@ def measure(
     finite = all(bool(torch.isfinite(v)) for v in logs.values())
     ms = statistics.median(times)
     peak = torch.cuda.max_memory_allocated() / 2**30
-    table = profile(d, flops_per_step=flops_per_image * batch, peak=peak) if prof else None
+    table = (
+        profile(d, flops_per_step=flops_per_image * batch, peak=peak, traffic=traffic, copy_gbs=copy_gbs)
+        if prof
+        else None
+    )
     del d
     return {
         "ms": ms,
@@ -426,6 +439,11 @@ def main() -> None:
     source = (f"{Path(DATA).name} x{WORKERS} workers" if DATA else "fixed GPU batch") + (
         f", augment p={AUGMENT_P:g}" if AUGMENT_P > 0 else ""
     )
+    traffic, copy_gbs = None, float("nan")
+    if args.profile:  # the bytes each family touches, for the profile's bandwidths (an eager step, before the rows)
+        from bench_losses import copy_bandwidth
+
+        traffic, copy_gbs = eager_traffic(args.preset, args.batch, device, settings[-1]), copy_bandwidth()
     rows = []
     for setting in settings:
         r = measure(
@@ -438,6 +456,8 @@ def main() -> None:
             prof=args.profile and setting == settings[-1],
             flops_per_image=flops,
             peak=peak,
+            traffic=traffic,
+            copy_gbs=copy_gbs,
         )
         if r["profile"]:
             print(f"Top kernels, {setting}:\n{r['profile']}", flush=True)

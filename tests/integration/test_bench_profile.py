@@ -55,3 +55,49 @@ def test_kernel_families_give_the_rate_the_tensor_core_kernels_reach():
         == "GEMMs + attention: 1.40 TFLOP per step in 3.50 ms = 400 TFLOP/s (50% of the measured bf16 matmul rate)"
     )
     assert "TFLOP" not in bench.kernel_families(events, steps=2)  # no FLOP count: no rate
+
+
+def _families():
+    spec = importlib.util.spec_from_file_location("_families", REPO_ROOT / "benchmarks" / "_families.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_traffic_counter_counts_the_bytes_each_family_touches():
+    import torch
+
+    fam = _families()
+    conv = torch.nn.Conv2d(4, 8, 3, padding=1)
+    x = torch.randn(2, 4, 8, 8, requires_grad=True)
+    src, dst = torch.randn(64), torch.empty(64)
+    with fam.TrafficCounter() as counter:
+        y = conv(x)
+        y.sum().backward()
+        x.view(2, -1).t()  # views move nothing
+        dst.copy_(src)  # reads 256 bytes, writes 256
+    traffic = dict(counter.bytes)
+    assert traffic[fam.GEMM] >= 2 * (x.numel() + y.numel()) * 4  # forward and backward each touch x and y at least
+    assert traffic[fam.COPIES] == 512
+    assert traffic[fam.REDUCTIONS] == y.numel() * 4 + 4  # y.sum(): reads y, writes one float
+    launches = []
+    count = counter._count_launch(lambda kernel, grid, dev, *args, **kw: launches.append(kernel))
+    kernel = type("JIT", (), {"__name__": "_apply_kernel"})()
+    a, b = torch.zeros(10), torch.zeros(5, dtype=torch.bfloat16)
+    count(kernel, (1,), 0, a, a, b, 3, num_warps=4)  # a tensor given twice is touched once
+    assert counter.bytes[fam.GROUP_NORM] == 40 + 10 and launches == [kernel]
+
+
+def test_kernel_families_give_each_memory_bound_familys_bandwidth():
+    bench = _bench_step()
+    events = [  # microseconds over 2 steps
+        _row("sm90_xmma_fprop_implicit_gemm_bf16", 6000.0, 6000.0, 40),
+        _row("_apply_kernel", 3000.0, 3000.0, 40),
+    ]
+    traffic = {"fused group norm (Triton)": 3e9, "convolution / matmul GEMMs": 5e9}
+    lines = bench.kernel_families(events, steps=2, traffic=traffic, copy_gbs=3000.0).splitlines()
+    assert lines[0].split()[-4:] == ["GB/s", "%", "of", "copy"]
+    row = next(line for line in lines if line.startswith("fused group norm"))
+    assert row.split()[-3:] == ["3.000", "2,000", "67%"]  # 3 GB in 1.5 ms: 2,000 GB/s of a 3,000 GB/s copy
+    gemm = next(line for line in lines if line.startswith("convolution"))
+    assert "GB" not in gemm and len(gemm.split()) == len(row.split()) - 3  # compute-bound: rated in FLOP/s
