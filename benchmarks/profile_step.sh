@@ -1,9 +1,9 @@
 #!/bin/bash
-# The profile that kernel and scheduling work starts from, in one device call (not yet timed on a GPU; each step has
-# its own limit, 9.3 minutes at most in all, inside one call's 10; ImageNet-64, with its slow fp32 reference row, has
-# the longest): for each
-# workload the user path runs, the reference's setting and the fast path (images/s, MFU, peak memory) and the fast
-# path's device time by kernel family over graph replays, then eager steps' device time by phase.
+# The profile that kernel and scheduling work starts from, in one device call: for each workload the user path runs,
+# the reference's setting and the fast path (images/s, MFU, peak memory), the fast path's device time by kernel family
+# over graph replays (each family rated in FLOP/s or GB/s), then eager steps' device time by phase. Not yet timed on a
+# GPU: each step has its own limit, 9.3 minutes in all inside one call's 10 (ImageNet-64, with its slow fp32
+# reference row, has the longest).
 #
 #   device: bash benchmarks/profile_step.sh     (carry .devdata, which holds Z below; results in $OUT)
 #
