@@ -24,6 +24,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -173,31 +174,34 @@ def matmul_peak(device: torch.device) -> float:
     return 10 * 2 * 8192**3 / (time.perf_counter() - t0)
 
 
-_family = family  # the kernel family of a kernel name (benchmarks/_families.py)
-
-
 def _kernels(events) -> list:
     """The profiler's kernel rows: device time of their own, not an operator, annotation or runtime call."""
     skip = ("aten::", "autograd::", "Optimizer.", "cuda", "Memcpy", "Memset", "scoredistill/")
     return [e for e in events if e.self_device_time_total > 0 and not e.key.startswith(skip)]
 
 
-def kernel_families(
-    events,
-    steps: int,
-    flops_per_step: float = float("nan"),
-    peak: float = float("nan"),
-    traffic: dict[str, float] | None = None,
-    copy_gbs: float = float("nan"),
-) -> str:
-    """Device time per kernel family (`_families.FAMILIES`), per step and as a share of the total; given the step's
-    FLOPs and the card's matmul rate, the rate the GEMM and attention kernels achieve on them; given the bytes each
-    family touches per step (`_families.traffic_per_step`) and the card's copy bandwidth, each other family's."""
+class Rates(NamedTuple):
+    """What rates a profile's kernel families against the card: the step's FLOPs and the bytes each family touches
+    per step (`_families.traffic_per_step`), the measured bf16 matmul rate (FLOP/s) and copy bandwidth (GB/s)."""
+
+    flops_per_step: float = float("nan")
+    peak: float = float("nan")
+    traffic: dict[str, float] | None = None
+    copy_gbs: float = float("nan")
+
+
+NO_RATES = Rates()  # device time and launches only
+
+
+def kernel_families(events, steps: int, rates: Rates = NO_RATES) -> str:
+    """Device time per kernel family (`_families.FAMILIES`), per step and as a share of the total; with ``rates``,
+    the rate the GEMM and attention kernels achieve on the step's FLOPs and each other family's bandwidth."""
+    flops_per_step, peak, traffic, copy_gbs = rates
     totals: dict[str, list[float]] = {}
     grand = 0.0
     for e in _kernels(events):
         t = e.self_device_time_total
-        acc = totals.setdefault(_family(e.key), [0.0, 0])
+        acc = totals.setdefault(family(e.key), [0.0, 0])
         acc[0] += t
         acc[1] += e.count
         grand += t
@@ -220,15 +224,7 @@ def kernel_families(
     return "\n".join(lines)
 
 
-def profile(
-    d: Distiller,
-    steps: int = 3,
-    top: int = 15,
-    flops_per_step: float = float("nan"),
-    peak: float = float("nan"),
-    traffic: dict[str, float] | None = None,
-    copy_gbs: float = float("nan"),
-) -> str:
+def profile(d: Distiller, steps: int = 3, top: int = 15, rates: Rates = NO_RATES) -> str:
     """The top CUDA kernels of a few steps, by total device time (torch.profiler), and their families."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
@@ -239,7 +235,7 @@ def profile(
         torch.cuda.synchronize()
     events = prof.key_averages()
     kernels = events.table(sort_by="self_cuda_time_total", row_limit=top, max_name_column_width=90)
-    kernels += "\n" + kernel_families(events, steps, flops_per_step, peak, traffic, copy_gbs)
+    kernels += "\n" + kernel_families(events, steps, rates)
     # Operator view (device time of each aten op, children included): empty under CUDA-graph replay, where the
     # kernels run without their launching operators.
     ops = [e for e in events if e.key.startswith("aten::") and e.device_time_total > 0]
@@ -354,12 +350,9 @@ def measure(
     steps: int,
     device: torch.device,
     *,
-    prof: bool = False,
-    flops_per_image: float = float("nan"),
-    peak: float = float("nan"),
-    traffic: dict[str, float] | None = None,
-    copy_gbs: float = float("nan"),
+    rates: Rates | None = None,
 ) -> dict:
+    """Time ``setting``'s steps; with ``rates``, profile the last ones too (`profile`)."""
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     d = build(preset, batch, setting, device)
@@ -381,11 +374,7 @@ def measure(
     finite = all(bool(torch.isfinite(v)) for v in logs.values())
     ms = statistics.median(times)
     peak = torch.cuda.max_memory_allocated() / 2**30
-    table = (
-        profile(d, flops_per_step=flops_per_image * batch, peak=peak, traffic=traffic, copy_gbs=copy_gbs)
-        if prof
-        else None
-    )
+    table = profile(d, rates=rates) if rates is not None else None
     del d
     return {
         "ms": ms,
@@ -439,11 +428,12 @@ def main() -> None:
     source = (f"{Path(DATA).name} x{WORKERS} workers" if DATA else "fixed GPU batch") + (
         f", augment p={AUGMENT_P:g}" if AUGMENT_P > 0 else ""
     )
-    traffic, copy_gbs = None, float("nan")
+    rates = None
     if args.profile:  # the bytes each family touches, for the profile's bandwidths (an eager step, before the rows)
         from bench_losses import copy_bandwidth
 
-        traffic, copy_gbs = eager_traffic(args.preset, args.batch, device, settings[-1]), copy_bandwidth()
+        traffic = eager_traffic(args.preset, args.batch, device, settings[-1])
+        rates = Rates(flops * args.batch, peak, traffic, copy_bandwidth())
     rows = []
     for setting in settings:
         r = measure(
@@ -453,11 +443,7 @@ def main() -> None:
             args.warmup,
             args.steps,
             device,
-            prof=args.profile and setting == settings[-1],
-            flops_per_image=flops,
-            peak=peak,
-            traffic=traffic,
-            copy_gbs=copy_gbs,
+            rates=rates if setting == settings[-1] else None,  # the profile: the last setting's
         )
         if r["profile"]:
             print(f"Top kernels, {setting}:\n{r['profile']}", flush=True)

@@ -49,7 +49,7 @@ def test_kernel_families_give_the_rate_the_tensor_core_kernels_reach():
         _row("cudnn_generated_fort_native_sdpa_sm90_flash_fprop", 1000.0, 1000.0, 4),
         _row("_apply_kernel", 3000.0, 3000.0, 40),
     ]
-    lines = bench.kernel_families(events, steps=2, flops_per_step=1.4e12, peak=800e12).splitlines()
+    lines = bench.kernel_families(events, steps=2, rates=bench.Rates(flops_per_step=1.4e12, peak=800e12)).splitlines()
     assert (
         lines[-1]
         == "GEMMs + attention: 1.40 TFLOP per step in 3.50 ms = 400 TFLOP/s (50% of the measured bf16 matmul rate)"
@@ -95,7 +95,7 @@ def test_kernel_families_give_each_memory_bound_familys_bandwidth():
         _row("_apply_kernel", 3000.0, 3000.0, 40),
     ]
     traffic = {"fused group norm (Triton)": 3e9, "convolution / matmul GEMMs": 5e9}
-    lines = bench.kernel_families(events, steps=2, traffic=traffic, copy_gbs=3000.0).splitlines()
+    lines = bench.kernel_families(events, steps=2, rates=bench.Rates(traffic=traffic, copy_gbs=3000.0)).splitlines()
     assert lines[0].split()[-4:] == ["GB/s", "%", "of", "copy"]
     row = next(line for line in lines if line.startswith("fused group norm"))
     assert row.split()[-3:] == ["3.000", "2,000", "67%"]  # 3 GB in 1.5 ms: 2,000 GB/s of a 3,000 GB/s copy
