@@ -288,7 +288,7 @@ def tables(results: dict) -> str:
         fids = " | ".join(f"{final['fid'][r]:.2f}" if r in final["fid"] else "" for r in refs)
         last = f"{run['curve'][-1][1]:.2f}" if run["curve"] else ""
         lines.append(f"| {name} | {run['nimg']:,} | {run['images_per_s']:,.0f} | {fids} | {last} |")
-    offsets = {k: float(v) for k, v in results["setting"].get("offsets", {}).items()}
+    offsets = _offsets(results)
     for key, ref in (("curves", "train"), ("curves_test", "test")):
         curves = results.get(key, {})
         if not curves:
@@ -318,18 +318,38 @@ def cmd_tables(args: argparse.Namespace) -> None:
     print(tables(json.loads(Path(args.results).read_text())), end="")
 
 
-def _plot(results: dict, path: Path, key: str = "curves", ref: str = "train") -> None:
-    """The in-training FID against reference ``ref`` (``results[key]``): each method's mean over seeds, with a band
-    of one sample standard deviation, and the teacher's 35-NFE FID against the same reference."""
+def _offsets(results: dict) -> dict[str, float]:
+    """Where each method's image count starts (SiD²A continues from SiD's images)."""
+    return {k: float(v) for k, v in results["setting"].get("offsets", {}).items()}
+
+
+def _figure(height: float):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    offsets = {k: float(v) for k, v in results["setting"].get("offsets", {}).items()}
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=130)
+    return plt.subplots(figsize=(6.4, height), dpi=130)
+
+
+def _save(fig, ax, ylabel: str, path: Path) -> None:
+    """The plots' common axes (images seen, log scale), legend and file."""
+    ax.set_xlabel("images seen by the student (millions)")
+    ax.set_ylabel(ylabel)
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def _plot(results: dict, path: Path, key: str = "curves", ref: str = "train") -> None:
+    """The in-training FID against reference ``ref`` (``results[key]``): each method's mean over seeds, with a band
+    of one sample standard deviation, and the teacher's 35-NFE FID against the same reference."""
+    offsets = _offsets(results)
+    fig, ax = _figure(4.2)
     for method, band in results.get(key, {}).items():  # mean over seeds, and a band of one sample std
-        start = offsets.get(method, 0.0)  # SiD²A continues from SiD's images
+        start = offsets.get(method, 0.0)
         x = [(start + n) / 1e6 for n, *_ in band]
         mean = np.array([m for _, m, _, _ in band])
         std = np.nan_to_num(np.array([sd for _, _, sd, _ in band]))
@@ -341,36 +361,19 @@ def _plot(results: dict, path: Path, key: str = "curves", ref: str = "train") ->
         if record["nfe"] == 35 and ref in record["fid"]:
             name = f"{record['name']} teacher" if record.get("name") else "teacher"
             ax.axhline(record["fid"][ref], color="grey", ls="--", lw=1, label=f"{name}, 35 NFE ({record['n']:,})")
-    ax.set_xlabel("images seen by the student (millions)")
-    ax.set_ylabel(f"FID vs {ref} during training")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
+    _save(fig, ax, f"FID vs {ref} during training", path)
 
 
 def _plot_ratio(results: dict, path: Path) -> None:
     """Each run's logged ``adv/generator_grad_ratio`` (one micro-batch per record) against the images it has seen."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    offsets = {k: float(v) for k, v in results["setting"].get("offsets", {}).items()}
-    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=130)
+    offsets = _offsets(results)
+    fig, ax = _figure(3.6)
     for name, run in results["runs"].items():
         if run["grad_ratio"]:
             start = offsets.get(run["method"], 0.0)
             ax.plot([(start + n) / 1e6 for n, _ in run["grad_ratio"]], [r for _, r in run["grad_ratio"]], marker="o",
                     ms=3, label=name)  # fmt: skip
-    ax.set_xlabel("images seen by the student (millions)")
-    ax.set_ylabel("adversarial / SiD gradient norm")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
+    _save(fig, ax, "adversarial / SiD gradient norm", path)
 
 
 def main(argv: list[str] | None = None) -> None:
