@@ -23,15 +23,12 @@ trial() {  # trial LABEL K KIMG: K runs at once; prints LABEL K and the sum of t
   done
   wait
   python3 - "$label" "$k" /tmp/probe_"$label"{0..9}/stats.jsonl <<'EOF' 2>/dev/null
-import json, sys, pathlib
-label, k, paths = sys.argv[1], int(sys.argv[2]), [pathlib.Path(p) for p in sys.argv[3:]]
-rates = []
-for p in paths:
-    if p.exists():
-        v = [json.loads(l).get("images_per_s") for l in p.read_text().splitlines() if l.strip()]
-        v = [x for x in v[1:] if x]  # after the warm-up interval
-        if v:
-            rates.append(sum(v) / len(v))
+import pathlib, sys
+sys.path.insert(0, "benchmarks")
+from _gpu_check_summary import logged  # a run's mean logged images/s after the warm-up interval
+
+label, k = sys.argv[1], int(sys.argv[2])
+rates = [mean for p in sys.argv[3:] if (mean := logged(pathlib.Path(p))[1]) is not None]
 print(f"| {label} | {k} | {len(rates)} | {' / '.join(f'{r:,.0f}' for r in rates)} | {sum(rates):,.0f} |")
 EOF
 }
