@@ -8,13 +8,9 @@
 #           QUICK=1 bash benchmarks/gn_check.sh    (the tests, bench_norms and CIFAR-10 batch 32 only: at most 5.3
 #                                                   minutes by its limits, for a call shared with the study)
 set -u
-export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/gn_check}
-mkdir -p "$OUT"
-Z=${Z:-.devdata/cifar10-test-jpeg75.zip}
-T0=$(date +%s)
-el() { echo "[t=$(($(date +%s) - T0))s] $*"; }
-nvidia-smi --query-gpu=name --format=csv,noheader | tee "$OUT/gpu.txt"
+source benchmarks/_device.sh "$OUT"
+cat "$OUT/gpu.txt"
 
 el "parity tests"
 timeout 150 python -m pytest -q -p no:cacheprovider -rfE tests/kernels/test_groupnorm_kernel.py \

@@ -10,17 +10,11 @@
 # Inputs (git-ignored): Z, a CIFAR-10 dataset zip (default .devdata/cifar10-test-jpeg75.zip), and T, the study's
 # teacher directory (default .devdata/cifar10-uncond-ddpmpp32). Rows whose input is missing are reported as skipped.
 set -u
-export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
 LOG=${LOG:-/tmp/gpu_check}  # every output; $OUT (the device tool's folder), if set, gets the summary and a tarball
-mkdir -p "$LOG"
-Z=${Z:-.devdata/cifar10-test-jpeg75.zip}
+source benchmarks/_device.sh "$LOG"
 T=${T:-.devdata/cifar10-uncond-ddpmpp32}
 PHASES=${PHASES:-tests speed}  # "tests" alone or "speed" alone runs half of the check
 TESTS_S=${TESTS_S:-250}        # the tests' limit (seconds): 257 s on an H100; the speed rows took 287 s
-T0=$(date +%s)
-el() { echo "[t=$(($(date +%s) - T0))s] $*"; }
-nvidia-smi --query-gpu=name --format=csv,noheader > "$LOG/gpu.txt"
-python -c "import torch, triton; print(f'torch {torch.__version__}, triton {triton.__version__}')" >> "$LOG/gpu.txt"
 B="benchmarks/bench_step.py --settings graphs-cl --no-mfu --no-write --warmup 4 --steps 20"
 EX="examples/distill_edm.py --cuda-graphs --channels-last --precision bf16"
 

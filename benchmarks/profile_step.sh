@@ -11,13 +11,9 @@
 # goes to $OUT/profile.md (bench_step's rows) and $OUT/profile_*.txt (the profiles); copy what you quote into
 # benchmarks/RESULTS.md with the card's name.
 set -u
-export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/profile_step}
-mkdir -p "$OUT"
-Z=${Z:-.devdata/cifar10-test-jpeg75.zip}
-T0=$(date +%s)
-el() { echo "[t=$(($(date +%s) - T0))s] $*"; }
-nvidia-smi --query-gpu=name --format=csv,noheader | tee "$OUT/gpu.txt"
+source benchmarks/_device.sh "$OUT"
+cat "$OUT/gpu.txt"
 B="benchmarks/bench_step.py --out $OUT/profile.md --warmup 3 --steps 10"
 data=(); [ -f "$Z" ] && data=(--data "$Z" --augment 0.12)
 
