@@ -36,14 +36,14 @@ def candidates(C: int, HW: int, cg: int) -> list[tuple[int, int, int, bool]]:
     return out
 
 
+DEFAULT = gn._one_pass_tiles  # the current rule
+
+
 def _use(cand) -> None:
     """Run the one-pass strategy with tiling ``cand`` (``None``: the current rule)."""
     gn._one_pass_tiles = DEFAULT if cand is None else (lambda C, HW, cg, nhwc: cand)
     gn._one_pass_plan.cache_clear()
     gn.set_strategy("one_pass")
-
-
-DEFAULT = gn._one_pass_tiles
 
 
 def _warm(tasks: list[tuple[str, tuple[int, int, int, bool]]]) -> int:
