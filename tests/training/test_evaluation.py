@@ -182,6 +182,13 @@ def test_fid_against_a_second_reference_shares_the_samples(tmp_path):
     with torch.no_grad():
         next(generator.parameters()).add_(0.5)  # an in-place update: a new state
     assert held_out(generator) != evals[-1]["fid64_test"] and calls == [32, 32] * 4
+    # A write that leaves the version counter alone (as a CUDA graph's replayed update does) is a new state too.
+    version = next(generator.parameters())._version
+    next(generator.parameters()).data.mul_(0.5)
+    assert next(generator.parameters())._version == version
+    assert metric(generator) != pytest.approx(frechet_distance(stats, refs[0])) and calls == [32, 32] * 5
+    assert held_out(generator) == pytest.approx(frechet_distance(metric._samples(generator), refs[1]))
+    assert calls == [32, 32] * 5
 
 
 class HigherIsBetter(ScriptedMetric):

@@ -28,13 +28,20 @@ def _labelled_stream(batch: int, seed: int = 0, device: str = "cuda"):
         yield x, labels
 
 
-def _distiller(graphs: bool, *, p: float = 0.5, precision: str = "fp32", device: str = "cuda", losses=None):
+def _distiller(
+    graphs: bool, *, p: float = 0.5, precision: str = "fp32", device: str = "cuda", losses=None, total_nimg=500_000_000
+):
     torch.manual_seed(0)
     teacher = Teacher(edm_precond("cifar10-32x32-cond").to(device))  # conditional, augment_dim = 9
     G, fake = OneStepGenerator.from_teacher(teacher), FakeScore.from_teacher(teacher)
     losses = losses or [SiDLoss(alpha=1.0), DSMLoss(), AdversarialEncoderLoss(generator_start_nimg=48)]
     cfg = DistillConfig.sida(
-        batch_size=8, micro_batch=4, generator_start_nimg=24, precision=precision, cuda_graphs=graphs
+        batch_size=8,
+        micro_batch=4,
+        generator_start_nimg=24,
+        precision=precision,
+        cuda_graphs=graphs,
+        total_nimg=total_nimg,
     )
     return Distiller(teacher, G, fake, losses, cfg, data=_labelled_stream(4), augment=AugmentPipe(p=p))
 
@@ -106,6 +113,34 @@ def test_uncapturable_augmentation_is_refused_at_construction():
     assert torch.isfinite(torch.rand(4, device="cuda")).all()
     d = _distiller(True, p=0.12, precision="bf16")
     assert all(torch.isfinite(v).all() for _ in range(4) for v in d.step().values())
+
+
+def test_in_training_fid_of_a_captured_run_samples_every_evaluation_afresh(tmp_path):
+    """FIDMetric and its held-out companion share one set of samples per evaluation, and every evaluation of a
+    captured run samples the generator as it is then (a cache keyed by version counters, which a graph's replayed
+    update leaves alone, gave the first evaluation's value at every later one)."""
+    from scoredistill.metrics import FeatureStats, FIDMetric
+    from scoredistill.training.monitor import read_stats
+
+    projection = torch.randn(3 * 8 * 8, 16, generator=torch.Generator().manual_seed(0)).cuda()
+    calls = []
+
+    def extractor(images: torch.Tensor) -> torch.Tensor:  # uint8 [B, 3, 32, 32] -> [B, 16]
+        calls.append(images.shape[0])
+        return torch.nn.functional.avg_pool2d(images.float() / 127.5 - 1, 4).flatten(1) @ projection
+
+    refs = []
+    for seed in (1, 2):
+        ref = FeatureStats()
+        ref.update(torch.randn(256, 16, generator=torch.Generator().manual_seed(seed)))
+        refs.append(ref)
+    metric = FIDMetric(refs[0], n=64, extractor=extractor, batch_size=64, name="fid")
+    d = _distiller(True, p=0.12, precision="bf16", total_nimg=96)
+    d.run(run_dir=tmp_path, metrics=[metric, metric.against(refs[1], name="fid_test")], eval_every_nimg=32,
+          progress=False)  # fmt: skip
+    evals = [r for r in read_stats(tmp_path / "stats.jsonl") if "fid" in r]
+    assert [r["nimg"] for r in evals] == [0, 32, 64, 96] and calls == [64] * 4
+    assert len({r["fid"] for r in evals}) == 4 and len({r["fid_test"] for r in evals}) == 4
 
 
 def test_failed_step_capture_leaves_generators_usable():

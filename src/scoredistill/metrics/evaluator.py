@@ -18,12 +18,21 @@ from .stats import FeatureStats, frechet_distance
 __all__ = ["FIDMetric"]
 
 
+def _fingerprint(module: torch.nn.Module) -> Tensor:
+    """Every floating-point parameter's and buffer's sum and norm (float64, on the CPU): one host sync, no copy."""
+    tensors = [t.detach() for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()]
+    sums = [x for t in tensors for x in (t.sum(dtype=torch.float64), torch.linalg.vector_norm(t, dtype=torch.float64))]
+    return torch.stack(sums).cpu() if sums else torch.zeros(0, dtype=torch.float64)
+
+
 class _SampleStats:
     """The Inception statistics of a generator's seeded samples, computed once per generator state for every
     [`FIDMetric`][scoredistill.metrics.FIDMetric] that shares them (one reference each).
 
-    A state is the generator object (held weakly) and its parameters' storage and version counters, which every
-    in-place update (an optimiser or EMA step) advances."""
+    A state is the generator object (held weakly) and a fingerprint of its values: every floating-point parameter's
+    and buffer's sum and Euclidean norm, in float64. Values, not version counters: the EMA's ``_foreach_lerp_`` on
+    CUDA (the fused multi-tensor path), updates replayed in a CUDA graph and writes through ``.data`` leave a tensor's
+    version alone, so a version-keyed cache served a run's first evaluation's features at every later one."""
 
     def __init__(self, n: int, inception, extractor, batch_size: int, seed: int):
         self.n, self.inception, self.extractor, self.batch_size, self.seed = n, inception, extractor, batch_size, seed
@@ -31,8 +40,8 @@ class _SampleStats:
         self._stats: FeatureStats | None = None
 
     def __call__(self, generator: OneStepGenerator) -> FeatureStats:
-        version = tuple((p.data_ptr(), p._version) for p in generator.parameters())
-        if self._state is not None and self._state[0]() is generator and self._state[1] == version:
+        fingerprint = _fingerprint(generator)
+        if self._state is not None and self._state[0]() is generator and torch.equal(self._state[1], fingerprint):
             return self._stats
         device = next(generator.parameters()).device
         if self.extractor is None:
@@ -42,7 +51,7 @@ class _SampleStats:
         self._stats = generator_stats(
             generator, self.n, self.extractor, batch_size=self.batch_size, seed=self.seed, device=device, progress=False
         )
-        self._state = (weakref.ref(generator), version)
+        self._state = (weakref.ref(generator), fingerprint)
         return self._stats
 
 
