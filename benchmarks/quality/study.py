@@ -183,7 +183,7 @@ def collect(root: Path, setting: dict) -> dict:
     results: dict = {"setting": setting, "teacher": teacher, "runs": {}, "summary": {}}
     for name in sorted(set(runs) | set(finals)):
         records = runs.get(name, [])
-        evals = [r for r in records if any(k.startswith("fid") and not k.endswith("_best") for k in r)]
+        evals, stale = _fresh_evaluations(records)
         logs = [r for r in records if "images_per_s" in r]
         key = next((k for k in evals[0] if k.startswith("fid") and not k.endswith("_best")), None) if evals else None
         test_key = f"{key}_test"  # the same samples against the held-out reference (--extra-ref-stats test=...)
@@ -193,6 +193,7 @@ def collect(root: Path, setting: dict) -> dict:
             "method": method,
             "seed": seed,
             "curve": [(r["nimg"], r[key]) for r in evals] if key else [],
+            "stale_evals": stale,
             "curve_test": [(r["nimg"], r[test_key]) for r in evals if test_key in r] if key else [],
             "grad_ratio": [(r["nimg"], r["adv/generator_grad_ratio"]) for r in logs if "adv/generator_grad_ratio" in r],
             "nimg": records[-1]["nimg"] if records else 0,
@@ -215,6 +216,28 @@ def collect(root: Path, setting: dict) -> dict:
             "recall": _summary([f["recall"] for f in finals_]),
         }
     return results
+
+
+def _fresh_evaluations(records: list[dict]) -> tuple[list[dict], list[int]]:
+    """A run's evaluation records, less those that repeat the previous evaluation's values to every digit, and the
+    image counts of the dropped ones.
+
+    A repeat is not a measurement: training moved the generator in between, so its samples' FID cannot come out
+    identical in float64. Until it was fixed during 0.2.0's development, FIDMetric's shared-sample cache was keyed
+    by version counters, which CUDA's fused EMA update leaves alone, so it returned a process's first evaluation at
+    every later one; the study's runs of 2026-12-06 (SiDA seed 0, SiD seed 1) recorded such repeats, and this drops
+    them. An evaluation after no training at all would repeat legitimately; it adds nothing and goes too."""
+    fresh, stale, previous = [], [], None
+    for r in records:
+        values = {k: v for k, v in r.items() if k.startswith("fid") and not k.endswith("_best")}
+        if not values:
+            continue
+        if values == previous:
+            stale.append(r["nimg"])
+        else:
+            fresh.append(r)
+        previous = values
+    return fresh, stale
 
 
 def curve_bands(runs: dict[str, dict], curve: str = "curve") -> dict[str, list[list[float]]]:

@@ -89,6 +89,18 @@ def test_report_averages_seeds_and_tables_come_from_results_json(tmp_path):
     assert "| sid | 99.00 |" in study.tables(json.loads((out / "results.json").read_text()))
 
 
+def test_report_drops_evaluations_that_repeat_the_previous_one(tmp_path):
+    """An evaluation identical to the previous one to every digit is a stale cache, not a measurement: it leaves the
+    curves and is listed; a value seen again after a different one is kept."""
+    study = _module("study")
+    root = tmp_path / "runs"
+    curve = [(0, 180.0), (250, 30.5), (500, 30.5), (750, 30.5), (1000, 28.0), (1250, 30.5)]
+    _write_run(root, "sida-s0", curve, None, None)
+    run = study.collect(root, {})["runs"]["sida-s0"]
+    assert run["curve"] == [(0, 180.0), (250, 30.5), (1000, 28.0), (1250, 30.5)] and run["stale_evals"] == [500, 750]
+    assert [n for n, _ in run["curve_test"]] == [0, 250, 1000, 1250]
+
+
 def test_teacher_script_trains_resumes_and_writes_a_conditional_artefact(tmp_path, monkeypatch):
     train_teacher = _module("train_teacher")
     threads = torch.get_num_threads()
