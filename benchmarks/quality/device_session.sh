@@ -13,6 +13,9 @@
 #   .devdata    the teacher directory, the CIFAR-10 test zip and train-0of2.zip
 #   .devdata2   train-1of2.zip                      (benchmarks/quality/zip_parts.py split ... --parts 2)
 #   .devdata3   inception-fp16.safetensors          (scoredistill fid export-inception --dtype fp16)
+#   runs/NAME/generator_ema inside any of them lands in $STUDY/runs: a generator finished in an earlier session, for
+#   its final figures or as SiD²A's start (its run then counts as done; a control needs SiD's training state, which
+#   is too large to travel, so run SiD, its SiD²A and its control in one session)
 # A warm machine keeps /tmp between back-to-back calls only, so issue the calls one after another. `run` joins the
 # train parts into the one zip that SiDA reads, stops run_study.sh with SIGINT when SECONDS are up (every run saves
 # its training state; the next `run` resumes it), and packs the small results (JSON, logs) into $OUT/study.tgz and
