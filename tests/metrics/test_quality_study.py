@@ -390,6 +390,68 @@ def test_device_session_stages_inputs_joins_parts_and_packs_results(tmp_path):
         assert any(name.endswith(".log") for name in tar.getnames())
 
 
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("split") is None, reason="needs bash and coreutils")
+def test_device_session_suspends_a_run_in_parts_and_resumes_it_elsewhere(tmp_path):
+    """A run the session cannot finish travels to the next: its folder and log leave in parts over several calls (at
+    most PARTS_PER_CALL each, with a digest), and a fresh machine that is carried them unpacks the run as it was;
+    an incomplete or altered set unpacks nothing."""
+    script = [shutil.which("bash"), str(QUALITY / "device_session.sh")]
+    here, there = tmp_path / "here", tmp_path / "there"
+    run = here / "runs" / "sid-s3"
+    for path, size in (("training_state/state.pt", 5000), ("training_state/generator.safetensors", 3000),
+                       ("stats.jsonl", 100), ("generator_last/model.safetensors", 2000)):  # fmt: skip
+        (run / path).parent.mkdir(parents=True, exist_ok=True)
+        (run / path).write_bytes(os.urandom(size))
+    (here / "runs" / "sid-s3.log").write_text("trained to 1.2 Mimg\n")
+    env = {**os.environ, "STUDY": str(here), "PART_SIZE": "4K", "PARTS_PER_CALL": "3"}
+
+    def call(*args, study=here, out=None, **more):
+        env_ = {**env, "STUDY": str(study), **more} | ({"OUT": str(out)} if out else {})
+        return subprocess.run([*script, *args], env=env_, capture_output=True, text=True, timeout=60)
+
+    returned, start = [], 0
+    while True:  # one device call each: FROM=0, 3, 6, ... until the script says done
+        out = tmp_path / f"out{start}"
+        out.mkdir()
+        done = call("suspend", "sid-s3", out=out, FROM=str(start))
+        assert done.returncode == 0, done.stderr
+        names = sorted(p.name for p in out.iterdir())
+        assert "sid-s3.state.sha256" in names and len(names) <= 1 + 3
+        returned.append(out)
+        if done.stdout.strip().endswith("done"):
+            break
+        start += 3
+    count = len({p.name for out in returned for p in out.glob("*.part*")})
+    assert count > 3 and len(returned) == -(-count // 3)  # several calls, each returning 3 parts but the last
+    carry = [tmp_path / "carry1", tmp_path / "carry2"]  # carried to the new machine in two folders
+    parts = sorted({p.name: p for out in returned for p in out.iterdir()}.values(), key=lambda p: p.name)
+    for k, part in enumerate(parts):
+        carry[k % 2].mkdir(exist_ok=True)
+        shutil.copy(part, carry[k % 2])
+    for folder in carry[:1]:
+        assert call("stage", study=there, CARRIED=str(folder)).returncode == 0
+    incomplete = call("unsuspend", study=there)
+    assert incomplete.returncode == 1 and "parts were carried" in incomplete.stderr
+    assert not (there / "runs" / "sid-s3").exists()
+    assert call("stage", study=there, CARRIED=str(carry[1])).returncode == 0
+    first = next(there.glob("sid-s3.state.tar.part*"))
+    original = first.read_bytes()
+    first.write_bytes(bytes([original[0] ^ 1]) + original[1:])
+    altered = call("unsuspend", study=there)
+    assert altered.returncode == 1 and "sha256 differs" in altered.stderr
+    first.write_bytes(original)
+    done = call("unsuspend", study=there)
+    assert done.returncode == 0 and "unpacked" in done.stdout, done.stderr
+    moved = there / "runs" / "sid-s3"
+    for path in ("training_state/state.pt", "training_state/generator.safetensors", "stats.jsonl"):
+        assert (moved / path).read_bytes() == (run / path).read_bytes(), path
+    assert not (moved / "generator_last").exists()  # left behind: the study reads the final EMA generator
+    assert (there / "runs" / "sid-s3.log").read_text() == "trained to 1.2 Mimg\n"
+    assert "already in" in call("unsuspend", study=there).stdout  # a second call leaves the unpacked run alone
+    missing = call("suspend", "sida-s9", out=tmp_path / "out0")
+    assert missing.returncode == 1 and "no training state" in missing.stderr
+
+
 def test_published_results_json_is_made_from_the_kept_records():
     """docs/results/results.json, the one source of the results page, follows from benchmarks/quality/records."""
     study = _module("study")
