@@ -215,7 +215,50 @@ def collect(root: Path, setting: dict) -> dict:
             "precision": _summary([f["precision"] for f in finals_]),
             "recall": _summary([f["recall"] for f in finals_]),
         }
+    results["claims"] = claims(results)
     return results
+
+
+# The study's comparisons, each "BETTER has a lower final FID than WORSE": methods are run names less their seed,
+# "teacher" and "teacher-NAME" the teacher's (named) Heun figure at its largest NFE, paired with every seed.
+CLAIMS = (
+    ("one-step SiD beats its 35-NFE teacher", "sid", "teacher"),
+    ("one-step SiDA beats its 35-NFE teacher", "sida", "teacher"),
+    ("SiDA beats SiD (2 Mimg each, same seed)", "sida", "sid"),
+    ("SiD²A beats SiD continued for the same 0.5 Mimg (same seed)", "sid2a", "sidcont"),
+    ("conditional SiD beats its 35-NFE conditional teacher", "sid-cond", "teacher-cond"),
+    ("conditional SiDA beats its 35-NFE conditional teacher", "sida-cond", "teacher-cond"),
+    ("conditional SiDA beats conditional SiD (same seed)", "sida-cond", "sid-cond"),
+)
+
+
+def _final_fids(results: dict, who: str) -> dict[int | None, dict[str, float]]:
+    """``{seed: {reference: final FID}}`` of a method's runs, or ``{None: ...}`` for a teacher."""
+    if who == "teacher" or who.startswith("teacher-"):
+        name = who.removeprefix("teacher").removeprefix("-")
+        entries = [t for t in results["teacher"] if (t.get("name") or "") == name]
+        return {None: max(entries, key=lambda t: t["nfe"])["fid"]} if entries else {}
+    runs = results["runs"].values()
+    return {r["seed"]: r["final"]["fid"] for r in runs if r["method"] == who and r["final"]}
+
+
+def claims(results: dict) -> list[dict]:
+    """Each comparison of ``CLAIMS`` that both sides have final figures for, per reference: the gap ``WORSE - BETTER``
+    on every seed they share (a teacher pairs with every seed), its mean ± sample std, and whether it ``held``:
+    positive on every seed."""
+    out = []
+    for text, better, worse in CLAIMS:
+        b, w = _final_fids(results, better), _final_fids(results, worse)
+        refs = sorted({ref for fids in (*b.values(), *w.values()) for ref in fids}, key=lambda r: (r != "train", r))
+        for ref in refs:  # (seed, better's FID, worse's FID); a teacher (seed None) stands beside every seed
+            pairs = [(s, fids.get(ref), w.get(s, w.get(None, {})).get(ref)) for s, fids in sorted(b.items())]
+            pairs = [(s, x, y) for s, x, y in pairs if x is not None and y is not None]
+            if not pairs:
+                continue
+            gaps = [y - x for _, x, y in pairs]
+            out.append({"claim": text, "better": better, "worse": worse, "ref": ref, "seeds": [s for s, _, _ in pairs],
+                        **_summary(gaps), "held": all(g > 0 for g in gaps)})  # fmt: skip
+    return out
 
 
 def _fresh_evaluations(records: list[dict]) -> tuple[list[dict], list[int]]:
@@ -325,6 +368,15 @@ def tables(results: dict) -> str:
         lines += ["", f"| images (FID vs {ref}) | " + " | ".join(curves) + " |", "|---|" + "---|" * len(curves)]
         for nimg in sorted(cells):
             lines.append(f"| {nimg:,.0f} | " + " | ".join(cells[nimg].get(m, "") for m in curves) + " |")
+    if results.get("claims"):
+        lines += [
+            "",
+            "| claim | reference | seeds | FID gap (worse - better) | held on every seed |",
+            "|---|---|---|---|---|",
+        ]
+        for c in results["claims"]:
+            seeds = ", ".join(map(str, c["seeds"]))
+            lines.append(f"| {c['claim']} | {c['ref']} | {seeds} | {_pm(c)} | {'yes' if c['held'] else '**no**'} |")
     if results["teacher"]:
         named = any(t.get("name") for t in results["teacher"])  # several teachers: a column says which
         lines += ["", ("| teacher " if named else "") + "| teacher NFE | samples | "]

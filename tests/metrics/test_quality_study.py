@@ -56,7 +56,10 @@ def test_report_averages_seeds_and_tables_come_from_results_json(tmp_path):
         _write_run(root, f"sida-s{seed}", [(0, 180.0), (1000, fid + 1)], 0.3, final)
     _write_run(root, "sid-s0", [(0, 180.0), (1000, 25.0)], None, {"fid": {"train": 24.0}, "precision": 0.7,
                                                                     "recall": 0.3, "n": 50})  # fmt: skip
+    _write_run(root, "sid-cond-s0", [(0, 180.0), (1000, 21.0)], None, {"fid": {"train": 20.5}, "precision": 0.7,
+                                                                         "recall": 0.3, "n": 50})  # fmt: skip
     (root / "teacher-nfe35-n50.json").write_text(json.dumps({"nfe": 35, "n": 50, "fid": {"train": 23.0}}))
+    (root / "teacher-nfe7-n50.json").write_text(json.dumps({"nfe": 7, "n": 50, "fid": {"train": 90.0}}))
     (root / "teacher-cond-nfe35-n50.json").write_text(
         json.dumps({"name": "cond", "nfe": 35, "n": 50, "fid": {"train": 21.0}})
     )
@@ -76,9 +79,24 @@ def test_report_averages_seeds_and_tables_come_from_results_json(tmp_path):
     assert "| default | 35 | 50 | 23.00 |  |" in table and "| cond | 35 | 50 | 21.00 |  |" in table
     # In-training curves over seeds: mean ± sample std at each image count, from results.json.
     assert results["curves"]["sida"] == [[0, 180.0, 0.0, 2], [1000, 22.0, pytest.approx(2**0.5), 2]]
-    assert "| 1,000 | 25.00 | 22.00 ± 1.41 (2) |" in table
+    assert "| 1,000 | 25.00 | 21.00 | 22.00 ± 1.41 (2) |" in table  # sid, sid-cond, sida
     assert results["curves_test"] == {"sida": [[0, 182.0, 0.0, 2], [1000, 24.0, pytest.approx(2**0.5), 2]]}
     assert "| images (FID vs test) | sida |" in table and "| 1,000 | 24.00 ± 1.41 (2) |" in table
+    # The comparisons, per reference and seed: a gap (worse - better) positive on every seed holds; one that is not,
+    # does not, and is said so.
+    claims = {(c["better"], c["worse"], c["ref"]): c for c in results["claims"]}
+    assert set(claims) == {
+        ("sid", "teacher", "train"), ("sida", "teacher", "train"), ("sida", "sid", "train"),
+        ("sid-cond", "teacher-cond", "train"),
+    }  # fmt: skip
+    assert claims["sid-cond", "teacher-cond", "train"]["values"] == [0.5]  # the named teacher's own figure
+    sida_teacher = claims["sida", "teacher", "train"]
+    assert sida_teacher["seeds"] == [0, 1] and sida_teacher["values"] == [3.0, 1.0] and sida_teacher["held"]
+    assert sida_teacher["std"] == pytest.approx(2**0.5)
+    assert claims["sida", "sid", "train"]["seeds"] == [0] and claims["sida", "sid", "train"]["values"] == [4.0]
+    assert claims["sid", "teacher", "train"]["values"] == [-1.0] and not claims["sid", "teacher", "train"]["held"]
+    assert "| one-step SiD beats its 35-NFE teacher | train | 0 | -1.00 | **no** |" in table
+    assert "| one-step SiDA beats its 35-NFE teacher | train | 0, 1 | 2.00 ± 1.41 (2) | yes |" in table
     if importlib.util.find_spec("matplotlib") is not None:
         assert (out / "fid_vs_images.png").stat().st_size > 1000
         assert (out / "grad_ratio.png").stat().st_size > 1000  # the SiDA runs logged the gradient ratio
