@@ -216,7 +216,30 @@ def collect(root: Path, setting: dict) -> dict:
             "recall": _summary([f["recall"] for f in finals_]),
         }
     results["claims"] = claims(results)
+    results["crossings"] = crossings(results)
     return results
+
+
+# Where a method's in-training curve first reaches another's last point (both 10k-sample curves, seed means).
+CROSSINGS = (("sida", "sid"), ("sida-cond", "sid-cond"))
+
+
+def crossings(results: dict) -> list[dict]:
+    """For each ``(a, b)`` of ``CROSSINGS`` and each reference's curves: the first image count at which ``a``'s mean
+    in-training FID is at or below ``b``'s at its last evaluation (``nimg`` ``None``: never), with the seeds each
+    mean is over."""
+    out = []
+    for key, ref in (("curves", "train"), ("curves_test", "test")):
+        curves = results.get(key, {})
+        for a, b in CROSSINGS:
+            if a not in curves or b not in curves:
+                continue
+            b_nimg, b_fid, _, b_seeds = curves[b][-1]
+            first = next((point for point in curves[a] if point[1] <= b_fid), None)
+            out.append({"a": a, "b": b, "ref": ref, "b_nimg": b_nimg, "b_fid": b_fid, "b_seeds": b_seeds,
+                        "nimg": first[0] if first else None, "fid": first[1] if first else None,
+                        "seeds": first[3] if first else None})  # fmt: skip
+    return out
 
 
 # The study's comparisons, each "BETTER has a lower final FID than WORSE": methods are run names less their seed,
@@ -377,6 +400,17 @@ def tables(results: dict) -> str:
         for c in results["claims"]:
             seeds = ", ".join(map(str, c["seeds"]))
             lines.append(f"| {c['claim']} | {c['ref']} | {seeds} | {_pm(c)} | {'yes' if c['held'] else '**no**'} |")
+    if results.get("crossings"):
+        lines += [
+            "",
+            "| curve | reaches the last point of | reference | at images (FID, seeds) | that point (FID, seeds) |",
+        ]
+        lines.append("|---|---|---|---|---|")
+        for c in results["crossings"]:
+            at = f"{c['nimg']:,} ({c['fid']:.2f}, {c['seeds']})" if c["nimg"] is not None else "not reached"
+            lines.append(
+                f"| {c['a']} | {c['b']} | {c['ref']} | {at} | {c['b_nimg']:,} ({c['b_fid']:.2f}, {c['b_seeds']}) |"
+            )
     if results["teacher"]:
         named = any(t.get("name") for t in results["teacher"])  # several teachers: a column says which
         lines += ["", ("| teacher " if named else "") + "| teacher NFE | samples | "]

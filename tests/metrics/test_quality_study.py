@@ -97,6 +97,16 @@ def test_report_averages_seeds_and_tables_come_from_results_json(tmp_path):
     assert claims["sid", "teacher", "train"]["values"] == [-1.0] and not claims["sid", "teacher", "train"]["held"]
     assert "| one-step SiD beats its 35-NFE teacher | train | 0 | -1.00 | **no** |" in table
     assert "| one-step SiDA beats its 35-NFE teacher | train | 0, 1 | 2.00 ± 1.41 (2) | yes |" in table
+    # Where SiDA's mean curve first reaches SiD's last point (and, from made-up curves, one that never does).
+    assert results["crossings"] == [{"a": "sida", "b": "sid", "ref": "train", "b_nimg": 1000, "b_fid": 25.0,
+                                     "b_seeds": 1, "nimg": 1000, "fid": 22.0, "seeds": 2}]  # fmt: skip
+    assert "| sida | sid | train | 1,000 (22.00, 2) | 1,000 (25.00, 1) |" in table
+    never = study.crossings(
+        {"curves": {"sid": [[0, 180, 0, 1], [9, 20, 0, 1]], "sida": [[0, 180, 0, 1], [9, 21, 0, 1]]}}
+    )
+    assert never[0]["nimg"] is None and "| sida | sid | train | not reached |" in study.tables(
+        {**results, "crossings": never}
+    )
     if importlib.util.find_spec("matplotlib") is not None:
         assert (out / "fid_vs_images.png").stat().st_size > 1000
         assert (out / "grad_ratio.png").stat().st_size > 1000  # the SiDA runs logged the gradient ratio
