@@ -404,8 +404,8 @@ def tables(results: dict) -> str:
         lines += [
             "",
             "| curve | reaches the last point of | reference | at images (FID, seeds) | that point (FID, seeds) |",
+            "|---|---|---|---|---|",
         ]
-        lines.append("|---|---|---|---|---|")
         for c in results["crossings"]:
             at = f"{c['nimg']:,} ({c['fid']:.2f}, {c['seeds']})" if c["nimg"] is not None else "not reached"
             lines.append(
