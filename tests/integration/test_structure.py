@@ -93,7 +93,7 @@ def test_find_cycle_finds_one():
 
 LAYERS = {
     # The base: shared records, checks, file helpers and noise schedules; imports nothing of the package.
-    "_types": 0, "_validate": 0, "_io": 0, "_version": 0, "_moved": 0, "schedules": 0,
+    "_types": 0, "_validate": 0, "_io": 0, "_version": 0, "_moved": 0, "_streams": 0, "schedules": 0,
     "kernels": 1, "data": 1,  # fused kernels; real images (zips, augmentation, PNG)
     "networks": 2,  # backbones, raw F(x, c_noise, labels)
     "io": 3,  # the artefact format and Hub glue (the roles inherit HubMixin)

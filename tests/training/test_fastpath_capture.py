@@ -146,6 +146,23 @@ def test_cuda_graphs_refused_at_construction_off_cuda():
         Distiller(teacher, G, fake, [SiDLoss(), DSMLoss()], config)
 
 
+def test_teacher_overlap_refused_off_cuda():
+    """overlap_teacher runs the teacher on a second CUDA stream: refused where the networks are not on CUDA, by the
+    distiller and by an Evaluation given a stream for CPU samples."""
+    from scoredistill.losses.base import Evaluation
+
+    teacher = Teacher(Precond(TinyUNet(img_channels=1, channels=8)), sample_shape=(1, 8, 8))
+    G, fake = OneStepGenerator.from_teacher(teacher), FakeScore.from_teacher(teacher)
+    config = DistillConfig(batch_size=2, overlap_teacher=True)
+    with pytest.raises(ValueError, match="overlap_teacher runs the teacher on a second CUDA stream"):
+        Distiller(teacher, G, fake, [SiDLoss(), DSMLoss()], config)
+    d = Distiller(teacher, G, fake, [SiDLoss(), DSMLoss()], DistillConfig(batch_size=2))
+    assert d.side_stream is None
+    fake_batch = d._noised(torch.zeros(2, 1, 8, 8), None, d.generator_sigma)
+    with pytest.raises(ValueError, match="side_stream overlaps CUDA work"):
+        Evaluation(fake_batch, fake_score=fake, teacher=teacher, side_stream=object())
+
+
 def test_all_fixed_padding_draws_match_over_many_seeds():
     # Extreme draws (p = 1, wide distributions) hit the padding cap: both paths still agree there.
     x = torch.rand(8, 1, 8, 8)

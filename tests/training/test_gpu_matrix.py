@@ -65,8 +65,9 @@ def build(
     graphs: bool,
     network: dict | None = None,
     workers: int = 2,
+    **config,
 ) -> Distiller:
-    """The distiller a user's example run builds, at test size, from seed 0."""
+    """The distiller a user's example run builds, at test size, from seed 0 (``config``: more DistillConfig fields)."""
     label_dim, augment_dim = TEACHERS[teacher_kind]
     recipe = RECIPES["cifar10-cond" if label_dim else "cifar10-uncond"]
     recipe = dataclasses.replace(recipe, batch_size=BATCH, lr=1e-4, augment_p=0.5)
@@ -98,6 +99,7 @@ def build(
         generator_start_nimg=GENERATOR_START,
         total_nimg=STEPS * BATCH,
         cuda_graphs=graphs,
+        **config,
     )
     assert (d.augment is not None) == (augment_dim > 0)
     if not graphs:  # the same fused kernels as under graphs, so that only the launch differs
@@ -157,6 +159,34 @@ def test_full_size_network_captured_repeats_the_eager_run(teacher_kind):
     runs = [
         trace(build("sida", teacher_kind, precision="bf16", rounds=1, graphs=g, network=full), STEPS)
         for g in (False, True)
+    ]
+    assert_same_trace(*runs, "bf16")
+
+
+@pytest.mark.parametrize("graphs", [False, True])
+@pytest.mark.parametrize("method", ["sid", "sida"])
+def test_teacher_on_a_side_stream_repeats_the_serial_run(method, graphs):
+    """DistillConfig.overlap_teacher: the teacher on a second CUDA stream beside the fake score (their forward and
+    backward passes overlapping) gives the serial run's trace and parameters, eager and captured."""
+    runs, start = {}, None
+    for overlap in (False, True):
+        d = build(method, "cond-aug", precision="fp32", rounds=2, graphs=graphs, overlap_teacher=overlap)
+        start = start or initial(d)
+        runs[overlap] = d, trace(d, STEPS)
+    assert runs[True][0].side_stream is not None and runs[False][0].side_stream is None
+    assert_same_trace(runs[False][1], runs[True][1], "fp32")
+    assert_close_parameters(runs[False][0], runs[True][0], start, "fp32")
+
+
+def test_full_size_network_with_the_teacher_on_a_side_stream():
+    """The CIFAR-10 DDPM++ at full size, SiDA in bf16 captured, as bench_step's graphs-cl-ot setting runs it."""
+    full = {"dropout": 0.13}
+    runs = [
+        trace(
+            build("sida", "uncond-noaug", precision="bf16", rounds=1, graphs=True, network=full, overlap_teacher=o),
+            STEPS,
+        )
+        for o in (False, True)
     ]
     assert_same_trace(*runs, "bf16")
 

@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Protocol, runtime_checkable
 
+import torch
 from torch import Tensor, nn
 
+from .. import _streams
 from .._types import Noised, ScoreOutput
 from ..schedules import SigmaSampler
 from . import dispatch
@@ -41,6 +43,9 @@ class Evaluation:
         real: The noised real images with the SAME sigma and noise (SiDA's fake-score phase), or ``None``.
         nimg: Images seen so far (losses with a schedule read it).
         use_kernels: Passed to `scoredistill.losses.dispatch` (``None``: fused on CUDA when available).
+        side_stream: A second CUDA stream on which the teacher runs while the fake score runs on the current one,
+            when a loss asks for both (``DistillConfig.overlap_teacher``). Same inputs, same maths; the two
+            networks' forward and backward passes overlap on the GPU. ``None``: one after the other.
     """
 
     def __init__(
@@ -52,11 +57,15 @@ class Evaluation:
         real: Noised | None = None,
         nimg: int = 0,
         use_kernels: bool | None = None,
+        side_stream: torch.cuda.Stream | None = None,
     ):
         if real is not None and real.x0.shape != fake.x0.shape:
             raise ValueError(f"real {tuple(real.x0.shape)} and fake {tuple(fake.x0.shape)} batches must match")
+        if side_stream is not None and not fake.x0.is_cuda:
+            raise ValueError(f"side_stream overlaps CUDA work; these samples are on {fake.x0.device}")
         self.fake, self.real, self.nimg = fake, real, nimg
         self._fake_score, self._teacher, self._use_kernels = fake_score, teacher, use_kernels
+        self._side = side_stream
         self._terms: dict[float, tuple[Tensor, Tensor, Tensor | None]] = {}
 
     @cached_property
@@ -69,7 +78,17 @@ class Evaluation:
         """The teacher's denoised estimate ``f_phi(x_t; sigma)`` (augment labels zero: docs/maths.md)."""
         if self._teacher is None:
             raise RuntimeError("this evaluation has no teacher (the fake-score phase does not query it)")
-        return self._teacher(self.x_t, self.fake.sigma, self.fake.labels)
+        if self._side is None or "fake_out" in self.__dict__:
+            return self._teacher(self.x_t, self.fake.sigma, self.fake.labels)
+        # The teacher on the side stream, the fake score meanwhile on this one: the same input, neither needs the
+        # other, and their backward passes (input gradients only, in the generator phase) overlap too.
+        side = self._side
+        x_t = _streams.fork(self.x_t, side)
+        sigma, labels = _streams.lend(self.fake.sigma, side), _streams.lend(self.fake.labels, side)
+        with torch.cuda.stream(side):
+            d_real = self._teacher(x_t, sigma, labels)
+        self.fake_out  # noqa: B018 (computed and cached here, on the current stream)
+        return _streams.join(d_real, side)
 
     @cached_property
     def fake_out(self) -> ScoreOutput:

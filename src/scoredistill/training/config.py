@@ -58,6 +58,9 @@ class DistillConfig:
             (``None``: torch's default under /tmp).
         cuda_graphs: Capture each regime's whole iteration in a CUDA graph and replay it (CUDA only; not with
             ``"fp16"``).
+        overlap_teacher: In the generator phase, run the teacher on a second CUDA stream while the fake score runs
+            (same input, same maths), so that small batches fill the GPU (CUDA only; experimental, off by
+            default until measured: docs/performance.md).
     """
 
     batch_size: int = 256  # images per step in this process (reference: batch / world size)
@@ -81,6 +84,7 @@ class DistillConfig:
     compile_mode: str | None = None  # torch.compile mode, e.g. "max-autotune-no-cudagraphs"
     compile_cache_dir: str | None = None
     cuda_graphs: bool = False  # capture each regime's whole iteration in a CUDA graph and replay it (CUDA only)
+    overlap_teacher: bool = False  # the teacher on a second CUDA stream beside the fake score (generator phase)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -114,6 +118,7 @@ class DistillConfig:
         check_bool("use_kernels", self.use_kernels, optional=True)
         check_bool("channels_last", self.channels_last)
         check_bool("cuda_graphs", self.cuda_graphs)
+        check_bool("overlap_teacher", self.overlap_teacher)
         check_choice("compile", self.compile, ("off", "blocks", "network"))
         if self.compile_mode is not None and not isinstance(self.compile_mode, str):
             raise TypeError(f"compile_mode must be a torch.compile mode string or None, got {self.compile_mode!r}")
@@ -137,7 +142,16 @@ class DistillConfig:
 
 # Fields a resumed run may change: the length of the run and the speed switches (they leave the maths alone).
 RESUME_MAY_CHANGE = frozenset(
-    {"total_nimg", "use_kernels", "channels_last", "compile", "compile_mode", "compile_cache_dir", "cuda_graphs"}
+    {
+        "total_nimg",
+        "use_kernels",
+        "channels_last",
+        "compile",
+        "compile_mode",
+        "compile_cache_dir",
+        "cuda_graphs",
+        "overlap_teacher",
+    }
 )
 
 

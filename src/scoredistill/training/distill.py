@@ -172,6 +172,11 @@ class Distiller:
         self.ema = EMA(generator, halflife_nimg=config.ema_halflife_nimg, rampup_ratio=config.ema_rampup_ratio)
         if config.cuda_graphs and self.device.type != "cuda":
             raise ValueError(f"cuda_graphs needs the networks on a CUDA device, not {self.device}")
+        if config.overlap_teacher and self.device.type != "cuda":
+            raise ValueError(
+                f"overlap_teacher runs the teacher on a second CUDA stream: the networks are on {self.device}"
+            )
+        self.side_stream = torch.cuda.Stream(self.device) if config.overlap_teacher else None
         fused = {"fused": True, "capturable": config.cuda_graphs} if self.device.type == "cuda" else {"foreach": True}
         self.g_params = list(generator.parameters())
         self.f_params = list(fake_score.parameters()) + [
@@ -325,6 +330,7 @@ class Distiller:
                 teacher=self.teacher,
                 nimg=self.nimg,
                 use_kernels=self.config.use_kernels,
+                side_stream=self.side_stream,
             )
             return [(loss, out) for loss in active if (out := loss.generator_loss(ev)) is not None]
 
