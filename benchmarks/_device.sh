@@ -1,4 +1,4 @@
-# Sourced by the one-call device scripts (gpu_check.sh, profile_step.sh, gn_check.sh) from the repository root:
+# Sourced by the one-call device scripts (gpu_check.sh, profile_step.sh, candidates_check.sh) from the repository root:
 #   source benchmarks/_device.sh DIR
 # puts the library on the path, defaults Z (the CIFAR-10 zip of the zip rows), defines `el` (a line with the seconds
 # since the start) and writes the card's name and the torch and Triton versions to DIR/gpu.txt.

@@ -71,6 +71,10 @@ SETTINGS: dict[str, tuple[dict, bool]] = {
         {"precision": "bf16", "use_kernels": True, "channels_last": True, "cuda_graphs": True, "gn": "one_pass"},
         True,
     ),
+    "graphs-cl-ot": (  # the teacher on a second CUDA stream beside the fake score (DistillConfig.overlap_teacher)
+        {"precision": "bf16", "use_kernels": True, "channels_last": True, "cuda_graphs": True, "overlap_teacher": True},
+        True,
+    ),
     "graphs-cl-nofold": (
         {"precision": "bf16", "use_kernels": True, "channels_last": True, "cuda_graphs": True, "fold_biases": False},
         True,

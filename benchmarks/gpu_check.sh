@@ -25,7 +25,7 @@ if [[ " $PHASES " == *" tests "* ]]; then
   # finish in 230 s). xdist is installed from .whl when it is not there (the device machine has no internet).
   python -c "import xdist" 2>/dev/null || { [ -d .whl ] && python -m pip install -q --no-index --no-deps \
     --target /tmp/site .whl/*.whl && export PYTHONPATH=$PYTHONPATH:/tmp/site; }
-  if python -c "import xdist" 2>/dev/null; then matrix_n="-n 3"; others_n="-n 5"; else matrix_n=""; others_n=""; fi
+  if python -c "import xdist" 2>/dev/null; then matrix_n="-n 4"; others_n="-n 5"; else matrix_n=""; others_n=""; fi
   P="python -m pytest -q -p no:cacheprovider -rfE --durations=15"
   python -m pytest -q -p no:cacheprovider --collect-only tests/training/test_gpu_matrix.py 2>/dev/null \
     | grep '::' > "$LOG/matrix_ids.txt"
