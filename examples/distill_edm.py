@@ -80,6 +80,11 @@ def _parser(**defaults: str) -> argparse.ArgumentParser:
     p.add_argument("--compile", choices=["off", "blocks", "network"], default="off")
     p.add_argument("--compile-cache", help="folder for torch.compile's artefacts, reused by later runs")
     p.add_argument("--channels-last", action="store_true", help="NHWC networks (with the fused norms on CUDA)")
+    p.add_argument(
+        "--overlap-teacher",
+        action="store_true",
+        help="experimental: the teacher on a second CUDA stream beside the fake score (DistillConfig.overlap_teacher)",
+    )
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--log-kimg", type=positive, default=10.0)
     p.add_argument("--ckpt-kimg", type=positive, default=1000.0)
@@ -164,6 +169,7 @@ _FLAGS = {
     "seed": "--seed",
     "compile_cache_dir": "--compile-cache",
     "cuda_graphs": "--cuda-graphs",
+    "overlap_teacher": "--overlap-teacher",
     "global batch": "--batch",
 }
 
@@ -181,7 +187,7 @@ def _config(args: argparse.Namespace, world: int):
         )
     recipe = dataclasses.replace(recipe, batch_size=batch)
     overrides = {"precision": args.precision, "seed": args.seed, "cuda_graphs": args.cuda_graphs}
-    overrides |= {"compile": args.compile, "channels_last": args.channels_last}
+    overrides |= {"compile": args.compile, "channels_last": args.channels_last, "overlap_teacher": args.overlap_teacher}
     if args.compile_cache:
         overrides["compile_cache_dir"] = args.compile_cache
     if args.micro_batch is not None:
@@ -258,6 +264,9 @@ def train(args: argparse.Namespace) -> None:
     dataset = _open_data(args, recipe.preset) if args.data else None  # checked before any network is built
 
     device = torch.device(args.device)
+    for flag, on in (("--cuda-graphs", args.cuda_graphs), ("--overlap-teacher", args.overlap_teacher)):
+        if on and device.type != "cuda":  # refused here, before any network is built
+            raise SystemExit(f"{flag} works on CUDA devices only; this run's --device is {device}")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if world > 1:

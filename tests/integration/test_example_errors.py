@@ -88,6 +88,9 @@ def test_paths_and_devices_are_one_line_errors(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     err = example_error([*sid, "--random-teacher", "--device", "cuda"], capsys)
     assert "--device cuda: CUDA is not available" in err and "--device cpu" in err
+    for flag in ("--cuda-graphs", "--overlap-teacher"):  # refused before any network is built
+        err = example_error([*sid, "--random-teacher", "--device", "cpu", flag], capsys)
+        assert f"{flag} works on CUDA devices only; this run's --device is cpu" in err
     (tmp_path / "taken").write_text("")
     assert "--outdir" in example_error([*SID, "--outdir", "taken"], capsys)
     assert not (tmp_path / "run").exists()
