@@ -1,11 +1,11 @@
 """Hand tensors between two CUDA streams inside autograd, so that independent network evaluations can overlap.
 
-``Evaluation`` runs the teacher on a side stream while the fake score runs on
-the current one (``DistillConfig.overlap_teacher``). Autograd runs each backward operation on the stream its
-forward ran on, so the two networks' backward passes overlap as well. What crosses between the streams is
-synchronised here, in both directions, and recorded with the caching allocator (``Tensor.record_stream``), so that
-no block is reused by one stream while the other still reads it; under CUDA-graph capture the side stream joins the
-capture at the fork and rejoins the capturing stream at the join (forward) and at the fork's backward.
+``Evaluation`` runs the teacher on a side stream while the fake score runs on the current one
+(``DistillConfig.overlap_teacher``). Autograd runs each backward operation on the stream its forward ran on, so the
+two networks' backward passes overlap as well. What crosses between the streams is synchronised here, in both
+directions, and recorded with the caching allocator (``Tensor.record_stream``), so that no block is reused by one
+stream while the other still reads it. Under CUDA-graph capture the side stream joins the capture at the fork and
+rejoins the capturing stream at the join (forward) and at the fork's backward.
 """
 
 from __future__ import annotations
