@@ -391,26 +391,24 @@ def tables(results: dict) -> str:
         lines += ["", f"| images (FID vs {ref}) | " + " | ".join(curves) + " |", "|---|" + "---|" * len(curves)]
         for nimg in sorted(cells):
             lines.append(f"| {nimg:,.0f} | " + " | ".join(cells[nimg].get(m, "") for m in curves) + " |")
-    if results.get("claims"):
-        lines += [
-            "",
-            "| claim | reference | seeds | FID gap (worse - better) | held on every seed |",
-            "|---|---|---|---|---|",
-        ]
-        for c in results["claims"]:
-            seeds = ", ".join(map(str, c["seeds"]))
-            lines.append(f"| {c['claim']} | {c['ref']} | {seeds} | {_pm(c)} | {'yes' if c['held'] else '**no**'} |")
-    if results.get("crossings"):
-        lines += [
-            "",
-            "| curve | reaches the last point of | reference | at images (FID, seeds) | that point (FID, seeds) |",
-            "|---|---|---|---|---|",
-        ]
-        for c in results["crossings"]:
-            at = f"{c['nimg']:,} ({c['fid']:.2f}, {c['seeds']})" if c["nimg"] is not None else "not reached"
-            lines.append(
-                f"| {c['a']} | {c['b']} | {c['ref']} | {at} | {c['b_nimg']:,} ({c['b_fid']:.2f}, {c['b_seeds']}) |"
-            )
+    claims_ = results.get("claims", [])
+    held = {True: "yes", False: "**no**"}
+    lines += _table(
+        ["claim", "reference", "seeds", "FID gap (worse - better)", "held on every seed"],
+        [[c["claim"], c["ref"], ", ".join(map(str, c["seeds"])), _pm(c), held[c["held"]]] for c in claims_],
+    )
+
+    def point(nimg, fid, seeds) -> str:
+        return "not reached" if nimg is None else f"{nimg:,} ({fid:.2f}, {seeds})"
+
+    lines += _table(
+        ["curve", "reaches the last point of", "reference", "at images (FID, seeds)", "that point (FID, seeds)"],
+        [
+            [c["a"], c["b"], c["ref"], point(c["nimg"], c["fid"], c["seeds"]),
+             point(c["b_nimg"], c["b_fid"], c["b_seeds"])]
+            for c in results.get("crossings", [])
+        ],
+    )  # fmt: skip
     if results["teacher"]:
         named = any(t.get("name") for t in results["teacher"])  # several teachers: a column says which
         lines += ["", ("| teacher " if named else "") + "| teacher NFE | samples | "]
@@ -421,6 +419,18 @@ def tables(results: dict) -> str:
             which = f"| {t.get('name') or 'default'} " if named else ""
             lines.append(f"{which}| {t['nfe']} | {t['n']:,} | {fids} |")
     return "\n".join(lines) + "\n"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A markdown table's lines after an empty one; nothing when there are no rows."""
+    if not rows:
+        return []
+    return [
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(r) + " |" for r in rows),
+    ]
 
 
 def cmd_tables(args: argparse.Namespace) -> None:
