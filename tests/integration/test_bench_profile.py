@@ -101,3 +101,16 @@ def test_kernel_families_give_each_memory_bound_familys_bandwidth():
     assert row.split()[-3:] == ["3.000", "2,000", "67%"]  # 3 GB in 1.5 ms: 2,000 GB/s of a 3,000 GB/s copy
     gemm = next(line for line in lines if line.startswith("convolution"))
     assert "GB" not in gemm and len(gemm.split()) == len(row.split()) - 3  # compute-bound: rated in FLOP/s
+
+
+def test_every_setting_is_a_valid_config():
+    """Each bench_step setting's overrides, less the bench's own switches, make a DistillConfig: a misspelt or
+    contradictory field fails here on the CPU, not in a device call."""
+    from scoredistill import DistillConfig
+
+    bench = _bench_step()
+    for name, (overrides, tf32) in bench.SETTINGS.items():
+        fields = {k: v for k, v in overrides.items() if k not in ("fused_norms", "fold_biases", "gn")}
+        config = DistillConfig.sida(batch_size=32, generator_start_nimg=0, **fields)
+        assert isinstance(tf32, bool) and config.batch_size == 32, name
+    assert bench.SETTINGS["graphs-cl-ot"][0]["overlap_teacher"] is True
