@@ -191,6 +191,15 @@ def test_fid_against_a_second_reference_shares_the_samples(tmp_path):
     assert calls == [32, 32] * 5
 
 
+def test_a_metric_that_repeats_itself_after_training_is_warned_about(tmp_path):
+    """A value identical to the previous evaluation's after the generator trained is a stale cache's signature."""
+    d = _distiller(total_nimg=24)
+    with pytest.warns(RuntimeWarning, match=r"score returned exactly the value of the evaluation at 12 images"):
+        d.run(run_dir=tmp_path, metric=ScriptedMetric([7.0, 5.0, 5.0]), eval_every_nimg=12, progress=False)
+    d.evaluate(ScriptedMetric([5.0]))  # the same images again: nothing trained, nothing to warn about
+    assert d._last_values == (24, {"score": 5.0})
+
+
 class HigherIsBetter(ScriptedMetric):
     name, higher_is_better = "recall", True
 

@@ -201,6 +201,7 @@ class Distiller:
         self.rng = torch.Generator(self.device)
         self.nimg = self.step_index = 0
         self.best: tuple[int, float] | None = None  # (nimg, value) of the best evaluation so far
+        self._last_values: tuple[int, dict[str, float]] | None = None  # this process's previous evaluation
         self.graphs = StepGraphs([self.rng]) if config.cuda_graphs else None
         self.averagers = (
             {"g": GradientAverager(self.g_params, self.world), "f": GradientAverager(self.f_params, self.world)}
@@ -703,6 +704,7 @@ class Distiller:
         metrics = [metrics] if isinstance(metrics, GeneratorMetric) else list(metrics)
         generator = self.ema.module
         values = {m.name: float(m(generator)) for m in metrics}
+        self._warn_if_repeated(values)
         first = metrics[0]
         if is_better(first, values[first.name], None if self.best is None else self.best[1]):
             self.best = (self.nimg, values[first.name])
@@ -710,6 +712,23 @@ class Distiller:
             self._write_evaluation(Path(run_dir), values, grid_seed)
         best = self.best[1] if self.best is not None else math.nan
         return {**values, f"{first.name}_best": best}
+
+    def _warn_if_repeated(self, values: dict[str, float]) -> None:
+        """Warn when a metric returns exactly its previous value although the generator trained in between: a
+        metric that caches by generator state and misses the change (as ``FIDMetric``'s cache once did on CUDA,
+        where the fused EMA update leaves version counters alone) would otherwise repeat itself silently."""
+        last = self._last_values
+        if last is not None and last[0] < self.nimg:
+            same = [k for k, v in values.items() if math.isfinite(v) and last[1].get(k) == v]
+            if same:
+                warnings.warn(
+                    f"metric(s) {', '.join(same)} returned exactly the value of the evaluation at {last[0]} images "
+                    f"after the generator trained to {self.nimg}: a metric that caches its result by generator state "
+                    "may be serving a stale value",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+        self._last_values = (self.nimg, values)
 
     def _write_evaluation(self, run_dir: Path, values: dict[str, float], grid_seed: int) -> None:
         from ..data.imageio import image_grid, write_png
