@@ -154,7 +154,7 @@ def test_teacher_overlap_refused_off_cuda():
     teacher = Teacher(Precond(TinyUNet(img_channels=1, channels=8)), sample_shape=(1, 8, 8))
     G, fake = OneStepGenerator.from_teacher(teacher), FakeScore.from_teacher(teacher)
     config = DistillConfig(batch_size=2, overlap_teacher=True)
-    with pytest.raises(ValueError, match="overlap_teacher runs the teacher on a second CUDA stream"):
+    with pytest.raises(ValueError, match="overlap_teacher needs the networks on a CUDA device, not cpu"):
         Distiller(teacher, G, fake, [SiDLoss(), DSMLoss()], config)
     d = Distiller(teacher, G, fake, [SiDLoss(), DSMLoss()], DistillConfig(batch_size=2))
     assert d.side_stream is None

@@ -170,12 +170,9 @@ class Distiller:
         if self.world > 1:  # every process starts from rank 0's networks (a random teacher included)
             broadcast_modules([teacher, generator, fake_score, *(m for m in self.losses if isinstance(m, nn.Module))])
         self.ema = EMA(generator, halflife_nimg=config.ema_halflife_nimg, rampup_ratio=config.ema_rampup_ratio)
-        if config.cuda_graphs and self.device.type != "cuda":
-            raise ValueError(f"cuda_graphs needs the networks on a CUDA device, not {self.device}")
-        if config.overlap_teacher and self.device.type != "cuda":
-            raise ValueError(
-                f"overlap_teacher runs the teacher on a second CUDA stream: the networks are on {self.device}"
-            )
+        for switch in ("cuda_graphs", "overlap_teacher"):  # CUDA graphs; the teacher on a second CUDA stream
+            if getattr(config, switch) and self.device.type != "cuda":
+                raise ValueError(f"{switch} needs the networks on a CUDA device, not {self.device}")
         self.side_stream = torch.cuda.Stream(self.device) if config.overlap_teacher else None
         fused = {"fused": True, "capturable": config.cuda_graphs} if self.device.type == "cuda" else {"foreach": True}
         self.g_params = list(generator.parameters())
