@@ -51,7 +51,10 @@ from scoredistill.networks.layers import UNetBlock
 from scoredistill.roles.precond import edm_precond
 from scoredistill.training.fast import use_fused_norms
 
-# name -> (DistillConfig overrides, allow TF32)
+# The bench's own switches among a setting's overrides (the rest are DistillConfig fields).
+BENCH_SWITCHES = ("fused_norms", "fold_biases", "gn", "augment_conv")
+
+# name -> (DistillConfig overrides and bench switches, allow TF32)
 SETTINGS: dict[str, tuple[dict, bool]] = {
     "baseline": ({"precision": "fp32", "use_kernels": False}, False),  # the reference's published setting
     "tf32": ({"precision": "fp32", "use_kernels": False}, True),
@@ -73,6 +76,10 @@ SETTINGS: dict[str, tuple[dict, bool]] = {
     ),
     "graphs-cl-ot": (  # the teacher on a second CUDA stream beside the fake score (DistillConfig.overlap_teacher)
         {"precision": "bf16", "use_kernels": True, "channels_last": True, "cuda_graphs": True, "overlap_teacher": True},
+        True,
+    ),
+    "graphs-cl-convaug": (  # the augmentation's padding and upsampling as separate ops over the padded image
+        {"precision": "bf16", "use_kernels": True, "channels_last": True, "cuda_graphs": True, "augment_conv": True},
         True,
     ),
     "graphs-cl-nofold": (
@@ -132,6 +139,7 @@ def build(preset: str, batch: int, setting: str, device: torch.device) -> Distil
     fused_norms = overrides.pop("fused_norms", True)  # False: native group norms, fused loss kernels
     fold_biases = overrides.pop("fold_biases", True)  # False: convolution biases added by the convolutions
     gn_strategy = overrides.pop("gn", "tiles")  # the fused group norms' launch strategy
+    augment_conv = overrides.pop("augment_conv", False)  # True: AugmentPipe pads and upsamples op by op
     if torch.cuda.is_available():  # for this setting's calls and captures
         from scoredistill.kernels import groupnorm_triton
 
@@ -145,6 +153,8 @@ def build(preset: str, batch: int, setting: str, device: torch.device) -> Distil
     config = DistillConfig.sida(batch_size=batch, generator_start_nimg=0, **overrides)
     data = _data(batch, G.sample_shape, G.label_dim, device)
     augment = AugmentPipe(p=AUGMENT_P) if AUGMENT_P > 0 else None
+    if augment is not None:
+        augment._upsample_by_matmul = not augment_conv
     d = Distiller(teacher, G, fake, losses, config, data=data, augment=augment)
     if not fused_norms:
         for role in (teacher, G, fake):
@@ -322,9 +332,12 @@ def phase_table(events, steps: int) -> str:
     return "\n".join(lines)
 
 
-def profile_phases(preset: str, batch: int, device: torch.device, steps: int = 3) -> str:
+def profile_phases(preset: str, batch: int, device: torch.device, steps: int = 1) -> str:
     """Device time by phase, and by kernel family, of eager bf16 channels_last steps with the fused network kernels
-    forced on (as under CUDA graphs, whose replays hide the phases)."""
+    forced on (as under CUDA graphs, whose replays hide the phases).
+
+    One step by default: the profiler's processing of an eager step's tens of thousands of events takes longer than
+    the step itself (three steps overran 50 s per workload on an H100)."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 

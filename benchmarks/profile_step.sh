@@ -1,11 +1,12 @@
 #!/bin/bash
 # The profile that kernel and scheduling work starts from, in one device call: for each workload the user path runs,
-# the reference's setting and the fast path (images/s, MFU, peak memory), the fast path's device time by kernel family
-# over graph replays (each family rated in FLOP/s or GB/s), then eager steps' device time by phase. Not yet timed on a
-# GPU: each step has its own limit, 9.3 minutes in all inside one call's 10 (ImageNet-64, with its slow fp32
-# reference row, has the longest).
+# bench_step's rows for the chosen settings (images/s, MFU, peak memory), the last setting's device time by kernel
+# family over graph replays (each family rated in FLOP/s or GB/s), then one eager step's device time by phase. Each
+# part has its own limit and is skipped when the call's 570 s would not cover it.
 #
 #   device: bash benchmarks/profile_step.sh     (carry .devdata, which holds Z below; results in $OUT)
+#           C10="graphs-cl-convaug,graphs-cl-ot" IN64="graphs-cl-ot" TESTS="tests/training/test_augment.py" \
+#             bash benchmarks/profile_step.sh    (other settings: the last one is profiled; tests first, if given)
 #
 # Z: a CIFAR-10 dataset zip (default .devdata/cifar10-test-jpeg75.zip) for the zip + augmentation rows. Every table
 # goes to $OUT/profile.md (bench_step's rows) and $OUT/profile_*.txt (the profiles); copy what you quote into
@@ -14,22 +15,30 @@ set -u
 OUT=${OUT:-/tmp/profile_step}
 source benchmarks/_device.sh "$OUT"
 cat "$OUT/gpu.txt"
-B="benchmarks/bench_step.py --out $OUT/profile.md --warmup 3 --steps 10"
+C10=${C10:-baseline,graphs-cl}  # CIFAR-10 settings, batch 32 (C10_B32) and 128 (C10_B128)
+C10_B32=${C10_B32:-$C10}
+C10_B128=${C10_B128:-$C10}
+IN64=${IN64:-baseline,graphs-cl}  # ImageNet-64 settings
+B="benchmarks/bench_step.py --out $OUT/profile.md --warmup 3 --steps 10 --profile"
 data=(); [ -f "$Z" ] && data=(--data "$Z" --augment 0.12)
+# part LIMIT NAME COMMAND...: run COMMAND under LIMIT seconds if the call has that long left, else skip it
+part() {
+  local limit=$1 name=$2; shift 2
+  if [ $((570 - ($(date +%s) - T0))) -lt "$limit" ]; then el "skipped $name: under $limit s left"; return; fi
+  el "$name"
+  timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1 || el "$name: exit $?"
+}
 
-el "CIFAR-10 batch 32"
-timeout 120 python $B --preset cifar10-32x32-uncond --batch 32 "${data[@]}" --settings baseline,graphs-cl --profile \
-  > "$OUT/profile_c10_b32.txt" 2>&1
-el "CIFAR-10 batch 128"
-timeout 120 python $B --preset cifar10-32x32-uncond --batch 128 "${data[@]}" --settings baseline,graphs-cl --profile \
-  > "$OUT/profile_c10_b128.txt" 2>&1
-el "ImageNet-64 batch 32"
-timeout 170 python $B --preset imagenet-64x64 --batch 32 --settings baseline,graphs-cl --profile \
-  > "$OUT/profile_in64_b32.txt" 2>&1
-el phases
-for w in "cifar10-32x32-uncond 32" "cifar10-32x32-uncond 128" "imagenet-64x64 32"; do
-  set -- $w
-  timeout 50 python benchmarks/bench_step.py --preset "$1" --batch "$2" --profile-phases \
-    > "$OUT/phases_${1%%-*}_b$2.txt" 2>&1
-done
+if [ -n "${TESTS:-}" ]; then
+  part 100 tests python -m pytest -q -p no:cacheprovider -rfE $TESTS
+  tail -n 2 "$OUT/tests.txt"
+fi
+part 130 profile_c10_b32 python $B --preset cifar10-32x32-uncond --batch 32 "${data[@]}" --settings "$C10_B32"
+part 120 profile_c10_b128 python $B --preset cifar10-32x32-uncond --batch 128 "${data[@]}" --settings "$C10_B128"
+part 170 profile_in64_b32 python $B --preset imagenet-64x64 --batch 32 --settings "$IN64"
+P="benchmarks/bench_step.py --profile-phases"
+part 60 phases_cifar10_b32 python $P --preset cifar10-32x32-uncond --batch 32 "${data[@]}"
+part 60 phases_imagenet_b32 python $P --preset imagenet-64x64 --batch 32
+part 60 phases_cifar10_b128 python $P --preset cifar10-32x32-uncond --batch 128 "${data[@]}"
 el end
+grep -h "^\[" "$OUT"/profile_*.txt

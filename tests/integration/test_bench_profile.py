@@ -110,7 +110,9 @@ def test_every_setting_is_a_valid_config():
 
     bench = _bench_step()
     for name, (overrides, tf32) in bench.SETTINGS.items():
-        fields = {k: v for k, v in overrides.items() if k not in ("fused_norms", "fold_biases", "gn")}
+        fields = {k: v for k, v in overrides.items() if k not in bench.BENCH_SWITCHES}
         config = DistillConfig.sida(batch_size=32, generator_start_nimg=0, **fields)
         assert isinstance(tf32, bool) and config.batch_size == 32, name
     assert bench.SETTINGS["graphs-cl-ot"][0]["overlap_teacher"] is True
+    switches = {k for overrides, _ in bench.SETTINGS.values() for k in overrides if k in bench.BENCH_SWITCHES}
+    assert switches == set(bench.BENCH_SWITCHES)  # each switch is used by some setting

@@ -211,3 +211,27 @@ def test_argument_checks() -> None:
     with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
         AugmentPipe()(torch.zeros(3, 8, 8))
     assert "p=0.12" in repr(AugmentPipe())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("fixed", [False, True])
+def test_upsampling_by_matrices_equals_the_padded_image_filtered(
+    cifar: torch.Tensor, device: str, fixed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Padding and upsampling each axis by one matrix (two GEMMs) is the same maths as reflect-padding the image and
+    running the transposed convolutions over it: equal to float rounding, with draws that sample far outside."""
+    images = cifar.to(device)
+    if device == "cuda":  # full fp32 on both sides (TF32 rounds to 10 mantissa bits)
+        monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+        monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    outputs = []
+    for by_matmul in (True, False):
+        pipe = AugmentPipe(p=1.0, scale_std=1.0, translate_frac_std=0.5, fixed_padding=fixed)
+        pipe._upsample_by_matmul = by_matmul
+        x, labels = pipe(images, rng=rng(3))
+        outputs.append((x, labels))
+    (a, labels_a), (b, labels_b) = outputs
+    assert torch.equal(labels_a, labels_b)
+    assert (labels_a[:, 2:] != 0).any(dim=1).all()  # every image warped
+    torch.testing.assert_close(a, b, rtol=0, atol=2e-6)
+    assert not torch.equal(a, images)

@@ -162,6 +162,9 @@ class AugmentPipe(nn.Module):
         self.fixed_padding = fixed_padding
         # Filters per device, kept out of the buffers so that .half() / .to(dtype) cannot round them.
         self._filters: dict[torch.device, Tensor] = {}
+        # Pad and upsample as two small GEMMs (True) or as separate ops over the padded image (False, the same
+        # maths, but cuDNN runs it as a slow direct convolution). A switch for benchmarks and parity tests.
+        self._upsample_by_matmul = True
 
     def extra_repr(self) -> str:
         return (
@@ -325,15 +328,18 @@ class AugmentPipe(nn.Module):
                 return None
             pad_left, pad_right = pad(min_x, max_x, width)
             pad_top, pad_bottom = pad(min_y, max_y, height)
-        x = x.index_select(3, _reflect_index(width, pad_left, pad_right, x.device))
-        x = x.index_select(2, _reflect_index(height, pad_top, pad_bottom, x.device))
-        padded_h, padded_w = x.shape[2:]
+        padded_h, padded_w = height + pad_top + pad_bottom, width + pad_left + pad_right
 
         # Upsample 2x: u[m] = sum_k x[k] g[m - 2k + lead], g = sqrt(2) h (each polyphase sums to 1).
         g = (h * math.sqrt(2)).float()
-        y = x.reshape(batch * channels, 1, padded_h, padded_w)
-        y = F.conv_transpose2d(y, g.reshape(1, 1, 1, taps), stride=(1, 2), padding=(0, lead))
-        y = F.conv_transpose2d(y, g.reshape(1, 1, taps, 1), stride=(2, 1), padding=(lead, 0))
+        y = x.reshape(batch * channels, height, width)
+        if self._upsample_by_matmul:  # pad and upsample each axis as one [size, 2 padded] matrix: 2 small GEMMs
+            up_y = _pad_upsample_matrix(height, pad_top, pad_bottom, g, lead)
+            up_x = _pad_upsample_matrix(width, pad_left, pad_right, g, lead)
+            y = up_y.T @ y @ up_x
+        else:  # the same maths as separate ops over the padded image (the matrices' definition)
+            y = _pad_upsample(y[:, None], 3, pad_left, pad_right, g, lead)
+            y = _pad_upsample(y, 2, pad_top, pad_bottom, g, lead)
         y = y.reshape(batch, channels, 2 * padded_h, 2 * padded_w)
 
         # Bilinear resample: output 2x-grid sample at centred position q reads the input at p = G^-1 q. A 2x-grid
@@ -353,6 +359,22 @@ class AugmentPipe(nn.Module):
         y = F.conv2d(y, d.reshape(1, 1, 1, taps), stride=(1, 2))
         y = F.conv2d(y, d.reshape(1, 1, taps, 1), stride=(2, 1))
         return y.reshape(batch, channels, height, width).to(dtype)
+
+
+def _pad_upsample(x: Tensor, dim: int, before: int, after: int, g: Tensor, lead: int) -> Tensor:
+    """Reflect-pad ``[N, 1, H, W]`` along ``dim`` (2: rows, 3: columns), then upsample that axis 2x by ``g``."""
+    size, taps = x.shape[dim], g.numel()
+    x = x.index_select(dim, _reflect_index(size, before, after, x.device))
+    if dim == 3:
+        return F.conv_transpose2d(x, g.reshape(1, 1, 1, taps), stride=(1, 2), padding=(0, lead))
+    return F.conv_transpose2d(x, g.reshape(1, 1, taps, 1), stride=(2, 1), padding=(lead, 0))
+
+
+def _pad_upsample_matrix(size: int, before: int, after: int, g: Tensor, lead: int) -> Tensor:
+    """``[size, 2 (before + size + after)]``: `_pad_upsample` of a row of ``size`` pixels as one matrix, built by
+    running it on the identity (so ``row @ matrix`` is the padded, upsampled row)."""
+    eye = torch.eye(size, device=g.device, dtype=g.dtype)[:, None, None, :]
+    return _pad_upsample(eye, 3, before, after, g, lead).reshape(size, -1)
 
 
 def _reflect_index(size: int, before: int, after: int, device: torch.device) -> Tensor:
