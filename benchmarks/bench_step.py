@@ -28,6 +28,7 @@ from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
+from torch.autograd import DeviceType
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -317,14 +318,29 @@ PHASES = ("scoredistill/data", "scoredistill/fake_score_step", "scoredistill/gen
 def phase_table(events, steps: int) -> str:
     """Device time per phase of ``Distiller.step`` (its ``record_function`` ranges), per step and as a share.
 
-    A range's device time is that of the kernels launched inside it, so a phase's share is exact in an eager step; a
-    CUDA-graph replay launches no kernels from Python and shows no phases.
+    ``events``: the profiler's raw events (``prof.profiler.kineto_results.events()``). A kernel belongs to the phase
+    whose host range holds the start of the operator that launched it (its linked correlation id), whichever thread
+    launched it: the autograd engine's thread launches the backward while the main thread waits inside the phase.
+    Exact in an eager step; a CUDA-graph replay shows no phases. (``key_averages`` cannot give this: it merges a
+    range's host row with its device-side annotation span, idle gaps included.)
     """
-    times = {e.key: e.device_time_total for e in events if e.key in PHASES}
-    total = sum(e.self_device_time_total for e in _kernels(events)) or sum(times.values()) or 1.0
+    cpu = [e for e in events if e.device_type() == DeviceType.CPU]
+    ranges = [(e.name(), e.start_ns(), e.end_ns()) for e in cpu if e.is_user_annotation() and e.name() in PHASES]
+    launched_at = {e.correlation_id(): e.start_ns() for e in cpu if e.linked_correlation_id() == 0}
+    kernels = [e for e in events if e.device_type() != DeviceType.CPU and not e.is_user_annotation()]
+    times = dict.fromkeys(PHASES, 0.0)
+    total = 0.0
+    for k in kernels:
+        us = k.duration_ns() / 1e3
+        total += us
+        host = launched_at.get(k.linked_correlation_id())
+        phase = next((name for name, lo, hi in ranges if host is not None and lo <= host < hi), None)
+        if phase is not None:
+            times[phase] += us
+    total = total or 1.0
     lines = [f"{'phase':<32} {'device ms / step':>17} {'share':>7}"]
     for name in PHASES:
-        t = times.get(name, 0.0)
+        t = times[name]
         lines.append(f"{name.removeprefix('scoredistill/'):<32} {t / 1e3 / steps:>17.2f} {100 * t / total:>6.1f}%")
     rest = total - sum(times.values())
     lines.append(f"{'outside the phases':<32} {rest / 1e3 / steps:>17.2f} {100 * rest / total:>6.1f}%")
@@ -346,8 +362,8 @@ def profile_phases(preset: str, batch: int, device: torch.device, steps: int = 1
         for _ in range(steps):
             d.step()
         torch.cuda.synchronize()
-    events = prof.key_averages()
-    return phase_table(events, steps) + "\n\n" + kernel_families(events, steps)
+    raw = prof.profiler.kineto_results.events()
+    return phase_table(raw, steps) + "\n\n" + kernel_families(prof.key_averages(), steps)
 
 
 def eager_traffic(preset: str, batch: int, device: torch.device, setting: str) -> dict[str, float]:

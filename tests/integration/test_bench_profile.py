@@ -19,24 +19,59 @@ def _row(key: str, total: float, own: float = 0.0, count: int = 1) -> SimpleName
     return SimpleNamespace(key=key, device_time_total=total, self_device_time_total=own, count=count)
 
 
-def test_phase_table_shares_the_kernels_device_time_among_the_phases():
+class _Raw:
+    """A stand-in for a raw profiler event (``_KinetoEvent``): the accessors ``phase_table`` reads, in ns."""
+
+    def __init__(self, name, start, end, *, device=False, annotation=False, corr=0, linked=0):
+        from torch.autograd import DeviceType
+
+        self._values = dict(name=name, start_ns=start, end_ns=end, duration_ns=end - start, correlation_id=corr)
+        self._values |= dict(linked_correlation_id=linked, is_user_annotation=annotation)
+        self._values["device_type"] = DeviceType.CUDA if device else DeviceType.CPU
+
+    def __getattr__(self, name):
+        return lambda: self._values[name]
+
+
+def test_phase_table_gives_each_kernel_to_the_phase_its_launching_operator_ran_in():
     bench = _bench_step()
-    events = [  # microseconds over 2 steps: phases hold the kernels launched inside them
-        _row("scoredistill/data", 0.0),
+    ms = 1_000_000  # ns
+    events = [  # two steps of host ranges; kernels run later on the device, as they do when the GPU is behind
+        _Raw("scoredistill/fake_score_step", 0, 10 * ms, annotation=True, corr=1),
+        _Raw("scoredistill/generator_step", 10 * ms, 20 * ms, annotation=True, corr=2),
+        _Raw("scoredistill/ema", 20 * ms, 21 * ms, annotation=True, corr=3),
+        _Raw("scoredistill/fake_score_step", 30 * ms, 40 * ms, annotation=True, corr=4),
+        # the device-side span of a range (idle gaps included): not a kernel, and not counted
+        _Raw("scoredistill/fake_score_step", 5 * ms, 25 * ms, device=True, annotation=True, linked=1),
+        _Raw("aten::convolution", 2 * ms, 3 * ms, corr=10),
+        _Raw("aten::convolution_backward", 15 * ms, 16 * ms, corr=11),  # from the autograd engine's thread
+        _Raw("aten::_foreach_lerp_", 20 * ms, 21 * ms, corr=12),
+        _Raw("aten::convolution", 31 * ms, 32 * ms, corr=13),
+        _Raw("aten::add", 50 * ms, 51 * ms, corr=14),  # outside every phase
+        _Raw("sm90_xmma_fprop", 18 * ms, 24 * ms, device=True, linked=10),  # runs during the next phase's range
+        _Raw("sm90_xmma_dgrad", 24 * ms, 27 * ms, device=True, linked=11),
+        _Raw("multi_tensor_apply_kernel", 27 * ms, 28 * ms, device=True, linked=12),
+        _Raw("sm90_xmma_fprop", 40 * ms, 46 * ms, device=True, linked=13),
+        _Raw("elementwise_kernel", 51 * ms, 53 * ms, device=True, linked=14),
+        _Raw("orphan_kernel", 60 * ms, 62 * ms, device=True, linked=99),  # no operator recorded: outside
+    ]
+    lines = bench.phase_table(events, steps=2).splitlines()
+    rows = {line.split()[0]: line.split()[1:] for line in lines[1:]}
+    assert rows["fake_score_step"] == ["6.00", "60.0%"] and rows["generator_step"] == ["1.50", "15.0%"]
+    assert rows["ema"] == ["0.50", "5.0%"] and rows["data"] == ["0.00", "0.0%"]
+    assert rows["outside"][-2:] == ["2.00", "20.0%"] and rows["total"] == ["10.00"]
+
+
+def test_kernel_families_leave_out_operators_and_ranges():
+    bench = _bench_step()
+    events = [  # microseconds over 2 steps
         _row("scoredistill/fake_score_step", 6000.0),
-        _row("scoredistill/generator_step", 3000.0),
-        _row("scoredistill/ema", 500.0),
         _row("aten::convolution", 7000.0, 0.0),  # an operator: its time is its kernels'
         _row("sm90_xmma_fprop_implicit_gemm_bf16", 7000.0, 7000.0, 40),
         _row("triton_group_norm_fwd", 2500.0, 2500.0, 40),
         _row("multi_tensor_apply_kernel", 500.0, 500.0, 2),
         _row("cudaLaunchKernel", 0.0, 0.0, 80),
     ]
-    lines = bench.phase_table(events, steps=2).splitlines()
-    rows = {line.split()[0]: line.split()[1:] for line in lines[1:]}
-    assert rows["fake_score_step"] == ["3.00", "60.0%"] and rows["generator_step"] == ["1.50", "30.0%"]
-    assert rows["ema"] == ["0.25", "5.0%"] and rows["data"] == ["0.00", "0.0%"]
-    assert rows["outside"][-2:] == ["0.25", "5.0%"] and rows["total"] == ["5.00"]
     families = bench.kernel_families(events, steps=2)
     assert "scoredistill/" not in families and "aten::" not in families
     assert families.splitlines()[-1].split()[-1] == "5.00"  # the same 10 ms of kernels over 2 steps
