@@ -83,7 +83,7 @@ def _parser(**defaults: str) -> argparse.ArgumentParser:
     p.add_argument(
         "--overlap-teacher",
         action="store_true",
-        help="experimental: the teacher on a second CUDA stream beside the fake score (DistillConfig.overlap_teacher)",
+        help="the teacher on a second CUDA stream beside the fake score (DistillConfig.overlap_teacher; CUDA only)",
     )
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--log-kimg", type=positive, default=10.0)

@@ -19,8 +19,10 @@ float32 whatever the input dtype; outputs are rounded once, to ``x``'s dtype.
 A second strategy, ``"one_pass"`` ([`set_strategy`][scoredistill.kernels.groupnorm_triton.set_strategy]), runs
 one kernel forward and one backward: each program owns whole groups of one sample and walks its pixels twice
 (statistics then output; sums then input gradient), so the combine kernels, the partials' round trip through
-memory and four launches per norm go. Its programs are fewer (one per sample and channel block); which strategy is
-faster at a shape is for ``benchmarks/bench_norms.py`` to say on the card at hand.
+memory and four launches per norm go. Its programs are fewer (one per sample and channel block). On an H100 that
+costs more than it saves: in a CUDA graph it takes 0.93-2.5x the time of ``"tiles"`` per norm at the networks'
+shapes (slower on every large map), and a whole SiDA iteration 0.3-11% longer, so ``"tiles"`` stays the default
+(``benchmarks/RESULTS.md``; ``benchmarks/bench_norms.py`` measures both on the card at hand).
 """
 
 from __future__ import annotations
