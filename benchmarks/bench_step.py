@@ -53,7 +53,7 @@ from scoredistill.roles.precond import edm_precond
 from scoredistill.training.fast import use_fused_norms
 
 # The bench's own switches among a setting's overrides (the rest are DistillConfig fields).
-BENCH_SWITCHES = ("fused_norms", "fold_biases", "gn", "augment_conv")
+BENCH_SWITCHES = ("fused_norms", "fold_biases", "gn", "augment_conv", "fused_bias_grad")
 
 # name -> (DistillConfig overrides and bench switches, allow TF32)
 SETTINGS: dict[str, tuple[dict, bool]] = {
@@ -77,6 +77,10 @@ SETTINGS: dict[str, tuple[dict, bool]] = {
     ),
     "graphs-cl-ot": (  # the teacher on a second CUDA stream beside the fake score (DistillConfig.overlap_teacher)
         {"precision": "bf16", "use_kernels": True, "channels_last": True, "cuda_graphs": True, "overlap_teacher": True},
+        True,
+    ),
+    "graphs-cl-bgrad": (  # the residual sum's backward in one kernel (residual_triton.FUSED_BIAS_GRAD)
+        {"precision": "bf16", "use_kernels": True, "channels_last": True, "cuda_graphs": True, "fused_bias_grad": True},
         True,
     ),
     "graphs-cl-convaug": (  # the augmentation's padding and upsampling as separate ops over the padded image
@@ -141,10 +145,12 @@ def build(preset: str, batch: int, setting: str, device: torch.device) -> Distil
     fold_biases = overrides.pop("fold_biases", True)  # False: convolution biases added by the convolutions
     gn_strategy = overrides.pop("gn", "tiles")  # the fused group norms' launch strategy
     augment_conv = overrides.pop("augment_conv", False)  # True: AugmentPipe pads and upsamples op by op
+    fused_bias_grad = overrides.pop("fused_bias_grad", False)  # the residual sum's one-kernel backward
     if torch.cuda.is_available():  # for this setting's calls and captures
-        from scoredistill.kernels import groupnorm_triton
+        from scoredistill.kernels import groupnorm_triton, residual_triton
 
         groupnorm_triton.set_strategy(gn_strategy)
+        residual_triton.FUSED_BIAS_GRAD = fused_bias_grad
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
     torch.backends.cudnn.benchmark = True  # as in the reference implementation
     torch.manual_seed(0)

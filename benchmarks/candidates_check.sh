@@ -3,8 +3,9 @@
 # parity tests, bench_norms (both group-norm strategies beside the native composition), bench_step with each
 # candidate setting on the three workloads (same process per workload, the fast path first and last), then a sweep
 # of the one-pass group norm's tilings (tune_norms_one_pass.py) in the time left. The candidates:
-#   graphs-cl-gn1  the group norms' one-pass kernels (groupnorm_triton.set_strategy("one_pass"))
-#   graphs-cl-ot   the teacher on a second CUDA stream beside the fake score (DistillConfig.overlap_teacher)
+#   graphs-cl-bgrad  the residual sum's backward in one kernel (residual_triton.FUSED_BIAS_GRAD)
+#   graphs-cl-gn1    the group norms' one-pass kernels (measured 2026-12-06: slower, not adopted)
+#   graphs-cl-ot     the teacher on a second CUDA stream (measured 2026-12-06: faster, opt-in)
 #
 #   device: bash benchmarks/candidates_check.sh      (carry .devdata for the CIFAR-10 zip rows; results in $OUT)
 #           QUICK=1 bash benchmarks/candidates_check.sh    (the tests, bench_norms and CIFAR-10 batch 32 only: at
@@ -15,14 +16,15 @@ set -u
 OUT=${OUT:-/tmp/candidates_check}
 source benchmarks/_device.sh "$OUT"
 cat "$OUT/gpu.txt"
-SETTINGS=${SETTINGS:-graphs-cl,graphs-cl-gn1,graphs-cl-ot,graphs-cl}
+SETTINGS=${SETTINGS:-graphs-cl,graphs-cl-bgrad,graphs-cl-ot,graphs-cl}
 
 el "parity tests"
 P="python -m pytest -q -p no:cacheprovider -rfE"
 timeout 170 $P tests/kernels/test_groupnorm_kernel.py -k "one_pass or networks" > "$OUT/gn_tests.txt" 2>&1 &
+timeout 170 $P tests/kernels/test_residual_kernel.py > "$OUT/residual_tests.txt" 2>&1 &
 timeout 170 $P tests/training/test_gpu_matrix.py -k side_stream > "$OUT/overlap_tests.txt" 2>&1 &
 wait
-tail -n 3 "$OUT/gn_tests.txt" "$OUT/overlap_tests.txt"
+tail -n 3 "$OUT/gn_tests.txt" "$OUT/residual_tests.txt" "$OUT/overlap_tests.txt"
 el "bench_norms"
 timeout 100 python benchmarks/bench_norms.py --out "$OUT/candidates.md" > "$OUT/bench_norms.txt" 2>&1
 data=(); [ -f "$Z" ] && data=(--data "$Z" --augment 0.12)

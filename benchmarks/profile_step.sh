@@ -1,8 +1,8 @@
 #!/bin/bash
 # The profile that kernel and scheduling work starts from, in one device call: for each workload the user path runs,
 # bench_step's rows for the chosen settings (images/s, MFU, peak memory), the last setting's device time by kernel
-# family over graph replays (each family rated in FLOP/s or GB/s), then one eager step's device time by phase. Each
-# part has its own limit and is skipped when the call's 570 s would not cover it.
+# family over graph replays (each family rated in FLOP/s or GB/s), then one eager step's device time by phase and by
+# launching operator. Each part has its own limit and is skipped when the call's 570 s would not cover it.
 #
 #   device: bash benchmarks/profile_step.sh     (carry .devdata, which holds Z below; results in $OUT)
 #           C10="graphs-cl-convaug,graphs-cl-ot" IN64="graphs-cl-ot" TESTS="tests/training/test_augment.py" \
@@ -40,5 +40,9 @@ P="benchmarks/bench_step.py --profile-phases"
 part 60 phases_cifar10_b32 python $P --preset cifar10-32x32-uncond --batch 32 "${data[@]}"
 part 60 phases_imagenet_b32 python $P --preset imagenet-64x64 --batch 32
 part 60 phases_cifar10_b128 python $P --preset cifar10-32x32-uncond --batch 128 "${data[@]}"
+# Each kernel's launching operator, input shapes and autograd node, one eager step (what the families hold)
+O="benchmarks/bench_step.py --profile-ops"
+part 60 ops_imagenet_b32 python $O --preset imagenet-64x64 --batch 32
+part 50 ops_cifar10_b32 python $O --preset cifar10-32x32-uncond --batch 32 "${data[@]}"
 el end
 grep -h "^\[" "$OUT"/profile_*.txt

@@ -19,8 +19,26 @@ from scoredistill.networks.layers import UNetBlock, residual_add
 needs_kernels = pytest.mark.skipif(not kernels.available(), reason="needs CUDA and Triton")
 
 
-def check(shape, dtype, device: str, *, channels_last: bool, with_x: bool, scale: float, seed: int = 0) -> None:
-    """The fused sum and its gradients vs the float32 composition of native ops on the same inputs."""
+def check(
+    shape, dtype, device: str, *, channels_last: bool, with_x: bool, scale: float, seed: int = 0, fused_grad=False
+) -> None:
+    """The fused sum and its gradients vs the float32 composition of native ops on the same inputs; with
+    ``fused_grad``, the one-kernel backward (``FUSED_BIAS_GRAD``)."""
+    from scoredistill.kernels import residual_triton
+
+    previous, residual_triton.FUSED_BIAS_GRAD = residual_triton.FUSED_BIAS_GRAD, fused_grad
+    fused_grad_calls = []
+    one_pass = residual_triton._fused_grad
+    residual_triton._fused_grad = lambda *args: fused_grad_calls.append(1) or one_pass(*args)
+    try:
+        _check(shape, dtype, device, channels_last, with_x, scale, seed)
+    finally:
+        residual_triton.FUSED_BIAS_GRAD, residual_triton._fused_grad = previous, one_pass
+    # the one-kernel backward runs exactly where it applies: asked for, and a channels_last gradient
+    assert len(fused_grad_calls) == (2 if fused_grad and channels_last and shape[1] > 1 else 0)
+
+
+def _check(shape, dtype, device, channels_last, with_x, scale, seed) -> None:
     from scoredistill.kernels.residual_triton import _ResidualAdd
 
     g = torch.Generator().manual_seed(seed)
@@ -29,6 +47,8 @@ def check(shape, dtype, device: str, *, channels_last: bool, with_x: bool, scale
         h, x = (t.contiguous(memory_format=torch.channels_last) for t in (h, x))
     bias = torch.randn(shape[1], generator=g)
     dy = torch.randn(shape, generator=g).to(device)
+    if channels_last:  # the incoming gradient in the layout a channels_last network gives it
+        dy = dy.contiguous(memory_format=torch.channels_last)
     results = []
     for fused in (False, True):
         leaves = [t.to(device).detach().requires_grad_() for t in (h, x, bias)]
@@ -56,6 +76,11 @@ def run_interpreter_cases() -> None:
         check(shape, torch.float32, "cpu", channels_last=cl, with_x=with_x, scale=math.sqrt(0.5))
     check((2, 64, 33, 1), torch.float32, "cpu", channels_last=True, with_x=True, scale=1.0)  # several programs
     check((2, 16, 8, 8), torch.bfloat16, "cpu", channels_last=False, with_x=True, scale=1.0)
+    for shape, scale, dtype in itertools.product(  # the one-kernel backward: several row programs and channel blocks
+        [(2, 8, 4, 4), (3, 130, 19, 11), (1, 3, 5, 5)], (1.0, math.sqrt(0.5)), (torch.float32, torch.bfloat16)
+    ):
+        check(shape, dtype, "cpu", channels_last=True, with_x=True, scale=scale, fused_grad=True)
+    check((3, 130, 19, 11), torch.float32, "cpu", channels_last=False, with_x=False, scale=0.5, fused_grad=True)
 
 
 @pytest.mark.timeout(300)
@@ -136,9 +161,10 @@ def test_blocks_fold_only_where_the_fused_norms_run():
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(4, 192, 64, 64), (3, 5, 7, 3), (2, 768, 8, 8)])
-def test_cuda_parity(shape, dtype, channels_last):
+@pytest.mark.parametrize("fused_grad", [False, True])
+def test_cuda_parity(shape, dtype, channels_last, fused_grad):
     for with_x, scale in ((True, 1.0), (True, math.sqrt(0.5)), (False, 1.0)):
-        check(shape, dtype, "cuda", channels_last=channels_last, with_x=with_x, scale=scale)
+        check(shape, dtype, "cuda", channels_last=channels_last, with_x=with_x, scale=scale, fused_grad=fused_grad)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,12 @@ branch's last convolution is followed by the residual sum anyway, so the bias is
 ``h`` and ``x`` and writing ``y`` instead of two. Backward, ``h`` and ``x`` receive the incoming gradient (times
 ``scale``) and the bias its per-channel sum, as for the unfused ops.
 
+With ``FUSED_BIAS_GRAD`` (off by default until a GPU measures it; ``benchmarks/bench_step.py`` setting
+``graphs-cl-bgrad``), a channels_last backward also runs in one kernel: it reads the incoming gradient once, writes
+it times ``scale`` (when ``scale != 1``) and sums it per channel, in float32, into per-program partials that one
+small reduction finishes, in a fixed order (deterministic). Otherwise PyTorch scales and then reduces the
+channels_last gradient over its outer dimensions, a separate pass each.
+
 ``h`` and ``x`` must be dense with the same strides (both contiguous or both channels_last) and dtype; the sum
 runs in float32 and is rounded once to their dtype. `supported` says whether a call qualifies; the
 dispatching [`scoredistill.networks.layers.residual_add`][scoredistill.networks.layers.residual_add] runs the native ops
@@ -27,6 +33,9 @@ __all__ = ["residual_add", "supported"]
 
 BLOCK = 2048
 NUM_WARPS = 4
+FUSED_BIAS_GRAD = False  # the one-kernel channels_last backward (see the module docstring)
+GRAD_ROWS = 512  # pixels (rows of the [pixels, channels] view) per program of the backward kernel
+GRAD_BLOCK_P = 32  # rows per inner step
 
 
 @triton.jit
@@ -39,6 +48,41 @@ def _residual_kernel(h_ptr, x_ptr, b_ptr, y_ptr, N, C, INNER, scale, HAS_X: tl.c
     c = (offs // INNER) % C  # INNER: 1 for channels_last, H * W for contiguous
     v += tl.load(b_ptr + c, mask=m, other=0.0).to(tl.float32)
     tl.store(y_ptr + offs, (v * scale).to(y_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _residual_grad_kernel(
+    dy_ptr, g_ptr, part_ptr, P, C, scale,
+    ROWS: tl.constexpr, WRITE_G: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    # A channels_last gradient as a [P, C] matrix: this program scales rows [ROWS * i, ROWS * (i + 1)) of a block
+    # of channels (writing them when WRITE_G) and stores their float32 column sums as partial row i.
+    pid_p, pid_c = tl.program_id(0), tl.program_id(1)
+    cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    col_mask = cols < C
+    acc = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for start in range(0, ROWS, BLOCK_P):
+        rows = pid_p * ROWS + start + tl.arange(0, BLOCK_P)
+        m = (rows < P)[:, None] & col_mask[None, :]
+        offs = rows[:, None] * C + cols[None, :]
+        v = tl.load(dy_ptr + offs, mask=m, other=0.0).to(tl.float32) * scale
+        if WRITE_G:
+            tl.store(g_ptr + offs, v.to(g_ptr.dtype.element_ty), mask=m)
+        acc += tl.sum(v, axis=0)
+    tl.store(part_ptr + pid_p * C + cols, acc, mask=col_mask)
+
+
+def _fused_grad(dy: Tensor, scale: float, bias_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``(dy * scale, (dy * scale).sum((0, 2, 3)))`` of a channels_last ``dy`` in one pass (the sum in float32)."""
+    n, c, h, w = dy.shape
+    rows = n * h * w
+    g = dy if scale == 1 else torch.empty_like(dy)
+    block_c = min(128, triton.next_power_of_2(c))
+    grid = (triton.cdiv(rows, GRAD_ROWS), triton.cdiv(c, block_c))
+    partials = torch.empty(grid[0], c, device=dy.device, dtype=torch.float32)
+    _launch_any(_residual_grad_kernel, grid, dy.get_device(), dy, g, partials, rows, c, float(scale),
+                GRAD_ROWS, scale != 1, GRAD_BLOCK_P, block_c, num_warps=NUM_WARPS)  # fmt: skip
+    return g, partials.sum(0).to(bias_dtype)
 
 
 def supported(h: Tensor, x: Tensor | None, bias: Tensor) -> bool:
@@ -73,8 +117,11 @@ class _ResidualAdd(torch.autograd.Function):
     def backward(ctx, dy):
         if dy is None:
             return None, None, None, None
-        g = dy if ctx.scale == 1 else dy * ctx.scale
         need = ctx.needs_input_grad
+        if need[2] and FUSED_BIAS_GRAD and channels_last(dy) and dy.is_contiguous(memory_format=torch.channels_last):
+            g, g_bias = _fused_grad(dy, ctx.scale, ctx.bias_dtype)
+            return g if need[0] else None, g if need[1] else None, g_bias, None
+        g = dy if ctx.scale == 1 else dy * ctx.scale
         g_bias = g.sum(dim=(0, 2, 3), dtype=torch.float32).to(ctx.bias_dtype) if need[2] else None
         return g if need[0] else None, g if need[1] else None, g_bias, None
 
