@@ -77,6 +77,8 @@ def _fused_grad(dy: Tensor, scale: float, bias_dtype: torch.dtype) -> tuple[Tens
     n, c, h, w = dy.shape
     rows = n * h * w
     g = dy if scale == 1 else torch.empty_like(dy)
+    if rows == 0:
+        return g, torch.zeros(c, device=dy.device, dtype=bias_dtype)
     block_c = min(128, triton.next_power_of_2(c))
     grid = (triton.cdiv(rows, GRAD_ROWS), triton.cdiv(c, block_c))
     partials = torch.empty(grid[0], c, device=dy.device, dtype=torch.float32)
