@@ -79,7 +79,7 @@ SETTINGS: dict[str, tuple[dict, bool]] = {
         {"precision": "bf16", "use_kernels": True, "channels_last": True, "cuda_graphs": True, "overlap_teacher": True},
         True,
     ),
-    "graphs-cl-bgrad": (  # the residual sum's backward in one kernel (residual_triton.FUSED_BIAS_GRAD)
+    "graphs-cl-bgrad": (  # the residual sum's backward in one kernel, the norms' affine sums in one reduction
         {"precision": "bf16", "use_kernels": True, "channels_last": True, "cuda_graphs": True, "fused_bias_grad": True},
         True,
     ),
@@ -145,12 +145,12 @@ def build(preset: str, batch: int, setting: str, device: torch.device) -> Distil
     fold_biases = overrides.pop("fold_biases", True)  # False: convolution biases added by the convolutions
     gn_strategy = overrides.pop("gn", "tiles")  # the fused group norms' launch strategy
     augment_conv = overrides.pop("augment_conv", False)  # True: AugmentPipe pads and upsamples op by op
-    fused_bias_grad = overrides.pop("fused_bias_grad", False)  # the residual sum's one-kernel backward
+    fused_bias_grad = overrides.pop("fused_bias_grad", False)  # fewer bias-gradient reductions (both candidates)
     if torch.cuda.is_available():  # for this setting's calls and captures
         from scoredistill.kernels import groupnorm_triton, residual_triton
 
         groupnorm_triton.set_strategy(gn_strategy)
-        residual_triton.FUSED_BIAS_GRAD = fused_bias_grad
+        residual_triton.FUSED_BIAS_GRAD = groupnorm_triton.FUSED_AFFINE_GRAD_SUMS = fused_bias_grad
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
     torch.backends.cudnn.benchmark = True  # as in the reference implementation
     torch.manual_seed(0)

@@ -20,7 +20,7 @@ SETTINGS=${SETTINGS:-graphs-cl,graphs-cl-bgrad,graphs-cl-ot,graphs-cl}
 
 el "parity tests"
 P="python -m pytest -q -p no:cacheprovider -rfE"
-timeout 170 $P tests/kernels/test_groupnorm_kernel.py -k "one_pass or networks" > "$OUT/gn_tests.txt" 2>&1 &
+timeout 170 $P tests/kernels/test_groupnorm_kernel.py -k "one_pass or networks or affine_sums" > "$OUT/gn_tests.txt" 2>&1 &
 timeout 170 $P tests/kernels/test_residual_kernel.py > "$OUT/residual_tests.txt" 2>&1 &
 timeout 170 $P tests/training/test_gpu_matrix.py -k side_stream > "$OUT/overlap_tests.txt" 2>&1 &
 wait

@@ -126,6 +126,11 @@ def run_interpreter_cases() -> None:
     check((2, 16, 6, 5), 4, torch.float32, "cpu", VARIANTS[2], channels_last=False, sliced=True)
     check((2, 64, 8, 8), 16, torch.bfloat16, "cpu", VARIANTS[2], channels_last=True)
     gn.set_strategy("tiles")
+    # The weight's and bias's batch sums in one reduction (the candidate FUSED_AFFINE_GRAD_SUMS).
+    gn.FUSED_AFFINE_GRAD_SUMS = True
+    for variant, cl in itertools.product(VARIANTS[:3], (False, True)):
+        check((3, 24, 7, 5), 3, torch.float32, "cpu", variant, channels_last=cl)
+    gn.FUSED_AFFINE_GRAD_SUMS = False
     # The other grid order, and small tiles (several HW tiles and channel blocks per sample).
 
     gn._tiles = lambda C, HW, nhwc, backward: (16, 8, 4, True)
@@ -171,6 +176,17 @@ def test_cuda_parity(shape, groups, dtype, channels_last, strategy, monkeypatch)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     for variant in VARIANTS[:4]:  # the networks' four (each new specialisation costs a Triton compile)
         check(shape, groups, dtype, "cuda", variant, channels_last=channels_last)
+
+
+@needs_kernels
+@pytest.mark.kernels
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_cuda_parity_affine_sums_in_one_reduction(channels_last, monkeypatch):
+    import scoredistill.kernels.groupnorm_triton as gn
+
+    monkeypatch.setattr(gn, "FUSED_AFFINE_GRAD_SUMS", True)
+    for variant in VARIANTS[:4]:
+        check((4, 192, 64, 64), 32, torch.bfloat16, "cuda", variant, channels_last=channels_last)
 
 
 def test_group_norm_strategy_is_checked_and_restorable():

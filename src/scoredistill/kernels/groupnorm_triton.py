@@ -67,6 +67,9 @@ TILE = 4096  # elements of one [BLOCK_HW, BLOCK_C] tile
 MAX_TILES_HW = 128  # the combine kernels hold one group's partials of all HW tiles at once
 NUM_WARPS = 8  # per program, all kernels but the combines
 COMBINE_WARPS = 4
+# Candidate, off until a GPU measures it: the weight's and the bias's batch sums of the backward in one reduction
+# (one launch per norm instead of two; these small reductions are launch-bound). bench_step: graphs-cl-bgrad.
+FUSED_AFFINE_GRAD_SUMS = False
 MAX_HW = 128 * 128  # larger maps take the reference path (the tiles would outgrow the registers)
 
 
@@ -581,8 +584,12 @@ def _grads(ctx, dx, pc, weight, bias, add2, scale2, shift2, has) -> tuple:
     """The backward's outputs from ``dx`` and the per-(sample, channel) partials ``pc`` (batch sums for the weight
     and bias), each in its input's dtype and shape."""
     need = ctx.needs_input_grad
-    g_w = pc[2].sum(0).to(weight.dtype) if need[1] else None
-    g_b = pc[3].sum(0).to(bias.dtype) if need[2] else None
+    if FUSED_AFFINE_GRAD_SUMS and need[1] and need[2]:
+        g_w, g_b = pc[2:4].sum(1)
+        g_w, g_b = g_w.to(weight.dtype), g_b.to(bias.dtype)
+    else:
+        g_w = pc[2].sum(0).to(weight.dtype) if need[1] else None
+        g_b = pc[3].sum(0).to(bias.dtype) if need[2] else None
     g_add = pc[4].to(add2.dtype).reshape(ctx.shapes[0]) if has[0] and need[3] else None
     g_scale = pc[1].to(scale2.dtype).reshape(ctx.shapes[1]) if has[1] and need[4] else None
     g_shift = pc[0].to(shift2.dtype).reshape(ctx.shapes[2]) if has[2] and need[5] else None
