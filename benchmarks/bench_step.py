@@ -53,7 +53,7 @@ from scoredistill.roles.precond import edm_precond
 from scoredistill.training.fast import use_fused_norms
 
 # The bench's own switches among a setting's overrides (the rest are DistillConfig fields).
-BENCH_SWITCHES = ("fused_norms", "fold_biases", "gn", "augment_conv", "fused_bias_grad")
+BENCH_SWITCHES = ("fused_norms", "fold_biases", "gn", "augment_conv", "fused_bias_grad", "fused_cat")
 
 # name -> (DistillConfig overrides and bench switches, allow TF32)
 SETTINGS: dict[str, tuple[dict, bool]] = {
@@ -81,6 +81,10 @@ SETTINGS: dict[str, tuple[dict, bool]] = {
     ),
     "graphs-cl-bgrad": (  # the residual sum's backward in one kernel, the norms' affine sums in one reduction
         {"precision": "bf16", "use_kernels": True, "channels_last": True, "cuda_graphs": True, "fused_bias_grad": True},
+        True,
+    ),
+    "graphs-cl-cat": (  # the decoders' channels_last skip concatenation by a Triton copy (concat_triton.FUSED_CAT)
+        {"precision": "bf16", "use_kernels": True, "channels_last": True, "cuda_graphs": True, "fused_cat": True},
         True,
     ),
     "graphs-cl-convaug": (  # the augmentation's padding and upsampling as separate ops over the padded image
@@ -146,10 +150,12 @@ def build(preset: str, batch: int, setting: str, device: torch.device) -> Distil
     gn_strategy = overrides.pop("gn", "tiles")  # the fused group norms' launch strategy
     augment_conv = overrides.pop("augment_conv", False)  # True: AugmentPipe pads and upsamples op by op
     fused_bias_grad = overrides.pop("fused_bias_grad", False)  # fewer bias-gradient reductions (both candidates)
+    fused_cat = overrides.pop("fused_cat", False)  # the skip concatenation's Triton copy
     if torch.cuda.is_available():  # for this setting's calls and captures
-        from scoredistill.kernels import groupnorm_triton, residual_triton
+        from scoredistill.kernels import concat_triton, groupnorm_triton, residual_triton
 
         groupnorm_triton.set_strategy(gn_strategy)
+        concat_triton.FUSED_CAT = fused_cat
         residual_triton.FUSED_BIAS_GRAD = groupnorm_triton.FUSED_AFFINE_GRAD_SUMS = fused_bias_grad
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
     torch.backends.cudnn.benchmark = True  # as in the reference implementation

@@ -3,7 +3,9 @@
 # parity tests, bench_norms (both group-norm strategies beside the native composition), bench_step with each
 # candidate setting on the three workloads (same process per workload, the fast path first and last), then a sweep
 # of the one-pass group norm's tilings (tune_norms_one_pass.py) in the time left. The candidates:
-#   graphs-cl-bgrad  the residual sum's backward in one kernel (residual_triton.FUSED_BIAS_GRAD)
+#   graphs-cl-bgrad  fewer bias-gradient reductions (residual_triton.FUSED_BIAS_GRAD and
+#                    groupnorm_triton.FUSED_AFFINE_GRAD_SUMS)
+#   graphs-cl-cat    the decoders' channels_last skip concatenation by a Triton copy (concat_triton.FUSED_CAT)
 #   graphs-cl-gn1    the group norms' one-pass kernels (measured 2026-12-06: slower, not adopted)
 #   graphs-cl-ot     the teacher on a second CUDA stream (measured 2026-12-06: faster, opt-in)
 #
@@ -16,12 +18,13 @@ set -u
 OUT=${OUT:-/tmp/candidates_check}
 source benchmarks/_device.sh "$OUT"
 cat "$OUT/gpu.txt"
-SETTINGS=${SETTINGS:-graphs-cl,graphs-cl-bgrad,graphs-cl-ot,graphs-cl}
+SETTINGS=${SETTINGS:-graphs-cl,graphs-cl-bgrad,graphs-cl-cat,graphs-cl}
 
 el "parity tests"
 P="python -m pytest -q -p no:cacheprovider -rfE"
 timeout 170 $P tests/kernels/test_groupnorm_kernel.py -k "one_pass or networks or affine_sums" > "$OUT/gn_tests.txt" 2>&1 &
-timeout 170 $P tests/kernels/test_residual_kernel.py > "$OUT/residual_tests.txt" 2>&1 &
+timeout 170 $P tests/kernels/test_residual_kernel.py tests/kernels/test_concat_kernel.py \
+  > "$OUT/residual_tests.txt" 2>&1 &
 timeout 170 $P tests/training/test_gpu_matrix.py -k side_stream > "$OUT/overlap_tests.txt" 2>&1 &
 wait
 tail -n 3 "$OUT/gn_tests.txt" "$OUT/residual_tests.txt" "$OUT/overlap_tests.txt"

@@ -17,6 +17,7 @@ from torch import Tensor
 __all__ = [
     "available",
     "channels_last",
+    "fused_cat_available",
     "fused_fake_score_available",
     "fused_group_norm_available",
     "fused_resample_available",
@@ -85,6 +86,16 @@ def fused_residual_available(h: Tensor, x: Tensor | None, bias: Tensor, use_kern
     from .residual_triton import supported
 
     return supported(h, x, bias)
+
+
+def fused_cat_available(a: Tensor, b: Tensor, use_kernels: bool | None = None) -> bool:
+    """Whether [`cat_channels`][scoredistill.networks.layers.cat_channels] runs its Triton kernel on these operands
+    (channels_last only, and only with the candidate switch ``concat_triton.FUSED_CAT`` on)."""
+    if not (_use_fused(a, use_kernels) and channels_last(a)):
+        return False
+    from . import concat_triton
+
+    return concat_triton.FUSED_CAT and concat_triton.supported(a, b)
 
 
 def fused_sid_available(

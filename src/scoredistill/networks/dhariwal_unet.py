@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import Conv2d, EncoderDecoderUNet, GroupNorm, Linear, PositionalEmbedding, UNetBlock
+from .layers import Conv2d, EncoderDecoderUNet, GroupNorm, Linear, PositionalEmbedding, UNetBlock, cat_channels
 from .song_unet import _as_tuples, _check_common, _from_dict
 
 __all__ = ["CHANNELS_PER_HEAD", "DhariwalUNet", "DhariwalUNetConfig"]
@@ -193,6 +193,6 @@ class DhariwalUNet(EncoderDecoderUNet):
         x = skips[-1]
         for name, block in self.dec.items():
             if "_block" in name:
-                x = torch.cat([x, skips.pop()], dim=1)
+                x = cat_channels(x, skips.pop())
             x = block(x, emb)
         return self.out_conv(self.out_norm(x, silu=True))

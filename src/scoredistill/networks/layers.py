@@ -309,6 +309,19 @@ def residual_add(
     return y if scale == 1 else y * scale
 
 
+def cat_channels(a: Tensor, b: Tensor, *, use_kernels: bool | None = None) -> Tensor:
+    """``torch.cat([a, b], dim=1)``, the decoders' skip concatenation.
+
+    On CUDA with channels_last operands and the candidate switch `scoredistill.kernels.concat_triton` ``FUSED_CAT``
+    on, a Triton copy kernel does it; otherwise ``torch.cat``. The result is the same either way, bit for bit.
+    """
+    if kernels.fused_cat_available(a, b, use_kernels):
+        from ..kernels.concat_triton import cat_channels as fused
+
+        return fused(a, b)
+    return torch.cat([a, b], dim=1)
+
+
 class GroupNorm(nn.Module):
     """Group normalisation with at most 32 groups and at least 4 channels per group.
 

@@ -26,6 +26,7 @@ from .layers import (
     Linear,
     PositionalEmbedding,
     UNetBlock,
+    cat_channels,
 )
 
 __all__ = ["SongUNet", "SongUNetConfig"]
@@ -293,6 +294,6 @@ class SongUNet(EncoderDecoderUNet):
                 aux = head if aux is None else head + aux
             else:
                 if "_block" in name:
-                    x = torch.cat([x, skips.pop()], dim=1)
+                    x = cat_channels(x, skips.pop())
                 x = block(x, emb)
         return aux
