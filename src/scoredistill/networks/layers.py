@@ -314,6 +314,14 @@ def cat_channels(a: Tensor, b: Tensor, *, use_kernels: bool | None = None) -> Te
 
     On CUDA with channels_last operands and the candidate switch `scoredistill.kernels.concat_triton` ``FUSED_CAT``
     on, a Triton copy kernel does it; otherwise ``torch.cat``. The result is the same either way, bit for bit.
+
+    Args:
+        a: ``[B, Ca, H, W]``, the decoder's input.
+        b: ``[B, Cb, H, W]``, the encoder's skip, of ``a``'s dtype and device.
+        use_kernels: ``False``: always ``torch.cat``.
+
+    Returns:
+        ``[B, Ca + Cb, H, W]``.
     """
     if kernels.fused_cat_available(a, b, use_kernels):
         from ..kernels.concat_triton import cat_channels as fused
