@@ -52,8 +52,16 @@ from scoredistill.networks.layers import UNetBlock
 from scoredistill.roles.precond import edm_precond
 from scoredistill.training.fast import use_fused_norms
 
-# The bench's own switches among a setting's overrides (the rest are DistillConfig fields).
-BENCH_SWITCHES = ("fused_norms", "fold_biases", "gn", "augment_conv", "fused_bias_grad", "fused_cat")
+# The bench's own switches among a setting's overrides, with their values when a setting leaves them out (the rest
+# of the overrides are DistillConfig fields).
+BENCH_SWITCHES = {
+    "fused_norms": True,  # False: native group norms, fused loss kernels
+    "fold_biases": True,  # False: convolution biases added by the convolutions
+    "gn": "tiles",  # the fused group norms' launch strategy
+    "augment_conv": False,  # True: AugmentPipe pads and upsamples op by op
+    "fused_bias_grad": False,  # fewer bias-gradient reductions (both candidates)
+    "fused_cat": False,  # the skip concatenation's Triton copy
+}
 
 # name -> (DistillConfig overrides and bench switches, allow TF32)
 SETTINGS: dict[str, tuple[dict, bool]] = {
@@ -144,19 +152,14 @@ def _data(batch: int, shape: tuple[int, ...], label_dim: int, device: torch.devi
 
 def build(preset: str, batch: int, setting: str, device: torch.device) -> Distiller:
     overrides, tf32 = SETTINGS[setting]
-    overrides = dict(overrides)
-    fused_norms = overrides.pop("fused_norms", True)  # False: native group norms, fused loss kernels
-    fold_biases = overrides.pop("fold_biases", True)  # False: convolution biases added by the convolutions
-    gn_strategy = overrides.pop("gn", "tiles")  # the fused group norms' launch strategy
-    augment_conv = overrides.pop("augment_conv", False)  # True: AugmentPipe pads and upsamples op by op
-    fused_bias_grad = overrides.pop("fused_bias_grad", False)  # fewer bias-gradient reductions (both candidates)
-    fused_cat = overrides.pop("fused_cat", False)  # the skip concatenation's Triton copy
+    switch = {name: overrides.get(name, default) for name, default in BENCH_SWITCHES.items()}
+    overrides = {k: v for k, v in overrides.items() if k not in BENCH_SWITCHES}
     if torch.cuda.is_available():  # for this setting's calls and captures
         from scoredistill.kernels import concat_triton, groupnorm_triton, residual_triton
 
-        groupnorm_triton.set_strategy(gn_strategy)
-        concat_triton.FUSED_CAT = fused_cat
-        residual_triton.FUSED_BIAS_GRAD = groupnorm_triton.FUSED_AFFINE_GRAD_SUMS = fused_bias_grad
+        groupnorm_triton.set_strategy(switch["gn"])
+        concat_triton.FUSED_CAT = switch["fused_cat"]
+        residual_triton.FUSED_BIAS_GRAD = groupnorm_triton.FUSED_AFFINE_GRAD_SUMS = switch["fused_bias_grad"]
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
     torch.backends.cudnn.benchmark = True  # as in the reference implementation
     torch.manual_seed(0)
@@ -167,15 +170,15 @@ def build(preset: str, batch: int, setting: str, device: torch.device) -> Distil
     data = _data(batch, G.sample_shape, G.label_dim, device)
     augment = AugmentPipe(p=AUGMENT_P) if AUGMENT_P > 0 else None
     if augment is not None:
-        augment._upsample_by_matmul = not augment_conv
+        augment._upsample_by_matmul = not switch["augment_conv"]
     d = Distiller(teacher, G, fake, losses, config, data=data, augment=augment)
-    if not fused_norms:
+    if not switch["fused_norms"]:
         for role in (teacher, G, fake):
             use_fused_norms(role, False)
     for role in (teacher, G, fake):
         for m in role.modules():
             if isinstance(m, UNetBlock):
-                m.fold_biases = fold_biases
+                m.fold_biases = switch["fold_biases"]
     return d
 
 
@@ -380,7 +383,7 @@ def profile_phases(preset: str, batch: int, device: torch.device, steps: int = 1
 
 def eager_traffic(preset: str, batch: int, device: torch.device, setting: str) -> dict[str, float]:
     """Bytes per step by kernel family, counted over one eager step of ``setting``'s kernels (`_families`)."""
-    d = _eager_fused(preset, batch, device, gn=SETTINGS[setting][0].get("gn", "tiles"))
+    d = _eager_fused(preset, batch, device, gn=SETTINGS[setting][0].get("gn", BENCH_SWITCHES["gn"]))
     traffic = traffic_per_step(d.step)
     del d
     torch.cuda.empty_cache()
