@@ -230,6 +230,9 @@ def test_upsampling_by_matrices_equals_the_padded_image_filtered(
         pipe._upsample_by_matmul = by_matmul
         x, labels = pipe(images, rng=rng(3))
         outputs.append((x, labels))
+        if by_matmul:  # again: with the fixed padding, from the matrices kept by the first call
+            assert len(pipe._fixed_matrices) == (1 if fixed else 0)
+            assert torch.equal(pipe(images, rng=rng(3))[0], x)
     (a, labels_a), (b, labels_b) = outputs
     assert torch.equal(labels_a, labels_b)
     assert (labels_a[:, 2:] != 0).any(dim=1).all()  # every image warped

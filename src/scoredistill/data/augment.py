@@ -165,6 +165,8 @@ class AugmentPipe(nn.Module):
         # Pad and upsample as two small GEMMs (True) or as separate ops over the padded image (False, the same
         # maths, but cuDNN runs it as a slow direct convolution). A switch for benchmarks and parity tests.
         self._upsample_by_matmul = True
+        # With the fixed padding the matrices depend only on the image size: built once per size and device.
+        self._fixed_matrices: dict[tuple[torch.device, int, int], tuple[Tensor, Tensor]] = {}
 
     def extra_repr(self) -> str:
         return (
@@ -334,9 +336,14 @@ class AugmentPipe(nn.Module):
         g = (h * math.sqrt(2)).float()
         y = x.reshape(batch * channels, height, width)
         if self._upsample_by_matmul:  # pad and upsample each axis as one [size, 2 padded] matrix: 2 small GEMMs
-            up_y = _pad_upsample_matrix(height, pad_top, pad_bottom, g, lead)
-            up_x = _pad_upsample_matrix(width, pad_left, pad_right, g, lead)
-            y = up_y.T @ y @ up_x
+            key = (x.device, height, width)
+            matrices = self._fixed_matrices.get(key) if fixed else None
+            if matrices is None:
+                up_y = _pad_upsample_matrix(height, pad_top, pad_bottom, g, lead)
+                matrices = (up_y.T, _pad_upsample_matrix(width, pad_left, pad_right, g, lead))
+                if fixed and not (x.is_cuda and torch.cuda.is_current_stream_capturing()):
+                    self._fixed_matrices[key] = matrices
+            y = matrices[0] @ y @ matrices[1]
         else:  # the same maths as separate ops over the padded image (the matrices' definition)
             y = _pad_upsample(y[:, None], 3, pad_left, pad_right, g, lead)
             y = _pad_upsample(y, 2, pad_top, pad_bottom, g, lead)
