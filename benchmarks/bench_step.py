@@ -59,8 +59,8 @@ BENCH_SWITCHES = {
     "fold_biases": True,  # False: convolution biases added by the convolutions
     "gn": "tiles",  # the fused group norms' launch strategy
     "augment_conv": False,  # True: AugmentPipe pads and upsamples op by op
-    "fused_bias_grad": False,  # fewer bias-gradient reductions (both candidates)
-    "fused_cat": False,  # the skip concatenation's Triton copy
+    "fused_bias_grad": True,  # fewer bias-gradient reductions (residual and group-norm backward)
+    "fused_cat": True,  # the skip concatenation's Triton copy
 }
 
 # name -> (DistillConfig overrides and bench switches, allow TF32)
@@ -87,12 +87,12 @@ SETTINGS: dict[str, tuple[dict, bool]] = {
         {"precision": "bf16", "use_kernels": True, "channels_last": True, "cuda_graphs": True, "overlap_teacher": True},
         True,
     ),
-    "graphs-cl-bgrad": (  # the residual sum's backward in one kernel, the norms' affine sums in one reduction
-        {"precision": "bf16", "use_kernels": True, "channels_last": True, "cuda_graphs": True, "fused_bias_grad": True},
+    "graphs-cl-nobgrad": (  # before: the residual backward's scale and bias sum, the norms' two affine sums apart
+        {"precision": "bf16", "use_kernels": True, "channels_last": True, "cuda_graphs": True, "fused_bias_grad": False},
         True,
     ),
-    "graphs-cl-cat": (  # the decoders' channels_last skip concatenation by a Triton copy (concat_triton.FUSED_CAT)
-        {"precision": "bf16", "use_kernels": True, "channels_last": True, "cuda_graphs": True, "fused_cat": True},
+    "graphs-cl-nocat": (  # before: the decoders' skip concatenation by torch.cat (concat_triton.FUSED_CAT off)
+        {"precision": "bf16", "use_kernels": True, "channels_last": True, "cuda_graphs": True, "fused_cat": False},
         True,
     ),
     "graphs-cl-convaug": (  # the augmentation's padding and upsampling as separate ops over the padded image

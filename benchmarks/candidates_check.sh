@@ -3,9 +3,9 @@
 # parity tests, bench_norms (both group-norm strategies beside the native composition), bench_step with each
 # candidate setting on the three workloads (same process per workload, the fast path first and last), then a sweep
 # of the one-pass group norm's tilings (tune_norms_one_pass.py) in the time left. The candidates:
-#   graphs-cl-bgrad  fewer bias-gradient reductions (residual_triton.FUSED_BIAS_GRAD and
-#                    groupnorm_triton.FUSED_AFFINE_GRAD_SUMS)
-#   graphs-cl-cat    the decoders' channels_last skip concatenation by a Triton copy (concat_triton.FUSED_CAT)
+#   graphs-cl-nobgrad  the path before the fewer bias-gradient reductions (residual_triton.FUSED_BIAS_GRAD and
+#                      groupnorm_triton.FUSED_AFFINE_GRAD_SUMS; measured 2026-12-06: they paid, now the default)
+#   graphs-cl-nocat    the path before the skip concatenation's Triton copy (concat_triton.FUSED_CAT; the same)
 #   graphs-cl-gn1    the group norms' one-pass kernels (measured 2026-12-06: slower, not adopted)
 #   graphs-cl-ot     the teacher on a second CUDA stream (measured 2026-12-06: faster, opt-in)
 #
@@ -18,7 +18,7 @@ set -u
 OUT=${OUT:-/tmp/candidates_check}
 source benchmarks/_device.sh "$OUT"
 cat "$OUT/gpu.txt"
-SETTINGS=${SETTINGS:-graphs-cl,graphs-cl-bgrad,graphs-cl-cat,graphs-cl}
+SETTINGS=${SETTINGS:-graphs-cl,graphs-cl-nobgrad,graphs-cl-nocat,graphs-cl}
 
 el "parity tests"
 P="python -m pytest -q -p no:cacheprovider -rfE"

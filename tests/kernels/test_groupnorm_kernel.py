@@ -126,11 +126,12 @@ def run_interpreter_cases() -> None:
     check((2, 16, 6, 5), 4, torch.float32, "cpu", VARIANTS[2], channels_last=False, sliced=True)
     check((2, 64, 8, 8), 16, torch.bfloat16, "cpu", VARIANTS[2], channels_last=True)
     gn.set_strategy("tiles")
-    # The weight's and bias's batch sums in one reduction (the candidate FUSED_AFFINE_GRAD_SUMS).
-    gn.FUSED_AFFINE_GRAD_SUMS = True
+    # The weight's and bias's batch sums in two reductions (FUSED_AFFINE_GRAD_SUMS off; one reduction is the default).
+    assert gn.FUSED_AFFINE_GRAD_SUMS
+    gn.FUSED_AFFINE_GRAD_SUMS = False
     for variant, cl in itertools.product(VARIANTS[:3], (False, True)):
         check((3, 24, 7, 5), 3, torch.float32, "cpu", variant, channels_last=cl)
-    gn.FUSED_AFFINE_GRAD_SUMS = False
+    gn.FUSED_AFFINE_GRAD_SUMS = True
     # The other grid order, and small tiles (several HW tiles and channel blocks per sample).
 
     gn._tiles = lambda C, HW, nhwc, backward: (16, 8, 4, True)
@@ -181,10 +182,11 @@ def test_cuda_parity(shape, groups, dtype, channels_last, strategy, monkeypatch)
 @needs_kernels
 @pytest.mark.kernels
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_cuda_parity_affine_sums_in_one_reduction(channels_last, monkeypatch):
+def test_cuda_parity_affine_sums_in_two_reductions(channels_last, monkeypatch):
+    # The default sums them in one reduction (test_cuda_parity); this is the path with the switch off.
     import scoredistill.kernels.groupnorm_triton as gn
 
-    monkeypatch.setattr(gn, "FUSED_AFFINE_GRAD_SUMS", True)
+    monkeypatch.setattr(gn, "FUSED_AFFINE_GRAD_SUMS", False)
     for variant in VARIANTS[:4]:
         check((4, 192, 64, 64), 32, torch.bfloat16, "cuda", variant, channels_last=channels_last)
 

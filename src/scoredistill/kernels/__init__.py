@@ -90,7 +90,7 @@ def fused_residual_available(h: Tensor, x: Tensor | None, bias: Tensor, use_kern
 
 def fused_cat_available(a: Tensor, b: Tensor, use_kernels: bool | None = None) -> bool:
     """Whether [`cat_channels`][scoredistill.networks.layers.cat_channels] runs its Triton kernel on these operands
-    (channels_last only, and only with the candidate switch ``concat_triton.FUSED_CAT`` on)."""
+    (channels_last only, and only with the switch ``concat_triton.FUSED_CAT`` on, its default)."""
     if not _use_fused(a, use_kernels):
         return False
     from . import concat_triton

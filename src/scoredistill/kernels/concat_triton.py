@@ -7,8 +7,8 @@ the copy bandwidth in the decoders of the EDM UNets (H100 profile, ``benchmarks/
 segments. The result is the same tensor, bit for bit; the backward (two channel slices of the gradient) is
 PyTorch's, as for ``torch.cat``.
 
-A candidate, off by default until a GPU measures it (``FUSED_CAT``; ``benchmarks/bench_step.py`` setting
-``graphs-cl-cat``). [`cat_channels`][scoredistill.networks.layers.cat_channels] dispatches to it.
+On by default (``FUSED_CAT``; ``benchmarks/bench_step.py`` setting ``graphs-cl-nocat`` turns it off, for
+comparison). [`cat_channels`][scoredistill.networks.layers.cat_channels] dispatches to it.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from .triton_utils import launch as _launch_any
 
 __all__ = ["cat_channels", "supported"]
 
-FUSED_CAT = False  # the candidate switch (see the module docstring)
+FUSED_CAT = True  # False: torch.cat everywhere (see the module docstring)
 BLOCK_P = 32  # pixels per program
 BLOCK_C = 128  # output channels per program
 NUM_WARPS = 4

@@ -67,9 +67,9 @@ TILE = 4096  # elements of one [BLOCK_HW, BLOCK_C] tile
 MAX_TILES_HW = 128  # the combine kernels hold one group's partials of all HW tiles at once
 NUM_WARPS = 8  # per program, all kernels but the combines
 COMBINE_WARPS = 4
-# Candidate, off until a GPU measures it: the weight's and the bias's batch sums of the backward in one reduction
-# (one launch per norm instead of two; these small reductions are launch-bound). bench_step: graphs-cl-bgrad.
-FUSED_AFFINE_GRAD_SUMS = False
+# The weight's and the bias's batch sums of the backward in one reduction (one launch per norm instead of two; these
+# small reductions are launch-bound). On by default; bench_step's graphs-cl-nobgrad turns it off, for comparison.
+FUSED_AFFINE_GRAD_SUMS = True
 MAX_HW = 128 * 128  # larger maps take the reference path (the tiles would outgrow the registers)
 
 

@@ -6,8 +6,8 @@ branch's last convolution is followed by the residual sum anyway, so the bias is
 ``h`` and ``x`` and writing ``y`` instead of two. Backward, ``h`` and ``x`` receive the incoming gradient (times
 ``scale``) and the bias its per-channel sum, as for the unfused ops.
 
-With ``FUSED_BIAS_GRAD`` (off by default until a GPU measures it; ``benchmarks/bench_step.py`` setting
-``graphs-cl-bgrad``), a channels_last backward also runs in one kernel: it reads the incoming gradient once, writes
+With ``FUSED_BIAS_GRAD`` (on by default; ``benchmarks/bench_step.py`` setting ``graphs-cl-nobgrad`` turns it and
+the group norms' ``FUSED_AFFINE_GRAD_SUMS`` off, for comparison), a channels_last backward also runs in one kernel: it reads the incoming gradient once, writes
 it times ``scale`` (when ``scale != 1``) and sums it per channel, in float32, into per-program partials that one
 small reduction finishes, in a fixed order (deterministic). Otherwise PyTorch scales and then reduces the
 channels_last gradient over its outer dimensions, a separate pass each.
@@ -33,7 +33,7 @@ __all__ = ["residual_add", "supported"]
 
 BLOCK = 2048
 NUM_WARPS = 4
-FUSED_BIAS_GRAD = False  # the one-kernel channels_last backward (see the module docstring)
+FUSED_BIAS_GRAD = True  # the one-kernel channels_last backward (see the module docstring)
 GRAD_ROWS = 512  # pixels (rows of the [pixels, channels] view) per program of the backward kernel
 GRAD_BLOCK_P = 32  # rows per inner step
 

@@ -312,8 +312,8 @@ def residual_add(
 def cat_channels(a: Tensor, b: Tensor, *, use_kernels: bool | None = None) -> Tensor:
     """``torch.cat([a, b], dim=1)``, the decoders' skip concatenation.
 
-    On CUDA with channels_last operands and the candidate switch `scoredistill.kernels.concat_triton` ``FUSED_CAT``
-    on, a Triton copy kernel does it; otherwise ``torch.cat``. The result is the same either way, bit for bit.
+    On CUDA with channels_last operands (and the switch `scoredistill.kernels.concat_triton` ``FUSED_CAT`` on, its
+    default), a Triton copy kernel does it; otherwise ``torch.cat``. The result is the same either way, bit for bit.
 
     Args:
         a: ``[B, Ca, H, W]``, the decoder's input.
