@@ -60,7 +60,7 @@ class DistillConfig:
             ``"fp16"``).
         overlap_teacher: In the generator phase, run the teacher on a second CUDA stream while the fake score runs
             (same input, same maths), so that small batches fill the GPU (CUDA only; off by default: +1-4% on an
-            H100 for 0.2-0.3 GiB more peak memory on CIFAR-10, see docs/performance.md).
+            H100 for up to 0.2-0.3 GiB more peak memory on CIFAR-10, a figure in doubt: see docs/performance.md).
     """
 
     batch_size: int = 256  # images per step in this process (reference: batch / world size)
