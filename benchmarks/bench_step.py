@@ -89,7 +89,13 @@ SETTINGS: dict[str, tuple[dict, bool]] = {
         True,
     ),
     "graphs-cl-nobgrad": (  # before: the residual backward's scale and bias sum, the norms' two affine sums apart
-        {"precision": "bf16", "use_kernels": True, "channels_last": True, "cuda_graphs": True, "fused_bias_grad": False},
+        {
+            "precision": "bf16",
+            "use_kernels": True,
+            "channels_last": True,
+            "cuda_graphs": True,
+            "fused_bias_grad": False,
+        },
         True,
     ),
     "graphs-cl-nocat": (  # before: the decoders' skip concatenation by torch.cat (concat_triton.FUSED_CAT off)

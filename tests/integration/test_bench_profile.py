@@ -151,3 +151,20 @@ def test_every_setting_is_a_valid_config():
     assert bench.SETTINGS["graphs-cl-ot"][0]["overlap_teacher"] is True
     switches = {k for overrides, _ in bench.SETTINGS.values() for k in overrides if k in bench.BENCH_SWITCHES}
     assert switches == set(bench.BENCH_SWITCHES)  # each switch is used by some setting
+
+
+def test_device_scripts_name_only_settings_that_bench_step_has():
+    # A misspelt setting costs a device call: every setting a device script passes or defaults to must exist.
+    import re
+
+    settings = set(_bench_step().SETTINGS)
+    passed = re.compile(r"--settings\s+([\w,-]+)")  # bench_step.py --settings a,b
+    defaults = re.compile(r"\$\{(?:SETTINGS|C10\w*|IN64):-([\w,-]+)\}")  # SETTINGS=${SETTINGS:-a,b}
+    named = []
+    for script in sorted((REPO_ROOT / "benchmarks").glob("*.sh")):
+        for line in script.read_text().splitlines():
+            code = line.split("#", 1)[0]
+            for value in passed.findall(code) + defaults.findall(code):
+                named += [(script.name, name) for name in value.split(",")]
+    assert {name for _, name in named} >= {"graphs-cl", "graphs-cl-ot", "graphs-cl-nobgrad", "baseline"}
+    assert [(script, name) for script, name in named if name not in settings] == []
