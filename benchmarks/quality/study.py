@@ -249,6 +249,7 @@ CLAIMS = (
     ("one-step SiDA beats its 35-NFE teacher", "sida", "teacher"),
     ("SiDA beats SiD (2 Mimg each, same seed)", "sida", "sid"),
     ("SiD²A beats SiD continued for the same 0.5 Mimg (same seed)", "sid2a", "sidcont"),
+    ("SiDA (2 Mimg) beats SiD²A (2 Mimg of SiD + 0.5 of SiD²A, same seed)", "sida", "sid2a"),
     ("conditional SiD beats its 35-NFE conditional teacher", "sid-cond", "teacher-cond"),
     ("conditional SiDA beats its 35-NFE conditional teacher", "sida-cond", "teacher-cond"),
     ("conditional SiDA beats conditional SiD (same seed)", "sida-cond", "sid-cond"),
