@@ -7,10 +7,10 @@ branch's last convolution is followed by the residual sum anyway, so the bias is
 ``scale``) and the bias its per-channel sum, as for the unfused ops.
 
 With ``FUSED_BIAS_GRAD`` (on by default; ``benchmarks/bench_step.py`` setting ``graphs-cl-nobgrad`` turns it and
-the group norms' ``FUSED_AFFINE_GRAD_SUMS`` off, for comparison), a channels_last backward also runs in one kernel: it reads the incoming gradient once, writes
-it times ``scale`` (when ``scale != 1``) and sums it per channel, in float32, into per-program partials that one
-small reduction finishes, in a fixed order (deterministic). Otherwise PyTorch scales and then reduces the
-channels_last gradient over its outer dimensions, a separate pass each.
+the group norms' ``FUSED_AFFINE_GRAD_SUMS`` off, for comparison), a channels_last backward also runs in one kernel:
+it reads the incoming gradient once, writes it times ``scale`` (when ``scale != 1``) and sums it per channel, in
+float32, into per-program partials that one small reduction finishes, in a fixed order (deterministic). Otherwise
+PyTorch scales and then reduces the channels_last gradient over its outer dimensions, a separate pass each.
 
 ``h`` and ``x`` must be dense with the same strides (both contiguous or both channels_last) and dtype; the sum
 runs in float32 and is rounded once to their dtype. `supported` says whether a call qualifies; the
