@@ -1,4 +1,4 @@
-"""The decoders' skip concatenation: the channels_last Triton copy (a candidate) and its dispatch.
+"""The decoders' skip concatenation: the channels_last Triton copy (the default on CUDA) and its dispatch.
 
 GPU tests skip without CUDA + Triton. A CPU test runs the kernel through Triton's interpreter
 (``TRITON_INTERPRET=1``) in a subprocess; running this file as a script executes those cases.

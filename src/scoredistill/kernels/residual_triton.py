@@ -122,9 +122,9 @@ class _ResidualAdd(torch.autograd.Function):
         need = ctx.needs_input_grad
         if need[2] and FUSED_BIAS_GRAD and channels_last(dy) and dy.is_contiguous(memory_format=torch.channels_last):
             g, g_bias = _fused_grad(dy, ctx.scale, ctx.bias_dtype)
-            return g if need[0] else None, g if need[1] else None, g_bias, None
-        g = dy if ctx.scale == 1 else dy * ctx.scale
-        g_bias = g.sum(dim=(0, 2, 3), dtype=torch.float32).to(ctx.bias_dtype) if need[2] else None
+        else:
+            g = dy if ctx.scale == 1 else dy * ctx.scale
+            g_bias = g.sum(dim=(0, 2, 3), dtype=torch.float32).to(ctx.bias_dtype) if need[2] else None
         return g if need[0] else None, g if need[1] else None, g_bias, None
 
 
