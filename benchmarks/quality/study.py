@@ -364,34 +364,35 @@ def tables(results: dict) -> str:
     run's, and the teacher's."""
     refs = {k.removeprefix("fid_") for s in results["summary"].values() for k in s if k.startswith("fid_")}
     refs = sorted(refs, key=lambda ref: (ref != "train", ref))  # the training set first
-    lines = [
-        "| method | " + " | ".join(f"FID vs {r}" for r in refs) + " | precision | recall | runs |",
-        "|---|" + "---|" * (len(refs) + 3),
-    ]
-    for method, s in results["summary"].items():
-        fids = " | ".join(_pm(s[f"fid_{r}"]) if f"fid_{r}" in s else "" for r in refs)
-        lines.append(f"| {method} | {fids} | {_pm(s['precision'], 3)} | {_pm(s['recall'], 3)} | {len(s['runs'])} |")
-    lines += ["", "| run | images | images/s | " + " | ".join(f"FID vs {r}" for r in refs) + " | last curve FID |"]
-    lines.append("|---|---|---|" + "---|" * (len(refs) + 1))
+    ref_columns = [f"FID vs {r}" for r in refs]
+    lines = _table(
+        ["method", *ref_columns, "precision", "recall", "runs"],
+        [
+            [method, *(_pm(s[f"fid_{r}"]) if f"fid_{r}" in s else "" for r in refs),
+             _pm(s["precision"], 3), _pm(s["recall"], 3), str(len(s["runs"]))]
+            for method, s in results["summary"].items()
+        ],
+    )[1:]  # fmt: skip
+    rows = []
     for name, run in results["runs"].items():
         final = run["final"] or {"fid": {}}
-        fids = " | ".join(f"{final['fid'][r]:.2f}" if r in final["fid"] else "" for r in refs)
         last = f"{run['curve'][-1][1]:.2f}" if run["curve"] else ""
-        lines.append(f"| {name} | {run['nimg']:,} | {run['images_per_s']:,.0f} | {fids} | {last} |")
+        fids = (f"{final['fid'][r]:.2f}" if r in final["fid"] else "" for r in refs)
+        rows.append([name, f"{run['nimg']:,}", f"{run['images_per_s']:,.0f}", *fids, last])
+    lines += _table(["run", "images", "images/s", *ref_columns, "last curve FID"], rows)
     offsets = _offsets(results)
     for key, ref in (("curves", "train"), ("curves_test", "test")):
         curves = results.get(key, {})
-        if not curves:
-            continue
         # In-training FID over seeds: one row per image count, one column per method.
         cells: dict[float, dict[str, str]] = {}
         for method, band in curves.items():
             for nimg, mean, std, seeds in band:
                 text = f"{mean:.2f}" if seeds == 1 else f"{mean:.2f} ± {std:.2f} ({seeds})"
                 cells.setdefault(offsets.get(method, 0.0) + nimg, {})[method] = text
-        lines += ["", f"| images (FID vs {ref}) | " + " | ".join(curves) + " |", "|---|" + "---|" * len(curves)]
-        for nimg in sorted(cells):
-            lines.append(f"| {nimg:,.0f} | " + " | ".join(cells[nimg].get(m, "") for m in curves) + " |")
+        lines += _table(
+            [f"images (FID vs {ref})", *curves],
+            [[f"{nimg:,.0f}", *(cells[nimg].get(m, "") for m in curves)] for nimg in sorted(cells)],
+        )
     claims_ = results.get("claims", [])
     held = {True: "yes", False: "**no**"}
     lines += _table(
@@ -410,15 +411,15 @@ def tables(results: dict) -> str:
             for c in results.get("crossings", [])
         ],
     )  # fmt: skip
-    if results["teacher"]:
-        named = any(t.get("name") for t in results["teacher"])  # several teachers: a column says which
-        lines += ["", ("| teacher " if named else "") + "| teacher NFE | samples | "]
-        lines[-1] += " | ".join(f"FID vs {r}" for r in refs) + " |"
-        lines.append(("|---" if named else "") + "|---|---|" + "---|" * len(refs))
-        for t in results["teacher"]:
-            fids = " | ".join(f"{t['fid'][r]:.2f}" if r in t["fid"] else "" for r in refs)
-            which = f"| {t.get('name') or 'default'} " if named else ""
-            lines.append(f"{which}| {t['nfe']} | {t['n']:,} | {fids} |")
+    named = any(t.get("name") for t in results["teacher"])  # several teachers: a column says which
+    lines += _table(
+        [*(["teacher"] if named else []), "teacher NFE", "samples", *ref_columns],
+        [
+            [*([t.get("name") or "default"] if named else []), str(t["nfe"]), f"{t['n']:,}",
+             *(f"{t['fid'][r]:.2f}" if r in t["fid"] else "" for r in refs)]
+            for t in results["teacher"]
+        ],
+    )  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
