@@ -3,9 +3,8 @@
 # parity tests, then bench_step with each setting on the three workloads (one process per workload, the fast path
 # first and last, each setting's peak memory counted from a clean slate). The settings it times by default:
 #   graphs-cl          the fast path, as users run it
-#   graphs-cl-ot       the teacher on a second CUDA stream (measured 2026-12-06: +1.4% to +4.3%, opt-in because
-#                      its peak memory looked 0.2-0.3 GiB higher in processes where that figure was confounded;
-#                      this measures it clean)
+#   graphs-cl-noot     the path before the teacher went on a second CUDA stream by default (DistillConfig.overlap_teacher;
+#                      measured 2026-12-06 with each setting's own peak memory: +1.0% to +4.6%, 0.06 GiB)
 #   graphs-cl-nobgrad  the path before the fewer bias-gradient reductions (residual_triton.FUSED_BIAS_GRAD and
 #                      groupnorm_triton.FUSED_AFFINE_GRAD_SUMS; measured 2026-12-06 one at a time: they paid, now the
 #                      default)
@@ -22,7 +21,7 @@ set -u
 OUT=${OUT:-/tmp/candidates_check}
 source benchmarks/_device.sh "$OUT"
 cat "$OUT/gpu.txt"
-SETTINGS=${SETTINGS:-graphs-cl,graphs-cl-ot,graphs-cl-nobgrad,graphs-cl-nocat,graphs-cl}
+SETTINGS=${SETTINGS:-graphs-cl,graphs-cl-noot,graphs-cl-nobgrad,graphs-cl-nocat,graphs-cl}
 
 el "parity tests"
 P="python -m pytest -q -p no:cacheprovider -rfE"

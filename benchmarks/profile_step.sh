@@ -5,7 +5,7 @@
 # launching operator. Each part has its own limit and is skipped when the call's 570 s would not cover it.
 #
 #   device: bash benchmarks/profile_step.sh     (carry .devdata, which holds Z below; results in $OUT)
-#           C10="graphs-cl-convaug,graphs-cl-ot" IN64="graphs-cl-ot" TESTS="tests/training/test_augment.py" \
+#           C10="graphs-cl-noot,graphs-cl" IN64="graphs-cl" TESTS="tests/training/test_augment.py" \
 #             bash benchmarks/profile_step.sh    (other settings: the last one is profiled; tests first, if given)
 #
 # Z: a CIFAR-10 dataset zip (default .devdata/cifar10-test-jpeg75.zip) for the zip + augmentation rows. Every table

@@ -82,8 +82,9 @@ def _parser(**defaults: str) -> argparse.ArgumentParser:
     p.add_argument("--channels-last", action="store_true", help="NHWC networks (with the fused norms on CUDA)")
     p.add_argument(
         "--overlap-teacher",
-        action="store_true",
-        help="the teacher on a second CUDA stream beside the fake score (DistillConfig.overlap_teacher; CUDA only)",
+        action=argparse.BooleanOptionalAction,
+        help="the teacher on a second CUDA stream beside the fake score (DistillConfig.overlap_teacher; default: on "
+        "for CUDA in one process without --compile)",
     )
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--log-kimg", type=positive, default=10.0)

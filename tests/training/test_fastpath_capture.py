@@ -163,6 +163,20 @@ def test_teacher_overlap_refused_off_cuda():
         Evaluation(fake_batch, fake_score=fake, teacher=teacher, side_stream=object())
 
 
+def test_teacher_overlap_default_is_on_only_where_measured_and_tested():
+    """``overlap_teacher=None`` (the default) resolves to on for a CUDA device in one process without torch.compile,
+    and off elsewhere; an explicit True or False is kept."""
+    from scoredistill.training.distill import _overlap_teacher
+
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert _overlap_teacher(DistillConfig(), cuda, world=1)
+    assert not _overlap_teacher(DistillConfig(), cpu, world=1)
+    assert not _overlap_teacher(DistillConfig(), cuda, world=2)
+    assert not _overlap_teacher(DistillConfig(compile="blocks"), cuda, world=1)
+    assert not _overlap_teacher(DistillConfig(overlap_teacher=False), cuda, world=1)
+    assert _overlap_teacher(DistillConfig(overlap_teacher=True), cuda, world=2)
+
+
 def test_all_fixed_padding_draws_match_over_many_seeds():
     # Extreme draws (p = 1, wide distributions) hit the padding cap: both paths still agree there.
     x = torch.rand(8, 1, 8, 8)

@@ -179,7 +179,8 @@ def test_teacher_on_a_side_stream_repeats_the_serial_run(method, graphs):
 
 
 def test_full_size_network_with_the_teacher_on_a_side_stream():
-    """The CIFAR-10 DDPM++ at full size, SiDA in bf16 captured, as bench_step's graphs-cl-ot setting runs it."""
+    """The CIFAR-10 DDPM++ at full size, SiDA in bf16 captured, as bench_step's graphs-cl setting runs it (the
+    teacher on a second stream, the default on one GPU)."""
     full = {"dropout": 0.13}
     runs = [
         trace(

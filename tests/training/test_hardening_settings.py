@@ -51,7 +51,7 @@ BAD_CONFIG = {
     "compile_mode": [3],
     "compile_cache_dir": [3, "/tmp/cache"],  # a path needs compile on
     "cuda_graphs": [None, 0],
-    "overlap_teacher": [None, 1],
+    "overlap_teacher": [1, "yes"],
 }
 
 

@@ -59,8 +59,9 @@ class DistillConfig:
         cuda_graphs: Capture each regime's whole iteration in a CUDA graph and replay it (CUDA only; not with
             ``"fp16"``).
         overlap_teacher: In the generator phase, run the teacher on a second CUDA stream while the fake score runs
-            (same input, same maths), so that small batches fill the GPU (CUDA only; off by default: +1-4% on an
-            H100 for up to 0.2-0.3 GiB more peak memory on CIFAR-10, a figure in doubt: see docs/performance.md).
+            (same input, same maths), so that small batches fill the GPU. ``None``: on where it has been measured and
+            tested, i.e. on a CUDA device in one process without ``torch.compile`` (+1-5% on an H100 for 0.06 GiB
+            more peak memory; see docs/performance.md); ``True`` asks for it anywhere on CUDA, ``False`` turns it off.
     """
 
     batch_size: int = 256  # images per step in this process (reference: batch / world size)
@@ -84,7 +85,7 @@ class DistillConfig:
     compile_mode: str | None = None  # torch.compile mode, e.g. "max-autotune-no-cudagraphs"
     compile_cache_dir: str | None = None
     cuda_graphs: bool = False  # capture each regime's whole iteration in a CUDA graph and replay it (CUDA only)
-    overlap_teacher: bool = False  # the teacher on a second CUDA stream beside the fake score (generator phase)
+    overlap_teacher: bool | None = None  # the teacher on a second CUDA stream beside the fake score: None = auto
 
     def __post_init__(self) -> None:
         self.validate()
@@ -118,7 +119,7 @@ class DistillConfig:
         check_bool("use_kernels", self.use_kernels, optional=True)
         check_bool("channels_last", self.channels_last)
         check_bool("cuda_graphs", self.cuda_graphs)
-        check_bool("overlap_teacher", self.overlap_teacher)
+        check_bool("overlap_teacher", self.overlap_teacher, optional=True)
         check_choice("compile", self.compile, ("off", "blocks", "network"))
         if self.compile_mode is not None and not isinstance(self.compile_mode, str):
             raise TypeError(f"compile_mode must be a torch.compile mode string or None, got {self.compile_mode!r}")

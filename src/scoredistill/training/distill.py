@@ -72,6 +72,14 @@ def sanitize_grads(params: Sequence[nn.Parameter], clip_value: float | None = No
         torch._foreach_clamp_max_(grads, clip_value)
 
 
+def _overlap_teacher(config: DistillConfig, device: torch.device, world: int) -> bool:
+    """``config.overlap_teacher`` resolved: ``None`` is on where it has been measured and tested (a CUDA device, one
+    process, no ``torch.compile``)."""
+    if config.overlap_teacher is not None:
+        return config.overlap_teacher
+    return device.type == "cuda" and world == 1 and config.compile == "off"
+
+
 def _drop_nonfinite_samples(grad: Tensor) -> Tensor:
     """Zero the gradient of G's output for samples where it is not finite, keeping the others.
 
@@ -173,7 +181,8 @@ class Distiller:
         for switch in ("cuda_graphs", "overlap_teacher"):  # CUDA graphs; the teacher on a second CUDA stream
             if getattr(config, switch) and self.device.type != "cuda":
                 raise ValueError(f"{switch} needs the networks on a CUDA device, not {self.device}")
-        self.side_stream = torch.cuda.Stream(self.device) if config.overlap_teacher else None
+        overlap = _overlap_teacher(config, self.device, self.world)
+        self.side_stream = torch.cuda.Stream(self.device) if overlap else None
         fused = {"fused": True, "capturable": config.cuda_graphs} if self.device.type == "cuda" else {"foreach": True}
         self.g_params = list(generator.parameters())
         self.f_params = list(fake_score.parameters()) + [
