@@ -62,6 +62,7 @@ BENCH_SWITCHES = {
     "augment_conv": False,  # True: AugmentPipe pads and upsamples op by op
     "fused_bias_grad": True,  # fewer bias-gradient reductions (residual and group-norm backward)
     "fused_cat": True,  # the skip concatenation's Triton copy
+    "split_qkv": False,  # True: the channels_last attention's q, k and v by three GEMMs (UNetBlock.split_qkv)
 }
 
 # name -> (DistillConfig overrides and bench switches, allow TF32)
@@ -107,6 +108,10 @@ SETTINGS: dict[str, tuple[dict, bool]] = {
     ),
     "graphs-cl-nocat": (  # before: the decoders' skip concatenation by torch.cat (concat_triton.FUSED_CAT off)
         {"precision": "bf16", "use_kernels": True, "channels_last": True, "cuda_graphs": True, "fused_cat": False},
+        True,
+    ),
+    "graphs-cl-splitqkv": (  # candidate: q, k and v by three GEMMs, so SDPA's backward needs no stack or layout copy
+        {"precision": "bf16", "use_kernels": True, "channels_last": True, "cuda_graphs": True, "split_qkv": True},
         True,
     ),
     "graphs-cl-convaug": (  # the augmentation's padding and upsampling as separate ops over the padded image
@@ -193,6 +198,7 @@ def build(preset: str, batch: int, setting: str, device: torch.device) -> Distil
         for m in role.modules():
             if isinstance(m, UNetBlock):
                 m.fold_biases = switch["fold_biases"]
+                m.split_qkv = switch["split_qkv"]
     return d
 
 

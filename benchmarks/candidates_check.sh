@@ -3,15 +3,16 @@
 # parity tests, then bench_step with each setting on the three workloads (one process per workload, the fast path
 # first and last, each setting's peak memory counted from a clean slate). The settings it times by default:
 #   graphs-cl          the fast path, as users run it
-#   graphs-cl-noot     the path before the teacher went on a second CUDA stream by default (DistillConfig.overlap_teacher;
-#                      measured 2026-12-06 with each setting's own peak memory: +1.0% to +4.6%, 0.06 GiB)
-#   graphs-cl-nobgrad  the path before the fewer bias-gradient reductions (residual_triton.FUSED_BIAS_GRAD and
-#                      groupnorm_triton.FUSED_AFFINE_GRAD_SUMS; measured 2026-12-06 one at a time: they paid, now the
-#                      default)
-#   graphs-cl-nocat    the path before the skip concatenation's Triton copy (concat_triton.FUSED_CAT; the same)
-# Measured and settled (2026-12-06), for SETTINGS=...: graphs-cl-gn1 (the group norms' one-pass kernels: slower,
-# not adopted; bench_norms.py and tune_norms_one_pass.py time them alone) and graphs-cl-convaug (the augmentation's
-# op-by-op padding and upsampling: slower, replaced).
+#   graphs-cl-splitqkv the channels_last attention's q, k and v by three GEMMs (UNetBlock.split_qkv), so that SDPA's
+#                      backward neither stacks their gradients nor copies them into the qkv GEMM's layout (about 12 ms
+#                      of a 273 ms eager ImageNet-64 step on an H100, 2026-12-06)
+#   graphs-cl-noot     the path before the teacher went on a second CUDA stream by default (DistillConfig.
+#                      overlap_teacher; measured 2026-12-06 with each setting's own peak memory: +1.0% to +4.6%,
+#                      0.06 GiB), kept as a yardstick of the noise between sessions
+# Measured and settled (2026-12-06), for SETTINGS=...: graphs-cl-nobgrad and graphs-cl-nocat (the paths before the
+# fewer bias-gradient reductions and the concatenation kernel: both paid, now the default), graphs-cl-gn1 (the
+# group norms' one-pass kernels: slower, not adopted; bench_norms.py and tune_norms_one_pass.py time them alone) and
+# graphs-cl-convaug (the augmentation's op-by-op padding and upsampling: slower, replaced).
 #
 #   device: bash benchmarks/candidates_check.sh      (carry .devdata for the CIFAR-10 zip rows; results in $OUT)
 #           QUICK=1 bash benchmarks/candidates_check.sh    (the tests and CIFAR-10 batch 32 only: at most 4.5
@@ -21,7 +22,7 @@ set -u
 OUT=${OUT:-/tmp/candidates_check}
 source benchmarks/_device.sh "$OUT"
 cat "$OUT/gpu.txt"
-SETTINGS=${SETTINGS:-graphs-cl,graphs-cl-noot,graphs-cl-nobgrad,graphs-cl-nocat,graphs-cl}
+SETTINGS=${SETTINGS:-graphs-cl,graphs-cl-splitqkv,graphs-cl-noot,graphs-cl}
 
 el "parity tests"
 P="python -m pytest -q -p no:cacheprovider -rfE"
@@ -30,8 +31,9 @@ timeout 170 $P tests/kernels/test_groupnorm_kernel.py -k "cuda_parity and tiles 
 timeout 170 $P tests/kernels/test_residual_kernel.py tests/kernels/test_concat_kernel.py \
   > "$OUT/residual_tests.txt" 2>&1 &
 timeout 170 $P tests/training/test_gpu_matrix.py -k side_stream > "$OUT/overlap_tests.txt" 2>&1 &
+timeout 170 $P tests/networks/test_networks.py -k "split_qkv or channels_last_attention" > "$OUT/attention_tests.txt" 2>&1 &
 wait
-tail -n 3 "$OUT/gn_tests.txt" "$OUT/residual_tests.txt" "$OUT/overlap_tests.txt"
+tail -n 3 "$OUT/gn_tests.txt" "$OUT/residual_tests.txt" "$OUT/overlap_tests.txt" "$OUT/attention_tests.txt"
 data=(); [ -f "$Z" ] && data=(--data "$Z" --augment 0.12)
 B="benchmarks/bench_step.py --out $OUT/candidates.md --no-mfu --warmup 4 --steps 20 --settings $SETTINGS"
 el "bench_step CIFAR-10 batch 32"

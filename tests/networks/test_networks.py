@@ -339,14 +339,17 @@ def test_box_resampling_matches_the_fir_convolution(up, fused, kernel):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("split", [False, True])
 @pytest.mark.parametrize("heads", [1, 4])
-def test_channels_last_attention_matches_contiguous_with_gradients(heads: int) -> None:
-    # The channels_last attention reorders the qkv convolution's output channels; outputs and every gradient
-    # (the qkv weight and bias in EDM's [head, channel, (q, k, v)] order included) must equal the contiguous path.
+def test_channels_last_attention_matches_contiguous_with_gradients(heads: int, split: bool) -> None:
+    # The channels_last attention reorders the qkv convolution's output channels (and, with split_qkv, computes q, k
+    # and v by three GEMMs); outputs and every gradient (the qkv weight and bias in EDM's [head, channel, (q, k, v)]
+    # order included) must equal the contiguous path.
     from scoredistill.networks.layers import UNetBlock
 
     torch.manual_seed(0)
     block = UNetBlock(16, 16, 8, attention=True, num_heads=heads)
+    block.split_qkv = split
     with torch.no_grad():
         for p in block.parameters():
             p.copy_(torch.randn_like(p) / (p[0].numel() ** 0.5 if p.dim() > 1 else 4))
@@ -362,3 +365,58 @@ def test_channels_last_attention_matches_contiguous_with_gradients(heads: int) -
     assert outs[1][0].is_contiguous(memory_format=torch.channels_last)
     for ref, got in zip(*outs):
         torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def _autograd_nodes(t: torch.Tensor) -> set[str]:
+    seen, names, stack = set(), set(), [t.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        stack.extend(fn for fn, _ in node.next_functions)
+    return names
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_split_qkv_leaves_no_gradient_stacking_in_the_attention_backward(split: bool) -> None:
+    # What split_qkv is for: with one qkv GEMM, q, k and v are unbound from one tensor and autograd stacks their
+    # gradients (UnbindBackward0, a cat) before copying them into the GEMM's layout; with three GEMMs it does not.
+    from scoredistill.networks.layers import UNetBlock
+
+    block = UNetBlock(16, 16, 8, attention=True, num_heads=2).to(memory_format=torch.channels_last)
+    block.split_qkv = split
+    x = torch.randn(2, 16, 4, 4).contiguous(memory_format=torch.channels_last).requires_grad_()
+    nodes = _autograd_nodes(block(x, torch.randn(2, 8)))
+    assert ("UnbindBackward0" in nodes) is not split
+
+
+@pytest.mark.kernels
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_split_qkv_on_cuda_equals_one_qkv_gemm_to_bf16_rounding() -> None:
+    """ImageNet-64's ADM backbone in bf16 channels_last on CUDA (SDPA's fused kernels): output and input gradient
+    with q, k and v by three GEMMs agree with one GEMM to bf16 rounding."""
+    from scoredistill.networks.layers import UNetBlock
+    from scoredistill.roles.precond import edm_precond
+
+    torch.manual_seed(0)
+    net = edm_precond("imagenet-64x64").cuda().eval().to(memory_format=torch.channels_last)
+    with torch.no_grad():  # the zero-initialised projections would hide the attention
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    labels = torch.nn.functional.one_hot(torch.arange(2, device="cuda") % 1000, net.label_dim).float()
+    x = torch.randn(2, 3, 64, 64, device="cuda").contiguous(memory_format=torch.channels_last)
+    sigma = torch.tensor([0.5, 5.0], device="cuda")
+    outputs = []
+    for split in (False, True):
+        for m in net.modules():
+            if isinstance(m, UNetBlock):
+                m.split_qkv = split
+        xx = x.clone().requires_grad_()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            y = net(xx, sigma, labels)
+        (grad,) = torch.autograd.grad(y.square().sum(), xx)
+        outputs.append((y.float(), grad.float()))
+    for a, b in zip(*outputs, strict=True):
+        assert torch.isfinite(a).all() and (a - b).norm() <= 2e-2 * a.norm()

@@ -551,9 +551,18 @@ class UNetBlock(nn.Module):
             if bias is not None:
                 bias = rearrange(bias, "(heads d three) -> (three heads d)", heads=heads, three=3).to(xn.dtype)
             rows = rearrange(xn, "b c h w -> (b h w) c")  # a view: channels_last is [B, H, W, C] in memory
-            qkv = F.linear(rows, weight, bias)
-            # Column blocks of the [B * HW, 3C] product, read in place: [B, heads, HW, head_channels], strided.
-            q, k, v = rearrange(qkv, "(b n) (three heads d) -> three b heads n d", b=b, three=3, heads=heads)
+            if self.split_qkv:
+                # One [B * HW, C] GEMM each: SDPA's backward can then hand back each gradient in its input's layout,
+                # which the linear's backward reads in place (no stacking of the three, no layout copy).
+                biases = (None,) * 3 if bias is None else bias.chunk(3)
+                q, k, v = (
+                    rearrange(F.linear(rows, w, b_), "(b n) (heads d) -> b heads n d", b=b, heads=heads)
+                    for w, b_ in zip(weight.chunk(3), biases, strict=True)
+                )
+            else:
+                qkv = F.linear(rows, weight, bias)
+                # Column blocks of the [B * HW, 3C] product, read in place: [B, heads, HW, head_channels], strided.
+                q, k, v = rearrange(qkv, "(b n) (three heads d) -> three b heads n d", b=b, three=3, heads=heads)
             a = rearrange(F.scaled_dot_product_attention(q, k, v), "b heads n d -> (b n) (heads d)")
             proj_b = self.proj.bias.to(a.dtype) if proj_bias and self.proj.bias is not None else None
             out = F.linear(a, rearrange(self.proj.weight, "o c 1 1 -> o c").to(a.dtype), proj_b)
@@ -596,6 +605,12 @@ class UNetBlock(nn.Module):
 
     fold_biases: bool = True
     """Fold the convolution biases into the fused kernels that follow them when those run (see ``forward``)."""
+
+    split_qkv: bool = False
+    """Candidate (channels_last attention): q, k and v by three GEMMs instead of one, so that SDPA's backward need not
+    stack their gradients and copy them into the qkv product's layout (on ImageNet-64 those two copies took about 12
+    ms of a 273 ms step on an H100). The same products; off until it is timed (``bench_step.py`` setting
+    ``graphs-cl-splitqkv``)."""
 
     def _fold_biases(self, x: Tensor) -> bool:
         convs = (self.conv0, self.conv1, self.proj) if self.num_heads else (self.conv0, self.conv1)
