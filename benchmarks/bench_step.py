@@ -114,6 +114,16 @@ SETTINGS: dict[str, tuple[dict, bool]] = {
         {"precision": "bf16", "use_kernels": True, "channels_last": True, "cuda_graphs": True, "split_qkv": True},
         True,
     ),
+    "graphs-cl-shareenc": (  # candidate: SiDA's fake-score phase, one encoder pass over generator and real images
+        {
+            "precision": "bf16",
+            "use_kernels": True,
+            "channels_last": True,
+            "cuda_graphs": True,
+            "share_encoder_pass": True,
+        },
+        True,
+    ),
     "graphs-cl-convaug": (  # the augmentation's padding and upsampling as separate ops over the padded image
         {"precision": "bf16", "use_kernels": True, "channels_last": True, "cuda_graphs": True, "augment_conv": True},
         True,

@@ -6,6 +6,8 @@
 #   graphs-cl-splitqkv the channels_last attention's q, k and v by three GEMMs (UNetBlock.split_qkv), so that SDPA's
 #                      backward neither stacks their gradients nor copies them into the qkv GEMM's layout (about 12 ms
 #                      of a 273 ms eager ImageNet-64 step on an H100, 2026-12-06)
+#   graphs-cl-shareenc SiDA's fake-score phase with one encoder pass over the generator samples and the real images
+#                      (DistillConfig.share_encoder_pass) instead of a full pass and an encoder-only pass
 #   graphs-cl-noot     the path before the teacher went on a second CUDA stream by default (DistillConfig.
 #                      overlap_teacher; measured 2026-12-06 with each setting's own peak memory: +1.0% to +4.6%,
 #                      0.06 GiB), kept as a yardstick of the noise between sessions
@@ -22,7 +24,7 @@ set -u
 OUT=${OUT:-/tmp/candidates_check}
 source benchmarks/_device.sh "$OUT"
 cat "$OUT/gpu.txt"
-SETTINGS=${SETTINGS:-graphs-cl,graphs-cl-splitqkv,graphs-cl-noot,graphs-cl}
+SETTINGS=${SETTINGS:-graphs-cl,graphs-cl-splitqkv,graphs-cl-shareenc,graphs-cl-noot,graphs-cl}
 
 el "parity tests"
 P="python -m pytest -q -p no:cacheprovider -rfE"
@@ -31,7 +33,8 @@ timeout 170 $P tests/kernels/test_groupnorm_kernel.py -k "cuda_parity and tiles 
 timeout 170 $P tests/kernels/test_residual_kernel.py tests/kernels/test_concat_kernel.py \
   > "$OUT/residual_tests.txt" 2>&1 &
 timeout 170 $P tests/training/test_gpu_matrix.py -k side_stream > "$OUT/overlap_tests.txt" 2>&1 &
-timeout 170 $P tests/networks/test_networks.py -k "split_qkv or channels_last_attention" > "$OUT/attention_tests.txt" 2>&1 &
+timeout 170 $P tests/networks/test_networks.py tests/training/test_gpu_matrix.py \
+  -k "split_qkv or channels_last_attention or shared_encoder" > "$OUT/attention_tests.txt" 2>&1 &
 wait
 tail -n 3 "$OUT/gn_tests.txt" "$OUT/residual_tests.txt" "$OUT/overlap_tests.txt" "$OUT/attention_tests.txt"
 data=(); [ -f "$Z" ] && data=(--data "$Z" --augment 0.12)

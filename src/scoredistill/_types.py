@@ -54,6 +54,10 @@ class EncoderBackbone(Backbone, Protocol):
 
     The logit map is the channel mean of the last encoder block's output (before the decoder's middle
     blocks), shape ``[B, 1, h, w]``, float32.
+
+    Optional: ``forward_with_logits_shared(x, noise_labels, class_labels, augment_labels, *, decode)``, one
+    encoder pass over the batch and the decoder over its first ``decode`` samples, returning
+    ``(F(x[:decode]), logits)``; ``DistillConfig.share_encoder_pass`` needs it.
     """
 
     def forward_with_logits(

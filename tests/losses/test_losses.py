@@ -139,6 +139,28 @@ def test_evaluation_runs_each_network_once():
     assert calls == {"teacher": 1, "fake": 2, "enc": 1}
 
 
+def test_evaluation_with_a_shared_encoder_pass_runs_the_fake_score_once():
+    """``share_encoder``: the fake-score phase's two passes (the fakes in full, the real images' encoder) become one
+    ``score_and_logits`` call whichever term asks first; real images noised otherwise than the fakes are refused."""
+    _, G, fake = tiny_image_roles()
+    calls = []
+    shared = fake.score_and_logits
+    fake.score = fake.logits = lambda *a, **k: pytest.fail("a separate pass ran")
+    fake.score_and_logits = lambda *a, **k: calls.append(1) or shared(*a, **k)
+    x_g = G.sample(4, rng=torch.Generator().manual_seed(0)).detach()
+    noised = Noised(x_g, torch.randn_like(x_g), torch.ones(4))
+    for first in ("logits_real", "fake_out"):
+        calls.clear()
+        ev = Evaluation(noised, fake_score=fake, real=noised.with_x0(torch.zeros_like(x_g)), share_encoder=True)
+        getattr(ev, first)
+        for loss in (DSMLoss(), AdversarialEncoderLoss()):
+            assert torch.isfinite(loss.fake_score_loss(ev).loss).all()
+        assert calls == [1]
+    other = Noised(torch.zeros_like(x_g), noised.noise, torch.ones(4) * 2)
+    with pytest.raises(ValueError, match="the fakes' sigma and labels"):
+        Evaluation(noised, fake_score=fake, real=other, share_encoder=True)
+
+
 # -- the protocol is open: Diff-Instruct / DMD's distribution-matching gradient with the public API ---------
 
 

@@ -420,3 +420,60 @@ def test_split_qkv_on_cuda_equals_one_qkv_gemm_to_bf16_rounding() -> None:
         outputs.append((y.float(), grad.float()))
     for a, b in zip(*outputs, strict=True):
         assert torch.isfinite(a).all() and (a - b).norm() <= 2e-2 * a.norm()
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        SongUNetConfig(**TINY_SONG, label_dim=3, augment_dim=9),
+        SongUNetConfig(**TINY_SONG, **NCSNPP_SKIP),
+        DhariwalUNetConfig(**TINY_ADM, label_dim=3),
+        "tiny",
+    ],
+    ids=["ddpmpp", "ncsnpp-skip", "adm", "tinyunet"],
+)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_shared_encoder_pass_equals_a_full_pass_and_an_encoder_pass(config, channels_last) -> None:
+    """``score_and_logits`` (SiDA's fake-score phase with ``share_encoder_pass``): one encoder pass over generator
+    samples and real images gives the full pass's output and logits and the encoder-only pass's logits, and the
+    same parameter gradients."""
+    from scoredistill import FakeScore, Precond
+    from scoredistill.networks.toy import TinyUNet
+
+    torch.manual_seed(0)
+    if config == "tiny":
+        D = Precond(TinyUNet(img_channels=3, channels=8, augment_dim=9), augment_dim=9)
+        label_dim, augment_dim = 0, 9
+    else:
+        D, label_dim, augment_dim = edm_precond(config), config.label_dim, config.augment_dim
+    with torch.no_grad():  # the zero-initialised output convolutions would hide the decoder
+        for p in D.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    fake_score = FakeScore(D.eval())
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    fake_score.to(memory_format=fmt)
+    x, other = (torch.randn(3, 3, 8, 8).contiguous(memory_format=fmt) for _ in range(2))
+    sigma = torch.tensor([0.3, 2.0, 20.0])
+    labels = torch.nn.functional.one_hot(torch.tensor([0, 2, 1]), 3).float() if label_dim else None
+    aug, aug_other = (torch.randn(3, augment_dim) if augment_dim else None for _ in range(2))
+    results = []
+    for shared in (False, True):
+        fake_score.zero_grad()
+        if shared:
+            out, other_logits = fake_score.score_and_logits(x, sigma, labels, aug, other, aug_other)
+        else:
+            out = fake_score.score(x, sigma, labels, aug)
+            other_logits = fake_score.logits(other, sigma, labels, aug_other)
+        loss = out.denoised.square().sum() + out.logits.sum() - 2 * other_logits.sum()
+        loss.backward()
+        results.append([out.denoised, out.logits, other_logits, *(p.grad.clone() for p in fake_score.parameters())])
+    for a, b in zip(*results, strict=True):  # the gradients' batch sums in another order
+        torch.testing.assert_close(b, a, rtol=2e-4, atol=1e-4)
+
+
+def test_shared_encoder_pass_is_refused_where_the_backbone_cannot_share() -> None:
+    from scoredistill import FakeScore, Precond
+    from scoredistill.networks.toy import MLP
+
+    with pytest.raises(TypeError, match="cannot share one encoder pass"):
+        FakeScore(Precond(MLP(2, 8, depth=2))).score_and_logits(torch.zeros(2, 2), 1.0, None, None, torch.zeros(2, 2))

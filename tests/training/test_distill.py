@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -268,3 +269,28 @@ def test_step_names_its_phases_for_the_profiler():
         d.step()
     counts = {e.key: e.count for e in prof.key_averages() if e.key.startswith("scoredistill/")}
     assert counts == dict(zip(phases, [2, 2, 1, 2], strict=True))
+
+
+def test_shared_encoder_pass_repeats_the_two_pass_run():
+    """``share_encoder_pass``: SiDA's fake-score phase with one encoder pass over generator samples and real images
+    trains as the full pass plus the encoder-only pass does (no dropout here: the same values to rounding)."""
+    runs = []
+    for shared in (False, True):
+        d = _sida(share_encoder_pass=shared)
+        if shared:  # the real images' logits come from the shared pass, never from an encoder-only one
+            d.fake_score.logits = lambda *args, **kwargs: pytest.fail("an encoder-only pass ran")
+        logs = [d.step() for _ in range(3)]
+        runs.append((d, logs))
+    (a, logs_a), (b, logs_b) = runs
+    for la, lb in zip(logs_a, logs_b, strict=True):
+        assert la.keys() == lb.keys() and any(k.endswith("fake_score_loss") for k in la)
+        for k in la:
+            assert math.isclose(float(la[k]), float(lb[k]), rel_tol=1e-4, abs_tol=1e-6), k
+    for pa, pb in zip([*a.g_params, *a.f_params], [*b.g_params, *b.f_params], strict=True):
+        torch.testing.assert_close(pb, pa, rtol=1e-4, atol=1e-6)
+
+
+def test_shared_encoder_pass_is_refused_for_a_backbone_that_cannot_share():
+    teacher, G, fake = tiny_vector_roles()
+    with pytest.raises(ValueError, match="share_encoder_pass needs a fake-score backbone"):
+        Distiller(teacher, G, fake, [SiDLoss(), DSMLoss()], DistillConfig(share_encoder_pass=True))

@@ -178,6 +178,20 @@ def test_teacher_on_a_side_stream_repeats_the_serial_run(method, graphs):
     assert_close_parameters(runs[False][0], runs[True][0], start, "fp32")
 
 
+@pytest.mark.parametrize("teacher_kind", ["uncond-noaug", "cond-aug"])
+@pytest.mark.parametrize("method", ["sida", "sid2a"])
+def test_shared_encoder_pass_captured_repeats_the_eager_run(method, teacher_kind):
+    """DistillConfig.share_encoder_pass (one encoder pass over the generator samples and the real images in the
+    fake-score phase) captures, and the captured run repeats its eager run."""
+    runs, start = {}, None
+    for graphs in (False, True):
+        d = build(method, teacher_kind, precision="fp32", rounds=2, graphs=graphs, share_encoder_pass=True)
+        start = start or initial(d)
+        runs[graphs] = d, trace(d, STEPS)
+    assert_same_trace(runs[False][1], runs[True][1], "fp32")
+    assert_close_parameters(runs[False][0], runs[True][0], start, "fp32")
+
+
 def test_full_size_network_with_the_teacher_on_a_side_stream():
     """The CIFAR-10 DDPM++ at full size, SiDA in bf16 captured, as bench_step's graphs-cl setting runs it (the
     teacher on a second stream, the default on one GPU)."""

@@ -52,6 +52,7 @@ BAD_CONFIG = {
     "compile_cache_dir": [3, "/tmp/cache"],  # a path needs compile on
     "cuda_graphs": [None, 0],
     "overlap_teacher": [1, "yes"],
+    "share_encoder_pass": [None, 1],
 }
 
 

@@ -46,6 +46,9 @@ class Evaluation:
         side_stream: A second CUDA stream on which the teacher runs while the fake score runs on the current one,
             when a loss asks for both (``DistillConfig.overlap_teacher``). Same inputs, same maths; the two
             networks' forward and backward passes overlap on the GPU. ``None``: one after the other.
+        share_encoder: With ``real``, compute the fake score's output on ``fake`` and its logits on ``real`` from
+            one encoder pass over both batches (``DistillConfig.share_encoder_pass``); the same values up to
+            rounding and dropout's draws.
     """
 
     def __init__(
@@ -58,6 +61,7 @@ class Evaluation:
         nimg: int = 0,
         use_kernels: bool | None = None,
         side_stream: torch.cuda.Stream | None = None,
+        share_encoder: bool = False,
     ):
         if real is not None and real.x0.shape != fake.x0.shape:
             raise ValueError(f"real {tuple(real.x0.shape)} and fake {tuple(fake.x0.shape)} batches must match")
@@ -66,6 +70,9 @@ class Evaluation:
         self.fake, self.real, self.nimg = fake, real, nimg
         self._fake_score, self._teacher, self._use_kernels = fake_score, teacher, use_kernels
         self._side = side_stream
+        self._share_encoder = share_encoder and real is not None
+        if self._share_encoder and (real.sigma is not fake.sigma or real.labels is not fake.labels):
+            raise ValueError("share_encoder needs real images noised with the fakes' sigma and labels (with_x0)")
         self._terms: dict[float, tuple[Tensor, Tensor, Tensor | None]] = {}
 
     @cached_property
@@ -93,7 +100,14 @@ class Evaluation:
     @cached_property
     def fake_out(self) -> ScoreOutput:
         """The fake score's denoised estimate and logits at ``x_t``, from one forward pass."""
-        return self._fake_score.score(self.x_t, self.fake.sigma, self.fake.labels, self.fake.augment_labels)
+        fake = self.fake
+        if self._share_encoder:  # the real images' logits from the same encoder pass (cached for logits_real)
+            assert self.real is not None
+            out, self.__dict__["logits_real"] = self._fake_score.score_and_logits(
+                self.x_t, fake.sigma, fake.labels, fake.augment_labels, self.real.x_t, self.real.augment_labels
+            )
+            return out
+        return self._fake_score.score(self.x_t, fake.sigma, fake.labels, fake.augment_labels)
 
     @property
     def d_fake(self) -> Tensor:
@@ -110,6 +124,9 @@ class Evaluation:
         """Discriminator logits of the noised real images (an encoder-only pass), ``[B, 1, h, w]``."""
         if self.real is None:
             raise RuntimeError("this evaluation has no real images: pass real=... (SiDA needs data)")
+        if self._share_encoder:
+            self.fake_out  # noqa: B018 (one pass over both batches; it caches these logits)
+            return self.__dict__["logits_real"]
         return self._fake_score.logits(self.real.x_t, self.real.sigma, self.real.labels, self.real.augment_labels)
 
     def generator_terms(self, alpha: float | None = None) -> tuple[Tensor, Tensor, Tensor | None]:

@@ -687,6 +687,28 @@ class EncoderDecoderUNet(nn.Module):
         logits = channel_mean_logits(skips[-1])
         return self._decode(skips, emb), logits
 
+    def forward_with_logits_shared(
+        self,
+        x: Tensor,
+        noise_labels: Tensor,
+        class_labels: Tensor | None = None,
+        augment_labels: Tensor | None = None,
+        *,
+        decode: int,
+    ) -> tuple[Tensor, Tensor]:
+        """One encoder pass over the whole batch and the decoder over its first ``decode`` samples: returns
+        ``(F(x[:decode]), logits)``, the logits float32 ``[B, 1, r, r]`` for every sample.
+
+        What [`forward_with_logits`][scoredistill.networks.layers.EncoderDecoderUNet.forward_with_logits] and
+        [`encoder_logits`][scoredistill.networks.layers.EncoderDecoderUNet.encoder_logits] give on the two parts
+        of the batch, from one encoder pass twice as large (SiDA's fake-score phase: generator samples and real
+        images). Every layer acts per sample, so only dropout's random draws differ.
+        """
+        emb = self._embed(noise_labels, class_labels, augment_labels)
+        skips = self._encode(x, emb)
+        logits = channel_mean_logits(skips[-1])
+        return self._decode([skip[:decode] for skip in skips], emb[:decode]), logits
+
     def encoder_logits(
         self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None = None, augment_labels: Tensor | None = None
     ) -> Tensor:

@@ -202,9 +202,23 @@ class TinyUNet(nn.Module):
         self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None = None, augment_labels: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
         """One pass returning ``(F(x), logits)``."""
+        return self.forward_with_logits_shared(x, noise_labels, class_labels, augment_labels, decode=x.shape[0])
+
+    def forward_with_logits_shared(
+        self,
+        x: Tensor,
+        noise_labels: Tensor,
+        class_labels: Tensor | None = None,
+        augment_labels: Tensor | None = None,
+        *,
+        decode: int,
+    ) -> tuple[Tensor, Tensor]:
+        """One encoder pass over the batch, the decoder over its first ``decode`` samples: ``(F(x[:decode]),
+        logits)`` with every sample's logits."""
         emb = self._embed(noise_labels, class_labels, augment_labels)
         h0, h1 = self._encode(x, emb)
         logits = h1.float().mean(dim=1, keepdim=True)
+        h0, h1, emb = h0[:decode], h1[:decode], emb[:decode]
         h = self.up(self.mid(h1, emb))
         h = self.dec(torch.cat([h, h0], dim=1), emb)
         return self.conv_out(nn.functional.silu(h)), logits

@@ -89,6 +89,30 @@ class FakeScore(nn.Module, HubMixin):
             raise ValueError("this fake score's denoiser takes no augment_labels")
         return ScoreOutput(self.denoiser(x, sigma, labels).float(), None)
 
+    def score_and_logits(
+        self,
+        x: Tensor,
+        sigma: Tensor | float,
+        labels: Tensor | None,
+        augment_labels: Tensor | None,
+        other: Tensor,
+        other_augment_labels: Tensor | None = None,
+    ) -> tuple[ScoreOutput, Tensor]:
+        """[`score`][scoredistill.FakeScore.score] of ``x`` and [`logits`][scoredistill.FakeScore.logits] of
+        ``other`` (same sigma and labels) from one encoder pass over both batches (see
+        [`Precond.score_and_logits`][scoredistill.Precond.score_and_logits]).
+
+        Raises:
+            TypeError: The fake score has no encoder, or its backbone cannot share the pass.
+        """
+        if not self.has_encoder or not hasattr(self.denoiser, "score_and_logits"):
+            raise TypeError("this fake score cannot share one encoder pass between two batches")
+        sigma = as_sigma(sigma, x.shape[0], x.device)
+        out, other_logits = self.denoiser.score_and_logits(
+            x, sigma, labels, augment_labels, other, other_augment_labels
+        )
+        return ScoreOutput(out.denoised.float(), out.logits.float()), other_logits.float()
+
     def logits(
         self, x: Tensor, sigma: Tensor | float, labels: Tensor | None = None, augment_labels: Tensor | None = None
     ) -> Tensor:

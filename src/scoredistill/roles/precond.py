@@ -157,6 +157,46 @@ class Precond(nn.Module, HubMixin):
         F_x, logits = self.model.forward_with_logits(c_in * x, c_noise.flatten(), labels, augment_labels)
         return ScoreOutput(c_skip * x + c_out * F_x.float(), logits.float())
 
+    def score_and_logits(
+        self,
+        x: Tensor,
+        sigma: Tensor | float,
+        labels: Tensor | None,
+        augment_labels: Tensor | None,
+        other: Tensor,
+        other_augment_labels: Tensor | None = None,
+    ) -> tuple[ScoreOutput, Tensor]:
+        """`score` of ``x`` and `logits` of ``other`` (same sigma and labels) from one encoder pass over both.
+
+        The backbone's ``forward_with_logits_shared`` runs the encoder on the two batches stacked and the decoder
+        on ``x``'s half (SiDA's fake-score phase, where the generator samples and the real images share sigma,
+        noise and labels). The same values as the two calls, up to float rounding and dropout's draws.
+
+        Raises:
+            TypeError: The backbone has no ``forward_with_logits_shared``.
+        """
+        if not hasattr(self.model, "forward_with_logits_shared"):
+            raise TypeError(
+                f"{type(self.model).__name__} has no forward_with_logits_shared, so it cannot share one encoder pass "
+                "between two batches: call score and logits apart"
+            )
+        x, sigma, labels, augment_labels = self._inputs(x, sigma, labels, augment_labels)
+        other = other.float()
+        if other.shape != x.shape:
+            raise ValueError(f"other {tuple(other.shape)} must match x {tuple(x.shape)}")
+        other_augment_labels = self._check_augment(other_augment_labels, other)
+        c_skip, c_out, c_in, c_noise = (expand_as(c, x) for c in edm_scalings(sigma, self.sigma_data))
+        n = x.shape[0]
+        F_x, logits = self.model.forward_with_logits_shared(
+            torch.cat([c_in * x, c_in * other]),
+            c_noise.flatten().repeat(2),
+            None if labels is None else labels.repeat(2, 1),
+            None if augment_labels is None else torch.cat([augment_labels, other_augment_labels]),
+            decode=n,
+        )
+        logits = logits.float()
+        return ScoreOutput(c_skip * x + c_out * F_x.float(), logits[:n]), logits[n:]
+
     def logits(
         self, x: Tensor, sigma: Tensor | float, labels: Tensor | None = None, augment_labels: Tensor | None = None
     ) -> Tensor:

@@ -62,6 +62,10 @@ class DistillConfig:
             (same input, same maths), so that small batches fill the GPU. ``None``: on where it has been measured and
             tested, i.e. on a CUDA device in one process without ``torch.compile`` (+1-5% on an H100 for 0.06 GiB
             more peak memory; see docs/performance.md); ``True`` asks for it anywhere on CUDA, ``False`` turns it off.
+        share_encoder_pass: In SiDA's fake-score phase, run the fake score's encoder once over the generator samples
+            and the real images together (the decoder on the samples only) instead of a full pass and an
+            encoder-only pass. Per-sample layers, so the same values up to rounding; dropout draws its masks in
+            another order. A candidate for small batches, off until it is timed.
     """
 
     batch_size: int = 256  # images per step in this process (reference: batch / world size)
@@ -86,6 +90,7 @@ class DistillConfig:
     compile_cache_dir: str | None = None
     cuda_graphs: bool = False  # capture each regime's whole iteration in a CUDA graph and replay it (CUDA only)
     overlap_teacher: bool | None = None  # the teacher on a second CUDA stream beside the fake score: None = auto
+    share_encoder_pass: bool = False  # SiDA's fake-score phase: one encoder pass over generator and real images
 
     def __post_init__(self) -> None:
         self.validate()
@@ -120,6 +125,7 @@ class DistillConfig:
         check_bool("channels_last", self.channels_last)
         check_bool("cuda_graphs", self.cuda_graphs)
         check_bool("overlap_teacher", self.overlap_teacher, optional=True)
+        check_bool("share_encoder_pass", self.share_encoder_pass)
         check_choice("compile", self.compile, ("off", "blocks", "network"))
         if self.compile_mode is not None and not isinstance(self.compile_mode, str):
             raise TypeError(f"compile_mode must be a torch.compile mode string or None, got {self.compile_mode!r}")
@@ -152,6 +158,7 @@ RESUME_MAY_CHANGE = frozenset(
         "compile_cache_dir",
         "cuda_graphs",
         "overlap_teacher",
+        "share_encoder_pass",
     }
 )
 

@@ -181,6 +181,12 @@ class Distiller:
         for switch in ("cuda_graphs", "overlap_teacher"):  # CUDA graphs; the teacher on a second CUDA stream
             if getattr(config, switch) and self.device.type != "cuda":
                 raise ValueError(f"{switch} needs the networks on a CUDA device, not {self.device}")
+        backbone = getattr(getattr(fake_score, "denoiser", None), "model", None)
+        if config.share_encoder_pass and not hasattr(backbone, "forward_with_logits_shared"):
+            raise ValueError(
+                f"share_encoder_pass needs a fake-score backbone with forward_with_logits_shared (SongUNet, "
+                f"DhariwalUNet, TinyUNet), not {type(backbone).__name__}"
+            )
         overlap = _overlap_teacher(config, self.device, self.world)
         self.side_stream = torch.cuda.Stream(self.device) if overlap else None
         fused = {"fused": True, "capturable": config.cuda_graphs} if self.device.type == "cuda" else {"foreach": True}
@@ -374,7 +380,12 @@ class Distiller:
                 real = fake.with_x0(x_real, aug_real)
             with self._autocast():
                 ev = Evaluation(
-                    fake, fake_score=self.fake_score, real=real, nimg=self.nimg, use_kernels=cfg.use_kernels
+                    fake,
+                    fake_score=self.fake_score,
+                    real=real,
+                    nimg=self.nimg,
+                    use_kernels=cfg.use_kernels,
+                    share_encoder=cfg.share_encoder_pass,
                 )
                 total = torch.zeros(micro, device=self.device)
                 for loss in self.losses:

@@ -22,7 +22,7 @@ __all__ = ["CompileScope", "StepGraphs", "capture", "speed_up", "use_compile_cac
 
 CompileScope = Literal["off", "blocks", "network"]
 
-_BACKBONE_METHODS = ("forward", "forward_with_logits", "encoder_logits")
+_BACKBONE_METHODS = ("forward", "forward_with_logits", "forward_with_logits_shared", "encoder_logits")
 
 
 def speed_up(
