@@ -96,6 +96,15 @@ def test_imagenet64_dry_run_prints_the_paper_settings(capsys):
     assert printed["config"]["ema_halflife_nimg"] == 2_000_000 and printed["config"]["generator_start_nimg"] == 100_000
 
 
+@pytest.mark.parametrize(
+    ("flags", "value"), [([], None), (["--overlap-teacher"], True), (["--no-overlap-teacher"], False)]
+)
+def test_overlap_teacher_flag_is_on_off_or_left_to_the_default(capsys, flags, value):
+    # Left out, DistillConfig decides (on for one CUDA process without compile); either flag overrides it.
+    distill_edm.main(["--recipe", "cifar10-uncond", "--method", "sid", "--outdir", "unused", "--dry-run", *flags])
+    assert json.loads(capsys.readouterr().out)["config"]["overlap_teacher"] is value
+
+
 def test_recipes_validate_their_inputs():
     with pytest.raises(ValueError, match="divisible"):
         RECIPES["cifar10-uncond"].config("sida", world_size=3)
