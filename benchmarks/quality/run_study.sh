@@ -29,7 +29,9 @@ REPORT_OUT=${REPORT_OUT:-$RUNS/report}                                  # result
 SEEDS=${SEEDS:-0 1 2}                                                   # one SiD, SiDA, SiD²A and control run each
 KIMG=${KIMG:-2000}                                                      # SiD and SiDA length (thousands of images)
 SID2A_KIMG=${SID2A_KIMG:-500}                                           # SiD²A and control length
-SPEED=${SPEED:---precision bf16 --cuda-graphs --channels-last}          # the library's fast path
+# The library's fast path, with the teacher after the fake score on one stream: the path of the study's first runs
+# (the teacher's second stream became the default later; the same maths, but one execution path for every seed).
+SPEED=${SPEED:---precision bf16 --cuda-graphs --channels-last --no-overlap-teacher}
 EXTRA=${EXTRA:-}                                                        # more example flags (e.g. --batch 4 on a CPU)
 EVAL_N=${EVAL_N:-10000}; EVAL_KIMG=${EVAL_KIMG:-250}                     # in-training FID (both refs); EVAL_N=0: none
 FINAL_N=${FINAL_N:-50000}                                               # samples of the final figures
