@@ -460,7 +460,9 @@ def test_shared_encoder_pass_equals_a_full_pass_and_an_encoder_pass(config, chan
     for shared in (False, True):
         fake_score.zero_grad()
         if shared:
-            out, other_logits = fake_score.score_and_logits(x, sigma, labels, aug, other, aug_other)
+            out, other_logits = fake_score.score_and_logits(
+                x, sigma, labels, aug, other=other, other_augment_labels=aug_other
+            )
         else:
             out = fake_score.score(x, sigma, labels, aug)
             other_logits = fake_score.logits(other, sigma, labels, aug_other)
@@ -476,4 +478,4 @@ def test_shared_encoder_pass_is_refused_where_the_backbone_cannot_share() -> Non
     from scoredistill.networks.toy import MLP
 
     with pytest.raises(TypeError, match="cannot share one encoder pass"):
-        FakeScore(Precond(MLP(2, 8, depth=2))).score_and_logits(torch.zeros(2, 2), 1.0, None, None, torch.zeros(2, 2))
+        FakeScore(Precond(MLP(2, 8, depth=2))).score_and_logits(torch.zeros(2, 2), 1.0, other=torch.zeros(2, 2))

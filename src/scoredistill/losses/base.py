@@ -104,7 +104,12 @@ class Evaluation:
         if self._share_encoder:  # the real images' logits from the same encoder pass (cached for logits_real)
             assert self.real is not None
             out, self.__dict__["logits_real"] = self._fake_score.score_and_logits(
-                self.x_t, fake.sigma, fake.labels, fake.augment_labels, self.real.x_t, self.real.augment_labels
+                self.x_t,
+                fake.sigma,
+                fake.labels,
+                fake.augment_labels,
+                other=self.real.x_t,
+                other_augment_labels=self.real.augment_labels,
             )
             return out
         return self._fake_score.score(self.x_t, fake.sigma, fake.labels, fake.augment_labels)

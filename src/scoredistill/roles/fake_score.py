@@ -93,8 +93,9 @@ class FakeScore(nn.Module, HubMixin):
         self,
         x: Tensor,
         sigma: Tensor | float,
-        labels: Tensor | None,
-        augment_labels: Tensor | None,
+        labels: Tensor | None = None,
+        augment_labels: Tensor | None = None,
+        *,
         other: Tensor,
         other_augment_labels: Tensor | None = None,
     ) -> tuple[ScoreOutput, Tensor]:
@@ -109,7 +110,7 @@ class FakeScore(nn.Module, HubMixin):
             raise TypeError("this fake score cannot share one encoder pass between two batches")
         sigma = as_sigma(sigma, x.shape[0], x.device)
         out, other_logits = self.denoiser.score_and_logits(
-            x, sigma, labels, augment_labels, other, other_augment_labels
+            x, sigma, labels, augment_labels, other=other, other_augment_labels=other_augment_labels
         )
         return ScoreOutput(out.denoised.float(), out.logits.float()), other_logits.float()
 

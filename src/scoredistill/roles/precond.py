@@ -161,8 +161,9 @@ class Precond(nn.Module, HubMixin):
         self,
         x: Tensor,
         sigma: Tensor | float,
-        labels: Tensor | None,
-        augment_labels: Tensor | None,
+        labels: Tensor | None = None,
+        augment_labels: Tensor | None = None,
+        *,
         other: Tensor,
         other_augment_labels: Tensor | None = None,
     ) -> tuple[ScoreOutput, Tensor]:
