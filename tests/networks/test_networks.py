@@ -479,3 +479,6 @@ def test_shared_encoder_pass_is_refused_where_the_backbone_cannot_share() -> Non
 
     with pytest.raises(TypeError, match="cannot share one encoder pass"):
         FakeScore(Precond(MLP(2, 8, depth=2))).score_and_logits(torch.zeros(2, 2), 1.0, other=torch.zeros(2, 2))
+    song = FakeScore(edm_precond(SongUNetConfig(**TINY_SONG)))
+    with pytest.raises(ValueError, match=r"other \(1, 3, 8, 8\) must match x \(2, 3, 8, 8\)"):
+        song.score_and_logits(torch.zeros(2, 3, 8, 8), 1.0, other=torch.zeros(1, 3, 8, 8))
