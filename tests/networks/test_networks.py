@@ -473,7 +473,7 @@ def test_shared_encoder_pass_equals_a_full_pass_and_an_encoder_pass(config, chan
         torch.testing.assert_close(b, a, rtol=2e-4, atol=1e-4)
 
 
-def test_shared_encoder_pass_is_refused_where_the_backbone_cannot_share() -> None:
+def test_shared_encoder_pass_refuses_a_backbone_that_cannot_share_and_batches_that_differ() -> None:
     from scoredistill import FakeScore, Precond
     from scoredistill.networks.toy import MLP
 
