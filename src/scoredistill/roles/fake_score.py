@@ -71,6 +71,11 @@ class FakeScore(nn.Module, HubMixin):
         """Whether this fake score can act as SiDA's discriminator."""
         return bool(getattr(self.denoiser, "has_encoder", False))
 
+    @property
+    def can_share_encoder(self) -> bool:
+        """Whether [`score_and_logits`][scoredistill.FakeScore.score_and_logits] can run (``share_encoder_pass``)."""
+        return bool(getattr(self.denoiser, "can_share_encoder", False))
+
     def forward(
         self, x: Tensor, sigma: Tensor | float, labels: Tensor | None = None, augment_labels: Tensor | None = None
     ) -> Tensor:
@@ -106,7 +111,7 @@ class FakeScore(nn.Module, HubMixin):
         Raises:
             TypeError: The fake score has no encoder, or its backbone cannot share the pass.
         """
-        if not self.has_encoder or not hasattr(self.denoiser, "score_and_logits"):
+        if not self.can_share_encoder:
             raise TypeError("this fake score cannot share one encoder pass between two batches")
         sigma = as_sigma(sigma, x.shape[0], x.device)
         out, other_logits = self.denoiser.score_and_logits(

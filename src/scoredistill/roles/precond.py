@@ -98,6 +98,12 @@ class Precond(nn.Module, HubMixin):
         """Whether the backbone exposes SiDA's encoder logits."""
         return hasattr(self.model, "forward_with_logits") and hasattr(self.model, "encoder_logits")
 
+    @property
+    def can_share_encoder(self) -> bool:
+        """Whether the backbone runs one encoder pass over two batches (``forward_with_logits_shared``), which
+        [`score_and_logits`][scoredistill.Precond.score_and_logits] needs."""
+        return self.has_encoder and hasattr(self.model, "forward_with_logits_shared")
+
     def extra_repr(self) -> str:
         return f"label_dim={self.label_dim}, augment_dim={self.augment_dim}, sigma_data={self.sigma_data}"
 
@@ -176,7 +182,7 @@ class Precond(nn.Module, HubMixin):
         Raises:
             TypeError: The backbone has no ``forward_with_logits_shared``.
         """
-        if not hasattr(self.model, "forward_with_logits_shared"):
+        if not self.can_share_encoder:
             raise TypeError(
                 f"{type(self.model).__name__} has no forward_with_logits_shared, so it cannot share one encoder pass "
                 "between two batches: call score and logits apart"

@@ -181,8 +181,8 @@ class Distiller:
         for switch in ("cuda_graphs", "overlap_teacher"):  # CUDA graphs; the teacher on a second CUDA stream
             if getattr(config, switch) and self.device.type != "cuda":
                 raise ValueError(f"{switch} needs the networks on a CUDA device, not {self.device}")
-        backbone = getattr(getattr(fake_score, "denoiser", None), "model", None)
-        if config.share_encoder_pass and not hasattr(backbone, "forward_with_logits_shared"):
+        if config.share_encoder_pass and not fake_score.can_share_encoder:
+            backbone = getattr(fake_score.denoiser, "model", fake_score.denoiser)
             raise ValueError(
                 f"share_encoder_pass needs a fake-score backbone with forward_with_logits_shared (SongUNet, "
                 f"DhariwalUNet, TinyUNet), not {type(backbone).__name__}"
