@@ -97,6 +97,8 @@ SETTINGS: dict[str, tuple[dict, bool]] = {
     "graphs-cl-splitqkv": ({**GRAPHS_CL, "split_qkv": True}, True),
     # candidate: SiDA's fake-score phase, one encoder pass over generator and real images
     "graphs-cl-shareenc": ({**GRAPHS_CL, "share_encoder_pass": True}, True),
+    # candidate: the layers read bf16 copies of their weights cast once per update (DistillConfig.precast_weights)
+    "graphs-cl-precast": ({**GRAPHS_CL, "precast_weights": True}, True),
     # the augmentation's padding and upsampling as separate ops over the padded image
     "graphs-cl-convaug": ({**GRAPHS_CL, "augment_conv": True}, True),
     "graphs-cl-nofold": ({**GRAPHS_CL, "fold_biases": False}, True),

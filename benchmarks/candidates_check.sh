@@ -3,15 +3,17 @@
 # parity tests, then bench_step with each setting on the three workloads (one process per workload, the fast path
 # first and last, each setting's peak memory counted from a clean slate). The settings it times by default:
 #   graphs-cl          the fast path, as users run it
+#   graphs-cl-precast  the layers read bf16 copies of their weights and biases, refreshed by one multi-tensor copy
+#                      per network and update (DistillConfig.precast_weights), instead of a cast kernel per tensor
+#                      and use (the bulk of the casts family's 1,995 launches at CIFAR-10 batch 32)
 #   graphs-cl-splitqkv the channels_last attention's q, k and v by three GEMMs (UNetBlock.split_qkv), so that SDPA's
-#                      backward neither stacks their gradients nor copies them into the qkv GEMM's layout (about 12 ms
-#                      of a 273 ms eager ImageNet-64 step on an H100, 2026-12-06)
-#   graphs-cl-shareenc SiDA's fake-score phase with one encoder pass over the generator samples and the real images
-#                      (DistillConfig.share_encoder_pass) instead of a full pass and an encoder-only pass
+#                      backward neither stacks their gradients nor copies them into the qkv GEMM's layout (+1.4% on
+#                      ImageNet-64 on an H100, 2026-12-06; not yet timed on CIFAR-10)
 #   graphs-cl-noot     the path before the teacher went on a second CUDA stream by default (DistillConfig.
 #                      overlap_teacher; measured 2026-12-06 with each setting's own peak memory: +1.0% to +4.6%,
 #                      0.06 GiB), kept as a yardstick of the noise between sessions
-# Measured and settled (2026-12-06), for SETTINGS=...: graphs-cl-nobgrad and graphs-cl-nocat (the paths before the
+# Measured and settled (2026-12-06), for SETTINGS=...: graphs-cl-shareenc (one encoder pass over SiDA's two
+# batches: +1.2% at CIFAR-10 batch 32, -3.3% at batch 128; stays off), graphs-cl-nobgrad and graphs-cl-nocat (the paths before the
 # fewer bias-gradient reductions and the concatenation kernel: both paid, now the default), graphs-cl-gn1 (the
 # group norms' one-pass kernels: slower, not adopted; bench_norms.py and tune_norms_one_pass.py time them alone) and
 # graphs-cl-convaug (the augmentation's op-by-op padding and upsampling: slower, replaced).
@@ -24,7 +26,7 @@ set -u
 OUT=${OUT:-/tmp/candidates_check}
 source benchmarks/_device.sh "$OUT"
 cat "$OUT/gpu.txt"
-SETTINGS=${SETTINGS:-graphs-cl,graphs-cl-splitqkv,graphs-cl-shareenc,graphs-cl-noot,graphs-cl}
+SETTINGS=${SETTINGS:-graphs-cl,graphs-cl-precast,graphs-cl-splitqkv,graphs-cl-noot,graphs-cl}
 
 el "parity tests"
 P="python -m pytest -q -p no:cacheprovider -rfE"
@@ -34,7 +36,7 @@ timeout 170 $P tests/kernels/test_residual_kernel.py tests/kernels/test_concat_k
   > "$OUT/residual_tests.txt" 2>&1 &
 timeout 170 $P tests/training/test_gpu_matrix.py -k side_stream > "$OUT/overlap_tests.txt" 2>&1 &
 timeout 170 $P tests/networks/test_networks.py tests/training/test_gpu_matrix.py \
-  -k "split_qkv or channels_last_attention or shared_encoder" > "$OUT/attention_tests.txt" 2>&1 &
+  -k "split_qkv or channels_last_attention or precast" > "$OUT/attention_tests.txt" 2>&1 &
 wait
 tail -n 3 "$OUT/gn_tests.txt" "$OUT/residual_tests.txt" "$OUT/overlap_tests.txt" "$OUT/attention_tests.txt"
 data=(); [ -f "$Z" ] && data=(--data "$Z" --augment 0.12)

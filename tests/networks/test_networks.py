@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 
 import pytest
 import torch
 from safetensors import safe_open
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from helpers import FIXTURES
 from scoredistill._types import EncoderBackbone
@@ -482,3 +484,104 @@ def test_shared_encoder_pass_refuses_a_backbone_that_cannot_share_and_batches_th
     song = FakeScore(edm_precond(SongUNetConfig(**TINY_SONG)))
     with pytest.raises(ValueError, match=r"other \(1, 3, 8, 8\) must match x \(2, 3, 8, 8\)"):
         song.score_and_logits(torch.zeros(2, 3, 8, 8), 1.0, other=torch.zeros(1, 3, 8, 8))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Pre-cast weights (DistillConfig.precast_weights).
+
+
+class _ParameterCasts(TorchDispatchMode):
+    """Counts the casts (``aten._to_copy``) of the given parameters."""
+
+    def __init__(self, params) -> None:
+        super().__init__()
+        self.ids, self.count = {id(p) for p in params}, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._to_copy.default and id(args[0]) in self.ids:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _matmul_params(net: torch.nn.Module) -> list[torch.nn.Parameter]:
+    from scoredistill.networks.layers import Conv2d, Linear
+
+    layers = [m for m in net.modules() if isinstance(m, Conv2d | Linear)]
+    return [p for m in layers for p in (m.weight, m.bias) if p is not None]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [SongUNetConfig(**TINY_SONG, label_dim=3, augment_dim=9), DhariwalUNetConfig(**TINY_ADM, label_dim=3)],
+    ids=["ddpmpp", "adm"],
+)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_precast_copies_give_the_casts_values_and_gradients(config, channels_last) -> None:
+    """Under bf16 autocast, a network reading a `PreCast`'s copies gives the output, the input gradient and every
+    parameter gradient of the network that casts at every use, bit for bit, without casting a weight or bias of its
+    convolutions and linear layers in the forward pass."""
+    from scoredistill.networks._precast import PreCast
+
+    torch.manual_seed(0)
+    net = build_backbone(config)
+    with torch.no_grad():  # the zero-initialised output layers would hide most of the network
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    net = net.to(memory_format=fmt)
+    x = torch.randn(2, 3, 8, 8).contiguous(memory_format=fmt)
+    noise, labels = torch.tensor([0.3, 1.2]), torch.eye(3)[:2]
+    extra = {"augment_labels": torch.randn(2, 9)} if getattr(config, "augment_dim", 0) else {}
+    runs = []
+    for precast in (None, PreCast([net], torch.bfloat16)):
+        net.zero_grad(set_to_none=True)
+        xx = x.clone().requires_grad_()
+        torch.manual_seed(1)  # dropout
+        active = precast.active() if precast else contextlib.nullcontext()
+        with active, torch.autocast("cpu", dtype=torch.bfloat16), _ParameterCasts(_matmul_params(net)) as casts:
+            y = net(xx, noise, labels, **extra)
+        y.float().square().sum().backward()
+        runs.append((y, xx.grad, [p.grad for p in net.parameters()], casts.count))
+    (y0, gx0, gp0, casts0), (y1, gx1, gp1, casts1) = runs
+    assert casts0 >= len(_matmul_params(net)) and casts1 == 0
+    assert torch.equal(y0, y1) and torch.equal(gx0, gx1)
+    assert all(g0 is not None and torch.equal(g0, g1) for g0, g1 in zip(gp0, gp1, strict=True))
+
+
+def test_precast_copies_are_read_only_while_active_and_as_fresh_as_their_refresh() -> None:
+    from scoredistill.networks._precast import PreCast, cast_parameter, matmul_parameter
+    from scoredistill.networks.layers import Linear
+
+    layer = Linear(4, 3)
+    casts = PreCast([layer], torch.bfloat16)
+    x = torch.randn(2, 4)
+    assert len(casts) == 2
+    with torch.no_grad():
+        layer.weight.add_(1.0)  # not yet refreshed
+    outside = cast_parameter(layer.weight, torch.bfloat16)  # inactive: the cast itself
+    assert torch.equal(outside, layer.weight.to(torch.bfloat16))
+    with casts.active():
+        stale = cast_parameter(layer.weight, torch.bfloat16)
+        assert not torch.equal(stale, outside)  # the copy is that of the last refresh
+        casts.refresh()
+        assert torch.equal(cast_parameter(layer.weight, torch.bfloat16), outside)
+        assert cast_parameter(layer.weight, torch.float16).dtype == torch.float16  # no fp16 copy: a cast
+        assert matmul_parameter(layer.weight, x) is layer.weight  # fp32 without autocast: no cast at all
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            copy = matmul_parameter(layer.weight, x)  # autocast would cast: the copy instead
+        assert copy.dtype == torch.bfloat16 and copy.grad_fn is not None  # the gradient returns to the parameter
+        with torch.no_grad():
+            assert matmul_parameter(layer.weight, x.bfloat16()).grad_fn is None
+
+
+def test_precast_refusals() -> None:
+    from scoredistill.networks._precast import PreCast
+    from scoredistill.networks.layers import Linear
+
+    with pytest.raises(ValueError, match="bfloat16 or float16 copies"):
+        PreCast([Linear(2, 2)], torch.float32)
+    first, second = PreCast([Linear(2, 2)], torch.bfloat16), PreCast([Linear(2, 2)], torch.bfloat16)
+    with pytest.raises(ValueError, match="holds no copies of that Linear"):
+        first.refresh([Linear(2, 2)])
+    with first.active(), pytest.raises(RuntimeError, match="another PreCast is already active"), second.active():
+        pass

@@ -294,3 +294,71 @@ def test_shared_encoder_pass_is_refused_for_a_backbone_that_cannot_share():
     teacher, G, fake = tiny_vector_roles()
     with pytest.raises(ValueError, match="share_encoder_pass needs a fake-score backbone"):
         Distiller(teacher, G, fake, [SiDLoss(), DSMLoss()], DistillConfig(share_encoder_pass=True))
+
+
+def _edm_distiller(method: str, **cfg) -> Distiller:
+    """A small DDPM++ teacher (perturbed, so that no layer is zero), SiD or SiDA in bf16 on the CPU."""
+    from scoredistill import FakeScore, OneStepGenerator, Teacher
+    from scoredistill.networks import SongUNetConfig
+    from scoredistill.roles.precond import edm_precond
+
+    torch.manual_seed(0)
+    net = SongUNetConfig(img_resolution=8, model_channels=16, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(4,))
+    teacher = Teacher(edm_precond(net))
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    G, fake = OneStepGenerator.from_teacher(teacher), FakeScore.from_teacher(teacher)
+    config = DistillConfig(batch_size=4, total_nimg=1000, precision="bf16", **cfg)
+    if method == "sid":
+        return Distiller(teacher, G, fake, [SiDLoss(), DSMLoss()], config)
+    losses = [SiDLoss(alpha=1.0), DSMLoss(), AdversarialEncoderLoss(generator_start_nimg=0)]
+    return Distiller(teacher, G, fake, losses, config, data=_real_stream(config.batch_size // config.rounds, (3, 8, 8)))
+
+
+@pytest.mark.parametrize("cfg", [{}, {"micro_batch": 2}, {"channels_last": True}], ids=["one-round", "two", "nhwc"])
+@pytest.mark.parametrize("method", ["sid", "sida"])
+def test_precast_weights_repeat_the_run_that_casts_at_every_use(method, cfg):
+    """``precast_weights``: three bf16 iterations reading the copies (refreshed at each iteration's start and after
+    the fake score's update) train as the casts at every use do. SiD: bit for bit. SiDA: to float32 rounding, since
+    its fake score's input layer runs twice in one autocast region, where autocast's cached cast summed the two
+    weight gradients in bfloat16 and the copies sum them in float32."""
+    runs = []
+    for precast in (False, True):
+        d = _edm_distiller(method, precast_weights=precast, **cfg)
+        assert (d.precast is not None) == precast and (not precast or len(d.precast) > 0)
+        runs.append((d, [d.step() for _ in range(3)]))
+    (a, logs_a), (b, logs_b) = runs
+    params_a, params_b = [*a.g_params, *a.f_params], [*b.g_params, *b.f_params]
+    untrained = _edm_distiller(method, **cfg).g_params
+    assert any(not torch.equal(p, q) for p, q in zip(a.g_params, untrained, strict=True))  # the generator trained
+    if method == "sid":
+        assert all(torch.equal(p, q) for p, q in zip(params_a, params_b, strict=True))
+        assert all(torch.equal(logs_a[i][k], logs_b[i][k]) for i in range(3) for k in logs_a[i])
+    else:
+        for p, q in zip(params_a, params_b, strict=True):
+            torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6)
+
+
+def test_precast_weights_follow_a_load(tmp_path):
+    """The copies are refreshed at the start of each iteration, so a checkpoint loaded between steps is what the
+    next iteration computes with: the resumed run repeats the uninterrupted one bit for bit (SiD, bf16)."""
+    whole = _edm_distiller("sid", precast_weights=True)
+    for _ in range(3):
+        whole.step()
+    first = _edm_distiller("sid", precast_weights=True)
+    first.step()
+    first.save(tmp_path / "state")
+    resumed = _edm_distiller("sid", precast_weights=True, seed=0)
+    resumed.step()  # the copies now hold this run's own weights, which the load replaces
+    resumed.load(tmp_path / "state")
+    for _ in range(2):
+        resumed.step()
+    assert all(torch.equal(p, q) for p, q in zip(whole.g_params + whole.f_params, resumed.g_params + resumed.f_params))
+
+
+def test_precast_weights_refusals():
+    with pytest.raises(ValueError, match="precast_weights keeps bf16 or fp16 copies"):
+        DistillConfig(precast_weights=True)
+    with pytest.raises(ValueError, match=r"not been tested under torch\.compile"):
+        DistillConfig(precast_weights=True, precision="bf16", compile="blocks")

@@ -192,6 +192,35 @@ def test_shared_encoder_pass_captured_repeats_the_eager_run(method, teacher_kind
     assert_close_parameters(runs[False][0], runs[True][0], start, "fp32")
 
 
+@pytest.mark.parametrize("graphs", [False, True])
+@pytest.mark.parametrize("method", ["sid", "sida"])
+def test_precast_weights_repeat_the_run_that_casts(method, graphs):
+    """DistillConfig.precast_weights (the layers read bf16 copies of their weights, refreshed once per update) gives
+    the trace and parameters of the run that casts at every use, eager and captured."""
+    runs, start = {}, None
+    for precast in (False, True):
+        d = build(method, "cond-aug", precision="bf16", rounds=2, graphs=graphs, precast_weights=precast)
+        start = start or initial(d)
+        runs[precast] = d, trace(d, STEPS)
+    assert runs[True][0].precast is not None and runs[False][0].precast is None
+    assert_same_trace(runs[False][1], runs[True][1], "bf16")
+    assert_close_parameters(runs[False][0], runs[True][0], start, "bf16")
+
+
+def test_full_size_network_with_precast_weights():
+    """The CIFAR-10 DDPM++ at full size, SiDA in bf16 captured (the teacher on its side stream), with and without
+    precast_weights: the bench's graphs-cl-precast against graphs-cl."""
+    full = {"dropout": 0.13}
+    runs = [
+        trace(
+            build("sida", "uncond-noaug", precision="bf16", rounds=1, graphs=True, network=full, precast_weights=p),
+            STEPS,
+        )
+        for p in (False, True)
+    ]
+    assert_same_trace(*runs, "bf16")
+
+
 def test_full_size_network_with_the_teacher_on_a_side_stream():
     """The CIFAR-10 DDPM++ at full size, SiDA in bf16 captured, as bench_step's graphs-cl setting runs it (the
     teacher on a second stream, the default on one GPU)."""

@@ -24,6 +24,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from .. import kernels
+from ._precast import cast_parameter, matmul_parameter
 from .facts import BackboneFacts
 
 __all__ = [
@@ -118,9 +119,12 @@ class Linear(nn.Module):
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
+    precast_parameters = ("weight", "bias")
+    """The parameters read through `matmul_parameter` (a `PreCast` holds copies of these)."""
+
     def forward(self, x: Tensor) -> Tensor:
-        bias = self.bias.to(x.dtype) if self.bias is not None else None
-        return F.linear(x, self.weight.to(x.dtype), bias)
+        bias = matmul_parameter(self.bias, x) if self.bias is not None else None
+        return F.linear(x, matmul_parameter(self.weight, x), bias)
 
 
 def _fir_filter(taps: Sequence[int | float]) -> Tensor:
@@ -200,6 +204,9 @@ class Conv2d(nn.Module):
     use_kernels: bool | None = None
     """``None``: box resampling of channels_last tensors through Triton kernels on CUDA; ``False``: native ops."""
 
+    precast_parameters = ("weight", "bias")
+    """The parameters read through `matmul_parameter` or `cast_parameter` (a `PreCast` holds copies of these)."""
+
     def _down(self, x: Tensor, f: Tensor, padding: int) -> Tensor:
         if self._box and padding == 0:
             if kernels.fused_resample_available(x, self.use_kernels):
@@ -221,12 +228,12 @@ class Conv2d(nn.Module):
 
     def forward(self, x: Tensor, *, bias: bool = True) -> Tensor:
         """The convolution; ``bias=False`` leaves the bias out, for a caller that adds it later (fused)."""
-        w = self.weight.to(x.dtype) if self.weight is not None else None
+        w = matmul_parameter(self.weight, x) if self.weight is not None else None
         f = self.resample_filter.to(x.dtype) if self.resample_filter is not None else None
         w_pad = w.shape[-1] // 2 if w is not None else 0
         f_pad = (f.shape[-1] - 1) // 2 if f is not None else 0
 
-        b = self.bias.to(x.dtype) if self.bias is not None and bias else None
+        b = matmul_parameter(self.bias, x) if self.bias is not None and bias else None
 
         # Resample and convolve. When the convolution comes last its bias is passed to it (the same sum; the
         # backend decides whether to fuse it: cuDNN's NHWC kernels still add it as a separate broadcast).
@@ -546,10 +553,12 @@ class UNetBlock(nn.Module):
         if kernels.channels_last(xn):
             # Output channels [head, channel, (q, k, v)] -> [(q, k, v), head, channel]: the same products, reordered.
             qkv_order = "(heads d three) c 1 1 -> (three heads d) c"
-            weight = rearrange(self.qkv.weight, qkv_order, heads=heads, three=3).to(xn.dtype)
+            weight = rearrange(cast_parameter(self.qkv.weight, xn.dtype), qkv_order, heads=heads, three=3)
             bias = self.qkv.bias
             if bias is not None:
-                bias = rearrange(bias, "(heads d three) -> (three heads d)", heads=heads, three=3).to(xn.dtype)
+                bias = rearrange(
+                    cast_parameter(bias, xn.dtype), "(heads d three) -> (three heads d)", heads=heads, three=3
+                )
             rows = rearrange(xn, "b c h w -> (b h w) c")  # a view: channels_last is [B, H, W, C] in memory
             if self.split_qkv:
                 # One [B * HW, C] GEMM each: SDPA's backward can then hand back each gradient in its input's layout,
@@ -564,8 +573,8 @@ class UNetBlock(nn.Module):
                 # Column blocks of the [B * HW, 3C] product, read in place: [B, heads, HW, head_channels], strided.
                 q, k, v = rearrange(qkv, "(b n) (three heads d) -> three b heads n d", b=b, three=3, heads=heads)
             a = rearrange(F.scaled_dot_product_attention(q, k, v), "b heads n d -> (b n) (heads d)")
-            proj_b = self.proj.bias.to(a.dtype) if proj_bias and self.proj.bias is not None else None
-            out = F.linear(a, rearrange(self.proj.weight, "o c 1 1 -> o c").to(a.dtype), proj_b)
+            proj_b = cast_parameter(self.proj.bias, a.dtype) if proj_bias and self.proj.bias is not None else None
+            out = F.linear(a, rearrange(cast_parameter(self.proj.weight, a.dtype), "o c 1 1 -> o c"), proj_b)
             return rearrange(out, "(b h w) c -> b c h w", b=b, h=h)
         qkv = rearrange(self.qkv(xn), "b (heads d three) h w -> three b heads (h w) d", heads=heads, three=3)
         q, k, v = qkv.contiguous().unbind(0)
@@ -580,7 +589,7 @@ class UNetBlock(nn.Module):
 
         # Residual branch with noise conditioning.
         h = self.conv0(self.norm0(x, silu=True), bias=not fold)
-        b0 = self.conv0.bias.to(h.dtype).reshape(1, -1, 1, 1) if fold else None
+        b0 = cast_parameter(self.conv0.bias, h.dtype).reshape(1, -1, 1, 1) if fold else None
         params = self.affine(emb)[:, :, None, None].to(h.dtype)
         if self.adaptive_scale:
             scale, shift = params.chunk(2, dim=1)

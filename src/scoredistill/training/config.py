@@ -67,6 +67,11 @@ class DistillConfig:
             encoder-only pass. Per-sample layers, so the same values up to rounding; dropout draws its masks in
             another order. It pays where the per-GPU batch leaves the GPU underused: on an H100, +1.2% at CIFAR-10
             batch 32 and -3.3% at batch 128 (see docs/performance.md), hence off by default.
+        precast_weights: Under ``"bf16"`` or ``"fp16"``, keep a low-precision copy of every convolution and linear
+            weight and bias of the three networks, refreshed by one multi-tensor copy per network at the start of
+            each iteration (and the fake score's after its update), which the layers read instead of casting at
+            every forward. The same values; gradients still reach the float32 parameters through the cast's
+            backward. A candidate aimed at the cast kernels of small CUDA-graph steps, off until it is timed.
     """
 
     batch_size: int = 256  # images per step in this process (reference: batch / world size)
@@ -92,6 +97,7 @@ class DistillConfig:
     cuda_graphs: bool = False  # capture each regime's whole iteration in a CUDA graph and replay it (CUDA only)
     overlap_teacher: bool | None = None  # the teacher on a second CUDA stream beside the fake score: None = auto
     share_encoder_pass: bool = False  # SiDA's fake-score phase: one encoder pass over generator and real images
+    precast_weights: bool = False  # bf16/fp16: the layers read copies cast once per update, not a cast per forward
 
     def __post_init__(self) -> None:
         self.validate()
@@ -127,6 +133,11 @@ class DistillConfig:
         check_bool("cuda_graphs", self.cuda_graphs)
         check_bool("overlap_teacher", self.overlap_teacher, optional=True)
         check_bool("share_encoder_pass", self.share_encoder_pass)
+        check_bool("precast_weights", self.precast_weights)
+        if self.precast_weights and self.precision == "fp32":
+            raise ValueError("precast_weights keeps bf16 or fp16 copies of the weights: set precision 'bf16' or 'fp16'")
+        if self.precast_weights and self.compile != "off":
+            raise ValueError("precast_weights has not been tested under torch.compile: use compile='off' with it")
         check_choice("compile", self.compile, ("off", "blocks", "network"))
         if self.compile_mode is not None and not isinstance(self.compile_mode, str):
             raise TypeError(f"compile_mode must be a torch.compile mode string or None, got {self.compile_mode!r}")
@@ -160,6 +171,7 @@ RESUME_MAY_CHANGE = frozenset(
         "cuda_graphs",
         "overlap_teacher",
         "share_encoder_pass",
+        "precast_weights",
     }
 )
 

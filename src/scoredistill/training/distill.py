@@ -23,6 +23,7 @@ from .._types import Noised, expand_as
 from ..io.artefact import CheckpointError
 from ..losses.base import DistillLoss, Evaluation, LossModule, LossOutput
 from ..metrics.base import GeneratorMetric, is_better
+from ..networks._precast import PreCast
 from ..roles.fake_score import FakeScore
 from ..roles.generator import OneStepGenerator
 from ..roles.teacher import Teacher
@@ -187,6 +188,9 @@ class Distiller:
                 f"share_encoder_pass needs a fake-score backbone with forward_with_logits_shared (SongUNet, "
                 f"DhariwalUNet, TinyUNet), not {type(backbone).__name__}"
             )
+        # After speed_up (the copies take the parameters' layout) and the broadcast (they copy rank 0's weights).
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
+        self.precast = PreCast([teacher, generator, fake_score], dtype) if config.precast_weights and dtype else None
         overlap = _overlap_teacher(config, self.device, self.world)
         self.side_stream = torch.cuda.Stream(self.device) if overlap else None
         fused = {"fused": True, "capturable": config.cuda_graphs} if self.device.type == "cuda" else {"foreach": True}
@@ -355,11 +359,14 @@ class Distiller:
         """One iteration's GPU work: the fake-score step, then (once the generator is on) the generator step."""
         logs: dict[str, Tensor] = {}
         rounds = self.config.rounds
-        with record_function("scoredistill/fake_score_step"):
-            self._fake_score_step(batches[:rounds], logs)
-        if gen_on:
-            with record_function("scoredistill/generator_step"):
-                self._generator_step(batches[rounds:] or [None] * rounds, active, logs)
+        with self.precast.active() if self.precast is not None else contextlib.nullcontext():
+            if self.precast is not None:  # the copies follow any change since the last iteration (a load, an edit)
+                self.precast.refresh()
+            with record_function("scoredistill/fake_score_step"):
+                self._fake_score_step(batches[:rounds], logs)
+            if gen_on:
+                with record_function("scoredistill/generator_step"):
+                    self._generator_step(batches[rounds:] or [None] * rounds, active, logs)
         return logs
 
     def _fake_score_step(self, batches: list[Batch | None], logs: dict[str, Tensor]) -> None:
@@ -395,6 +402,8 @@ class Distiller:
                         self._collect(logs, loss.name, {"fake_score_loss": out.loss.mean(), **out.logs}, 1 / cfg.rounds)
             self._backward(total, "f", last_round=i == cfg.rounds - 1)
         self._optimizer_step("f", self.opt_f, self.f_params, cfg.fake_score_grad_clip)
+        if self.precast is not None:  # the generator step reads the updated fake score
+            self.precast.refresh([self.fake_score])
 
     def _generator_step(
         self, batches: list[Batch | None], active: tuple[DistillLoss, ...], logs: dict[str, Tensor]
