@@ -207,30 +207,18 @@ def test_precast_weights_repeat_the_run_that_casts(method, graphs):
     assert_close_parameters(runs[False][0], runs[True][0], start, "bf16")
 
 
-def test_full_size_network_with_precast_weights():
-    """The CIFAR-10 DDPM++ at full size, SiDA in bf16 captured (the teacher on its side stream), with and without
-    precast_weights: the bench's graphs-cl-precast against graphs-cl."""
+@pytest.mark.parametrize("switch", ["overlap_teacher", "precast_weights"], ids=["side_stream", "precast"])
+def test_full_size_network_with_and_without_a_speed_switch(switch):
+    """The CIFAR-10 DDPM++ at full size, SiDA in bf16 captured as bench_step's graphs-cl setting runs it, with the
+    switch off and on: the teacher on a second stream (now the default on one GPU; graphs-cl-noot against
+    graphs-cl) or the layers reading weights cast once per update (graphs-cl against graphs-cl-precast)."""
     full = {"dropout": 0.13}
     runs = [
         trace(
-            build("sida", "uncond-noaug", precision="bf16", rounds=1, graphs=True, network=full, precast_weights=p),
+            build("sida", "uncond-noaug", precision="bf16", rounds=1, graphs=True, network=full, **{switch: on}),
             STEPS,
         )
-        for p in (False, True)
-    ]
-    assert_same_trace(*runs, "bf16")
-
-
-def test_full_size_network_with_the_teacher_on_a_side_stream():
-    """The CIFAR-10 DDPM++ at full size, SiDA in bf16 captured, as bench_step's graphs-cl setting runs it (the
-    teacher on a second stream, the default on one GPU)."""
-    full = {"dropout": 0.13}
-    runs = [
-        trace(
-            build("sida", "uncond-noaug", precision="bf16", rounds=1, graphs=True, network=full, overlap_teacher=o),
-            STEPS,
-        )
-        for o in (False, True)
+        for on in (False, True)
     ]
     assert_same_trace(*runs, "bf16")
 
