@@ -62,6 +62,7 @@ BENCH_SWITCHES = {
     "augment_conv": False,  # True: AugmentPipe pads and upsamples op by op
     "fused_bias_grad": True,  # fewer bias-gradient reductions (residual and group-norm backward)
     "fused_cat": True,  # the skip concatenation's Triton copy
+    "dense_split": False,  # True: its backward writes the two gradients densely (concat_triton.DENSE_SPLIT)
     "split_qkv": False,  # True: the channels_last attention's q, k and v by three GEMMs (UNetBlock.split_qkv)
 }
 
@@ -99,6 +100,8 @@ SETTINGS: dict[str, tuple[dict, bool]] = {
     "graphs-cl-shareenc": ({**GRAPHS_CL, "share_encoder_pass": True}, True),
     # candidate: the layers read bf16 copies of their weights cast once per update (DistillConfig.precast_weights)
     "graphs-cl-precast": ({**GRAPHS_CL, "precast_weights": True}, True),
+    # candidate: the skip concatenation's backward writes two dense gradients, not two channel slices
+    "graphs-cl-densecat": ({**GRAPHS_CL, "dense_split": True}, True),
     # the augmentation's padding and upsampling as separate ops over the padded image
     "graphs-cl-convaug": ({**GRAPHS_CL, "augment_conv": True}, True),
     "graphs-cl-nofold": ({**GRAPHS_CL, "fold_biases": False}, True),
@@ -157,7 +160,7 @@ def build(preset: str, batch: int, setting: str, device: torch.device) -> Distil
         from scoredistill.kernels import concat_triton, groupnorm_triton, residual_triton
 
         groupnorm_triton.set_strategy(switch["gn"])
-        concat_triton.FUSED_CAT = switch["fused_cat"]
+        concat_triton.FUSED_CAT, concat_triton.DENSE_SPLIT = switch["fused_cat"], switch["dense_split"]
         residual_triton.FUSED_BIAS_GRAD = groupnorm_triton.FUSED_AFFINE_GRAD_SUMS = switch["fused_bias_grad"]
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
     torch.backends.cudnn.benchmark = True  # as in the reference implementation

@@ -6,6 +6,9 @@
 #   graphs-cl-precast  the layers read bf16 copies of their weights and biases, refreshed by one multi-tensor copy
 #                      per network and update (DistillConfig.precast_weights), instead of a cast kernel per tensor
 #                      and use (the bulk of the casts family's 1,995 launches at CIFAR-10 batch 32)
+#   graphs-cl-densecat the skip concatenation's backward writes its two gradients as dense channels_last tensors
+#                      (concat_triton.DENSE_SPLIT) instead of two channel slices of dy, which cuDNN's backward of the
+#                      encoder convolutions then copied (40 copies of [32, 192, 64, 64] per ImageNet-64 iteration)
 #   graphs-cl-splitqkv the channels_last attention's q, k and v by three GEMMs (UNetBlock.split_qkv), so that SDPA's
 #                      backward neither stacks their gradients nor copies them into the qkv GEMM's layout (+1.4% on
 #                      ImageNet-64 on an H100, 2026-12-06; not yet timed on CIFAR-10)
@@ -26,7 +29,7 @@ set -u
 OUT=${OUT:-/tmp/candidates_check}
 source benchmarks/_device.sh "$OUT"
 cat "$OUT/gpu.txt"
-SETTINGS=${SETTINGS:-graphs-cl,graphs-cl-precast,graphs-cl-splitqkv,graphs-cl-noot,graphs-cl}
+SETTINGS=${SETTINGS:-graphs-cl,graphs-cl-precast,graphs-cl-densecat,graphs-cl-splitqkv,graphs-cl-noot,graphs-cl}
 
 el "parity tests"
 P="python -m pytest -q -p no:cacheprovider -rfE"

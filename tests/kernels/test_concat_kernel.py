@@ -17,7 +17,9 @@ needs_kernels = pytest.mark.skipif(not kernels.available(), reason="needs CUDA a
 
 
 def check(n: int, ca: int, cb: int, h: int, w: int, dtype: torch.dtype, device: str) -> None:
-    """The kernel's output and input gradients equal torch.cat's, bit for bit."""
+    """The kernel's output and input gradients equal torch.cat's, bit for bit; with ``DENSE_SPLIT`` the gradients
+    are dense channels_last tensors, else channel slices of ``dy`` as torch.cat's."""
+    from scoredistill.kernels import concat_triton
     from scoredistill.kernels.concat_triton import _CatChannels
 
     g = torch.Generator().manual_seed(ca * 1000 + cb)
@@ -26,12 +28,22 @@ def check(n: int, ca: int, cb: int, h: int, w: int, dtype: torch.dtype, device: 
     dy = torch.randn(n, ca + cb, h, w, generator=g).to(device, dtype)
     expected = torch.cat([a, b], dim=1)
     ga, gb = torch.autograd.grad(expected, (a, b), dy)
-    for _ in range(2):  # JIT launch, then the compiled-kernel handle (on CUDA)
-        y = _CatChannels.apply(a, b)
-        assert y.is_contiguous(memory_format=torch.channels_last) and y.dtype == dtype
-        assert torch.equal(y, expected), (n, ca, cb, h, w, dtype)
-        fa, fb = torch.autograd.grad(y, (a, b), dy)
-        assert torch.equal(fa, ga) and torch.equal(fb, gb)
+    dense_before = concat_triton.DENSE_SPLIT
+    try:
+        for dense, _ in ((False, 0), (False, 1), (True, 0), (True, 1)):  # JIT, then the compiled handle (CUDA)
+            concat_triton.DENSE_SPLIT = dense
+            y = _CatChannels.apply(a, b)
+            assert y.is_contiguous(memory_format=torch.channels_last) and y.dtype == dtype
+            assert torch.equal(y, expected), (n, ca, cb, h, w, dtype)
+            fa, fb = torch.autograd.grad(y, (a, b), dy.contiguous(memory_format=torch.channels_last))
+            assert torch.equal(fa, ga) and torch.equal(fb, gb)
+            assert all(g.is_contiguous(memory_format=torch.channels_last) for g in (fa, fb)) is dense
+            assert all(g.dtype == dtype and g.device == a.device for g in (fa, fb))
+            # A gradient that is not dense channels_last keeps the slices.
+            fa, fb = torch.autograd.grad(_CatChannels.apply(a, b), (a, b), dy.contiguous())
+            assert torch.equal(fa, ga) and torch.equal(fb, gb)
+    finally:
+        concat_triton.DENSE_SPLIT = dense_before
 
 
 def run_interpreter_cases() -> None:
@@ -80,7 +92,8 @@ def test_cuda_parity(shape, dtype):
 @pytest.mark.kernels
 @pytest.mark.parametrize("preset", ["cifar10-32x32-uncond", "imagenet-64x64"])
 def test_networks_with_the_kernel_equal_the_native_concatenation(preset, monkeypatch):
-    """A whole channels_last backbone, forward and input gradient, bit for bit with and without the kernel."""
+    """A whole channels_last backbone, forward and input gradient, bit for bit with and without the kernel (and
+    with its backward's dense split)."""
     from scoredistill.kernels import concat_triton
     from scoredistill.roles.precond import edm_precond
 
@@ -95,15 +108,17 @@ def test_networks_with_the_kernel_equal_the_native_concatenation(preset, monkeyp
     outputs, calls = [], []
     kernel = concat_triton.cat_channels
     monkeypatch.setattr(concat_triton, "cat_channels", lambda a, b: calls.append(1) or kernel(a, b))
-    for fused in (False, True):
+    for fused, dense in ((False, False), (True, False), (True, True)):
         monkeypatch.setattr(concat_triton, "FUSED_CAT", fused)
+        monkeypatch.setattr(concat_triton, "DENSE_SPLIT", dense)
         xx = x.clone().requires_grad_()
         with torch.autocast("cuda", dtype=torch.bfloat16):
             y = net(xx, sigma, labels)
         (grad,) = torch.autograd.grad(y.square().sum(), xx)
         outputs.append((y, grad))
     assert calls  # the decoder's concatenations took the kernel
-    assert torch.equal(outputs[0][0], outputs[1][0]) and torch.equal(outputs[0][1], outputs[1][1])
+    for y, grad in outputs[1:]:
+        assert torch.equal(outputs[0][0], y) and torch.equal(outputs[0][1], grad)
 
 
 if __name__ == "__main__":

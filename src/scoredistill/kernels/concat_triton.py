@@ -7,6 +7,13 @@ the copy bandwidth in the decoders of the EDM UNets (H100 profile, ``benchmarks/
 segments. The result is the same tensor, bit for bit; the backward (two channel slices of the gradient) is
 PyTorch's, as for ``torch.cat``.
 
+Those slices are not dense: in channels_last memory ``dy[:, :Ca]`` steps over the other input's channels at every
+pixel. A consumer that needs a dense gradient copies it, e.g. cuDNN's backward of the convolution that made the
+encoder's skip (on ImageNet-64, 40 copies of ``[32, 192, 64, 64]`` per iteration at about a quarter of the copy
+bandwidth, H100 profile). With ``DENSE_SPLIT`` on, the backward splits the gradient into two dense channels_last
+tensors in one pass of the same tiles instead (the same values). A candidate, off until it is timed
+(``bench_step.py`` setting ``graphs-cl-densecat``).
+
 On by default (``FUSED_CAT``; ``benchmarks/bench_step.py`` setting ``graphs-cl-nocat`` turns it off, for
 comparison). [`cat_channels`][scoredistill.networks.layers.cat_channels] dispatches to it.
 """
@@ -25,6 +32,7 @@ from .triton_utils import launch as _launch_any
 __all__ = ["cat_channels", "supported"]
 
 FUSED_CAT = True  # False: torch.cat everywhere (see the module docstring)
+DENSE_SPLIT = False  # True: the backward writes the two gradients densely (see the module docstring)
 BLOCK_P = 32  # pixels per program
 BLOCK_C = 128  # output channels per program
 NUM_WARPS = 4
@@ -41,6 +49,19 @@ def _cat_kernel(a_ptr, b_ptr, y_ptr, P, CA, CB, BLOCK_P: tl.constexpr, BLOCK_C: 
     va = tl.load(a_ptr + rows[:, None] * CA + cols[None, :], mask=row_mask & in_a, other=0.0)
     vb = tl.load(b_ptr + rows[:, None] * CB + (cols[None, :] - CA), mask=row_mask & in_b, other=0.0)
     tl.store(y_ptr + rows[:, None] * (CA + CB) + cols[None, :], tl.where(in_a, va, vb), mask=row_mask & (in_a | in_b))
+
+
+@triton.jit
+def _split_kernel(dy_ptr, da_ptr, db_ptr, P, CA, CB, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    # The concatenation's tiles in reverse: dy as [P, CA + CB] rows, da as [P, CA], db as [P, CB].
+    rows = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    row_mask = (rows < P)[:, None]
+    in_a = (cols < CA)[None, :]
+    in_b = ((cols >= CA) & (cols < CA + CB))[None, :]
+    v = tl.load(dy_ptr + rows[:, None] * (CA + CB) + cols[None, :], mask=row_mask & (in_a | in_b), other=0.0)
+    tl.store(da_ptr + rows[:, None] * CA + cols[None, :], v, mask=row_mask & in_a)
+    tl.store(db_ptr + rows[:, None] * CB + (cols[None, :] - CA), v, mask=row_mask & in_b)
 
 
 def supported(a: Tensor, b: Tensor) -> bool:
@@ -75,7 +96,20 @@ class _CatChannels(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
-        return dy[:, : ctx.ca], dy[:, ctx.ca :]
+        if not (DENSE_SPLIT and dy.is_contiguous(memory_format=torch.channels_last)):
+            return dy[:, : ctx.ca], dy[:, ctx.ca :]
+        n, c, h, w = dy.shape
+        ca, cb = ctx.ca, c - ctx.ca
+        da, db = (
+            torch.empty((n, k, h, w), device=dy.device, dtype=dy.dtype, memory_format=torch.channels_last)
+            for k in (ca, cb)
+        )
+        pixels = n * h * w
+        if pixels:
+            grid = (triton.cdiv(pixels, BLOCK_P), triton.cdiv(c, BLOCK_C))
+            _launch_any(_split_kernel, grid, dy.get_device(), dy, da, db, pixels, ca, cb, BLOCK_P, BLOCK_C,
+                        num_warps=NUM_WARPS)  # fmt: skip
+        return da, db
 
 
 def cat_channels(a: Tensor, b: Tensor) -> Tensor:
