@@ -585,3 +585,42 @@ def test_precast_refusals() -> None:
         first.refresh([Linear(2, 2)])
     with first.active(), pytest.raises(RuntimeError, match="another PreCast is already active"), second.active():
         pass
+
+
+def test_precast_held_gradients_are_released_as_the_casts_would_give_them() -> None:
+    """``hold_gradients``: each use's bf16 weight gradient is held; ``release_gradients`` casts them in one batch into
+    views of one flat buffer (a twice-used layer's two uses summed in float32), or adds them to a ``.grad`` there."""
+    from scoredistill.networks._precast import PreCast
+    from scoredistill.networks.layers import Conv2d, Linear
+
+    torch.manual_seed(0)
+    layers = torch.nn.ModuleList([Linear(4, 3), Conv2d(3, 5, 3).to(memory_format=torch.channels_last)])
+    # A bf16 input: the linear layer casts its weight at each of its two uses (autocast caches only the casts it
+    # makes itself, which sum two uses' gradients in bf16), so the reference sums the two casts in float32 too.
+    x = torch.randn(2, 4, dtype=torch.bfloat16)
+    img = torch.randn(2, 3, 6, 6).contiguous(memory_format=torch.channels_last)
+
+    def loss():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = layers[0](x).float().square().sum() + layers[0](2 * x).float().sum()  # the linear layer used twice
+            return y + layers[1](img).float().square().sum()
+
+    loss().backward()  # the casts at every use
+    expected = [p.grad.clone() for p in layers.parameters()]
+    layers.zero_grad(set_to_none=True)
+    casts = PreCast([layers], torch.bfloat16)
+    with casts.active(hold_gradients=True):
+        loss().backward()
+    assert all(p.grad is None for p in layers.parameters())  # held, not yet cast
+    flat, viewed = casts.release_gradients()
+    assert flat.numel() == sum(p.numel() for p in layers.parameters()) and len(viewed) == 4
+    for p, e in zip(layers.parameters(), expected, strict=True):
+        assert p.grad._base is flat and p.grad.stride() == p.stride()
+        assert torch.equal(p.grad, e)
+    assert casts.release_gradients() == (None, [])  # nothing held any more
+    with casts.active(hold_gradients=True):
+        loss().backward()
+    flat2, viewed2 = casts.release_gradients()  # added to the .grad already there, not made views
+    assert flat2 is not None and viewed2 == []
+    for p, e in zip(layers.parameters(), expected, strict=True):
+        torch.testing.assert_close(p.grad, 2 * e)

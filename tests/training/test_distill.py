@@ -362,3 +362,23 @@ def test_precast_weights_refusals():
         DistillConfig(precast_weights=True)
     with pytest.raises(ValueError, match=r"not been tested under torch\.compile"):
         DistillConfig(precast_weights=True, precision="bf16", compile="blocks")
+
+
+def test_precast_weights_released_gradients_are_sanitized():
+    """The weight gradients released in one flat buffer go through the reference's NaN/Inf rule like the others: a
+    NaN and an Inf planted in that buffer after each backward pass leave every parameter finite."""
+    d = _edm_distiller("sid", precast_weights=True)
+    assert d._hold_gradients  # one process: the gradients are held and released in one batch
+    release, planted = d.precast.release_gradients, []
+
+    def poisoned():
+        flat, viewed = release()
+        if flat is not None and viewed:
+            flat[0], flat[-1] = float("nan"), float("inf")
+            planted.append(len(viewed))
+        return flat, viewed
+
+    d.precast.release_gradients = poisoned
+    for _ in range(2):
+        d.step()
+    assert planted and all(torch.isfinite(p).all() for p in [*d.g_params, *d.f_params])

@@ -15,6 +15,12 @@ back; through the copies each use is cast back on its own and the two are summed
 
 The copies are only as fresh as their last `refresh`: whoever activates a `PreCast` refreshes it after every change
 of the parameters (the `Distiller` does so at the start of each iteration and after the fake score's update).
+
+The gradients' casts back can be batched too: while `active(hold_gradients=True)`, each use's low-precision weight
+gradient is held instead of cast, and `release_gradients` after the backward pass casts them all with one
+multi-tensor copy into one flat float32 buffer, whose views become the parameters' ``.grad`` (or are added to a
+``.grad`` already there). The values are those of the per-use casts; the parameters' gradient hooks do not run for
+these gradients, so the `Distiller` holds them in one process only (not under its all-reduce hooks).
 """
 
 from __future__ import annotations
@@ -25,31 +31,35 @@ from collections.abc import Iterable, Iterator
 import torch
 from torch import Tensor, nn
 
-_active: dict[int, tuple[Tensor, Tensor]] | None = None  # id(param) -> (param, its low-precision copy)
+_active: PreCast | None = None
 
 
 class _Cast(torch.autograd.Function):
-    """``cast`` (``param.to(cast.dtype)``, made earlier) forward; the gradient cast back to ``param``'s dtype."""
+    """``cast`` (``param.to(cast.dtype)``, made earlier) forward; the gradient cast back to ``param``'s dtype, or held
+    in ``held`` (``id(param) -> gradients``) for `PreCast.release_gradients` to cast."""
 
     @staticmethod
-    def forward(ctx, param: Tensor, cast: Tensor) -> Tensor:
-        ctx.dtype = param.dtype
+    def forward(ctx, param: Tensor, cast: Tensor, held: dict[int, list[Tensor]] | None) -> Tensor:
+        ctx.dtype, ctx.key, ctx.held = param.dtype, id(param), held
         return cast.view_as(cast)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
-        return grad.to(ctx.dtype), None
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, None, None]:
+        if ctx.held is None:
+            return grad.to(ctx.dtype), None, None
+        ctx.held.setdefault(ctx.key, []).append(grad)
+        return None, None, None
 
 
 def _copy_of(param: Tensor, dtype: torch.dtype) -> Tensor | None:
     """The active copy of ``param`` in ``dtype``, differentiable where ``param`` is trained; ``None`` if none."""
     if _active is None:
         return None
-    entry = _active.get(id(param))
+    entry = _active._table.get(id(param))
     if entry is None or entry[0] is not param or entry[1].dtype != dtype:
         return None
     if param.requires_grad and torch.is_grad_enabled():
-        return _Cast.apply(param, entry[1])
+        return _Cast.apply(param, entry[1], _active._held if _active._holding else None)
     return entry[1]
 
 
@@ -97,7 +107,9 @@ class PreCast:
         modules = list(modules)
         self.dtype = dtype
         self._groups: dict[int, tuple[list[Tensor], list[Tensor]]] = {}  # id(module) -> (params, copies)
-        self._table: dict[int, tuple[Tensor, Tensor]] = {}
+        self._table: dict[int, tuple[Tensor, Tensor]] = {}  # id(param) -> (param, its low-precision copy)
+        self._held: dict[int, list[Tensor]] = {}  # id(param) -> its uses' gradients, until released
+        self._holding = False
         for module in modules:
             params, copies = [], []
             for layer in module.modules():
@@ -130,13 +142,61 @@ class PreCast:
                 torch._foreach_copy_(copies, params)
 
     @contextlib.contextmanager
-    def active(self) -> Iterator[None]:
-        """Within the block the layers read these copies (not re-entrant with another `PreCast`)."""
+    def active(self, *, hold_gradients: bool = False) -> Iterator[None]:
+        """Within the block the layers read these copies (not re-entrant with another `PreCast`).
+
+        Args:
+            hold_gradients: Hold the weight gradients of the uses made in the block for `release_gradients`
+                instead of casting each back in the backward pass. Gradients still held from an earlier block (a
+                backward pass that failed before its release) are dropped on entry.
+        """
         global _active
-        if _active is not None and _active is not self._table:
+        if _active is not None and _active is not self:
             raise RuntimeError("another PreCast is already active")
-        previous, _active = _active, self._table
+        previous, _active = _active, self
+        holding, self._holding = self._holding, hold_gradients
+        if hold_gradients:
+            self._held.clear()
         try:
             yield
         finally:
-            _active = previous
+            _active, self._holding = previous, holding
+
+    def release_gradients(self) -> tuple[Tensor | None, list[Tensor]]:
+        """Cast the gradients held since the last release to their parameters' dtype and hand them over (the uses
+        made under ``hold_gradients``, whose backward passes have run, inside the block or after it).
+
+        One multi-tensor copy casts every parameter's first held gradient into a flat buffer (a parameter used more
+        than once adds its other uses' gradients to its part). A parameter without ``.grad`` gets its part, a view
+        with the parameter's strides, as ``.grad``; one with a ``.grad`` has its part added (one multi-tensor add).
+
+        Returns:
+            The flat buffer (``None`` if nothing was held) and the parameters whose ``.grad`` is a view of it.
+        """
+        if not self._held:
+            return None, []
+        params = [self._table[key][0] for key in self._held]
+        grads = list(self._held.values())
+        self._held.clear()
+        if len({p.dtype for p in params}) != 1 or len({p.device for p in params}) != 1:
+            raise RuntimeError("held gradients of parameters of several dtypes or devices: release them by group")
+        flat = torch.empty(sum(p.numel() for p in params), dtype=params[0].dtype, device=params[0].device)
+        parts, offset = [], 0
+        for p in params:  # each part dense with its parameter's strides (channels_last kept), as autograd makes them
+            parts.append(flat.as_strided(p.shape, torch.empty_like(p, device="meta").stride(), offset))
+            offset += p.numel()
+        torch._foreach_copy_(parts, [g[0] for g in grads])
+        for part, more in zip(parts, grads, strict=True):
+            for g in more[1:]:
+                part.add_(g)
+        viewed, added, into = [], [], []
+        for p, part in zip(params, parts, strict=True):
+            if p.grad is None:
+                p.grad = part
+                viewed.append(p)
+            else:
+                added.append(part)
+                into.append(p.grad)
+        if added:
+            torch._foreach_add_(into, added)
+        return flat, viewed

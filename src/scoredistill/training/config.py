@@ -70,8 +70,9 @@ class DistillConfig:
         precast_weights: Under ``"bf16"`` or ``"fp16"``, keep a low-precision copy of every convolution and linear
             weight and bias of the three networks, refreshed by one multi-tensor copy per network at the start of
             each iteration (and the fake score's after its update), which the layers read instead of casting at
-            every forward. The same values; gradients still reach the float32 parameters through the cast's
-            backward. A candidate aimed at the cast kernels of small CUDA-graph steps, off until it is timed.
+            every forward. In one process the weight gradients are cast back in one batch too, into one buffer
+            that the NaN/Inf rule then sweeps in one pass. The same values (SiD bit for bit; SiDA to float32
+            rounding). A candidate aimed at the cast kernels of small CUDA-graph steps, off until it is timed.
     """
 
     batch_size: int = 256  # images per step in this process (reference: batch / world size)

@@ -65,7 +65,10 @@ def _phase_sampler(losses: Sequence[DistillLoss], attr: str) -> SigmaSampler:
 
 def sanitize_grads(params: Sequence[nn.Parameter], clip_value: float | None = None) -> None:
     """Replace NaN gradients by 0 and +-Inf by +-1e5 (the reference's rule), then optionally clip values."""
-    grads = [p.grad for p in params if p.grad is not None]
+    _sanitize([p.grad for p in params if p.grad is not None], clip_value)
+
+
+def _sanitize(grads: list[Tensor], clip_value: float | None) -> None:
     for g in grads:
         torch.nan_to_num_(g, nan=0.0, posinf=1e5, neginf=-1e5)
     if clip_value is not None and grads:
@@ -191,6 +194,10 @@ class Distiller:
         # After speed_up (the copies take the parameters' layout) and the broadcast (they copy rank 0's weights).
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
         self.precast = PreCast([teacher, generator, fake_score], dtype) if config.precast_weights and dtype else None
+        # Its weight gradients cast back in one batch after each backward pass: in one process only, since the
+        # all-reduce of several hooks each parameter's gradient as autograd accumulates it.
+        self._hold_gradients = self.precast is not None and self.world == 1
+        self._flat_grads: dict[str, tuple[Tensor, list[Tensor]]] = {}  # phase -> released buffer, its parameters
         overlap = _overlap_teacher(config, self.device, self.world)
         self.side_stream = torch.cuda.Stream(self.device) if overlap else None
         fused = {"fused": True, "capturable": config.cuda_graphs} if self.device.type == "cuda" else {"foreach": True}
@@ -281,12 +288,20 @@ class Distiller:
             self.averagers[phase].arm()
         # Sum over the micro-batch divided by the per-process batch: the reference's `sum / B_gpu`.
         self.scalers[phase].scale(loss.sum() / self.config.batch_size).backward()
+        if self._hold_gradients:  # the first round's buffer holds the gradients; later rounds add into them
+            flat, viewed = self.precast.release_gradients()
+            if flat is not None and viewed:
+                self._flat_grads.setdefault(phase, (flat, viewed))
 
     def _optimizer_step(self, phase: str, opt: torch.optim.Optimizer, params: list, clip: float | None) -> None:
         if self.averagers is not None:  # wait for the bucketed averages over the processes
             self.averagers[phase].finish()
         self.scalers[phase].unscale_(opt)
-        sanitize_grads(params, clip)
+        flat, viewed = self._flat_grads.pop(phase, (None, []))
+        # One pass over a released buffer instead of one per parameter whose gradient is still a view of it.
+        in_flat = {id(p) for p in viewed if p.grad is not None and p.grad._base is flat}
+        rest = [p.grad for p in params if p.grad is not None and id(p) not in in_flat]
+        _sanitize(rest if flat is None else [flat, *rest], clip)
         self.scalers[phase].step(opt)
         self.scalers[phase].update()
         opt.zero_grad(set_to_none=True)
@@ -359,9 +374,11 @@ class Distiller:
         """One iteration's GPU work: the fake-score step, then (once the generator is on) the generator step."""
         logs: dict[str, Tensor] = {}
         rounds = self.config.rounds
-        with self.precast.active() if self.precast is not None else contextlib.nullcontext():
+        precast = self.precast
+        with precast.active(hold_gradients=self._hold_gradients) if precast else contextlib.nullcontext():
             if self.precast is not None:  # the copies follow any change since the last iteration (a load, an edit)
                 self.precast.refresh()
+                self._flat_grads.clear()  # what an interrupted iteration left
             with record_function("scoredistill/fake_score_step"):
                 self._fake_score_step(batches[:rounds], logs)
             if gen_on:
