@@ -585,6 +585,11 @@ def test_precast_refusals() -> None:
         first.refresh([Linear(2, 2)])
     with first.active(), pytest.raises(RuntimeError, match="another PreCast is already active"), second.active():
         pass
+    mixed = PreCast([Linear(2, 2), Linear(2, 2).double()], torch.bfloat16)
+    with pytest.raises(ValueError, match="must share a dtype and device"), mixed.active(hold_gradients=True):
+        pass
+    with first.active():  # a refused entry leaves nothing active behind
+        pass
 
 
 def test_precast_held_gradients_are_released_as_the_casts_would_give_them() -> None:

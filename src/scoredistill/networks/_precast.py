@@ -153,6 +153,8 @@ class PreCast:
         global _active
         if _active is not None and _active is not self:
             raise RuntimeError("another PreCast is already active")
+        if hold_gradients and len({(p.dtype, p.device) for p, _ in self._table.values()}) > 1:
+            raise ValueError("hold_gradients releases into one buffer: the parameters must share a dtype and device")
         previous, _active = _active, self
         holding, self._holding = self._holding, hold_gradients
         if hold_gradients:
@@ -175,15 +177,13 @@ class PreCast:
         """
         if not self._held:
             return None, []
-        params = [self._table[key][0] for key in self._held]
+        params, copies = zip(*(self._table[key] for key in self._held), strict=True)
         grads = list(self._held.values())
         self._held.clear()
-        if len({p.dtype for p in params}) != 1 or len({p.device for p in params}) != 1:
-            raise RuntimeError("held gradients of parameters of several dtypes or devices: release them by group")
         flat = torch.empty(sum(p.numel() for p in params), dtype=params[0].dtype, device=params[0].device)
         parts, offset = [], 0
-        for p in params:  # each part dense with its parameter's strides (channels_last kept), as autograd makes them
-            parts.append(flat.as_strided(p.shape, torch.empty_like(p, device="meta").stride(), offset))
+        for p, copy in zip(params, copies, strict=True):  # dense, in the parameter's layout (its copy's strides)
+            parts.append(flat.as_strided(p.shape, copy.stride(), offset))
             offset += p.numel()
         torch._foreach_copy_(parts, [g[0] for g in grads])
         for part, more in zip(parts, grads, strict=True):
