@@ -133,6 +133,19 @@ def initial(d: Distiller) -> dict[str, list[torch.Tensor]]:
     return {name: [p.detach().clone() for p in getattr(d, name).parameters()] for name in ("generator", "fake_score")}
 
 
+def compare_runs(switch: str, values: tuple, *, precision: str, **kwargs) -> dict[object, Distiller]:
+    """Two runs from one seed that differ only in ``build``'s ``switch``: the same trace and parameters."""
+    runs, start = {}, None
+    for value in values:
+        d = build(precision=precision, **kwargs, **{switch: value})
+        start = start or initial(d)
+        runs[value] = d, trace(d, STEPS)
+    (a, trace_a), (b, trace_b) = runs.values()
+    assert_same_trace(trace_a, trace_b, precision)
+    assert_close_parameters(a, b, start, precision)
+    return {value: d for value, (d, _) in runs.items()}
+
+
 @pytest.mark.parametrize("rounds", [1, 2])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("teacher_kind", list(TEACHERS))
@@ -168,14 +181,16 @@ def test_full_size_network_captured_repeats_the_eager_run(teacher_kind):
 def test_teacher_on_a_side_stream_repeats_the_serial_run(method, graphs):
     """DistillConfig.overlap_teacher: the teacher on a second CUDA stream beside the fake score (their forward and
     backward passes overlapping) gives the serial run's trace and parameters, eager and captured."""
-    runs, start = {}, None
-    for overlap in (False, True):
-        d = build(method, "cond-aug", precision="fp32", rounds=2, graphs=graphs, overlap_teacher=overlap)
-        start = start or initial(d)
-        runs[overlap] = d, trace(d, STEPS)
-    assert runs[True][0].side_stream is not None and runs[False][0].side_stream is None
-    assert_same_trace(runs[False][1], runs[True][1], "fp32")
-    assert_close_parameters(runs[False][0], runs[True][0], start, "fp32")
+    runs = compare_runs(
+        "overlap_teacher",
+        (False, True),
+        method=method,
+        teacher_kind="cond-aug",
+        precision="fp32",
+        rounds=2,
+        graphs=graphs,
+    )
+    assert runs[True].side_stream is not None and runs[False].side_stream is None
 
 
 @pytest.mark.parametrize("teacher_kind", ["uncond-noaug", "cond-aug"])
@@ -183,13 +198,10 @@ def test_teacher_on_a_side_stream_repeats_the_serial_run(method, graphs):
 def test_shared_encoder_pass_captured_repeats_the_eager_run(method, teacher_kind):
     """DistillConfig.share_encoder_pass (one encoder pass over the generator samples and the real images in the
     fake-score phase) captures, and the captured run repeats its eager run."""
-    runs, start = {}, None
-    for graphs in (False, True):
-        d = build(method, teacher_kind, precision="fp32", rounds=2, graphs=graphs, share_encoder_pass=True)
-        start = start or initial(d)
-        runs[graphs] = d, trace(d, STEPS)
-    assert_same_trace(runs[False][1], runs[True][1], "fp32")
-    assert_close_parameters(runs[False][0], runs[True][0], start, "fp32")
+    compare_runs(
+        "graphs", (False, True), method=method, teacher_kind=teacher_kind, precision="fp32", rounds=2,
+        share_encoder_pass=True,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("graphs", [False, True])
@@ -197,14 +209,11 @@ def test_shared_encoder_pass_captured_repeats_the_eager_run(method, teacher_kind
 def test_precast_weights_repeat_the_run_that_casts(method, graphs):
     """DistillConfig.precast_weights (the layers read bf16 copies of their weights, refreshed once per update) gives
     the trace and parameters of the run that casts at every use, eager and captured."""
-    runs, start = {}, None
-    for precast in (False, True):
-        d = build(method, "cond-aug", precision="bf16", rounds=2, graphs=graphs, precast_weights=precast)
-        start = start or initial(d)
-        runs[precast] = d, trace(d, STEPS)
-    assert runs[True][0].precast is not None and runs[False][0].precast is None
-    assert_same_trace(runs[False][1], runs[True][1], "bf16")
-    assert_close_parameters(runs[False][0], runs[True][0], start, "bf16")
+    runs = compare_runs(
+        "precast_weights", (False, True), method=method, teacher_kind="cond-aug", precision="bf16", rounds=2,
+        graphs=graphs,
+    )  # fmt: skip
+    assert runs[True].precast is not None and runs[False].precast is None
 
 
 @pytest.mark.parametrize("switch", ["overlap_teacher", "precast_weights"], ids=["side_stream", "precast"])

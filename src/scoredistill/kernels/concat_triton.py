@@ -39,13 +39,20 @@ NUM_WARPS = 4
 
 
 @triton.jit
-def _cat_kernel(a_ptr, b_ptr, y_ptr, P, CA, CB, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    # y as a [P, CA + CB] row-major matrix (channels_last), a as [P, CA], b as [P, CB].
+def _tile(P, CA, CB, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    # This program's [BLOCK_P, BLOCK_C] tile of the [P, CA + CB] concatenation: its rows and columns, which rows
+    # exist, and which columns fall in the first input or the second.
     rows = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    row_mask = (rows < P)[:, None]
     in_a = (cols < CA)[None, :]
     in_b = ((cols >= CA) & (cols < CA + CB))[None, :]
+    return rows, cols, (rows < P)[:, None], in_a, in_b
+
+
+@triton.jit
+def _cat_kernel(a_ptr, b_ptr, y_ptr, P, CA, CB, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    # y as a [P, CA + CB] row-major matrix (channels_last), a as [P, CA], b as [P, CB].
+    rows, cols, row_mask, in_a, in_b = _tile(P, CA, CB, BLOCK_P, BLOCK_C)
     va = tl.load(a_ptr + rows[:, None] * CA + cols[None, :], mask=row_mask & in_a, other=0.0)
     vb = tl.load(b_ptr + rows[:, None] * CB + (cols[None, :] - CA), mask=row_mask & in_b, other=0.0)
     tl.store(y_ptr + rows[:, None] * (CA + CB) + cols[None, :], tl.where(in_a, va, vb), mask=row_mask & (in_a | in_b))
@@ -54,11 +61,7 @@ def _cat_kernel(a_ptr, b_ptr, y_ptr, P, CA, CB, BLOCK_P: tl.constexpr, BLOCK_C: 
 @triton.jit
 def _split_kernel(dy_ptr, da_ptr, db_ptr, P, CA, CB, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     # The concatenation's tiles in reverse: dy as [P, CA + CB] rows, da as [P, CA], db as [P, CB].
-    rows = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
-    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    row_mask = (rows < P)[:, None]
-    in_a = (cols < CA)[None, :]
-    in_b = ((cols >= CA) & (cols < CA + CB))[None, :]
+    rows, cols, row_mask, in_a, in_b = _tile(P, CA, CB, BLOCK_P, BLOCK_C)
     v = tl.load(dy_ptr + rows[:, None] * (CA + CB) + cols[None, :], mask=row_mask & (in_a | in_b), other=0.0)
     tl.store(da_ptr + rows[:, None] * CA + cols[None, :], v, mask=row_mask & in_a)
     tl.store(db_ptr + rows[:, None] * CB + (cols[None, :] - CA), v, mask=row_mask & in_b)
