@@ -376,8 +376,8 @@ class Distiller:
         rounds = self.config.rounds
         precast = self.precast
         with precast.active(hold_gradients=self._hold_gradients) if precast else contextlib.nullcontext():
-            if self.precast is not None:  # the copies follow any change since the last iteration (a load, an edit)
-                self.precast.refresh()
+            if precast is not None:  # the copies follow any change since the last iteration (a load, an edit)
+                precast.refresh()
                 self._flat_grads.clear()  # what an interrupted iteration left
             with record_function("scoredistill/fake_score_step"):
                 self._fake_score_step(batches[:rounds], logs)
