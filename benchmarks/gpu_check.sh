@@ -14,7 +14,9 @@ LOG=${LOG:-/tmp/gpu_check}  # every output; $OUT (the device tool's folder), if 
 source benchmarks/_device.sh "$LOG"
 T=${T:-.devdata/cifar10-uncond-ddpmpp32}
 PHASES=${PHASES:-tests speed}  # "tests" alone or "speed" alone runs half of the check
-TESTS_S=${TESTS_S:-250}        # the tests' limit (seconds): 257 s on an H100; the speed rows took 287 s
+# The tests' limit (seconds): they took 250 s on an H100 (2026-12-06), before the pre-cast and dense-split tests
+# were added; the speed rows took 287 s.
+TESTS_S=${TESTS_S:-300}
 B="benchmarks/bench_step.py --settings graphs-cl --no-mfu --no-write --warmup 4 --steps 20"
 EX="examples/distill_edm.py --cuda-graphs --channels-last --precision bf16"
 
