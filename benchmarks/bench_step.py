@@ -102,6 +102,8 @@ SETTINGS: dict[str, tuple[dict, bool]] = {
     "graphs-cl-precast": ({**GRAPHS_CL, "precast_weights": True}, True),
     # candidate: the skip concatenation's backward writes two dense gradients, not two channel slices
     "graphs-cl-densecat": ({**GRAPHS_CL, "dense_split": True}, True),
+    # the three candidates above together, for what making them the default would give
+    "graphs-cl-cands": ({**GRAPHS_CL, "precast_weights": True, "dense_split": True, "split_qkv": True}, True),
     # the augmentation's padding and upsampling as separate ops over the padded image
     "graphs-cl-convaug": ({**GRAPHS_CL, "augment_conv": True}, True),
     "graphs-cl-nofold": ({**GRAPHS_CL, "fold_biases": False}, True),

@@ -9,6 +9,7 @@
 #   graphs-cl-densecat the skip concatenation's backward writes its two gradients as dense channels_last tensors
 #                      (concat_triton.DENSE_SPLIT) instead of two channel slices of dy, which cuDNN's backward of the
 #                      encoder convolutions then copied (40 copies of [32, 192, 64, 64] per ImageNet-64 iteration)
+#   graphs-cl-cands    the three candidates together (graphs-cl-precast, -densecat and -splitqkv)
 #   graphs-cl-splitqkv the channels_last attention's q, k and v by three GEMMs (UNetBlock.split_qkv), so that SDPA's
 #                      backward neither stacks their gradients nor copies them into the qkv GEMM's layout (+1.4% on
 #                      ImageNet-64 on an H100, 2026-12-06; not yet timed on CIFAR-10)
@@ -16,10 +17,10 @@
 #                      overlap_teacher; measured 2026-12-06 with each setting's own peak memory: +1.0% to +4.6%,
 #                      0.06 GiB), kept as a yardstick of the noise between sessions
 # Measured and settled (2026-12-06), for SETTINGS=...: graphs-cl-shareenc (one encoder pass over SiDA's two
-# batches: +1.2% at CIFAR-10 batch 32, -3.3% at batch 128; stays off), graphs-cl-nobgrad and graphs-cl-nocat (the paths before the
-# fewer bias-gradient reductions and the concatenation kernel: both paid, now the default), graphs-cl-gn1 (the
-# group norms' one-pass kernels: slower, not adopted; bench_norms.py and tune_norms_one_pass.py time them alone) and
-# graphs-cl-convaug (the augmentation's op-by-op padding and upsampling: slower, replaced).
+# batches: +1.2% at CIFAR-10 batch 32, -3.3% at batch 128; stays off), graphs-cl-nobgrad and graphs-cl-nocat (the
+# paths before the fewer bias-gradient reductions and the concatenation kernel: both paid, now the default),
+# graphs-cl-gn1 (the group norms' one-pass kernels: slower, not adopted; bench_norms.py and tune_norms_one_pass.py
+# time them alone) and graphs-cl-convaug (the augmentation's op-by-op padding and upsampling: slower, replaced).
 #
 #   device: bash benchmarks/candidates_check.sh      (carry .devdata for the CIFAR-10 zip rows; results in $OUT)
 #           QUICK=1 bash benchmarks/candidates_check.sh    (the tests and CIFAR-10 batch 32 only: at most 4.5
@@ -29,7 +30,7 @@ set -u
 OUT=${OUT:-/tmp/candidates_check}
 source benchmarks/_device.sh "$OUT"
 cat "$OUT/gpu.txt"
-SETTINGS=${SETTINGS:-graphs-cl,graphs-cl-precast,graphs-cl-densecat,graphs-cl-splitqkv,graphs-cl-noot,graphs-cl}
+SETTINGS=${SETTINGS:-graphs-cl,graphs-cl-precast,graphs-cl-densecat,graphs-cl-splitqkv,graphs-cl-cands,graphs-cl-noot,graphs-cl}
 
 el "parity tests"
 P="python -m pytest -q -p no:cacheprovider -rfE"
