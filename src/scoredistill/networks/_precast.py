@@ -75,6 +75,8 @@ def matmul_parameter(param: Tensor, x: Tensor) -> Tensor:
     Under autocast a float32 ``x`` leaves the cast to autocast (the layer computes in autocast's dtype); the active
     copy in that dtype is then the same value, handed over before autocast needs to cast.
     """
+    if _active is None:  # the default path: nothing more than the cast
+        return param.to(x.dtype)
     dtype = x.dtype
     if x.dtype == torch.float32 and torch.is_autocast_enabled(x.device.type):
         dtype = torch.get_autocast_dtype(x.device.type)
