@@ -197,7 +197,7 @@ class Distiller:
         # Its weight gradients cast back in one batch after each backward pass: in one process only, since the
         # all-reduce of several hooks each parameter's gradient as autograd accumulates it.
         self._hold_gradients = self.precast is not None and self.world == 1
-        self._flat_grads: dict[str, tuple[Tensor, list[Tensor]]] = {}  # phase -> released buffer, its parameters
+        self._flat_grads: dict[str, Tensor] = {}  # phase -> the buffer its first round's gradients were released into
         overlap = _overlap_teacher(config, self.device, self.world)
         self.side_stream = torch.cuda.Stream(self.device) if overlap else None
         fused = {"fused": True, "capturable": config.cuda_graphs} if self.device.type == "cuda" else {"foreach": True}
@@ -289,18 +289,17 @@ class Distiller:
         # Sum over the micro-batch divided by the per-process batch: the reference's `sum / B_gpu`.
         self.scalers[phase].scale(loss.sum() / self.config.batch_size).backward()
         if self._hold_gradients:  # the first round's buffer holds the gradients; later rounds add into them
-            flat, viewed = self.precast.release_gradients()
-            if flat is not None and viewed:
-                self._flat_grads.setdefault(phase, (flat, viewed))
+            flat, _ = self.precast.release_gradients()
+            if flat is not None:
+                self._flat_grads.setdefault(phase, flat)
 
     def _optimizer_step(self, phase: str, opt: torch.optim.Optimizer, params: list, clip: float | None) -> None:
         if self.averagers is not None:  # wait for the bucketed averages over the processes
             self.averagers[phase].finish()
         self.scalers[phase].unscale_(opt)
-        flat, viewed = self._flat_grads.pop(phase, (None, []))
+        flat = self._flat_grads.pop(phase, None)
         # One pass over a released buffer instead of one per parameter whose gradient is still a view of it.
-        in_flat = {id(p) for p in viewed if p.grad is not None and p.grad._base is flat}
-        rest = [p.grad for p in params if p.grad is not None and id(p) not in in_flat]
+        rest = [p.grad for p in params if p.grad is not None and (flat is None or p.grad._base is not flat)]
         _sanitize(rest if flat is None else [flat, *rest], clip)
         self.scalers[phase].step(opt)
         self.scalers[phase].update()
