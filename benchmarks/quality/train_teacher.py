@@ -62,7 +62,7 @@ def train(args: argparse.Namespace) -> Path:
         dataset, args.batch, seed=args.seed, device=device, label_dim=args.label_dim, num_workers=args.workers
     )
     sigmas = LogNormal()
-    outdir, nimg = Path(args.outdir), 0
+    outdir, nimg, train_s = Path(args.outdir), 0, 0.0
     ckpt = outdir / "training_state"
     modules = {"net": net, "ema": ema.module}
     if has_training_state(ckpt):
@@ -71,17 +71,25 @@ def train(args: argparse.Namespace) -> Path:
         opt.load_state_dict(loaded.state["opt"])
         data.load_state_dict(loaded.state["data"])
         nimg = int(loaded.state["nimg"])
+        train_s = float(loaded.state.get("train_s", 0.0))  # the training time of the earlier processes
         print(f"resumed from {ckpt} at {nimg} images")
 
     def save() -> None:
-        state = {"opt": opt.state_dict(), "data": data.state_dict(), "nimg": nimg, "args": vars(args)}
+        seconds = train_s + time.perf_counter() - t0  # to this step, across resumes
+        state = {
+            "opt": opt.state_dict(),
+            "data": data.state_dict(),
+            "nimg": nimg,
+            "train_s": seconds,
+            "args": vars(args),
+        }
         save_training_state(ckpt, modules=modules, state=state)
 
     rng = torch.Generator(device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.bf16 and device.type == "cuda" else None
     total, every_log, every_ckpt = (round(k * 1000) for k in (args.kimg, args.log_kimg, args.ckpt_kimg))
     next_log, next_ckpt = nimg + every_log, nimg + every_ckpt
-    t0, train_s, losses = time.perf_counter(), 0.0, []
+    t0, losses = time.perf_counter(), []
     outdir.mkdir(parents=True, exist_ok=True)
     try:
         while nimg < total:

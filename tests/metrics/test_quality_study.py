@@ -7,11 +7,13 @@ figure lands in one results.json, and that the tables and the plot are made from
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import os
 import shutil
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -138,10 +140,15 @@ def test_teacher_script_trains_resumes_and_writes_a_conditional_artefact(tmp_pat
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     try:
         train_teacher.main([*tiny, "--outdir", str(straight), "--kimg", "0.004"])
-        train_teacher.main([*tiny, "--outdir", str(resumed), "--kimg", "0.002"])
+        slow = itertools.count(0.0, 1000.0)  # a clock on which the first process's every reading is 1000 s later
+        with monkeypatch.context() as patch:
+            patch.setattr(train_teacher, "time", types.SimpleNamespace(perf_counter=lambda: next(slow)))
+            train_teacher.main([*tiny, "--outdir", str(resumed), "--kimg", "0.002"])
         train_teacher.main([*tiny, "--outdir", str(resumed), "--kimg", "0.004"])  # resumes at 2 images
     finally:
         torch.set_num_threads(threads)
+    # The artefact's training time counts the earlier process too, not only the last one's (seconds, here).
+    assert json.loads((resumed / "teacher" / "config.json").read_text())["training"]["train_s"] >= 1000
     config = json.loads((straight / "teacher" / "config.json").read_text())
     assert config["precond"]["label_dim"] == 10 and config["backbone"]["config"]["label_dim"] == 10
     assert config["training"]["nimg"] == 4
