@@ -481,7 +481,8 @@ def _plot(results: dict, path: Path, key: str = "curves", ref: str = "train") ->
     for record in results["teacher"]:
         if record["nfe"] == 35 and ref in record["fid"]:
             name = f"{record['name']} teacher" if record.get("name") else "teacher"
-            ax.axhline(record["fid"][ref], color="grey", ls="--", lw=1, label=f"{name}, 35 NFE ({record['n']:,})")
+            style = ":" if record.get("name") else "--"  # the conditional teacher's line apart from the shared one's
+            ax.axhline(record["fid"][ref], color="grey", ls=style, lw=1, label=f"{name}, 35 NFE ({record['n']:,})")
     _save(fig, ax, f"FID vs {ref} during training", path)
 
 
