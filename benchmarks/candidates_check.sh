@@ -1,5 +1,5 @@
 #!/bin/bash
-# Issue 20's candidate changes against the fast path, on a GPU, in one device call of at most 9.5 minutes: their
+# Issue 20's candidate changes against the fast path, on a GPU, in one device call of at most 10 minutes: their
 # parity tests, then bench_step with each setting on the three workloads (one process per workload, the fast path
 # first and last, each setting's peak memory counted from a clean slate). The settings it times by default:
 #   graphs-cl          the fast path, as users run it
@@ -22,9 +22,13 @@
 # graphs-cl-gn1 (the group norms' one-pass kernels: slower, not adopted; bench_norms.py and tune_norms_one_pass.py
 # time them alone) and graphs-cl-convaug (the augmentation's op-by-op padding and upsampling: slower, replaced).
 #
+# Before the bench_step rows, bench_paired.py times the layers of a paired teacher + fake-score network against the
+# two networks' layers (one stream and two), to decide whether such a network is worth building.
+#
 #   device: bash benchmarks/candidates_check.sh      (carry .devdata for the CIFAR-10 zip rows; results in $OUT)
-#           QUICK=1 bash benchmarks/candidates_check.sh    (the tests and CIFAR-10 batch 32 only: at most 4.5
-#                                                           minutes by its limits, for a call shared with the study)
+#           QUICK=1 bash benchmarks/candidates_check.sh    (the tests, bench_paired and CIFAR-10 batch 32 only: at
+#                                                           most 6 minutes by its limits, for a call shared with the
+#                                                           study)
 #           SETTINGS=graphs-cl,graphs-cl-gn1,graphs-cl ...  (other settings of bench_step.py)
 set -u
 OUT=${OUT:-/tmp/candidates_check}
@@ -43,6 +47,9 @@ timeout 170 $P tests/networks/test_networks.py tests/training/test_gpu_matrix.py
   -k "split_qkv or channels_last_attention or precast" > "$OUT/attention_tests.txt" 2>&1 &
 wait
 tail -n 3 "$OUT/gn_tests.txt" "$OUT/residual_tests.txt" "$OUT/overlap_tests.txt" "$OUT/attention_tests.txt"
+el "bench_paired (the teacher's and the fake score's layers as one)"
+timeout 90 python benchmarks/bench_paired.py --out "$OUT/paired.md" > "$OUT/paired.txt" 2>&1
+tail -n 14 "$OUT/paired.txt"
 data=(); [ -f "$Z" ] && data=(--data "$Z" --augment 0.12)
 B="benchmarks/bench_step.py --out $OUT/candidates.md --no-mfu --warmup 4 --steps 20 --settings $SETTINGS"
 el "bench_step CIFAR-10 batch 32"
