@@ -31,6 +31,7 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import RESULTS_MD, write_table
+from bench_losses import time_graph  # device time per CUDA-graph replay (the side stream forks and joins inside)
 
 # name -> (kind, [B, C, H, W] of one network's input); convolutions are 3x3, C -> C, as in the UNet blocks
 CASES = {
@@ -145,28 +146,6 @@ def check(kind: str, shape: tuple[int, ...], device: str, dtype: torch.dtype, to
     return worst
 
 
-def time_graph(step: Callable[[], object], iters: int) -> float:
-    """Seconds per replay of ``step`` captured in a CUDA graph (the side stream forks and joins inside it)."""
-    warm = torch.cuda.Stream()
-    warm.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(warm):
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream().wait_stream(warm)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
-    graph.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / 1e3 / iters
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--iters", type=int, default=200, help="graph replays timed per setting and round")
@@ -184,7 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, (kind, shape) in CASES.items():
         diff = check(kind, shape, "cuda", torch.bfloat16, tol=2e-2)
         steps = make(kind, shape, "cuda", torch.bfloat16)
-        best = {key: min(time_graph(step, args.iters) for _ in range(args.rounds)) for key, step in steps.items()}
+        times = {key: [time_graph(step, args.iters) for _ in range(args.rounds)] for key, step in steps.items()}
+        if any(t is None for ts in times.values() for t in ts):
+            raise RuntimeError(f"{name}: a CUDA graph capture failed (above)")
+        best = {key: min(ts) for key, ts in times.items()}
         row = [name, "x".join(map(str, shape)), best["single"] * 1e6, best["streams"] * 1e6, best["paired"] * 1e6,
                best["paired"] / best["single"], best["paired"] / best["streams"], diff]  # fmt: skip
         rows.append(row)
