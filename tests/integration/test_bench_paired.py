@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 
 import pytest
 import torch
@@ -45,3 +46,19 @@ def test_check_rejects_a_paired_layer_that_differs(bench, monkeypatch):
     monkeypatch.setattr(bench, "_norm", lambda x, groups, w, b: real(x, max(groups // 2, 1), w, b))  # paired: 1 group
     with pytest.raises(AssertionError, match="differs"):
         bench.check("norm", (2, 8, 3, 3), "cpu", torch.float32, tol=1e-5)
+
+
+def test_rows_keep_each_settings_best_and_mark_a_failed_capture(bench, monkeypatch, tmp_path):
+    # main() on stand-ins for the GPU parts: the rounds' times of each setting in turn, one capture failing (None)
+    times = iter([3e-4, 2e-4, 2.5e-4, 1e-4, None, 1e-4, 1.2e-4, 0.9e-4, 1.1e-4])  # single, streams, paired
+    monkeypatch.setattr(bench.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(bench, "CASES", {"a case": ("conv", (1, 2, 3, 3))})
+    monkeypatch.setattr(bench, "check", lambda *args, **kwargs: 0.001)
+    monkeypatch.setattr(bench, "make", lambda *args: {"single": None, "streams": None, "paired": None})
+    monkeypatch.setattr(bench, "time_graph", lambda step, iters: next(times))
+    tag = {"gpu": "a stand-in", "torch": "", "triton": "", "cuda": "", "date": ""}
+    monkeypatch.setattr(sys.modules[bench.write_table.__module__], "env_tag", lambda: tag)  # no GPU to name
+    out = tmp_path / "results.md"
+    assert bench.main(["--rounds", "3", "--out", str(out)]) == 0
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| a case ")]
+    assert rows == ["| a case | 1x2x3x3 | 200 | failed | 90 | 0.45 | failed | 0.001 |"]
