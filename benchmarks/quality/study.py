@@ -464,18 +464,29 @@ def _save(fig, ax, ylabel: str, path: Path) -> None:
     fig.savefig(path)
 
 
+COND = "-cond"  # the suffix of the conditional study's methods (sid-cond, sida-cond)
+
+
 def _plot(results: dict, path: Path, key: str = "curves", ref: str = "train") -> None:
     """The in-training FID against reference ``ref`` (``results[key]``): each method's mean over seeds, with a band
     of one sample standard deviation, and the teacher's 35-NFE FID against the same reference."""
     offsets = _offsets(results)
     fig, ax = _figure(4.2)
-    for method, band in results.get(key, {}).items():  # mean over seeds, and a band of one sample std
+    curves = results.get(key, {})
+    colours = {m: f"C{i}" for i, m in enumerate(m for m in curves if not m.endswith(COND))}
+    for method, band in curves.items():  # mean over seeds, and a band of one sample std
         start = offsets.get(method, 0.0)
         x = [(start + n) / 1e6 for n, *_ in band]
         mean = np.array([m for _, m, _, _ in band])
         std = np.nan_to_num(np.array([sd for _, _, sd, _ in band]))
         seeds = max(k for *_, k in band)
-        (line,) = ax.plot(x, mean, marker="o", ms=3, label=f"{method} ({seeds} seed{'s' * (seeds > 1)})")
+        # A conditional method (NAME-cond) dashed, in its unconditional twin's colour when there is one.
+        style = (
+            {"color": colours.get(method.removesuffix(COND)), "ls": "--"}
+            if method.endswith(COND)
+            else {"color": colours[method]}
+        )
+        (line,) = ax.plot(x, mean, marker="o", ms=3, label=f"{method} ({seeds} seed{'s' * (seeds > 1)})", **style)
         if seeds > 1:
             ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
     for record in results["teacher"]:

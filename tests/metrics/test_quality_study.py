@@ -119,6 +119,34 @@ def test_report_averages_seeds_and_tables_come_from_results_json(tmp_path):
     assert "| sid | 99.00 |" in study.tables(json.loads((out / "results.json").read_text()))
 
 
+def test_plot_draws_a_conditional_method_dashed_in_its_unconditional_twins_colour(tmp_path):
+    pytest.importorskip("matplotlib")
+    study = _module("study")
+    band = [[0, 180.0, float("nan"), 1], [1000, 20.0, float("nan"), 1]]
+    curves = {"sid": band, "sid-cond": band, "sida": band, "sida-cond": band, "solo-cond": band}
+    drawn = {}
+    real_figure = study._figure
+
+    def figure(height):  # the real figure, with each line's label, colour and style recorded as it is drawn
+        fig, ax = real_figure(height)
+        plot = ax.plot
+
+        def recorded(*args, **kwargs):
+            (line,) = plot(*args, **kwargs)
+            drawn[kwargs["label"].split()[0]] = (line.get_color(), line.get_linestyle())
+            return [line]
+
+        ax.plot = recorded
+        return fig, ax
+
+    study._figure = figure
+    study._plot({"curves": curves, "teacher": [], "setting": {}}, tmp_path / "fid.png")
+    assert drawn["sid-cond"] == (drawn["sid"][0], "--") and drawn["sida-cond"] == (drawn["sida"][0], "--")
+    assert drawn["sid"][1] == drawn["sida"][1] == "-" and drawn["sid"][0] != drawn["sida"][0]
+    assert drawn["solo-cond"][1] == "--"  # no unconditional twin: dashed, in a colour of its own
+    assert (tmp_path / "fid.png").stat().st_size > 1000
+
+
 def test_report_drops_evaluations_that_repeat_the_previous_one(tmp_path):
     """An evaluation identical to the previous one to every digit is a stale cache, not a measurement: it leaves the
     curves and is listed; a value seen again after a different one is kept."""
