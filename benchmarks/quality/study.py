@@ -473,20 +473,17 @@ def _plot(results: dict, path: Path, key: str = "curves", ref: str = "train") ->
     offsets = _offsets(results)
     fig, ax = _figure(4.2)
     curves = results.get(key, {})
-    colours = {m: f"C{i}" for i, m in enumerate(m for m in curves if not m.endswith(COND))}
+    # A conditional method (NAME-cond) is drawn dashed in its unconditional twin's colour, or in one of its own.
+    colours = {m: f"C{i}" for i, m in enumerate(dict.fromkeys(m.removesuffix(COND) for m in curves))}
     for method, band in curves.items():  # mean over seeds, and a band of one sample std
         start = offsets.get(method, 0.0)
         x = [(start + n) / 1e6 for n, *_ in band]
         mean = np.array([m for _, m, _, _ in band])
         std = np.nan_to_num(np.array([sd for _, _, sd, _ in band]))
         seeds = max(k for *_, k in band)
-        # A conditional method (NAME-cond) dashed, in its unconditional twin's colour when there is one.
-        style = (
-            {"color": colours.get(method.removesuffix(COND)), "ls": "--"}
-            if method.endswith(COND)
-            else {"color": colours[method]}
-        )
-        (line,) = ax.plot(x, mean, marker="o", ms=3, label=f"{method} ({seeds} seed{'s' * (seeds > 1)})", **style)
+        style = "--" if method.endswith(COND) else "-"
+        (line,) = ax.plot(x, mean, marker="o", ms=3, color=colours[method.removesuffix(COND)], ls=style,
+                          label=f"{method} ({seeds} seed{'s' * (seeds > 1)})")  # fmt: skip
         if seeds > 1:
             ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
     for record in results["teacher"]:

@@ -144,6 +144,7 @@ def test_plot_draws_a_conditional_method_dashed_in_its_unconditional_twins_colou
     assert drawn["sid-cond"] == (drawn["sid"][0], "--") and drawn["sida-cond"] == (drawn["sida"][0], "--")
     assert drawn["sid"][1] == drawn["sida"][1] == "-" and drawn["sid"][0] != drawn["sida"][0]
     assert drawn["solo-cond"][1] == "--"  # no unconditional twin: dashed, in a colour of its own
+    assert drawn["solo-cond"][0] not in (drawn["sid"][0], drawn["sida"][0])
     assert (tmp_path / "fid.png").stat().st_size > 1000
 
 
