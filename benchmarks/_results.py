@@ -16,7 +16,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 RESULTS_MD = HERE / "RESULTS.md"
 
-__all__ = ["RESULTS_MD", "env_tag", "format_table", "write_table"]
+__all__ = ["RESULTS_MD", "env_tag", "format_table", "print_row", "write_table"]
 
 
 def env_tag() -> dict[str, str]:
@@ -48,6 +48,11 @@ def format_table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> st
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def print_row(columns: Sequence[str], row: Sequence[object]) -> None:
+    """One row on stdout as ``column=value`` pairs, floats to 4 significant digits (a bench's progress as it runs)."""
+    print("  ".join(f"{c}={v:.4g}" if isinstance(v, float) else f"{c}={v}" for c, v in zip(columns, row)))
 
 
 def write_table(

@@ -37,7 +37,7 @@ from torch.utils.benchmark import Timer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _results import RESULTS_MD, write_table
+from _results import RESULTS_MD, print_row, write_table
 
 from scoredistill.losses import functional as ref
 
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                     gbs, 100 * gbs / bw, r["eager_mem"], r["fused_mem"],
                 ]  # fmt: skip
                 rows.append(row)
-                print("  ".join(f"{c}={v:.4g}" if isinstance(v, float) else f"{c}={v}" for c, v in zip(columns, row)))
+                print_row(columns, row)
     if args.sweep:
         for dname in args.dtypes:
             sweep_split(SIZES["large"], DTYPES[dname], args.min_run_time)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import RESULTS_MD, write_table
+from _results import RESULTS_MD, print_row, write_table
 from bench_losses import copy_bandwidth, time_graph, time_wall
 
 from scoredistill.networks.layers import group_norm_act
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                 r["one_pass_graph"] * 1e6, r["one_pass_graph"] / r["fused_graph"], 100 * gbs1 / bw,
             ]  # fmt: skip
             rows.append(row)
-            print("  ".join(f"{c}={v:.4g}" if isinstance(v, float) else f"{c}={v}" for c, v in zip(columns, row)))
+            print_row(columns, row)
     notes = [
         f"bf16, forward + backward into x, weight, bias and the conditioning; copy bandwidth: {bw:.0f} GB/s.",
         "Native = group_norm + (add | addcmul) + silu as separate ops (EDM's composition); fused = 3 launches forward "

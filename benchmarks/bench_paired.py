@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import RESULTS_MD, write_table
+from _results import RESULTS_MD, print_row, write_table
 from bench_losses import time_graph  # device time per CUDA-graph replay (the side stream forks and joins inside)
 
 # name -> (kind, [B, C, H, W] of one network's input); convolutions are 3x3, C -> C, as in the UNet blocks
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
                ratio["streams"], diff]  # fmt: skip
         row = ["failed" if v is None else v for v in row]
         rows.append(row)
-        print("  ".join(f"{c}={v:.4g}" if isinstance(v, float) else f"{c}={v}" for c, v in zip(columns, row)))
+        print_row(columns, row)
     notes = [
         "bf16, channels_last, forward + input gradient (the generator phase's teacher and fake score train no "
         "weights), device time per CUDA-graph replay, each setting's best of "
