@@ -30,12 +30,16 @@
 #                                                           most 6 minutes by its limits, for a call shared with the
 #                                                           study)
 #           SETTINGS=graphs-cl,graphs-cl-gn1,graphs-cl ...  (other settings of bench_step.py)
+#           PHASES=step bash benchmarks/candidates_check.sh (the bench_step rows only, once the parity tests and
+#                                                           bench_paired have passed on the card: about 6 minutes)
 set -u
 OUT=${OUT:-/tmp/candidates_check}
 source benchmarks/_device.sh "$OUT"
 cat "$OUT/gpu.txt"
 SETTINGS=${SETTINGS:-graphs-cl,graphs-cl-precast,graphs-cl-densecat,graphs-cl-splitqkv,graphs-cl-cands,graphs-cl-noot,graphs-cl}
+PHASES=${PHASES:-tests paired step}
 
+if [[ " $PHASES " == *" tests "* ]]; then
 el "parity tests"
 P="python -m pytest -q -p no:cacheprovider -rfE"
 timeout 170 $P tests/kernels/test_groupnorm_kernel.py -k "cuda_parity and tiles or affine_sums" \
@@ -47,9 +51,13 @@ timeout 170 $P tests/networks/test_networks.py tests/training/test_gpu_matrix.py
   -k "split_qkv or channels_last_attention or precast" > "$OUT/attention_tests.txt" 2>&1 &
 wait
 tail -n 3 "$OUT/gn_tests.txt" "$OUT/residual_tests.txt" "$OUT/overlap_tests.txt" "$OUT/attention_tests.txt"
+fi
+if [[ " $PHASES " == *" paired "* ]]; then
 el "bench_paired (the teacher's and the fake score's layers as one)"
 timeout 90 python benchmarks/bench_paired.py --out "$OUT/paired.md" > "$OUT/paired.txt" 2>&1
 tail -n 14 "$OUT/paired.txt"
+fi
+[[ " $PHASES " == *" step "* ]] || { el end; exit 0; }
 data=(); [ -f "$Z" ] && data=(--data "$Z" --augment 0.12)
 B="benchmarks/bench_step.py --out $OUT/candidates.md --no-mfu --warmup 4 --steps 20 --settings $SETTINGS"
 el "bench_step CIFAR-10 batch 32"
