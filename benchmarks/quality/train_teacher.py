@@ -36,6 +36,7 @@ from scoredistill.training.checkpoint import (
     read_training_state,
     save_training_state,
 )
+from scoredistill.training.distill import sanitize_grads
 from scoredistill.training.ema import EMA
 
 
@@ -108,9 +109,7 @@ def train(args: argparse.Namespace) -> Path:
             loss = dsm_loss(denoised.float(), x, sigma).sum() / x.shape[0]
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            for p in net.parameters():  # EDM's guard against the odd non-finite gradient
-                if p.grad is not None:
-                    torch.nan_to_num_(p.grad, nan=0.0, posinf=1e5, neginf=-1e5)
+            sanitize_grads(list(net.parameters()))  # EDM's guard against the odd non-finite gradient
             opt.step()
             ema.update(net, nimg=nimg, batch=args.batch)
             nimg += args.batch
