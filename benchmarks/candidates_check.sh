@@ -40,22 +40,22 @@ SETTINGS=${SETTINGS:-graphs-cl,graphs-cl-precast,graphs-cl-densecat,graphs-cl-sp
 PHASES=${PHASES:-tests paired step}
 
 if [[ " $PHASES " == *" tests "* ]]; then
-el "parity tests"
-P="python -m pytest -q -p no:cacheprovider -rfE"
-timeout 170 $P tests/kernels/test_groupnorm_kernel.py -k "cuda_parity and tiles or affine_sums" \
-  > "$OUT/gn_tests.txt" 2>&1 &
-timeout 170 $P tests/kernels/test_residual_kernel.py tests/kernels/test_concat_kernel.py \
-  > "$OUT/residual_tests.txt" 2>&1 &
-timeout 170 $P tests/training/test_gpu_matrix.py -k side_stream > "$OUT/overlap_tests.txt" 2>&1 &
-timeout 170 $P tests/networks/test_networks.py tests/training/test_gpu_matrix.py \
-  -k "split_qkv or channels_last_attention or precast" > "$OUT/attention_tests.txt" 2>&1 &
-wait
-tail -n 3 "$OUT/gn_tests.txt" "$OUT/residual_tests.txt" "$OUT/overlap_tests.txt" "$OUT/attention_tests.txt"
+  el "parity tests"
+  P="python -m pytest -q -p no:cacheprovider -rfE"
+  timeout 170 $P tests/kernels/test_groupnorm_kernel.py -k "cuda_parity and tiles or affine_sums" \
+    > "$OUT/gn_tests.txt" 2>&1 &
+  timeout 170 $P tests/kernels/test_residual_kernel.py tests/kernels/test_concat_kernel.py \
+    > "$OUT/residual_tests.txt" 2>&1 &
+  timeout 170 $P tests/training/test_gpu_matrix.py -k side_stream > "$OUT/overlap_tests.txt" 2>&1 &
+  timeout 170 $P tests/networks/test_networks.py tests/training/test_gpu_matrix.py \
+    -k "split_qkv or channels_last_attention or precast" > "$OUT/attention_tests.txt" 2>&1 &
+  wait
+  tail -n 3 "$OUT/gn_tests.txt" "$OUT/residual_tests.txt" "$OUT/overlap_tests.txt" "$OUT/attention_tests.txt"
 fi
 if [[ " $PHASES " == *" paired "* ]]; then
-el "bench_paired (the teacher's and the fake score's layers as one)"
-timeout 90 python benchmarks/bench_paired.py --out "$OUT/paired.md" > "$OUT/paired.txt" 2>&1
-tail -n 14 "$OUT/paired.txt"
+  el "bench_paired (the teacher's and the fake score's layers as one)"
+  timeout 90 python benchmarks/bench_paired.py --out "$OUT/paired.md" > "$OUT/paired.txt" 2>&1
+  tail -n 14 "$OUT/paired.txt"
 fi
 [[ " $PHASES " == *" step "* ]] || { el end; exit 0; }
 data=(); [ -f "$Z" ] && data=(--data "$Z" --augment 0.12)
