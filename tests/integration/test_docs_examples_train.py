@@ -85,7 +85,7 @@ def test_docs_examples_train(page, generators):
         mixture, samples = GaussianMixture.ring(8), namespace["samples"]
         mass = mixture.mode_mass(samples)
         assert (mass - 0.125).abs().max() < 0.05, mass
-        assert mixture.near_mode(samples) > 0.25  # 300 steps; the demo's 3000 reach 0.85
+        assert mixture.near_mode(samples) > 0.25  # 300 steps; the demo's 3000 reach 0.85 to 0.88
 
 
 def test_readme_tour_compiles():
