@@ -457,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser(
-        "demo", help="distil an analytic 2-D Gaussian mixture on the CPU (about a minute; two with --sida)"
+        "demo", help="distil an analytic 2-D Gaussian mixture on the CPU (one to two minutes; twice that with --sida)"
     )
     demo.add_argument("--steps", type=number(int), default=3000, help="distillation iterations")
     demo.add_argument("--batch-size", type=number(int), default=256, help="points per iteration")

@@ -1,4 +1,4 @@
-"""The analytic demo: distil an 8-Gaussian ring into a one-step MLP generator on a CPU in about a minute.
+"""The analytic demo: distil an 8-Gaussian ring into a one-step MLP generator on a CPU in one to two minutes.
 
 The recipe (measured on the 8-mode ring, see docs/quickstart.md):
 
