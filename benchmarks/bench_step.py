@@ -98,12 +98,17 @@ SETTINGS: dict[str, tuple[dict, bool]] = {
     "graphs-cl-splitqkv": ({**GRAPHS_CL, "split_qkv": True}, True),
     # candidate: SiDA's fake-score phase, one encoder pass over generator and real images
     "graphs-cl-shareenc": ({**GRAPHS_CL, "share_encoder_pass": True}, True),
+    # candidate: SiDA's fake-score phase, the real images' encoder pass on a second stream (DistillConfig.overlap_real)
+    "graphs-cl-ovreal": ({**GRAPHS_CL, "overlap_real": True}, True),
     # candidate: the layers read bf16 copies of their weights cast once per update (DistillConfig.precast_weights)
     "graphs-cl-precast": ({**GRAPHS_CL, "precast_weights": True}, True),
     # candidate: the skip concatenation's backward writes two dense gradients, not two channel slices
     "graphs-cl-densecat": ({**GRAPHS_CL, "dense_split": True}, True),
-    # the three candidates above together, for what making them the default would give
-    "graphs-cl-cands": ({**GRAPHS_CL, "precast_weights": True, "dense_split": True, "split_qkv": True}, True),
+    # the four candidates above together, for what making them the default would give
+    "graphs-cl-cands": (
+        {**GRAPHS_CL, "precast_weights": True, "dense_split": True, "split_qkv": True, "overlap_real": True},
+        True,
+    ),
     # the augmentation's padding and upsampling as separate ops over the padded image
     "graphs-cl-convaug": ({**GRAPHS_CL, "augment_conv": True}, True),
     "graphs-cl-nofold": ({**GRAPHS_CL, "fold_biases": False}, True),

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Protocol, runtime_checkable
@@ -44,8 +45,10 @@ class Evaluation:
         nimg: Images seen so far (losses with a schedule read it).
         use_kernels: Passed to `scoredistill.losses.dispatch` (``None``: fused on CUDA when available).
         side_stream: A second CUDA stream on which the teacher runs while the fake score runs on the current one,
-            when a loss asks for both (``DistillConfig.overlap_teacher``). Same inputs, same maths; the two
-            networks' forward and backward passes overlap on the GPU. ``None``: one after the other.
+            when a loss asks for both (``DistillConfig.overlap_teacher``), and on which the real images' encoder
+            pass runs while the fake score's pass over ``fake`` runs (``DistillConfig.overlap_real``). Same
+            inputs, same maths; the passes' forward and backward work overlaps on the GPU. ``None``: one after the
+            other.
         share_encoder: With ``real``, compute the fake score's output on ``fake`` and its logits on ``real`` from
             one encoder pass over both batches (``DistillConfig.share_encoder_pass``); the same values up to
             rounding and dropout's draws.
@@ -89,13 +92,17 @@ class Evaluation:
             return self._teacher(self.x_t, self.fake.sigma, self.fake.labels)
         # The teacher on the side stream, the fake score meanwhile on this one: the same input, neither needs the
         # other, and their backward passes (input gradients only, in the generator phase) overlap too.
-        side = self._side
-        x_t = _streams.fork(self.x_t, side)
-        sigma, labels = _streams.lend(self.fake.sigma, side), _streams.lend(self.fake.labels, side)
-        with torch.cuda.stream(side):
-            d_real = self._teacher(x_t, sigma, labels)
+        d_real = self._on_side(self._teacher, self.x_t, self.fake.sigma, self.fake.labels)
         self.fake_out  # noqa: B018 (computed and cached here, on the current stream)
-        return _streams.join(d_real, side)
+        return _streams.join(d_real, self._side)
+
+    def _on_side(self, network: Callable[..., Tensor], x: Tensor, *conditioning: Tensor | None) -> Tensor:
+        """``network(x, *conditioning)`` issued on the side stream; join its result before reading it here."""
+        side = self._side
+        x = _streams.fork(x, side)
+        conditioning = tuple(_streams.lend(c, side) for c in conditioning)
+        with torch.cuda.stream(side):
+            return network(x, *conditioning)
 
     @cached_property
     def fake_out(self) -> ScoreOutput:
@@ -129,10 +136,17 @@ class Evaluation:
         """Discriminator logits of the noised real images (an encoder-only pass), ``[B, 1, h, w]``."""
         if self.real is None:
             raise RuntimeError("this evaluation has no real images: pass real=... (SiDA needs data)")
+        real = self.real
         if self._share_encoder:
             self.fake_out  # noqa: B018 (one pass over both batches; it caches these logits)
             return self.__dict__["logits_real"]
-        return self._fake_score.logits(self.real.x_t, self.real.sigma, self.real.labels, self.real.augment_labels)
+        if self._side is None or self._teacher is not None:  # the side stream is the teacher's in that phase
+            return self._fake_score.logits(real.x_t, real.sigma, real.labels, real.augment_labels)
+        # The encoder over the real images on the side stream, issued after the fake score's pass over the fakes
+        # (so that dropout draws its masks in the serial order); both passes' weight gradients add up as before.
+        self.fake_out  # noqa: B018
+        logits = self._on_side(self._fake_score.logits, real.x_t, real.sigma, real.labels, real.augment_labels)
+        return _streams.join(logits, self._side)
 
     def generator_terms(self, alpha: float | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
         """``(sid, weight, adv)`` of [`sid_generator_terms`][scoredistill.losses.functional.sid_generator_terms],

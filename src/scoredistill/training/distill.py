@@ -182,9 +182,11 @@ class Distiller:
         if self.world > 1:  # every process starts from rank 0's networks (a random teacher included)
             broadcast_modules([teacher, generator, fake_score, *(m for m in self.losses if isinstance(m, nn.Module))])
         self.ema = EMA(generator, halflife_nimg=config.ema_halflife_nimg, rampup_ratio=config.ema_rampup_ratio)
-        for switch in ("cuda_graphs", "overlap_teacher"):  # CUDA graphs; the teacher on a second CUDA stream
+        for switch in ("cuda_graphs", "overlap_teacher", "overlap_real"):  # CUDA graphs; a second CUDA stream
             if getattr(config, switch) and self.device.type != "cuda":
                 raise ValueError(f"{switch} needs the networks on a CUDA device, not {self.device}")
+        if config.overlap_real and self.world > 1:
+            raise ValueError(f"overlap_real is tested in one process, not {self.world}: turn it off under torchrun")
         if config.share_encoder_pass and not fake_score.can_share_encoder:
             backbone = getattr(fake_score.denoiser, "model", fake_score.denoiser)
             raise ValueError(
@@ -199,7 +201,10 @@ class Distiller:
         self._hold_gradients = self.precast is not None and self.world == 1
         self._flat_grads: dict[str, Tensor] = {}  # phase -> the buffer its first round's gradients were released into
         overlap = _overlap_teacher(config, self.device, self.world)
-        self.side_stream = torch.cuda.Stream(self.device) if overlap else None
+        # One second stream: the teacher's in the generator phase, the real images' encoder pass's in the other.
+        self.side_stream = torch.cuda.Stream(self.device) if overlap or config.overlap_real else None
+        self._teacher_stream = self.side_stream if overlap else None
+        self._real_stream = self.side_stream if config.overlap_real else None
         fused = {"fused": True, "capturable": config.cuda_graphs} if self.device.type == "cuda" else {"foreach": True}
         self.g_params = list(generator.parameters())
         self.f_params = list(fake_score.parameters()) + [
@@ -361,7 +366,7 @@ class Distiller:
                 teacher=self.teacher,
                 nimg=self.nimg,
                 use_kernels=self.config.use_kernels,
-                side_stream=self.side_stream,
+                side_stream=self._teacher_stream,
             )
             return [(loss, out) for loss in active if (out := loss.generator_loss(ev)) is not None]
 
@@ -408,6 +413,7 @@ class Distiller:
                     real=real,
                     nimg=self.nimg,
                     use_kernels=cfg.use_kernels,
+                    side_stream=self._real_stream if real is not None else None,
                     share_encoder=cfg.share_encoder_pass,
                 )
                 total = torch.zeros(micro, device=self.device)
