@@ -27,7 +27,11 @@ from scoredistill.networks.layers import group_norm_act
 # name -> (shape, groups, variant): DDPM++ adds its embedding before the norm; ADM scales and shifts after it.
 CASES = {
     "ddpm++ 128@32x32": ((32, 128, 32, 32), 32, "add"),
+    "ddpm++ 256@32x32": ((32, 256, 32, 32), 32, "add"),
     "ddpm++ 256@16x16": ((32, 256, 16, 16), 32, "add"),
+    "ddpm++ 256@8x8": ((32, 256, 8, 8), 32, "add"),
+    "ddpm++ 256@16x16, b128": ((128, 256, 16, 16), 32, "add"),
+    "ddpm++ 256@8x8, b128": ((128, 256, 8, 8), 32, "add"),
     "adm 192@64x64": ((32, 192, 64, 64), 32, "scale-shift"),
     "adm 384@32x32": ((32, 384, 32, 32), 32, "scale-shift"),
     "adm 768@8x8": ((32, 768, 8, 8), 32, "scale-shift"),

@@ -59,6 +59,7 @@ BENCH_SWITCHES = {
     "fused_norms": True,  # False: native group norms, fused loss kernels
     "fold_biases": True,  # False: convolution biases added by the convolutions
     "gn": "tiles",  # the fused group norms' launch strategy
+    "gn_one_pass_max_hw": 256,  # under "hybrid": the largest map (pixels) that takes the one-pass kernels
     "augment_conv": False,  # True: AugmentPipe pads and upsamples op by op
     "fused_bias_grad": True,  # fewer bias-gradient reductions (residual and group-norm backward)
     "fused_cat": True,  # the skip concatenation's Triton copy
@@ -88,6 +89,9 @@ SETTINGS: dict[str, tuple[dict, bool]] = {
     "graphs-cl": (GRAPHS_CL, True),
     # The graphs-cl variants: one switch each, against the default path.
     "graphs-cl-gn1": ({**GRAPHS_CL, "gn": "one_pass"}, True),  # the group norms' one-pass kernels (set_strategy)
+    # candidate: the one-pass kernels on maps of at most 16x16 (or 8x8) pixels, the tiles on larger ones
+    "graphs-cl-gnhyb": ({**GRAPHS_CL, "gn": "hybrid"}, True),
+    "graphs-cl-gnhyb64": ({**GRAPHS_CL, "gn": "hybrid", "gn_one_pass_max_hw": 64}, True),
     # before: the teacher after the fake score on one stream (DistillConfig.overlap_teacher off)
     "graphs-cl-noot": ({**GRAPHS_CL, "overlap_teacher": False}, True),
     # before: the residual backward's scale and bias sum, the norms' two affine sums apart
@@ -167,6 +171,7 @@ def build(preset: str, batch: int, setting: str, device: torch.device) -> Distil
         from scoredistill.kernels import concat_triton, groupnorm_triton, residual_triton
 
         groupnorm_triton.set_strategy(switch["gn"])
+        groupnorm_triton.ONE_PASS_MAX_HW = switch["gn_one_pass_max_hw"]
         concat_triton.FUSED_CAT, concat_triton.DENSE_SPLIT = switch["fused_cat"], switch["dense_split"]
         residual_triton.FUSED_BIAS_GRAD = groupnorm_triton.FUSED_AFFINE_GRAD_SUMS = switch["fused_bias_grad"]
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32

@@ -12,6 +12,10 @@
 #   graphs-cl-ovreal   SiDA's fake-score phase runs the real images' encoder pass on a second CUDA stream beside
 #                      the fake score's pass over the generator samples, forward and backward (DistillConfig.
 #                      overlap_real), as the teacher runs beside the fake score in the generator phase
+#   graphs-cl-gnhyb    the group norms' one-pass kernels (one launch each way) on maps of at most 16x16 pixels,
+#                      where the tiles' six launches cost more than the data they move, the tiles above
+#                      (groupnorm_triton.set_strategy("hybrid"); graphs-cl-gnhyb64: 8x8 and smaller)
+# and, for SETTINGS=...:
 #   graphs-cl-cands    the four candidates together (graphs-cl-precast, -densecat, -splitqkv and -ovreal)
 #   graphs-cl-splitqkv the channels_last attention's q, k and v by three GEMMs (UNetBlock.split_qkv), so that SDPA's
 #                      backward neither stacks their gradients nor copies them into the qkv GEMM's layout (+1.4% on
@@ -24,22 +28,23 @@
 # graphs-cl-gn1 (the group norms' one-pass kernels: slower, not adopted; bench_norms.py and tune_norms_one_pass.py
 # time them alone) and graphs-cl-convaug (the augmentation's op-by-op padding and upsampling: slower, replaced).
 #
-# Before the bench_step rows, bench_paired.py times the layers of a paired teacher + fake-score network against the
-# two networks' layers (one stream and two), to decide whether such a network is worth building.
+# Before the bench_step rows, bench_norms.py times the group norm per layer shape (tiles, one pass, native), the data
+# behind the hybrid strategy's threshold. PHASES=paired adds bench_paired.py (a paired teacher + fake-score
+# network's layers against the two networks' layers; measured 2026-12-06: not worth building).
 #
 #   device: bash benchmarks/candidates_check.sh      (carry .devdata for the CIFAR-10 zip rows; results in $OUT)
-#           QUICK=1 bash benchmarks/candidates_check.sh    (the tests, bench_paired and CIFAR-10 batch 32 only: at
+#           QUICK=1 bash benchmarks/candidates_check.sh    (the tests, bench_norms and CIFAR-10 batch 32 only: at
 #                                                           most 6 minutes by its limits, for a call shared with the
 #                                                           study)
 #           SETTINGS=graphs-cl,graphs-cl-gn1,graphs-cl ...  (other settings of bench_step.py)
-#           PHASES=step bash benchmarks/candidates_check.sh (the bench_step rows only, once the parity tests and
-#                                                           bench_paired have passed on the card: about 6 minutes)
+#           PHASES="norms step" bash benchmarks/candidates_check.sh (the timings only, before or after the parity
+#                                                           tests in a call of their own: about 7 minutes)
 set -u
 OUT=${OUT:-/tmp/candidates_check}
 source benchmarks/_device.sh "$OUT"
 cat "$OUT/gpu.txt"
-SETTINGS=${SETTINGS:-graphs-cl,graphs-cl-precast,graphs-cl-densecat,graphs-cl-splitqkv,graphs-cl-ovreal,graphs-cl-cands,graphs-cl}
-PHASES=${PHASES:-tests paired step}
+SETTINGS=${SETTINGS:-graphs-cl,graphs-cl-precast,graphs-cl-densecat,graphs-cl-splitqkv,graphs-cl-ovreal,graphs-cl-gnhyb,graphs-cl}
+PHASES=${PHASES:-tests norms step}
 
 if [[ " $PHASES " == *" tests "* ]]; then
   el "parity tests"
@@ -49,10 +54,18 @@ if [[ " $PHASES " == *" tests "* ]]; then
   timeout 170 $P tests/kernels/test_residual_kernel.py tests/kernels/test_concat_kernel.py \
     > "$OUT/residual_tests.txt" 2>&1 &
   timeout 170 $P tests/training/test_gpu_matrix.py -k "side_stream or overlap_real" > "$OUT/overlap_tests.txt" 2>&1 &
+  timeout 170 $P tests/kernels/test_groupnorm_kernel.py -k "networks_with_fused_norms and hybrid" \
+    > "$OUT/hybrid_tests.txt" 2>&1 &
   timeout 170 $P tests/networks/test_networks.py tests/training/test_gpu_matrix.py \
     -k "split_qkv or channels_last_attention or precast" > "$OUT/attention_tests.txt" 2>&1 &
   wait
-  tail -n 3 "$OUT/gn_tests.txt" "$OUT/residual_tests.txt" "$OUT/overlap_tests.txt" "$OUT/attention_tests.txt"
+  tail -n 3 "$OUT/gn_tests.txt" "$OUT/residual_tests.txt" "$OUT/overlap_tests.txt" "$OUT/attention_tests.txt" \
+    "$OUT/hybrid_tests.txt"
+fi
+if [[ " $PHASES " == *" norms "* ]]; then
+  el "bench_norms (the group norm per layer shape: tiles, one pass, native)"
+  timeout 100 python benchmarks/bench_norms.py --out "$OUT/norms.md" > "$OUT/norms.txt" 2>&1
+  tail -n 24 "$OUT/norms.txt"
 fi
 if [[ " $PHASES " == *" paired "* ]]; then
   el "bench_paired (the teacher's and the fake score's layers as one)"

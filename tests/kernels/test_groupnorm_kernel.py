@@ -198,6 +198,11 @@ def test_group_norm_strategy_is_checked_and_restorable():
     previous = gn.set_strategy("one_pass")
     try:
         assert previous == "tiles" and gn.set_strategy("one_pass") == "one_pass"
+        assert gn._one_pass(64 * 64)
+        gn.set_strategy("hybrid")  # one pass on small maps only
+        assert [gn._one_pass(hw) for hw in (4 * 4, 8 * 8, 16 * 16, 16 * 17, 32 * 32)] == [True] * 3 + [False] * 2
+        gn.set_strategy("tiles")
+        assert not gn._one_pass(4 * 4)
     finally:
         gn.set_strategy(previous)
 
@@ -225,7 +230,7 @@ def test_cuda_parity_other_tilings(cb_first, monkeypatch):
 @pytest.mark.kernels
 @pytest.mark.parametrize("preset", ["cifar10-32x32-uncond", "imagenet-64x64"])
 @pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("strategy", ["tiles", "one_pass"])
+@pytest.mark.parametrize("strategy", ["tiles", "one_pass", "hybrid"])
 def test_networks_with_fused_norms_match_native(preset, channels_last, strategy, monkeypatch):
     # A whole backbone, forward and input gradient, fused norms vs native ones (fp32, TF32 off, eval: no dropout).
     import scoredistill.kernels.groupnorm_triton as gn

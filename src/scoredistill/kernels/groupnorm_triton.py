@@ -41,8 +41,9 @@ from .triton_utils import launch as _launch_any
 
 __all__ = ["group_norm_act", "set_strategy"]
 
-STRATEGIES = ("tiles", "one_pass")
+STRATEGIES = ("tiles", "one_pass", "hybrid")
 _strategy = "tiles"
+ONE_PASS_MAX_HW = 256  # "hybrid": the one-pass kernels on maps of at most this many pixels (16x16), tiles above
 
 
 def set_strategy(name: str) -> str:
@@ -50,8 +51,10 @@ def set_strategy(name: str) -> str:
 
     Args:
         name: ``"tiles"`` (the default: statistics, combine and apply kernels over ``[pixels, channels]`` tiles, and
-            three kernels backward) or ``"one_pass"`` (one kernel each way, a program per sample and block of whole
-            groups). Both compute the same maths; only the rounding order of the statistics differs.
+            three kernels backward), ``"one_pass"`` (one kernel each way, a program per sample and block of whole
+            groups) or ``"hybrid"`` (one pass on maps of at most `ONE_PASS_MAX_HW` pixels, where the tiles' six
+            launches cost more than the data they move, and tiles on larger maps). All compute the same maths;
+            only the rounding order of the statistics differs.
 
     Returns:
         The strategy in force before the call.
@@ -445,6 +448,11 @@ def _plan(C: int, HW: int, groups: int, nhwc: bool, backward: bool) -> Plan:
     return Plan(block_hw, block_c, k, block_k, block_cg, num_warps, cb_first)
 
 
+def _one_pass(HW: int) -> bool:
+    """Whether the strategy in force takes the one-pass kernels for maps of ``HW`` pixels."""
+    return _strategy == "one_pass" or (_strategy == "hybrid" and HW <= ONE_PASS_MAX_HW)
+
+
 class OnePassPlan(NamedTuple):
     """One-pass tiling: ``[block_hw, block_c]`` tiles, ``cpb`` channels (whole groups) per program, warps."""
 
@@ -511,7 +519,7 @@ class _GroupNormAct(torch.autograd.Function):
         y = torch.empty_like(x)  # same strides as x (preserve_format on a dense tensor)
         xa, sa, ta = (x if t is None else t for t in (add2, scale2, shift2))  # (x: a placeholder pointer)
         has = (add2 is not None, scale2 is not None, shift2 is not None, silu)
-        if _strategy == "one_pass" and B > 0 and HW > 0:
+        if _one_pass(HW) and B > 0 and HW > 0:
             op = _one_pass_plan(C, HW, groups, nhwc)
             blocks = triton.cdiv(C, op.cpb)
             launch(_one_pass_fwd_kernel, (blocks, B) if op.cb_first else (B, blocks), dev, op.num_warps, x, xa,
@@ -552,7 +560,7 @@ class _GroupNormAct(torch.autograd.Function):
         xa, sa, ta = (x if t is None else t for t in (add2, scale2, shift2))
         pc = torch.empty(5 if has[0] else 4, B, C, device=x.device, dtype=torch.float32)
         dx = torch.empty_like(x)
-        if _strategy == "one_pass" and B > 0 and HW > 0:
+        if _one_pass(HW) and B > 0 and HW > 0:
             op = _one_pass_plan(C, HW, groups, nhwc)
             blocks = triton.cdiv(C, op.cpb)
             launch(_one_pass_bwd_kernel, (blocks, B) if op.cb_first else (B, blocks), dev, op.num_warps, x, xa, dy,
