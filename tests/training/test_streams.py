@@ -41,9 +41,10 @@ def test_fork_and_join_wait_and_record_in_both_directions(monkeypatch):
 
 
 def test_real_images_encoder_pass_runs_on_the_side_stream_after_the_fakes_pass(monkeypatch):
-    """``DistillConfig.overlap_real``: in the fake-score phase, ``Evaluation`` issues the real images' encoder pass
-    on the side stream, after the fake score's pass over the fakes on this one whichever a loss asks for first (so
-    dropout draws its masks in the serial order), and the losses and weight gradients are the serial ones."""
+    """``DistillConfig.overlap_real``: in the fake-score phase, ``Evaluation`` hands the real input to the side
+    stream before it issues the fake score's pass over the fakes on this one (so the side stream need not wait for
+    that pass), then issues the real images' encoder pass on the side stream (so dropout draws its masks in the
+    serial order) whichever a loss asks for first; the losses and weight gradients are the serial ones."""
     from contextlib import contextmanager
 
     from helpers import tiny_image_roles
@@ -67,8 +68,8 @@ def test_real_images_encoder_pass_runs_on_the_side_stream_after_the_fakes_pass(m
     _, G, fake = tiny_image_roles()
     calls: list[tuple[str, str]] = []
     score, logits = fake.score, fake.logits
-    fake.score = lambda *a, **k: calls.append(("score", on[-1])) or score(*a, **k)
-    fake.logits = lambda *a, **k: calls.append(("logits", on[-1])) or logits(*a, **k)
+    fake.score = lambda *a, **k: calls.append(("score", on[-1])) or events.append("score") or score(*a, **k)
+    fake.logits = lambda *a, **k: calls.append(("logits", on[-1])) or events.append("logits") or logits(*a, **k)
     x_g = G.sample(4, rng=torch.Generator().manual_seed(0)).detach()
     noised = Noised(x_g, torch.randn_like(x_g), torch.full((4,), 0.7))
     real = noised.with_x0(torch.rand_like(x_g) * 2 - 1)
@@ -89,7 +90,8 @@ def test_real_images_encoder_pass_runs_on_the_side_stream_after_the_fakes_pass(m
         events.clear()
         total, grads = run(True, first)
         assert calls == [("score", "main"), ("logits", "side")], first
-        assert events[:2] == ["side waits for main", "main waits for side"]  # fork before the pass, join after
+        # The fork before both passes, the join after them.
+        assert events[:4] == ["side waits for main", "score", "logits", "main waits for side"], first
         assert torch.equal(total, serial)
         for g, s in zip(grads, serial_grads, strict=True):
             torch.testing.assert_close(g, s)

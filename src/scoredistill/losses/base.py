@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Protocol, runtime_checkable
@@ -92,17 +91,16 @@ class Evaluation:
             return self._teacher(self.x_t, self.fake.sigma, self.fake.labels)
         # The teacher on the side stream, the fake score meanwhile on this one: the same input, neither needs the
         # other, and their backward passes (input gradients only, in the generator phase) overlap too.
-        d_real = self._on_side(self._teacher, self.x_t, self.fake.sigma, self.fake.labels)
+        args = self._to_side(self.x_t, self.fake.sigma, self.fake.labels)
+        with torch.cuda.stream(self._side):
+            d_real = self._teacher(*args)
         self.fake_out  # noqa: B018 (computed and cached here, on the current stream)
         return _streams.join(d_real, self._side)
 
-    def _on_side(self, network: Callable[..., Tensor], x: Tensor, *conditioning: Tensor | None) -> Tensor:
-        """``network(x, *conditioning)`` issued on the side stream; join its result before reading it here."""
-        side = self._side
-        x = _streams.fork(x, side)
-        conditioning = tuple(_streams.lend(c, side) for c in conditioning)
-        with torch.cuda.stream(side):
-            return network(x, *conditioning)
+    def _to_side(self, x: Tensor, *conditioning: Tensor | None) -> tuple[Tensor | None, ...]:
+        """``x`` and its conditioning, ready to be read on the side stream, which waits for this stream's work so
+        far (and no later work)."""
+        return _streams.fork(x, self._side), *(_streams.lend(c, self._side) for c in conditioning)
 
     @cached_property
     def fake_out(self) -> ScoreOutput:
@@ -119,7 +117,19 @@ class Evaluation:
                 other_augment_labels=self.real.augment_labels,
             )
             return out
-        return self._fake_score.score(self.x_t, fake.sigma, fake.labels, fake.augment_labels)
+        if self._side is None or self.real is None or self._teacher is not None:
+            return self._fake_score.score(self.x_t, fake.sigma, fake.labels, fake.augment_labels)
+        # The fake-score phase with a side stream (DistillConfig.overlap_real): the real images' encoder pass runs
+        # there beside this pass over the fakes, forward and backward. The side stream waits for the real input
+        # only; this pass is issued first, so that dropout draws its masks in the serial order; the two passes'
+        # weight gradients add up as before.
+        real = self.real
+        args = self._to_side(real.x_t, real.sigma, real.labels, real.augment_labels)
+        out = self._fake_score.score(self.x_t, fake.sigma, fake.labels, fake.augment_labels)
+        with torch.cuda.stream(self._side):
+            logits = self._fake_score.logits(*args)
+        self.__dict__["logits_real"] = _streams.join(logits, self._side)
+        return out
 
     @property
     def d_fake(self) -> Tensor:
@@ -137,16 +147,10 @@ class Evaluation:
         if self.real is None:
             raise RuntimeError("this evaluation has no real images: pass real=... (SiDA needs data)")
         real = self.real
-        if self._share_encoder:
-            self.fake_out  # noqa: B018 (one pass over both batches; it caches these logits)
+        if self._share_encoder or (self._side is not None and self._teacher is None):
+            self.fake_out  # noqa: B018 (one pass over both batches, or the two side by side; it caches these logits)
             return self.__dict__["logits_real"]
-        if self._side is None or self._teacher is not None:  # the side stream is the teacher's in that phase
-            return self._fake_score.logits(real.x_t, real.sigma, real.labels, real.augment_labels)
-        # The encoder over the real images on the side stream, issued after the fake score's pass over the fakes
-        # (so that dropout draws its masks in the serial order); both passes' weight gradients add up as before.
-        self.fake_out  # noqa: B018
-        logits = self._on_side(self._fake_score.logits, real.x_t, real.sigma, real.labels, real.augment_labels)
-        return _streams.join(logits, self._side)
+        return self._fake_score.logits(real.x_t, real.sigma, real.labels, real.augment_labels)
 
     def generator_terms(self, alpha: float | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
         """``(sid, weight, adv)`` of [`sid_generator_terms`][scoredistill.losses.functional.sid_generator_terms],
