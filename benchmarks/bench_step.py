@@ -113,6 +113,12 @@ SETTINGS: dict[str, tuple[dict, bool]] = {
         {**GRAPHS_CL, "precast_weights": True, "dense_split": True, "split_qkv": True, "overlap_real": True},
         True,
     ),
+    # and with the hybrid group norm too
+    "graphs-cl-candsgn": (
+        {**GRAPHS_CL, "precast_weights": True, "dense_split": True, "split_qkv": True, "overlap_real": True,
+         "gn": "hybrid"},
+        True,
+    ),  # fmt: skip
     # the augmentation's padding and upsampling as separate ops over the padded image
     "graphs-cl-convaug": ({**GRAPHS_CL, "augment_conv": True}, True),
     "graphs-cl-nofold": ({**GRAPHS_CL, "fold_biases": False}, True),
