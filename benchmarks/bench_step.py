@@ -70,6 +70,9 @@ BENCH_SWITCHES = {
 # The fast path users run: bf16, the fused kernels, channels_last, whole-iteration CUDA graphs.
 GRAPHS_CL = {"precision": "bf16", "use_kernels": True, "channels_last": True, "cuda_graphs": True}
 
+# The candidates of issue 20's rounds together, for what making them the default would give.
+SETTINGS_CANDS = {**GRAPHS_CL, "precast_weights": True, "dense_split": True, "split_qkv": True, "overlap_real": True}
+
 # name -> (DistillConfig overrides and bench switches, allow TF32)
 SETTINGS: dict[str, tuple[dict, bool]] = {
     # the reference's published setting (fp32, eager, one stream)
@@ -109,16 +112,9 @@ SETTINGS: dict[str, tuple[dict, bool]] = {
     # candidate: the skip concatenation's backward writes two dense gradients, not two channel slices
     "graphs-cl-densecat": ({**GRAPHS_CL, "dense_split": True}, True),
     # the four candidates above together, for what making them the default would give
-    "graphs-cl-cands": (
-        {**GRAPHS_CL, "precast_weights": True, "dense_split": True, "split_qkv": True, "overlap_real": True},
-        True,
-    ),
+    "graphs-cl-cands": (SETTINGS_CANDS, True),
     # and with the hybrid group norm too
-    "graphs-cl-candsgn": (
-        {**GRAPHS_CL, "precast_weights": True, "dense_split": True, "split_qkv": True, "overlap_real": True,
-         "gn": "hybrid"},
-        True,
-    ),  # fmt: skip
+    "graphs-cl-candsgn": ({**SETTINGS_CANDS, "gn": "hybrid"}, True),
     # the augmentation's padding and upsampling as separate ops over the padded image
     "graphs-cl-convaug": ({**GRAPHS_CL, "augment_conv": True}, True),
     "graphs-cl-nofold": ({**GRAPHS_CL, "fold_biases": False}, True),
