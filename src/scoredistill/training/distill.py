@@ -293,6 +293,11 @@ class Distiller:
             self.averagers[phase].arm()
         # Sum over the micro-batch divided by the per-process batch: the reference's `sum / B_gpu`.
         self.scalers[phase].scale(loss.sum() / self.config.batch_size).backward()
+        if phase == "f" and self._real_stream is not None:
+            # Gradients the real images' pass made on the side stream are read here next: by the held-gradient
+            # release and the NaN/Inf sweep. (The next side-stream work follows a fork issued after those reads, so
+            # the side stream cannot reuse their memory before then.)
+            torch.cuda.current_stream(self.device).wait_stream(self._real_stream)
         if self._hold_gradients:  # the first round's buffer holds the gradients; later rounds add into them
             flat, _ = self.precast.release_gradients()
             if flat is not None:
