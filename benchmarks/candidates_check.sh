@@ -64,7 +64,7 @@ if [[ " $PHASES " == *" tests "* ]]; then
 fi
 if [[ " $PHASES " == *" norms "* ]]; then
   el "bench_norms (the group norm per layer shape: tiles, one pass, native)"
-  timeout 100 python benchmarks/bench_norms.py --out "$OUT/norms.md" > "$OUT/norms.txt" 2>&1
+  timeout 60 python benchmarks/bench_norms.py --out "$OUT/norms.md" > "$OUT/norms.txt" 2>&1
   tail -n 24 "$OUT/norms.txt"
 fi
 if [[ " $PHASES " == *" paired "* ]]; then
@@ -76,11 +76,11 @@ fi
 data=(); [ -f "$Z" ] && data=(--data "$Z" --augment 0.12)
 B="benchmarks/bench_step.py --out $OUT/candidates.md --no-mfu --warmup 4 --steps 20 --settings $SETTINGS"
 el "bench_step CIFAR-10 batch 32"
-timeout 110 python $B --preset cifar10-32x32-uncond --batch 32 "${data[@]}" > "$OUT/step_c10_b32.txt" 2>&1
+timeout 100 python $B --preset cifar10-32x32-uncond --batch 32 "${data[@]}" > "$OUT/step_c10_b32.txt" 2>&1
 if [ "${QUICK:-0}" = 1 ]; then el end; grep -h "^\[" "$OUT"/step_*.txt; exit 0; fi
 el "bench_step CIFAR-10 batch 128"
-timeout 110 python $B --preset cifar10-32x32-uncond --batch 128 "${data[@]}" > "$OUT/step_c10_b128.txt" 2>&1
+timeout 100 python $B --preset cifar10-32x32-uncond --batch 128 "${data[@]}" > "$OUT/step_c10_b128.txt" 2>&1
 el "bench_step ImageNet-64 batch 32"
-timeout 170 python $B --preset imagenet-64x64 --batch 32 > "$OUT/step_in64_b32.txt" 2>&1
+timeout 130 python $B --preset imagenet-64x64 --batch 32 > "$OUT/step_in64_b32.txt" 2>&1
 el end
 grep -h "^\[" "$OUT"/step_*.txt
