@@ -37,6 +37,8 @@
 #                                                           most 6 minutes by its limits, for a call shared with the
 #                                                           study)
 #           SETTINGS=graphs-cl,graphs-cl-gn1,graphs-cl ...  (other settings of bench_step.py)
+#           PHASES="new step" bash benchmarks/candidates_check.sh (the newest candidates' parity tests and the
+#                                                           bench_step rows: at most 8 minutes by its limits)
 #           PHASES="norms step" bash benchmarks/candidates_check.sh (the timings only, before or after the parity
 #                                                           tests in a call of their own: about 7 minutes)
 set -u
@@ -61,6 +63,15 @@ if [[ " $PHASES " == *" tests "* ]]; then
   wait
   tail -n 3 "$OUT/gn_tests.txt" "$OUT/residual_tests.txt" "$OUT/overlap_tests.txt" "$OUT/attention_tests.txt" \
     "$OUT/hybrid_tests.txt"
+fi
+if [[ " $PHASES " == *" new "* ]]; then
+  el "parity tests of this round's candidates only (overlap_real's matrix rows, the hybrid group norm's networks)"
+  P="python -m pytest -q -p no:cacheprovider -rfE"
+  timeout 150 $P tests/training/test_gpu_matrix.py -k overlap_real > "$OUT/overlap_real_tests.txt" 2>&1 &
+  timeout 150 $P tests/kernels/test_groupnorm_kernel.py -k "networks_with_fused_norms and hybrid" \
+    > "$OUT/hybrid_tests.txt" 2>&1 &
+  wait
+  tail -n 3 "$OUT/overlap_real_tests.txt" "$OUT/hybrid_tests.txt"
 fi
 if [[ " $PHASES " == *" norms "* ]]; then
   el "bench_norms (the group norm per layer shape: tiles, one pass, native)"
