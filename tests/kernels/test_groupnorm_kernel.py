@@ -125,6 +125,18 @@ def run_interpreter_cases() -> None:
     check((2, 84, 3, 3), 2, torch.float32, "cpu", VARIANTS[1], channels_last=True)  # a group wider than 32 channels
     check((2, 16, 6, 5), 4, torch.float32, "cpu", VARIANTS[2], channels_last=False, sliced=True)
     check((2, 64, 8, 8), 16, torch.bfloat16, "cpu", VARIANTS[2], channels_last=True)
+    # The hybrid strategy: the one-pass kernels on maps of at most ONE_PASS_MAX_HW pixels, the tiles above.
+    gn.set_strategy("hybrid")
+    launched, launch = [], gn.launch
+    gn.launch = lambda kernel, *args: launched.append(getattr(kernel, "fn", kernel).__name__) or launch(kernel, *args)
+    try:
+        for hw in (16, 17):  # 256 and 289 pixels
+            launched.clear()
+            check((2, 16, hw, hw), 4, torch.float32, "cpu", VARIANTS[1], channels_last=True)
+            one_pass = {"_one_pass_fwd_kernel", "_one_pass_bwd_kernel"}
+            assert (set(launched) == one_pass) if hw == 16 else not (set(launched) & one_pass), (hw, launched)
+    finally:
+        gn.launch = launch
     gn.set_strategy("tiles")
     # The weight's and bias's batch sums in two reductions (FUSED_AFFINE_GRAD_SUMS off; one reduction is the default).
     assert gn.FUSED_AFFINE_GRAD_SUMS
