@@ -77,7 +77,8 @@ def test_real_images_encoder_pass_runs_on_the_side_stream_after_the_fakes_pass(m
     def run(overlap: bool, first: str) -> tuple[Tensor, list[Tensor]]:
         fake.zero_grad(set_to_none=True)
         ev = Evaluation(noised, fake_score=fake, real=real)
-        ev._side = side if overlap else None  # a CUDA stream on a GPU (the constructor refuses CPU samples)
+        if overlap:  # what the constructor sets for a CUDA stream on a GPU (it refuses a stream for CPU samples)
+            ev._side, ev._real_on_side = side, True
         getattr(ev, first)
         total = sum(loss.fake_score_loss(ev).loss for loss in (DSMLoss(), AdversarialEncoderLoss()))
         total.sum().backward()

@@ -73,6 +73,8 @@ class Evaluation:
         self._fake_score, self._teacher, self._use_kernels = fake_score, teacher, use_kernels
         self._side = side_stream
         self._share_encoder = share_encoder and real is not None
+        # The fake-score phase (no teacher) with a side stream: the real images' encoder pass runs there.
+        self._real_on_side = side_stream is not None and real is not None and teacher is None and not share_encoder
         if self._share_encoder and (real.sigma is not fake.sigma or real.labels is not fake.labels):
             raise ValueError("share_encoder needs real images noised with the fakes' sigma and labels (with_x0)")
         self._terms: dict[float, tuple[Tensor, Tensor, Tensor | None]] = {}
@@ -117,7 +119,7 @@ class Evaluation:
                 other_augment_labels=self.real.augment_labels,
             )
             return out
-        if self._side is None or self.real is None or self._teacher is not None:
+        if not self._real_on_side:
             return self._fake_score.score(self.x_t, fake.sigma, fake.labels, fake.augment_labels)
         # The fake-score phase with a side stream (DistillConfig.overlap_real): the real images' encoder pass runs
         # there beside this pass over the fakes, forward and backward. The side stream waits for the real input
@@ -146,11 +148,10 @@ class Evaluation:
         """Discriminator logits of the noised real images (an encoder-only pass), ``[B, 1, h, w]``."""
         if self.real is None:
             raise RuntimeError("this evaluation has no real images: pass real=... (SiDA needs data)")
-        real = self.real
-        if self._share_encoder or (self._side is not None and self._teacher is None):
+        if self._share_encoder or self._real_on_side:
             self.fake_out  # noqa: B018 (one pass over both batches, or the two side by side; it caches these logits)
             return self.__dict__["logits_real"]
-        return self._fake_score.logits(real.x_t, real.sigma, real.labels, real.augment_labels)
+        return self._fake_score.logits(self.real.x_t, self.real.sigma, self.real.labels, self.real.augment_labels)
 
     def generator_terms(self, alpha: float | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
         """``(sid, weight, adv)`` of [`sid_generator_terms`][scoredistill.losses.functional.sid_generator_terms],

@@ -418,7 +418,7 @@ class Distiller:
                     real=real,
                     nimg=self.nimg,
                     use_kernels=cfg.use_kernels,
-                    side_stream=self._real_stream if real is not None else None,
+                    side_stream=self._real_stream,
                     share_encoder=cfg.share_encoder_pass,
                 )
                 total = torch.zeros(micro, device=self.device)
