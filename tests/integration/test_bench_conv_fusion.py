@@ -1,0 +1,96 @@
+"""benchmarks/bench_conv_fusion.py compares equal work: its convolution and its normalising prologue compute the
+composition they are timed against.
+
+The kernels run on the CPU through Triton's interpreter in a subprocess (running this file as a script executes those
+cases), in float32: the interpreter's ``tl.dot`` multiplies bfloat16 operands as raw bits, so the bf16 parity is the
+benchmark's own check on the GPU, before it times a case.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from helpers import REPO_ROOT
+from helpers.triton_interpreter import run_under_interpreter
+
+SCRIPT = REPO_ROOT / "benchmarks" / "bench_conv_fusion.py"
+
+
+def load():
+    spec = importlib.util.spec_from_file_location("bench_conv_fusion", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def bench():
+    pytest.importorskip("triton")
+    return load()
+
+
+def run_interpreter_cases() -> None:
+    bench = load()
+    # (shape, (BLOCK_M, BLOCK_N, BLOCK_K)): row tiles across the map's borders and across samples (30 pixels a
+    # sample, 16 rows a tile), two K blocks per tap, a partial column block (96 channels, 64 a block), and 3 channels
+    # a group (the scale kernel's masked group lanes).
+    cases = [((2, 64, 5, 6), (16, 32, 32)), ((3, 64, 4, 4), (32, 64, 64)), ((1, 96, 7, 3), (16, 64, 32))]
+    for shape, config in cases:
+        steps, _ = bench.make(shape, "cpu", torch.float32, config)
+        assert set(steps) == {"conv3x3", "norm + conv3x3", "stats + fused"}  # the cuDNN settings need CUDA
+        assert bench.check(shape, "cpu", torch.float32, tol=1e-5, config=config) <= 1e-5
+
+
+@pytest.mark.timeout(300)
+def test_convolution_and_prologue_match_the_composition_cpu():
+    run_under_interpreter(__file__)
+
+
+def test_packed_weight_rows_are_tap_major(bench):
+    w = torch.randn(5, 4, 3, 3)
+    packed = bench.pack_weight(w)
+    assert packed.shape == (36, 5)
+    for kh, kw, ci in [(0, 0, 0), (1, 2, 3), (2, 1, 1)]:  # row (kh * 3 + kw) * CI + ci holds w[:, ci, kh, kw]
+        assert torch.equal(packed[(kh * 3 + kw) * 4 + ci], w[:, ci, kh, kw])
+
+
+def test_check_rejects_a_step_that_differs(bench):
+    steps, references = bench.make((1, 32, 3, 3), "cpu", torch.float32)
+    x = torch.randn(1, 32, 3, 3)
+    steps = {"conv3x3": lambda: references["bare"], "stats + fused": lambda: references["normalised"]}
+    assert bench.check((1, 32, 3, 3), "cpu", torch.float32, 1e-6, made=(steps, references)) == 0.0
+    # the fused step without the activation's zero padding: silu(shift) instead of 0 outside the map
+    steps["stats + fused"] = lambda: references["normalised"] + F.pad(x[..., 1:2, 1:2], (1, 1, 1, 1))
+    with pytest.raises(AssertionError, match="stats \\+ fused differs"):
+        bench.check((1, 32, 3, 3), "cpu", torch.float32, 1e-6, made=(steps, references))
+
+
+def test_rows_keep_each_settings_best_and_mark_a_failed_capture(bench, monkeypatch, tmp_path):
+    # main() on stand-ins for the GPU parts: each setting's rounds in turn (cuDNN, conv3x3, norm + cuDNN,
+    # norm + conv3x3, stats + fused), one capture of conv3x3 failing (None)
+    times = iter([2e-4, 1e-4, 3e-4, 1e-4, None, 2e-4, 4e-4, 3e-4, 5e-4, 5e-4, 6e-4, 4.5e-4, 3.5e-4, 4e-4, 3.6e-4])
+    monkeypatch.setattr(bench.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(bench, "CASES", {"a case": (1, 64, 4, 4)})
+    monkeypatch.setattr(bench, "check", lambda *args, **kwargs: 0.001)
+    keys = ["cuDNN", "conv3x3", "norm + cuDNN", "norm + conv3x3", "stats + fused"]
+    monkeypatch.setattr(bench, "make", lambda *args: (dict.fromkeys(keys), {}))
+    monkeypatch.setattr(bench, "time_graph", lambda step, iters: next(times))
+    tag = {"gpu": "a stand-in", "torch": "", "triton": "", "cuda": "", "date": ""}
+    monkeypatch.setattr(sys.modules[bench.write_table.__module__], "env_tag", lambda: tag)  # no GPU to name
+    out = tmp_path / "results.md"
+    assert bench.main(["--rounds", "3", "--out", str(out)]) == 0
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| a case ")]
+    # 1x64x4x4: 2 * 9 * 64 * 64 * 16 FLOP in 100 us is 0.0118 TFLOP/s; fused 350 / 300 and 350 / 450
+    assert rows == ["| a case | 1x64x4x4 | 100 | failed | 300 | 450 | 350 | 0.0118 | failed | 1.17 | 0.778 | 0.001 |"]
+
+
+if __name__ == "__main__":
+    os.environ["TRITON_INTERPRET"] = "1"
+    run_interpreter_cases()
+    print("conv3x3 interpreter parity: ok")
