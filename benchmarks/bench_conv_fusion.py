@@ -15,8 +15,13 @@ ImageNet-64 ADM networks, forward only, bf16, channels_last, as CUDA-graph repla
 
 The prologue recomputes the SiLU for each of the nine taps that load an input element (an exponential and a division
 each, on the special-function units) to save one write and one read of the normalised tensor; whether the tensor
-cores hide that work is the question. Before timing, each case checks its outputs against the float32 composition
-(:func:`check`, also run by the CPU tests through Triton's interpreter), so the rows compare the same work.
+cores hide that work is the question. The forward kernel alone would serve the networks that train no weights in a
+pass (the teacher, and the fake score in the generator phase): their backward needs cuDNN's input gradient and the
+norm's own backward, neither of which reads the normalised tensor. A trained network's weight gradient reads it,
+and would need a weight-gradient kernel with the same prologue.
+
+Before timing, each case checks its outputs against the float32 composition (:func:`check`, also run by the CPU tests
+through Triton's interpreter), so the rows compare the same work.
 
     python benchmarks/bench_conv_fusion.py     # appends a table to benchmarks/RESULTS.md (autotuning: about 1 min)
 """
