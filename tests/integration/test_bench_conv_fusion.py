@@ -73,12 +73,13 @@ def test_check_rejects_a_step_that_differs(bench):
 
 def test_rows_keep_each_settings_best_and_mark_a_failed_capture(bench, monkeypatch, tmp_path):
     # main() on stand-ins for the GPU parts: each setting's rounds in turn (cuDNN, conv3x3, norm + cuDNN,
-    # norm + conv3x3, stats + fused), one capture of conv3x3 failing (None)
-    times = iter([2e-4, 1e-4, 3e-4, 1e-4, None, 2e-4, 4e-4, 3e-4, 5e-4, 5e-4, 6e-4, 4.5e-4, 3.5e-4, 4e-4, 3.6e-4])
+    # norm + conv3x3, stats + fused, its tanh variant), one capture of conv3x3 failing (None)
+    times = iter([2e-4, 1e-4, 3e-4, 1e-4, None, 2e-4, 4e-4, 3e-4, 5e-4, 5e-4, 6e-4, 4.5e-4, 3.5e-4, 4e-4, 3.6e-4,
+                  2.4e-4, 2.7e-4, 2.5e-4])  # fmt: skip
     monkeypatch.setattr(bench.torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(bench, "CASES", {"a case": (1, 64, 4, 4)})
     monkeypatch.setattr(bench, "check", lambda *args, **kwargs: 0.001)
-    keys = ["cuDNN", "conv3x3", "norm + cuDNN", "norm + conv3x3", "stats + fused"]
+    keys = ["cuDNN", "conv3x3", "norm + cuDNN", "norm + conv3x3", "stats + fused", "stats + fused, tanh"]
     monkeypatch.setattr(bench, "make", lambda *args: (dict.fromkeys(keys), {}))
     monkeypatch.setattr(bench, "time_graph", lambda step, iters: next(times))
     tag = {"gpu": "a stand-in", "torch": "", "triton": "", "cuda": "", "date": ""}
@@ -86,8 +87,9 @@ def test_rows_keep_each_settings_best_and_mark_a_failed_capture(bench, monkeypat
     out = tmp_path / "results.md"
     assert bench.main(["--rounds", "3", "--out", str(out)]) == 0
     rows = [line for line in out.read_text().splitlines() if line.startswith("| a case ")]
-    # 1x64x4x4: 2 * 9 * 64 * 64 * 16 FLOP in 100 us is 0.0118 TFLOP/s; fused 350 / 300 and 350 / 450
-    assert rows == ["| a case | 1x64x4x4 | 100 | failed | 300 | 450 | 350 | 0.0118 | failed | 1.17 | 0.778 | 0.001 |"]
+    # 1x64x4x4: 2 * 9 * 64 * 64 * 16 FLOP in 100 us is 0.0118 TFLOP/s; fused 350 / 300 and 350 / 450; tanh 240 / 300
+    assert rows == ["| a case | 1x64x4x4 | 100 | failed | 300 | 450 | 350 | 240 | 0.0118 | failed | 1.17 | 0.778 | 0.8 "
+                    "| 0.001 |"]  # fmt: skip
 
 
 if __name__ == "__main__":
