@@ -1,29 +1,31 @@
-"""The group norm in a convolution's prologue: would an implicit-GEMM convolution of our own pay? (issue 20)
+"""The group norm inside an implicit-GEMM convolution of our own: would it pay? (issue 20)
 
 Issue 20's profiles leave the group norms at 20-26% of an iteration's kernel time, at 46-72% of the copy bandwidth,
-and RESULTS.md ("What the targets need") finds the targets out of reach while the norm writes its output for cuDNN's
-convolution to read. The way out it names is a convolution of our own that normalises its input as it loads it. Two
-things decide whether that pays, and this script measures both, per 3x3 layer shape of the CIFAR-10 DDPM++ and
-ImageNet-64 ADM networks, forward only, bf16, channels_last, as CUDA-graph replays:
+and RESULTS.md ("What the targets need") finds the targets out of reach while the norm makes its own passes over the
+tensors the convolutions read and write. The way out it names is a convolution of our own that takes part of the
+norm's work. This script measures, per 3x3 layer shape of the CIFAR-10 DDPM++ and ImageNet-64 ADM networks, forward
+only, bf16, channels_last, as CUDA-graph replays:
 
 * **our GEMM against cuDNN's**: `conv3x3` (a Triton implicit-GEMM kernel: one output pixel per GEMM row, the nine
   taps and the input channels as its K) beside `F.conv2d`;
-* **the prologue against the traffic it saves**: `stats + fused` (one pass for the per-channel sums, a tiny kernel
-  turning them into per-sample scales and shifts, then `conv3x3` applying scale, shift and SiLU to each loaded tile,
-  the zero padding kept outside the activation) beside `norm + cuDNN` (the library's fused group norm + SiLU, then
-  `F.conv2d`: the networks' forward today) and `norm + conv3x3`.
+* **the norm in the prologue** (a UNet block's norm0 -> conv0): `stats + fused` (one pass for the per-channel sums,
+  a tiny kernel turning them into per-sample scales and shifts, then `conv3x3` applying scale, shift and SiLU to
+  each loaded tile, the zero padding kept outside the activation) beside `norm + cuDNN` (the library's fused group
+  norm + SiLU, then `F.conv2d`: the networks' forward today) and `norm + conv3x3`. The prologue recomputes the SiLU
+  for each of the nine taps that load an input element, to save one write and one read of the normalised tensor;
+* **the norm's statistics in the epilogue** (conv0 -> norm1): `conv3x3 with sums + apply` (the convolution adds its
+  output's channel sums into a buffer as it stores the output; then the scales and shifts, and one pass that
+  normalises and activates) beside `cuDNN + norm` and `conv3x3 + norm`. It saves the norm's statistics pass over the
+  convolution's output and recomputes nothing.
 
-The prologue recomputes the SiLU for each of the nine taps that load an input element (an exponential and a division
-each, on the special-function units) to save one write and one read of the normalised tensor; whether the tensor
-cores hide that work is the question. The forward kernel alone would serve the networks that train no weights in a
-pass (the teacher, and the fake score in the generator phase): their backward needs cuDNN's input gradient and the
-norm's own backward, neither of which reads the normalised tensor. A trained network's weight gradient reads it,
-and would need a weight-gradient kernel with the same prologue.
+A forward kernel alone would serve the networks that train no weights in a pass (the teacher, and the fake score in
+the generator phase): their backward needs the convolution's input gradient and the norm's own backward, neither of
+which reads the normalised tensor. A trained network's weight gradient reads it.
 
-Before timing, each case checks its outputs against the float32 composition (:func:`check`, also run by the CPU tests
-through Triton's interpreter), so the rows compare the same work.
+Before timing, each case checks every setting against its float32 composition (:func:`check`, also run by the CPU
+tests through Triton's interpreter), so the rows compare the same work.
 
-    python benchmarks/bench_conv_fusion.py     # appends a table to benchmarks/RESULTS.md (autotuning: about 1 min)
+    python benchmarks/bench_conv_fusion.py     # appends two tables to benchmarks/RESULTS.md (about 2 min)
 """
 
 from __future__ import annotations
@@ -66,14 +68,18 @@ def _tanh_approx(v):
 
 
 @triton.jit
-def _conv3x3_kernel(x_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr, M, H, W, CO, CI: tl.constexpr,
-                    PROLOGUE: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                    BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):  # fmt: skip
+def _conv3x3_kernel(x_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr, sums_ptr, M, H, W, CO,
+                    CI: tl.constexpr, HW: tl.constexpr, PROLOGUE: tl.constexpr, HAS_BIAS: tl.constexpr,
+                    STATS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                    GROUP_M: tl.constexpr):  # fmt: skip
     # y[p, co] = sum over taps t and input channels c of a(p + shift_t, c) * w[t * CI + c, co]: x and y are
     # channels_last ([pixels, channels] row-major), w is [9 * CI, CO]. PROLOGUE 1 or 2: a = silu(x * scale[n, c] +
     # shift[n, c]), zero outside the map (the padding comes after the activation), its sigmoid as 1 / (1 + exp(-z))
     # (1) or as 0.5 + 0.5 tanh(z / 2) by the hardware's approximate tanh (2: one special-function operation instead
-    # of two; CUDA only); 0: a = x.
+    # of two; CUDA only); 0: a = x. STATS: also add each output channel's sum and sum of squares over the tile's
+    # pixels of sample n into sums[0, n, co] and sums[1, n, co] (float32 atomics), the next group norm's statistics.
+    # Where HW is a multiple of BLOCK_M, a tile's pixels are all of one sample: per-sample vectors replace the
+    # per-element gathers of scale and shift, and the sums are reduced over the tile before one atomic per channel.
     pid = tl.program_id(0)
     num_m, num_n = tl.cdiv(M, BLOCK_M), tl.cdiv(CO, BLOCK_N)
     group = pid // (GROUP_M * num_n)  # GROUP_M row blocks share their column blocks' weights in L2
@@ -84,8 +90,10 @@ def _conv3x3_kernel(x_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr, M, H, W
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
-    n = rm // (H * W)
-    oh = (rm % (H * W)) // W
+    SAMPLE_TILE: tl.constexpr = HW % BLOCK_M == 0
+    n = rm // HW
+    n0 = pid_m * BLOCK_M // HW  # the tile's sample, where SAMPLE_TILE
+    oh = (rm % HW) // W
     ow = rm % W
     m_ok = rm < M
     n_ok = rn < CO
@@ -100,9 +108,13 @@ def _conv3x3_kernel(x_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr, M, H, W
         inside = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
         a = tl.load(x_ptr + (rm + dh * W + dw)[:, None] * CI + c[None, :], mask=inside[:, None], other=0.0)
         if PROLOGUE > 0:
-            sn = n[:, None] * CI + c[None, :]
-            z = a.to(tl.float32) * tl.load(scale_ptr + sn, mask=m_ok[:, None], other=0.0)
-            z += tl.load(shift_ptr + sn, mask=m_ok[:, None], other=0.0)
+            if SAMPLE_TILE:
+                z = a.to(tl.float32) * tl.load(scale_ptr + n0 * CI + c)[None, :]
+                z += tl.load(shift_ptr + n0 * CI + c)[None, :]
+            else:
+                sn = n[:, None] * CI + c[None, :]
+                z = a.to(tl.float32) * tl.load(scale_ptr + sn, mask=m_ok[:, None], other=0.0)
+                z += tl.load(shift_ptr + sn, mask=m_ok[:, None], other=0.0)
             if PROLOGUE == 1:  # noqa: SIM108 (one branch compiled)
                 z = z / (1.0 + tl.exp(-z))
             else:
@@ -112,7 +124,17 @@ def _conv3x3_kernel(x_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr, M, H, W
         acc = tl.dot(a, b, acc)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    tl.store(y_ptr + rm[:, None] * CO + rn[None, :], acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+    mask = m_ok[:, None] & n_ok[None, :]
+    tl.store(y_ptr + rm[:, None] * CO + rn[None, :], acc.to(y_ptr.dtype.element_ty), mask=mask)
+    if STATS:
+        v = tl.where(mask, acc, 0.0)
+        squares = sums_ptr + (M // HW) * CO  # sums[1]
+        if SAMPLE_TILE:
+            tl.atomic_add(sums_ptr + n0 * CO + rn, tl.sum(v, axis=0), mask=n_ok)
+            tl.atomic_add(squares + n0 * CO + rn, tl.sum(v * v, axis=0), mask=n_ok)
+        else:
+            tl.atomic_add(sums_ptr + n[:, None] * CO + rn[None, :], v, mask=mask)
+            tl.atomic_add(squares + n[:, None] * CO + rn[None, :], v * v, mask=mask)
 
 
 _conv3x3_tuned = triton.autotune(
@@ -120,7 +142,7 @@ _conv3x3_tuned = triton.autotune(
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_stages=s, num_warps=w)
         for bm, bn, bk, s, w in CONFIGS
     ],
-    key=["M", "H", "W", "CO", "CI", "PROLOGUE"],
+    key=["M", "H", "W", "CO", "CI", "PROLOGUE", "STATS"],
 )(_conv3x3_kernel)
 
 
@@ -171,9 +193,14 @@ def group_scale_shift(x: Tensor, groups: int, gamma: Tensor, beta: Tensor, eps: 
     N, C, H, W = x.shape
     sums = torch.empty(2, N, C, device=x.device, dtype=torch.float32)
     _channel_sums_kernel[(N, triton.cdiv(C, 64))](x, sums, C, H * W, BLOCK_HW=64, BLOCK_C=64)
-    scale, shift = torch.empty(N, C, device=x.device), torch.empty(N, C, device=x.device)
+    return _scale_shift(sums, groups, gamma, beta, H * W, eps)
+
+
+def _scale_shift(sums: Tensor, groups: int, gamma: Tensor, beta: Tensor, hw: int, eps: float = EPS):
+    _, N, C = sums.shape
+    scale, shift = torch.empty(N, C, device=sums.device), torch.empty(N, C, device=sums.device)
     cg = C // groups
-    _scale_shift_kernel[(N,)](sums, gamma, beta, scale, shift, N, C, cg, float(cg * H * W), eps,
+    _scale_shift_kernel[(N,)](sums, gamma, beta, scale, shift, N, C, cg, float(cg * hw), eps,
                               BLOCK_G=triton.next_power_of_2(groups), BLOCK_CG=triton.next_power_of_2(cg))  # fmt: skip
     return scale, shift
 
@@ -184,32 +211,65 @@ def conv3x3(
     bias: Tensor | None = None,
     scale: Tensor | None = None,
     shift: Tensor | None = None,
+    sums: Tensor | None = None,
     config: tuple[int, int, int] | None = None,
     tanh: bool = False,
 ) -> Tensor:
-    """3x3 convolution, padding 1, of a channels_last ``x`` (``[N, CI, H, W]``); with ``scale`` and ``shift``
-    (``[N, CI]``) of ``silu(x * scale + shift)`` instead, its sigmoid by the hardware's approximate tanh if ``tanh``
-    (CUDA only). ``config``: ``(BLOCK_M, BLOCK_N, BLOCK_K)`` (default: the autotuner's pick among `CONFIGS`)."""
+    """3x3 convolution, padding 1, of a channels_last ``x`` (``[N, CI, H, W]``).
+
+    With ``scale`` and ``shift`` (``[N, CI]``), of ``silu(x * scale + shift)`` instead, its sigmoid by the hardware's
+    approximate tanh if ``tanh`` (CUDA only). With ``sums`` (``[2, N, CO]``, float32, zeroed), the output's
+    per-sample channel sums and sums of squares are added into it. ``config``: ``(BLOCK_M, BLOCK_N, BLOCK_K)``
+    (default: the autotuner's pick among `CONFIGS`).
+    """
     N, CI, H, W = x.shape
     CO = w_packed.shape[1]
     assert x.is_contiguous(memory_format=torch.channels_last) and w_packed.shape == (9 * CI, CO)
+    assert sums is None or (sums.shape == (2, N, CO) and sums.dtype == torch.float32)
     y = torch.empty(N, CO, H, W, device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
     M, prologue = N * H * W, 0 if scale is None else 2 if tanh else 1
-    args = (x, w_packed, bias if bias is not None else x, scale if prologue else x, shift if prologue else x, y)
+    args = (x, w_packed, *(x if t is None else t for t in (bias, scale, shift)), y, x if sums is None else sums)
+    flags = {"PROLOGUE": prologue, "HAS_BIAS": bias is not None, "STATS": sums is not None}
     if config is None:
         assert CI % 64 == 0, "the tuned configurations read input channels 64 at a time"
 
         def grid(meta: dict) -> tuple[int]:
             return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(CO, meta["BLOCK_N"]),)
 
-        _conv3x3_tuned[grid](*args, M, H, W, CO, CI, PROLOGUE=prologue, HAS_BIAS=bias is not None)
+        _conv3x3_tuned[grid](*args, M, H, W, CO, CI, H * W, **flags)
     else:
         bm, bn, bk = config
         assert CI % bk == 0, f"CI={CI} must be a multiple of BLOCK_K={bk}"
         grid = (triton.cdiv(M, bm) * triton.cdiv(CO, bn),)
-        _conv3x3_kernel[grid](*args, M, H, W, CO, CI, PROLOGUE=prologue, HAS_BIAS=bias is not None,
-                              BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=2)  # fmt: skip
+        _conv3x3_kernel[grid](*args, M, H, W, CO, CI, H * W, **flags, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=2)
     return y
+
+
+@triton.jit
+def _scale_act_kernel(y_ptr, scale_ptr, shift_ptr, out_ptr, M, C, HW: tl.constexpr, BLOCK_P: tl.constexpr,
+                      BLOCK_C: tl.constexpr):  # fmt: skip
+    # out[p, c] = silu(y[p, c] * scale[n, c] + shift[n, c]), n = p // HW: the group norm's second half
+    rp = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    rc = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask = (rp < M)[:, None] & (rc < C)[None, :]
+    sn = (rp // HW)[:, None] * C + rc[None, :]
+    z = tl.load(y_ptr + rp[:, None] * C + rc[None, :], mask=mask, other=0.0).to(tl.float32)
+    z = z * tl.load(scale_ptr + sn, mask=mask, other=0.0) + tl.load(shift_ptr + sn, mask=mask, other=0.0)
+    tl.store(out_ptr + rp[:, None] * C + rc[None, :], (z / (1.0 + tl.exp(-z))).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def conv3x3_norm(x: Tensor, w_packed: Tensor, bias: Tensor, gamma: Tensor, beta: Tensor, config=None) -> Tensor:
+    """``silu(group_norm(conv3x3(x)))`` with the norm's statistics summed in the convolution's epilogue: the
+    convolution, the scales and shifts, then one pass that reads its output once (four launches with the zeroing)."""
+    N, _, H, W = x.shape
+    CO = w_packed.shape[1]
+    sums = torch.zeros(2, N, CO, device=x.device)
+    y = conv3x3(x, w_packed, bias, sums=sums, config=config)
+    scale, shift = _scale_shift(sums, GROUPS, gamma, beta, H * W)
+    out = torch.empty_like(y)
+    grid = (triton.cdiv(N * H * W, 64), triton.cdiv(CO, 64))
+    _scale_act_kernel[grid](y, scale, shift, out, N * H * W, CO, H * W, BLOCK_P=64, BLOCK_C=64)
+    return out
 
 
 def _norm(x: Tensor, gamma: Tensor, beta: Tensor) -> Tensor:
@@ -221,13 +281,28 @@ def _norm(x: Tensor, gamma: Tensor, beta: Tensor) -> Tensor:
     return F.silu(F.group_norm(x, GROUPS, gamma.to(x.dtype), beta.to(x.dtype), EPS))
 
 
+# The float32 composition each step computes: the bare convolution, the norm + SiLU then the convolution (a UNet
+# block's norm0 -> conv0: the prologue's case), or the convolution then the norm + SiLU (conv0 -> norm1: the
+# epilogue's case).
+REFERENCE = {
+    "cuDNN": "bare",
+    "conv3x3": "bare",
+    "norm + cuDNN": "norm first",
+    "norm + conv3x3": "norm first",
+    "stats + fused": "norm first",
+    "stats + fused, tanh": "norm first",
+    "cuDNN + norm": "norm after",
+    "conv3x3 + norm": "norm after",
+    "conv3x3 with sums + apply": "norm after",
+}
+
+
 def make(shape: tuple[int, ...], device: str, dtype: torch.dtype, config: tuple[int, int, int] | None = None,
          seed: int = 0) -> tuple[dict[str, Callable[[], Tensor]], dict[str, Tensor]]:  # fmt: skip
-    """The case's ways to compute ``conv(silu(group_norm(x)))`` and ``conv(x)``, and their float32 references.
+    """The case's ways to compute each composition of `REFERENCE`, and the compositions in float32.
 
-    Returns ``(steps, references)``. ``steps["stats + fused"]``, ``["norm + conv3x3"]`` and, on CUDA, ``["norm +
-    cuDNN"]`` and ``["stats + fused, tanh"]`` compute the normalised layer (``references["normalised"]``);
-    ``["conv3x3"]`` and, on CUDA, ``["cuDNN"]`` the bare convolution (``references["bare"]``).
+    Returns ``(steps, references)``: ``steps[key]()`` computes ``references[REFERENCE[key]]``. The steps through
+    cuDNN, the library's norm kernel or the approximate tanh exist on CUDA only.
     """
     g = torch.Generator(device="cpu").manual_seed(seed)
     B, C, H, W = shape
@@ -238,8 +313,9 @@ def make(shape: tuple[int, ...], device: str, dtype: torch.dtype, config: tuple[
     beta = (0.5 * torch.randn(C, generator=g)).to(device)
     xf, wf, bf = x.float(), w.float(), bias.float()
     references = {
-        "normalised": F.conv2d(F.silu(F.group_norm(xf, GROUPS, gamma, beta, EPS)), wf, bf, padding=1),
         "bare": F.conv2d(xf, wf, bf, padding=1),
+        "norm first": F.conv2d(F.silu(F.group_norm(xf, GROUPS, gamma, beta, EPS)), wf, bf, padding=1),
+        "norm after": F.silu(F.group_norm(F.conv2d(xf, wf, bf, padding=1), GROUPS, gamma, beta, EPS)),
     }
     w_packed, w_cl = pack_weight(w), w.contiguous(memory_format=torch.channels_last)
 
@@ -250,15 +326,15 @@ def make(shape: tuple[int, ...], device: str, dtype: torch.dtype, config: tuple[
         "conv3x3": lambda: conv3x3(x, w_packed, bias, config=config),
         "norm + conv3x3": lambda: conv3x3(_norm(x, gamma, beta), w_packed, bias, config=config),
         "stats + fused": fused,
+        "conv3x3 + norm": lambda: _norm(conv3x3(x, w_packed, bias, config=config), gamma, beta),
+        "conv3x3 with sums + apply": lambda: conv3x3_norm(x, w_packed, bias, gamma, beta, config=config),
     }
     if x.is_cuda:
         steps["cuDNN"] = lambda: F.conv2d(x, w_cl, bias, padding=1)
         steps["norm + cuDNN"] = lambda: F.conv2d(_norm(x, gamma, beta), w_cl, bias, padding=1)
         steps["stats + fused, tanh"] = lambda: fused(tanh=True)
+        steps["cuDNN + norm"] = lambda: _norm(F.conv2d(x, w_cl, bias, padding=1), gamma, beta)
     return steps, references
-
-
-BARE = ("conv3x3", "cuDNN")  # the steps that compute the bare convolution
 
 
 def check(shape: tuple[int, ...], device: str, dtype: torch.dtype, tol: float,
@@ -268,7 +344,7 @@ def check(shape: tuple[int, ...], device: str, dtype: torch.dtype, tol: float,
     steps, references = make(shape, device, dtype, config) if made is None else made
     worst = 0.0
     for key, step in steps.items():
-        reference = references["bare" if key in BARE else "normalised"]
+        reference = references[REFERENCE[key]]
         diff = float((step().float() - reference).abs().max() / reference.abs().max())
         assert diff <= tol, f"{shape}: {key} differs from its float32 reference by {diff:.3g} > {tol}"
         worst = max(worst, diff)
@@ -279,6 +355,10 @@ def tflops(shape: tuple[int, ...], seconds: float | None) -> float | None:
     """The 3x3 convolution's rate (2 * 9 * C * C FLOP per output pixel) at ``seconds`` per call."""
     B, C, H, W = shape
     return None if seconds is None else 2 * 9 * C * C * B * H * W / seconds / 1e12
+
+
+PROLOGUE_KEYS = ["cuDNN", "conv3x3", "norm + cuDNN", "norm + conv3x3", "stats + fused", "stats + fused, tanh"]
+EPILOGUE_KEYS = ["cuDNN + norm", "conv3x3 + norm", "conv3x3 with sums + apply"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -292,41 +372,58 @@ def main(argv: list[str] | None = None) -> int:
         print("bench_conv_fusion needs a CUDA device", file=sys.stderr)
         return 2
     torch.backends.cudnn.benchmark = True  # as the Distiller's fast path sets it
-    keys = ["cuDNN", "conv3x3", "norm + cuDNN", "norm + conv3x3", "stats + fused", "stats + fused, tanh"]
-    columns = ["case", "input", *(f"{k} (us)" for k in keys), "cuDNN TFLOP/s", "conv3x3 / cuDNN",
+    columns = ["case", "input", *(f"{k} (us)" for k in PROLOGUE_KEYS), "cuDNN TFLOP/s", "conv3x3 / cuDNN",
                "fused / (norm + cuDNN)", "fused / (norm + conv3x3)", "fused, tanh / (norm + cuDNN)",
                "max rel. diff"]  # fmt: skip
-    rows = []
+    columns_after = ["case", "input", *(f"{k} (us)" for k in EPILOGUE_KEYS), "sums / (cuDNN + norm)",
+                     "sums / (conv3x3 + norm)", "max rel. diff"]  # fmt: skip
+    rows, rows_after = [], []
     for name, shape in CASES.items():
         made = make(shape, "cuda", torch.bfloat16)
         diff = check(shape, "cuda", torch.bfloat16, tol=2e-2, made=made)  # the very steps that are timed
         steps = made[0]
-        times = {key: [time_graph(steps[key], args.iters) for _ in range(args.rounds)] for key in keys}
+        times = {key: [time_graph(steps[key], args.iters) for _ in range(args.rounds)] for key in REFERENCE}
         best = {key: None if None in ts else min(ts) for key, ts in times.items()}  # None: a capture failed
 
         def ratio(a: str, b: str, best: dict = best) -> float | None:
             return None if best[a] is None or best[b] is None else best[a] / best[b]
 
-        row = [name, "x".join(map(str, shape)), *(None if best[k] is None else best[k] * 1e6 for k in keys),
-               tflops(shape, best["cuDNN"]), ratio("conv3x3", "cuDNN"), ratio("stats + fused", "norm + cuDNN"),
-               ratio("stats + fused", "norm + conv3x3"), ratio("stats + fused, tanh", "norm + cuDNN"),
-               diff]  # fmt: skip
-        row = ["failed" if v is None else v for v in row]
-        rows.append(row)
-        print_row(columns, row)
-    notes = [
+        def us(keys: list[str], best: dict = best) -> list[float | None]:
+            return [None if best[k] is None else best[k] * 1e6 for k in keys]
+
+        size = "x".join(map(str, shape))
+        row = [name, size, *us(PROLOGUE_KEYS), tflops(shape, best["cuDNN"]), ratio("conv3x3", "cuDNN"),
+               ratio("stats + fused", "norm + cuDNN"), ratio("stats + fused", "norm + conv3x3"),
+               ratio("stats + fused, tanh", "norm + cuDNN"), diff]  # fmt: skip
+        row_after = [name, size, *us(EPILOGUE_KEYS), ratio("conv3x3 with sums + apply", "cuDNN + norm"),
+                     ratio("conv3x3 with sums + apply", "conv3x3 + norm"), diff]  # fmt: skip
+        rows.append(["failed" if v is None else v for v in row])
+        rows_after.append(["failed" if v is None else v for v in row_after])
+        print_row(columns, rows[-1])
+        print_row(columns_after, rows_after[-1])
+    timing = (
         "bf16, channels_last, forward only, 3x3 convolutions C -> C with bias, device time per CUDA-graph replay, "
         f"each setting's best of {args.rounds} rounds of {args.iters} replays. conv3x3: Triton implicit GEMM, "
-        f"autotuned over {len(CONFIGS)} tilings. norm: the library's fused group norm + SiLU (32 groups). stats + "
-        "fused: the channel sums, the per-sample scales and shifts, then conv3x3 normalising and activating each "
-        "loaded tile; tanh: its sigmoid by the hardware's approximate tanh (one special-function operation instead of "
-        "two). Below 1 in the ratio columns: the first is faster.",
-        "Max rel. diff: the largest difference of any setting's output from the float32 composition, relative to its "
-        "largest value.",
+        f"autotuned over {len(CONFIGS)} tilings. norm: the library's fused group norm + SiLU (32 groups). Below 1 in "
+        "the ratio columns: the first is faster. Max rel. diff: the largest difference of any setting's output from "
+        "its float32 composition, relative to the composition's largest value."
+    )
+    notes = [
+        timing,
+        "stats + fused: the channel sums, the per-sample scales and shifts, then conv3x3 normalising and activating "
+        "each loaded tile; tanh: its sigmoid by the hardware's approximate tanh (one special-function operation "
+        "instead of two).",
+    ]
+    notes_after = [
+        timing,
+        "conv3x3 with sums + apply: conv3x3 adds its output's per-sample channel sums into a zeroed buffer in its "
+        "epilogue (float32 atomics); the scales and shifts; one pass that normalises and activates (four launches).",
     ]
     if not args.no_write:
         write_table("bench_conv_fusion: the group norm + SiLU in a convolution's prologue, forward, bf16", columns,
                     rows, notes=notes, md_path=args.out)  # fmt: skip
+        write_table("bench_conv_fusion: the group norm's statistics in a convolution's epilogue, forward, bf16",
+                    columns_after, rows_after, notes=notes_after, md_path=args.out)  # fmt: skip
     return 0
 
 

@@ -38,12 +38,25 @@ def bench():
 def run_interpreter_cases() -> None:
     bench = load()
     # (shape, (BLOCK_M, BLOCK_N, BLOCK_K)): row tiles across the map's borders and across samples (30 pixels a
-    # sample, 16 rows a tile), two K blocks per tap, a partial column block (96 channels, 64 a block), and 3 channels
-    # a group (the scale kernel's masked group lanes).
-    cases = [((2, 64, 5, 6), (16, 32, 32)), ((3, 64, 4, 4), (32, 64, 64)), ((1, 96, 7, 3), (16, 64, 32))]
+    # sample, 16 rows a tile: the per-element scales and per-element atomics), tiles of one sample each (16 pixels,
+    # 16 rows: the per-sample vectors and per-channel atomics), two K blocks per tap, a partial column block (96
+    # channels, 64 a block), and 3 channels a group (the scale kernel's masked group lanes).
+    cases = [
+        ((2, 64, 5, 6), (16, 32, 32)),
+        ((3, 64, 4, 4), (16, 64, 64)),
+        ((1, 96, 7, 3), (16, 64, 32)),
+        ((2, 64, 4, 4), (32, 64, 32)),
+    ]
     for shape, config in cases:
         steps, _ = bench.make(shape, "cpu", torch.float32, config)
-        assert set(steps) == {"conv3x3", "norm + conv3x3", "stats + fused"}  # the cuDNN settings need CUDA
+        # the settings through cuDNN, the library's CUDA norm kernel or the hardware tanh need CUDA
+        assert set(steps) == {
+            "conv3x3",
+            "norm + conv3x3",
+            "stats + fused",
+            "conv3x3 + norm",
+            "conv3x3 with sums + apply",
+        }
         assert bench.check(shape, "cpu", torch.float32, tol=1e-5, config=config) <= 1e-5
 
 
@@ -63,33 +76,49 @@ def test_packed_weight_rows_are_tap_major(bench):
 def test_check_rejects_a_step_that_differs(bench):
     steps, references = bench.make((1, 32, 3, 3), "cpu", torch.float32)
     x = torch.randn(1, 32, 3, 3)
-    steps = {"conv3x3": lambda: references["bare"], "stats + fused": lambda: references["normalised"]}
+    steps = {"conv3x3": lambda: references["bare"], "stats + fused": lambda: references["norm first"]}
     assert bench.check((1, 32, 3, 3), "cpu", torch.float32, 1e-6, made=(steps, references)) == 0.0
     # the fused step without the activation's zero padding: silu(shift) instead of 0 outside the map
-    steps["stats + fused"] = lambda: references["normalised"] + F.pad(x[..., 1:2, 1:2], (1, 1, 1, 1))
+    steps["stats + fused"] = lambda: references["norm first"] + F.pad(x[..., 1:2, 1:2], (1, 1, 1, 1))
     with pytest.raises(AssertionError, match="stats \\+ fused differs"):
         bench.check((1, 32, 3, 3), "cpu", torch.float32, 1e-6, made=(steps, references))
+    # each step is held to its own composition: the norm after the convolution is not the norm before it
+    steps = {"conv3x3 + norm": lambda: references["norm first"]}
+    with pytest.raises(AssertionError, match="conv3x3 \\+ norm differs"):
+        bench.check((1, 32, 3, 3), "cpu", torch.float32, 1e-2, made=(steps, references))
 
 
 def test_rows_keep_each_settings_best_and_mark_a_failed_capture(bench, monkeypatch, tmp_path):
-    # main() on stand-ins for the GPU parts: each setting's rounds in turn (cuDNN, conv3x3, norm + cuDNN,
-    # norm + conv3x3, stats + fused, its tanh variant), one capture of conv3x3 failing (None)
-    times = iter([2e-4, 1e-4, 3e-4, 1e-4, None, 2e-4, 4e-4, 3e-4, 5e-4, 5e-4, 6e-4, 4.5e-4, 3.5e-4, 4e-4, 3.6e-4,
-                  2.4e-4, 2.7e-4, 2.5e-4])  # fmt: skip
+    # main() on stand-ins for the GPU parts: each setting's three rounds (seconds), one capture of conv3x3 failing
+    rounds = {
+        "cuDNN": [2e-4, 1e-4, 3e-4],
+        "conv3x3": [1e-4, None, 2e-4],
+        "norm + cuDNN": [4e-4, 3e-4, 5e-4],
+        "norm + conv3x3": [5e-4, 6e-4, 4.5e-4],
+        "stats + fused": [3.5e-4, 4e-4, 3.6e-4],
+        "stats + fused, tanh": [2.4e-4, 2.7e-4, 2.5e-4],
+        "cuDNN + norm": [2e-4, 2e-4, 2e-4],
+        "conv3x3 + norm": [2.5e-4, 2.6e-4, 2.5e-4],
+        "conv3x3 with sums + apply": [1.6e-4, 1.5e-4, 1.8e-4],
+    }
+    assert set(rounds) == set(bench.REFERENCE)
+    calls = {key: iter(ts) for key, ts in rounds.items()}
     monkeypatch.setattr(bench.torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(bench, "CASES", {"a case": (1, 64, 4, 4)})
     monkeypatch.setattr(bench, "check", lambda *args, **kwargs: 0.001)
-    keys = ["cuDNN", "conv3x3", "norm + cuDNN", "norm + conv3x3", "stats + fused", "stats + fused, tanh"]
-    monkeypatch.setattr(bench, "make", lambda *args: (dict.fromkeys(keys), {}))
-    monkeypatch.setattr(bench, "time_graph", lambda step, iters: next(times))
+    monkeypatch.setattr(bench, "make", lambda *args: ({key: key for key in rounds}, {}))  # a step is its key here
+    monkeypatch.setattr(bench, "time_graph", lambda step, iters: next(calls[step]))
     tag = {"gpu": "a stand-in", "torch": "", "triton": "", "cuda": "", "date": ""}
     monkeypatch.setattr(sys.modules[bench.write_table.__module__], "env_tag", lambda: tag)  # no GPU to name
     out = tmp_path / "results.md"
     assert bench.main(["--rounds", "3", "--out", str(out)]) == 0
     rows = [line for line in out.read_text().splitlines() if line.startswith("| a case ")]
-    # 1x64x4x4: 2 * 9 * 64 * 64 * 16 FLOP in 100 us is 0.0118 TFLOP/s; fused 350 / 300 and 350 / 450; tanh 240 / 300
-    assert rows == ["| a case | 1x64x4x4 | 100 | failed | 300 | 450 | 350 | 240 | 0.0118 | failed | 1.17 | 0.778 | 0.8 "
-                    "| 0.001 |"]  # fmt: skip
+    # 1x64x4x4: 2 * 9 * 64 * 64 * 16 FLOP in 100 us is 0.0118 TFLOP/s; fused 350 / 300 and 350 / 450; tanh 240 / 300;
+    # sums 150 / 200 and 150 / 250
+    assert rows == [
+        "| a case | 1x64x4x4 | 100 | failed | 300 | 450 | 350 | 240 | 0.0118 | failed | 1.17 | 0.778 | 0.8 | 0.001 |",
+        "| a case | 1x64x4x4 | 200 | 250 | 150 | 0.75 | 0.6 | 0.001 |",
+    ]
 
 
 if __name__ == "__main__":
