@@ -71,7 +71,7 @@ BENCH_SWITCHES = {
 GRAPHS_CL = {"precision": "bf16", "use_kernels": True, "channels_last": True, "cuda_graphs": True}
 
 # The candidates of issue 20's rounds together, for what making them the default would give.
-SETTINGS_CANDS = {**GRAPHS_CL, "precast_weights": True, "dense_split": True, "split_qkv": True, "overlap_real": True}
+SETTINGS_CANDS = {**GRAPHS_CL, "precast_weights": True, "dense_split": True, "split_qkv": True}
 
 # name -> (DistillConfig overrides and bench switches, allow TF32)
 SETTINGS: dict[str, tuple[dict, bool]] = {
@@ -105,13 +105,11 @@ SETTINGS: dict[str, tuple[dict, bool]] = {
     "graphs-cl-splitqkv": ({**GRAPHS_CL, "split_qkv": True}, True),
     # candidate: SiDA's fake-score phase, one encoder pass over generator and real images
     "graphs-cl-shareenc": ({**GRAPHS_CL, "share_encoder_pass": True}, True),
-    # candidate: SiDA's fake-score phase, the real images' encoder pass on a second stream (DistillConfig.overlap_real)
-    "graphs-cl-ovreal": ({**GRAPHS_CL, "overlap_real": True}, True),
     # candidate: the layers read bf16 copies of their weights cast once per update (DistillConfig.precast_weights)
     "graphs-cl-precast": ({**GRAPHS_CL, "precast_weights": True}, True),
     # candidate: the skip concatenation's backward writes two dense gradients, not two channel slices
     "graphs-cl-densecat": ({**GRAPHS_CL, "dense_split": True}, True),
-    # the four candidates above together, for what making them the default would give
+    # the three candidates above together, for what making them the default would give
     "graphs-cl-cands": (SETTINGS_CANDS, True),
     # and with the hybrid group norm too
     "graphs-cl-candsgn": ({**SETTINGS_CANDS, "gn": "hybrid"}, True),

@@ -163,17 +163,6 @@ def test_teacher_overlap_refused_off_cuda():
         Evaluation(fake_batch, fake_score=fake, teacher=teacher, side_stream=object())
 
 
-def test_real_images_overlap_refused_off_cuda_and_beside_the_shared_encoder_pass():
-    """overlap_real runs the real images' encoder pass on a second CUDA stream: refused off CUDA, and together with
-    share_encoder_pass (which makes that pass and the fakes' pass one)."""
-    teacher = Teacher(Precond(TinyUNet(img_channels=1, channels=8)), sample_shape=(1, 8, 8))
-    G, fake = OneStepGenerator.from_teacher(teacher), FakeScore.from_teacher(teacher)
-    with pytest.raises(ValueError, match="overlap_real needs the networks on a CUDA device, not cpu"):
-        Distiller(teacher, G, fake, [SiDLoss(), DSMLoss()], DistillConfig(batch_size=2, overlap_real=True))
-    with pytest.raises(ValueError, match="overlap_real overlaps the two passes that share_encoder_pass makes one"):
-        DistillConfig(overlap_real=True, share_encoder_pass=True)
-
-
 def test_teacher_overlap_default_is_on_only_where_measured_and_tested():
     """``overlap_teacher=None`` (the default) resolves to on for a CUDA device in one process without torch.compile,
     and off elsewhere; an explicit True or False is kept."""

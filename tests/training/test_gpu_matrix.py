@@ -193,19 +193,6 @@ def test_teacher_on_a_side_stream_repeats_the_serial_run(method, graphs):
     assert runs[True].side_stream is not None and runs[False].side_stream is None
 
 
-@pytest.mark.parametrize("graphs", [False, True])
-@pytest.mark.parametrize("teacher_kind", ["uncond-noaug", "cond-aug"])
-def test_real_images_on_a_side_stream_repeat_the_serial_run(teacher_kind, graphs):
-    """DistillConfig.overlap_real: the real images' encoder pass on a second CUDA stream beside the fake score's
-    pass over the generator samples in SiDA's fake-score phase (their weight gradients produced on two streams and
-    added up, dropout on) gives the serial run's trace and parameters, eager and captured."""
-    runs = compare_runs(
-        "overlap_real", (False, True), method="sida", teacher_kind=teacher_kind, precision="fp32", rounds=2,
-        graphs=graphs,
-    )  # fmt: skip
-    assert runs[True]._real_stream is not None and runs[False]._real_stream is None
-
-
 @pytest.mark.parametrize("teacher_kind", ["uncond-noaug", "cond-aug"])
 @pytest.mark.parametrize("method", ["sida", "sid2a"])
 def test_shared_encoder_pass_captured_repeats_the_eager_run(method, teacher_kind):
@@ -229,14 +216,11 @@ def test_precast_weights_repeat_the_run_that_casts(method, graphs):
     assert runs[True].precast is not None and runs[False].precast is None
 
 
-@pytest.mark.parametrize(
-    "switch", ["overlap_teacher", "precast_weights", "overlap_real"], ids=["side_stream", "precast", "overlap_real"]
-)
+@pytest.mark.parametrize("switch", ["overlap_teacher", "precast_weights"], ids=["side_stream", "precast"])
 def test_full_size_network_with_and_without_a_speed_switch(switch):
     """The CIFAR-10 DDPM++ at full size, SiDA in bf16 captured as bench_step's graphs-cl setting runs it, with the
     switch off and on: the teacher on a second stream (now the default on one GPU; graphs-cl-noot against
-    graphs-cl), the layers reading weights cast once per update (graphs-cl against graphs-cl-precast) or the real
-    images' encoder pass on a second stream (graphs-cl against graphs-cl-ovreal)."""
+    graphs-cl) or the layers reading weights cast once per update (graphs-cl against graphs-cl-precast)."""
     full = {"dropout": 0.13}
     runs = [
         trace(

@@ -44,10 +44,8 @@ class Evaluation:
         nimg: Images seen so far (losses with a schedule read it).
         use_kernels: Passed to `scoredistill.losses.dispatch` (``None``: fused on CUDA when available).
         side_stream: A second CUDA stream on which the teacher runs while the fake score runs on the current one,
-            when a loss asks for both (``DistillConfig.overlap_teacher``), and on which the real images' encoder
-            pass runs while the fake score's pass over ``fake`` runs (``DistillConfig.overlap_real``). Same
-            inputs, same maths; the passes' forward and backward work overlaps on the GPU. ``None``: one after the
-            other.
+            when a loss asks for both (``DistillConfig.overlap_teacher``). Same inputs, same maths; the two
+            networks' forward and backward passes overlap on the GPU. ``None``: one after the other.
         share_encoder: With ``real``, compute the fake score's output on ``fake`` and its logits on ``real`` from
             one encoder pass over both batches (``DistillConfig.share_encoder_pass``); the same values up to
             rounding and dropout's draws.
@@ -73,8 +71,6 @@ class Evaluation:
         self._fake_score, self._teacher, self._use_kernels = fake_score, teacher, use_kernels
         self._side = side_stream
         self._share_encoder = share_encoder and real is not None
-        # The fake-score phase (no teacher) with a side stream: the real images' encoder pass runs there.
-        self._real_on_side = side_stream is not None and real is not None and teacher is None and not share_encoder
         if self._share_encoder and (real.sigma is not fake.sigma or real.labels is not fake.labels):
             raise ValueError("share_encoder needs real images noised with the fakes' sigma and labels (with_x0)")
         self._terms: dict[float, tuple[Tensor, Tensor, Tensor | None]] = {}
@@ -119,19 +115,7 @@ class Evaluation:
                 other_augment_labels=self.real.augment_labels,
             )
             return out
-        if not self._real_on_side:
-            return self._fake_score.score(self.x_t, fake.sigma, fake.labels, fake.augment_labels)
-        # The fake-score phase with a side stream (DistillConfig.overlap_real): the real images' encoder pass runs
-        # there beside this pass over the fakes, forward and backward. The side stream waits for the real input
-        # only; this pass is issued first, so that dropout draws its masks in the serial order; the two passes'
-        # weight gradients add up as before.
-        real = self.real
-        args = self._to_side(real.x_t, real.sigma, real.labels, real.augment_labels)
-        out = self._fake_score.score(self.x_t, fake.sigma, fake.labels, fake.augment_labels)
-        with torch.cuda.stream(self._side):
-            logits = self._fake_score.logits(*args)
-        self.__dict__["logits_real"] = _streams.join(logits, self._side)
-        return out
+        return self._fake_score.score(self.x_t, fake.sigma, fake.labels, fake.augment_labels)
 
     @property
     def d_fake(self) -> Tensor:
@@ -148,8 +132,8 @@ class Evaluation:
         """Discriminator logits of the noised real images (an encoder-only pass), ``[B, 1, h, w]``."""
         if self.real is None:
             raise RuntimeError("this evaluation has no real images: pass real=... (SiDA needs data)")
-        if self._share_encoder or self._real_on_side:
-            self.fake_out  # noqa: B018 (one pass over both batches, or the two side by side; it caches these logits)
+        if self._share_encoder:
+            self.fake_out  # noqa: B018 (one pass over both batches; it caches these logits)
             return self.__dict__["logits_real"]
         return self._fake_score.logits(self.real.x_t, self.real.sigma, self.real.labels, self.real.augment_labels)
 

@@ -67,12 +67,6 @@ class DistillConfig:
             encoder-only pass. Per-sample layers, so the same values up to rounding; dropout draws its masks in
             another order. It pays where the per-GPU batch leaves the GPU underused: on an H100, +1.2% at CIFAR-10
             batch 32 and -3.3% at batch 128 (see docs/performance.md), hence off by default.
-        overlap_real: In SiDA's fake-score phase, run the discriminator's encoder-only pass over the real images
-            on a second CUDA stream while the fake score's pass over the generator samples runs on the current one
-            (their forward and backward passes overlap; the weight gradients of both add up as before). The same
-            maths and the same dropout draws; the weight gradients' two sums may round differently. One process
-            and a CUDA device only; not with ``share_encoder_pass`` (which makes the two passes one). A candidate
-            aimed at small batches, off until it is timed.
         precast_weights: Under ``"bf16"`` or ``"fp16"``, keep a low-precision copy of every convolution and linear
             weight and bias of the three networks, refreshed by one multi-tensor copy per network at the start of
             each iteration (and the fake score's after its update), which the layers read instead of casting at
@@ -104,7 +98,6 @@ class DistillConfig:
     cuda_graphs: bool = False  # capture each regime's whole iteration in a CUDA graph and replay it (CUDA only)
     overlap_teacher: bool | None = None  # the teacher on a second CUDA stream beside the fake score: None = auto
     share_encoder_pass: bool = False  # SiDA's fake-score phase: one encoder pass over generator and real images
-    overlap_real: bool = False  # SiDA's fake-score phase: the real images' encoder pass on a second CUDA stream
     precast_weights: bool = False  # bf16/fp16: the layers read copies cast once per update, not a cast per forward
 
     def __post_init__(self) -> None:
@@ -141,9 +134,6 @@ class DistillConfig:
         check_bool("cuda_graphs", self.cuda_graphs)
         check_bool("overlap_teacher", self.overlap_teacher, optional=True)
         check_bool("share_encoder_pass", self.share_encoder_pass)
-        check_bool("overlap_real", self.overlap_real)
-        if self.overlap_real and self.share_encoder_pass:
-            raise ValueError("overlap_real overlaps the two passes that share_encoder_pass makes one: choose one")
         check_bool("precast_weights", self.precast_weights)
         if self.precast_weights and self.precision == "fp32":
             raise ValueError("precast_weights keeps bf16 or fp16 copies of the weights: set precision 'bf16' or 'fp16'")
@@ -182,7 +172,6 @@ RESUME_MAY_CHANGE = frozenset(
         "cuda_graphs",
         "overlap_teacher",
         "share_encoder_pass",
-        "overlap_real",
         "precast_weights",
     }
 )

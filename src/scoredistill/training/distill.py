@@ -182,11 +182,9 @@ class Distiller:
         if self.world > 1:  # every process starts from rank 0's networks (a random teacher included)
             broadcast_modules([teacher, generator, fake_score, *(m for m in self.losses if isinstance(m, nn.Module))])
         self.ema = EMA(generator, halflife_nimg=config.ema_halflife_nimg, rampup_ratio=config.ema_rampup_ratio)
-        for switch in ("cuda_graphs", "overlap_teacher", "overlap_real"):  # CUDA graphs; a second CUDA stream
+        for switch in ("cuda_graphs", "overlap_teacher"):  # CUDA graphs; the teacher on a second CUDA stream
             if getattr(config, switch) and self.device.type != "cuda":
                 raise ValueError(f"{switch} needs the networks on a CUDA device, not {self.device}")
-        if config.overlap_real and self.world > 1:
-            raise ValueError(f"overlap_real is tested in one process, not {self.world}: turn it off under torchrun")
         if config.share_encoder_pass and not fake_score.can_share_encoder:
             backbone = getattr(fake_score.denoiser, "model", fake_score.denoiser)
             raise ValueError(
@@ -201,10 +199,8 @@ class Distiller:
         self._hold_gradients = self.precast is not None and self.world == 1
         self._flat_grads: dict[str, Tensor] = {}  # phase -> the buffer its first round's gradients were released into
         overlap = _overlap_teacher(config, self.device, self.world)
-        # One second stream: the teacher's in the generator phase, the real images' encoder pass's in the other.
-        self.side_stream = torch.cuda.Stream(self.device) if overlap or config.overlap_real else None
-        self._teacher_stream = self.side_stream if overlap else None
-        self._real_stream = self.side_stream if config.overlap_real else None
+        self.side_stream = torch.cuda.Stream(self.device) if overlap else None
+        self._teacher_stream = self.side_stream  # the generator phase's teacher runs there
         fused = {"fused": True, "capturable": config.cuda_graphs} if self.device.type == "cuda" else {"foreach": True}
         self.g_params = list(generator.parameters())
         self.f_params = list(fake_score.parameters()) + [
@@ -293,11 +289,6 @@ class Distiller:
             self.averagers[phase].arm()
         # Sum over the micro-batch divided by the per-process batch: the reference's `sum / B_gpu`.
         self.scalers[phase].scale(loss.sum() / self.config.batch_size).backward()
-        if phase == "f" and self._real_stream is not None:
-            # Gradients the real images' pass made on the side stream are read here next: by the held-gradient
-            # release and the NaN/Inf sweep. (The next side-stream work follows a fork issued after those reads, so
-            # the side stream cannot reuse their memory before then.)
-            torch.cuda.current_stream(self.device).wait_stream(self._real_stream)
         if self._hold_gradients:  # the first round's buffer holds the gradients; later rounds add into them
             flat, _ = self.precast.release_gradients()
             if flat is not None:
@@ -418,7 +409,6 @@ class Distiller:
                     real=real,
                     nimg=self.nimg,
                     use_kernels=cfg.use_kernels,
-                    side_stream=self._real_stream,
                     share_encoder=cfg.share_encoder_pass,
                 )
                 total = torch.zeros(micro, device=self.device)
