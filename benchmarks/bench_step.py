@@ -63,7 +63,7 @@ BENCH_SWITCHES = {
     "augment_conv": False,  # True: AugmentPipe pads and upsamples op by op
     "fused_bias_grad": True,  # fewer bias-gradient reductions (residual and group-norm backward)
     "fused_cat": True,  # the skip concatenation's Triton copy
-    "dense_split": False,  # True: its backward writes the two gradients densely (concat_triton.DENSE_SPLIT)
+    "dense_split": True,  # its backward writes two dense gradients (concat_triton.DENSE_SPLIT); False: two slices
     "split_qkv": False,  # True: the channels_last attention's q, k and v by three GEMMs (UNetBlock.split_qkv)
 }
 
@@ -71,7 +71,7 @@ BENCH_SWITCHES = {
 GRAPHS_CL = {"precision": "bf16", "use_kernels": True, "channels_last": True, "cuda_graphs": True}
 
 # The candidates of issue 20's rounds together, for what making them the default would give.
-SETTINGS_CANDS = {**GRAPHS_CL, "precast_weights": True, "dense_split": True, "split_qkv": True}
+SETTINGS_CANDS = {**GRAPHS_CL, "precast_weights": True, "split_qkv": True}
 
 # name -> (DistillConfig overrides and bench switches, allow TF32)
 SETTINGS: dict[str, tuple[dict, bool]] = {
@@ -101,15 +101,15 @@ SETTINGS: dict[str, tuple[dict, bool]] = {
     "graphs-cl-nobgrad": ({**GRAPHS_CL, "fused_bias_grad": False}, True),
     # before: the decoders' skip concatenation by torch.cat (concat_triton.FUSED_CAT off)
     "graphs-cl-nocat": ({**GRAPHS_CL, "fused_cat": False}, True),
+    # before: the concatenation's backward hands back two channel slices of dy (concat_triton.DENSE_SPLIT off)
+    "graphs-cl-nodensecat": ({**GRAPHS_CL, "dense_split": False}, True),
     # candidate: q, k and v by three GEMMs, so that SDPA's backward needs no stack or layout copy
     "graphs-cl-splitqkv": ({**GRAPHS_CL, "split_qkv": True}, True),
     # candidate: SiDA's fake-score phase, one encoder pass over generator and real images
     "graphs-cl-shareenc": ({**GRAPHS_CL, "share_encoder_pass": True}, True),
     # candidate: the layers read bf16 copies of their weights cast once per update (DistillConfig.precast_weights)
     "graphs-cl-precast": ({**GRAPHS_CL, "precast_weights": True}, True),
-    # candidate: the skip concatenation's backward writes two dense gradients, not two channel slices
-    "graphs-cl-densecat": ({**GRAPHS_CL, "dense_split": True}, True),
-    # the three candidates above together, for what making them the default would give
+    # the candidates still off (graphs-cl-splitqkv and -precast) together, for what making them the default would give
     "graphs-cl-cands": (SETTINGS_CANDS, True),
     # and with the hybrid group norm too
     "graphs-cl-candsgn": ({**SETTINGS_CANDS, "gn": "hybrid"}, True),

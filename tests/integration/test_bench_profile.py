@@ -157,6 +157,18 @@ def test_every_setting_is_a_valid_config():
     assert switches == set(bench.BENCH_SWITCHES)  # each switch is used by some setting
 
 
+def test_bench_switches_default_to_the_librarys_defaults():
+    """bench_step sets the concatenation kernel's module switches for every setting: a setting that leaves them out
+    must run what users run (the dense split on since 2026-12-07; graphs-cl-nodensecat is the path before it)."""
+    import pytest
+
+    concat_triton = pytest.importorskip("scoredistill.kernels.concat_triton")  # needs Triton, not a GPU
+    bench = _bench_step()
+    assert bench.BENCH_SWITCHES["fused_cat"] is concat_triton.FUSED_CAT is True
+    assert bench.BENCH_SWITCHES["dense_split"] is concat_triton.DENSE_SPLIT is True
+    assert bench.SETTINGS["graphs-cl-nodensecat"][0] == {**bench.GRAPHS_CL, "dense_split": False}
+
+
 def test_device_scripts_name_only_settings_that_bench_step_has():
     # A misspelt setting costs a device call: every setting a device script passes or defaults to must exist.
     import re
