@@ -199,8 +199,7 @@ class Distiller:
         self._hold_gradients = self.precast is not None and self.world == 1
         self._flat_grads: dict[str, Tensor] = {}  # phase -> the buffer its first round's gradients were released into
         overlap = _overlap_teacher(config, self.device, self.world)
-        self.side_stream = torch.cuda.Stream(self.device) if overlap else None
-        self._teacher_stream = self.side_stream  # the generator phase's teacher runs there
+        self.side_stream = torch.cuda.Stream(self.device) if overlap else None  # the teacher runs here
         fused = {"fused": True, "capturable": config.cuda_graphs} if self.device.type == "cuda" else {"foreach": True}
         self.g_params = list(generator.parameters())
         self.f_params = list(fake_score.parameters()) + [
@@ -362,7 +361,7 @@ class Distiller:
                 teacher=self.teacher,
                 nimg=self.nimg,
                 use_kernels=self.config.use_kernels,
-                side_stream=self._teacher_stream,
+                side_stream=self.side_stream,
             )
             return [(loss, out) for loss in active if (out := loss.generator_loss(ev)) is not None]
 
