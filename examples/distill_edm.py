@@ -86,6 +86,12 @@ def _parser(**defaults: str) -> argparse.ArgumentParser:
         help="the teacher on a second CUDA stream beside the fake score (DistillConfig.overlap_teacher; default: on "
         "for CUDA in one process without --compile)",
     )
+    p.add_argument(
+        "--precast-weights",
+        action="store_true",
+        help="bf16/fp16: the layers read weight copies cast once per update (DistillConfig.precast_weights; faster, "
+        "most at small batches, for a little more memory)",
+    )
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--log-kimg", type=positive, default=10.0)
     p.add_argument("--ckpt-kimg", type=positive, default=1000.0)
@@ -171,6 +177,7 @@ _FLAGS = {
     "compile_cache_dir": "--compile-cache",
     "cuda_graphs": "--cuda-graphs",
     "overlap_teacher": "--overlap-teacher",
+    "precast_weights": "--precast-weights",
     "global batch": "--batch",
 }
 
@@ -189,6 +196,7 @@ def _config(args: argparse.Namespace, world: int):
     recipe = dataclasses.replace(recipe, batch_size=batch)
     overrides = {"precision": args.precision, "seed": args.seed, "cuda_graphs": args.cuda_graphs}
     overrides |= {"compile": args.compile, "channels_last": args.channels_last, "overlap_teacher": args.overlap_teacher}
+    overrides["precast_weights"] = args.precast_weights
     if args.compile_cache:
         overrides["compile_cache_dir"] = args.compile_cache
     if args.micro_batch is not None:

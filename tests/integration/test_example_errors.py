@@ -106,6 +106,8 @@ def test_paths_and_devices_are_one_line_errors(tmp_path, monkeypatch, capsys):
         (["--seed", "-3"], "argument --seed: must be non-negative"),
         (["--batch", "8", "--micro-batch", "3"], "--micro-batch 3 does not divide the per-process batch 8"),
         (["--precision", "fp16", "--cuda-graphs"], "--cuda-graphs: cuda_graphs needs precision"),
+        (["--precision", "fp32", "--precast-weights"], "--precast-weights: precast_weights keeps bf16 or fp16 copies"),
+        (["--compile", "blocks", "--precast-weights"], "--precast-weights: precast_weights has not been tested"),
         (["--total-kimg", "0.0001"], "--total-kimg: total_nimg must be >= 1"),
     ],
 )

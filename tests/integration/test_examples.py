@@ -105,6 +105,12 @@ def test_overlap_teacher_flag_is_on_off_or_left_to_the_default(capsys, flags, va
     assert json.loads(capsys.readouterr().out)["config"]["overlap_teacher"] is value
 
 
+@pytest.mark.parametrize("flags", [[], ["--precast-weights"]])
+def test_precast_weights_flag_reaches_the_config(capsys, flags):
+    distill_edm.main(["--recipe", "cifar10-uncond", "--method", "sid", "--outdir", "unused", "--dry-run", *flags])
+    assert json.loads(capsys.readouterr().out)["config"]["precast_weights"] is bool(flags)
+
+
 def test_recipes_validate_their_inputs():
     with pytest.raises(ValueError, match="divisible"):
         RECIPES["cifar10-uncond"].config("sida", world_size=3)
