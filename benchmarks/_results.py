@@ -6,6 +6,7 @@ from the same device and the same run are ever compared.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import datetime as _dt
 from collections.abc import Sequence
@@ -16,7 +17,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 RESULTS_MD = HERE / "RESULTS.md"
 
-__all__ = ["RESULTS_MD", "env_tag", "format_table", "print_row", "write_table"]
+__all__ = ["RESULTS_MD", "env_tag", "format_table", "print_row", "replay_args", "write_table"]
 
 
 def env_tag() -> dict[str, str]:
@@ -96,3 +97,14 @@ def write_table(
             for row in rows:
                 writer.writerow([title, tag["gpu"], tag["torch"], tag["triton"], tag["date"], *row])
     return text
+
+
+def replay_args(argv: Sequence[str] | None, description: str, iters: int) -> argparse.Namespace:
+    """The options of the per-layer benchmarks that time each setting as CUDA-graph replays (``--iters``,
+    ``--rounds``, ``--out``, ``--no-write``), parsed from ``argv``."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--iters", type=int, default=iters, help="graph replays timed per setting and round")
+    p.add_argument("--rounds", type=int, default=3, help="each setting's best of this many rounds, interleaved")
+    p.add_argument("--out", type=Path, default=RESULTS_MD)
+    p.add_argument("--no-write", action="store_true")
+    return p.parse_args(argv)

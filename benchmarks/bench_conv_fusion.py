@@ -30,7 +30,6 @@ tests through Triton's interpreter), so the rows compare the same work.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -42,7 +41,7 @@ import triton.language as tl
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import RESULTS_MD, print_row, write_table
+from _results import print_row, replay_args, write_table
 from bench_losses import time_graph  # device time per CUDA-graph replay
 
 # name -> [B, C, H, W] of the convolution's input; 3x3, C -> C, as in the UNet blocks
@@ -362,12 +361,7 @@ EPILOGUE_KEYS = ["cuDNN + norm", "conv3x3 + norm", "conv3x3 with sums + apply"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--iters", type=int, default=100, help="graph replays timed per setting and round")
-    p.add_argument("--rounds", type=int, default=3, help="each setting's best of this many rounds, interleaved")
-    p.add_argument("--out", type=Path, default=RESULTS_MD)
-    p.add_argument("--no-write", action="store_true")
-    args = p.parse_args(argv)
+    args = replay_args(argv, __doc__.splitlines()[0], iters=100)
     if not torch.cuda.is_available():
         print("bench_conv_fusion needs a CUDA device", file=sys.stderr)
         return 2

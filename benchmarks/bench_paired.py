@@ -20,7 +20,6 @@ Before timing, each case checks that the paired layer computes the two layers' o
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import RESULTS_MD, print_row, write_table
+from _results import print_row, replay_args, write_table
 from bench_losses import time_graph  # device time per CUDA-graph replay (the side stream forks and joins inside)
 
 # name -> (kind, [B, C, H, W] of one network's input); convolutions are 3x3, C -> C, as in the UNet blocks
@@ -150,12 +149,7 @@ def check(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--iters", type=int, default=200, help="graph replays timed per setting and round")
-    p.add_argument("--rounds", type=int, default=3, help="each setting's best of this many rounds, interleaved")
-    p.add_argument("--out", type=Path, default=RESULTS_MD)
-    p.add_argument("--no-write", action="store_true")
-    args = p.parse_args(argv)
+    args = replay_args(argv, __doc__.splitlines()[0], iters=200)
     if not torch.cuda.is_available():
         print("bench_paired needs a CUDA device", file=sys.stderr)
         return 2
