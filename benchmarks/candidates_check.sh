@@ -6,10 +6,10 @@
 #   graphs-cl-precast  the layers read bf16 copies of their weights and biases, refreshed by one multi-tensor copy
 #                      per network and update (DistillConfig.precast_weights), instead of a cast kernel per tensor
 #                      and use (the bulk of the casts family's 1,995 launches at CIFAR-10 batch 32). H200,
-#                      2026-12-07: +5.0%, +0.9%, +1.0% for 0.03-0.21 GiB of peak memory: stays opt-in
+#                      2026-12-07: +5.0%, +0.9%, +1.1% for 0.03-0.21 GiB of peak memory: stays opt-in
 #   graphs-cl-splitqkv the channels_last attention's q, k and v by three GEMMs (UNetBlock.split_qkv), so that SDPA's
 #                      backward neither stacks their gradients nor copies them into the qkv GEMM's layout. H200,
-#                      2026-12-07: -1.2%, -0.4%, +1.8% (+1.4% on ImageNet-64 on an H100, 2026-12-06): stays off
+#                      2026-12-07: -1.2%, -0.4%, +1.9% (+1.4% on ImageNet-64 on an H100, 2026-12-06): stays off
 #   graphs-cl-gnhyb    the group norms' one-pass kernels (one launch each way) on maps of at most 16x16 pixels,
 #                      where the tiles' six launches cost more than the data they move, the tiles above
 #                      (groupnorm_triton.set_strategy("hybrid")). H200, 2026-12-07: +1.7%, +0.5%, -1.3%: stays off

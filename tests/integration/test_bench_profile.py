@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 from types import SimpleNamespace
 
+import pytest
+
 from helpers import REPO_ROOT
 
 
@@ -160,8 +162,6 @@ def test_every_setting_is_a_valid_config():
 def test_bench_switches_default_to_the_librarys_defaults():
     """bench_step sets the concatenation kernel's module switches for every setting: a setting that leaves them out
     must run what users run (the dense split on since 2026-12-07; graphs-cl-nodensecat is the path before it)."""
-    import pytest
-
     concat_triton = pytest.importorskip("scoredistill.kernels.concat_triton")  # needs Triton, not a GPU
     bench = _bench_step()
     assert bench.BENCH_SWITCHES["fused_cat"] is concat_triton.FUSED_CAT is True
