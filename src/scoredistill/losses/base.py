@@ -89,16 +89,13 @@ class Evaluation:
             return self._teacher(self.x_t, self.fake.sigma, self.fake.labels)
         # The teacher on the side stream, the fake score meanwhile on this one: the same input, neither needs the
         # other, and their backward passes (input gradients only, in the generator phase) overlap too.
-        args = self._to_side(self.x_t, self.fake.sigma, self.fake.labels)
-        with torch.cuda.stream(self._side):
-            d_real = self._teacher(*args)
+        side = self._side
+        x_t = _streams.fork(self.x_t, side)
+        sigma, labels = _streams.lend(self.fake.sigma, side), _streams.lend(self.fake.labels, side)
+        with torch.cuda.stream(side):
+            d_real = self._teacher(x_t, sigma, labels)
         self.fake_out  # noqa: B018 (computed and cached here, on the current stream)
-        return _streams.join(d_real, self._side)
-
-    def _to_side(self, x: Tensor, *conditioning: Tensor | None) -> tuple[Tensor | None, ...]:
-        """``x`` and its conditioning, ready to be read on the side stream, which waits for this stream's work so
-        far (and no later work)."""
-        return _streams.fork(x, self._side), *(_streams.lend(c, self._side) for c in conditioning)
+        return _streams.join(d_real, side)
 
     @cached_property
     def fake_out(self) -> ScoreOutput:
