@@ -58,20 +58,19 @@ from scoredistill.training.fast import use_fused_norms
 BENCH_SWITCHES = {
     "fused_norms": True,  # False: native group norms, fused loss kernels
     "fold_biases": True,  # False: convolution biases added by the convolutions
-    "gn": "tiles",  # the fused group norms' launch strategy
+    "gn": "auto",  # the fused group norms' launch strategy (set_strategy; "auto": each network's preference)
     "gn_one_pass_max_hw": 256,  # under "hybrid": the largest map (pixels) that takes the one-pass kernels
     "augment_conv": False,  # True: AugmentPipe pads and upsamples op by op
     "fused_bias_grad": True,  # fewer bias-gradient reductions (residual and group-norm backward)
     "fused_cat": True,  # the skip concatenation's Triton copy
     "dense_split": True,  # its backward writes two dense gradients (concat_triton.DENSE_SPLIT); False: two slices
-    "split_qkv": False,  # True: the channels_last attention's q, k and v by three GEMMs (UNetBlock.split_qkv)
+    # the channels_last attention's q, k and v by three GEMMs (UNetBlock.split_qkv; None: each network's own, on in
+    # DhariwalUNet)
+    "split_qkv": None,
 }
 
 # The fast path users run: bf16, the fused kernels, channels_last, whole-iteration CUDA graphs.
 GRAPHS_CL = {"precision": "bf16", "use_kernels": True, "channels_last": True, "cuda_graphs": True}
-
-# The candidates of issue 20's rounds together, for what making them the default would give.
-SETTINGS_CANDS = {**GRAPHS_CL, "precast_weights": True, "split_qkv": True}
 
 # name -> (DistillConfig overrides and bench switches, allow TF32)
 SETTINGS: dict[str, tuple[dict, bool]] = {
@@ -90,10 +89,14 @@ SETTINGS: dict[str, tuple[dict, bool]] = {
     ),
     "graphs": ({"precision": "bf16", "use_kernels": True, "cuda_graphs": True}, True),
     "graphs-cl": (GRAPHS_CL, True),
+    # before each network chose its own: the tiled group norms and one qkv GEMM everywhere
+    "graphs-cl-prev": ({**GRAPHS_CL, "gn": "tiles", "split_qkv": False}, True),
     # The graphs-cl variants: one switch each, against the default path.
     "graphs-cl-gn1": ({**GRAPHS_CL, "gn": "one_pass"}, True),  # the group norms' one-pass kernels (set_strategy)
-    # candidate: the one-pass kernels on maps of at most 16x16 (or 8x8) pixels, the tiles on larger ones
+    # the one-pass kernels on maps of at most 16x16 (or 8x8) pixels, the tiles on larger ones, in every network
+    # (DDPM++ prefers it; graphs-cl-gntiles: the tiles everywhere)
     "graphs-cl-gnhyb": ({**GRAPHS_CL, "gn": "hybrid"}, True),
+    "graphs-cl-gntiles": ({**GRAPHS_CL, "gn": "tiles"}, True),
     "graphs-cl-gnhyb64": ({**GRAPHS_CL, "gn": "hybrid", "gn_one_pass_max_hw": 64}, True),
     # before: the teacher after the fake score on one stream (DistillConfig.overlap_teacher off)
     "graphs-cl-noot": ({**GRAPHS_CL, "overlap_teacher": False}, True),
@@ -103,16 +106,14 @@ SETTINGS: dict[str, tuple[dict, bool]] = {
     "graphs-cl-nocat": ({**GRAPHS_CL, "fused_cat": False}, True),
     # before: the concatenation's backward hands back two channel slices of dy (concat_triton.DENSE_SPLIT off)
     "graphs-cl-nodensecat": ({**GRAPHS_CL, "dense_split": False}, True),
-    # candidate: q, k and v by three GEMMs, so that SDPA's backward needs no stack or layout copy
+    # q, k and v by three GEMMs, so that SDPA's backward needs no stack or layout copy, in every network (ADM's own
+    # choice; graphs-cl-nosplitqkv: one GEMM everywhere)
     "graphs-cl-splitqkv": ({**GRAPHS_CL, "split_qkv": True}, True),
+    "graphs-cl-nosplitqkv": ({**GRAPHS_CL, "split_qkv": False}, True),
     # candidate: SiDA's fake-score phase, one encoder pass over generator and real images
     "graphs-cl-shareenc": ({**GRAPHS_CL, "share_encoder_pass": True}, True),
     # candidate: the layers read bf16 copies of their weights cast once per update (DistillConfig.precast_weights)
     "graphs-cl-precast": ({**GRAPHS_CL, "precast_weights": True}, True),
-    # the candidates still off (graphs-cl-splitqkv and -precast) together, for what making them the default would give
-    "graphs-cl-cands": (SETTINGS_CANDS, True),
-    # and with the hybrid group norm too
-    "graphs-cl-candsgn": ({**SETTINGS_CANDS, "gn": "hybrid"}, True),
     # the augmentation's padding and upsampling as separate ops over the padded image
     "graphs-cl-convaug": ({**GRAPHS_CL, "augment_conv": True}, True),
     "graphs-cl-nofold": ({**GRAPHS_CL, "fold_biases": False}, True),
@@ -193,7 +194,8 @@ def build(preset: str, batch: int, setting: str, device: torch.device) -> Distil
         for m in role.modules():
             if isinstance(m, UNetBlock):
                 m.fold_biases = switch["fold_biases"]
-                m.split_qkv = switch["split_qkv"]
+                if switch["split_qkv"] is not None:
+                    m.split_qkv = switch["split_qkv"]
     return d
 
 
@@ -293,7 +295,7 @@ def profile(d: Distiller, steps: int = 3, top: int = 15, rates: Rates = NO_RATES
     return kernels + "\n" + "\n".join(lines)
 
 
-def _eager_fused(preset: str, batch: int, device: torch.device, gn: str = "tiles") -> Distiller:
+def _eager_fused(preset: str, batch: int, device: torch.device, gn: str = "auto") -> Distiller:
     """An eager bf16 channels_last distiller with the fused network kernels forced on (as CUDA graphs run them) and
     the group norms' strategy ``gn``, after two warm-up steps."""
     from scoredistill.kernels import groupnorm_triton

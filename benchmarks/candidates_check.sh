@@ -2,22 +2,22 @@
 # Issue 20's candidate changes against the fast path, on a GPU, in one device call of at most 10 minutes: their
 # parity tests, then bench_step with each setting on the three workloads (one process per workload, the fast path
 # first and last, each setting's peak memory counted from a clean slate). The settings it times by default:
-#   graphs-cl          the fast path, as users run it (with concat_triton.DENSE_SPLIT since 2026-12-07)
+#   graphs-cl          the fast path, as users run it (with concat_triton.DENSE_SPLIT since 2026-12-07, and since
+#                      then each network's own launch choices: DDPM++'s group norms "hybrid", ADM's split_qkv)
+#   graphs-cl-prev     the fast path before each network chose its own: the tiled group norms and one qkv GEMM
+#                      everywhere
 #   graphs-cl-precast  the layers read bf16 copies of their weights and biases, refreshed by one multi-tensor copy
 #                      per network and update (DistillConfig.precast_weights), instead of a cast kernel per tensor
 #                      and use (the bulk of the casts family's 1,995 launches at CIFAR-10 batch 32). H200,
 #                      2026-12-07: +5.0%, +0.9%, +1.1% for 0.03-0.21 GiB of peak memory: stays opt-in
-#   graphs-cl-splitqkv the channels_last attention's q, k and v by three GEMMs (UNetBlock.split_qkv), so that SDPA's
-#                      backward neither stacks their gradients nor copies them into the qkv GEMM's layout. H200,
-#                      2026-12-07: -1.2%, -0.4%, +1.9% (+1.4% on ImageNet-64 on an H100, 2026-12-06): stays off
-#   graphs-cl-gnhyb    the group norms' one-pass kernels (one launch each way) on maps of at most 16x16 pixels,
-#                      where the tiles' six launches cost more than the data they move, the tiles above
-#                      (groupnorm_triton.set_strategy("hybrid")). H200, 2026-12-07: +1.7%, +0.5%, -1.3%: stays off
-#   graphs-cl-gnhyb64  the same with the one-pass kernels on maps of 8x8 and smaller only (not yet timed)
+#   graphs-cl-gnhyb64  the group norms' one-pass kernels on maps of 8x8 and smaller only, in every network (not yet
+#                      timed)
 # (percentages: CIFAR-10 batch 32, batch 128, ImageNet-64 batch 32, against the mean of the two graphs-cl rows)
-# and, for SETTINGS=...:
-#   graphs-cl-cands    the two candidates still off together (graphs-cl-precast and -splitqkv; graphs-cl-candsgn
-#                      with the hybrid group norm too)
+# Measured on an H200 (2026-12-07) and settled per network, for SETTINGS=...: graphs-cl-splitqkv / -nosplitqkv (the
+# channels_last attention's q, k and v by three GEMMs, UNetBlock.split_qkv, everywhere / nowhere: -1.2%, -0.4%,
+# +1.9%, and +1.4% on ImageNet-64 on an H100: DhariwalUNet's default) and graphs-cl-gnhyb / -gntiles (the group
+# norms' one-pass kernels on maps of at most 16x16, groupnorm_triton's "hybrid", everywhere / the tiles everywhere:
+# +1.7%, +0.5%, -1.3%: SongUNet's default).
 # Measured and settled (2026-12-06), for SETTINGS=...: graphs-cl-noot (the path before the teacher went on a
 # second CUDA stream by default: +1.0% to +4.6% for 0.06 GiB; dropped from the default list to stay within the
 # limits), graphs-cl-shareenc (one encoder pass over SiDA's two
@@ -48,7 +48,7 @@ set -u
 OUT=${OUT:-/tmp/candidates_check}
 source benchmarks/_device.sh "$OUT"
 cat "$OUT/gpu.txt"
-SETTINGS=${SETTINGS:-graphs-cl,graphs-cl-precast,graphs-cl-splitqkv,graphs-cl-gnhyb,graphs-cl-gnhyb64,graphs-cl}
+SETTINGS=${SETTINGS:-graphs-cl,graphs-cl-prev,graphs-cl-precast,graphs-cl-gnhyb64,graphs-cl}
 PHASES=${PHASES:-tests norms step}
 
 if [[ " $PHASES " == *" tests "* ]]; then

@@ -167,6 +167,11 @@ def test_bench_switches_default_to_the_librarys_defaults():
     assert bench.BENCH_SWITCHES["fused_cat"] is concat_triton.FUSED_CAT is True
     assert bench.BENCH_SWITCHES["dense_split"] is concat_triton.DENSE_SPLIT is True
     assert bench.SETTINGS["graphs-cl-nodensecat"][0] == {**bench.GRAPHS_CL, "dense_split": False}
+    # The networks' own launch choices are the default path's; graphs-cl-prev is the path before them.
+    groupnorm_triton = pytest.importorskip("scoredistill.kernels.groupnorm_triton")
+    assert bench.BENCH_SWITCHES["gn"] == groupnorm_triton._strategy == "auto"
+    assert bench.BENCH_SWITCHES["split_qkv"] is None
+    assert bench.SETTINGS["graphs-cl-prev"][0] == {**bench.GRAPHS_CL, "gn": "tiles", "split_qkv": False}
 
 
 def test_device_scripts_name_only_settings_that_bench_step_has():
@@ -182,5 +187,5 @@ def test_device_scripts_name_only_settings_that_bench_step_has():
             code = line.split("#", 1)[0]
             for value in passed.findall(code) + defaults.findall(code):
                 named += [(script.name, name) for name in value.split(",")]
-    assert {name for _, name in named} >= {"graphs-cl", "graphs-cl-precast", "graphs-cl-splitqkv", "baseline"}
+    assert {name for _, name in named} >= {"graphs-cl", "graphs-cl-prev", "graphs-cl-precast", "baseline"}
     assert [(script, name) for script, name in named if name not in settings] == []

@@ -42,6 +42,7 @@ def check(
     channels_last: bool,
     seed: int = 0,
     sliced: bool = False,
+    prefer: str | None = None,
 ) -> None:
     """Fused forward and every gradient vs the float32 reference on the same inputs."""
     from scoredistill.kernels.groupnorm_triton import group_norm_act as fused
@@ -76,7 +77,7 @@ def check(
             for _ in range(2):
                 for leaf in leaves.values():
                     leaf.grad = None
-                y = fused(leaves["x"], groups, leaves["weight"], leaves["bias"], 1e-5, **opts, silu=silu)
+                y = fused(leaves["x"], groups, leaves["weight"], leaves["bias"], 1e-5, **opts, silu=silu, prefer=prefer)
                 (y.float() * grad_out).sum().backward()
             assert y.dtype == dtype and (sliced or y.stride() == leaves["x"].stride())
             results.append({"y": y.float(), **{f"d{k}": v.grad for k, v in leaves.items()}})
@@ -125,16 +126,21 @@ def run_interpreter_cases() -> None:
     check((2, 84, 3, 3), 2, torch.float32, "cpu", VARIANTS[1], channels_last=True)  # a group wider than 32 channels
     check((2, 16, 6, 5), 4, torch.float32, "cpu", VARIANTS[2], channels_last=False, sliced=True)
     check((2, 64, 8, 8), 16, torch.bfloat16, "cpu", VARIANTS[2], channels_last=True)
-    # The hybrid strategy: the one-pass kernels on maps of at most ONE_PASS_MAX_HW pixels, the tiles above.
-    gn.set_strategy("hybrid")
+    # The hybrid strategy: the one-pass kernels on maps of at most ONE_PASS_MAX_HW pixels, the tiles above; set
+    # module-wide, or preferred by the call under "auto" (a call preferring nothing then takes the tiles).
     launched, launch = [], gn.launch
     gn.launch = lambda kernel, *args: launched.append(getattr(kernel, "fn", kernel).__name__) or launch(kernel, *args)
+    one_pass = {"_one_pass_fwd_kernel", "_one_pass_bwd_kernel"}
     try:
-        for hw in (16, 17):  # 256 and 289 pixels
-            launched.clear()
-            check((2, 16, hw, hw), 4, torch.float32, "cpu", VARIANTS[1], channels_last=True)
-            one_pass = {"_one_pass_fwd_kernel", "_one_pass_bwd_kernel"}
-            assert (set(launched) == one_pass) if hw == 16 else not (set(launched) & one_pass), (hw, launched)
+        for strategy, prefer in (("hybrid", None), ("auto", "hybrid")):
+            gn.set_strategy(strategy)
+            for hw in (16, 17):  # 256 and 289 pixels
+                launched.clear()
+                check((2, 16, hw, hw), 4, torch.float32, "cpu", VARIANTS[1], channels_last=True, prefer=prefer)
+                assert (set(launched) == one_pass) if hw == 16 else not (set(launched) & one_pass), (hw, launched)
+        launched.clear()
+        check((2, 16, 4, 4), 4, torch.float32, "cpu", VARIANTS[1], channels_last=True)  # "auto", no preference
+        assert launched and not set(launched) & one_pass, launched
     finally:
         gn.launch = launch
     gn.set_strategy("tiles")
@@ -209,14 +215,36 @@ def test_group_norm_strategy_is_checked_and_restorable():
         gn.set_strategy("two_pass")
     previous = gn.set_strategy("one_pass")
     try:
-        assert previous == "tiles" and gn.set_strategy("one_pass") == "one_pass"
-        assert gn._one_pass(64 * 64)
+        assert previous == "auto" and gn.set_strategy("one_pass") == "one_pass"
+        assert gn._one_pass(64 * 64) and gn._one_pass(64 * 64, "tiles")  # a module-wide strategy overrides a call's
         gn.set_strategy("hybrid")  # one pass on small maps only
         assert [gn._one_pass(hw) for hw in (4 * 4, 8 * 8, 16 * 16, 16 * 17, 32 * 32)] == [True] * 3 + [False] * 2
         gn.set_strategy("tiles")
-        assert not gn._one_pass(4 * 4)
+        assert not gn._one_pass(4 * 4) and not gn._one_pass(4 * 4, "one_pass")
+        gn.set_strategy("auto")  # the call's preference, else the tiles
+        assert not gn._one_pass(4 * 4) and gn._one_pass(64 * 64, "one_pass")
+        assert [gn._one_pass(hw, "hybrid") for hw in (16 * 16, 16 * 17)] == [True, False]
+        with pytest.raises(ValueError, match="unknown group-norm strategy 'auto' preferred"):
+            gn.group_norm_act(torch.zeros(1, 4, 2, 2), 2, torch.ones(4), torch.zeros(4), 1e-5, prefer="auto")
     finally:
         gn.set_strategy(previous)
+
+
+def test_group_norm_layer_hands_its_preferred_strategy_to_the_kernel(monkeypatch):
+    # The layer's kernel_strategy reaches the fused kernel (faked here: no CUDA), and is checked when set.
+    gn = pytest.importorskip("scoredistill.kernels.groupnorm_triton", reason="needs Triton")
+    seen = []
+    monkeypatch.setattr(kernels, "fused_group_norm_available", lambda *args: True)
+    monkeypatch.setattr(gn, "group_norm_act", lambda x, *args, prefer=None, **kw: seen.append(prefer) or x)
+    norm = GroupNorm(8)
+    x = torch.randn(2, 8, 4, 4)
+    norm(x)
+    norm.kernel_strategy = "hybrid"
+    norm(x, silu=True)
+    assert seen == [None, "hybrid"]
+    with pytest.raises(ValueError, match="kernel_strategy must be None, 'tiles', 'one_pass' or 'hybrid'"):
+        norm.kernel_strategy = "auto"
+    assert norm.kernel_strategy == "hybrid"
 
 
 @needs_kernels
@@ -242,7 +270,7 @@ def test_cuda_parity_other_tilings(cb_first, monkeypatch):
 @pytest.mark.kernels
 @pytest.mark.parametrize("preset", ["cifar10-32x32-uncond", "imagenet-64x64"])
 @pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("strategy", ["tiles", "one_pass", "hybrid"])
+@pytest.mark.parametrize("strategy", ["auto", "tiles", "one_pass", "hybrid"])
 def test_networks_with_fused_norms_match_native(preset, channels_last, strategy, monkeypatch):
     # A whole backbone, forward and input gradient, fused norms vs native ones (fp32, TF32 off, eval: no dropout).
     import scoredistill.kernels.groupnorm_triton as gn

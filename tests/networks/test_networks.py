@@ -394,6 +394,25 @@ def test_split_qkv_leaves_no_gradient_stacking_in_the_attention_backward(split: 
     assert ("UnbindBackward0" in nodes) is not split
 
 
+@pytest.mark.parametrize("preset", ["cifar10-32x32-uncond", "imagenet-64x64"])
+def test_each_network_carries_its_measured_launch_choices(preset: str) -> None:
+    """DDPM++ (SongUNet) prefers the group norms' hybrid launch strategy and one qkv GEMM; ADM (DhariwalUNet) the
+    tiles and three qkv GEMMs in its attention blocks. A copy keeps them (the fake score is built as one)."""
+    import copy
+
+    from scoredistill.networks.layers import GroupNorm, UNetBlock
+    from scoredistill.roles.precond import edm_precond
+
+    net = copy.deepcopy(edm_precond(preset))
+    adm = preset == "imagenet-64x64"
+    norms = [m for m in net.modules() if isinstance(m, GroupNorm)]
+    blocks = [m for m in net.modules() if isinstance(m, UNetBlock)]
+    attention = [b for b in blocks if b.num_heads]
+    assert norms and attention and len(attention) < len(blocks)
+    assert {n.kernel_strategy for n in norms} == {None if adm else "hybrid"}
+    assert {b.split_qkv for b in attention} == {adm} and not any(b.split_qkv for b in blocks if not b.num_heads)
+
+
 @pytest.mark.kernels
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_split_qkv_on_cuda_equals_one_qkv_gemm_to_bf16_rounding() -> None:

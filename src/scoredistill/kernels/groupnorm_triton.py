@@ -23,6 +23,12 @@ memory and four launches per norm go. Its programs are fewer (one per sample and
 costs more than it saves: in a CUDA graph it takes 0.93-2.5x the time of ``"tiles"`` per norm at the networks'
 shapes (slower on every large map), and a whole SiDA iteration 0.3-11% longer, so ``"tiles"`` stays the default
 (``benchmarks/RESULTS.md``; ``benchmarks/bench_norms.py`` measures both on the card at hand).
+
+A third, ``"hybrid"``, takes the one-pass kernels on small maps only (at most `ONE_PASS_MAX_HW` pixels), where the
+tiles' six launches cost more than the data they move. Whether it pays depends on the network (it did on DDPM++ and
+not on ADM), so a call may name the strategy it prefers (``prefer``; the network layers' ``kernel_strategy``); under
+the module-wide ``"auto"``, the default, that preference is followed and a call without one takes the tiles. Any
+other module-wide strategy overrides every preference (for comparisons).
 """
 
 from __future__ import annotations
@@ -41,8 +47,9 @@ from .triton_utils import launch as _launch_any
 
 __all__ = ["group_norm_act", "set_strategy"]
 
-STRATEGIES = ("tiles", "one_pass", "hybrid")
-_strategy = "tiles"
+LAUNCH_STRATEGIES = ("tiles", "one_pass", "hybrid")  # what a call may prefer
+STRATEGIES = ("auto", *LAUNCH_STRATEGIES)  # what set_strategy takes
+_strategy = "auto"
 ONE_PASS_MAX_HW = 256  # "hybrid": the one-pass kernels on maps of at most this many pixels (16x16), tiles above
 
 
@@ -50,11 +57,14 @@ def set_strategy(name: str) -> str:
     """Choose how the fused group norm is launched, for the calls (and CUDA-graph captures) that follow.
 
     Args:
-        name: ``"tiles"`` (the default: statistics, combine and apply kernels over ``[pixels, channels]`` tiles, and
-            three kernels backward), ``"one_pass"`` (one kernel each way, a program per sample and block of whole
-            groups) or ``"hybrid"`` (one pass on maps of at most `ONE_PASS_MAX_HW` pixels, where the tiles' six
-            launches cost more than the data they move, and tiles on larger maps). All compute the same maths;
-            only the rounding order of the statistics differs.
+        name: ``"auto"`` (the default: each call's preferred strategy, see
+            [`group_norm_act`][scoredistill.kernels.groupnorm_triton.group_norm_act]'s ``prefer``, else
+            ``"tiles"``), or one of the strategies for every call, whatever it prefers: ``"tiles"`` (statistics,
+            combine and apply kernels over ``[pixels, channels]`` tiles, and three kernels backward),
+            ``"one_pass"`` (one kernel each way, a program per sample and block of whole groups) or ``"hybrid"``
+            (one pass on maps of at most `ONE_PASS_MAX_HW` pixels, where the tiles' six launches cost more than the
+            data they move, and tiles on larger maps). All compute the same maths; only the rounding order of the
+            statistics differs.
 
     Returns:
         The strategy in force before the call.
@@ -448,9 +458,11 @@ def _plan(C: int, HW: int, groups: int, nhwc: bool, backward: bool) -> Plan:
     return Plan(block_hw, block_c, k, block_k, block_cg, num_warps, cb_first)
 
 
-def _one_pass(HW: int) -> bool:
-    """Whether the strategy in force takes the one-pass kernels for maps of ``HW`` pixels."""
-    return _strategy == "one_pass" or (_strategy == "hybrid" and HW <= ONE_PASS_MAX_HW)
+def _one_pass(HW: int, prefer: str | None = None) -> bool:
+    """Whether the strategy in force takes the one-pass kernels for maps of ``HW`` pixels, for a call that prefers
+    ``prefer`` (followed under ``"auto"``; ``None``: the tiles)."""
+    strategy = (prefer or "tiles") if _strategy == "auto" else _strategy
+    return strategy == "one_pass" or (strategy == "hybrid" and HW <= ONE_PASS_MAX_HW)
 
 
 class OnePassPlan(NamedTuple):
@@ -503,7 +515,7 @@ def _rows(t: Tensor | None, batch: int, channels: int) -> tuple[Tensor | None, i
 
 class _GroupNormAct(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, add, scale, shift, groups: int, eps: float, silu: bool):
+    def forward(ctx, x, weight, bias, add, scale, shift, groups: int, eps: float, silu: bool, prefer: str | None):
         B, C, H, W = x.shape
         HW = H * W
         if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
@@ -519,7 +531,8 @@ class _GroupNormAct(torch.autograd.Function):
         y = torch.empty_like(x)  # same strides as x (preserve_format on a dense tensor)
         xa, sa, ta = (x if t is None else t for t in (add2, scale2, shift2))  # (x: a placeholder pointer)
         has = (add2 is not None, scale2 is not None, shift2 is not None, silu)
-        if _one_pass(HW) and B > 0 and HW > 0:
+        one_pass = _one_pass(HW, prefer)  # the backward takes the same kernels
+        if one_pass and B > 0 and HW > 0:
             op = _one_pass_plan(C, HW, groups, nhwc)
             blocks = triton.cdiv(C, op.cpb)
             launch(_one_pass_fwd_kernel, (blocks, B) if op.cb_first else (B, blocks), dev, op.num_warps, x, xa,
@@ -536,7 +549,7 @@ class _GroupNormAct(torch.autograd.Function):
             launch(_apply_kernel, grid, dev, warps, x, xa, stats[0], stats[1], weight, bias, sa, ta, y, C, HW,
                     groups, cg, *strides, sab, ssb, stb, *has, block_hw, block_c, cb_first)  # fmt: skip
         ctx.save_for_backward(x, weight, bias, add2, scale2, shift2, stats)
-        ctx.meta = (groups, silu, nhwc, strides, sab, ssb, stb)
+        ctx.meta = (groups, silu, nhwc, strides, sab, ssb, stb, one_pass)
         ctx.shapes = tuple(None if t is None else t.shape for t in (add, scale, shift))
         ctx.set_materialize_grads(False)
         return y
@@ -545,9 +558,9 @@ class _GroupNormAct(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
         x, weight, bias, add2, scale2, shift2, stats = ctx.saved_tensors
-        groups, silu, nhwc, strides, sab, ssb, stb = ctx.meta
+        groups, silu, nhwc, strides, sab, ssb, stb, one_pass = ctx.meta
         if dy is None:
-            return (None,) * 9
+            return (None,) * 10
         B, C, H, W = x.shape
         HW = H * W
         dstrides = _flat_strides(dy)
@@ -560,7 +573,7 @@ class _GroupNormAct(torch.autograd.Function):
         xa, sa, ta = (x if t is None else t for t in (add2, scale2, shift2))
         pc = torch.empty(5 if has[0] else 4, B, C, device=x.device, dtype=torch.float32)
         dx = torch.empty_like(x)
-        if _one_pass(HW) and B > 0 and HW > 0:
+        if one_pass and B > 0 and HW > 0:
             op = _one_pass_plan(C, HW, groups, nhwc)
             blocks = triton.cdiv(C, op.cpb)
             launch(_one_pass_bwd_kernel, (blocks, B) if op.cb_first else (B, blocks), dev, op.num_warps, x, xa, dy,
@@ -601,7 +614,7 @@ def _grads(ctx, dx, pc, weight, bias, add2, scale2, shift2, has) -> tuple:
     g_add = pc[4].to(add2.dtype).reshape(ctx.shapes[0]) if has[0] and need[3] else None
     g_scale = pc[1].to(scale2.dtype).reshape(ctx.shapes[1]) if has[1] and need[4] else None
     g_shift = pc[0].to(shift2.dtype).reshape(ctx.shapes[2]) if has[2] and need[5] else None
-    return dx if need[0] else None, g_w, g_b, g_add, g_scale, g_shift, None, None, None
+    return dx if need[0] else None, g_w, g_b, g_add, g_scale, g_shift, None, None, None, None
 
 
 def supported(x: Tensor, num_groups: int) -> bool:
@@ -625,10 +638,18 @@ def group_norm_act(
     scale: Tensor | None = None,
     shift: Tensor | None = None,
     silu: bool = False,
+    prefer: str | None = None,
 ) -> Tensor:
     """Fused [`scoredistill.networks.layers.group_norm_act`][scoredistill.networks.layers.group_norm_act] (same
-    contract): output in ``x``'s dtype and memory format; gradients into every tensor argument in its own dtype."""
+    contract): output in ``x``'s dtype and memory format; gradients into every tensor argument in its own dtype.
+
+    ``prefer`` names the launch strategy this call prefers (``"tiles"``, ``"one_pass"`` or ``"hybrid"``; ``None``:
+    ``"tiles"``), followed while the module-wide strategy is ``"auto"`` (see
+    [`set_strategy`][scoredistill.kernels.groupnorm_triton.set_strategy]). The maths is the same either way.
+    """
     C = x.shape[1]
     if weight.shape != (C,) or bias.shape != (C,):
         raise ValueError(f"weight and bias must be [C] = [{C}], got {tuple(weight.shape)}, {tuple(bias.shape)}")
-    return _GroupNormAct.apply(x, weight, bias, add, scale, shift, int(num_groups), float(eps), bool(silu))
+    if prefer is not None and prefer not in LAUNCH_STRATEGIES:
+        raise ValueError(f"unknown group-norm strategy {prefer!r} preferred: choose one of {LAUNCH_STRATEGIES}")
+    return _GroupNormAct.apply(x, weight, bias, add, scale, shift, int(num_groups), float(eps), bool(silu), prefer)

@@ -357,6 +357,23 @@ class GroupNorm(nn.Module):
     use_kernels: bool | None = None
     """``None``: fused kernels on CUDA when available; ``False``: always the native ops."""
 
+    _kernel_strategy: str | None = None
+
+    @property
+    def kernel_strategy(self) -> str | None:
+        """The fused kernels' launch strategy this layer prefers: ``"tiles"``, ``"one_pass"``, ``"hybrid"`` or
+        ``None`` (the tiles); see
+        [`groupnorm_triton.set_strategy`][scoredistill.kernels.groupnorm_triton.set_strategy], whose default
+        (``"auto"``) follows it. The same maths whatever it is; a network sets it where one strategy measured
+        faster on whole iterations (`SongUNet` prefers ``"hybrid"``)."""
+        return self._kernel_strategy
+
+    @kernel_strategy.setter
+    def kernel_strategy(self, value: str | None) -> None:
+        if value not in (None, "tiles", "one_pass", "hybrid"):
+            raise ValueError(f"kernel_strategy must be None, 'tiles', 'one_pass' or 'hybrid', got {value!r}")
+        self._kernel_strategy = value
+
     def __init__(self, num_channels: int, *, num_groups: int = 32, min_channels_per_group: int = 4, eps: float = 1e-5):
         super().__init__()
         self.num_groups = max(1, min(num_groups, num_channels // min_channels_per_group))
@@ -395,7 +412,7 @@ class GroupNorm(nn.Module):
         if kernels.fused_group_norm_available(x, self.num_groups, self.use_kernels):
             from ..kernels.groupnorm_triton import group_norm_act as fused  # imports Triton: only when used
 
-            return fused(x, self.num_groups, self.weight, self.bias, self.eps, **kwargs)
+            return fused(x, self.num_groups, self.weight, self.bias, self.eps, **kwargs, prefer=self.kernel_strategy)
         weight, bias = self.weight.to(x.dtype), self.bias.to(x.dtype)
         return group_norm_act(x, self.num_groups, weight, bias, self.eps, **kwargs)
 
@@ -616,10 +633,11 @@ class UNetBlock(nn.Module):
     """Fold the convolution biases into the fused kernels that follow them when those run (see ``forward``)."""
 
     split_qkv: bool = False
-    """Candidate (channels_last attention): q, k and v by three GEMMs instead of one, so that SDPA's backward need not
-    stack their gradients and copy them into the qkv product's layout (on ImageNet-64 those two copies took about 12
-    ms of a 273 ms step on an H100). The same products. Measured on an H100: +1.4% on an ImageNet-64 SiDA iteration
-    at batch 32; off until it is timed on CIFAR-10 too (``bench_step.py`` setting ``graphs-cl-splitqkv``)."""
+    """The channels_last attention's q, k and v by three GEMMs instead of one, so that SDPA's backward need not stack
+    their gradients and copy them into the qkv product's layout (on ImageNet-64 those two copies took about 12 ms of
+    a 273 ms step on an H100). The same products. Whole SiDA iterations at batch 32: +1.4% (H100) and +1.9% (H200)
+    on ImageNet-64's ADM, -1.2% on CIFAR-10's DDPM++ (one head at 16x16; H200). `DhariwalUNet` turns it on in its
+    attention blocks; off elsewhere."""
 
     def _fold_biases(self, x: Tensor) -> bool:
         convs = (self.conv0, self.conv1, self.proj) if self.num_heads else (self.conv0, self.conv1)
