@@ -142,6 +142,9 @@ _conv3x3_tuned = triton.autotune(
         for bm, bn, bk, s, w in CONFIGS
     ],
     key=["M", "H", "W", "CO", "CI", "PROLOGUE", "STATS"],
+    # The autotuner runs every configuration on the caller's tensors: the sums would pile up its trial runs'
+    # atomics. It zeroes them before each trial and before the call it was tuning for.
+    reset_to_zero=["sums_ptr"],
 )(_conv3x3_kernel)
 
 
@@ -232,7 +235,9 @@ def conv3x3(
     assert sums is None or (sums.shape == (2, N, CO) and sums.dtype == torch.float32)
     y = torch.empty(N, CO, H, W, device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
     M, prologue = N * H * W, 0 if scale is None else 2 if tanh else 1
-    args = (x, w_packed, *(x if t is None else t for t in (bias, scale, shift)), y, x if sums is None else sums)
+    # Absent tensors: x stands in (never read); for the sums, y (the autotuner zeroes the sums argument, and the
+    # kernel writes all of y afterwards).
+    args = (x, w_packed, *(x if t is None else t for t in (bias, scale, shift)), y, y if sums is None else sums)
     flags = {"PROLOGUE": prologue, "HAS_BIAS": bias is not None, "STATS": sums is not None}
     if config is None:
         assert CI % 64 == 0, "the tuned configurations read input channels 64 at a time"

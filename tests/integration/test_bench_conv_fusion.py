@@ -125,3 +125,27 @@ if __name__ == "__main__":
     os.environ["TRITON_INTERPRET"] = "1"
     run_interpreter_cases()
     print("conv3x3 interpreter parity: ok")
+
+
+def test_the_autotuner_zeroes_the_sums_its_trials_add_into(bench, monkeypatch):
+    # The autotuner times every configuration on the caller's tensors, so without a reset the epilogue's sums would
+    # also hold its trial runs' atomics (on an H100 the epilogue variant then read 8e4 times off its reference). The
+    # CPU interpreter cannot autotune, so the reset is checked here, and what it zeroes is never the input.
+    sums = torch.ones(2, 1, 4)
+    bench._conv3x3_tuned.pre_hook({"sums_ptr": sums}, reset_only=True)
+    assert bench._conv3x3_tuned.reset_to_zero == ["sums_ptr"] and not sums.any()
+    launched = []
+
+    class Tuned:  # the tuned kernel's launch, recorded instead of run
+        def __getitem__(self, grid):
+            return lambda *args, **meta: launched.append(args)
+
+    monkeypatch.setattr(bench, "_conv3x3_tuned", Tuned())
+    x = torch.randn(1, 64, 3, 3).contiguous(memory_format=torch.channels_last)
+    y = bench.conv3x3(x, bench.pack_weight(torch.randn(64, 64, 3, 3)))
+    names = ["x", "w", "bias", "scale", "shift", "y", "sums"]
+    args = dict(zip(names, launched[0], strict=False))
+    assert args["y"] is y and args["sums"] is y  # without sums, the output stands in: the kernel writes it whole
+    sums = torch.zeros(2, 1, 64)
+    bench.conv3x3(x, bench.pack_weight(torch.randn(64, 64, 3, 3)), sums=sums)
+    assert dict(zip(names, launched[1], strict=False))["sums"] is sums
