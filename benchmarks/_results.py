@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as _dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -99,10 +99,17 @@ def write_table(
     return text
 
 
-def replay_args(argv: Sequence[str] | None, description: str, iters: int) -> argparse.Namespace:
+def replay_args(
+    argv: Sequence[str] | None,
+    description: str,
+    iters: int,
+    extra: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> argparse.Namespace:
     """The options of the per-layer benchmarks that time each setting as CUDA-graph replays (``--iters``,
-    ``--rounds``, ``--out``, ``--no-write``), parsed from ``argv``."""
+    ``--rounds``, ``--out``, ``--no-write``, and any that ``extra`` adds to the parser), parsed from ``argv``."""
     p = argparse.ArgumentParser(description=description)
+    if extra is not None:
+        extra(p)
     p.add_argument("--iters", type=int, default=iters, help="graph replays timed per setting and round")
     p.add_argument("--rounds", type=int, default=3, help="each setting's best of this many rounds, interleaved")
     p.add_argument("--out", type=Path, default=RESULTS_MD)

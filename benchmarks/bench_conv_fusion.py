@@ -18,6 +18,11 @@ only, bf16, channels_last, as CUDA-graph replays:
   normalises and activates) beside `cuDNN + norm` and `conv3x3 + norm`. It saves the norm's statistics pass over the
   convolution's output and recomputes nothing.
 
+* **the input gradient**: the gradient of a 3x3 convolution (padding 1) with respect to its input is the 3x3
+  convolution of the output gradient with the weights transposed (in and out channels swapped) and flipped, so
+  `conv3x3` can compute it too; it is timed beside cuDNN's own input-gradient kernel (`dgrad`), with cuDNN's
+  weight gradient (`wgrad`, which `conv3x3` does not compute) for the third pass's share.
+
 A forward kernel alone would serve the networks that train no weights in a pass (the teacher, and the fake score in
 the generator phase): their backward needs the convolution's input gradient and the norm's own backward, neither of
 which reads the normalised tensor. A trained network's weight gradient reads it.
@@ -25,7 +30,8 @@ which reads the normalised tensor. A trained network's weight gradient reads it.
 Before timing, each case checks every setting against its float32 composition (:func:`check`, also run by the CPU
 tests through Triton's interpreter), so the rows compare the same work.
 
-    python benchmarks/bench_conv_fusion.py     # appends two tables to benchmarks/RESULTS.md (about 2 min)
+    python benchmarks/bench_conv_fusion.py     # appends three tables to benchmarks/RESULTS.md (about 2 min)
+    python benchmarks/bench_conv_fusion.py --tables gemm    # the three passes only (about 1 min)
 """
 
 from __future__ import annotations
@@ -291,8 +297,8 @@ def _norm(x: Tensor, gamma: Tensor, beta: Tensor) -> Tensor:
 
 
 # The float32 composition each step computes: the bare convolution, the norm + SiLU then the convolution (a UNet
-# block's norm0 -> conv0: the prologue's case), or the convolution then the norm + SiLU (conv0 -> norm1: the
-# epilogue's case).
+# block's norm0 -> conv0: the prologue's case), the convolution then the norm + SiLU (conv0 -> norm1: the
+# epilogue's case), or the bare convolution's input or weight gradient for an output gradient dy.
 REFERENCE = {
     "cuDNN": "bare",
     "conv3x3": "bare",
@@ -303,6 +309,9 @@ REFERENCE = {
     "cuDNN + norm": "norm after",
     "conv3x3 + norm": "norm after",
     "conv3x3 with sums + apply": "norm after",
+    "dgrad cuDNN": "input gradient",
+    "dgrad conv3x3": "input gradient",
+    "wgrad cuDNN": "weight gradient",
 }
 
 
@@ -320,13 +329,21 @@ def make(shape: tuple[int, ...], device: str, dtype: torch.dtype, config: tuple[
     bias = (0.1 * torch.randn(C, generator=g)).to(device, dtype)
     gamma = (torch.rand(C, generator=g) + 0.5).to(device)  # float32, as the networks keep them
     beta = (0.5 * torch.randn(C, generator=g)).to(device)
-    xf, wf, bf = x.float(), w.float(), bias.float()
+    dy = torch.randn(B, C, H, W, generator=g).to(device, dtype).contiguous(memory_format=torch.channels_last)
+    xf, wf, bf, dyf = x.float(), w.float(), bias.float(), dy.float()
     references = {
         "bare": F.conv2d(xf, wf, bf, padding=1),
         "norm first": F.conv2d(F.silu(F.group_norm(xf, GROUPS, gamma, beta, EPS)), wf, bf, padding=1),
         "norm after": F.silu(F.group_norm(F.conv2d(xf, wf, bf, padding=1), GROUPS, gamma, beta, EPS)),
+        "input gradient": F.conv_transpose2d(dyf, wf, padding=1),
+        "weight gradient": torch.nn.grad.conv2d_weight(xf, wf.shape, dyf, padding=1),
     }
     w_packed, w_cl = pack_weight(w), w.contiguous(memory_format=torch.channels_last)
+    w_dgrad = pack_weight(w.transpose(0, 1).flip(2, 3))  # the input gradient's weights: channels swapped, flipped
+
+    def cudnn_backward(mask: list[bool]) -> Tensor:  # cuDNN's input (dgrad) or weight (wgrad) gradient alone
+        grads = torch.ops.aten.convolution_backward(dy, x, w_cl, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, mask)
+        return grads[0] if mask[0] else grads[1]
 
     def fused(tanh: bool = False) -> Tensor:
         return conv3x3(x, w_packed, bias, *group_scale_shift(x, GROUPS, gamma, beta), config=config, tanh=tanh)
@@ -337,22 +354,29 @@ def make(shape: tuple[int, ...], device: str, dtype: torch.dtype, config: tuple[
         "stats + fused": fused,
         "conv3x3 + norm": lambda: _norm(conv3x3(x, w_packed, bias, config=config), gamma, beta),
         "conv3x3 with sums + apply": lambda: conv3x3_norm(x, w_packed, bias, gamma, beta, config=config),
+        "dgrad conv3x3": lambda: conv3x3(dy, w_dgrad, config=config),
     }
     if x.is_cuda:
         steps["cuDNN"] = lambda: F.conv2d(x, w_cl, bias, padding=1)
         steps["norm + cuDNN"] = lambda: F.conv2d(_norm(x, gamma, beta), w_cl, bias, padding=1)
         steps["stats + fused, tanh"] = lambda: fused(tanh=True)
         steps["cuDNN + norm"] = lambda: _norm(F.conv2d(x, w_cl, bias, padding=1), gamma, beta)
+        steps["dgrad cuDNN"] = lambda: cudnn_backward([True, False, False])
+        steps["wgrad cuDNN"] = lambda: cudnn_backward([False, True, False])
     return steps, references
 
 
 def check(shape: tuple[int, ...], device: str, dtype: torch.dtype, tol: float,
-          config: tuple[int, int, int] | None = None, made: tuple | None = None) -> float:  # fmt: skip
-    """The largest difference of the case's steps from their float32 references, relative to the reference's largest
-    value; raises ``AssertionError`` above ``tol``. ``made``: what `make` returned (default: made here)."""
+          config: tuple[int, int, int] | None = None, made: tuple | None = None,
+          keys: list[str] | None = None) -> float:  # fmt: skip
+    """The largest difference of the case's steps (or of those of ``keys`` that exist) from their float32 references,
+    relative to the reference's largest value; raises ``AssertionError`` above ``tol``. ``made``: what `make`
+    returned (default: made here)."""
     steps, references = make(shape, device, dtype, config) if made is None else made
     worst = 0.0
     for key, step in steps.items():
+        if keys is not None and key not in keys:
+            continue
         reference = references[REFERENCE[key]]
         diff = float((step().float() - reference).abs().max() / reference.abs().max())
         assert diff <= tol, f"{shape}: {key} differs from its float32 reference by {diff:.3g} > {tol}"
@@ -368,25 +392,37 @@ def tflops(shape: tuple[int, ...], seconds: float | None) -> float | None:
 
 PROLOGUE_KEYS = ["cuDNN", "conv3x3", "norm + cuDNN", "norm + conv3x3", "stats + fused", "stats + fused, tanh"]
 EPILOGUE_KEYS = ["cuDNN + norm", "conv3x3 + norm", "conv3x3 with sums + apply"]
+GEMM_KEYS = ["cuDNN", "conv3x3", "dgrad cuDNN", "dgrad conv3x3", "wgrad cuDNN"]
+TABLES = {"prologue": PROLOGUE_KEYS, "epilogue": EPILOGUE_KEYS, "gemm": GEMM_KEYS}
+
+
+def _tables_option(parser) -> None:
+    parser.add_argument("--tables", nargs="+", choices=list(TABLES), default=list(TABLES),
+                        help="which tables to measure (default: all)")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = replay_args(argv, __doc__.splitlines()[0], iters=100)
+    args = replay_args(argv, __doc__.splitlines()[0], iters=100, extra=_tables_option)
     if not torch.cuda.is_available():
         print("bench_conv_fusion needs a CUDA device", file=sys.stderr)
         return 2
     torch.backends.cudnn.benchmark = True  # as the Distiller's fast path sets it
-    columns = ["case", "input", *(f"{k} (us)" for k in PROLOGUE_KEYS), "cuDNN TFLOP/s", "conv3x3 / cuDNN",
-               "fused / (norm + cuDNN)", "fused / (norm + conv3x3)", "fused, tanh / (norm + cuDNN)",
-               "max rel. diff"]  # fmt: skip
-    columns_after = ["case", "input", *(f"{k} (us)" for k in EPILOGUE_KEYS), "sums / (cuDNN + norm)",
-                     "sums / (conv3x3 + norm)", "max rel. diff"]  # fmt: skip
-    rows, rows_after = [], []
+    columns = {
+        "prologue": ["case", "input", *(f"{k} (us)" for k in PROLOGUE_KEYS), "cuDNN TFLOP/s", "conv3x3 / cuDNN",
+                     "fused / (norm + cuDNN)", "fused / (norm + conv3x3)", "fused, tanh / (norm + cuDNN)",
+                     "max rel. diff"],
+        "epilogue": ["case", "input", *(f"{k} (us)" for k in EPILOGUE_KEYS), "sums / (cuDNN + norm)",
+                     "sums / (conv3x3 + norm)", "max rel. diff"],
+        "gemm": ["case", "input", *(f"{k} (us)" for k in GEMM_KEYS), "forward: conv3x3 / cuDNN",
+                 "dgrad: conv3x3 / cuDNN", "wgrad share of cuDNN's three", "max rel. diff"],
+    }  # fmt: skip
+    keys = sorted({k for t in args.tables for k in TABLES[t]})
+    rows: dict[str, list] = {t: [] for t in args.tables}
     for name, shape in CASES.items():
         made = make(shape, "cuda", torch.bfloat16)
-        diff = check(shape, "cuda", torch.bfloat16, tol=2e-2, made=made)  # the very steps that are timed
+        diff = check(shape, "cuda", torch.bfloat16, tol=2e-2, made=made, keys=keys)  # the very steps that are timed
         steps = made[0]
-        times = {key: [time_graph(steps[key], args.iters) for _ in range(args.rounds)] for key in REFERENCE}
+        times = {key: [time_graph(steps[key], args.iters) for _ in range(args.rounds)] for key in keys}
         best = {key: None if None in ts else min(ts) for key, ts in times.items()}  # None: a capture failed
 
         def ratio(a: str, b: str, best: dict = best) -> float | None:
@@ -396,38 +432,49 @@ def main(argv: list[str] | None = None) -> int:
             return [None if best[k] is None else best[k] * 1e6 for k in keys]
 
         size = "x".join(map(str, shape))
-        row = [name, size, *us(PROLOGUE_KEYS), tflops(shape, best["cuDNN"]), ratio("conv3x3", "cuDNN"),
-               ratio("stats + fused", "norm + cuDNN"), ratio("stats + fused", "norm + conv3x3"),
-               ratio("stats + fused, tanh", "norm + cuDNN"), diff]  # fmt: skip
-        row_after = [name, size, *us(EPILOGUE_KEYS), ratio("conv3x3 with sums + apply", "cuDNN + norm"),
-                     ratio("conv3x3 with sums + apply", "conv3x3 + norm"), diff]  # fmt: skip
-        rows.append(["failed" if v is None else v for v in row])
-        rows_after.append(["failed" if v is None else v for v in row_after])
-        print_row(columns, rows[-1])
-        print_row(columns_after, rows_after[-1])
+        made_rows = {}
+        if "prologue" in rows:
+            made_rows["prologue"] = [name, size, *us(PROLOGUE_KEYS), tflops(shape, best["cuDNN"]),
+                                     ratio("conv3x3", "cuDNN"), ratio("stats + fused", "norm + cuDNN"),
+                                     ratio("stats + fused", "norm + conv3x3"),
+                                     ratio("stats + fused, tanh", "norm + cuDNN"), diff]  # fmt: skip
+        if "epilogue" in rows:
+            made_rows["epilogue"] = [name, size, *us(EPILOGUE_KEYS), ratio("conv3x3 with sums + apply", "cuDNN + norm"),
+                                     ratio("conv3x3 with sums + apply", "conv3x3 + norm"), diff]  # fmt: skip
+        if "gemm" in rows:
+            three = [best[k] for k in ("cuDNN", "dgrad cuDNN", "wgrad cuDNN")]
+            share = None if None in three else three[2] / sum(three)
+            made_rows["gemm"] = [name, size, *us(GEMM_KEYS), ratio("conv3x3", "cuDNN"),
+                                 ratio("dgrad conv3x3", "dgrad cuDNN"), share, diff]  # fmt: skip
+        for table, row in made_rows.items():
+            rows[table].append(["failed" if v is None else v for v in row])
+            print_row(columns[table], rows[table][-1])
     timing = (
-        "bf16, channels_last, forward only, 3x3 convolutions C -> C with bias, device time per CUDA-graph replay, "
+        "bf16, channels_last, 3x3 convolutions C -> C (forward with bias), device time per CUDA-graph replay, "
         f"each setting's best of {args.rounds} rounds of {args.iters} replays. conv3x3: Triton implicit GEMM, "
         f"autotuned over {len(CONFIGS)} tilings. norm: the library's fused group norm + SiLU (32 groups). Below 1 in "
         "the ratio columns: the first is faster. Max rel. diff: the largest difference of any setting's output from "
         "its float32 composition, relative to the composition's largest value."
     )
-    notes = [
-        timing,
-        "stats + fused: the channel sums, the per-sample scales and shifts, then conv3x3 normalising and activating "
-        "each loaded tile; tanh: its sigmoid by the hardware's approximate tanh (one special-function operation "
-        "instead of two).",
-    ]
-    notes_after = [
-        timing,
-        "conv3x3 with sums + apply: conv3x3 adds its output's per-sample channel sums into a zeroed buffer in its "
-        "epilogue (float32 atomics); the scales and shifts; one pass that normalises and activates (four launches).",
-    ]
+    titles = {
+        "prologue": "bench_conv_fusion: the group norm + SiLU in a convolution's prologue, forward, bf16",
+        "epilogue": "bench_conv_fusion: the group norm's statistics in a convolution's epilogue, forward, bf16",
+        "gemm": "bench_conv_fusion: our convolution against cuDNN's, forward and input gradient, bf16",
+    }
+    notes = {
+        "prologue": "stats + fused: the channel sums, the per-sample scales and shifts, then conv3x3 normalising and "
+        "activating each loaded tile; tanh: its sigmoid by the hardware's approximate tanh (one special-function "
+        "operation instead of two).",
+        "epilogue": "conv3x3 with sums + apply: conv3x3 adds its output's per-sample channel sums into a zeroed "
+        "buffer in its epilogue (float32 atomics); the scales and shifts; one pass that normalises and activates "
+        "(four launches).",
+        "gemm": "dgrad: the input gradient for an output gradient dy (cuDNN's backward kernel with only that output "
+        "asked for; conv3x3 of dy with the weights transposed and flipped); wgrad: cuDNN's weight gradient, which "
+        "conv3x3 does not compute, as a share of cuDNN's forward + dgrad + wgrad time.",
+    }
     if not args.no_write:
-        write_table("bench_conv_fusion: the group norm + SiLU in a convolution's prologue, forward, bf16", columns,
-                    rows, notes=notes, md_path=args.out)  # fmt: skip
-        write_table("bench_conv_fusion: the group norm's statistics in a convolution's epilogue, forward, bf16",
-                    columns_after, rows_after, notes=notes_after, md_path=args.out)  # fmt: skip
+        for table in args.tables:
+            write_table(titles[table], columns[table], rows[table], notes=[timing, notes[table]], md_path=args.out)
     return 0
 
 

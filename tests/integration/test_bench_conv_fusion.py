@@ -56,6 +56,7 @@ def run_interpreter_cases() -> None:
             "stats + fused",
             "conv3x3 + norm",
             "conv3x3 with sums + apply",
+            "dgrad conv3x3",
         }
         assert bench.check(shape, "cpu", torch.float32, tol=1e-5, config=config) <= 1e-5
 
@@ -63,6 +64,15 @@ def run_interpreter_cases() -> None:
 @pytest.mark.timeout(300)
 def test_convolution_and_prologue_match_the_composition_cpu():
     run_under_interpreter(__file__)
+
+
+def test_tables_option_picks_what_is_measured(bench, monkeypatch):
+    # Without CUDA main stops before measuring; the option is parsed (and checked) first.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert bench.main(["--tables", "gemm", "--no-write"]) == 2
+    with pytest.raises(SystemExit):
+        bench.main(["--tables", "fusion"])
+    assert set(bench.GEMM_KEYS) <= set(bench.REFERENCE) and bench.REFERENCE["dgrad conv3x3"] == "input gradient"
 
 
 def test_packed_weight_rows_are_tap_major(bench):
@@ -100,6 +110,9 @@ def test_rows_keep_each_settings_best_and_mark_a_failed_capture(bench, monkeypat
         "cuDNN + norm": [2e-4, 2e-4, 2e-4],
         "conv3x3 + norm": [2.5e-4, 2.6e-4, 2.5e-4],
         "conv3x3 with sums + apply": [1.6e-4, 1.5e-4, 1.8e-4],
+        "dgrad cuDNN": [3e-4, 2e-4, 2.5e-4],
+        "dgrad conv3x3": [1.5e-4, 1.6e-4, 1.8e-4],
+        "wgrad cuDNN": [2e-4, 2e-4, 2e-4],
     }
     assert set(rounds) == set(bench.REFERENCE)
     calls = {key: iter(ts) for key, ts in rounds.items()}
@@ -114,11 +127,18 @@ def test_rows_keep_each_settings_best_and_mark_a_failed_capture(bench, monkeypat
     assert bench.main(["--rounds", "3", "--out", str(out)]) == 0
     rows = [line for line in out.read_text().splitlines() if line.startswith("| a case ")]
     # 1x64x4x4: 2 * 9 * 64 * 64 * 16 FLOP in 100 us is 0.0118 TFLOP/s; fused 350 / 300 and 350 / 450; tanh 240 / 300;
-    # sums 150 / 200 and 150 / 250
+    # sums 150 / 200 and 150 / 250; dgrad 150 / 200, wgrad 200 of 100 + 200 + 200 (each setting timed once, whichever
+    # tables it serves)
     assert rows == [
         "| a case | 1x64x4x4 | 100 | failed | 300 | 450 | 350 | 240 | 0.0118 | failed | 1.17 | 0.778 | 0.8 | 0.001 |",
         "| a case | 1x64x4x4 | 200 | 250 | 150 | 0.75 | 0.6 | 0.001 |",
+        "| a case | 1x64x4x4 | 100 | failed | 200 | 150 | 200 | failed | 0.75 | 0.4 | 0.001 |",
     ]
+    # one table alone: only its settings are timed
+    calls.update({key: iter(ts) for key, ts in rounds.items() if key in bench.GEMM_KEYS})
+    out.unlink()
+    assert bench.main(["--rounds", "3", "--out", str(out), "--tables", "gemm"]) == 0
+    assert [line for line in out.read_text().splitlines() if line.startswith("| a case ")] == rows[2:]
 
 
 if __name__ == "__main__":
