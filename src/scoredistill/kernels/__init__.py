@@ -15,6 +15,7 @@ import os
 from torch import Tensor
 
 __all__ = [
+    "GROUP_NORM_STRATEGIES",
     "available",
     "channels_last",
     "fused_cat_available",
@@ -24,6 +25,10 @@ __all__ = [
     "fused_residual_available",
     "fused_sid_available",
 ]
+
+
+GROUP_NORM_STRATEGIES = ("tiles", "one_pass", "hybrid")
+"""The fused group norm's launch strategies a layer may prefer (`scoredistill.kernels.groupnorm_triton`)."""
 
 
 def available() -> bool:

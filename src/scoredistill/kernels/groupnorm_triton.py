@@ -41,14 +41,13 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from . import channels_last
+from . import GROUP_NORM_STRATEGIES, channels_last
 from .triton_utils import SUPPORTED_DTYPES
 from .triton_utils import launch as _launch_any
 
 __all__ = ["group_norm_act", "set_strategy"]
 
-LAUNCH_STRATEGIES = ("tiles", "one_pass", "hybrid")  # what a call may prefer
-STRATEGIES = ("auto", *LAUNCH_STRATEGIES)  # what set_strategy takes
+STRATEGIES = ("auto", *GROUP_NORM_STRATEGIES)  # what set_strategy takes; a call may prefer any but "auto"
 _strategy = "auto"
 ONE_PASS_MAX_HW = 256  # "hybrid": the one-pass kernels on maps of at most this many pixels (16x16), tiles above
 
@@ -650,6 +649,6 @@ def group_norm_act(
     C = x.shape[1]
     if weight.shape != (C,) or bias.shape != (C,):
         raise ValueError(f"weight and bias must be [C] = [{C}], got {tuple(weight.shape)}, {tuple(bias.shape)}")
-    if prefer is not None and prefer not in LAUNCH_STRATEGIES:
-        raise ValueError(f"unknown group-norm strategy {prefer!r} preferred: choose one of {LAUNCH_STRATEGIES}")
+    if prefer is not None and prefer not in GROUP_NORM_STRATEGIES:
+        raise ValueError(f"unknown group-norm strategy {prefer!r} preferred: choose one of {GROUP_NORM_STRATEGIES}")
     return _GroupNormAct.apply(x, weight, bias, add, scale, shift, int(num_groups), float(eps), bool(silu), prefer)

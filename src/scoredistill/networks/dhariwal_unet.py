@@ -168,7 +168,8 @@ class DhariwalUNet(EncoderDecoderUNet):
         self.out_conv = Conv2d(cout, c.img_channels, 3, **init_zero)
 
         # q, k and v by three GEMMs in the channels_last attention: whole SiDA iterations of the ImageNet-64 ADM ran
-        # 1.4% (H100) and 1.9% (H200) faster so at batch 32 (benchmarks/RESULTS.md).
+        # 1.4% (H100) and 1.9% (H200) faster so at batch 32, and DDPM++'s slower (benchmarks/RESULTS.md, seventh
+        # and eighth rounds).
         for block in self.modules():
             if isinstance(block, UNetBlock) and block.num_heads:
                 block.split_qkv = True

@@ -370,8 +370,8 @@ class GroupNorm(nn.Module):
 
     @kernel_strategy.setter
     def kernel_strategy(self, value: str | None) -> None:
-        if value not in (None, "tiles", "one_pass", "hybrid"):
-            raise ValueError(f"kernel_strategy must be None, 'tiles', 'one_pass' or 'hybrid', got {value!r}")
+        if value is not None and value not in kernels.GROUP_NORM_STRATEGIES:
+            raise ValueError(f"kernel_strategy must be None or one of {kernels.GROUP_NORM_STRATEGIES}, got {value!r}")
         self._kernel_strategy = value
 
     def __init__(self, num_channels: int, *, num_groups: int = 32, min_channels_per_group: int = 4, eps: float = 1e-5):

@@ -250,7 +250,8 @@ class SongUNet(EncoderDecoderUNet):
                 self.dec[f"{res}x{res}_aux_conv"] = Conv2d(cout, c.img_channels, 3, **init_zero)
 
         # The fused group norms' one-pass kernels on the 16x16 and smaller maps: whole SiDA iterations of the
-        # CIFAR-10 DDPM++ ran 1.7% (batch 32) and 0.5% (batch 128) faster so on an H200 (benchmarks/RESULTS.md).
+        # CIFAR-10 DDPM++ ran 1.7% (batch 32) and 0.5% (batch 128) faster so on an H200, and ADM's slower
+        # (benchmarks/RESULTS.md, seventh round; with DhariwalUNet's own choice, eighth round).
         for norm in self.modules():
             if isinstance(norm, GroupNorm):
                 norm.kernel_strategy = "hybrid"
