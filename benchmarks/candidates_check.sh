@@ -4,8 +4,9 @@
 # first and last, each setting's peak memory counted from a clean slate). The settings it times by default:
 #   graphs-cl          the fast path, as users run it (with concat_triton.DENSE_SPLIT since 2026-12-07, and since
 #                      then each network's own launch choices: DDPM++'s group norms "hybrid", ADM's split_qkv)
-#   graphs-cl-prev     the fast path before each network chose its own: the tiled group norms and one qkv GEMM
-#                      everywhere
+#   graphs-cl-conv     the 3x3 convolutions on maps of at least 16x16 through our Triton implicit GEMM, forward
+#                      and input gradient (conv_triton.FUSED_CONV3X3), cuDNN keeping the weight gradient. Not yet
+#                      timed; its forward GEMM took 0.74-0.95x cuDNN's time on DDPM++'s large maps (H100, 2026-12-07)
 #   graphs-cl-precast  the layers read bf16 copies of their weights and biases, refreshed by one multi-tensor copy
 #                      per network and update (DistillConfig.precast_weights), instead of a cast kernel per tensor
 #                      and use (the bulk of the casts family's 1,995 launches at CIFAR-10 batch 32). H200,
@@ -13,6 +14,8 @@
 #   graphs-cl-gnhyb64  the group norms' one-pass kernels on maps of 8x8 and smaller only, in every network (not yet
 #                      timed)
 # (percentages: CIFAR-10 batch 32, batch 128, ImageNet-64 batch 32, against the mean of the two graphs-cl rows)
+# and, for SETTINGS=...: graphs-cl-prev, the fast path before each network chose its own launch strategies (the tiled
+# group norms and one qkv GEMM everywhere; H100, 2026-12-07: the networks' own choices +2.2%, +1.1%, +1.4%).
 # Measured on an H200 (2026-12-07) and settled per network, for SETTINGS=...: graphs-cl-splitqkv / -nosplitqkv (the
 # channels_last attention's q, k and v by three GEMMs, UNetBlock.split_qkv, everywhere / nowhere: -1.2%, -0.4%,
 # +1.9%, and +1.4% on ImageNet-64 on an H100: DhariwalUNet's default) and graphs-cl-gnhyb / -gntiles (the group
@@ -44,11 +47,13 @@
 #                                                           bench_step rows: at most 8 minutes by its limits)
 #           PHASES="norms step" bash benchmarks/candidates_check.sh (the timings only, before or after the parity
 #                                                           tests in a call of their own: about 7 minutes)
+#           PHASES="new conv step" bash benchmarks/candidates_check.sh (the 3x3 convolution candidate: its parity
+#                                                           tests, its per-layer timing, then the bench_step rows)
 set -u
 OUT=${OUT:-/tmp/candidates_check}
 source benchmarks/_device.sh "$OUT"
 cat "$OUT/gpu.txt"
-SETTINGS=${SETTINGS:-graphs-cl,graphs-cl-prev,graphs-cl-precast,graphs-cl-gnhyb64,graphs-cl}
+SETTINGS=${SETTINGS:-graphs-cl,graphs-cl-conv,graphs-cl-precast,graphs-cl-gnhyb64,graphs-cl}
 PHASES=${PHASES:-tests norms step}
 
 if [[ " $PHASES " == *" tests "* ]]; then
@@ -68,11 +73,15 @@ if [[ " $PHASES " == *" tests "* ]]; then
     "$OUT/hybrid_tests.txt"
 fi
 if [[ " $PHASES " == *" new "* ]]; then
-  el "parity tests of this round's candidates only (the hybrid group norm's networks)"
+  el "parity tests of this round's candidate only (the 3x3 convolution: kernel, layer, network)"
   P="python -m pytest -q -p no:cacheprovider -rfE"
-  timeout 150 $P tests/kernels/test_groupnorm_kernel.py -k "networks_with_fused_norms and hybrid" \
-    > "$OUT/hybrid_tests.txt" 2>&1
-  tail -n 3 "$OUT/hybrid_tests.txt"
+  timeout 150 $P tests/kernels/test_conv_kernel.py > "$OUT/conv_tests.txt" 2>&1
+  tail -n 3 "$OUT/conv_tests.txt"
+fi
+if [[ " $PHASES " == *" conv "* ]]; then
+  el "bench_conv_fusion --tables gemm (our 3x3 convolution against cuDNN's per layer, forward and input gradient)"
+  timeout 120 python benchmarks/bench_conv_fusion.py --tables gemm --out "$OUT/conv.md" > "$OUT/conv.txt" 2>&1
+  tail -n 9 "$OUT/conv.txt"
 fi
 if [[ " $PHASES " == *" norms "* ]]; then
   el "bench_norms (the group norm per layer shape: tiles, one pass, native)"

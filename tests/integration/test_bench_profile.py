@@ -172,6 +172,8 @@ def test_bench_switches_default_to_the_librarys_defaults():
     assert bench.BENCH_SWITCHES["gn"] == groupnorm_triton._strategy == "auto"
     assert bench.BENCH_SWITCHES["split_qkv"] is None
     assert bench.SETTINGS["graphs-cl-prev"][0] == {**bench.GRAPHS_CL, "gn": "tiles", "split_qkv": False}
+    conv_triton = pytest.importorskip("scoredistill.kernels.conv_triton")
+    assert bench.BENCH_SWITCHES["fused_conv"] is conv_triton.FUSED_CONV3X3 is False  # a candidate: off
 
 
 def test_device_scripts_name_only_settings_that_bench_step_has():
