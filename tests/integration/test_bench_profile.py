@@ -189,5 +189,5 @@ def test_device_scripts_name_only_settings_that_bench_step_has():
             code = line.split("#", 1)[0]
             for value in passed.findall(code) + defaults.findall(code):
                 named += [(script.name, name) for name in value.split(",")]
-    assert {name for _, name in named} >= {"graphs-cl", "graphs-cl-prev", "graphs-cl-precast", "baseline"}
+    assert {name for _, name in named} >= {"graphs-cl", "graphs-cl-conv", "graphs-cl-precast", "baseline"}
     assert [(script, name) for script, name in named if name not in settings] == []
