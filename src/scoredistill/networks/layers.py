@@ -368,8 +368,7 @@ class GroupNorm(nn.Module):
     @property
     def kernel_strategy(self) -> str | None:
         """The fused kernels' launch strategy this layer prefers: ``"tiles"``, ``"one_pass"``, ``"hybrid"`` or
-        ``None`` (the tiles); see
-        [`groupnorm_triton.set_strategy`][scoredistill.kernels.groupnorm_triton.set_strategy], whose default
+        ``None`` (the tiles); see ``scoredistill.kernels.groupnorm_triton.set_strategy``, whose default
         (``"auto"``) follows it. The same maths whatever it is; a network sets it where one strategy measured
         faster on whole iterations (`SongUNet` prefers ``"hybrid"``)."""
         return self._kernel_strategy
