@@ -30,7 +30,9 @@ TENSOR_CORE_FAMILIES = (GEMM, ATTENTION)  # compute-bound: rated in FLOP/s, not 
 FAMILIES = [
     (GROUP_NORM, {"_stats_kernel", "_apply_kernel", "_grad_sums_kernel", "_grad_x_kernel", "_combine_stats_kernel",
                   "_combine_grads_kernel", "_one_pass_fwd_kernel", "_one_pass_bwd_kernel"}),
-    ("fused residual sum (Triton)", {"_residual_kernel"}),
+    ("fused residual sum (Triton)", {"_residual_kernel", "_residual_grad_kernel"}),
+    (CONCAT, {"_cat_kernel", "_split_kernel"}),
+    (GEMM, {"_conv3x3_kernel"}),
     ("box resampling (Triton)", {"_pool", "_spread"}),
     ("fused loss terms (Triton)", {"_sid_fwd_kernel", "_sid_finish_kernel", "_sid_bwd_kernel", "_dsm_fwd_kernel",
                                    "_dsm_finish_kernel", "_dsm_bwd_kernel"}),
@@ -42,6 +44,13 @@ FAMILIES = [
     (REDUCTIONS, ("reduce_kernel",)),
     (ELEMENTWISE, ("elementwise_kernel",)),
 ]  # fmt: skip
+
+
+# The kernel modules whose launches go through `scoredistill.kernels.triton_utils.launch` (as `launch` or
+# `_launch_any`), which `TrafficCounter` counts; conv_triton's GEMM launches through Triton's autotuner and is rated in
+# FLOP/s, not bytes.
+LAUNCHING_MODULES = ("groupnorm_triton", "residual_triton", "resample_triton", "sid_triton", "dsm_triton",
+                     "concat_triton")  # fmt: skip
 
 
 def family(kernel: str) -> str:
@@ -134,7 +143,7 @@ class TrafficCounter(TorchDispatchMode):
         return counted
 
     def __enter__(self):
-        for module in ("groupnorm_triton", "residual_triton", "resample_triton", "sid_triton", "dsm_triton"):
+        for module in LAUNCHING_MODULES:
             try:
                 mod = importlib.import_module(f"scoredistill.kernels.{module}")
             except ImportError:  # no Triton: no launches to count
