@@ -128,6 +128,10 @@ def test_conv2d_takes_the_kernel_only_where_it_is_available(monkeypatch):
     conv.use_kernels = False
     conv(x)
     assert len(calls) == 2
+    conv.use_kernels = None  # inside torch.compile, cuDNN's convolution
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    conv(x)
+    assert len(calls) == 2
 
 
 @needs_kernels

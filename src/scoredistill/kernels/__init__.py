@@ -107,8 +107,13 @@ def fused_cat_available(a: Tensor, b: Tensor, use_kernels: bool | None = None) -
 def fused_conv3x3_available(x: Tensor, weight: Tensor, use_kernels: bool | None = None) -> bool:
     """Whether ``scoredistill.networks.layers.Conv2d``'s 3x3 convolution (no resampling) runs the Triton
     implicit GEMM of `conv_triton` on these operands: only with its switch ``conv_triton.FUSED_CONV3X3`` on (a
-    candidate, off by default) and for the operands `conv_triton.supported` takes."""
+    candidate, off by default), for the operands `conv_triton.supported` takes, and outside `torch.compile` (whose
+    graphs keep cuDNN's convolution: the kernel's autotuner has not been tested there)."""
     if not _use_fused(x, use_kernels):
+        return False
+    import torch
+
+    if torch.compiler.is_compiling():
         return False
     from . import conv_triton
 
