@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import os
 
+import torch
 from torch import Tensor
 
 __all__ = [
@@ -41,7 +42,6 @@ def available() -> bool:
 def _available() -> bool:
     # Cached: the dispatch runs on every loss call, and neither answer changes within a process.
     try:
-        import torch
         import triton  # noqa: F401
     except ImportError:
         return False
@@ -111,8 +111,6 @@ def fused_conv3x3_available(x: Tensor, weight: Tensor, use_kernels: bool | None 
     graphs keep cuDNN's convolution: the kernel's autotuner has not been tested there)."""
     if not _use_fused(x, use_kernels):
         return False
-    import torch
-
     if torch.compiler.is_compiling():
         return False
     from . import conv_triton
