@@ -50,6 +50,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import print_row, replay_args, write_table
 from bench_losses import time_graph  # device time per CUDA-graph replay
 
+from scoredistill.kernels.conv_triton import _input_tile, _output_tile  # the implicit GEMM's tiling and tap loads
+
 # name -> [B, C, H, W] of the convolution's input; 3x3, C -> C, as in the UNet blocks
 CASES = {
     "ddpm++ 256@32x32": (32, 256, 32, 32),
@@ -85,33 +87,16 @@ def _conv3x3_kernel(x_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr, sums_pt
     # pixels of sample n into sums[0, n, co] and sums[1, n, co] (float32 atomics), the next group norm's statistics.
     # Where HW is a multiple of BLOCK_M, a tile's pixels are all of one sample: per-sample vectors replace the
     # per-element gathers of scale and shift, and the sums are reduced over the tile before one atomic per channel.
-    pid = tl.program_id(0)
-    num_m, num_n = tl.cdiv(M, BLOCK_M), tl.cdiv(CO, BLOCK_N)
-    group = pid // (GROUP_M * num_n)  # GROUP_M row blocks share their column blocks' weights in L2
-    first_m = group * GROUP_M
-    rows = tl.minimum(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % (GROUP_M * num_n)) % rows
-    pid_n = (pid % (GROUP_M * num_n)) // rows
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rm, rn = _output_tile(M, CO, BLOCK_M, BLOCK_N, GROUP_M)  # the library's kernel's tiling and tap loads
     rk = tl.arange(0, BLOCK_K)
     SAMPLE_TILE: tl.constexpr = HW % BLOCK_M == 0
     n = rm // HW
-    n0 = pid_m * BLOCK_M // HW  # the tile's sample, where SAMPLE_TILE
-    oh = (rm % HW) // W
-    ow = rm % W
+    n0 = tl.min(rm, axis=0) // HW  # the tile's sample, where SAMPLE_TILE
     m_ok = rm < M
     n_ok = rn < CO
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for kk in range(0, 9 * CI, BLOCK_K):  # CI is a multiple of BLOCK_K: one block never spans two taps
-        tap = kk // CI
-        c = kk - tap * CI + rk
-        dh = tap // 3 - 1
-        dw = tap % 3 - 1
-        ih = oh + dh
-        iw = ow + dw
-        inside = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        a = tl.load(x_ptr + (rm + dh * W + dw)[:, None] * CI + c[None, :], mask=inside[:, None], other=0.0)
+        a, c, _, _, inside = _input_tile(x_ptr, rm, m_ok, kk, H, W, CI, HW, BLOCK_K)
         if PROLOGUE > 0:
             if SAMPLE_TILE:
                 z = a.to(tl.float32) * tl.load(scale_ptr + n0 * CI + c)[None, :]

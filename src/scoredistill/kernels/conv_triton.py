@@ -44,37 +44,48 @@ CONFIGS = [(128, 128, 64, 3, 8), (128, 256, 64, 3, 8), (128, 128, 64, 4, 4), (64
 
 
 @triton.jit
+def _output_tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """The row and column indices of this program's ``[BLOCK_M, BLOCK_N]`` tile of an ``[M, N]`` output, the row
+    blocks taken ``GROUP_M`` at a time so that they share their column blocks' weights in L2."""
+    pid = tl.program_id(0)
+    num_m, num_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
+    first_m = pid // (GROUP_M * num_n) * GROUP_M
+    rows = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % (GROUP_M * num_n)) % rows
+    pid_n = (pid % (GROUP_M * num_n)) // rows
+    return pid_m * BLOCK_M + tl.arange(0, BLOCK_M), pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+
+
+@triton.jit
+def _input_tile(x_ptr, rm, m_ok, kk, H, W, CI: tl.constexpr, HW: tl.constexpr, BLOCK_K: tl.constexpr):
+    """K block ``kk`` of the implicit GEMM's left operand: channels ``c`` of the pixels ``rm`` shifted by the tap
+    ``kk // CI`` (offsets ``dh``, ``dw`` in -1..1), read as zero outside the map (``inside``) and past ``M``.
+    Returns ``(a, c, dh, dw, inside)``."""
+    tap = kk // CI
+    c = kk - tap * CI + tl.arange(0, BLOCK_K)
+    dh = tap // 3 - 1
+    dw = tap % 3 - 1
+    ih = (rm % HW) // W + dh
+    iw = rm % W + dw
+    inside = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+    a = tl.load(x_ptr + (rm + dh * W + dw)[:, None] * CI + c[None, :], mask=inside[:, None], other=0.0)
+    return a, c, dh, dw, inside
+
+
+@triton.jit
 def _conv3x3_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, M, H, W, CO, s_k, s_n, s_kh, s_kw, CI: tl.constexpr,
                     HW: tl.constexpr, FLIP: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):  # fmt: skip
     # y[p, o] = bias[o] + sum over taps t = (kh, kw) and channels c of x[p shifted by t, c] * B[t, c, o], where x
     # and y are [pixels, channels] row-major and B[t, c, o] = w_ptr[c * s_k + o * s_n + kh' * s_kh + kw' * s_kw]
     # with (kh', kw') = (kh, kw), or (2 - kh, 2 - kw) if FLIP. CI is a multiple of BLOCK_K: no K block spans taps.
-    pid = tl.program_id(0)
-    num_m, num_n = tl.cdiv(M, BLOCK_M), tl.cdiv(CO, BLOCK_N)
-    group = pid // (GROUP_M * num_n)  # GROUP_M row blocks share their column blocks' weights in L2
-    first_m = group * GROUP_M
-    rows = tl.minimum(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % (GROUP_M * num_n)) % rows
-    pid_n = (pid % (GROUP_M * num_n)) // rows
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rk = tl.arange(0, BLOCK_K)
-    oh = (rm % HW) // W
-    ow = rm % W
+    rm, rn = _output_tile(M, CO, BLOCK_M, BLOCK_N, GROUP_M)
     m_ok = rm < M
     n_ok = rn < CO
     TAP_SIGN: tl.constexpr = -1 if FLIP else 1
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for kk in range(0, 9 * CI, BLOCK_K):
-        tap = kk // CI
-        c = kk - tap * CI + rk
-        dh = tap // 3 - 1
-        dw = tap % 3 - 1
-        ih = oh + dh
-        iw = ow + dw
-        inside = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        a = tl.load(x_ptr + (rm + dh * W + dw)[:, None] * CI + c[None, :], mask=inside[:, None], other=0.0)
+        a, c, dh, dw, _ = _input_tile(x_ptr, rm, m_ok, kk, H, W, CI, HW, BLOCK_K)
         w_tap = (1 + TAP_SIGN * dh) * s_kh + (1 + TAP_SIGN * dw) * s_kw  # kh' = 1 + dh, or 1 - dh = 2 - kh flipped
         b = tl.load(w_ptr + w_tap + c[:, None] * s_k + rn[None, :] * s_n, mask=n_ok[None, :], other=0.0)
         acc = tl.dot(a, b, acc)
