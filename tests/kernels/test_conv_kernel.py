@@ -99,6 +99,10 @@ def test_conv3x3_refuses_operands_it_cannot_read():
         conv_triton.conv3x3(x, torch.zeros(32, 32, 3, 3), torch.zeros(16))
     with pytest.raises(ValueError, match="dense channels_last"):
         conv_triton.conv3x3(x.contiguous(), torch.zeros(32, 32, 3, 3))
+    with pytest.raises(ValueError, match="must share a dtype"):
+        conv_triton.conv3x3(x, torch.zeros(32, 32, 3, 3, dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match="must share a dtype"):
+        conv_triton.conv3x3_input_grad(x, torch.zeros(32, 32, 3, 3, dtype=torch.float16))
     with pytest.raises(ValueError, match=r"weight must be \[32, CI, 3, 3\]"):
         conv_triton.conv3x3_input_grad(x, torch.zeros(16, 32, 3, 3))
     with pytest.raises(ValueError, match="dense channels_last gradient"):

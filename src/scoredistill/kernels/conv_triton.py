@@ -140,7 +140,7 @@ class _Conv3x3(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, config: tuple[int, int, int] | None) -> Tensor:
         ctx.save_for_backward(x, weight)
-        ctx.config, ctx.has_bias = config, bias is not None
+        ctx.config = config
         return _launch(x, weight, bias, False, config)
 
     @staticmethod
@@ -195,6 +195,8 @@ def conv3x3(
         raise ValueError(f"weight must be [CO, {x.shape[1]}, 3, 3] for this input, got {tuple(weight.shape)}")
     if bias is not None and bias.shape != (weight.shape[0],):
         raise ValueError(f"bias must be [{weight.shape[0]}], got {tuple(bias.shape)}")
+    if weight.dtype != x.dtype:
+        raise ValueError(f"weight ({weight.dtype}) and input ({x.dtype}) must share a dtype")
     if not x.is_contiguous(memory_format=torch.channels_last):
         raise ValueError("conv3x3 reads a dense channels_last input")
     return _Conv3x3.apply(x, weight, bias, config)
@@ -214,6 +216,8 @@ def conv3x3_input_grad(dy: Tensor, weight: Tensor, *, config: tuple[int, int, in
     """
     if weight.dim() != 4 or weight.shape[0] != dy.shape[1] or tuple(weight.shape[2:]) != (3, 3):
         raise ValueError(f"weight must be [{dy.shape[1]}, CI, 3, 3] for this gradient, got {tuple(weight.shape)}")
+    if weight.dtype != dy.dtype:
+        raise ValueError(f"weight ({weight.dtype}) and gradient ({dy.dtype}) must share a dtype")
     if not dy.is_contiguous(memory_format=torch.channels_last):
         raise ValueError("conv3x3_input_grad reads a dense channels_last gradient")
     return _launch(dy, weight, None, True, config)
