@@ -92,11 +92,13 @@ def _conv3x3_kernel(x_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr, sums_pt
     SAMPLE_TILE: tl.constexpr = HW % BLOCK_M == 0
     n = rm // HW
     n0 = tl.min(rm, axis=0) // HW  # the tile's sample, where SAMPLE_TILE
+    oh = (rm % HW) // W
+    ow = rm % W
     m_ok = rm < M
     n_ok = rn < CO
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for kk in range(0, 9 * CI, BLOCK_K):  # CI is a multiple of BLOCK_K: one block never spans two taps
-        a, c, _, _, inside = _input_tile(x_ptr, rm, m_ok, kk, H, W, CI, HW, BLOCK_K)
+        a, c, _, _, inside = _input_tile(x_ptr, rm, oh, ow, m_ok, kk, H, W, CI, BLOCK_K)
         if PROLOGUE > 0:
             if SAMPLE_TILE:
                 z = a.to(tl.float32) * tl.load(scale_ptr + n0 * CI + c)[None, :]

@@ -57,16 +57,16 @@ def _output_tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl
 
 
 @triton.jit
-def _input_tile(x_ptr, rm, m_ok, kk, H, W, CI: tl.constexpr, HW: tl.constexpr, BLOCK_K: tl.constexpr):
-    """K block ``kk`` of the implicit GEMM's left operand: channels ``c`` of the pixels ``rm`` shifted by the tap
-    ``kk // CI`` (offsets ``dh``, ``dw`` in -1..1), read as zero outside the map (``inside``) and past ``M``.
-    Returns ``(a, c, dh, dw, inside)``."""
+def _input_tile(x_ptr, rm, oh, ow, m_ok, kk, H, W, CI: tl.constexpr, BLOCK_K: tl.constexpr):
+    """K block ``kk`` of the implicit GEMM's left operand: channels ``c`` of the pixels ``rm`` (at rows ``oh`` and
+    columns ``ow`` of their maps) shifted by the tap ``kk // CI`` (offsets ``dh``, ``dw`` in -1..1), read as zero
+    outside the map (``inside``) and past ``M``. Returns ``(a, c, dh, dw, inside)``."""
     tap = kk // CI
     c = kk - tap * CI + tl.arange(0, BLOCK_K)
     dh = tap // 3 - 1
     dw = tap % 3 - 1
-    ih = (rm % HW) // W + dh
-    iw = rm % W + dw
+    ih = oh + dh
+    iw = ow + dw
     inside = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
     a = tl.load(x_ptr + (rm + dh * W + dw)[:, None] * CI + c[None, :], mask=inside[:, None], other=0.0)
     return a, c, dh, dw, inside
@@ -80,12 +80,14 @@ def _conv3x3_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, M, H, W, CO, s_k, s_n, s_kh, 
     # and y are [pixels, channels] row-major and B[t, c, o] = w_ptr[c * s_k + o * s_n + kh' * s_kh + kw' * s_kw]
     # with (kh', kw') = (kh, kw), or (2 - kh, 2 - kw) if FLIP. CI is a multiple of BLOCK_K: no K block spans taps.
     rm, rn = _output_tile(M, CO, BLOCK_M, BLOCK_N, GROUP_M)
+    oh = (rm % HW) // W  # each output pixel's row and column in its map, for every tap
+    ow = rm % W
     m_ok = rm < M
     n_ok = rn < CO
     TAP_SIGN: tl.constexpr = -1 if FLIP else 1
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for kk in range(0, 9 * CI, BLOCK_K):
-        a, c, dh, dw, _ = _input_tile(x_ptr, rm, m_ok, kk, H, W, CI, HW, BLOCK_K)
+        a, c, dh, dw, _ = _input_tile(x_ptr, rm, oh, ow, m_ok, kk, H, W, CI, BLOCK_K)
         w_tap = (1 + TAP_SIGN * dh) * s_kh + (1 + TAP_SIGN * dw) * s_kw  # kh' = 1 + dh, or 1 - dh = 2 - kh flipped
         b = tl.load(w_ptr + w_tap + c[:, None] * s_k + rn[None, :] * s_n, mask=n_ok[None, :], other=0.0)
         acc = tl.dot(a, b, acc)
