@@ -297,6 +297,8 @@ REFERENCE = {
     "conv3x3 + norm": "norm after",
     "conv3x3 with sums + apply": "norm after",
     "conv_triton": "bare",
+    "cuDNN, no bias": "bare, no bias",
+    "conv_triton, no bias": "bare, no bias",
     "dgrad cuDNN": "input gradient",
     "dgrad conv3x3": "input gradient",
     "dgrad conv_triton": "input gradient",
@@ -322,6 +324,7 @@ def make(shape: tuple[int, ...], device: str, dtype: torch.dtype, config: tuple[
     xf, wf, bf, dyf = x.float(), w.float(), bias.float(), dy.float()
     references = {
         "bare": F.conv2d(xf, wf, bf, padding=1),
+        "bare, no bias": F.conv2d(xf, wf, None, padding=1),
         "norm first": F.conv2d(F.silu(F.group_norm(xf, GROUPS, gamma, beta, EPS)), wf, bf, padding=1),
         "norm after": F.silu(F.group_norm(F.conv2d(xf, wf, bf, padding=1), GROUPS, gamma, beta, EPS)),
         "input gradient": F.conv_transpose2d(dyf, wf, padding=1),
@@ -354,6 +357,9 @@ def make(shape: tuple[int, ...], device: str, dtype: torch.dtype, config: tuple[
         from scoredistill.kernels import conv_triton  # the library's kernel: weights read in place, not packed
 
         steps["conv_triton"] = lambda: conv_triton.conv3x3(x, w_cl, bias)
+        # as the networks' layers run them: their biases folded into the next kernel, so none in the convolution
+        steps["cuDNN, no bias"] = lambda: F.conv2d(x, w_cl, None, padding=1)
+        steps["conv_triton, no bias"] = lambda: conv_triton.conv3x3(x, w_cl)
         steps["dgrad conv_triton"] = lambda: conv_triton.conv3x3_input_grad(dy, w_cl)
         steps["wgrad cuDNN"] = lambda: cudnn_backward([False, True, False])
     return steps, references
@@ -385,7 +391,8 @@ def tflops(shape: tuple[int, ...], seconds: float | None) -> float | None:
 
 PROLOGUE_KEYS = ["cuDNN", "conv3x3", "norm + cuDNN", "norm + conv3x3", "stats + fused", "stats + fused, tanh"]
 EPILOGUE_KEYS = ["cuDNN + norm", "conv3x3 + norm", "conv3x3 with sums + apply"]
-GEMM_KEYS = ["cuDNN", "conv3x3", "conv_triton", "dgrad cuDNN", "dgrad conv3x3", "dgrad conv_triton", "wgrad cuDNN"]
+GEMM_KEYS = ["cuDNN", "conv3x3", "conv_triton", "cuDNN, no bias", "conv_triton, no bias", "dgrad cuDNN",
+             "dgrad conv3x3", "dgrad conv_triton", "wgrad cuDNN"]  # fmt: skip
 TABLES = {"prologue": PROLOGUE_KEYS, "epilogue": EPILOGUE_KEYS, "gemm": GEMM_KEYS}
 
 
@@ -407,6 +414,7 @@ def main(argv: list[str] | None = None) -> int:
         "epilogue": ["case", "input", *(f"{k} (us)" for k in EPILOGUE_KEYS), "sums / (cuDNN + norm)",
                      "sums / (conv3x3 + norm)", "max rel. diff"],
         "gemm": ["case", "input", *(f"{k} (us)" for k in GEMM_KEYS), "forward: conv_triton / cuDNN",
+                 "forward, no bias: conv_triton / cuDNN",
                  "dgrad: conv_triton / cuDNN", "wgrad share of cuDNN's three", "max rel. diff"],
     }  # fmt: skip
     keys = sorted({k for t in args.tables for k in TABLES[t]})
@@ -438,6 +446,7 @@ def main(argv: list[str] | None = None) -> int:
             three = [best[k] for k in ("cuDNN", "dgrad cuDNN", "wgrad cuDNN")]
             share = None if None in three else three[2] / sum(three)
             made_rows["gemm"] = [name, size, *us(GEMM_KEYS), ratio("conv_triton", "cuDNN"),
+                                 ratio("conv_triton, no bias", "cuDNN, no bias"),
                                  ratio("dgrad conv_triton", "dgrad cuDNN"), share, diff]  # fmt: skip
         for table, row in made_rows.items():
             rows[table].append(["failed" if v is None else v for v in row])
@@ -465,7 +474,9 @@ def main(argv: list[str] | None = None) -> int:
         "FUSED_CONV3X3: the weights read in place, six tilings); conv3x3: this script's (packed weights). dgrad: the "
         "input gradient for an output gradient dy (cuDNN's backward kernel with only that output asked for; the "
         "Triton kernels convolve dy with the weights transposed and flipped); wgrad: cuDNN's weight gradient, which "
-        "neither Triton kernel computes, as a share of cuDNN's forward + dgrad + wgrad time.",
+        "neither Triton kernel computes, as a share of cuDNN's forward + dgrad + wgrad time. no bias: the forward as "
+        "the networks' layers run it (their biases folded into the next kernel), which the columns with a bias "
+        "do not show.",
     }
     if not args.no_write:
         for table in args.tables:

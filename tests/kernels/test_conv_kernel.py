@@ -63,6 +63,15 @@ def run_interpreter_cases() -> None:
     dy = torch.randn(2, 32, 5, 4, generator=g).contiguous(memory_format=torch.channels_last)
     w = torch.randn(32, 16, 3, 3, generator=g)
     torch.testing.assert_close(conv3x3_input_grad(dy, w, config=(16, 16, 32)), F.conv_transpose2d(dy, w, padding=1))
+    # the forward alone on the kernel, every gradient from aten.convolution_backward (TRITON_INPUT_GRAD off)
+    from scoredistill.kernels import conv_triton
+
+    conv_triton.TRITON_INPUT_GRAD = False
+    try:
+        check((2, 32, 5, 6), 48, torch.float32, "cpu", config=(16, 32, 16))
+        check((1, 64, 4, 7), 32, torch.float32, "cpu", config=(32, 16, 32), bias=False)
+    finally:
+        conv_triton.TRITON_INPUT_GRAD = True
 
 
 @pytest.mark.timeout(300)

@@ -32,9 +32,10 @@ from torch import Tensor
 
 from . import channels_last
 
-__all__ = ["FUSED_CONV3X3", "MIN_HW", "conv3x3", "conv3x3_input_grad", "supported"]
+__all__ = ["FUSED_CONV3X3", "MIN_HW", "TRITON_INPUT_GRAD", "conv3x3", "conv3x3_input_grad", "supported"]
 
 FUSED_CONV3X3 = False  # candidate: Conv2d's 3x3 convolutions through this kernel (see the module docstring)
+TRITON_INPUT_GRAD = True  # False: the backward asks cuDNN for the input gradient too (this kernel: forward only)
 MIN_HW = 256  # the smallest map (pixels) it takes: cuDNN was faster at 8x8
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16)  # float32's tl.dot would round to TF32 whatever torch's setting
 
@@ -151,14 +152,15 @@ class _Conv3x3(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         dy = dy.contiguous(memory_format=torch.channels_last)
-        dx = _launch(dy, weight, None, True, ctx.config) if need_x else None
-        dw = db = None
-        if need_w or need_b:
-            _, dw, db = torch.ops.aten.convolution_backward(
+        ours = need_x and TRITON_INPUT_GRAD
+        dx = _launch(dy, weight, None, True, ctx.config) if ours else None
+        cudnn_dx, dw, db = None, None, None
+        if (need_x and not ours) or need_w or need_b:
+            cudnn_dx, dw, db = torch.ops.aten.convolution_backward(
                 dy, x, weight, [weight.shape[0]] if need_b else None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
-                [False, need_w, need_b],
+                [need_x and not ours, need_w, need_b],
             )  # fmt: skip
-        return dx, dw, db, None
+        return (dx if ours else cudnn_dx), dw, db, None
 
 
 def supported(x: Tensor, weight: Tensor) -> bool:
