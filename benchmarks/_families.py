@@ -32,7 +32,6 @@ FAMILIES = [
                   "_combine_grads_kernel", "_one_pass_fwd_kernel", "_one_pass_bwd_kernel"}),
     ("fused residual sum (Triton)", {"_residual_kernel", "_residual_grad_kernel"}),
     (CONCAT, {"_cat_kernel", "_split_kernel"}),
-    (GEMM, {"_conv3x3_kernel"}),
     ("box resampling (Triton)", {"_pool", "_spread"}),
     ("fused loss terms (Triton)", {"_sid_fwd_kernel", "_sid_finish_kernel", "_sid_bwd_kernel", "_dsm_fwd_kernel",
                                    "_dsm_finish_kernel", "_dsm_bwd_kernel"}),
@@ -47,8 +46,7 @@ FAMILIES = [
 
 
 # The kernel modules whose launches go through `scoredistill.kernels.triton_utils.launch` (as `launch` or
-# `_launch_any`), which `TrafficCounter` counts; conv_triton's GEMM launches through Triton's autotuner and is rated in
-# FLOP/s, not bytes.
+# `_launch_any`), which `TrafficCounter` counts.
 LAUNCHING_MODULES = ("groupnorm_triton", "residual_triton", "resample_triton", "sid_triton", "dsm_triton",
                      "concat_triton")  # fmt: skip
 

@@ -21,7 +21,12 @@ only, bf16, channels_last, as CUDA-graph replays:
 * **the input gradient**: the gradient of a 3x3 convolution (padding 1) with respect to its input is the 3x3
   convolution of the output gradient with the weights transposed (in and out channels swapped) and flipped, so
   `conv3x3` can compute it too; it is timed beside cuDNN's own input-gradient kernel (`dgrad`), with cuDNN's
-  weight gradient (`wgrad`, which `conv3x3` does not compute) for the third pass's share.
+  weight gradient (`wgrad`, which `conv3x3` does not compute) for the third pass's share;
+* **the forward without a bias**, as the networks' layers run it (they fold their biases into the next kernel):
+  cuDNN launches a slower kernel when given a bias, so only these columns say whether our GEMM would beat the
+  convolutions the library runs. On an H100 (2026-12-07) cuDNN's bias-free forward was 1.14-1.59x faster than the
+  library's candidate kernel of that day (since removed), which the columns with a bias had shown taking 0.82-0.93x
+  cuDNN's time.
 
 A forward kernel alone would serve the networks that train no weights in a pass (the teacher, and the fake score in
 the generator phase): their backward needs the convolution's input gradient and the norm's own backward, neither of
@@ -50,8 +55,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import print_row, replay_args, write_table
 from bench_losses import time_graph  # device time per CUDA-graph replay
 
-from scoredistill.kernels.conv_triton import _input_tile, _output_tile  # the implicit GEMM's tiling and tap loads
-
 # name -> [B, C, H, W] of the convolution's input; 3x3, C -> C, as in the UNet blocks
 CASES = {
     "ddpm++ 256@32x32": (32, 256, 32, 32),
@@ -75,6 +78,35 @@ def _tanh_approx(v):
 
 
 @triton.jit
+def _output_tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """The row and column indices of this program's ``[BLOCK_M, BLOCK_N]`` tile of an ``[M, N]`` output, the row
+    blocks taken ``GROUP_M`` at a time so that they share their column blocks' weights in L2."""
+    pid = tl.program_id(0)
+    num_m, num_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
+    first_m = pid // (GROUP_M * num_n) * GROUP_M
+    rows = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % (GROUP_M * num_n)) % rows
+    pid_n = (pid % (GROUP_M * num_n)) // rows
+    return pid_m * BLOCK_M + tl.arange(0, BLOCK_M), pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+
+
+@triton.jit
+def _input_tile(x_ptr, rm, oh, ow, m_ok, kk, H, W, CI: tl.constexpr, BLOCK_K: tl.constexpr):
+    """K block ``kk`` of the implicit GEMM's left operand: channels ``c`` of the pixels ``rm`` (at rows ``oh`` and
+    columns ``ow`` of their maps) shifted by the tap ``kk // CI`` (offsets ``dh``, ``dw`` in -1..1), read as zero
+    outside the map (``inside``) and past ``M``. Returns ``(a, c, dh, dw, inside)``."""
+    tap = kk // CI
+    c = kk - tap * CI + tl.arange(0, BLOCK_K)
+    dh = tap // 3 - 1
+    dw = tap % 3 - 1
+    ih = oh + dh
+    iw = ow + dw
+    inside = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+    a = tl.load(x_ptr + (rm + dh * W + dw)[:, None] * CI + c[None, :], mask=inside[:, None], other=0.0)
+    return a, c, dh, dw, inside
+
+
+@triton.jit
 def _conv3x3_kernel(x_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr, sums_ptr, M, H, W, CO,
                     CI: tl.constexpr, HW: tl.constexpr, PROLOGUE: tl.constexpr, HAS_BIAS: tl.constexpr,
                     STATS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -87,7 +119,7 @@ def _conv3x3_kernel(x_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr, sums_pt
     # pixels of sample n into sums[0, n, co] and sums[1, n, co] (float32 atomics), the next group norm's statistics.
     # Where HW is a multiple of BLOCK_M, a tile's pixels are all of one sample: per-sample vectors replace the
     # per-element gathers of scale and shift, and the sums are reduced over the tile before one atomic per channel.
-    rm, rn = _output_tile(M, CO, BLOCK_M, BLOCK_N, GROUP_M)  # the library's kernel's tiling and tap loads
+    rm, rn = _output_tile(M, CO, BLOCK_M, BLOCK_N, GROUP_M)
     rk = tl.arange(0, BLOCK_K)
     SAMPLE_TILE: tl.constexpr = HW % BLOCK_M == 0
     n = rm // HW
@@ -296,12 +328,10 @@ REFERENCE = {
     "cuDNN + norm": "norm after",
     "conv3x3 + norm": "norm after",
     "conv3x3 with sums + apply": "norm after",
-    "conv_triton": "bare",
     "cuDNN, no bias": "bare, no bias",
-    "conv_triton, no bias": "bare, no bias",
+    "conv3x3, no bias": "bare, no bias",
     "dgrad cuDNN": "input gradient",
     "dgrad conv3x3": "input gradient",
-    "dgrad conv_triton": "input gradient",
     "wgrad cuDNN": "weight gradient",
 }
 
@@ -346,6 +376,7 @@ def make(shape: tuple[int, ...], device: str, dtype: torch.dtype, config: tuple[
         "stats + fused": fused,
         "conv3x3 + norm": lambda: _norm(conv3x3(x, w_packed, bias, config=config), gamma, beta),
         "conv3x3 with sums + apply": lambda: conv3x3_norm(x, w_packed, bias, gamma, beta, config=config),
+        "conv3x3, no bias": lambda: conv3x3(x, w_packed, config=config),
         "dgrad conv3x3": lambda: conv3x3(dy, w_dgrad, config=config),
     }
     if x.is_cuda:
@@ -354,13 +385,8 @@ def make(shape: tuple[int, ...], device: str, dtype: torch.dtype, config: tuple[
         steps["stats + fused, tanh"] = lambda: fused(tanh=True)
         steps["cuDNN + norm"] = lambda: _norm(F.conv2d(x, w_cl, bias, padding=1), gamma, beta)
         steps["dgrad cuDNN"] = lambda: cudnn_backward([True, False, False])
-        from scoredistill.kernels import conv_triton  # the library's kernel: weights read in place, not packed
-
-        steps["conv_triton"] = lambda: conv_triton.conv3x3(x, w_cl, bias)
-        # as the networks' layers run them: their biases folded into the next kernel, so none in the convolution
+        # as the networks' layers run it: their biases folded into the next kernel, so none in the convolution
         steps["cuDNN, no bias"] = lambda: F.conv2d(x, w_cl, None, padding=1)
-        steps["conv_triton, no bias"] = lambda: conv_triton.conv3x3(x, w_cl)
-        steps["dgrad conv_triton"] = lambda: conv_triton.conv3x3_input_grad(dy, w_cl)
         steps["wgrad cuDNN"] = lambda: cudnn_backward([False, True, False])
     return steps, references
 
@@ -391,8 +417,7 @@ def tflops(shape: tuple[int, ...], seconds: float | None) -> float | None:
 
 PROLOGUE_KEYS = ["cuDNN", "conv3x3", "norm + cuDNN", "norm + conv3x3", "stats + fused", "stats + fused, tanh"]
 EPILOGUE_KEYS = ["cuDNN + norm", "conv3x3 + norm", "conv3x3 with sums + apply"]
-GEMM_KEYS = ["cuDNN", "conv3x3", "conv_triton", "cuDNN, no bias", "conv_triton, no bias", "dgrad cuDNN",
-             "dgrad conv3x3", "dgrad conv_triton", "wgrad cuDNN"]  # fmt: skip
+GEMM_KEYS = ["cuDNN", "conv3x3", "cuDNN, no bias", "conv3x3, no bias", "dgrad cuDNN", "dgrad conv3x3", "wgrad cuDNN"]
 TABLES = {"prologue": PROLOGUE_KEYS, "epilogue": EPILOGUE_KEYS, "gemm": GEMM_KEYS}
 
 
@@ -413,9 +438,9 @@ def main(argv: list[str] | None = None) -> int:
                      "max rel. diff"],
         "epilogue": ["case", "input", *(f"{k} (us)" for k in EPILOGUE_KEYS), "sums / (cuDNN + norm)",
                      "sums / (conv3x3 + norm)", "max rel. diff"],
-        "gemm": ["case", "input", *(f"{k} (us)" for k in GEMM_KEYS), "forward: conv_triton / cuDNN",
-                 "forward, no bias: conv_triton / cuDNN",
-                 "dgrad: conv_triton / cuDNN", "wgrad share of cuDNN's three", "max rel. diff"],
+        "gemm": ["case", "input", *(f"{k} (us)" for k in GEMM_KEYS), "forward: conv3x3 / cuDNN",
+                 "forward, no bias: conv3x3 / cuDNN", "dgrad: conv3x3 / cuDNN", "wgrad share of cuDNN's three",
+                 "max rel. diff"],
     }  # fmt: skip
     keys = sorted({k for t in args.tables for k in TABLES[t]})
     rows: dict[str, list] = {t: [] for t in args.tables}
@@ -445,9 +470,9 @@ def main(argv: list[str] | None = None) -> int:
         if "gemm" in rows:
             three = [best[k] for k in ("cuDNN", "dgrad cuDNN", "wgrad cuDNN")]
             share = None if None in three else three[2] / sum(three)
-            made_rows["gemm"] = [name, size, *us(GEMM_KEYS), ratio("conv_triton", "cuDNN"),
-                                 ratio("conv_triton, no bias", "cuDNN, no bias"),
-                                 ratio("dgrad conv_triton", "dgrad cuDNN"), share, diff]  # fmt: skip
+            made_rows["gemm"] = [name, size, *us(GEMM_KEYS), ratio("conv3x3", "cuDNN"),
+                                 ratio("conv3x3, no bias", "cuDNN, no bias"), ratio("dgrad conv3x3", "dgrad cuDNN"),
+                                 share, diff]  # fmt: skip
         for table, row in made_rows.items():
             rows[table].append(["failed" if v is None else v for v in row])
             print_row(columns[table], rows[table][-1])
@@ -470,13 +495,11 @@ def main(argv: list[str] | None = None) -> int:
         "epilogue": "conv3x3 with sums + apply: conv3x3 adds its output's per-sample channel sums into a zeroed "
         "buffer in its epilogue (float32 atomics); the scales and shifts; one pass that normalises and activates "
         "(four launches).",
-        "gemm": "conv_triton: the library's kernel (scoredistill.kernels.conv_triton, the candidate behind "
-        "FUSED_CONV3X3: the weights read in place, six tilings); conv3x3: this script's (packed weights). dgrad: the "
-        "input gradient for an output gradient dy (cuDNN's backward kernel with only that output asked for; the "
-        "Triton kernels convolve dy with the weights transposed and flipped); wgrad: cuDNN's weight gradient, which "
-        "neither Triton kernel computes, as a share of cuDNN's forward + dgrad + wgrad time. no bias: the forward as "
-        "the networks' layers run it (their biases folded into the next kernel), which the columns with a bias "
-        "do not show.",
+        "gemm": "dgrad: the input gradient for an output gradient dy (cuDNN's backward kernel with only that output "
+        "asked for; conv3x3 convolves dy with the weights transposed and flipped); wgrad: cuDNN's weight gradient, "
+        "which conv3x3 does not compute, as a share of cuDNN's forward + dgrad + wgrad time. no bias: the forward as "
+        "the networks' layers run it (their biases folded into the next kernel); cuDNN launches a slower kernel "
+        "with a bias, so the columns with one flatter conv3x3.",
     }
     if not args.no_write:
         for table in args.tables:

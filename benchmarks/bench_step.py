@@ -64,9 +64,6 @@ BENCH_SWITCHES = {
     "fused_bias_grad": True,  # fewer bias-gradient reductions (residual and group-norm backward)
     "fused_cat": True,  # the skip concatenation's Triton copy
     "dense_split": True,  # its backward writes two dense gradients (concat_triton.DENSE_SPLIT); False: two slices
-    "fused_conv": False,  # True: Conv2d's 3x3 convolutions through the Triton implicit GEMM (conv_triton.FUSED_CONV3X3)
-    "conv_min_hw": 256,  # under fused_conv: the smallest map (pixels) it takes (conv_triton.MIN_HW)
-    "conv_input_grad": True,  # under fused_conv: False: cuDNN's input gradient (conv_triton.TRITON_INPUT_GRAD)
     # the channels_last attention's q, k and v by three GEMMs (UNetBlock.split_qkv; None: each network's own, on in
     # DhariwalUNet)
     "split_qkv": None,
@@ -113,15 +110,6 @@ SETTINGS: dict[str, tuple[dict, bool]] = {
     # choice; graphs-cl-nosplitqkv: one GEMM everywhere)
     "graphs-cl-splitqkv": ({**GRAPHS_CL, "split_qkv": True}, True),
     "graphs-cl-nosplitqkv": ({**GRAPHS_CL, "split_qkv": False}, True),
-    # candidate: the 3x3 convolutions on maps of at least 16x16 through our implicit GEMM (forward and input gradient)
-    "graphs-cl-conv": ({**GRAPHS_CL, "fused_conv": True}, True),
-    # candidate: the same GEMM for the forward pass alone, on maps of at least 32x32 (its input gradient was 1.26-1.84x
-    # cuDNN's per layer on an H100, 2026-12-07, and the setting above 4-8% slower per iteration)
-    "graphs-cl-convfwd": ({**GRAPHS_CL, "fused_conv": True, "conv_min_hw": 1024, "conv_input_grad": False}, True),
-    "graphs-cl-convfwd-precast": (
-        {**GRAPHS_CL, "fused_conv": True, "conv_min_hw": 1024, "conv_input_grad": False, "precast_weights": True},
-        True,
-    ),
     # candidate: SiDA's fake-score phase, one encoder pass over generator and real images
     "graphs-cl-shareenc": ({**GRAPHS_CL, "share_encoder_pass": True}, True),
     # candidate: the layers read bf16 copies of their weights cast once per update (DistillConfig.precast_weights)
@@ -181,13 +169,11 @@ def build(preset: str, batch: int, setting: str, device: torch.device) -> Distil
     switch = {name: overrides.get(name, default) for name, default in BENCH_SWITCHES.items()}
     overrides = {k: v for k, v in overrides.items() if k not in BENCH_SWITCHES}
     if torch.cuda.is_available():  # for this setting's calls and captures
-        from scoredistill.kernels import concat_triton, conv_triton, groupnorm_triton, residual_triton
+        from scoredistill.kernels import concat_triton, groupnorm_triton, residual_triton
 
         groupnorm_triton.set_strategy(switch["gn"])
         groupnorm_triton.ONE_PASS_MAX_HW = switch["gn_one_pass_max_hw"]
         concat_triton.FUSED_CAT, concat_triton.DENSE_SPLIT = switch["fused_cat"], switch["dense_split"]
-        conv_triton.FUSED_CONV3X3 = switch["fused_conv"]
-        conv_triton.MIN_HW, conv_triton.TRITON_INPUT_GRAD = switch["conv_min_hw"], switch["conv_input_grad"]
         residual_triton.FUSED_BIAS_GRAD = groupnorm_triton.FUSED_AFFINE_GRAD_SUMS = switch["fused_bias_grad"]
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
     torch.backends.cudnn.benchmark = True  # as in the reference implementation

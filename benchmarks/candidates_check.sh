@@ -4,16 +4,16 @@
 # first and last, each setting's peak memory counted from a clean slate). The settings it times by default:
 #   graphs-cl          the fast path, as users run it (with concat_triton.DENSE_SPLIT since 2026-12-07, and since
 #                      then each network's own launch choices: DDPM++'s group norms "hybrid", ADM's split_qkv)
-#   graphs-cl-conv     the 3x3 convolutions on maps of at least 16x16 through our Triton implicit GEMM, forward
-#                      and input gradient (conv_triton.FUSED_CONV3X3), cuDNN keeping the weight gradient. Not yet
-#                      timed; its forward GEMM took 0.74-0.95x cuDNN's time on DDPM++'s large maps (H100, 2026-12-07)
 #   graphs-cl-precast  the layers read bf16 copies of their weights and biases, refreshed by one multi-tensor copy
 #                      per network and update (DistillConfig.precast_weights), instead of a cast kernel per tensor
-#                      and use (the bulk of the casts family's 1,995 launches at CIFAR-10 batch 32). H200,
-#                      2026-12-07: +5.0%, +0.9%, +1.1% for 0.03-0.21 GiB of peak memory: stays opt-in
-#   graphs-cl-gnhyb64  the group norms' one-pass kernels on maps of 8x8 and smaller only, in every network (not yet
-#                      timed)
+#                      and use (the bulk of the casts family's 1,995 launches at CIFAR-10 batch 32). H200 and
+#                      H100, 2026-12-07: +4.9% to +5.3%, +0.8% to +1.0%, +1.1% to +1.5% for 0.03-0.21 GiB of peak
+#                      memory: stays opt-in
 # (percentages: CIFAR-10 batch 32, batch 128, ImageNet-64 batch 32, against the mean of the two graphs-cl rows)
+# Measured on an H100 (2026-12-07) and not adopted, for SETTINGS=...: graphs-cl-gnhyb64 (the group norms' one-pass
+# kernels on maps of 8x8 and smaller only: -0.6%, -0.5%, -0.2%). A 3x3 convolution of our own (a Triton implicit
+# GEMM, forward with or without its input gradient) was 1.4% to 8.1% slower per iteration and has been removed:
+# cuDNN's bias-free forward, as the layers run it, was 1.14-1.59x faster per layer (bench_conv_fusion.py's gemm table).
 # and, for SETTINGS=...: graphs-cl-prev, the fast path before each network chose its own launch strategies (the tiled
 # group norms and one qkv GEMM everywhere; H100, 2026-12-07: the networks' own choices +2.2%, +1.1%, +1.4%).
 # Measured on an H200 (2026-12-07) and settled per network, for SETTINGS=...: graphs-cl-splitqkv / -nosplitqkv (the
@@ -43,17 +43,15 @@
 #                                                           most 6 minutes by its limits, for a call shared with the
 #                                                           study)
 #           SETTINGS=graphs-cl,graphs-cl-gn1,graphs-cl ...  (other settings of bench_step.py)
-#           PHASES="new step" bash benchmarks/candidates_check.sh (the newest candidates' parity tests and the
-#                                                           bench_step rows: at most 8 minutes by its limits)
 #           PHASES="norms step" bash benchmarks/candidates_check.sh (the timings only, before or after the parity
 #                                                           tests in a call of their own: about 7 minutes)
-#           PHASES="new conv step" bash benchmarks/candidates_check.sh (the 3x3 convolution candidate: its parity
-#                                                           tests, its per-layer timing, then the bench_step rows)
+#           PHASES="conv" bash benchmarks/candidates_check.sh (bench_conv_fusion's per-layer table of the three
+#                                                           convolution passes: cuDNN's and a Triton GEMM's)
 set -u
 OUT=${OUT:-/tmp/candidates_check}
 source benchmarks/_device.sh "$OUT"
 cat "$OUT/gpu.txt"
-SETTINGS=${SETTINGS:-graphs-cl,graphs-cl-conv,graphs-cl-precast,graphs-cl-gnhyb64,graphs-cl}
+SETTINGS=${SETTINGS:-graphs-cl,graphs-cl-precast,graphs-cl}
 PHASES=${PHASES:-tests norms step}
 
 if [[ " $PHASES " == *" tests "* ]]; then
@@ -72,14 +70,8 @@ if [[ " $PHASES " == *" tests "* ]]; then
   tail -n 3 "$OUT/gn_tests.txt" "$OUT/residual_tests.txt" "$OUT/overlap_tests.txt" "$OUT/attention_tests.txt" \
     "$OUT/hybrid_tests.txt"
 fi
-if [[ " $PHASES " == *" new "* ]]; then
-  el "parity tests of this round's candidate only (the 3x3 convolution: kernel, layer, network)"
-  P="python -m pytest -q -p no:cacheprovider -rfE"
-  timeout 150 $P tests/kernels/test_conv_kernel.py > "$OUT/conv_tests.txt" 2>&1
-  tail -n 3 "$OUT/conv_tests.txt"
-fi
 if [[ " $PHASES " == *" conv "* ]]; then
-  el "bench_conv_fusion --tables gemm (our 3x3 convolution against cuDNN's per layer, forward and input gradient)"
+  el "bench_conv_fusion --tables gemm (a Triton 3x3 convolution against cuDNN's per layer, the three passes)"
   timeout 120 python benchmarks/bench_conv_fusion.py --tables gemm --out "$OUT/conv.md" > "$OUT/conv.txt" 2>&1
   tail -n 9 "$OUT/conv.txt"
 fi

@@ -111,9 +111,9 @@ def test_every_triton_kernel_of_the_library_has_a_family():
         module = importlib.import_module(f"scoredistill.kernels.{path.stem}")
         if hasattr(module, "launch") or hasattr(module, "_launch_any"):
             launching.append(path.stem)
-    assert len(names) >= 19 and "_conv3x3_kernel" in names  # (resample_triton's two: _pool and _spread)
+    assert len(names) >= 18 and "_split_kernel" in names  # (resample_triton's two: _pool and _spread)
     assert [name for name in names if families.family(name) == "other"] == []
-    assert families.family("_split_kernel") == families.CONCAT and families.family("_conv3x3_kernel") == families.GEMM
+    assert families.family("_split_kernel") == families.CONCAT
     assert sorted(launching) == sorted(families.LAUNCHING_MODULES)
 
 
@@ -195,8 +195,6 @@ def test_bench_switches_default_to_the_librarys_defaults():
     assert bench.BENCH_SWITCHES["gn"] == groupnorm_triton._strategy == "auto"
     assert bench.BENCH_SWITCHES["split_qkv"] is None
     assert bench.SETTINGS["graphs-cl-prev"][0] == {**bench.GRAPHS_CL, "gn": "tiles", "split_qkv": False}
-    conv_triton = pytest.importorskip("scoredistill.kernels.conv_triton")
-    assert bench.BENCH_SWITCHES["fused_conv"] is conv_triton.FUSED_CONV3X3 is False  # a candidate: off
 
 
 def test_device_scripts_name_only_settings_that_bench_step_has():
@@ -212,5 +210,5 @@ def test_device_scripts_name_only_settings_that_bench_step_has():
             code = line.split("#", 1)[0]
             for value in passed.findall(code) + defaults.findall(code):
                 named += [(script.name, name) for name in value.split(",")]
-    assert {name for _, name in named} >= {"graphs-cl", "graphs-cl-conv", "graphs-cl-precast", "baseline"}
+    assert {name for _, name in named} >= {"graphs-cl", "graphs-cl-precast", "baseline"}
     assert [(script, name) for script, name in named if name not in settings] == []

@@ -20,7 +20,6 @@ __all__ = [
     "available",
     "channels_last",
     "fused_cat_available",
-    "fused_conv3x3_available",
     "fused_fake_score_available",
     "fused_group_norm_available",
     "fused_resample_available",
@@ -102,20 +101,6 @@ def fused_cat_available(a: Tensor, b: Tensor, use_kernels: bool | None = None) -
     from . import concat_triton
 
     return concat_triton.FUSED_CAT and concat_triton.supported(a, b)
-
-
-def fused_conv3x3_available(x: Tensor, weight: Tensor, use_kernels: bool | None = None) -> bool:
-    """Whether ``scoredistill.networks.layers.Conv2d``'s 3x3 convolution (no resampling) runs the Triton
-    implicit GEMM of `conv_triton` on these operands: only with its switch ``conv_triton.FUSED_CONV3X3`` on (a
-    candidate, off by default), for the operands `conv_triton.supported` takes, and outside `torch.compile` (whose
-    graphs keep cuDNN's convolution: the kernel's autotuner has not been tested there)."""
-    if not _use_fused(x, use_kernels):
-        return False
-    if torch.compiler.is_compiling():
-        return False
-    from . import conv_triton
-
-    return conv_triton.FUSED_CONV3X3 and conv_triton.supported(x, weight)
 
 
 def fused_sid_available(

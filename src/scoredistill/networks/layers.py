@@ -202,9 +202,7 @@ class Conv2d(nn.Module):
         return f"{self.in_channels}, {self.out_channels}, kernel={kernel}, resample={mode}"
 
     use_kernels: bool | None = None
-    """``None``: box resampling of channels_last tensors through Triton kernels on CUDA (and, with the candidate
-    switch ``kernels.conv_triton.FUSED_CONV3X3`` on, 3x3 convolutions through a Triton implicit GEMM); ``False``:
-    native ops."""
+    """``None``: box resampling of channels_last tensors through Triton kernels on CUDA; ``False``: native ops."""
 
     precast_parameters = ("weight", "bias")
     """The parameters read through `matmul_parameter` or `cast_parameter` (a `PreCast` holds copies of these)."""
@@ -247,10 +245,6 @@ class Conv2d(nn.Module):
             return x if b is None else x + b.reshape(1, -1, 1, 1)
         if f is not None:
             x = self._up(x, f, f_pad) if self.up else self._down(x, f, f_pad)
-        if w is not None and w_pad == 1 and kernels.fused_conv3x3_available(x, w, self.use_kernels):
-            from ..kernels.conv_triton import conv3x3  # a candidate, off by default (conv_triton.FUSED_CONV3X3)
-
-            return conv3x3(x, w, b)
         return F.conv2d(x, w, b, padding=w_pad) if w is not None else x
 
 
