@@ -94,7 +94,7 @@ def _output_tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl
 def _input_tile(x_ptr, rm, oh, ow, m_ok, kk, H, W, CI: tl.constexpr, BLOCK_K: tl.constexpr):
     """K block ``kk`` of the implicit GEMM's left operand: channels ``c`` of the pixels ``rm`` (at rows ``oh`` and
     columns ``ow`` of their maps) shifted by the tap ``kk // CI`` (offsets ``dh``, ``dw`` in -1..1), read as zero
-    outside the map (``inside``) and past ``M``. Returns ``(a, c, dh, dw, inside)``."""
+    outside the map (``inside``) and past ``M``. Returns ``(a, c, inside)``."""
     tap = kk // CI
     c = kk - tap * CI + tl.arange(0, BLOCK_K)
     dh = tap // 3 - 1
@@ -103,7 +103,7 @@ def _input_tile(x_ptr, rm, oh, ow, m_ok, kk, H, W, CI: tl.constexpr, BLOCK_K: tl
     iw = ow + dw
     inside = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
     a = tl.load(x_ptr + (rm + dh * W + dw)[:, None] * CI + c[None, :], mask=inside[:, None], other=0.0)
-    return a, c, dh, dw, inside
+    return a, c, inside
 
 
 @triton.jit
@@ -130,7 +130,7 @@ def _conv3x3_kernel(x_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr, sums_pt
     n_ok = rn < CO
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for kk in range(0, 9 * CI, BLOCK_K):  # CI is a multiple of BLOCK_K: one block never spans two taps
-        a, c, _, _, inside = _input_tile(x_ptr, rm, oh, ow, m_ok, kk, H, W, CI, BLOCK_K)
+        a, c, inside = _input_tile(x_ptr, rm, oh, ow, m_ok, kk, H, W, CI, BLOCK_K)
         if PROLOGUE > 0:
             if SAMPLE_TILE:
                 z = a.to(tl.float32) * tl.load(scale_ptr + n0 * CI + c)[None, :]

@@ -98,7 +98,6 @@ def test_every_triton_kernel_of_the_library_has_a_family():
     # A kernel the table does not know lands in "other", which then hides it (the residual backward and the
     # concatenation's kernels did, until 2026-12-07); and each module launching through triton_utils.launch has its
     # launches' bytes counted.
-    import importlib
     import re
 
     pytest.importorskip("triton")
