@@ -48,7 +48,7 @@ from scoredistill import (
 )
 from scoredistill.data import ImageZipDataset, real_batches
 from scoredistill.data.augment import AugmentPipe
-from scoredistill.networks import PRESETS
+from scoredistill.networks import PRESETS, layers
 from scoredistill.networks.layers import UNetBlock
 from scoredistill.roles.precond import edm_precond
 from scoredistill.training.fast import use_fused_norms
@@ -67,6 +67,7 @@ BENCH_SWITCHES = {
     # the channels_last attention's q, k and v by three GEMMs (UNetBlock.split_qkv; None: each network's own, on in
     # DhariwalUNet)
     "split_qkv": None,
+    "frozen_weight_only": True,  # False: frozen layers save their inputs as well (layers.FROZEN_WEIGHT_ONLY)
 }
 
 # The fast path users run: bf16, the fused kernels, channels_last, whole-iteration CUDA graphs.
@@ -117,6 +118,10 @@ SETTINGS: dict[str, tuple[dict, bool]] = {
     # the augmentation's padding and upsampling as separate ops over the padded image
     "graphs-cl-convaug": ({**GRAPHS_CL, "augment_conv": True}, True),
     "graphs-cl-nofold": ({**GRAPHS_CL, "fold_biases": False}, True),
+    # the path before the frozen networks' layers saved only their weights (the teacher and, in the generator step,
+    # the fake score saved each layer's input as well)
+    "graphs-cl-nofrozen": ({**GRAPHS_CL, "frozen_weight_only": False}, True),
+    "graphs-cl-precast-nofrozen": ({**GRAPHS_CL, "precast_weights": True, "frozen_weight_only": False}, True),
     "graphs-blocks": (
         {"precision": "bf16", "use_kernels": True, "channels_last": True, "compile": "blocks", "cuda_graphs": True},
         True,
@@ -175,6 +180,7 @@ def build(preset: str, batch: int, setting: str, device: torch.device) -> Distil
         groupnorm_triton.ONE_PASS_MAX_HW = switch["gn_one_pass_max_hw"]
         concat_triton.FUSED_CAT, concat_triton.DENSE_SPLIT = switch["fused_cat"], switch["dense_split"]
         residual_triton.FUSED_BIAS_GRAD = groupnorm_triton.FUSED_AFFINE_GRAD_SUMS = switch["fused_bias_grad"]
+    layers.FROZEN_WEIGHT_ONLY = switch["frozen_weight_only"]
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
     torch.backends.cudnn.benchmark = True  # as in the reference implementation
     torch.manual_seed(0)

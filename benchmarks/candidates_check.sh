@@ -65,7 +65,7 @@ if [[ " $PHASES " == *" tests "* ]]; then
   timeout 170 $P tests/kernels/test_groupnorm_kernel.py -k "networks_with_fused_norms and hybrid" \
     > "$OUT/hybrid_tests.txt" 2>&1 &
   timeout 170 $P tests/networks/test_networks.py tests/training/test_gpu_matrix.py \
-    -k "split_qkv or channels_last_attention or precast" > "$OUT/attention_tests.txt" 2>&1 &
+    -k "split_qkv or channels_last_attention or precast or frozen" > "$OUT/attention_tests.txt" 2>&1 &
   wait
   tail -n 3 "$OUT/gn_tests.txt" "$OUT/residual_tests.txt" "$OUT/overlap_tests.txt" "$OUT/attention_tests.txt" \
     "$OUT/hybrid_tests.txt"

@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors import safe_open
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -648,3 +649,126 @@ def test_precast_held_gradients_are_released_as_the_casts_would_give_them() -> N
     assert flat2 is not None and viewed2 == []
     for p, e in zip(layers.parameters(), expected, strict=True):
         torch.testing.assert_close(p.grad, 2 * e)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Frozen layers: a convolution or linear layer whose weight takes no gradient saves only its weight.
+
+
+def _saved_storages(fn) -> tuple[torch.Tensor, dict[int, int]]:
+    """``fn()``'s result and the storages its autograd graph saved for the backward pass (data pointer -> bytes)."""
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        return fn(), saved
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize(("stride", "padding", "groups", "kernel"), [(1, 1, 1, 3), (2, 0, 4, 2), (1, 0, 1, 1)])
+def test_frozen_convolution_gives_autograds_values_and_input_gradient(stride, padding, groups, kernel, channels_last):
+    """`layers.conv2d` with a frozen weight: F.conv2d's output, its input gradient (in the input's layout), and
+    nothing saved but the weight; with a trained weight it is F.conv2d itself."""
+    from scoredistill.networks.layers import conv2d
+
+    torch.manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(2, 8, 9, 9, dtype=torch.float64).contiguous(memory_format=fmt).requires_grad_()
+    w, b = torch.randn(8, 8 // groups, kernel, kernel, dtype=torch.float64), torch.randn(8, dtype=torch.float64)
+    geometry = {"stride": stride, "padding": padding, "groups": groups}
+    y, saved = _saved_storages(lambda: conv2d(x, w, b, **geometry))
+    y_ref = F.conv2d(x, w, b, **geometry)
+    g = torch.randn_like(y_ref)
+    (dx,), (dx_ref,) = torch.autograd.grad(y, x, g), torch.autograd.grad(y_ref, x, g)
+    assert type(y.grad_fn).__name__ == "_FrozenMatmulBackward"
+    assert torch.equal(y, y_ref)
+    torch.testing.assert_close(dx, dx_ref, rtol=1e-12, atol=1e-12)
+    assert dx.stride() == dx_ref.stride()
+    assert set(saved) == {w.untyped_storage().data_ptr()}  # the weight only: not the input
+    trained = w.clone().requires_grad_()
+    assert type(conv2d(x, trained, b, **geometry).grad_fn).__name__ == "ConvolutionBackward0"
+    with torch.no_grad():
+        assert conv2d(x, w, b, **geometry).grad_fn is None
+
+
+def test_frozen_linear_under_autocast_casts_as_autocast_does() -> None:
+    """`layers.linear` with a frozen weight under bf16 autocast: the output autocast's F.linear gives, the float32
+    input's gradient cast back to float32, and the input not saved (its bf16 cast is not either)."""
+    from scoredistill.networks.layers import linear
+
+    torch.manual_seed(0)
+    x = torch.randn(5, 7, requires_grad=True)
+    w, b = torch.randn(3, 7), torch.randn(3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, saved = _saved_storages(lambda: linear(x, w, b))
+        y_ref = F.linear(x, w, b)
+    assert y.dtype == y_ref.dtype == torch.bfloat16 and torch.equal(y, y_ref)
+    g = torch.randn(5, 3, dtype=torch.bfloat16)
+    (dx,), (dx_ref,) = torch.autograd.grad(y, x, g), torch.autograd.grad(y_ref, x, g)
+    assert dx.dtype == torch.float32 and torch.equal(dx, dx_ref)
+    assert len(saved) == 1 and x.untyped_storage().data_ptr() not in saved  # the weight's bf16 cast only
+
+
+@pytest.mark.parametrize("name", ["ddpmpp-tiny-cond", "ncsnpp-tiny-uncond", "adm-tiny-cond"])
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
+def test_frozen_network_saves_less_for_the_same_input_gradient(goldens, monkeypatch, name: str, autocast) -> None:
+    """A frozen golden network (the teacher; the fake score in the generator step): the output and input gradient
+    of autograd's own layers, bit for bit, with fewer bytes saved for the backward pass."""
+    from scoredistill.networks import layers
+
+    D, tensors = goldens[name]
+    x, sigma, labels, augment = golden_inputs(tensors)
+    D = D.requires_grad_(False).to(memory_format=torch.channels_last)
+    runs = []
+    for frozen_path in (True, False):
+        if not frozen_path:
+            monkeypatch.setattr(layers, "FROZEN_WEIGHT_ONLY", False)
+        xx = x.clone().contiguous(memory_format=torch.channels_last).requires_grad_()
+        context = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+        with context:
+            y, sizes = _saved_storages(lambda xx=xx: D(xx, sigma, labels, augment_labels=augment))
+        (dx,) = torch.autograd.grad(y.float().square().sum(), xx)
+        runs.append((y, dx, sum(sizes.values())))
+    (y0, dx0, bytes0), (y1, dx1, bytes1) = runs
+    assert torch.equal(y0, y1) and torch.equal(dx0, dx1)
+    assert bytes0 < 0.9 * bytes1, (bytes0, bytes1)
+
+
+@pytest.mark.kernels
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("preset", ["cifar10-32x32-uncond", "imagenet-64x64"])
+def test_frozen_network_on_cuda_holds_less_for_the_same_input_gradient(monkeypatch, preset: str) -> None:
+    """A frozen full-size teacher in bf16 channels_last on CUDA (cuDNN, the fused group norms): the output and the
+    input gradient (in channels_last) of autograd's own layers, with less memory held between forward and backward."""
+    from scoredistill.networks import layers
+
+    torch.manual_seed(0)
+    net = edm_precond(preset).cuda().eval().requires_grad_(False).to(memory_format=torch.channels_last)
+    with torch.no_grad():  # the zero-initialised output layers would hide most of the network
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    labels = torch.eye(net.label_dim, device="cuda")[:4] if net.label_dim else None
+    res = 64 if preset.startswith("imagenet") else 32
+    x = torch.randn(4, 3, res, res, device="cuda")
+    x = x.contiguous(memory_format=torch.channels_last)
+    sigma = torch.tensor([0.1, 0.5, 2.0, 20.0], device="cuda")
+    runs = []
+    for frozen_path in (True, False):
+        if not frozen_path:
+            monkeypatch.setattr(layers, "FROZEN_WEIGHT_ONLY", False)
+        xx = x.clone().requires_grad_()
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            y = net(xx, sigma, labels)
+        held = torch.cuda.memory_allocated() - before
+        (dx,) = torch.autograd.grad(y.float().square().sum(), xx)
+        runs.append((y.float(), dx, held))
+    (y0, dx0, held0), (y1, dx1, held1) = runs
+    assert torch.equal(y0, y1)
+    assert dx0.is_contiguous(memory_format=torch.channels_last) and torch.isfinite(dx0).all()
+    assert (dx0 - dx1).norm() <= 1e-3 * dx1.norm()
+    assert held0 < 0.8 * held1, (held0, held1)

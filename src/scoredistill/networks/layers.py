@@ -124,7 +124,82 @@ class Linear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         bias = matmul_parameter(self.bias, x) if self.bias is not None else None
-        return F.linear(x, matmul_parameter(self.weight, x), bias)
+        return linear(x, matmul_parameter(self.weight, x), bias)
+
+
+class _FrozenMatmul(torch.autograd.Function):
+    """A convolution or linear map whose weight and bias are frozen, saving only the weight for its backward pass.
+
+    Autograd's own convolution and linear save their input for the weight's gradient. With the weight frozen (the
+    teacher, and the fake score in the generator step, whose inputs carry the generator's gradient) that input would
+    be held until the backward pass for nothing: for a 3x3 convolution after a group norm it is the norm's output, a
+    tensor nothing else keeps. The input's gradient is the one autograd computes (``convolution_backward`` with
+    only the input's gradient asked for, or ``grad @ weight``).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, conv: tuple | None) -> Tensor:
+        ctx.save_for_backward(weight)
+        ctx.shape, ctx.conv = x.shape, conv
+        # The input gradient in the input's layout, as autograd's own convolution gives it.
+        cl = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        ctx.memory_format = torch.channels_last if cl else torch.contiguous_format
+        if conv is None:
+            return F.linear(x, weight, bias)
+        stride, padding, groups = conv
+        return F.conv2d(x, weight, bias, stride, padding, 1, groups)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:
+        (weight,) = ctx.saved_tensors
+        if ctx.conv is None:
+            return grad.matmul(weight), None, None, None
+        stride, padding, groups = ctx.conv
+        shape_only = grad.new_empty(1).expand(ctx.shape)  # convolution_backward reads only the input's shape
+        mask = (True, False, False)
+        dx = torch.ops.aten.convolution_backward(
+            grad, shape_only, weight, None, stride, padding, (1, 1), False, (0, 0), groups, mask
+        )[0]
+        return dx.contiguous(memory_format=ctx.memory_format), None, None, None
+
+
+FROZEN_WEIGHT_ONLY = True
+"""A convolution or linear layer whose weight and bias take no gradient saves only its weight for the backward pass
+(`_FrozenMatmul`); ``False``: autograd's own layers, which save the input as well (for benchmarks and tests)."""
+
+
+def _frozen_args(x: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None] | None:
+    """``(x, weight, bias)`` in the dtype the map computes in when only ``x`` carries a gradient, else ``None``.
+
+    Under autocast the casts are made here, where autograd sees the input's (its gradient is cast back).
+    """
+    if not (FROZEN_WEIGHT_ONLY and torch.is_grad_enabled() and x.requires_grad) or weight.requires_grad:
+        return None
+    if bias is not None and bias.requires_grad:
+        return None
+    device = x.device.type
+    if torch.is_autocast_enabled(device) and x.dtype == torch.float32:
+        dtype = torch.get_autocast_dtype(device)
+        return x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
+    if weight.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype):
+        return None  # let F.conv2d / F.linear report the mismatch
+    return x, weight, bias
+
+
+def conv2d(
+    x: Tensor, weight: Tensor, bias: Tensor | None = None, *, stride: int = 1, padding: int = 0, groups: int = 1
+) -> Tensor:
+    """``F.conv2d`` (dilation 1); with a frozen weight and bias it saves only the weight for the backward pass."""
+    args = _frozen_args(x, weight, bias)
+    if args is None:
+        return F.conv2d(x, weight, bias, stride=stride, padding=padding, groups=groups)
+    return _FrozenMatmul.apply(*args, ((stride, stride), (padding, padding), groups))
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``F.linear``; with a frozen weight and bias it saves only the weight for the backward pass."""
+    args = _frozen_args(x, weight, bias)
+    return F.linear(x, weight, bias) if args is None else _FrozenMatmul.apply(*args, None)
 
 
 def _fir_filter(taps: Sequence[int | float]) -> Tensor:
@@ -239,13 +314,13 @@ class Conv2d(nn.Module):
         # backend decides whether to fuse it: cuDNN's NHWC kernels still add it as a separate broadcast).
         if f is not None and w is not None and self.fused_resample and self.up:
             x = self._up(x, f, max(f_pad - w_pad, 0))
-            return F.conv2d(x, w, b, padding=max(w_pad - f_pad, 0))
+            return conv2d(x, w, b, padding=max(w_pad - f_pad, 0))
         if f is not None and w is not None and self.fused_resample and self.down:
-            x = self._down(F.conv2d(x, w, padding=w_pad + f_pad), f, 0)
+            x = self._down(conv2d(x, w, padding=w_pad + f_pad), f, 0)
             return x if b is None else x + b.reshape(1, -1, 1, 1)
         if f is not None:
             x = self._up(x, f, f_pad) if self.up else self._down(x, f, f_pad)
-        return F.conv2d(x, w, b, padding=w_pad) if w is not None else x
+        return conv2d(x, w, b, padding=w_pad) if w is not None else x
 
 
 def group_norm_act(
@@ -581,16 +656,16 @@ class UNetBlock(nn.Module):
                 # which the linear's backward reads in place (no stacking of the three, no layout copy).
                 biases = (None,) * 3 if bias is None else bias.chunk(3)
                 q, k, v = (
-                    rearrange(F.linear(rows, w, b_), "(b n) (heads d) -> b heads n d", b=b, heads=heads)
+                    rearrange(linear(rows, w, b_), "(b n) (heads d) -> b heads n d", b=b, heads=heads)
                     for w, b_ in zip(weight.chunk(3), biases, strict=True)
                 )
             else:
-                qkv = F.linear(rows, weight, bias)
+                qkv = linear(rows, weight, bias)
                 # Column blocks of the [B * HW, 3C] product, read in place: [B, heads, HW, head_channels], strided.
                 q, k, v = rearrange(qkv, "(b n) (three heads d) -> three b heads n d", b=b, three=3, heads=heads)
             a = rearrange(F.scaled_dot_product_attention(q, k, v), "b heads n d -> (b n) (heads d)")
             proj_b = cast_parameter(self.proj.bias, a.dtype) if proj_bias and self.proj.bias is not None else None
-            out = F.linear(a, rearrange(cast_parameter(self.proj.weight, a.dtype), "o c 1 1 -> o c"), proj_b)
+            out = linear(a, rearrange(cast_parameter(self.proj.weight, a.dtype), "o c 1 1 -> o c"), proj_b)
             return rearrange(out, "(b h w) c -> b c h w", b=b, h=h)
         qkv = rearrange(self.qkv(xn), "b (heads d three) h w -> three b heads (h w) d", heads=heads, three=3)
         q, k, v = qkv.contiguous().unbind(0)
