@@ -68,6 +68,9 @@ BENCH_SWITCHES = {
     # DhariwalUNet)
     "split_qkv": None,
     "frozen_weight_only": True,  # False: frozen layers save their inputs as well (layers.FROZEN_WEIGHT_ONLY)
+    # how many convolution algorithms cuDNN's benchmark mode times per shape (torch's default 10; 0: all). cuDNN's
+    # choices are cached per process and shape, so a setting that changes it must run in a process of its own.
+    "cudnn_benchmark_limit": 10,
 }
 
 # The fast path users run: bf16, the fused kernels, channels_last, whole-iteration CUDA graphs.
@@ -122,6 +125,8 @@ SETTINGS: dict[str, tuple[dict, bool]] = {
     # the fake score saved each layer's input as well)
     "graphs-cl-nofrozen": ({**GRAPHS_CL, "frozen_weight_only": False}, True),
     "graphs-cl-precast-nofrozen": ({**GRAPHS_CL, "precast_weights": True, "frozen_weight_only": False}, True),
+    "graphs-cl-cudnnall": ({**GRAPHS_CL, "cudnn_benchmark_limit": 0}, True),  # alone in its process (see above)
+    "graphs-cl-precast-cudnnall": ({**GRAPHS_CL, "precast_weights": True, "cudnn_benchmark_limit": 0}, True),
     "graphs-blocks": (
         {"precision": "bf16", "use_kernels": True, "channels_last": True, "compile": "blocks", "cuda_graphs": True},
         True,
@@ -183,6 +188,7 @@ def build(preset: str, batch: int, setting: str, device: torch.device) -> Distil
     layers.FROZEN_WEIGHT_ONLY = switch["frozen_weight_only"]
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
     torch.backends.cudnn.benchmark = True  # as in the reference implementation
+    torch.backends.cudnn.benchmark_limit = switch["cudnn_benchmark_limit"]
     torch.manual_seed(0)
     teacher = Teacher(_teacher_net(preset).to(device))
     G, fake = OneStepGenerator.from_teacher(teacher), FakeScore.from_teacher(teacher)
