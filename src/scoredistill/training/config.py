@@ -98,7 +98,7 @@ class DistillConfig:
     cuda_graphs: bool = False  # capture each regime's whole iteration in a CUDA graph and replay it (CUDA only)
     overlap_teacher: bool | None = None  # the teacher on a second CUDA stream beside the fake score: None = auto
     share_encoder_pass: bool = False  # SiDA's fake-score phase: one encoder pass over generator and real images
-    precast_weights: bool = False  # bf16/fp16: the layers read copies cast once per update, not a cast per forward
+    precast_weights: bool | None = None  # bf16/fp16: the layers read copies cast once per update: None = auto
 
     def __post_init__(self) -> None:
         self.validate()
@@ -134,7 +134,7 @@ class DistillConfig:
         check_bool("cuda_graphs", self.cuda_graphs)
         check_bool("overlap_teacher", self.overlap_teacher, optional=True)
         check_bool("share_encoder_pass", self.share_encoder_pass)
-        check_bool("precast_weights", self.precast_weights)
+        check_bool("precast_weights", self.precast_weights, optional=True)
         if self.precast_weights and self.precision == "fp32":
             raise ValueError("precast_weights keeps bf16 or fp16 copies of the weights: set precision 'bf16' or 'fp16'")
         if self.precast_weights and self.compile != "off":
