@@ -140,10 +140,7 @@ class _FrozenMatmul(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, conv: tuple | None) -> Tensor:
         ctx.save_for_backward(weight)
-        ctx.shape, ctx.conv = x.shape, conv
-        # The input gradient in the input's layout, as autograd's own convolution gives it.
-        cl = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-        ctx.memory_format = torch.channels_last if cl else torch.contiguous_format
+        ctx.geometry, ctx.conv = (x.shape, x.stride()), conv
         if conv is None:
             return F.linear(x, weight, bias)
         stride, padding, groups = conv
@@ -155,12 +152,14 @@ class _FrozenMatmul(torch.autograd.Function):
         if ctx.conv is None:
             return grad.matmul(weight), None, None, None
         stride, padding, groups = ctx.conv
-        shape_only = grad.new_empty(1).expand(ctx.shape)  # convolution_backward reads only the input's shape
+        # convolution_backward reads the input's shape and strides only (the strides choose the kernels' layout, as
+        # for autograd's own convolution): an uninitialised tensor laid out like the input stands in for it.
+        like_x = grad.new_empty_strided(*ctx.geometry)
         mask = (True, False, False)
         dx = torch.ops.aten.convolution_backward(
-            grad, shape_only, weight, None, stride, padding, (1, 1), False, (0, 0), groups, mask
+            grad, like_x, weight, None, stride, padding, (1, 1), False, (0, 0), groups, mask
         )[0]
-        return dx.contiguous(memory_format=ctx.memory_format), None, None, None
+        return dx, None, None, None
 
 
 FROZEN_WEIGHT_ONLY = True
