@@ -116,17 +116,18 @@ SETTINGS: dict[str, tuple[dict, bool]] = {
     "graphs-cl-nosplitqkv": ({**GRAPHS_CL, "split_qkv": False}, True),
     # candidate: SiDA's fake-score phase, one encoder pass over generator and real images
     "graphs-cl-shareenc": ({**GRAPHS_CL, "share_encoder_pass": True}, True),
-    # candidate: the layers read bf16 copies of their weights cast once per update (DistillConfig.precast_weights)
+    # the layers read bf16 copies of their weights cast once per update (DistillConfig.precast_weights: on by default
+    # on one GPU since the tenth round; graphs-cl-noprecast: a cast per weight and use)
     "graphs-cl-precast": ({**GRAPHS_CL, "precast_weights": True}, True),
+    "graphs-cl-noprecast": ({**GRAPHS_CL, "precast_weights": False}, True),
     # the augmentation's padding and upsampling as separate ops over the padded image
     "graphs-cl-convaug": ({**GRAPHS_CL, "augment_conv": True}, True),
     "graphs-cl-nofold": ({**GRAPHS_CL, "fold_biases": False}, True),
-    # the path before the frozen networks' layers saved only their weights (the teacher and, in the generator step,
-    # the fake score saved each layer's input as well)
-    "graphs-cl-nofrozen": ({**GRAPHS_CL, "frozen_weight_only": False}, True),
-    "graphs-cl-precast-nofrozen": ({**GRAPHS_CL, "precast_weights": True, "frozen_weight_only": False}, True),
-    "graphs-cl-cudnnall": ({**GRAPHS_CL, "cudnn_benchmark_limit": 0}, True),  # alone in its process (see above)
-    "graphs-cl-precast-cudnnall": ({**GRAPHS_CL, "precast_weights": True, "cudnn_benchmark_limit": 0}, True),
+    # the default before the tenth round: the frozen networks' layers saved their inputs as well (the teacher and, in
+    # the generator step, the fake score), and the layers cast their weights at every use
+    "graphs-cl-nofrozen": ({**GRAPHS_CL, "frozen_weight_only": False, "precast_weights": False}, True),
+    # measured on an H100 in the tenth round and not adopted: cuDNN timing every algorithm (alone in its process)
+    "graphs-cl-cudnnall": ({**GRAPHS_CL, "cudnn_benchmark_limit": 0}, True),
     "graphs-blocks": (
         {"precision": "bf16", "use_kernels": True, "channels_last": True, "compile": "blocks", "cuda_graphs": True},
         True,

@@ -194,6 +194,17 @@ def test_bench_switches_default_to_the_librarys_defaults():
     assert bench.BENCH_SWITCHES["gn"] == groupnorm_triton._strategy == "auto"
     assert bench.BENCH_SWITCHES["split_qkv"] is None
     assert bench.SETTINGS["graphs-cl-prev"][0] == {**bench.GRAPHS_CL, "gn": "tiles", "split_qkv": False}
+    # Frozen layers that save only their weights and precast_weights (None: on for one CUDA process) are the default
+    # path's; graphs-cl-nofrozen is the path before both.
+    from scoredistill.networks import layers
+
+    assert bench.BENCH_SWITCHES["frozen_weight_only"] is layers.FROZEN_WEIGHT_ONLY is True
+    assert "precast_weights" not in bench.GRAPHS_CL
+    assert bench.SETTINGS["graphs-cl-nofrozen"][0] == {
+        **bench.GRAPHS_CL,
+        "frozen_weight_only": False,
+        "precast_weights": False,
+    }
 
 
 def test_device_scripts_name_only_settings_that_bench_step_has():
@@ -209,5 +220,5 @@ def test_device_scripts_name_only_settings_that_bench_step_has():
             code = line.split("#", 1)[0]
             for value in passed.findall(code) + defaults.findall(code):
                 named += [(script.name, name) for name in value.split(",")]
-    assert {name for _, name in named} >= {"graphs-cl", "graphs-cl-precast", "baseline"}
+    assert {name for _, name in named} >= {"graphs-cl", "graphs-cl-nofrozen", "baseline"}
     assert [(script, name) for script, name in named if name not in settings] == []

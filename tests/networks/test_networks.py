@@ -755,6 +755,9 @@ def test_frozen_network_on_cuda_holds_less_for_the_same_input_gradient(monkeypat
     x = torch.randn(4, 3, res, res, device="cuda")
     x = x.contiguous(memory_format=torch.channels_last)
     sigma = torch.tensor([0.1, 0.5, 2.0, 20.0], device="cuda")
+    warm = x.clone().requires_grad_()  # cuBLAS's and cuDNN's workspaces are made here, outside the counts below
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        torch.autograd.grad(net(warm, sigma, labels).float().sum(), warm)
     runs = []
     for frozen_path in (True, False):
         if not frozen_path:
@@ -770,7 +773,8 @@ def test_frozen_network_on_cuda_holds_less_for_the_same_input_gradient(monkeypat
     (y0, dx0, held0), (y1, dx1, held1) = runs
     assert torch.equal(y0, y1)
     assert dx0.is_contiguous(memory_format=torch.channels_last) and torch.isfinite(dx0).all()
-    assert (dx0 - dx1).norm() <= 1e-3 * dx1.norm()
+    err = float((dx0 - dx1).norm() / dx1.norm())
+    assert err <= 1e-3, err
     assert held0 < 0.8 * held1, (held0, held1)
 
 

@@ -177,6 +177,22 @@ def test_teacher_overlap_default_is_on_only_where_measured_and_tested():
     assert _overlap_teacher(DistillConfig(overlap_teacher=True), cuda, world=2)
 
 
+def test_precast_default_is_on_only_where_measured_and_tested():
+    """``precast_weights=None`` (the default) resolves to on for bf16 or fp16 on a CUDA device in one process without
+    torch.compile, and off elsewhere (fp32 included); an explicit True or False is kept."""
+    from scoredistill.training.distill import _precast_weights
+
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert _precast_weights(DistillConfig(precision="bf16"), cuda, world=1)
+    assert _precast_weights(DistillConfig(precision="fp16"), cuda, world=1)
+    assert not _precast_weights(DistillConfig(), cuda, world=1)  # fp32: nothing to cast
+    assert not _precast_weights(DistillConfig(precision="bf16"), cpu, world=1)
+    assert not _precast_weights(DistillConfig(precision="bf16"), cuda, world=2)
+    assert not _precast_weights(DistillConfig(precision="bf16", compile="blocks"), cuda, world=1)
+    assert not _precast_weights(DistillConfig(precision="bf16", precast_weights=False), cuda, world=1)
+    assert _precast_weights(DistillConfig(precision="bf16", precast_weights=True), cpu, world=2)
+
+
 def test_all_fixed_padding_draws_match_over_many_seeds():
     # Extreme draws (p = 1, wide distributions) hit the padding cap: both paths still agree there.
     x = torch.rand(8, 1, 8, 8)

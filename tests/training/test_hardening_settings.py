@@ -53,7 +53,7 @@ BAD_CONFIG = {
     "cuda_graphs": [None, 0],
     "overlap_teacher": [1, "yes"],
     "share_encoder_pass": [None, 1],
-    "precast_weights": [None, 1],
+    "precast_weights": [1, "yes"],
 }
 
 

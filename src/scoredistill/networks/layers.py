@@ -36,8 +36,10 @@ __all__ = [
     "PositionalEmbedding",
     "UNetBlock",
     "channel_mean_logits",
+    "conv2d",
     "group_norm_act",
     "init_weight_",
+    "linear",
     "residual_add",
 ]
 
@@ -188,7 +190,24 @@ def _frozen_args(x: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor
 def conv2d(
     x: Tensor, weight: Tensor, bias: Tensor | None = None, *, stride: int = 1, padding: int = 0, groups: int = 1
 ) -> Tensor:
-    """``F.conv2d`` (dilation 1); with a frozen weight and bias it saves only the weight for the backward pass."""
+    """``F.conv2d`` (dilation 1) that saves only its weight for the backward pass when only ``x`` takes a gradient.
+
+    With a trained weight or bias, or without a gradient, it is ``F.conv2d`` itself. Otherwise the output and ``x``'s
+    gradient are ``F.conv2d``'s, under autocast too (the casts are made here, where autograd sees the input's), but
+    ``x`` is not kept until the backward pass: a frozen network (the teacher; the fake score in the generator
+    phase) holds far less between its forward and backward passes.
+
+    Args:
+        x: Input ``[B, C_in, H, W]``.
+        weight: Filters ``[C_out, C_in / groups, k, k]``.
+        bias: ``[C_out]`` or ``None``.
+        stride: Stride in both directions.
+        padding: Zero padding on each side.
+        groups: Blocked connections from input to output channels.
+
+    Returns:
+        ``[B, C_out, H', W']``.
+    """
     args = _frozen_args(x, weight, bias)
     if args is None:
         return F.conv2d(x, weight, bias, stride=stride, padding=padding, groups=groups)
@@ -196,7 +215,17 @@ def conv2d(
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``F.linear``; with a frozen weight and bias it saves only the weight for the backward pass."""
+    """``F.linear`` that saves only its weight for the backward pass when only ``x`` takes a gradient (see
+    [`conv2d`][scoredistill.networks.layers.conv2d]).
+
+    Args:
+        x: Input ``[..., in_features]``.
+        weight: ``[out_features, in_features]``.
+        bias: ``[out_features]`` or ``None``.
+
+    Returns:
+        ``[..., out_features]``.
+    """
     args = _frozen_args(x, weight, bias)
     return F.linear(x, weight, bias) if args is None else _FrozenMatmul.apply(*args, None)
 

@@ -84,6 +84,14 @@ def _overlap_teacher(config: DistillConfig, device: torch.device, world: int) ->
     return device.type == "cuda" and world == 1 and config.compile == "off"
 
 
+def _precast_weights(config: DistillConfig, device: torch.device, world: int) -> bool:
+    """``config.precast_weights`` resolved: ``None`` is on where it has been measured and tested (bf16 or fp16 on a
+    CUDA device, one process, no ``torch.compile``)."""
+    if config.precast_weights is not None:
+        return config.precast_weights
+    return config.precision != "fp32" and device.type == "cuda" and world == 1 and config.compile == "off"
+
+
 def _drop_nonfinite_samples(grad: Tensor) -> Tensor:
     """Zero the gradient of G's output for samples where it is not finite, keeping the others.
 
@@ -193,7 +201,8 @@ class Distiller:
             )
         # After speed_up (the copies take the parameters' layout) and the broadcast (they copy rank 0's weights).
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
-        self.precast = PreCast([teacher, generator, fake_score], dtype) if config.precast_weights and dtype else None
+        precast = _precast_weights(config, self.device, self.world)
+        self.precast = PreCast([teacher, generator, fake_score], dtype) if precast and dtype else None
         # Its weight gradients cast back in one batch after each backward pass: in one process only, since the
         # all-reduce of several hooks each parameter's gradient as autograd accumulates it.
         self._hold_gradients = self.precast is not None and self.world == 1
