@@ -90,7 +90,7 @@ def _parser(**defaults: str) -> argparse.ArgumentParser:
         "--precast-weights",
         action=argparse.BooleanOptionalAction,
         help="bf16/fp16: the layers read weight copies cast once per update (DistillConfig.precast_weights; default: "
-        "on for bf16/fp16 on CUDA in one process without --compile)",
+        "on for bf16 on CUDA in one process without --compile)",
     )
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--log-kimg", type=positive, default=10.0)

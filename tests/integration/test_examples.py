@@ -109,7 +109,7 @@ def test_overlap_teacher_flag_is_on_off_or_left_to_the_default(capsys, flags, va
     ("flags", "value"), [([], None), (["--precast-weights"], True), (["--no-precast-weights"], False)]
 )
 def test_precast_weights_flag_is_on_off_or_left_to_the_default(capsys, flags, value):
-    # Left out, DistillConfig decides (on for bf16/fp16 in one CUDA process without compile); either flag overrides it.
+    # Left out, DistillConfig decides (on for bf16 in one CUDA process without compile); either flag overrides it.
     distill_edm.main(["--recipe", "cifar10-uncond", "--method", "sid", "--outdir", "unused", "--dry-run", *flags])
     assert json.loads(capsys.readouterr().out)["config"]["precast_weights"] is value
 

@@ -178,13 +178,14 @@ def test_teacher_overlap_default_is_on_only_where_measured_and_tested():
 
 
 def test_precast_default_is_on_only_where_measured_and_tested():
-    """``precast_weights=None`` (the default) resolves to on for bf16 or fp16 on a CUDA device in one process without
-    torch.compile, and off elsewhere (fp32 included); an explicit True or False is kept."""
+    """``precast_weights=None`` (the default) resolves to on for bf16 on a CUDA device in one process without
+    torch.compile, and off elsewhere (fp32, and fp16, where it is not tested); an explicit True or False is kept."""
     from scoredistill.training.distill import _precast_weights
 
     cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
     assert _precast_weights(DistillConfig(precision="bf16"), cuda, world=1)
-    assert _precast_weights(DistillConfig(precision="fp16"), cuda, world=1)
+    assert not _precast_weights(DistillConfig(precision="fp16"), cuda, world=1)
+    assert _precast_weights(DistillConfig(precision="fp16", precast_weights=True), cuda, world=1)
     assert not _precast_weights(DistillConfig(), cuda, world=1)  # fp32: nothing to cast
     assert not _precast_weights(DistillConfig(precision="bf16"), cpu, world=1)
     assert not _precast_weights(DistillConfig(precision="bf16"), cuda, world=2)

@@ -72,8 +72,8 @@ class DistillConfig:
             each iteration (and the fake score's after its update), which the layers read instead of casting at
             every forward. In one process the weight gradients are cast back in one batch too, into one buffer
             that the NaN/Inf rule then sweeps in one pass. The same values (SiD bit for bit; SiDA to float32
-            rounding). ``None``: on where it has been measured and tested, i.e. under bf16 or fp16 on a CUDA device
-            in one process without ``torch.compile`` (on an H100 +4.8% at CIFAR-10 batch 32, +1.1% at batch 128,
+            rounding). ``None``: on where it has been measured and tested, i.e. under bf16 on a CUDA device in one
+            process without ``torch.compile`` (on an H100 +4.8% at CIFAR-10 batch 32, +1.1% at batch 128,
             +1.4% on ImageNet-64; the copies take less memory than the frozen layers free, see
             docs/performance.md); ``True`` asks for it anywhere under bf16 or fp16 without ``torch.compile``,
             ``False`` turns it off.

@@ -85,11 +85,11 @@ def _overlap_teacher(config: DistillConfig, device: torch.device, world: int) ->
 
 
 def _precast_weights(config: DistillConfig, device: torch.device, world: int) -> bool:
-    """``config.precast_weights`` resolved: ``None`` is on where it has been measured and tested (bf16 or fp16 on a
-    CUDA device, one process, no ``torch.compile``)."""
+    """``config.precast_weights`` resolved: ``None`` is on where it has been measured and tested (bf16 on a CUDA
+    device, one process, no ``torch.compile``)."""
     if config.precast_weights is not None:
         return config.precast_weights
-    return config.precision != "fp32" and device.type == "cuda" and world == 1 and config.compile == "off"
+    return config.precision == "bf16" and device.type == "cuda" and world == 1 and config.compile == "off"
 
 
 def _drop_nonfinite_samples(grad: Tensor) -> Tensor:
