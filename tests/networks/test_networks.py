@@ -688,6 +688,9 @@ def test_frozen_convolution_gives_autograds_values_and_input_gradient(stride, pa
     torch.testing.assert_close(dx, dx_ref, rtol=1e-12, atol=1e-12)
     assert dx.stride() == dx_ref.stride()
     assert set(saved) == {w.untyped_storage().data_ptr()}  # the weight only: not the input
+    # torch.func's transforms take it too (forward and setup_context apart).
+    dx_func = torch.func.grad(lambda v: (conv2d(v, w, b, **geometry) * g).sum())(x.detach())
+    torch.testing.assert_close(dx_func, dx_ref, rtol=1e-12, atol=1e-12)
     trained = w.clone().requires_grad_()
     assert type(conv2d(x, trained, b, **geometry).grad_fn).__name__ == "ConvolutionBackward0"
     with torch.no_grad():

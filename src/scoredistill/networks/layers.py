@@ -140,13 +140,17 @@ class _FrozenMatmul(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, conv: tuple | None) -> Tensor:
-        ctx.save_for_backward(weight)
-        ctx.geometry, ctx.conv = (x.shape, x.stride()), conv
+    def forward(x: Tensor, weight: Tensor, bias: Tensor | None, conv: tuple | None) -> Tensor:
         if conv is None:
             return F.linear(x, weight, bias)
         stride, padding, groups = conv
         return F.conv2d(x, weight, bias, stride, padding, 1, groups)
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple, output: Tensor) -> None:  # apart from forward: torch.func can transform it
+        x, weight, _, conv = inputs
+        ctx.save_for_backward(weight)
+        ctx.geometry, ctx.conv = (x.shape, x.stride()), conv
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:
