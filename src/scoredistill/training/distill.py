@@ -76,20 +76,24 @@ def _sanitize(grads: list[Tensor], clip_value: float | None) -> None:
         torch._foreach_clamp_max_(grads, clip_value)
 
 
-def _overlap_teacher(config: DistillConfig, device: torch.device, world: int) -> bool:
-    """``config.overlap_teacher`` resolved: ``None`` is on where it has been measured and tested (a CUDA device, one
-    process, no ``torch.compile``)."""
-    if config.overlap_teacher is not None:
-        return config.overlap_teacher
+def _measured_setup(config: DistillConfig, device: torch.device, world: int) -> bool:
+    """Whether this run is where the automatic speed switches have been measured and tested: a CUDA device, one
+    process, no ``torch.compile``."""
     return device.type == "cuda" and world == 1 and config.compile == "off"
 
 
+def _overlap_teacher(config: DistillConfig, device: torch.device, world: int) -> bool:
+    """``config.overlap_teacher`` resolved: ``None`` is on in the measured setup (`_measured_setup`)."""
+    if config.overlap_teacher is not None:
+        return config.overlap_teacher
+    return _measured_setup(config, device, world)
+
+
 def _precast_weights(config: DistillConfig, device: torch.device, world: int) -> bool:
-    """``config.precast_weights`` resolved: ``None`` is on where it has been measured and tested (bf16 on a CUDA
-    device, one process, no ``torch.compile``)."""
+    """``config.precast_weights`` resolved: ``None`` is on under bf16 in the measured setup (`_measured_setup`)."""
     if config.precast_weights is not None:
         return config.precast_weights
-    return config.precision == "bf16" and device.type == "cuda" and world == 1 and config.compile == "off"
+    return config.precision == "bf16" and _measured_setup(config, device, world)
 
 
 def _drop_nonfinite_samples(grad: Tensor) -> Tensor:
