@@ -178,9 +178,9 @@ def _frozen_args(x: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor
 
     Under autocast the casts are made here, where autograd sees the input's (its gradient is cast back).
     """
-    if not (FROZEN_WEIGHT_ONLY and torch.is_grad_enabled() and x.requires_grad) or weight.requires_grad:
+    if not (FROZEN_WEIGHT_ONLY and torch.is_grad_enabled() and x.requires_grad):
         return None
-    if bias is not None and bias.requires_grad:
+    if weight.requires_grad or (bias is not None and bias.requires_grad):
         return None
     device = x.device.type
     if torch.is_autocast_enabled(device) and x.dtype == torch.float32:
