@@ -510,17 +510,23 @@ def test_shared_encoder_pass_refuses_a_backbone_that_cannot_share_and_batches_th
 # Pre-cast weights (DistillConfig.precast_weights).
 
 
-class _ParameterCasts(TorchDispatchMode):
-    """Counts the casts (``aten._to_copy``) of the given parameters."""
+class _OpCounter(TorchDispatchMode):
+    """Counts the ops dispatched inside the block for which ``which(func, args)`` holds."""
 
-    def __init__(self, params) -> None:
+    def __init__(self, which) -> None:
         super().__init__()
-        self.ids, self.count = {id(p) for p in params}, 0
+        self.which, self.count = which, 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.aten._to_copy.default and id(args[0]) in self.ids:
+        if self.which(func, args):
             self.count += 1
         return func(*args, **(kwargs or {}))
+
+
+def _parameter_casts(params) -> _OpCounter:
+    """Counts the casts (``aten._to_copy``) of the given parameters."""
+    ids = {id(p) for p in params}
+    return _OpCounter(lambda func, args: func is torch.ops.aten._to_copy.default and id(args[0]) in ids)
 
 
 def _matmul_params(net: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -558,7 +564,7 @@ def test_precast_copies_give_the_casts_values_and_gradients(config, channels_las
         xx = x.clone().requires_grad_()
         torch.manual_seed(1)  # dropout
         active = precast.active() if precast else contextlib.nullcontext()
-        with active, torch.autocast("cpu", dtype=torch.bfloat16), _ParameterCasts(_matmul_params(net)) as casts:
+        with active, torch.autocast("cpu", dtype=torch.bfloat16), _parameter_casts(_matmul_params(net)) as casts:
             y = net(xx, noise, labels, **extra)
         y.float().square().sum().backward()
         runs.append((y, xx.grad, [p.grad for p in net.parameters()], casts.count))
@@ -781,19 +787,6 @@ def test_frozen_network_on_cuda_holds_less_for_the_same_input_gradient(monkeypat
     assert held0 < 0.8 * held1, (held0, held1)
 
 
-class _Copies(TorchDispatchMode):
-    """Counts the copies (``aten.copy_``, ``aten.clone``) dispatched inside the block."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.overloadpacket in (torch.ops.aten.copy_, torch.ops.aten.clone):
-            self.count += 1
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_frozen_convolution_backward_makes_no_copy_of_the_input(channels_last) -> None:
     """The backward's stand-in for the input has the input's layout, so `convolution_backward` takes it as it is:
@@ -807,7 +800,9 @@ def test_frozen_convolution_backward_makes_no_copy_of_the_input(channels_last) -
         w = torch.randn(16, 16, kernel, kernel).contiguous(memory_format=fmt)
         y = conv2d(x, w, padding=kernel // 2)
         g = torch.randn_like(y)
-        with _Copies() as copies:
+        with _OpCounter(
+            lambda func, args: func.overloadpacket in (torch.ops.aten.copy_, torch.ops.aten.clone)
+        ) as copies:
             (dx,) = torch.autograd.grad(y, x, g)
         assert copies.count == 0
         assert dx.stride() == x.stride()
