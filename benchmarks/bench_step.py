@@ -68,6 +68,9 @@ BENCH_SWITCHES = {
     # DhariwalUNet)
     "split_qkv": None,
     "frozen_weight_only": True,  # False: frozen layers save their inputs as well (layers.FROZEN_WEIGHT_ONLY)
+    # the block input's two gradients summed in the fused norm's backward (UNetBlock.skip_grad_in_norm; None: the
+    # library's default)
+    "skip_grad_in_norm": None,
     # how many convolution algorithms cuDNN's benchmark mode times per shape (torch's default 10; 0: all). cuDNN's
     # choices are cached per process and shape, so a setting that changes it must run in a process of its own.
     "cudnn_benchmark_limit": 10,
@@ -126,6 +129,8 @@ SETTINGS: dict[str, tuple[dict, bool]] = {
     # the default before the tenth round: the frozen networks' layers saved their inputs as well (the teacher and, in
     # the generator step, the fake score), and the layers cast their weights at every use
     "graphs-cl-nofrozen": ({**GRAPHS_CL, "frozen_weight_only": False, "precast_weights": False}, True),
+    # the block input's two gradients summed by autograd, not in the norm's backward kernel
+    "graphs-cl-noskipgrad": ({**GRAPHS_CL, "skip_grad_in_norm": False}, True),
     # measured on an H100 in the tenth round and not adopted: cuDNN timing every algorithm (alone in its process)
     "graphs-cl-cudnnall": ({**GRAPHS_CL, "cudnn_benchmark_limit": 0}, True),
     "graphs-blocks": (
@@ -209,6 +214,8 @@ def build(preset: str, batch: int, setting: str, device: torch.device) -> Distil
                 m.fold_biases = switch["fold_biases"]
                 if switch["split_qkv"] is not None:
                     m.split_qkv = switch["split_qkv"]
+                if switch["skip_grad_in_norm"] is not None:
+                    m.skip_grad_in_norm = switch["skip_grad_in_norm"]
     return d
 
 

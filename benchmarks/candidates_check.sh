@@ -4,10 +4,12 @@
 # first and last, each setting's peak memory counted from a clean slate). The settings it times by default:
 #   graphs-cl          the fast path, as users run it (with concat_triton.DENSE_SPLIT since 2026-12-07, and since
 #                      then each network's own launch choices: DDPM++'s group norms "hybrid", ADM's split_qkv; since
-#                      the tenth round frozen layers that save only their weights, and precast_weights)
-#   graphs-cl-nofrozen the default before the tenth round: frozen networks' layers saved their inputs too, and the
-#                      layers cast their weights at every use. H100, 2026-12-07, the new default against it: +4.8%,
-#                      +1.1%, +1.4%, peak 5.98 -> 4.94, 17.02 -> 12.78, 26.55 -> 23.10 GiB
+#                      the tenth round frozen layers that save only their weights, and precast_weights;
+#                      and since the eleventh the block input's two gradients summed in the norm's backward)
+#   graphs-cl-noskipgrad  the block input's two gradients summed by autograd (UNetBlock.skip_grad_in_norm off)
+# graphs-cl-nofrozen, for SETTINGS=...: the default before the tenth round (frozen networks' layers saved their
+# inputs too, and the layers cast their weights at every use). H100, 2026-12-07, the tenth round's default against
+# it: +4.8%, +1.1%, +1.4%, peak 5.98 -> 4.94, 17.02 -> 12.78, 26.55 -> 23.10 GiB.
 # Measured on an H100 (2026-12-07) in the tenth round: graphs-cl-noprecast (the frozen layers without
 # precast_weights: +0.0% and +0.2% against graphs-cl-nofrozen at CIFAR-10 batch 32 and ImageNet-64, the same speed
 # for 1.06 and 3.65 GiB less) and graphs-cl-cudnnall (cuDNN timing every algorithm: not adopted; run it alone in a
@@ -54,7 +56,7 @@ set -u
 OUT=${OUT:-/tmp/candidates_check}
 source benchmarks/_device.sh "$OUT"
 cat "$OUT/gpu.txt"
-SETTINGS=${SETTINGS:-graphs-cl,graphs-cl-nofrozen,graphs-cl}
+SETTINGS=${SETTINGS:-graphs-cl,graphs-cl-noskipgrad,graphs-cl}
 PHASES=${PHASES:-tests norms step}
 
 if [[ " $PHASES " == *" tests "* ]]; then

@@ -205,6 +205,9 @@ def test_bench_switches_default_to_the_librarys_defaults():
         "frozen_weight_only": False,
         "precast_weights": False,
     }
+    # The block input's two gradients summed in the norm's backward: the networks' default, off in one setting.
+    assert bench.BENCH_SWITCHES["skip_grad_in_norm"] is None and layers.UNetBlock.skip_grad_in_norm is True
+    assert bench.SETTINGS["graphs-cl-noskipgrad"][0] == {**bench.GRAPHS_CL, "skip_grad_in_norm": False}
 
 
 def test_device_scripts_name_only_settings_that_bench_step_has():
@@ -220,5 +223,5 @@ def test_device_scripts_name_only_settings_that_bench_step_has():
             code = line.split("#", 1)[0]
             for value in passed.findall(code) + defaults.findall(code):
                 named += [(script.name, name) for name in value.split(",")]
-    assert {name for _, name in named} >= {"graphs-cl", "graphs-cl-nofrozen", "baseline"}
+    assert {name for _, name in named} >= {"graphs-cl", "graphs-cl-noskipgrad", "baseline"}
     assert [(script, name) for script, name in named if name not in settings] == []

@@ -43,9 +43,16 @@ def check(
     seed: int = 0,
     sliced: bool = False,
     prefer: str | None = None,
+    with_input: str | None = None,
 ) -> None:
-    """Fused forward and every gradient vs the float32 reference on the same inputs."""
+    """Fused forward and every gradient vs the float32 reference on the same inputs.
+
+    ``with_input``: the fused call also returns ``x`` (``group_norm_act_with_input``) and ``x`` has a second use
+    whose gradient the norm's backward adds: ``"same"`` (a gradient in ``x``'s layout), ``"other"`` (in the other
+    layout) or ``"only"`` (the norm's output unused: its gradient is None).
+    """
     from scoredistill.kernels.groupnorm_triton import group_norm_act as fused
+    from scoredistill.kernels.groupnorm_triton import group_norm_act_with_input as fused_with_input
 
     add, scale, shift, silu = variant
     B, C = shape[:2]
@@ -64,6 +71,15 @@ def check(
     if shift:
         tensors["shift"] = params[:, 2 * C :]  # a strided view, as ADM's chunk() gives
     grad_out = torch.randn(shape, generator=torch.Generator().manual_seed(seed + 1)).to(device)
+    if with_input == "only":
+        grad_out = torch.zeros_like(grad_out)  # the reference's y term adds nothing; the fused call leaves y unused
+    grad_res = torch.randn(shape, generator=torch.Generator().manual_seed(seed + 2)).to(device) * 3
+    if with_input == "other":
+        grad_res = grad_res.contiguous(memory_format=torch.contiguous_format if channels_last else torch.channels_last)
+
+    def second_use(x: torch.Tensor) -> torch.Tensor:
+        return (x.float() * grad_res).sum() if with_input else x.new_zeros((), dtype=torch.float32)
+
     results = []
     for fn in ("reference", "fused"):
         leaves = {k: v.to(device).detach().requires_grad_() for k, v in tensors.items()}
@@ -77,15 +93,27 @@ def check(
             for _ in range(2):
                 for leaf in leaves.values():
                     leaf.grad = None
-                y = fused(leaves["x"], groups, leaves["weight"], leaves["bias"], 1e-5, **opts, silu=silu, prefer=prefer)
-                (y.float() * grad_out).sum().backward()
+                args = (leaves["x"], groups, leaves["weight"], leaves["bias"], 1e-5)
+                if with_input:
+                    y, x_out = fused_with_input(*args, **opts, silu=silu, prefer=prefer)
+                    assert torch.equal(x_out, leaves["x"]) and x_out.grad_fn is y.grad_fn
+                    uses = (
+                        second_use(x_out) if with_input == "only" else (y.float() * grad_out).sum() + second_use(x_out)
+                    )
+                else:
+                    y = fused(*args, **opts, silu=silu, prefer=prefer)
+                    uses = (y.float() * grad_out).sum()
+                uses.backward()
             assert y.dtype == dtype and (sliced or y.stride() == leaves["x"].stride())
             results.append({"y": y.float(), **{f"d{k}": v.grad for k, v in leaves.items()}})
             continue
-        (y.float() * grad_out).sum().backward()
+        ((y.float() * grad_out).sum() + second_use(leaves["x"])).backward()
         results.append({"y": y.float(), **{f"d{k}": v.grad for k, v in leaves.items()}})
     ref, got = results
     tol = 1e-4 if dtype == torch.float32 else 3e-2
+    if with_input == "only":  # no gradient reaches the norm's parameters
+        assert all(got[f"d{k}"] is None for k in tensors if k != "x"), got
+        ref = {"y": ref["y"], "dx": ref["dx"]}
     for name in ref:
         err = (ref[name].float() - got[name].float()).abs().max() / ref[name].float().abs().max().clamp_min(1e-6)
         assert err.item() < tol, (shape, groups, dtype, variant, channels_last, name, err.item())
@@ -114,7 +142,18 @@ def run_interpreter_cases() -> None:
     check((1, 32, 64, 64), 8, torch.float32, "cpu", VARIANTS[1], channels_last=False)  # several HW tiles
     check((2, 16, 6, 5), 4, torch.float32, "cpu", VARIANTS[2], channels_last=False, sliced=True)
     check((2, 16, 6, 5), 4, torch.float32, "cpu", VARIANTS[1], channels_last=True, sliced=True)
+    # With the input as a second output, whose use's gradient the backward adds (tiles), in either layout.
+    for cl, mode in itertools.product((False, True), ("same", "other", "only")):
+        check((2, 32, 17, 9), 8, torch.float32, "cpu", VARIANTS[1], channels_last=cl, with_input=mode)
+    check((2, 64, 8, 8), 16, torch.bfloat16, "cpu", VARIANTS[2], channels_last=True, with_input="same")
+    check((1, 32, 64, 64), 8, torch.float32, "cpu", VARIANTS[0], channels_last=True, with_input="same")
+    check((2, 16, 6, 5), 4, torch.float32, "cpu", VARIANTS[2], channels_last=True, sliced=True, with_input="other")
     import scoredistill.kernels.groupnorm_triton as gn
+
+    gn.set_strategy("one_pass")
+    for cl, mode in itertools.product((False, True), ("same", "other")):
+        check((2, 32, 17, 9), 8, torch.float32, "cpu", VARIANTS[2], channels_last=cl, with_input=mode)
+    gn.set_strategy("auto")
 
     # The one-pass strategy: one program per sample and block of whole groups, its pixels in several tiles.
     gn.set_strategy("one_pass")
@@ -302,6 +341,85 @@ def test_networks_with_fused_norms_match_native(preset, channels_last, strategy,
     del outs[1]
     for a, b in zip(*outs):
         torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-3 * a.abs().max().item())
+
+
+@needs_kernels
+@pytest.mark.kernels
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("strategy", ["tiles", "one_pass"])
+def test_cuda_parity_with_the_input_as_a_second_output(channels_last, strategy, monkeypatch):
+    import scoredistill.kernels.groupnorm_triton as gn
+
+    monkeypatch.setattr(gn, "_strategy", strategy)
+    for mode in ("same", "other", "only"):
+        check((4, 256, 16, 16), 32, torch.bfloat16, "cuda", VARIANTS[0], channels_last=channels_last, with_input=mode)
+        check((4, 192, 64, 64), 32, torch.float32, "cuda", VARIANTS[2], channels_last=channels_last, with_input=mode)
+
+
+def _activation_adds(net_fn, shape_numel: int) -> tuple[list[torch.Tensor], int]:
+    """Runs ``net_fn()`` (forward and backward) counting the additions of activation-sized tensors (at least
+    ``shape_numel`` elements) dispatched during it; returns what ``net_fn`` returned and the count."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    adds = (torch.ops.aten.add.Tensor, torch.ops.aten.add_.Tensor)
+
+    class Counter(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in adds and all(isinstance(a, torch.Tensor) and a.numel() >= shape_numel for a in args[:2]):
+                Counter.count += 1
+            return func(*args, **(kwargs or {}))
+
+    with Counter():
+        out = net_fn()
+    return out, Counter.count
+
+
+@needs_kernels
+@pytest.mark.kernels
+@pytest.mark.parametrize("preset", ["cifar10-32x32-uncond", "imagenet-64x64"])
+def test_networks_sum_the_skip_gradient_in_the_norm(preset, monkeypatch):
+    """``UNetBlock.skip_grad_in_norm``: a whole backbone (float32, TF32 off, channels_last) gives the same output
+    and, to float32 rounding, the same input and parameter gradients, with fewer activation-sized additions in the
+    backward pass (one fewer per block, and per attention block one more). (In bf16 the two paths differ by bf16
+    rounding: one rounding of the sum instead of two.)"""
+    from scoredistill.networks.layers import UNetBlock
+    from scoredistill.roles.precond import edm_precond
+
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    torch.manual_seed(0)
+    net = randomise(edm_precond(preset)).cuda().train().to(memory_format=torch.channels_last)
+    blocks = [m for m in net.modules() if isinstance(m, UNetBlock)]
+    res = net.model.config.img_resolution
+    labels = (
+        torch.nn.functional.one_hot(torch.arange(2, device="cuda") % 10, net.label_dim).float()
+        if net.label_dim
+        else None
+    )
+    x = torch.randn(2, 3, res, res, device="cuda").contiguous(memory_format=torch.channels_last)
+    sigma = torch.tensor([0.5, 3.0], device="cuda")
+
+    def step():
+        net.zero_grad(set_to_none=True)
+        xi = x.clone().requires_grad_()
+        torch.manual_seed(1)  # dropout
+        out = net.score(xi, sigma, labels)
+        (out.denoised.square().sum() + out.logits.sum()).backward()
+        return [out.denoised, xi.grad] + [p.grad for p in net.parameters()]
+
+    runs = []
+    for on in (False, True, True):  # the second "on" run: the compiled-kernel handles
+        for b in blocks:
+            b.skip_grad_in_norm = on
+        runs.append(_activation_adds(step, 2 * 64 * 8 * 8))
+    (ref, adds_off), _, (got, adds_on) = runs
+    assert torch.equal(ref[0], got[0])  # the forward pass is unchanged
+    for a, b in zip(ref[1:], got[1:], strict=True):
+        assert (a - b).norm() <= 1e-4 * a.norm() + 1e-8, (a - b).norm() / a.norm()
+    attention = sum(1 for b in blocks if b.num_heads)
+    assert adds_off - adds_on >= len(blocks) + attention - 2, (adds_off, adds_on, len(blocks), attention)
 
 
 if __name__ == "__main__":

@@ -129,10 +129,13 @@ def _randomised_block(**kwargs) -> UNetBlock:
         {"adaptive_scale": False, "skip_scale": math.sqrt(0.5), "up": True},  # DDPM++ up: bias-free resampling skip
     ],
 )
-def test_block_with_folded_biases_matches(kwargs, monkeypatch):
+@pytest.mark.parametrize("skip_grad_in_norm", [False, True])
+def test_block_with_folded_biases_matches(kwargs, skip_grad_in_norm, monkeypatch):
     # The folded path (on CUDA when the fused norms run) forced on CPU, where its native fallbacks run: the same
-    # block function, output and every gradient, as the unfolded one.
+    # block function, output and every gradient, as the unfolded one (with skip_grad_in_norm's wiring, whose
+    # fallback returns the norm's input as it is).
     block = _randomised_block(**dict(kwargs))
+    monkeypatch.setattr(block, "skip_grad_in_norm", skip_grad_in_norm)
     g = torch.Generator().manual_seed(2)
     x, emb = torch.randn(2, kwargs.get("cin", 16), 8, 8, generator=g), torch.randn(2, 8, generator=g)
     outs = []

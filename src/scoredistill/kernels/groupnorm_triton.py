@@ -45,7 +45,7 @@ from . import GROUP_NORM_STRATEGIES, channels_last
 from .triton_utils import SUPPORTED_DTYPES
 from .triton_utils import launch as _launch_any
 
-__all__ = ["group_norm_act", "set_strategy"]
+__all__ = ["group_norm_act", "group_norm_act_with_input", "set_strategy"]
 
 STRATEGIES = ("auto", *GROUP_NORM_STRATEGIES)  # what set_strategy takes; a call may prefer any but "auto"
 _strategy = "auto"
@@ -274,11 +274,20 @@ def _combine_grads_kernel(part_ptr, rstd_ptr, w_ptr, bias_ptr, scale_ptr, coef_p
 
 
 @triton.jit
+def _res_tile(res_ptr, b, rows, cols, srb, src, srhw, mask):
+    """One tile of the gradient of ``x``'s other use, in float32 (added to ``dx`` before its one rounding)."""
+    base = res_ptr + b.to(tl.int64) * srb
+    return tl.load(base + cols[None, :] * src + rows[:, None] * srhw, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
 def _grad_x_kernel(x_ptr, add_ptr, dy_ptr, mean_ptr, rstd_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, coef_ptr,
-                   dx_ptr, B, C, HW, G, CG, sxb, sxc, sxhw, sab, ssb, stb, sdb, sdc, sdhw,
+                   res_ptr, dx_ptr, B, C, HW, G, CG, sxb, sxc, sxhw, sab, ssb, stb, sdb, sdc, sdhw, srb, src, srhw,
                    HAS_ADD: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, SILU: tl.constexpr,
-                   BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr, CB_FIRST: tl.constexpr):  # fmt: skip
-    """``dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat))`` with ``dxhat = dz w scale``."""
+                   HAS_RES: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
+                   CB_FIRST: tl.constexpr):  # fmt: skip
+    """``dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat))`` with ``dxhat = dz w scale``, plus (with
+    ``HAS_RES``) the gradient ``res`` that ``x``'s other use returned."""
     b, k, cb, _ = _pids(CB_FIRST)
     rows = k * BLOCK_HW + tl.arange(0, BLOCK_HW)
     cols = cb * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -291,6 +300,8 @@ def _grad_x_kernel(x_ptr, add_ptr, dy_ptr, mean_ptr, rstd_ptr, w_ptr, bias_ptr, 
     a = tl.load(coef_ptr + b * G + g, mask=cm, other=0.0)
     q = tl.load(coef_ptr + B * G + b * G + g, mask=cm, other=0.0)
     dx = rs[None, :] * (dz * wm[None, :] - a[None, :] - xhat * q[None, :])
+    if HAS_RES:
+        dx += _res_tile(res_ptr, b, rows, cols, srb, src, srhw, mask)
     out = dx_ptr + b.to(tl.int64) * sxb + cols[None, :] * sxc + rows[:, None] * sxhw  # dx shares x's strides
     tl.store(out, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
@@ -357,10 +368,10 @@ def _one_pass_fwd_kernel(x_ptr, add_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, 
 
 
 @triton.jit
-def _one_pass_bwd_kernel(x_ptr, add_ptr, dy_ptr, stats_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, dx_ptr, pc_ptr,
-                         B, C, HW, G, CG, CPB, n, sxb, sxc, sxhw, sab, ssb, stb, sdb, sdc, sdhw,
+def _one_pass_bwd_kernel(x_ptr, add_ptr, dy_ptr, stats_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, res_ptr, dx_ptr,
+                         pc_ptr, B, C, HW, G, CG, CPB, n, sxb, sxc, sxhw, sab, ssb, stb, sdb, sdc, sdhw, srb, src, srhw,
                          HAS_ADD: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, SILU: tl.constexpr,
-                         BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr, TILES: tl.constexpr,
+                         HAS_RES: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr, TILES: tl.constexpr,
                          CB_FIRST: tl.constexpr):  # fmt: skip
     """The backward of `_one_pass_fwd_kernel` for the same groups: the per-channel sums over the pixel tiles, the
     group coefficients and parameter partials (``pc[5, B, C]`` as `_combine_grads_kernel` writes them), then ``dx``
@@ -408,6 +419,8 @@ def _one_pass_bwd_kernel(x_ptr, add_ptr, dy_ptr, stats_ptr, w_ptr, bias_ptr, sca
             cols, C, HW, G, CG, sxb, sxc, sxhw, sab, ssb, stb, sdb, sdc, sdhw, HAS_ADD, HAS_SCALE, HAS_SHIFT, SILU,
         )  # fmt: skip
         dx = rs_t[None, :] * (dz * wm[None, :] - a[None, :] - xhat * q[None, :])
+        if HAS_RES:
+            dx += _res_tile(res_ptr, b, rows, cols, srb, src, srhw, mask)
         dst = dx_ptr + b.to(tl.int64) * sxb + cols[None, :] * sxc + rows[:, None] * sxhw  # dx shares x's strides
         tl.store(dst, dx.to(dx_ptr.dtype.element_ty), mask=mask & own[None, :])
 
@@ -514,7 +527,9 @@ def _rows(t: Tensor | None, batch: int, channels: int) -> tuple[Tensor | None, i
 
 class _GroupNormAct(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, add, scale, shift, groups: int, eps: float, silu: bool, prefer: str | None):
+    def forward(ctx, x, weight, bias, add, scale, shift, groups: int, eps: float, silu: bool, prefer: str | None,
+                with_input: bool):  # fmt: skip
+        x_in = x
         B, C, H, W = x.shape
         HW = H * W
         if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
@@ -551,15 +566,17 @@ class _GroupNormAct(torch.autograd.Function):
         ctx.meta = (groups, silu, nhwc, strides, sab, ssb, stb, one_pass)
         ctx.shapes = tuple(None if t is None else t.shape for t in (add, scale, shift))
         ctx.set_materialize_grads(False)
-        return y
+        # With the input as a second output (autograd makes it a view of x whose node is this one), x's other use
+        # hands its gradient to this backward, which adds it in the input-gradient kernel.
+        return (y, x_in) if with_input else y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, dy):
+    def backward(ctx, dy, res=None):
         x, weight, bias, add2, scale2, shift2, stats = ctx.saved_tensors
         groups, silu, nhwc, strides, sab, ssb, stb, one_pass = ctx.meta
         if dy is None:
-            return (None,) * 10
+            return (res if ctx.needs_input_grad[0] else None,) + (None,) * 10
         B, C, H, W = x.shape
         HW = H * W
         dstrides = _flat_strides(dy)
@@ -570,15 +587,22 @@ class _GroupNormAct(torch.autograd.Function):
         cg = C // groups
         has = (add2 is not None, scale2 is not None, shift2 is not None, silu)
         xa, sa, ta = (x if t is None else t for t in (add2, scale2, shift2))
+        rstrides = (0, 0, 0)
+        if res is not None:
+            rstrides = _flat_strides(res)
+            if rstrides is None:
+                res = res.contiguous(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
+                rstrides = _flat_strides(res)
+        has_res = res is not None
         pc = torch.empty(5 if has[0] else 4, B, C, device=x.device, dtype=torch.float32)
         dx = torch.empty_like(x)
         if one_pass and B > 0 and HW > 0:
             op = _one_pass_plan(C, HW, groups, nhwc)
             blocks = triton.cdiv(C, op.cpb)
             launch(_one_pass_bwd_kernel, (blocks, B) if op.cb_first else (B, blocks), dev, op.num_warps, x, xa, dy,
-                    stats, weight, bias, sa, ta, dx, pc, B, C, HW, groups, cg, op.cpb, float(HW * cg), *strides, sab,
-                    ssb, stb, *dstrides, *has, op.block_hw, op.block_c, triton.cdiv(HW, op.block_hw),
-                    op.cb_first)  # fmt: skip
+                    stats, weight, bias, sa, ta, res if has_res else x, dx, pc, B, C, HW, groups, cg, op.cpb,
+                    float(HW * cg), *strides, sab, ssb, stb, *dstrides, *rstrides, *has, has_res, op.block_hw,
+                    op.block_c, triton.cdiv(HW, op.block_hw), op.cb_first)  # fmt: skip
             return _grads(ctx, dx, pc, weight, bias, add2, scale2, shift2, has)
         block_hw, block_c, k, block_k, block_cg, warps, cb_first = _plan(C, HW, groups, nhwc, True)
         part = torch.empty(3 if has[0] else 2, B, k, C, device=x.device, dtype=torch.float32)
@@ -591,12 +615,14 @@ class _GroupNormAct(torch.autograd.Function):
                     cb_first)  # fmt: skip
             launch(_combine_grads_kernel, (B, groups), dev, COMBINE_WARPS, part, stats[1], weight, bias, sa, coef, pc,
                     B, C, HW, k, groups, cg, float(HW * cg), ssb, has[0], has[1], block_k, block_cg)  # fmt: skip
-            launch(_grad_x_kernel, grid, dev, warps, x, xa, dy, stats[0], stats[1], weight, bias, sa, ta, coef, dx,
-                    B, *common, groups, cg, *strides, sab, ssb, stb, *dstrides, *has, block_hw, block_c,
-                    cb_first)  # fmt: skip
+            launch(_grad_x_kernel, grid, dev, warps, x, xa, dy, stats[0], stats[1], weight, bias, sa, ta, coef,
+                    res if has_res else x, dx, B, *common, groups, cg, *strides, sab, ssb, stb, *dstrides, *rstrides,
+                    *has, has_res, block_hw, block_c, cb_first)  # fmt: skip
         else:
             pc.zero_()
             dx.zero_()
+            if res is not None:
+                dx.copy_(res)
         return _grads(ctx, dx, pc, weight, bias, add2, scale2, shift2, has)
 
 
@@ -613,7 +639,7 @@ def _grads(ctx, dx, pc, weight, bias, add2, scale2, shift2, has) -> tuple:
     g_add = pc[4].to(add2.dtype).reshape(ctx.shapes[0]) if has[0] and need[3] else None
     g_scale = pc[1].to(scale2.dtype).reshape(ctx.shapes[1]) if has[1] and need[4] else None
     g_shift = pc[0].to(shift2.dtype).reshape(ctx.shapes[2]) if has[2] and need[5] else None
-    return dx if need[0] else None, g_w, g_b, g_add, g_scale, g_shift, None, None, None, None
+    return dx if need[0] else None, g_w, g_b, g_add, g_scale, g_shift, None, None, None, None, None
 
 
 def supported(x: Tensor, num_groups: int) -> bool:
@@ -646,9 +672,40 @@ def group_norm_act(
     ``"tiles"``), followed while the module-wide strategy is ``"auto"`` (see
     [`set_strategy`][scoredistill.kernels.groupnorm_triton.set_strategy]). The maths is the same either way.
     """
+    return _apply(x, num_groups, weight, bias, eps, add, scale, shift, silu, prefer, with_input=False)
+
+
+def group_norm_act_with_input(
+    x: Tensor,
+    num_groups: int,
+    weight: Tensor,
+    bias: Tensor,
+    eps: float,
+    *,
+    add: Tensor | None = None,
+    scale: Tensor | None = None,
+    shift: Tensor | None = None,
+    silu: bool = False,
+    prefer: str | None = None,
+) -> tuple[Tensor, Tensor]:
+    """[`group_norm_act`][scoredistill.kernels.groupnorm_triton.group_norm_act] and ``x`` itself, for a second use
+    of ``x`` (a residual block's skip path): the gradient that use returns is added to the norm's input gradient in
+    the norm's backward kernel, instead of by autograd's separate sum of the two (an extra pass over ``x``'s size).
+
+    Returns:
+        ``(y, x)``: the norm's output and the same values as ``x`` (a view of it that autograd routes through the
+        norm's backward). The gradients are those of using ``x`` twice, up to the sum's rounding (once, in float32,
+        instead of twice).
+    """
+    return _apply(x, num_groups, weight, bias, eps, add, scale, shift, silu, prefer, with_input=True)
+
+
+def _apply(x, num_groups, weight, bias, eps, add, scale, shift, silu, prefer, *, with_input: bool):
     C = x.shape[1]
     if weight.shape != (C,) or bias.shape != (C,):
         raise ValueError(f"weight and bias must be [C] = [{C}], got {tuple(weight.shape)}, {tuple(bias.shape)}")
     if prefer is not None and prefer not in GROUP_NORM_STRATEGIES:
         raise ValueError(f"unknown group-norm strategy {prefer!r} preferred: choose one of {GROUP_NORM_STRATEGIES}")
-    return _GroupNormAct.apply(x, weight, bias, add, scale, shift, int(num_groups), float(eps), bool(silu), prefer)
+    return _GroupNormAct.apply(
+        x, weight, bias, add, scale, shift, int(num_groups), float(eps), bool(silu), prefer, with_input
+    )
