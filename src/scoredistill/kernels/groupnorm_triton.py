@@ -34,7 +34,7 @@ other module-wide strategy overrides every preference (for comparisons).
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import triton
@@ -676,31 +676,29 @@ def group_norm_act(
 
 
 def group_norm_act_with_input(
-    x: Tensor,
-    num_groups: int,
-    weight: Tensor,
-    bias: Tensor,
-    eps: float,
-    *,
-    add: Tensor | None = None,
-    scale: Tensor | None = None,
-    shift: Tensor | None = None,
-    silu: bool = False,
-    prefer: str | None = None,
+    x: Tensor, num_groups: int, weight: Tensor, bias: Tensor, eps: float, **options: Any
 ) -> tuple[Tensor, Tensor]:
     """[`group_norm_act`][scoredistill.kernels.groupnorm_triton.group_norm_act] and ``x`` itself, for a second use
     of ``x`` (a residual block's skip path): the gradient that use returns is added to the norm's input gradient in
     the norm's backward kernel, instead of by autograd's separate sum of the two (an extra pass over ``x``'s size).
+
+    Args:
+        x: As for ``group_norm_act``.
+        num_groups: As for ``group_norm_act``.
+        weight: As for ``group_norm_act``.
+        bias: As for ``group_norm_act``.
+        eps: As for ``group_norm_act``.
+        **options: ``group_norm_act``'s keywords (``add``, ``scale``, ``shift``, ``silu``, ``prefer``).
 
     Returns:
         ``(y, x)``: the norm's output and the same values as ``x`` (a view of it that autograd routes through the
         norm's backward). The gradients are those of using ``x`` twice, up to the sum's rounding (once, in float32,
         instead of twice).
     """
-    return _apply(x, num_groups, weight, bias, eps, add, scale, shift, silu, prefer, with_input=True)
+    return _apply(x, num_groups, weight, bias, eps, **options, with_input=True)
 
 
-def _apply(x, num_groups, weight, bias, eps, add, scale, shift, silu, prefer, *, with_input: bool):
+def _apply(x, num_groups, weight, bias, eps, add=None, scale=None, shift=None, silu=False, prefer=None, *, with_input):
     C = x.shape[1]
     if weight.shape != (C,) or bias.shape != (C,):
         raise ValueError(f"weight and bias must be [C] = [{C}], got {tuple(weight.shape)}, {tuple(bias.shape)}")

@@ -518,28 +518,23 @@ class GroupNorm(nn.Module):
             weight, bias = self.weight.to(x.dtype), self.bias.to(x.dtype)
             return group_norm_act(x, self.num_groups, weight, bias, self.eps, **kwargs)
 
-    def forward_with_input(
-        self,
-        x: Tensor,
-        *,
-        add: Tensor | None = None,
-        scale: Tensor | None = None,
-        shift: Tensor | None = None,
-        silu: bool = False,
-    ) -> tuple[Tensor, Tensor]:
-        """``(self(x, ...), x)``, for a second use of ``x`` such as a residual block's skip path.
+    def forward_with_input(self, x: Tensor, **kwargs: Any) -> tuple[Tensor, Tensor]:
+        """``(self(x, **kwargs), x)``, for a second use of ``x`` such as a residual block's skip path.
 
         On the fused path the returned ``x`` is routed through the norm's backward, which adds the gradient of
         that second use to its own input gradient in the same kernel (autograd would otherwise sum the two in a
         pass of its own). The values are ``x``'s; the gradient is the same up to the sum's rounding.
+
+        Args:
+            x: ``[B, C, H, W]``.
+            **kwargs: [`forward`][scoredistill.networks.layers.GroupNorm.forward]'s keywords.
         """
         if not self._fused(x):
-            return self(x, add=add, scale=scale, shift=shift, silu=silu), x
+            return self(x, **kwargs), x
         from ..kernels.groupnorm_triton import group_norm_act_with_input as fused
 
         with _keep_half(x):
-            return fused(x, self.num_groups, self.weight, self.bias, self.eps, add=add, scale=scale, shift=shift,
-                         silu=silu, prefer=self.kernel_strategy)  # fmt: skip
+            return fused(x, self.num_groups, self.weight, self.bias, self.eps, **kwargs, prefer=self.kernel_strategy)
 
     def _fused(self, x: Tensor) -> bool:
         return kernels.fused_group_norm_available(x, self.num_groups, self.use_kernels)
