@@ -426,8 +426,8 @@ def test_networks_sum_the_skip_gradient_in_the_norm(preset, monkeypatch):
 @pytest.mark.kernels
 @pytest.mark.timeout(300)
 def test_compiled_block_with_the_norms_second_output_matches_eager():
-    """``compile="blocks"`` compiles each UNetBlock: with `skip_grad_in_norm` the fused norm returns its input as a
-    second output inside the compiled region, and the block gives the eager block's output and gradients."""
+    """``compile="blocks"`` compiles each UNetBlock: with `skip_grad_in_norm` on (which a compiled block does not
+    apply), the compiled block gives the eager block's output and gradients."""
     import math
 
     from scoredistill.networks.layers import UNetBlock

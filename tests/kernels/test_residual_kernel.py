@@ -14,7 +14,7 @@ import torch
 
 from helpers.triton_interpreter import run_under_interpreter
 from scoredistill import kernels
-from scoredistill.networks.layers import UNetBlock, residual_add
+from scoredistill.networks.layers import GroupNorm, UNetBlock, residual_add
 
 needs_kernels = pytest.mark.skipif(not kernels.available(), reason="needs CUDA and Triton")
 
@@ -148,6 +148,22 @@ def test_block_with_folded_biases_matches(kwargs, skip_grad_in_norm, monkeypatch
         outs.append([y, xi.grad, *(p.grad.clone() for p in block.parameters())])
     for ref, got in zip(*outs):
         torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_skip_grad_in_norm_stays_out_of_torch_compile(monkeypatch):
+    # The norm's second output has not been run under torch.compile on a GPU: a compiled block takes the plain path.
+    block = _randomised_block(adaptive_scale=False, attention=True, num_heads=1)
+    monkeypatch.setattr(UNetBlock, "_fold_biases", lambda self, x: True)
+    calls = []
+    plain = GroupNorm.forward_with_input
+    monkeypatch.setattr(GroupNorm, "forward_with_input", lambda self, x, **kw: calls.append(1) or plain(self, x, **kw))
+    g = torch.Generator().manual_seed(2)
+    x, emb = torch.randn(2, 16, 8, 8, generator=g), torch.randn(2, 8, generator=g)
+    eager = block(x, emb)
+    assert len(calls) == 2  # norm0 and the attention's norm2
+    calls.clear()
+    compiled = torch.compile(block, backend="eager")(x, emb)
+    assert calls == [] and torch.allclose(compiled, eager, rtol=1e-5, atol=1e-6)
 
 
 def test_blocks_fold_only_where_the_fused_norms_run():

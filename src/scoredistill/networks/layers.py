@@ -763,8 +763,8 @@ class UNetBlock(nn.Module):
 
     def _norm_and_input(self, norm: GroupNorm, x: Tensor, fold: bool, **kwargs: Any) -> tuple[Tensor, Tensor]:
         """``(norm(x), x)`` for a norm whose input also feeds the residual sum; with `skip_grad_in_norm` (on the
-        fused path) the two gradients of ``x`` are summed in the norm's backward kernel."""
-        if fold and self.skip_grad_in_norm:
+        fused path, outside torch.compile) the two gradients of ``x`` are summed in the norm's backward kernel."""
+        if fold and self.skip_grad_in_norm and not torch.compiler.is_compiling():
             return norm.forward_with_input(x, **kwargs)
         return norm(x, **kwargs), x
 
@@ -782,7 +782,8 @@ class UNetBlock(nn.Module):
     """Sum the two gradients of a norm's input that also feeds the residual sum (the block's input: ``norm0`` and
     the skip path; the attention's input: ``norm2`` and its residual) in the fused norm's backward kernel, instead
     of autograd's separate addition of the two (a read of both and a write, per block). Only where the biases fold
-    (the fused kernels run); the same gradients up to the sum's rounding."""
+    (the fused kernels run) and outside ``torch.compile`` (not yet tested on a GPU there); the same gradients up to
+    the sum's rounding."""
 
     def _fold_biases(self, x: Tensor) -> bool:
         convs = (self.conv0, self.conv1, self.proj) if self.num_heads else (self.conv0, self.conv1)
