@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from scoredistill import (
     DistillConfig,
@@ -27,6 +28,7 @@ __all__ = [
     "FIXTURES",
     "REPO_ROOT",
     "TINY_ZIP",
+    "OpCounter",
     "ResumableStream",
     "randomise",
     "saved_tiny_distiller",
@@ -107,3 +109,16 @@ def randomise(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
             else:
                 p.copy_(0.1 * torch.randn(p.shape, generator=g))
     return net
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the ops dispatched inside the block for which ``which(func, args)`` holds."""
+
+    def __init__(self, which) -> None:
+        super().__init__()
+        self.which, self.count = which, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if self.which(func, args):
+            self.count += 1
+        return func(*args, **(kwargs or {}))

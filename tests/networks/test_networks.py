@@ -10,9 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from torch.utils._python_dispatch import TorchDispatchMode
 
-from helpers import FIXTURES
+from helpers import FIXTURES, OpCounter
 from scoredistill._types import EncoderBackbone
 from scoredistill.networks import (
     PRESETS,
@@ -510,23 +509,10 @@ def test_shared_encoder_pass_refuses_a_backbone_that_cannot_share_and_batches_th
 # Pre-cast weights (DistillConfig.precast_weights).
 
 
-class _OpCounter(TorchDispatchMode):
-    """Counts the ops dispatched inside the block for which ``which(func, args)`` holds."""
-
-    def __init__(self, which) -> None:
-        super().__init__()
-        self.which, self.count = which, 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if self.which(func, args):
-            self.count += 1
-        return func(*args, **(kwargs or {}))
-
-
-def _parameter_casts(params) -> _OpCounter:
+def _parameter_casts(params) -> OpCounter:
     """Counts the casts (``aten._to_copy``) of the given parameters."""
     ids = {id(p) for p in params}
-    return _OpCounter(lambda func, args: func is torch.ops.aten._to_copy.default and id(args[0]) in ids)
+    return OpCounter(lambda func, args: func is torch.ops.aten._to_copy.default and id(args[0]) in ids)
 
 
 def _matmul_params(net: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -800,7 +786,7 @@ def test_frozen_convolution_backward_makes_no_copy_of_the_input(channels_last) -
         w = torch.randn(16, 16, kernel, kernel).contiguous(memory_format=fmt)
         y = conv2d(x, w, padding=kernel // 2)
         g = torch.randn_like(y)
-        with _OpCounter(
+        with OpCounter(
             lambda func, args: func.overloadpacket in (torch.ops.aten.copy_, torch.ops.aten.clone)
         ) as copies:
             (dx,) = torch.autograd.grad(y, x, g)

@@ -621,8 +621,6 @@ class _GroupNormAct(torch.autograd.Function):
         else:
             pc.zero_()
             dx.zero_()
-            if res is not None:
-                dx.copy_(res)
         return _grads(ctx, dx, pc, weight, bias, add2, scale2, shift2, has)
 
 
