@@ -51,6 +51,7 @@ from scoredistill.data.augment import AugmentPipe
 from scoredistill.networks import PRESETS, layers
 from scoredistill.networks.layers import UNetBlock
 from scoredistill.roles.precond import edm_precond
+from scoredistill.training import distill
 from scoredistill.training.fast import use_fused_norms
 
 # The bench's own switches among a setting's overrides, with their values when a setting leaves them out (the rest
@@ -73,6 +74,9 @@ BENCH_SWITCHES = {
     "skip_grad_in_norm": None,
     # the network kernels as programmatic dependent launches (kernels.triton_utils.PDL; None: the library's default)
     "pdl": None,
+    # the small gradients sanitised by one nan_to_num over their concatenation (training.distill.SMALL_GRAD; False:
+    # one launch per gradient, as before)
+    "batched_sanitize": True,
     # how many convolution algorithms cuDNN's benchmark mode times per shape (torch's default 10; 0: all). cuDNN's
     # choices are cached per process and shape, so a setting that changes it must run in a process of its own.
     "cudnn_benchmark_limit": 10,
@@ -136,6 +140,8 @@ SETTINGS: dict[str, tuple[dict, bool]] = {
     # the network kernels' launches may start while the kernel ahead of them finishes (triton_utils.PDL on / off)
     "graphs-cl-pdl": ({**GRAPHS_CL, "pdl": True}, True),
     "graphs-cl-nopdl": ({**GRAPHS_CL, "pdl": False}, True),
+    # before: the NaN / Inf rule applied to each small gradient (the norms' parameters) by a launch of its own
+    "graphs-cl-nobatchsan": ({**GRAPHS_CL, "batched_sanitize": False}, True),
     # measured on an H100 in the tenth round and not adopted: cuDNN timing every algorithm (alone in its process)
     "graphs-cl-cudnnall": ({**GRAPHS_CL, "cudnn_benchmark_limit": 0}, True),
     "graphs-blocks": (
@@ -202,6 +208,7 @@ def build(preset: str, batch: int, setting: str, device: torch.device) -> Distil
         concat_triton.FUSED_CAT, concat_triton.DENSE_SPLIT = switch["fused_cat"], switch["dense_split"]
         residual_triton.FUSED_BIAS_GRAD = groupnorm_triton.FUSED_AFFINE_GRAD_SUMS = switch["fused_bias_grad"]
     layers.FROZEN_WEIGHT_ONLY = switch["frozen_weight_only"]
+    distill.SMALL_GRAD = 1 << 16 if switch["batched_sanitize"] else 0
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
     torch.backends.cudnn.benchmark = True  # as in the reference implementation
     torch.backends.cudnn.benchmark_limit = switch["cudnn_benchmark_limit"]

@@ -202,6 +202,40 @@ def test_sanitize_and_clip():
     assert p.grad.tolist() == [0.0, 1.0, -1.0, 1.0]
 
 
+def test_sanitize_batches_the_small_gradients():
+    """Many small gradients (the norms' parameters) are sanitised by one nan_to_num over their concatenation, with
+    the same values as one each; a large one, channels_last included, keeps its own; mixed dtypes fall back."""
+    from helpers import OpCounter
+    from scoredistill.training import distill
+
+    g = torch.Generator().manual_seed(0)
+    special = torch.tensor([float("nan"), float("inf"), -float("inf"), 2e5, -3.0])
+
+    def grad(*shape, dtype=torch.float32):
+        t = torch.randn(*shape, generator=g) * 1e5
+        flat = t.view(-1)
+        flat[torch.randint(0, flat.numel(), (5,), generator=g)] = special
+        return t.to(dtype)
+
+    small = [grad(7), grad(3, 5), grad(4, 2, 3, 3).contiguous(memory_format=torch.channels_last), grad(1)]
+    large = grad(distill.SMALL_GRAD + 3)
+    grads = [*small, large]
+    expected = [t.nan_to_num(nan=0.0, posinf=1e5, neginf=-1e5) for t in grads]
+    ptrs = [t.data_ptr() for t in grads]
+    with OpCounter(lambda func, args: func.__name__.startswith("nan_to_num")) as counter:
+        distill._sanitize(grads, None)
+    assert counter.count == 2  # one for the four small gradients, one for the large one
+    for t, e, ptr in zip(grads, expected, ptrs, strict=True):
+        assert torch.equal(t, e) and t.data_ptr() == ptr  # in place
+    assert grads[2].is_contiguous(memory_format=torch.channels_last)
+
+    mixed = [grad(3), grad(3, dtype=torch.float64)]
+    expected = [t.nan_to_num(nan=0.0, posinf=1e5, neginf=-1e5) for t in mixed]
+    distill._sanitize(mixed, 1.0)
+    for t, e in zip(mixed, expected, strict=True):
+        assert torch.equal(t, e.clamp(-1.0, 1.0))
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_steps_are_finite(precision):
     d = _sida(precision=precision, adv_start=0)
