@@ -32,9 +32,8 @@ ONE_LAUNCH = True  # forward in one launch (arrival counter); False: a second ti
 COUNTER_SLOTS = 64  # arrival counters per device (one per CUDA stream that runs the kernels)
 FAST_LAUNCH = os.environ.get("SCOREDISTILL_FAST_LAUNCH", "1") != "0"  # see launch
 # Programmatic dependent launch of the network kernels (group norm, residual sum, concatenation, resampling): see
-# `launch_dependent`. Off by default (a candidate: bench_step's graphs-cl-pdl turns it on for comparison);
-# ``SCOREDISTILL_PDL=1`` turns it on.
-PDL = os.environ.get("SCOREDISTILL_PDL", "0") == "1"
+# `launch_dependent`. Off by default (a candidate: bench_step's graphs-cl-pdl turns it on for comparison).
+PDL = False
 FLT_MAX = tl.constexpr(3.4028234663852886e38)  # constexpr: readable inside @triton.jit functions
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
