@@ -72,8 +72,6 @@ BENCH_SWITCHES = {
     # the block input's two gradients summed in the fused norm's backward (UNetBlock.skip_grad_in_norm; None: the
     # library's default)
     "skip_grad_in_norm": None,
-    # the network kernels as programmatic dependent launches (kernels.triton_utils.PDL; None: the library's default)
-    "pdl": None,
     # the small gradients sanitised by one nan_to_num over their concatenation (training.distill.SMALL_GRAD; False:
     # one launch per gradient, as before)
     "batched_sanitize": True,
@@ -137,9 +135,6 @@ SETTINGS: dict[str, tuple[dict, bool]] = {
     "graphs-cl-nofrozen": ({**GRAPHS_CL, "frozen_weight_only": False, "precast_weights": False}, True),
     # the block input's two gradients summed by autograd, not in the norm's backward kernel
     "graphs-cl-noskipgrad": ({**GRAPHS_CL, "skip_grad_in_norm": False}, True),
-    # the network kernels' launches may start while the kernel ahead of them finishes (triton_utils.PDL on / off)
-    "graphs-cl-pdl": ({**GRAPHS_CL, "pdl": True}, True),
-    "graphs-cl-nopdl": ({**GRAPHS_CL, "pdl": False}, True),
     # before: the NaN / Inf rule applied to each small gradient (the norms' parameters) by a launch of its own
     "graphs-cl-nobatchsan": ({**GRAPHS_CL, "batched_sanitize": False}, True),
     # measured on an H100 in the tenth round and not adopted: cuDNN timing every algorithm (alone in its process)
@@ -178,7 +173,6 @@ def _teacher_net(preset: str) -> torch.nn.Module:
 
 
 TEACHER_DIR: str | None = None
-_PDL_DEFAULT: bool | None = None  # triton_utils.PDL as the library sets it (read once, on the first build)
 DATA: str | None = None  # dataset zip: real images through the library's loader instead of a fixed GPU batch
 WORKERS = 2  # loader processes with DATA
 AUGMENT_P = 0.0  # AugmentPipe probability on the fake-score / discriminator inputs (the recipes' 0.12 for CIFAR-10)
@@ -197,12 +191,8 @@ def build(preset: str, batch: int, setting: str, device: torch.device) -> Distil
     switch = {name: overrides.get(name, default) for name, default in BENCH_SWITCHES.items()}
     overrides = {k: v for k, v in overrides.items() if k not in BENCH_SWITCHES}
     if torch.cuda.is_available():  # for this setting's calls and captures
-        from scoredistill.kernels import concat_triton, groupnorm_triton, residual_triton, triton_utils
+        from scoredistill.kernels import concat_triton, groupnorm_triton, residual_triton
 
-        global _PDL_DEFAULT
-        if _PDL_DEFAULT is None:  # the library's default, before any setting changed it
-            _PDL_DEFAULT = triton_utils.PDL
-        triton_utils.PDL = _PDL_DEFAULT if switch["pdl"] is None else switch["pdl"]
         groupnorm_triton.set_strategy(switch["gn"])
         groupnorm_triton.ONE_PASS_MAX_HW = switch["gn_one_pass_max_hw"]
         concat_triton.FUSED_CAT, concat_triton.DENSE_SPLIT = switch["fused_cat"], switch["dense_split"]

@@ -28,7 +28,8 @@ import triton.language as tl
 from torch import Tensor
 
 from . import channels_last
-from .triton_utils import SUPPORTED_DTYPES, launch_dependent, wait_for_inputs
+from .triton_utils import SUPPORTED_DTYPES
+from .triton_utils import launch as _launch_any
 
 __all__ = ["cat_channels", "supported"]
 
@@ -51,9 +52,8 @@ def _tile(P, CA, CB, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
 
 
 @triton.jit
-def _cat_kernel(a_ptr, b_ptr, y_ptr, P, CA, CB, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, PDL: tl.constexpr):
+def _cat_kernel(a_ptr, b_ptr, y_ptr, P, CA, CB, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     # y as a [P, CA + CB] row-major matrix (channels_last), a as [P, CA], b as [P, CB].
-    wait_for_inputs(PDL)
     rows, cols, row_mask, in_a, in_b = _tile(P, CA, CB, BLOCK_P, BLOCK_C)
     va = tl.load(a_ptr + rows[:, None] * CA + cols[None, :], mask=row_mask & in_a, other=0.0)
     vb = tl.load(b_ptr + rows[:, None] * CB + (cols[None, :] - CA), mask=row_mask & in_b, other=0.0)
@@ -61,10 +61,8 @@ def _cat_kernel(a_ptr, b_ptr, y_ptr, P, CA, CB, BLOCK_P: tl.constexpr, BLOCK_C: 
 
 
 @triton.jit
-def _split_kernel(dy_ptr, da_ptr, db_ptr, P, CA, CB, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
-                  PDL: tl.constexpr):  # fmt: skip
+def _split_kernel(dy_ptr, da_ptr, db_ptr, P, CA, CB, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     # The concatenation's tiles in reverse: dy as [P, CA + CB] rows, da as [P, CA], db as [P, CB].
-    wait_for_inputs(PDL)
     rows, cols, row_mask, in_a, in_b = _tile(P, CA, CB, BLOCK_P, BLOCK_C)
     v = tl.load(dy_ptr + rows[:, None] * (CA + CB) + cols[None, :], mask=row_mask & (in_a | in_b), other=0.0)
     tl.store(da_ptr + rows[:, None] * CA + cols[None, :], v, mask=row_mask & in_a)
@@ -95,8 +93,8 @@ class _CatChannels(torch.autograd.Function):
         pixels = n * h * w
         if pixels:
             grid = (triton.cdiv(pixels, BLOCK_P), triton.cdiv(ca + cb, BLOCK_C))
-            launch_dependent(_cat_kernel, grid, a.get_device(), a, b, y, pixels, ca, cb, BLOCK_P, BLOCK_C,
-                             num_warps=NUM_WARPS)  # fmt: skip
+            _launch_any(_cat_kernel, grid, a.get_device(), a, b, y, pixels, ca, cb, BLOCK_P, BLOCK_C,
+                        num_warps=NUM_WARPS)  # fmt: skip
         ctx.ca = ca
         return y
 
@@ -114,8 +112,8 @@ class _CatChannels(torch.autograd.Function):
         pixels = n * h * w
         if pixels:
             grid = (triton.cdiv(pixels, BLOCK_P), triton.cdiv(c, BLOCK_C))
-            launch_dependent(_split_kernel, grid, dy.get_device(), dy, da, db, pixels, ca, cb, BLOCK_P, BLOCK_C,
-                             num_warps=NUM_WARPS)  # fmt: skip
+            _launch_any(_split_kernel, grid, dy.get_device(), dy, da, db, pixels, ca, cb, BLOCK_P, BLOCK_C,
+                        num_warps=NUM_WARPS)  # fmt: skip
         return da, db
 
 

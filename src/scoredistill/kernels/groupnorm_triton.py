@@ -42,7 +42,8 @@ import triton.language as tl
 from torch import Tensor
 
 from . import GROUP_NORM_STRATEGIES, channels_last
-from .triton_utils import SUPPORTED_DTYPES, launch_dependent, wait_for_inputs
+from .triton_utils import SUPPORTED_DTYPES
+from .triton_utils import launch as _launch_any
 
 __all__ = ["group_norm_act", "group_norm_act_with_input", "set_strategy"]
 
@@ -85,7 +86,7 @@ MAX_HW = 128 * 128  # larger maps take the reference path (the tiles would outgr
 
 
 def launch(kernel, grid, device_index: int, num_warps: int, *args) -> None:
-    launch_dependent(kernel, grid, device_index, *args, num_warps=num_warps)
+    _launch_any(kernel, grid, device_index, *args, num_warps=num_warps)
 
 
 @triton.jit
@@ -142,9 +143,8 @@ def _pids(CB_FIRST: tl.constexpr):
 @triton.jit
 def _stats_kernel(x_ptr, add_ptr, part_ptr, C, HW, K, sxb, sxc, sxhw, sab,
                   HAS_ADD: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
-                  CB_FIRST: tl.constexpr, PDL: tl.constexpr):  # fmt: skip
+                  CB_FIRST: tl.constexpr):  # fmt: skip
     """Per tile and channel: mean and sum of squared deviations -> ``part[2, B, K, C]``."""
-    wait_for_inputs(PDL)
     b, k, cb, B = _pids(CB_FIRST)
     rows = k * BLOCK_HW + tl.arange(0, BLOCK_HW)
     cols = cb * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -161,10 +161,8 @@ def _stats_kernel(x_ptr, add_ptr, part_ptr, C, HW, K, sxb, sxc, sxhw, sab,
 
 @triton.jit
 def _combine_stats_kernel(part_ptr, mean_ptr, rstd_ptr, B, C, HW, K, G, CG, total, eps,
-                          BLOCK_HW: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_CG: tl.constexpr,
-                          PDL: tl.constexpr):  # fmt: skip
+                          BLOCK_HW: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_CG: tl.constexpr):  # fmt: skip
     """Per (sample, group): Chan's combination of the tile statistics -> mean and 1 / sqrt(var + eps)."""
-    wait_for_inputs(PDL)
     b, g = tl.program_id(0), tl.program_id(1)
     ks = tl.arange(0, BLOCK_K)
     cs = tl.arange(0, BLOCK_CG)
@@ -184,9 +182,7 @@ def _combine_stats_kernel(part_ptr, mean_ptr, rstd_ptr, B, C, HW, K, G, CG, tota
 def _apply_kernel(x_ptr, add_ptr, mean_ptr, rstd_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr,
                   C, HW, G, CG, sxb, sxc, sxhw, sab, ssb, stb,
                   HAS_ADD: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, SILU: tl.constexpr,
-                  BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr, CB_FIRST: tl.constexpr,
-                  PDL: tl.constexpr):  # fmt: skip
-    wait_for_inputs(PDL)
+                  BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr, CB_FIRST: tl.constexpr):  # fmt: skip
     b, k, cb, _ = _pids(CB_FIRST)
     rows = k * BLOCK_HW + tl.arange(0, BLOCK_HW)
     cols = cb * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -219,10 +215,8 @@ def _grad_z(x_ptr, add_ptr, dy_ptr, mean_ptr, rstd_ptr, w_ptr, bias_ptr, scale_p
 def _grad_sums_kernel(x_ptr, add_ptr, dy_ptr, mean_ptr, rstd_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, part_ptr,
                       C, HW, K, G, CG, sxb, sxc, sxhw, sab, ssb, stb, sdb, sdc, sdhw,
                       HAS_ADD: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, SILU: tl.constexpr,
-                      BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr, CB_FIRST: tl.constexpr,
-                  PDL: tl.constexpr):  # fmt: skip
+                      BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr, CB_FIRST: tl.constexpr):  # fmt: skip
     """Per tile and channel: ``sum dz``, ``sum dz xhat`` and (with ``add``) ``sum xhat`` -> ``part[3, B, K, C]``."""
-    wait_for_inputs(PDL)
     b, k, cb, B = _pids(CB_FIRST)
     rows = k * BLOCK_HW + tl.arange(0, BLOCK_HW)
     cols = cb * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -243,11 +237,10 @@ def _grad_sums_kernel(x_ptr, add_ptr, dy_ptr, mean_ptr, rstd_ptr, w_ptr, bias_pt
 def _combine_grads_kernel(part_ptr, rstd_ptr, w_ptr, bias_ptr, scale_ptr, coef_ptr, pc_ptr,
                           B, C, HW, K, G, CG, n, ssb,
                           HAS_ADD: tl.constexpr, HAS_SCALE: tl.constexpr,
-                          BLOCK_K: tl.constexpr, BLOCK_CG: tl.constexpr, PDL: tl.constexpr):  # fmt: skip
+                          BLOCK_K: tl.constexpr, BLOCK_CG: tl.constexpr):  # fmt: skip
     """Per (sample, group): the input-gradient coefficients ``mean(dxhat)``, ``mean(dxhat xhat)`` -> ``coef[2, B, G]``
     and the per-(sample, channel) parameter gradients -> ``pc[5, B, C]``: ``sum dz``, ``w S2 + bias S1`` (the
     scale's), ``scale S2`` and ``scale S1`` (summed over the batch: the weight's and bias's), ``sum dx`` (add's)."""
-    wait_for_inputs(PDL)
     b, g = tl.program_id(0), tl.program_id(1)
     ks = tl.arange(0, BLOCK_K)
     cs = tl.arange(0, BLOCK_CG)
@@ -292,10 +285,9 @@ def _grad_x_kernel(x_ptr, add_ptr, dy_ptr, mean_ptr, rstd_ptr, w_ptr, bias_ptr, 
                    res_ptr, dx_ptr, B, C, HW, G, CG, sxb, sxc, sxhw, sab, ssb, stb, sdb, sdc, sdhw, srb, src, srhw,
                    HAS_ADD: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, SILU: tl.constexpr,
                    HAS_RES: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
-                   CB_FIRST: tl.constexpr, PDL: tl.constexpr):  # fmt: skip
+                   CB_FIRST: tl.constexpr):  # fmt: skip
     """``dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat))`` with ``dxhat = dz w scale``, plus (with
     ``HAS_RES``) the gradient ``res`` that ``x``'s other use returned."""
-    wait_for_inputs(PDL)
     b, k, cb, _ = _pids(CB_FIRST)
     rows = k * BLOCK_HW + tl.arange(0, BLOCK_HW)
     cols = cb * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -334,10 +326,9 @@ def _one_pass_fwd_kernel(x_ptr, add_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, 
                          B, C, HW, G, CG, CPB, n, eps, sxb, sxc, sxhw, sab, ssb, stb,
                          HAS_ADD: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, SILU: tl.constexpr,
                          BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr, TILES: tl.constexpr,
-                         CB_FIRST: tl.constexpr, PDL: tl.constexpr):  # fmt: skip
+                         CB_FIRST: tl.constexpr):  # fmt: skip
     """One sample's whole groups ``[cb * CPB, (cb + 1) * CPB)``: per-channel Chan statistics over the pixel tiles,
     then per group, then ``y`` tile by tile; the group statistics go to ``stats[2, B, G]`` for the backward."""
-    wait_for_inputs(PDL)
     b, cb = _one_pass_ids(CB_FIRST)
     lane = tl.arange(0, BLOCK_C)
     cols = cb * CPB + lane
@@ -381,11 +372,10 @@ def _one_pass_bwd_kernel(x_ptr, add_ptr, dy_ptr, stats_ptr, w_ptr, bias_ptr, sca
                          pc_ptr, B, C, HW, G, CG, CPB, n, sxb, sxc, sxhw, sab, ssb, stb, sdb, sdc, sdhw, srb, src, srhw,
                          HAS_ADD: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, SILU: tl.constexpr,
                          HAS_RES: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr, TILES: tl.constexpr,
-                         CB_FIRST: tl.constexpr, PDL: tl.constexpr):  # fmt: skip
+                         CB_FIRST: tl.constexpr):  # fmt: skip
     """The backward of `_one_pass_fwd_kernel` for the same groups: the per-channel sums over the pixel tiles, the
     group coefficients and parameter partials (``pc[5, B, C]`` as `_combine_grads_kernel` writes them), then ``dx``
     tile by tile."""
-    wait_for_inputs(PDL)
     b, cb = _one_pass_ids(CB_FIRST)
     lane = tl.arange(0, BLOCK_C)
     cols = cb * CPB + lane

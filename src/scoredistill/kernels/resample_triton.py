@@ -22,7 +22,8 @@ import triton.language as tl
 from torch import Tensor
 
 from . import channels_last
-from .triton_utils import SUPPORTED_DTYPES, launch_dependent, wait_for_inputs
+from .triton_utils import SUPPORTED_DTYPES
+from .triton_utils import launch as _launch_any
 
 __all__ = ["box_down", "box_up", "supported"]
 
@@ -32,8 +33,7 @@ NUM_WARPS = 4
 
 @triton.jit
 def _pool(x_ptr, y_ptr, P, C, Ho, Wo, sxb, sxc, sxh, sxw, syb, syc, syh, syw, scale,
-          BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, PDL: tl.constexpr):  # fmt: skip
-    wait_for_inputs(PDL)
+          BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):  # fmt: skip
     p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     m = (p < P)[:, None] & (c < C)[None, :]
@@ -51,8 +51,7 @@ def _pool(x_ptr, y_ptr, P, C, Ho, Wo, sxb, sxc, sxh, sxw, syb, syc, syh, syw, sc
 
 @triton.jit
 def _spread(x_ptr, y_ptr, P, C, H, W, Hs, Ws, sxb, sxc, sxh, sxw, syb, syc, syh, syw, scale,
-            BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, PDL: tl.constexpr):  # fmt: skip
-    wait_for_inputs(PDL)
+            BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):  # fmt: skip
     p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     m = (p < P)[:, None] & (c < C)[None, :]
@@ -85,8 +84,8 @@ def _run_pool(x: Tensor, out_hw: tuple[int, int], scale: float) -> Tensor:
     if P and C:
         block_p, block_c = _blocks(C)
         grid = (triton.cdiv(P, block_p), triton.cdiv(C, block_c))
-        launch_dependent(_pool, grid, x.get_device(), x, y, P, C, Ho, Wo, *x.stride(), *y.stride(), float(scale),
-                         block_p, block_c, num_warps=NUM_WARPS)  # fmt: skip
+        _launch_any(_pool, grid, x.get_device(), x, y, P, C, Ho, Wo, *x.stride(), *y.stride(), float(scale),
+                    block_p, block_c, num_warps=NUM_WARPS)  # fmt: skip
     return y
 
 
@@ -98,8 +97,8 @@ def _run_spread(x: Tensor, out_hw: tuple[int, int], scale: float) -> Tensor:
     if P and C:
         block_p, block_c = _blocks(C)
         grid = (triton.cdiv(P, block_p), triton.cdiv(C, block_c))
-        launch_dependent(_spread, grid, x.get_device(), x, y, P, C, H, W, Hs, Ws, *x.stride(), *y.stride(),
-                         float(scale), block_p, block_c, num_warps=NUM_WARPS)  # fmt: skip
+        _launch_any(_spread, grid, x.get_device(), x, y, P, C, H, W, Hs, Ws, *x.stride(), *y.stride(), float(scale),
+                    block_p, block_c, num_warps=NUM_WARPS)  # fmt: skip
     return y
 
 

@@ -26,7 +26,8 @@ import triton.language as tl
 from torch import Tensor
 
 from . import channels_last
-from .triton_utils import SUPPORTED_DTYPES, launch_dependent, wait_for_inputs
+from .triton_utils import SUPPORTED_DTYPES
+from .triton_utils import launch as _launch_any
 
 __all__ = ["residual_add", "supported"]
 
@@ -38,9 +39,7 @@ GRAD_BLOCK_P = 32  # rows per inner step
 
 
 @triton.jit
-def _residual_kernel(h_ptr, x_ptr, b_ptr, y_ptr, N, C, INNER, scale, HAS_X: tl.constexpr, BLOCK: tl.constexpr,
-                     PDL: tl.constexpr):  # fmt: skip
-    wait_for_inputs(PDL)
+def _residual_kernel(h_ptr, x_ptr, b_ptr, y_ptr, N, C, INNER, scale, HAS_X: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = offs < N
     v = tl.load(h_ptr + offs, mask=m, other=0.0).to(tl.float32)
@@ -54,11 +53,10 @@ def _residual_kernel(h_ptr, x_ptr, b_ptr, y_ptr, N, C, INNER, scale, HAS_X: tl.c
 @triton.jit
 def _residual_grad_kernel(
     dy_ptr, g_ptr, part_ptr, P, C, scale,
-    ROWS: tl.constexpr, WRITE_G: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, PDL: tl.constexpr,
+    ROWS: tl.constexpr, WRITE_G: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     # A channels_last gradient as a [P, C] matrix: this program scales rows [ROWS * i, ROWS * (i + 1)) of a block
     # of channels (writing them when WRITE_G) and stores their float32 column sums as partial row i.
-    wait_for_inputs(PDL)
     pid_p, pid_c = tl.program_id(0), tl.program_id(1)
     cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     col_mask = cols < C
@@ -84,8 +82,8 @@ def _fused_grad(dy: Tensor, scale: float, bias_dtype: torch.dtype) -> tuple[Tens
     block_c = min(128, triton.next_power_of_2(c))
     grid = (triton.cdiv(rows, GRAD_ROWS), triton.cdiv(c, block_c))
     partials = torch.empty(grid[0], c, device=dy.device, dtype=torch.float32)
-    launch_dependent(_residual_grad_kernel, grid, dy.get_device(), dy, g, partials, rows, c, float(scale),
-                     GRAD_ROWS, scale != 1, GRAD_BLOCK_P, block_c, num_warps=NUM_WARPS)  # fmt: skip
+    _launch_any(_residual_grad_kernel, grid, dy.get_device(), dy, g, partials, rows, c, float(scale),
+                GRAD_ROWS, scale != 1, GRAD_BLOCK_P, block_c, num_warps=NUM_WARPS)  # fmt: skip
     return g, partials.sum(0).to(bias_dtype)
 
 
@@ -111,8 +109,8 @@ class _ResidualAdd(torch.autograd.Function):
         n = h.numel()
         if n:
             grid = (triton.cdiv(n, BLOCK),)
-            launch_dependent(_residual_kernel, grid, h.get_device(), h, h if x is None else x, bias, y, n, C, inner,
-                             float(scale), x is not None, BLOCK, num_warps=NUM_WARPS)  # fmt: skip
+            _launch_any(_residual_kernel, grid, h.get_device(), h, h if x is None else x, bias, y, n, C, inner,
+                        float(scale), x is not None, BLOCK, num_warps=NUM_WARPS)  # fmt: skip
         ctx.scale, ctx.bias_dtype = scale, bias.dtype
         return y
 

@@ -19,10 +19,6 @@ try:  # Triton >= 3.4: the runtime knobs (launch hooks) and the compiled-kernel 
     from triton import knobs as _knobs
 except ImportError:  # pragma: no cover - older Triton: always launch through the JIT
     _knobs = None
-try:  # Triton >= 3.3: grid dependency control, for programmatic dependent launch (see `wait_for_inputs`)
-    from triton.language.extra.cuda import gdc_wait as _gdc_wait
-except ImportError:  # pragma: no cover - older Triton: the network kernels launch the ordinary way
-    _gdc_wait = None
 
 BLOCK = 1024  # elements per inner step of the streaming kernels
 NUM_WARPS = 4
@@ -31,9 +27,6 @@ FINISH_TILE = 1024  # elements of one [rows, partials] tile of the finishing ste
 ONE_LAUNCH = True  # forward in one launch (arrival counter); False: a second tiny launch finishes the reduction
 COUNTER_SLOTS = 64  # arrival counters per device (one per CUDA stream that runs the kernels)
 FAST_LAUNCH = os.environ.get("SCOREDISTILL_FAST_LAUNCH", "1") != "0"  # see launch
-# Programmatic dependent launch of the network kernels (group norm, residual sum, concatenation, resampling): see
-# `launch_dependent`. Off by default (a candidate: bench_step's graphs-cl-pdl turns it on for comparison).
-PDL = False
 FLT_MAX = tl.constexpr(3.4028234663852886e38)  # constexpr: readable inside @triton.jit functions
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -45,15 +38,6 @@ SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 def finite(v):
     # False for NaN (every comparison with NaN is False) and for +-inf.
     return tl.abs(v) <= FLT_MAX
-
-
-@triton.jit
-def wait_for_inputs(PDL: tl.constexpr):
-    """With ``PDL``, the kernel was launched before the grid ahead of it on its stream had finished (programmatic
-    dependent launch, `launch_dependent`): wait here, before any load or store, until that grid has completed and
-    its writes are visible. Without, nothing."""
-    if PDL:
-        _gdc_wait()
 
 
 @triton.jit
@@ -189,9 +173,7 @@ def _block_l(length: int) -> int:
 _compiled: dict[tuple, object] = {}  # specialisation key -> Triton CompiledKernel
 
 
-def launch(
-    kernel, grid: tuple[int, ...], device_index: int, *args, num_warps: int = NUM_WARPS, pdl: bool = False
-) -> None:
+def launch(kernel, grid: tuple[int, ...], device_index: int, *args, num_warps: int = NUM_WARPS) -> None:
     """``kernel[grid](*args)`` (constexprs positional, in declaration order), minus the JIT's per-call dispatch.
 
     The first launch for a specialisation key goes through the JIT (compiling if needed); later ones call the
@@ -199,17 +181,15 @@ def launch(
     everything the JIT specialises on here: the device, every tensor's dtype and 16-byte alignment, and every
     other argument's value (ints: the == 1 and divisibility-by-16 specialisations; constexprs). Off on CPU (the
     interpreter), with ``SCOREDISTILL_FAST_LAUNCH=0``, and while a Triton launch hook (a profiler) is installed.
-    ``pdl``: launch it as a programmatic dependent launch (see `launch_dependent`).
     """
-    options = {"num_warps": num_warps, "launch_pdl": True} if pdl else {"num_warps": num_warps}
     if device_index < 0 or not FAST_LAUNCH or _knobs is None or _knobs.runtime.launch_enter_hook is not None:
-        kernel[grid](*args, **options)
+        kernel[grid](*args, num_warps=num_warps)
         return
     specs = [(a.dtype, a.data_ptr() & 15 == 0) if isinstance(a, Tensor) else a for a in args]
-    key = (kernel, device_index, num_warps, pdl, *specs)
+    key = (kernel, device_index, num_warps, *specs)
     compiled = _compiled.get(key)
     if compiled is None:
-        compiled = kernel[grid](*args, **options)
+        compiled = kernel[grid](*args, num_warps=num_warps)
         if compiled is not None and not hasattr(compiled, "result"):  # not an async-compile future
             if len(_compiled) >= 4096:
                 _compiled.clear()
@@ -221,34 +201,6 @@ def launch(
     compiled.run(
         grid[0], grid_y, grid_z, stream, compiled.function, compiled.packed_metadata, None, None, None, *args,
     )  # fmt: skip
-
-
-@functools.cache
-def _pdl_capable(device_index: int) -> bool:
-    """Whether the device can launch dependent grids early (CUDA, compute capability 9.0 or newer) and this Triton
-    can wait for them (`wait_for_inputs`)."""
-    if device_index < 0 or _gdc_wait is None or torch.version.cuda is None:
-        return False
-    return torch.cuda.get_device_capability(device_index)[0] >= 9
-
-
-def programmatic_launch(device_index: int) -> bool:
-    """Whether `launch_dependent` launches on this device with programmatic dependent launch: `PDL` is on and the
-    device and Triton support it."""
-    return PDL and _pdl_capable(device_index)
-
-
-def launch_dependent(kernel, grid: tuple[int, ...], device_index: int, *args, num_warps: int = NUM_WARPS) -> None:
-    """`launch` for a network kernel whose last parameter is ``PDL: tl.constexpr`` and whose first statement is
-    ``wait_for_inputs(PDL)``.
-
-    Where `programmatic_launch` holds, the kernel goes out as a programmatic dependent launch: the GPU may start its
-    programs while the grid ahead of it on the stream is still finishing (on the SMs its last programs free), and
-    they wait in `wait_for_inputs` until that grid has completed. That hides part of each launch's latency, also
-    between the nodes of a CUDA graph (a programmatic edge). The results are the same bits either way.
-    """
-    pdl = programmatic_launch(device_index)
-    launch(kernel, grid, device_index, *args, pdl, num_warps=num_warps, pdl=pdl)
 
 
 _counters: dict[int, Tensor] = {}  # device index -> int32 [COUNTER_SLOTS], zero between launches
