@@ -48,7 +48,7 @@ from scoredistill import (
 )
 from scoredistill.data import ImageZipDataset, real_batches
 from scoredistill.data.augment import AugmentPipe
-from scoredistill.networks import PRESETS, _precast, layers
+from scoredistill.networks import PRESETS, layers
 from scoredistill.networks.layers import UNetBlock
 from scoredistill.roles.precond import edm_precond
 from scoredistill.training import distill
@@ -75,9 +75,6 @@ BENCH_SWITCHES = {
     # the small gradients sanitised by one nan_to_num over their concatenation (training.distill.SMALL_GRAD; False:
     # one launch per gradient, as before)
     "batched_sanitize": True,
-    # the held weight gradients' further uses added by multi-tensor ops (networks._precast.BATCH_FURTHER_USES; False:
-    # one addition per gradient, as before)
-    "batched_uses": True,
     # how many convolution algorithms cuDNN's benchmark mode times per shape (torch's default 10; 0: all). cuDNN's
     # choices are cached per process and shape, so a setting that changes it must run in a process of its own.
     "cudnn_benchmark_limit": 10,
@@ -140,8 +137,6 @@ SETTINGS: dict[str, tuple[dict, bool]] = {
     "graphs-cl-noskipgrad": ({**GRAPHS_CL, "skip_grad_in_norm": False}, True),
     # before: the NaN / Inf rule applied to each small gradient (the norms' parameters) by a launch of its own
     "graphs-cl-nobatchsan": ({**GRAPHS_CL, "batched_sanitize": False}, True),
-    # before: SiDA's twice-used encoder weights' second gradients added one tensor at a time at their release
-    "graphs-cl-nobatchuses": ({**GRAPHS_CL, "batched_uses": False}, True),
     # measured on an H100 in the tenth round and not adopted: cuDNN timing every algorithm (alone in its process)
     "graphs-cl-cudnnall": ({**GRAPHS_CL, "cudnn_benchmark_limit": 0}, True),
     "graphs-blocks": (
@@ -204,7 +199,6 @@ def build(preset: str, batch: int, setting: str, device: torch.device) -> Distil
         residual_triton.FUSED_BIAS_GRAD = groupnorm_triton.FUSED_AFFINE_GRAD_SUMS = switch["fused_bias_grad"]
     layers.FROZEN_WEIGHT_ONLY = switch["frozen_weight_only"]
     distill.SMALL_GRAD = 1 << 16 if switch["batched_sanitize"] else 0
-    _precast.BATCH_FURTHER_USES = switch["batched_uses"]
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
     torch.backends.cudnn.benchmark = True  # as in the reference implementation
     torch.backends.cudnn.benchmark_limit = switch["cudnn_benchmark_limit"]

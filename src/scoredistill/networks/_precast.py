@@ -32,9 +32,6 @@ import torch
 from torch import Tensor, nn
 
 _active: PreCast | None = None
-BATCH_FURTHER_USES = True
-"""`PreCast.release_gradients` adds a parameter's further uses' gradients with multi-tensor ops (``False``: one
-addition per gradient; ``benchmarks/bench_step.py`` setting ``graphs-cl-nobatchuses``)."""
 
 
 class _Cast(torch.autograd.Function):
@@ -173,10 +170,9 @@ class PreCast:
         """Cast the gradients held since the last release to their parameters' dtype and hand them over (the uses
         made under ``hold_gradients``, whose backward passes have run, inside the block or after it).
 
-        One multi-tensor copy casts every parameter's first held gradient into a flat buffer; a parameter used more
-        than once adds its other uses' gradients to its part (a multi-tensor copy and add per further use). A
-        parameter without ``.grad`` gets its part, a view with the parameter's strides, as ``.grad``; one with a
-        ``.grad`` has its part added (one multi-tensor add).
+        One multi-tensor copy casts every parameter's first held gradient into a flat buffer (a parameter used more
+        than once adds its other uses' gradients to its part). A parameter without ``.grad`` gets its part, a view
+        with the parameter's strides, as ``.grad``; one with a ``.grad`` has its part added (one multi-tensor add).
 
         Returns:
             The flat buffer (``None`` if nothing was held) and the parameters whose ``.grad`` is a view of it.
@@ -192,20 +188,9 @@ class PreCast:
             parts.append(flat.as_strided(p.shape, copy.stride(), offset))
             offset += p.numel()
         torch._foreach_copy_(parts, [g[0] for g in grads])
-        # The other uses' gradients (SiDA's fake score runs its encoder twice): each round casts every parameter's
-        # next one into a scratch buffer with one multi-tensor copy and adds them with one multi-tensor add (a
-        # parameter appears at most once per round), instead of an addition per gradient.
-        if not BATCH_FURTHER_USES:
-            for part, more in zip(parts, grads, strict=True):
-                for g in more[1:]:
-                    part.add_(g)
-            grads = [g[:1] for g in grads]
-        for use in range(1, max(len(g) for g in grads)):
-            into, more = zip(*((part, g[use]) for part, g in zip(parts, grads, strict=True) if len(g) > use))
-            scratch = torch.empty(sum(g.numel() for g in more), dtype=flat.dtype, device=flat.device)
-            cast = [v.view(g.shape) for v, g in zip(scratch.split([g.numel() for g in more]), more, strict=True)]
-            torch._foreach_copy_(cast, list(more))
-            torch._foreach_add_(list(into), cast)
+        for part, more in zip(parts, grads, strict=True):
+            for g in more[1:]:
+                part.add_(g)
         viewed, added, into = [], [], []
         for p, part in zip(params, parts, strict=True):
             if p.grad is None:
