@@ -606,7 +606,7 @@ def test_precast_refusals() -> None:
 
 def test_precast_held_gradients_are_released_as_the_casts_would_give_them() -> None:
     """``hold_gradients``: each use's bf16 weight gradient is held; ``release_gradients`` casts them in one batch into
-    views of one flat buffer (a twice-used layer's two uses summed in float32), or adds them to a ``.grad`` there."""
+    views of one flat buffer (a layer's three uses summed in float32), or adds them to a ``.grad`` there."""
     from scoredistill.networks._precast import PreCast
     from scoredistill.networks.layers import Conv2d, Linear
 
@@ -619,7 +619,8 @@ def test_precast_held_gradients_are_released_as_the_casts_would_give_them() -> N
 
     def loss():
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            y = layers[0](x).float().square().sum() + layers[0](2 * x).float().sum()  # the linear layer used twice
+            y = layers[0](x).float().square().sum() + layers[0](2 * x).float().sum()  # the linear layer used 3 times
+            y = y + layers[0](x[:1] - 1).float().square().mean()
             return y + layers[1](img).float().square().sum()
 
     loss().backward()  # the casts at every use
