@@ -173,6 +173,7 @@ def _teacher_net(preset: str) -> torch.nn.Module:
 
 
 TEACHER_DIR: str | None = None
+_SMALL_GRAD = distill.SMALL_GRAD  # the library's threshold, restored by each setting that keeps the batched rule
 DATA: str | None = None  # dataset zip: real images through the library's loader instead of a fixed GPU batch
 WORKERS = 2  # loader processes with DATA
 AUGMENT_P = 0.0  # AugmentPipe probability on the fake-score / discriminator inputs (the recipes' 0.12 for CIFAR-10)
@@ -198,7 +199,7 @@ def build(preset: str, batch: int, setting: str, device: torch.device) -> Distil
         concat_triton.FUSED_CAT, concat_triton.DENSE_SPLIT = switch["fused_cat"], switch["dense_split"]
         residual_triton.FUSED_BIAS_GRAD = groupnorm_triton.FUSED_AFFINE_GRAD_SUMS = switch["fused_bias_grad"]
     layers.FROZEN_WEIGHT_ONLY = switch["frozen_weight_only"]
-    distill.SMALL_GRAD = 1 << 16 if switch["batched_sanitize"] else 0
+    distill.SMALL_GRAD = _SMALL_GRAD if switch["batched_sanitize"] else 0
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
     torch.backends.cudnn.benchmark = True  # as in the reference implementation
     torch.backends.cudnn.benchmark_limit = switch["cudnn_benchmark_limit"]

@@ -35,7 +35,7 @@ from .config import RESUME_MAY_CHANGE, DistillConfig, warn_unreached_warmups
 from .ema import EMA
 from .fast import StepGraphs, capture, speed_up, use_compile_cache, use_fused_norms
 from .monitor import RunLog
-from .parallel import GradientAverager, assert_replicas_identical, broadcast_modules
+from .parallel import GradientAverager, assert_replicas_identical, broadcast_modules, copy_from_flat, flat_cat
 
 __all__ = ["DistillConfig", "Distiller", "NonFiniteTrainingError", "NonFiniteWarning"]
 
@@ -76,13 +76,12 @@ def _sanitize(grads: list[Tensor], clip_value: float | None) -> None:
     # The small gradients (the norms' weights and biases: a few hundred tensors per network) go through one
     # nan_to_num over their concatenation and one multi-tensor copy back, instead of a launch each.
     small = [g for g in grads if g.numel() < SMALL_GRAD]
-    if len(small) < 2 or len({(g.dtype, g.device) for g in small}) > 1:
-        small = []
-    for g in grads if not small else [g for g in grads if g.numel() >= SMALL_GRAD]:
-        torch.nan_to_num_(g, nan=0.0, posinf=1e5, neginf=-1e5)
-    if small:
-        flat = torch.cat([g.reshape(-1) for g in small]).nan_to_num_(nan=0.0, posinf=1e5, neginf=-1e5)
-        torch._foreach_copy_(small, [v.view(g.shape) for v, g in zip(flat.split([g.numel() for g in small]), small)])
+    batched = len(small) > 1 and len({(g.dtype, g.device) for g in small}) == 1
+    for g in grads:
+        if not (batched and g.numel() < SMALL_GRAD):
+            torch.nan_to_num_(g, nan=0.0, posinf=1e5, neginf=-1e5)
+    if batched:
+        copy_from_flat(small, flat_cat(small).nan_to_num_(nan=0.0, posinf=1e5, neginf=-1e5))
     if clip_value is not None and grads:
         torch._foreach_clamp_min_(grads, -clip_value)
         torch._foreach_clamp_max_(grads, clip_value)

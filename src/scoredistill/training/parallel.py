@@ -26,6 +26,17 @@ from torch import Tensor, nn
 __all__ = ["GradientAverager", "assert_replicas_identical", "broadcast_modules"]
 
 
+def flat_cat(tensors: Sequence[Tensor]) -> Tensor:
+    """The tensors' elements in one new 1-D tensor, one after another (each in its logical order)."""
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def copy_from_flat(tensors: Sequence[Tensor], flat: Tensor) -> None:
+    """Copy `flat_cat`'s layout back into ``tensors`` (in place, with one multi-tensor copy)."""
+    parts = flat.split([t.numel() for t in tensors])
+    torch._foreach_copy_(list(tensors), [f.view(t.shape) for f, t in zip(parts, tensors, strict=True)])
+
+
 def broadcast_modules(modules: Iterable[nn.Module], src: int = 0) -> None:
     """Copy every parameter and buffer of ``modules`` from rank ``src`` to all processes (in place)."""
     for module in modules:
@@ -122,7 +133,7 @@ class GradientAverager:
         if not grads:
             self.launched.append(None)
             return
-        flat = torch.cat([g.flatten() for g in grads])
+        flat = flat_cat(grads)
         self.launched.append((dist.all_reduce(flat, async_op=True), flat, grads))
 
     def finish(self) -> None:
@@ -137,7 +148,7 @@ class GradientAverager:
             work, flat, grads = entry
             work.wait()  # type: ignore[attr-defined]
             flat.div_(self.world)
-            torch._foreach_copy_(grads, [f.view_as(g) for f, g in zip(flat.split([g.numel() for g in grads]), grads)])
+            copy_from_flat(grads, flat)
         self.armed, self.launched = False, []
 
     def remove(self) -> None:
