@@ -35,6 +35,7 @@ FAMILIES = [
     ("box resampling (Triton)", {"_pool", "_spread"}),
     ("fused loss terms (Triton)", {"_sid_fwd_kernel", "_sid_finish_kernel", "_sid_bwd_kernel", "_dsm_fwd_kernel",
                                    "_dsm_finish_kernel", "_dsm_bwd_kernel"}),
+    (OPTIMIZER, {"_sanitize_kernel"}),  # the NaN/Inf rule and clipping before the optimiser steps
     (OPTIMIZER, ("multi_tensor_apply",)),
     (ATTENTION, ("sdpa", "flash", "fmha", "attention", "dot_do_o")),
     (GEMM, ("xmma", "gemm", "nvjet", "cutlass")),
@@ -48,7 +49,7 @@ FAMILIES = [
 # The kernel modules whose launches go through `scoredistill.kernels.triton_utils.launch` (as `launch` or
 # `_launch_any`), which `TrafficCounter` counts.
 LAUNCHING_MODULES = ("groupnorm_triton", "residual_triton", "resample_triton", "sid_triton", "dsm_triton",
-                     "concat_triton")  # fmt: skip
+                     "concat_triton", "sanitize_triton")  # fmt: skip
 
 
 def family(kernel: str) -> str:

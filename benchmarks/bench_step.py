@@ -75,6 +75,9 @@ BENCH_SWITCHES = {
     # the small gradients sanitised by one nan_to_num over their concatenation (training.distill.SMALL_GRAD; False:
     # one launch per gradient, as before)
     "batched_sanitize": True,
+    # the NaN/Inf rule and the fake score's clipping in one Triton pass per gradient
+    # (training.distill.ONE_PASS_SANITIZE; False: nan_to_num_, then a multi-tensor clamp_min and clamp_max)
+    "one_pass_sanitize": True,
     # how many convolution algorithms cuDNN's benchmark mode times per shape (torch's default 10; 0: all). cuDNN's
     # choices are cached per process and shape, so a setting that changes it must run in a process of its own.
     "cudnn_benchmark_limit": 10,
@@ -137,6 +140,8 @@ SETTINGS: dict[str, tuple[dict, bool]] = {
     "graphs-cl-noskipgrad": ({**GRAPHS_CL, "skip_grad_in_norm": False}, True),
     # before: the NaN / Inf rule applied to each small gradient (the norms' parameters) by a launch of its own
     "graphs-cl-nobatchsan": ({**GRAPHS_CL, "batched_sanitize": False}, True),
+    # before: the rule by nan_to_num_ and the clipping by two multi-tensor clamps, three passes over the gradients
+    "graphs-cl-nosan1": ({**GRAPHS_CL, "one_pass_sanitize": False}, True),
     # measured on an H100 in the tenth round and not adopted: cuDNN timing every algorithm (alone in its process)
     "graphs-cl-cudnnall": ({**GRAPHS_CL, "cudnn_benchmark_limit": 0}, True),
     "graphs-blocks": (
@@ -200,6 +205,7 @@ def build(preset: str, batch: int, setting: str, device: torch.device) -> Distil
         residual_triton.FUSED_BIAS_GRAD = groupnorm_triton.FUSED_AFFINE_GRAD_SUMS = switch["fused_bias_grad"]
     layers.FROZEN_WEIGHT_ONLY = switch["frozen_weight_only"]
     distill.SMALL_GRAD = _SMALL_GRAD if switch["batched_sanitize"] else 0
+    distill.ONE_PASS_SANITIZE = switch["one_pass_sanitize"]
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
     torch.backends.cudnn.benchmark = True  # as in the reference implementation
     torch.backends.cudnn.benchmark_limit = switch["cudnn_benchmark_limit"]

@@ -24,6 +24,7 @@ __all__ = [
     "fused_group_norm_available",
     "fused_resample_available",
     "fused_residual_available",
+    "fused_sanitize_available",
     "fused_sid_available",
 ]
 
@@ -101,6 +102,16 @@ def fused_cat_available(a: Tensor, b: Tensor, use_kernels: bool | None = None) -
     from . import concat_triton
 
     return concat_triton.FUSED_CAT and concat_triton.supported(a, b)
+
+
+def fused_sanitize_available(grad: Tensor, use_kernels: bool | None = None) -> bool:
+    """Whether the optimiser steps' NaN/Inf rule and clipping run in one Triton pass over ``grad``
+    (`sanitize_triton`)."""
+    if not _use_fused(grad, use_kernels):
+        return False
+    from .sanitize_triton import supported
+
+    return supported(grad)
 
 
 def fused_sid_available(

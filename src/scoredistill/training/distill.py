@@ -19,6 +19,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.profiler import record_function
 
+from .. import kernels
 from .._types import Noised, expand_as
 from ..io.artefact import CheckpointError
 from ..losses.base import DistillLoss, Evaluation, LossModule, LossOutput
@@ -63,28 +64,53 @@ def _phase_sampler(losses: Sequence[DistillLoss], attr: str) -> SigmaSampler:
     return samplers.pop()
 
 
-def sanitize_grads(params: Sequence[nn.Parameter], clip_value: float | None = None) -> None:
-    """Replace NaN gradients by 0 and +-Inf by +-1e5 (the reference's rule), then optionally clip values."""
-    _sanitize([p.grad for p in params if p.grad is not None], clip_value)
+def sanitize_grads(
+    params: Sequence[nn.Parameter], clip_value: float | None = None, *, use_kernels: bool | None = None
+) -> None:
+    """Replace NaN gradients by 0 and +-Inf by +-1e5 (the reference's rule), then optionally clip values.
+
+    ``use_kernels``: as for the losses (``None``: the one-pass Triton kernel on CUDA when available; the values
+    are the same either way)."""
+    _sanitize([p.grad for p in params if p.grad is not None], clip_value, use_kernels)
 
 
 SMALL_GRAD = 1 << 16
 """Gradients with fewer elements than this are sanitised together (`_sanitize`)."""
+ONE_PASS_SANITIZE = True
+"""On CUDA with Triton, the rule and the clipping in one pass per gradient (`kernels.sanitize_triton`); ``False``:
+``nan_to_num_`` per gradient, then a multi-tensor clamp (``benchmarks/bench_step.py``'s ``graphs-cl-nosan1``)."""
 
 
-def _sanitize(grads: list[Tensor], clip_value: float | None) -> None:
-    # The small gradients (the norms' weights and biases: a few hundred tensors per network) go through one
-    # nan_to_num over their concatenation and one multi-tensor copy back, instead of a launch each.
+def _sanitize_one(g: Tensor, clip_value: float | None, use_kernels: bool | None) -> bool:
+    """The rule and the clipping on ``g`` in one pass, when the fused kernel takes it; ``False`` otherwise."""
+    if not (ONE_PASS_SANITIZE and kernels.fused_sanitize_available(g, use_kernels)):
+        return False
+    from ..kernels.sanitize_triton import sanitize_
+
+    sanitize_(g, clip_value)
+    return True
+
+
+def _sanitize(grads: list[Tensor], clip_value: float | None, use_kernels: bool | None = None) -> None:
+    # The small gradients (the norms' weights and biases: a few hundred tensors per network) go through one pass
+    # over their concatenation and one multi-tensor copy back, instead of a launch each.
     small = [g for g in grads if g.numel() < SMALL_GRAD]
     batched = len(small) > 1 and len({(g.dtype, g.device) for g in small}) == 1
+    unclipped = []  # what the one-pass kernel did not take: clipped below, by one multi-tensor clamp
     for g in grads:
-        if not (batched and g.numel() < SMALL_GRAD):
+        if not (batched and g.numel() < SMALL_GRAD) and not _sanitize_one(g, clip_value, use_kernels):
             torch.nan_to_num_(g, nan=0.0, posinf=1e5, neginf=-1e5)
+            unclipped.append(g)
     if batched:
-        copy_from_flat(small, flat_cat(small).nan_to_num_(nan=0.0, posinf=1e5, neginf=-1e5))
-    if clip_value is not None and grads:
-        torch._foreach_clamp_min_(grads, -clip_value)
-        torch._foreach_clamp_max_(grads, clip_value)
+        flat = flat_cat(small)
+        if not _sanitize_one(flat, clip_value, use_kernels):
+            flat.nan_to_num_(nan=0.0, posinf=1e5, neginf=-1e5)
+            if clip_value is not None:
+                flat.clamp_(-clip_value, clip_value)
+        copy_from_flat(small, flat)
+    if clip_value is not None and unclipped:
+        torch._foreach_clamp_min_(unclipped, -clip_value)
+        torch._foreach_clamp_max_(unclipped, clip_value)
 
 
 def _measured_setup(config: DistillConfig, device: torch.device, world: int) -> bool:
@@ -324,7 +350,7 @@ class Distiller:
         flat = self._flat_grads.pop(phase, None)
         # One pass over a released buffer instead of one per parameter whose gradient is still a view of it.
         rest = [p.grad for p in params if p.grad is not None and (flat is None or p.grad._base is not flat)]
-        _sanitize(rest if flat is None else [flat, *rest], clip)
+        _sanitize(rest if flat is None else [flat, *rest], clip, self.config.use_kernels)
         self.scalers[phase].step(opt)
         self.scalers[phase].update()
         opt.zero_grad(set_to_none=True)
