@@ -229,6 +229,12 @@ def test_sanitize_batches_the_small_gradients():
         assert torch.equal(t, e) and t.data_ptr() == ptr  # in place
     assert grads[2].is_contiguous(memory_format=torch.channels_last)
 
+    clipped = [grad(7), grad(3, 5), grad(distill.SMALL_GRAD + 3)]  # the batched path with clipping
+    expected = [t.nan_to_num(nan=0.0, posinf=1e5, neginf=-1e5).clamp(-0.5, 0.5) for t in clipped]
+    distill._sanitize(clipped, 0.5)
+    for t, e in zip(clipped, expected, strict=True):
+        assert torch.equal(t, e)
+
     mixed = [grad(3), grad(3, dtype=torch.float64)]
     expected = [t.nan_to_num(nan=0.0, posinf=1e5, neginf=-1e5) for t in mixed]
     distill._sanitize(mixed, 1.0)

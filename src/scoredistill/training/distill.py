@@ -76,9 +76,10 @@ def sanitize_grads(
 
 SMALL_GRAD = 1 << 16
 """Gradients with fewer elements than this are sanitised together (`_sanitize`)."""
-ONE_PASS_SANITIZE = True
-"""On CUDA with Triton, the rule and the clipping in one pass per gradient (`kernels.sanitize_triton`); ``False``:
-``nan_to_num_`` per gradient, then a multi-tensor clamp (``benchmarks/bench_step.py``'s ``graphs-cl-nosan1``)."""
+ONE_PASS_SANITIZE = False
+"""``True``: on CUDA with Triton, the rule and the clipping in one pass per gradient (`kernels.sanitize_triton`), the
+same values as the default's ``nan_to_num_`` per gradient and multi-tensor clamp. A candidate, off until it has been
+timed on a GPU (``benchmarks/bench_step.py`` setting ``graphs-cl-san1``)."""
 
 
 def _sanitize_one(g: Tensor, clip_value: float | None, use_kernels: bool | None) -> bool:
