@@ -345,12 +345,8 @@ def _eager_fused(preset: str, batch: int, device: torch.device, gn: str = "auto"
     return d
 
 
-def profile_ops(preset: str, batch: int, device: torch.device, top: int = 60) -> str:
-    """Device time of one eager bf16 channels_last step by aten op and input shapes, fused norms forced on.
-
-    Eager, so that every kernel is attributed to the operator that launched it (a graph replay hides them); the
-    fused norms and folded biases are on as under CUDA graphs.
-    """
+def _profiled_eager_step(preset: str, batch: int, device: torch.device):
+    """The profiler's events of one eager bf16 channels_last step with the fused network kernels forced on."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
@@ -358,25 +354,82 @@ def profile_ops(preset: str, batch: int, device: torch.device, top: int = 60) ->
     with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
         d.step()
         torch.cuda.synchronize()
-    # Every kernel under the operator that launched it, with the operator's input shapes and its nearest autograd
-    # node (backward) or parent op.
-    rows: dict[tuple[str, str, str, str], list[float]] = {}
-    for e in prof.events():
+    return prof.events()
+
+
+def attribute_kernels(events) -> dict[tuple[str, str, str, str, str], list[float]]:
+    """Every kernel under the operator that launched it: ``(kernel, op, input shapes, parent, phase) -> [us,
+    launches]``, from the profiler's ``FunctionEvent`` list.
+
+    The parent is the nearest autograd node (a backward) or non-aten range above the op. The phase is the
+    ``Distiller.step`` range (`PHASES`, without its prefix) that holds the op, or whose time span holds the op's start
+    (the autograd engine's thread launches the backward while the main thread waits inside the phase); ``"?"``
+    outside them."""
+    spans = [(e.name.removeprefix("scoredistill/"), e.time_range.start, e.time_range.end) for e in events
+             if e.name in PHASES]  # fmt: skip
+    rows: dict[tuple[str, str, str, str, str], list[float]] = {}
+    for e in events:
         for k in getattr(e, "kernels", []):
-            parent, up = "", e.cpu_parent
-            while up is not None and not parent:
-                if up.name.startswith("autograd::engine") or not up.name.startswith("aten::"):
+            parent, phase, up = "", None, e.cpu_parent
+            while up is not None:
+                if not parent and (up.name.startswith("autograd::engine") or not up.name.startswith("aten::")):
                     parent = up.name.replace("autograd::engine::evaluate_function: ", "bwd ")
+                if phase is None and up.name in PHASES:
+                    phase = up.name.removeprefix("scoredistill/")
                 up = up.cpu_parent
-            key = (k.name[:48], e.name, str(e.input_shapes)[:72], parent[:40])
+            if phase is None:
+                start = e.time_range.start
+                phase = next((name for name, lo, hi in spans if lo <= start < hi), "?")
+            key = (k.name[:48], e.name, str(e.input_shapes)[:72], parent[:40], phase)
             acc = rows.setdefault(key, [0.0, 0])
             acc[0] += k.duration
             acc[1] += 1
+    return rows
+
+
+def profile_ops(preset: str, batch: int, device: torch.device, top: int = 60) -> str:
+    """Device time of one eager bf16 channels_last step by aten op and input shapes, fused norms forced on.
+
+    Eager, so that every kernel is attributed to the operator that launched it (a graph replay hides them); the
+    fused norms and folded biases are on as under CUDA graphs.
+    """
+    rows: dict[tuple[str, str, str, str], list[float]] = {}
+    attributed = attribute_kernels(_profiled_eager_step(preset, batch, device))
+    for (kname, op, shapes, parent, _), (us, n) in attributed.items():
+        acc = rows.setdefault((kname, op, shapes, parent), [0.0, 0])
+        acc[0] += us
+        acc[1] += n
     total = sum(v[0] for v in rows.values()) or 1.0
     lines = [f"{'us':>9} {'share':>6} {'calls':>6}  kernel | op | input shapes | parent"]
     for (kname, op, shapes, parent), (us, n) in sorted(rows.items(), key=lambda kv: -kv[1][0])[:top]:
         lines.append(f"{us:9.0f} {100 * us / total:5.1f}% {n:6d}  {kname} | {op} | {shapes} | {parent}")
     return "\n".join(lines)
+
+
+def launch_table(rows: dict[tuple[str, str, str, str, str], list[float]], limit_us: float, top: int = 45) -> str:
+    """The small launches of `attribute_kernels`' rows (kernels averaging under ``limit_us`` each), by operator,
+    parent and phase, most launches first: where a launch-bound step's kernels come from."""
+    small = {key: v for key, v in rows.items() if v[0] < limit_us * v[1]}
+    groups: dict[tuple[str, str, str], list[float]] = {}
+    for (_, op, _, parent, phase), (us, n) in small.items():
+        acc = groups.setdefault((op, parent, phase), [0.0, 0])
+        acc[0] += us
+        acc[1] += n
+    launches, us = sum(v[1] for v in rows.values()), sum(v[0] for v in rows.values())
+    n_small, us_small = sum(v[1] for v in small.values()), sum(v[0] for v in small.values())
+    lines = [
+        f"all kernels: {launches} launches, {us / 1e3:.2f} ms; averaging under {limit_us:g} us: {n_small} launches, "
+        f"{us_small / 1e3:.2f} ms",
+        f"{'launches':>8} {'us':>9}  op | parent | phase",
+    ]
+    for (op, parent, phase), (t, n) in sorted(groups.items(), key=lambda kv: (-kv[1][1], -kv[1][0]))[:top]:
+        lines.append(f"{n:8d} {t:9.0f}  {op} | {parent} | {phase}")
+    return "\n".join(lines)
+
+
+def profile_launches(preset: str, batch: int, device: torch.device, limit_us: float = 6.0) -> str:
+    """One eager step's small launches (`launch_table`), the fused network kernels forced on as under CUDA graphs."""
+    return launch_table(attribute_kernels(_profiled_eager_step(preset, batch, device)), limit_us)
 
 
 PHASES = ("scoredistill/data", "scoredistill/fake_score_step", "scoredistill/generator_step", "scoredistill/ema")
@@ -514,6 +567,9 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="markdown file to append to (default benchmarks/RESULTS.md)")
     parser.add_argument("--profile-ops", action="store_true", help="print one eager step's device time by op and shape")
     parser.add_argument("--profile-phases", action="store_true", help="print eager steps' device time by phase")
+    parser.add_argument(
+        "--profile-launches", action="store_true", help="print one eager step's small launches by op, parent and phase"
+    )
     parser.add_argument("--teacher", default=None, help="a saved teacher (artefact directory) instead of the preset's")
     parser.add_argument("--data", default=None, help="dataset zip: real images (and labels) through the loader")
     parser.add_argument("--workers", type=int, default=2, help="loader processes with --data")
@@ -534,6 +590,9 @@ def main() -> None:
         return
     if args.profile_phases:
         print(profile_phases(args.preset, args.batch, device), flush=True)
+        return
+    if args.profile_launches:
+        print(profile_launches(args.preset, args.batch, device), flush=True)
         return
     settings = args.settings.split(",")
     unknown = [s for s in settings if s not in SETTINGS]

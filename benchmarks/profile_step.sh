@@ -44,5 +44,8 @@ part 60 phases_cifar10_b128 python $P --preset cifar10-32x32-uncond --batch 128 
 O="benchmarks/bench_step.py --profile-ops"
 part 60 ops_imagenet_b32 python $O --preset imagenet-64x64 --batch 32
 part 50 ops_cifar10_b32 python $O --preset cifar10-32x32-uncond --batch 32 "${data[@]}"
+# The small launches (under 6 us each) by operator, autograd node and phase: what a launch-bound step is made of
+part 50 launches_cifar10_b32 python benchmarks/bench_step.py --profile-launches --preset cifar10-32x32-uncond \
+  --batch 32 "${data[@]}"
 el end
 grep -h "^\[" "$OUT"/profile_*.txt

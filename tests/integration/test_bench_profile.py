@@ -64,6 +64,43 @@ def test_phase_table_gives_each_kernel_to_the_phase_its_launching_operator_ran_i
     assert rows["outside"][-2:] == ["2.00", "20.0%"] and rows["total"] == ["10.00"]
 
 
+def _event(name, start, end, parent=None, kernels=(), shapes=()):
+    """A stand-in ``FunctionEvent``: what ``attribute_kernels`` reads (times in us)."""
+    from torch.autograd.profiler_util import Kernel
+
+    return SimpleNamespace(
+        name=name,
+        time_range=SimpleNamespace(start=start, end=end),
+        cpu_parent=parent,
+        kernels=[Kernel(k, 0, us) for k, us in kernels],
+        input_shapes=list(shapes),
+    )
+
+
+def test_launch_table_gives_the_small_launches_by_operator_parent_and_phase():
+    bench = _bench_step()
+    fake = _event("scoredistill/fake_score_step", 0, 100)
+    gen = _event("scoredistill/generator_step", 100, 200)
+    add = _event("aten::add", 10, 11, fake, [("elementwise_kernel", 2.0)] * 3, [[32], [32]])
+    conv = _event("aten::convolution", 20, 30, fake, [("sm90_xmma_fprop", 40.0)], [[32, 256, 32, 32]])
+    # the backward, launched from the autograd engine's thread: no phase above it, its start inside the generator's
+    node = _event("autograd::engine::evaluate_function: MulBackward0", 150, 152)
+    mul = _event("aten::mul", 150, 151, node, [("elementwise_kernel", 3.0), ("elementwise_kernel", 1.0)], [[8]])
+    outside = _event("aten::copy_", 300, 301, None, [("copy_kernel", 1.0)])
+    rows = bench.attribute_kernels([fake, gen, add, conv, node, mul, outside])
+    assert rows[("elementwise_kernel", "aten::add", "[[32], [32]]", "scoredistill/fake_score_step", "fake_score_step")]
+    assert rows[("elementwise_kernel", "aten::mul", "[[8]]", "bwd MulBackward0", "generator_step")] == [4.0, 2]
+    assert rows[("copy_kernel", "aten::copy_", "[]", "", "?")] == [1.0, 1]
+    lines = bench.launch_table(rows, limit_us=6.0).splitlines()
+    assert lines[0] == "all kernels: 7 launches, 0.05 ms; averaging under 6 us: 6 launches, 0.01 ms"
+    table = [line.split(None, 2) for line in lines[2:]]
+    assert table == [  # most launches first; the 40 us convolution left out
+        ["3", "6", "aten::add | scoredistill/fake_score_step | fake_score_step"],
+        ["2", "4", "aten::mul | bwd MulBackward0 | generator_step"],
+        ["1", "1", "aten::copy_ |  | ?"],
+    ]
+
+
 def test_kernel_families_leave_out_operators_and_ranges():
     bench = _bench_step()
     events = [  # microseconds over 2 steps
