@@ -69,8 +69,8 @@ def sanitize_grads(
 ) -> None:
     """Replace NaN gradients by 0 and +-Inf by +-1e5 (the reference's rule), then optionally clip values.
 
-    ``use_kernels``: as for the losses (``None``: the one-pass Triton kernel on CUDA when available; the values
-    are the same either way)."""
+    ``use_kernels``: ``False`` keeps to PyTorch's ops; otherwise CUDA gradients take the one-pass Triton kernel where
+    `ONE_PASS_SANITIZE` is on (off by default). The values are the same either way."""
     _sanitize([p.grad for p in params if p.grad is not None], clip_value, use_kernels)
 
 
