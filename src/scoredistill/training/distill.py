@@ -97,21 +97,16 @@ def _sanitize(grads: list[Tensor], clip_value: float | None, use_kernels: bool |
     # over their concatenation and one multi-tensor copy back, instead of a launch each.
     small = [g for g in grads if g.numel() < SMALL_GRAD]
     batched = len(small) > 1 and len({(g.dtype, g.device) for g in small}) == 1
-    unclipped = []  # what the one-pass kernel did not take: clipped below, by one multi-tensor clamp
-    for g in grads:
-        if not (batched and g.numel() < SMALL_GRAD) and not _sanitize_one(g, clip_value, use_kernels):
-            torch.nan_to_num_(g, nan=0.0, posinf=1e5, neginf=-1e5)
-            unclipped.append(g)
+    flat = flat_cat(small) if batched else None
+    targets = [g for g in grads if not (batched and g.numel() < SMALL_GRAD)] + ([flat] if batched else [])
+    rest = [g for g in targets if not _sanitize_one(g, clip_value, use_kernels)]  # the one-pass kernel's leftovers
+    for g in rest:
+        torch.nan_to_num_(g, nan=0.0, posinf=1e5, neginf=-1e5)
+    if clip_value is not None and rest:
+        torch._foreach_clamp_min_(rest, -clip_value)
+        torch._foreach_clamp_max_(rest, clip_value)
     if batched:
-        flat = flat_cat(small)
-        if not _sanitize_one(flat, clip_value, use_kernels):
-            flat.nan_to_num_(nan=0.0, posinf=1e5, neginf=-1e5)
-            if clip_value is not None:
-                flat.clamp_(-clip_value, clip_value)
         copy_from_flat(small, flat)
-    if clip_value is not None and unclipped:
-        torch._foreach_clamp_min_(unclipped, -clip_value)
-        torch._foreach_clamp_max_(unclipped, clip_value)
 
 
 def _measured_setup(config: DistillConfig, device: torch.device, world: int) -> bool:
