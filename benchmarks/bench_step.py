@@ -76,8 +76,9 @@ BENCH_SWITCHES = {
     # one launch per gradient, as before)
     "batched_sanitize": True,
     # the NaN/Inf rule and the fake score's clipping in one Triton pass per gradient
-    # (training.distill.ONE_PASS_SANITIZE; False, the default: nan_to_num_, then a multi-tensor clamp_min and clamp_max)
-    "one_pass_sanitize": False,
+    # (training.distill.ONE_PASS_SANITIZE, on by default since the fourteenth round; False: nan_to_num_, then a
+    # multi-tensor clamp_min and clamp_max)
+    "one_pass_sanitize": True,
     # how many convolution algorithms cuDNN's benchmark mode times per shape (torch's default 10; 0: all). cuDNN's
     # choices are cached per process and shape, so a setting that changes it must run in a process of its own.
     "cudnn_benchmark_limit": 10,
@@ -140,9 +141,11 @@ SETTINGS: dict[str, tuple[dict, bool]] = {
     "graphs-cl-noskipgrad": ({**GRAPHS_CL, "skip_grad_in_norm": False}, True),
     # before: the NaN / Inf rule applied to each small gradient (the norms' parameters) by a launch of its own
     "graphs-cl-nobatchsan": ({**GRAPHS_CL, "batched_sanitize": False}, True),
-    # candidate (not yet timed): the rule and the clipping in one Triton pass over each gradient, instead of
-    # nan_to_num_ and two multi-tensor clamps (three passes over the fake score's gradients under SiDA)
+    # the rule and the clipping in one Triton pass over each gradient (on by default since the fourteenth round);
+    # graphs-cl-nosan1: before, nan_to_num_ and two multi-tensor clamps (three passes over the fake score's gradients
+    # under SiDA)
     "graphs-cl-san1": ({**GRAPHS_CL, "one_pass_sanitize": True}, True),
+    "graphs-cl-nosan1": ({**GRAPHS_CL, "one_pass_sanitize": False}, True),
     # measured on an H100 in the tenth round and not adopted: cuDNN timing every algorithm (alone in its process)
     "graphs-cl-cudnnall": ({**GRAPHS_CL, "cudnn_benchmark_limit": 0}, True),
     "graphs-blocks": (

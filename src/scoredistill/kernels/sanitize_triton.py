@@ -4,7 +4,7 @@ Before each optimiser step the `Distiller` applies the reference's rule to every
 +-1e5, other values unchanged) and then, for the fake score under SiDA, clips values to ``[-clip, clip]``. In
 PyTorch that is ``nan_to_num_`` followed by a clamp: two passes over the gradient (three with the multi-tensor
 ``clamp_min`` and ``clamp_max``). This kernel reads and writes each element once, with the same values (the
-`Distiller` runs it where ``training.distill.ONE_PASS_SANITIZE`` is on; off by default until it is timed on a GPU)::
+`Distiller` runs it where ``training.distill.ONE_PASS_SANITIZE`` is on, the default)::
 
     g = nan_to_num(g, nan=0, posinf=1e5, neginf=-1e5)
     g = clamp(g, -clip, clip)          # when clip is given

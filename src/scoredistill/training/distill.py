@@ -70,16 +70,17 @@ def sanitize_grads(
     """Replace NaN gradients by 0 and +-Inf by +-1e5 (the reference's rule), then optionally clip values.
 
     ``use_kernels``: ``False`` keeps to PyTorch's ops; otherwise CUDA gradients take the one-pass Triton kernel where
-    `ONE_PASS_SANITIZE` is on (off by default). The values are the same either way."""
+    `ONE_PASS_SANITIZE` is on (the default). The values are the same either way."""
     _sanitize([p.grad for p in params if p.grad is not None], clip_value, use_kernels)
 
 
 SMALL_GRAD = 1 << 16
 """Gradients with fewer elements than this are sanitised together (`_sanitize`)."""
-ONE_PASS_SANITIZE = False
-"""``True``: on CUDA with Triton, the rule and the clipping in one pass per gradient (`kernels.sanitize_triton`), the
-same values as the default's ``nan_to_num_`` per gradient and multi-tensor clamp. A candidate, off until it has been
-timed on a GPU (``benchmarks/bench_step.py`` setting ``graphs-cl-san1``)."""
+ONE_PASS_SANITIZE = True
+"""``True`` (the default): on CUDA with Triton, the rule and the clipping in one pass per gradient
+(`kernels.sanitize_triton`). ``False``: ``nan_to_num_`` per gradient, then a multi-tensor clamp; the same values, in
+three passes over the gradients instead of one (``benchmarks/bench_step.py`` settings ``graphs-cl-san1`` and
+``graphs-cl-nosan1``)."""
 
 
 def _sanitize_one(g: Tensor, clip_value: float | None, use_kernels: bool | None) -> bool:
