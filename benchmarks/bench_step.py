@@ -49,7 +49,7 @@ from scoredistill import (
 from scoredistill.data import ImageZipDataset, real_batches
 from scoredistill.data.augment import AugmentPipe
 from scoredistill.networks import PRESETS, layers
-from scoredistill.networks.layers import UNetBlock
+from scoredistill.networks.layers import EncoderDecoderUNet, UNetBlock
 from scoredistill.roles.precond import edm_precond
 from scoredistill.training import distill
 from scoredistill.training.fast import use_fused_norms
@@ -79,6 +79,9 @@ BENCH_SWITCHES = {
     # (training.distill.ONE_PASS_SANITIZE, on by default since the fourteenth round; False: nan_to_num_, then a
     # multi-tensor clamp_min and clamp_max)
     "one_pass_sanitize": True,
+    # the residual blocks' conditioning by one GEMM per encoder and decoder pass (EncoderDecoderUNet
+    # .batch_conditioning; False, the default: one affine layer per block)
+    "batch_conditioning": False,
     # how many convolution algorithms cuDNN's benchmark mode times per shape (torch's default 10; 0: all). cuDNN's
     # choices are cached per process and shape, so a setting that changes it must run in a process of its own.
     "cudnn_benchmark_limit": 10,
@@ -146,6 +149,9 @@ SETTINGS: dict[str, tuple[dict, bool]] = {
     # under SiDA)
     "graphs-cl-san1": ({**GRAPHS_CL, "one_pass_sanitize": True}, True),
     "graphs-cl-nosan1": ({**GRAPHS_CL, "one_pass_sanitize": False}, True),
+    # candidate (not yet timed): the blocks' conditioning by one GEMM per encoder and decoder pass instead of an
+    # affine layer per block (about 570 small launches of a CIFAR-10 batch-32 iteration, fourteenth round)
+    "graphs-cl-bcond": ({**GRAPHS_CL, "batch_conditioning": True}, True),
     # measured on an H100 in the tenth round and not adopted: cuDNN timing every algorithm (alone in its process)
     "graphs-cl-cudnnall": ({**GRAPHS_CL, "cudnn_benchmark_limit": 0}, True),
     "graphs-blocks": (
@@ -228,6 +234,8 @@ def build(preset: str, batch: int, setting: str, device: torch.device) -> Distil
             use_fused_norms(role, False)
     for role in (teacher, G, fake):
         for m in role.modules():
+            if isinstance(m, EncoderDecoderUNet):
+                m.batch_conditioning = switch["batch_conditioning"]
             if isinstance(m, UNetBlock):
                 m.fold_biases = switch["fold_biases"]
                 if switch["split_qkv"] is not None:

@@ -194,15 +194,17 @@ class DhariwalUNet(EncoderDecoderUNet):
 
     def _encode(self, x: Tensor, emb: Tensor) -> list[Tensor]:
         skips: list[Tensor] = []
+        conds = self._block_conditions(self.enc.values(), emb)
         for block in self.enc.values():
-            x = block(x, emb) if isinstance(block, UNetBlock) else block(x)
+            x = block(x, emb, next(conds)) if isinstance(block, UNetBlock) else block(x)
             skips.append(x)
         return skips
 
     def _decode(self, skips: list[Tensor], emb: Tensor) -> Tensor:
         x = skips[-1]
+        conds = self._block_conditions(self.dec.values(), emb)
         for name, block in self.dec.items():
             if "_block" in name:
                 x = cat_channels(x, skips.pop())
-            x = block(x, emb)
+            x = block(x, emb, next(conds))
         return self.out_conv(self.out_norm(x, silu=True))

@@ -15,8 +15,9 @@ EDM's published checkpoints, so that EDM state dicts load unchanged.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -36,6 +37,7 @@ __all__ = [
     "Linear",
     "PositionalEmbedding",
     "UNetBlock",
+    "block_conditioning",
     "channel_mean_logits",
     "conv2d",
     "group_norm_act",
@@ -728,7 +730,13 @@ class UNetBlock(nn.Module):
         a = F.scaled_dot_product_attention(q, k, v)  # [B, heads, HW, head_channels]
         return self.proj(rearrange(a, "b heads (h w) d -> b (heads d) h w", h=h), bias=proj_bias)
 
-    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+    def forward(self, x: Tensor, emb: Tensor, cond: Tensor | tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """The block on ``x`` ``[B, C_in, H, W]`` conditioned on ``emb`` ``[B, emb_channels]``.
+
+        ``cond``: this block's conditioning computed ahead by
+        [`block_conditioning`][scoredistill.networks.layers.block_conditioning] (``emb`` is then not read): the
+        additive ``affine(emb) + conv0.bias`` ``[B, C_out]``, or the scale-shift pair ``(s, t)``.
+        """
         # Where the fused norms run, every convolution bias is added by the fused kernel that follows its convolution
         # instead of a separate broadcast pass: conv0's enters norm1 with the conditioning (norm1(h + b0)), conv1's
         # and the skip's the residual sum, proj's the attention's residual sum. The same block up to rounding.
@@ -736,15 +744,23 @@ class UNetBlock(nn.Module):
 
         # Residual branch with noise conditioning.
         h, x = self._norm_and_input(self.norm0, x, fold, silu=True)
-        h = self.conv0(h, bias=not fold)
-        b0 = cast_parameter(self.conv0.bias, h.dtype).reshape(1, -1, 1, 1) if fold else None
-        params = self.affine(emb)[:, :, None, None].to(h.dtype)
         if self.adaptive_scale:
-            scale, shift = params.chunk(2, dim=1)
+            h = self.conv0(h, bias=not fold)
+            b0 = cast_parameter(self.conv0.bias, h.dtype).reshape(1, -1, 1, 1) if fold else None
+            if cond is None:
+                scale, shift = self.affine(emb)[:, :, None, None].to(h.dtype).chunk(2, dim=1)
+            else:
+                scale, shift = (c[:, :, None, None].to(h.dtype) for c in cond)
             add = None if b0 is None else b0.expand(h.shape[0], -1, -1, -1)
             h = self.norm1(h, add=add, scale=scale + 1, shift=shift, silu=True)
+        elif cond is not None:  # conv0's bias is in the conditioning already
+            h = self.norm1(self.conv0(h, bias=False), add=cond[:, :, None, None].to(h.dtype), silu=True)
         else:
-            h = self.norm1(h, add=params if b0 is None else params + b0, silu=True)
+            h = self.conv0(h, bias=not fold)
+            params = self.affine(emb)[:, :, None, None].to(h.dtype)
+            if fold:
+                params = params + cast_parameter(self.conv0.bias, h.dtype).reshape(1, -1, 1, 1)
+            h = self.norm1(h, add=params, silu=True)
         h = self.conv1(F.dropout(h, p=self.dropout, training=self.training), bias=not fold)
         bias = self.conv1.bias if fold else None
         if self.skip is None:
@@ -801,6 +817,45 @@ class UNetBlock(nn.Module):
         return h + x if self.skip_scale == 1 else (h + x) * self.skip_scale
 
 
+def block_conditioning(blocks: Sequence[UNetBlock], emb: Tensor) -> list[Tensor | tuple[Tensor, Tensor]] | None:
+    """Every block's conditioning from one GEMM: the ``cond`` that each of ``blocks`` takes in its forward pass.
+
+    Every residual block maps the same embedding through an ``affine`` layer of its own: one small GEMM per block
+    and network pass, and in the backward pass per block one for the input's gradient, one for the weight's, a
+    reduction for the bias and an addition into the embedding's gradient. Here the blocks' weights are stacked and
+    the GEMM runs once; its output is split into the blocks' parts (one autograd node, so the backward gathers the
+    parts' gradients in one copy). With additive conditioning (DDPM++) each block's ``conv0`` bias joins the stacked
+    bias, so the block adds ``affine(emb) + conv0.bias`` before its norm (the same sum; the block's own addition
+    of the two goes). The same products as the blocks' own layers, up to rounding.
+
+    Args:
+        blocks: The blocks, in any order; all additive or all scale-shift.
+        emb: The embedding ``[B, emb_channels]`` they all read.
+
+    Returns:
+        One ``cond`` per block: ``[B, C_out]`` (additive) or the pair ``(s, t)`` of ``[B, C_out]`` (scale-shift,
+        ``norm1(h) * (1 + s) + t``); ``None`` where the blocks do not allow it (mixed conditioning, a layer
+        without its bias), for the blocks to compute their own.
+    """
+    if not blocks:
+        return []
+    adaptive = blocks[0].adaptive_scale
+    for block in blocks:
+        if block.adaptive_scale != adaptive or block.affine.bias is None or block.conv0.bias is None:
+            return None
+    weight = torch.cat([matmul_parameter(block.affine.weight, emb) for block in blocks])
+    bias = torch.cat([matmul_parameter(block.affine.bias, emb) for block in blocks])
+    if not adaptive:
+        bias = bias + torch.cat([matmul_parameter(block.conv0.bias, emb) for block in blocks])
+    parts = linear(emb, weight, bias).split([n for b in blocks for n in _cond_widths(b)], dim=1)
+    return list(zip(parts[0::2], parts[1::2], strict=True)) if adaptive else list(parts)
+
+
+def _cond_widths(block: UNetBlock) -> tuple[int, ...]:
+    """The widths of ``block``'s conditioning: ``(C_out,)``, or ``(C_out, C_out)`` for scale and shift."""
+    return (block.out_channels,) * (2 if block.adaptive_scale else 1)
+
+
 def channel_mean_logits(x: Tensor) -> Tensor:
     """SiDA's discriminator logit map: the channel mean of an encoder feature map, in float32.
 
@@ -822,6 +877,20 @@ class EncoderDecoderUNet(nn.Module):
 
     config_class: type
     config: Any
+
+    batch_conditioning: bool = False
+    """Compute the residual blocks' conditioning with one GEMM per encoder and decoder pass
+    ([`block_conditioning`][scoredistill.networks.layers.block_conditioning]) instead of one per block. The same
+    products up to rounding. A candidate, off until it has been timed on a GPU (``benchmarks/bench_step.py``
+    setting ``graphs-cl-bcond``)."""
+
+    def _block_conditions(self, stage: Iterable[nn.Module], emb: Tensor) -> Iterator[Any]:
+        """Each `UNetBlock` of ``stage``'s ``cond`` in order: from one GEMM under `batch_conditioning`, else ``None``
+        (the blocks compute their own)."""
+        conds = None
+        if self.batch_conditioning:
+            conds = block_conditioning([m for m in stage if isinstance(m, UNetBlock)], emb)
+        return iter(conds) if conds is not None else itertools.repeat(None)
 
     def to_config(self) -> dict[str, Any]:
         """The backbone's config as JSON-ready values; `from_config` inverts it."""

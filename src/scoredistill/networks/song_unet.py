@@ -278,6 +278,7 @@ class SongUNet(EncoderDecoderUNet):
     def _encode(self, x: Tensor, emb: Tensor) -> list[Tensor]:
         skips: list[Tensor] = []
         aux = x
+        conds = self._block_conditions(self.enc.values(), emb)
         for name, block in self.enc.items():
             if "aux_down" in name:
                 aux = block(aux)
@@ -286,7 +287,7 @@ class SongUNet(EncoderDecoderUNet):
             elif "aux_residual" in name:
                 x = skips[-1] = aux = (x + block(aux)) * math.sqrt(0.5)
             else:
-                x = block(x, emb) if isinstance(block, UNetBlock) else block(x)
+                x = block(x, emb, next(conds)) if isinstance(block, UNetBlock) else block(x)
                 skips.append(x)
         return skips
 
@@ -294,6 +295,7 @@ class SongUNet(EncoderDecoderUNet):
         x = skips[-1]
         aux: Tensor | None = None
         head: Tensor | None = None
+        conds = self._block_conditions(self.dec.values(), emb)
         for name, block in self.dec.items():
             if "aux_up" in name:
                 aux = block(aux)
@@ -305,5 +307,5 @@ class SongUNet(EncoderDecoderUNet):
             else:
                 if "_block" in name:
                     x = cat_channels(x, skips.pop())
-                x = block(x, emb)
+                x = block(x, emb, next(conds))
         return aux
