@@ -26,10 +26,14 @@ from scoredistill.networks import MLP, TinyUNet
 
 __all__ = [
     "FIXTURES",
+    "NCSNPP_SKIP",
     "REPO_ROOT",
+    "TINY_ADM",
+    "TINY_SONG",
     "TINY_ZIP",
     "OpCounter",
     "ResumableStream",
+    "autograd_nodes",
     "randomise",
     "saved_tiny_distiller",
     "tiny_image_roles",
@@ -41,6 +45,19 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = REPO_ROOT / "tests" / "fixtures"
 TINY_ZIP = FIXTURES / "cifar10-tiny.zip"
 """A few hundred labelled CIFAR-10 images as an EDM-style dataset zip (see ``fixtures/README.md``)."""
+
+TINY_UNET = {"img_resolution": 8, "channel_mult": (1, 2), "num_blocks": 1, "attn_resolutions": (4,)}
+TINY_SONG = {**TINY_UNET, "model_channels": 16}
+"""`SongUNetConfig` fields of an 8x8 DDPM++ with two levels, one block each and attention at 4x4."""
+TINY_ADM = {**TINY_UNET, "model_channels": 64, "channel_mult": (1, 1)}
+"""`DhariwalUNetConfig` fields of an 8x8 ADM of the same shape (64 channels: ADM's heads are 64 wide)."""
+NCSNPP_SKIP = {
+    "embedding_type": "fourier",
+    "encoder_type": "skip",
+    "decoder_type": "skip",
+    "resample_filter": (1, 3, 3, 1),
+}
+"""The `SongUNetConfig` fields that make DDPM++ into NCSN++ with skip encoder and decoder."""
 
 
 def tiny_image_roles(label_dim: int = 0, seed: int = 0) -> tuple[Teacher, OneStepGenerator, FakeScore]:
@@ -109,6 +126,19 @@ def randomise(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
             else:
                 p.copy_(0.1 * torch.randn(p.shape, generator=g))
     return net
+
+
+def autograd_nodes(t: torch.Tensor) -> list[str]:
+    """The class names of the autograd nodes behind ``t`` (each node once, a name once per node)."""
+    seen, names, stack = set(), [], [t.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.append(type(node).__name__)
+        stack.extend(fn for fn, _ in node.next_functions)
+    return names
 
 
 class OpCounter(TorchDispatchMode):

@@ -7,19 +7,10 @@ import contextlib
 import pytest
 import torch
 
-from helpers import OpCounter
+from helpers import NCSNPP_SKIP, TINY_ADM, TINY_SONG, OpCounter, autograd_nodes
 from scoredistill.networks import DhariwalUNetConfig, SongUNetConfig, build_backbone
 from scoredistill.networks.layers import UNetBlock, block_conditioning
 
-TINY = {"img_resolution": 8, "channel_mult": (1, 2), "num_blocks": 1, "attn_resolutions": (4,)}
-TINY_SONG = {**TINY, "model_channels": 16}
-TINY_ADM = {**TINY, "model_channels": 64, "channel_mult": (1, 1)}
-NCSNPP_SKIP = {
-    "embedding_type": "fourier",
-    "encoder_type": "skip",
-    "decoder_type": "skip",
-    "resample_filter": (1, 3, 3, 1),
-}
 CONFIGS = {
     "ddpmpp": SongUNetConfig(**TINY_SONG, label_dim=3, augment_dim=9),
     "ncsnpp-skip": SongUNetConfig(**TINY_SONG, **NCSNPP_SKIP),
@@ -115,24 +106,12 @@ def test_batched_conditioning_runs_one_gemm_per_stage(name: str) -> None:
         with OpCounter(lambda func, _: func in gemms) as backward:
             y.square().sum().backward()
         counts.append((forward.count, backward.count))
-        nodes.append(_node_names(y))
+        nodes.append(autograd_nodes(y))
     (f0, b0), (f1, b1) = counts
     assert f0 - f1 == blocks - 2  # per block, one GEMM; batched, one per stage
     assert b0 - b1 == 2 * (blocks - 2)  # the input's and the weight's gradients
     assert nodes[0].count("AddmmBackward0") - nodes[1].count("AddmmBackward0") == blocks - 2
     assert nodes[1].count("SplitWithSizesBackward0") == 2
-
-
-def _node_names(t: torch.Tensor) -> list[str]:
-    seen, names, stack = set(), [], [t.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        names.append(type(node).__name__)
-        stack.extend(fn for fn, _ in node.next_functions)
-    return names
 
 
 @pytest.mark.parametrize("name", ["ddpmpp", "adm"])

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 
-from helpers import FIXTURES, OpCounter
+from helpers import FIXTURES, NCSNPP_SKIP, TINY_ADM, TINY_SONG, OpCounter, autograd_nodes
 from scoredistill._types import EncoderBackbone
 from scoredistill.networks import (
     PRESETS,
@@ -35,15 +35,6 @@ TEACHERS = {
     "ffhq-64x64": ("edm-ffhq/afhqv2-64x64-uncond (DDPM++)", 61_805_571),
     "afhqv2-64x64": ("edm-ffhq/afhqv2-64x64-uncond (DDPM++)", 61_805_571),
     "imagenet-64x64": ("edm-imagenet-64x64-cond (ADM)", 295_899_267),
-}
-TINY = {"img_resolution": 8, "channel_mult": (1, 2), "num_blocks": 1, "attn_resolutions": (4,)}
-TINY_SONG = {**TINY, "model_channels": 16}
-TINY_ADM = {**TINY, "model_channels": 64, "channel_mult": (1, 1)}
-NCSNPP_SKIP = {
-    "embedding_type": "fourier",
-    "encoder_type": "skip",
-    "decoder_type": "skip",
-    "resample_filter": (1, 3, 3, 1),
 }
 
 
@@ -369,18 +360,6 @@ def test_channels_last_attention_matches_contiguous_with_gradients(heads: int, s
         torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
 
 
-def _autograd_nodes(t: torch.Tensor) -> set[str]:
-    seen, names, stack = set(), set(), [t.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        names.add(type(node).__name__)
-        stack.extend(fn for fn, _ in node.next_functions)
-    return names
-
-
 @pytest.mark.parametrize("split", [False, True])
 def test_split_qkv_leaves_no_gradient_stacking_in_the_attention_backward(split: bool) -> None:
     # What split_qkv is for: with one qkv GEMM, q, k and v are unbound from one tensor and autograd stacks their
@@ -390,7 +369,7 @@ def test_split_qkv_leaves_no_gradient_stacking_in_the_attention_backward(split: 
     block = UNetBlock(16, 16, 8, attention=True, num_heads=2).to(memory_format=torch.channels_last)
     block.split_qkv = split
     x = torch.randn(2, 16, 4, 4).contiguous(memory_format=torch.channels_last).requires_grad_()
-    nodes = _autograd_nodes(block(x, torch.randn(2, 8)))
+    nodes = set(autograd_nodes(block(x, torch.randn(2, 8))))
     assert ("UnbindBackward0" in nodes) is not split
 
 
