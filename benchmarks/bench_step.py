@@ -150,7 +150,7 @@ SETTINGS: dict[str, tuple[dict, bool]] = {
     "graphs-cl-san1": ({**GRAPHS_CL, "one_pass_sanitize": True}, True),
     "graphs-cl-nosan1": ({**GRAPHS_CL, "one_pass_sanitize": False}, True),
     # candidate (not yet timed): the blocks' conditioning by one GEMM per encoder and decoder pass instead of an
-    # affine layer per block (about 570 small launches of a CIFAR-10 batch-32 iteration, fourteenth round)
+    # affine layer per block (about 560 small launches of a CIFAR-10 batch-32 iteration, fourteenth round)
     "graphs-cl-bcond": ({**GRAPHS_CL, "batch_conditioning": True}, True),
     # measured on an H100 in the tenth round and not adopted: cuDNN timing every algorithm (alone in its process)
     "graphs-cl-cudnnall": ({**GRAPHS_CL, "cudnn_benchmark_limit": 0}, True),
