@@ -144,10 +144,8 @@ SETTINGS: dict[str, tuple[dict, bool]] = {
     "graphs-cl-noskipgrad": ({**GRAPHS_CL, "skip_grad_in_norm": False}, True),
     # before: the NaN / Inf rule applied to each small gradient (the norms' parameters) by a launch of its own
     "graphs-cl-nobatchsan": ({**GRAPHS_CL, "batched_sanitize": False}, True),
-    # the rule and the clipping in one Triton pass over each gradient (on by default since the fourteenth round);
-    # graphs-cl-nosan1: before, nan_to_num_ and two multi-tensor clamps (three passes over the fake score's gradients
-    # under SiDA)
-    "graphs-cl-san1": ({**GRAPHS_CL, "one_pass_sanitize": True}, True),
+    # before the fourteenth round: the rule by nan_to_num_ and the clipping by two multi-tensor clamps, three passes
+    # over the fake score's gradients under SiDA, where the default takes one Triton pass per gradient
     "graphs-cl-nosan1": ({**GRAPHS_CL, "one_pass_sanitize": False}, True),
     # candidate (not yet timed): the blocks' conditioning by one GEMM per encoder and decoder pass instead of an
     # affine layer per block (about 560 small launches of a CIFAR-10 batch-32 iteration, fourteenth round)
@@ -404,12 +402,8 @@ def profile_ops(preset: str, batch: int, device: torch.device, top: int = 60) ->
     Eager, so that every kernel is attributed to the operator that launched it (a graph replay hides them); the
     fused norms and folded biases are on as under CUDA graphs.
     """
-    rows: dict[tuple[str, str, str, str], list[float]] = {}
     attributed = attribute_kernels(_profiled_eager_step(preset, batch, device))
-    for (kname, op, shapes, parent, _), (us, n) in attributed.items():
-        acc = rows.setdefault((kname, op, shapes, parent), [0.0, 0])
-        acc[0] += us
-        acc[1] += n
+    rows = _regroup(attributed, lambda kname, op, shapes, parent, phase: (kname, op, shapes, parent))
     total = sum(v[0] for v in rows.values()) or 1.0
     lines = [f"{'us':>9} {'share':>6} {'calls':>6}  kernel | op | input shapes | parent"]
     for (kname, op, shapes, parent), (us, n) in sorted(rows.items(), key=lambda kv: -kv[1][0])[:top]:
@@ -417,15 +411,21 @@ def profile_ops(preset: str, batch: int, device: torch.device, top: int = 60) ->
     return "\n".join(lines)
 
 
+def _regroup(rows: dict[tuple, list[float]], key) -> dict[tuple, list[float]]:
+    """`attribute_kernels`' ``[us, launches]`` rows summed under ``key(*row_key)``."""
+    groups: dict[tuple, list[float]] = {}
+    for k, (us, n) in rows.items():
+        acc = groups.setdefault(key(*k), [0.0, 0])
+        acc[0] += us
+        acc[1] += n
+    return groups
+
+
 def launch_table(rows: dict[tuple[str, str, str, str, str], list[float]], limit_us: float, top: int = 45) -> str:
     """The small launches of `attribute_kernels`' rows (kernels averaging under ``limit_us`` each), by operator,
     parent and phase, most launches first: where a launch-bound step's kernels come from."""
     small = {key: v for key, v in rows.items() if v[0] < limit_us * v[1]}
-    groups: dict[tuple[str, str, str], list[float]] = {}
-    for (_, op, _, parent, phase), (us, n) in small.items():
-        acc = groups.setdefault((op, parent, phase), [0.0, 0])
-        acc[0] += us
-        acc[1] += n
+    groups = _regroup(small, lambda kname, op, shapes, parent, phase: (op, parent, phase))
     launches, us = sum(v[1] for v in rows.values()), sum(v[0] for v in rows.values())
     n_small, us_small = sum(v[1] for v in small.values()), sum(v[0] for v in small.values())
     lines = [

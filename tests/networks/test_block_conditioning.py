@@ -7,7 +7,7 @@ import contextlib
 import pytest
 import torch
 
-from helpers import NCSNPP_SKIP, TINY_ADM, TINY_SONG, OpCounter, autograd_nodes
+from helpers import NCSNPP_SKIP, TINY_ADM, TINY_SONG, OpCounter, autograd_nodes, randomise
 from scoredistill.networks import DhariwalUNetConfig, SongUNetConfig, build_backbone
 from scoredistill.networks.layers import UNetBlock, block_conditioning
 
@@ -21,10 +21,7 @@ CONFIGS = {
 
 def _network(name: str, channels_last: bool = False) -> torch.nn.Module:
     torch.manual_seed(0)
-    net = build_backbone(CONFIGS[name])
-    with torch.no_grad():  # the zero-initialised layers and biases would hide the conditioning
-        for p in net.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+    net = randomise(build_backbone(CONFIGS[name]))  # the zero-initialised layers and biases would hide the conditioning
     return net.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 

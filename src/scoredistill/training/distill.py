@@ -79,8 +79,7 @@ SMALL_GRAD = 1 << 16
 ONE_PASS_SANITIZE = True
 """``True`` (the default): on CUDA with Triton, the rule and the clipping in one pass per gradient
 (`kernels.sanitize_triton`). ``False``: ``nan_to_num_`` per gradient, then a multi-tensor clamp; the same values, in
-three passes over the gradients instead of one (``benchmarks/bench_step.py`` settings ``graphs-cl-san1`` and
-``graphs-cl-nosan1``)."""
+three passes over the gradients instead of one (``benchmarks/bench_step.py`` setting ``graphs-cl-nosan1``)."""
 
 
 def _sanitize_one(g: Tensor, clip_value: float | None, use_kernels: bool | None) -> bool:
