@@ -80,8 +80,8 @@ BENCH_SWITCHES = {
     # multi-tensor clamp_min and clamp_max)
     "one_pass_sanitize": True,
     # the residual blocks' conditioning by one GEMM per encoder and decoder pass (EncoderDecoderUNet
-    # .batch_conditioning; False, the default: one affine layer per block)
-    "batch_conditioning": False,
+    # .batch_conditioning, on by default since the fifteenth round; False: one affine layer per block)
+    "batch_conditioning": True,
     # how many convolution algorithms cuDNN's benchmark mode times per shape (torch's default 10; 0: all). cuDNN's
     # choices are cached per process and shape, so a setting that changes it must run in a process of its own.
     "cudnn_benchmark_limit": 10,
@@ -147,9 +147,9 @@ SETTINGS: dict[str, tuple[dict, bool]] = {
     # before the fourteenth round: the rule by nan_to_num_ and the clipping by two multi-tensor clamps, three passes
     # over the fake score's gradients under SiDA, where the default takes one Triton pass per gradient
     "graphs-cl-nosan1": ({**GRAPHS_CL, "one_pass_sanitize": False}, True),
-    # candidate (not yet timed): the blocks' conditioning by one GEMM per encoder and decoder pass instead of an
-    # affine layer per block (about 560 small launches of a CIFAR-10 batch-32 iteration, fourteenth round)
-    "graphs-cl-bcond": ({**GRAPHS_CL, "batch_conditioning": True}, True),
+    # before the fifteenth round: an affine layer per residual block for its conditioning (about 560 small launches
+    # of a CIFAR-10 batch-32 iteration), where the default takes one GEMM per encoder and decoder pass
+    "graphs-cl-nobcond": ({**GRAPHS_CL, "batch_conditioning": False}, True),
     # measured on an H100 in the tenth round and not adopted: cuDNN timing every algorithm (alone in its process)
     "graphs-cl-cudnnall": ({**GRAPHS_CL, "cudnn_benchmark_limit": 0}, True),
     "graphs-blocks": (

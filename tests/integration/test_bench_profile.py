@@ -246,13 +246,13 @@ def test_bench_switches_default_to_the_librarys_defaults():
     assert bench.BENCH_SWITCHES["skip_grad_in_norm"] is None and layers.UNetBlock.skip_grad_in_norm is True
     assert bench.SETTINGS["graphs-cl-noskipgrad"][0] == {**bench.GRAPHS_CL, "skip_grad_in_norm": False}
     # The one-pass NaN/Inf rule: the library's default since the fourteenth round, off in graphs-cl-nosan1. The
-    # batched block conditioning: a candidate, off in both, on in graphs-cl-bcond.
+    # batched block conditioning: the default since the fifteenth round, off in graphs-cl-nobcond.
     from scoredistill.training import distill
 
     assert bench.BENCH_SWITCHES["one_pass_sanitize"] is distill.ONE_PASS_SANITIZE is True
     assert bench.SETTINGS["graphs-cl-nosan1"][0] == {**bench.GRAPHS_CL, "one_pass_sanitize": False}
-    assert bench.BENCH_SWITCHES["batch_conditioning"] is layers.EncoderDecoderUNet.batch_conditioning is False
-    assert bench.SETTINGS["graphs-cl-bcond"][0] == {**bench.GRAPHS_CL, "batch_conditioning": True}
+    assert bench.BENCH_SWITCHES["batch_conditioning"] is layers.EncoderDecoderUNet.batch_conditioning is True
+    assert bench.SETTINGS["graphs-cl-nobcond"][0] == {**bench.GRAPHS_CL, "batch_conditioning": False}
 
 
 def test_device_scripts_name_only_settings_that_bench_step_has():

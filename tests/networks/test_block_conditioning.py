@@ -156,12 +156,18 @@ def test_block_conditioning_declines_mixed_blocks_and_takes_none() -> None:
 @pytest.mark.kernels
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("preset", ["cifar10-32x32-uncond", "imagenet-64x64"])
-def test_batched_conditioning_on_cuda_matches_the_blocks_to_bf16_rounding(preset: str) -> None:
-    """The full-size networks in bf16 channels_last on CUDA (the fused norms, the biases folded): output, input
-    gradient and every parameter gradient with the batched conditioning agree with the blocks' own layers to bf16
-    rounding."""
+def test_batched_conditioning_on_cuda_is_as_close_to_float32_as_the_blocks(
+    preset: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The full-size networks in channels_last on CUDA (the fused norms, the biases folded). In float32 the batched
+    conditioning gives the blocks' output, input gradient and parameter gradients to 1e-3. In bf16 both paths are
+    compared with the float32 blocks: the batched one's error is at most 1.5 times the blocks' own, tensor by tensor
+    (bf16's own error in the deepest blocks' parameter gradients reaches about 12% on this input, on either path:
+    measured on the CPU, where the float32 paths agree to 2e-5). TF32 is off: float32 means float32."""
     from scoredistill.roles.precond import edm_precond
 
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     torch.manual_seed(0)
     net = edm_precond(preset).cuda().eval().to(memory_format=torch.channels_last)
     with torch.no_grad():  # the zero-initialised layers would hide the conditioning
@@ -173,17 +179,26 @@ def test_batched_conditioning_on_cuda_matches_the_blocks_to_bf16_rounding(preset
     res = net.model.config.img_resolution
     x = torch.randn(2, 3, res, res, device="cuda").contiguous(memory_format=torch.channels_last)
     sigma = torch.tensor([0.5, 5.0], device="cuda")
-    runs = []
-    for batched in (False, True):
+
+    def run(batched: bool, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         net.model.batch_conditioning = batched
         net.zero_grad(set_to_none=True)
         xx = x.clone().requires_grad_()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
             y = net(xx, sigma, labels)
         y.float().square().sum().backward()
-        runs.append((y.float(), xx.grad, {n: p.grad for n, p in net.named_parameters()}))
-    (y0, gx0, gp0), (y1, gx1, gp1) = runs
-    assert torch.isfinite(y1).all() and (y1 - y0).norm() <= 2e-2 * y0.norm()
-    assert (gx1 - gx0).norm() <= 2e-2 * gx0.norm()
-    for n, g in gp0.items():
-        assert g is not None and (gp1[n] - g).norm() <= 5e-2 * g.norm() + 1e-6, n
+        grads = {n: p.grad.float() for n, p in net.named_parameters() if p.grad is not None}
+        return {"output": y.float().detach(), "input": xx.grad.float(), **grads}
+
+    def errors(run_: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> dict[str, float]:
+        return {n: float((run_[n] - r).norm() / r.norm()) for n, r in ref.items() if r.norm() > 0}
+
+    ref = run(False, torch.float32)
+    assert {"output", "input"} <= ref.keys() and len(ref) > 100
+    fp32 = errors(run(True, torch.float32), ref)
+    assert max(fp32.values()) <= 1e-3, max(fp32.items(), key=lambda kv: kv[1])
+    blocks, batched = errors(run(False, torch.bfloat16), ref), errors(run(True, torch.bfloat16), ref)
+    assert blocks.keys() == batched.keys() == fp32.keys()
+    assert blocks["output"] < 2e-2 and blocks["input"] < 5e-2  # bf16 ran
+    worse = {n: (e, blocks[n]) for n, e in batched.items() if not e <= 1.5 * blocks[n] + 1e-3}
+    assert not worse, worse
