@@ -882,9 +882,9 @@ class EncoderDecoderUNet(nn.Module):
     batch_conditioning: bool = True
     """Compute the residual blocks' conditioning with one GEMM per encoder and decoder pass
     ([`block_conditioning`][scoredistill.networks.layers.block_conditioning]) instead of one per block. The same
-    products up to rounding. Whole SiDA iterations on an H100: +3.1% at CIFAR-10 batch 32, +0.5% on ImageNet-64,
-    +0.7% at CIFAR-10 batch 128. ``False``: each block's own ``affine`` layer (``benchmarks/bench_step.py``
-    setting ``graphs-cl-nobcond``)."""
+    products up to rounding. Whole SiDA iterations on an H100 (2026-12-07): +3.1% at CIFAR-10 batch 32, +0.5% on
+    ImageNet-64, +0.7% at CIFAR-10 batch 128. ``False``: each block's own ``affine`` layer
+    (``benchmarks/bench_step.py`` setting ``graphs-cl-nobcond``)."""
 
     def _block_conditions(self, stage: Iterable[nn.Module], emb: Tensor) -> Iterator[Any]:
         """Each `UNetBlock` of ``stage``'s ``cond`` in order: from one GEMM under `batch_conditioning`, else ``None``
