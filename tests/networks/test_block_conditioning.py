@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import pytest
 import torch
@@ -53,6 +54,22 @@ def _passes(net, x, args, extra):
     return [y, y2, logits, enc, y3, logits3]
 
 
+def _output_and_grads(
+    net: torch.nn.Module, backbone: torch.nn.Module, x, args, extra, batched: bool, dtype: torch.dtype | None = None
+) -> dict[str, torch.Tensor]:
+    """``net``'s output on ``x``, ``x``'s gradient and every parameter's (by name), with ``backbone``'s
+    `batch_conditioning` set to ``batched``, under autocast to ``dtype`` where one is given."""
+    backbone.batch_conditioning = batched
+    net.zero_grad(set_to_none=True)
+    xx = x.clone().requires_grad_()
+    torch.manual_seed(1)
+    with torch.autocast(x.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        y = net(xx, *args, **extra)
+    y.float().square().sum().backward()
+    grads = {n: p.grad for n, p in net.named_parameters() if p.grad is not None}
+    return {"output": y.detach(), "input": xx.grad, **grads}
+
+
 @pytest.mark.parametrize(("channels_last", "fold"), [(False, False), (True, True)], ids=["nchw", "nhwc-fold"])
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_batched_conditioning_gives_the_blocks_values_and_gradients(name, channels_last, fold, monkeypatch) -> None:
@@ -94,21 +111,9 @@ def test_batched_conditioning_runs_under_bf16_autocast_like_the_blocks(name: str
     reach tens of percent, tensor by tensor at random, over five seeds a median ratio of 0.9 to 1.1 between the
     two; the float32 test above compares the values.)"""
     net = _network(name)
-    x, args, extra = _inputs(name)
-
-    def run(batched: bool, autocast: bool) -> dict[str, torch.Tensor]:
-        net.batch_conditioning = batched
-        net.zero_grad(set_to_none=True)
-        xx = x.clone().requires_grad_()
-        torch.manual_seed(1)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            y = net(xx, *args, **extra)
-        y.float().square().sum().backward()
-        grads = {n: p.grad for n, p in net.named_parameters() if p.grad is not None}
-        return {"output": y.detach(), "input": xx.grad, **grads}
-
-    ref = run(False, autocast=False)
-    blocks, batched = run(False, autocast=True), run(True, autocast=True)
+    run = functools.partial(_output_and_grads, net, net, *_inputs(name))
+    ref = run(batched=False)
+    blocks, batched = run(batched=False, dtype=torch.bfloat16), run(batched=True, dtype=torch.bfloat16)
     assert blocks.keys() == batched.keys() == ref.keys()
     assert {n: t.dtype for n, t in batched.items()} == {n: t.dtype for n, t in blocks.items()}
     assert all(torch.isfinite(t).all() for t in batched.values())
@@ -211,24 +216,17 @@ def test_batched_conditioning_on_cuda_is_as_close_to_float32_as_the_blocks(
     x = torch.randn(2, 3, res, res, device="cuda").contiguous(memory_format=torch.channels_last)
     sigma = torch.tensor([0.5, 5.0], device="cuda")
 
-    def run(batched: bool, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-        net.model.batch_conditioning = batched
-        net.zero_grad(set_to_none=True)
-        xx = x.clone().requires_grad_()
-        with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
-            y = net(xx, sigma, labels)
-        y.float().square().sum().backward()
-        grads = {n: p.grad.float() for n, p in net.named_parameters() if p.grad is not None}
-        return {"output": y.float().detach(), "input": xx.grad.float(), **grads}
+    run = functools.partial(_output_and_grads, net, net.model, x, (sigma, labels), {})
 
     def errors(run_: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> dict[str, float]:
-        return {n: float((run_[n] - r).norm() / r.norm()) for n, r in ref.items() if r.norm() > 0}
+        return {n: float((run_[n].float() - r).norm() / r.norm()) for n, r in ref.items() if r.norm() > 0}
 
-    ref = run(False, torch.float32)
+    ref = {n: t.float() for n, t in run(batched=False).items()}
     assert {"output", "input"} <= ref.keys() and len(ref) > 100
-    fp32 = errors(run(True, torch.float32), ref)
+    fp32 = errors(run(batched=True), ref)
     assert max(fp32.values()) <= 1e-3, max(fp32.items(), key=lambda kv: kv[1])
-    blocks, batched = errors(run(False, torch.bfloat16), ref), errors(run(True, torch.bfloat16), ref)
+    blocks = errors(run(batched=False, dtype=torch.bfloat16), ref)
+    batched = errors(run(batched=True, dtype=torch.bfloat16), ref)
     assert blocks.keys() == batched.keys() == fp32.keys()
     assert blocks["output"] < 2e-2 and blocks["input"] < 5e-2  # bf16 ran
     worse = {n: (e, blocks[n]) for n, e in batched.items() if not e <= 1.5 * blocks[n] + 1e-3}

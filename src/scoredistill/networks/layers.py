@@ -744,24 +744,20 @@ class UNetBlock(nn.Module):
 
         # Residual branch with noise conditioning.
         h, x = self._norm_and_input(self.norm0, x, fold, silu=True)
+        bias_in_cond = cond is not None and not self.adaptive_scale  # block_conditioning added conv0's bias
+        h = self.conv0(h, bias=not (fold or bias_in_cond))
+        b0 = cast_parameter(self.conv0.bias, h.dtype).reshape(1, -1, 1, 1) if fold and not bias_in_cond else None
+        if cond is None:
+            cond = self.affine(emb)
+            cond = cond.chunk(2, dim=1) if self.adaptive_scale else cond
+        # (cast to conv0's output dtype, not to the block input's: under CPU autocast the two can differ)
         if self.adaptive_scale:
-            h = self.conv0(h, bias=not fold)
-            b0 = cast_parameter(self.conv0.bias, h.dtype).reshape(1, -1, 1, 1) if fold else None
-            if cond is None:
-                scale, shift = self.affine(emb)[:, :, None, None].to(h.dtype).chunk(2, dim=1)
-            else:
-                scale, shift = (c[:, :, None, None].to(h.dtype) for c in cond)
+            scale, shift = (c[:, :, None, None].to(h.dtype) for c in cond)
             add = None if b0 is None else b0.expand(h.shape[0], -1, -1, -1)
             h = self.norm1(h, add=add, scale=scale + 1, shift=shift, silu=True)
-        elif cond is not None:  # conv0's bias is in the conditioning already
-            h = self.conv0(h, bias=False)  # (its dtype, not its input's, is the one the conditioning takes)
-            h = self.norm1(h, add=cond[:, :, None, None].to(h.dtype), silu=True)
         else:
-            h = self.conv0(h, bias=not fold)
-            params = self.affine(emb)[:, :, None, None].to(h.dtype)
-            if fold:
-                params = params + cast_parameter(self.conv0.bias, h.dtype).reshape(1, -1, 1, 1)
-            h = self.norm1(h, add=params, silu=True)
+            params = cond[:, :, None, None].to(h.dtype)
+            h = self.norm1(h, add=params if b0 is None else params + b0, silu=True)
         h = self.conv1(F.dropout(h, p=self.dropout, training=self.training), bias=not fold)
         bias = self.conv1.bias if fold else None
         if self.skip is None:
